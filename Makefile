@@ -1,0 +1,52 @@
+# SEN12MS toolbox. `make test` and `make demo` need nothing but Python 3.10+ and the package registry.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+EXTRAS ?= s3,dali,dev
+DATA ?= /sen12ms
+OUT ?= out/
+DEMO ?= demo
+TEST_ARGS ?= -n 2
+
+.PHONY: install test demo shards bench clean help
+
+help:
+	@echo "make install        create .venv with every pinned dependency"
+	@echo "make test           install, then run the whole test suite"
+	@echo "make demo           sample dataset -> labels, splits -> shards -> short training + evaluation"
+	@echo "make shards DATA=/sen12ms [OUT=out/]   convert a SEN12MS tree (train, val, test shards)"
+	@echo "make bench          loader / codec / training figures into docs/benchmarks.md"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest $(TEST_ARGS)
+
+demo: install
+	$(PY) -m convert synth --out $(DEMO)/data
+	$(PY) -m convert labels --data $(DEMO)/data --out $(DEMO)/labels
+	$(PY) -m convert splits --data $(DEMO)/data --out $(DEMO)/splits
+	$(PY) -m convert shards --data $(DEMO)/data --labels $(DEMO)/labels/IGBP_probability_labels.json --splits $(DEMO)/splits --out $(DEMO)/shards
+	$(PY) -m convert verify $(DEMO)/shards
+	$(PY) -m train --shards $(DEMO)/shards --model ResNet18 --input s1s2 --epochs 4 --batch-size 16 --lr 0.001 --stats manifest --run-dir $(DEMO)/runs/resnet18_s1s2
+	@echo
+	@echo "demo outputs:"
+	@echo "  sample dataset   $(DEMO)/data"
+	@echo "  labels, splits   $(DEMO)/labels  $(DEMO)/splits"
+	@echo "  shards           $(DEMO)/shards (manifest.json, report.json)"
+	@echo "  training run     $(DEMO)/runs/resnet18_s1s2 (logs/, checkpoints/, test_scores.json)"
+
+shards: install
+	$(PY) -m convert shards --data $(DATA) --out $(OUT)
+
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf $(DEMO) out runs .pytest_cache

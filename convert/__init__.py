@@ -1,0 +1,1 @@
+"""GeoTIFF triplets -> sharded WebDataset, plus the sample dataset, labels, splits and checks."""

@@ -1,0 +1,57 @@
+"""Read and validate one SEN12MS GeoTIFF patch (local path or URL)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sen12ms_common import storage
+from sen12ms_common.bands import MODALITY_BANDS, MODALITY_DTYPES, PATCH_SIZE
+
+
+class PatchReadError(ValueError):
+    """A patch file that cannot be used; the message names the file and the problem."""
+
+
+@dataclass
+class Patch:
+    data: np.ndarray  # (bands, 256, 256) in the file's dtype
+    crs: str  # "EPSG:32737", or WKT where the CRS has no EPSG code
+    transform: tuple[float, float, float, float, float, float]  # affine a, b, c, d, e, f
+
+
+def read_patch(url: str, modality: str) -> Patch:
+    """Read a patch and check band count, dtype and size against the SEN12MS format."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    try:
+        if storage.is_remote(url):
+            with rasterio.MemoryFile(storage.read_bytes(url)) as mem, mem.open() as ds:
+                data, crs, transform = ds.read(), ds.crs, ds.transform
+        else:
+            with rasterio.open(url) as ds:
+                data, crs, transform = ds.read(), ds.crs, ds.transform
+    except PermissionError as exc:
+        raise PatchReadError(f"{url}: cannot read: permission denied") from exc
+    except FileNotFoundError as exc:
+        raise PatchReadError(f"{url}: file not found") from exc
+    except (RasterioError, OSError, ValueError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        if "Permission denied" in text:
+            raise PatchReadError(f"{url}: cannot read: permission denied") from exc
+        raise PatchReadError(f"{url}: not a readable GeoTIFF ({text})") from exc
+    want_bands, want_dtype = len(MODALITY_BANDS[modality]), MODALITY_DTYPES[modality]
+    if data.shape[0] != want_bands:
+        raise PatchReadError(f"{url}: {data.shape[0]} bands, a SEN12MS {modality} patch has {want_bands}")
+    if data.dtype != np.dtype(want_dtype):
+        raise PatchReadError(f"{url}: dtype {data.dtype}, a SEN12MS {modality} patch is {want_dtype}")
+    if data.shape[1:] != (PATCH_SIZE, PATCH_SIZE):
+        raise PatchReadError(f"{url}: size {data.shape[2]} x {data.shape[1]}, expected {PATCH_SIZE} x {PATCH_SIZE}")
+    if crs is None:
+        crs_text = ""
+    else:
+        epsg = crs.to_epsg()
+        crs_text = f"EPSG:{epsg}" if epsg else crs.to_wkt()
+    return Patch(data, crs_text, tuple(float(v) for v in tuple(transform)[:6]))

@@ -1,0 +1,99 @@
+"""Find the triplets of a SEN12MS tree (local folder or URL) and everything that is not one."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from sen12ms_common import storage
+from sen12ms_common.patches import PatchId, PatchNameError, parse_patch
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A file of the tree that cannot be used, and why."""
+
+    path: str
+    reason: str
+    id: str = ""  # the S2 key of the triplet it concerns, where there is one
+
+
+@dataclass(frozen=True)
+class Triplet:
+    """An S2 patch with the siblings that exist beside it (modality -> path or URL)."""
+
+    id: PatchId
+    paths: dict[str, str] = field(hash=False, compare=False)
+
+    @property
+    def key(self) -> str:
+        return self.id.key
+
+
+@dataclass
+class ScanResult:
+    triplets: list[Triplet]
+    problems: list[Problem]
+
+    def missing(self, triplet: Triplet, modalities: tuple[str, ...]) -> list[str]:
+        return [m for m in modalities if m not in triplet.paths]
+
+
+def _list_files(root: str) -> list[str]:
+    """All files below root, as paths relative to it (with '/'), sorted."""
+    if storage.is_remote(root):
+        fs, base = storage.filesystem(root)
+        base = base.rstrip("/")
+        return sorted(p[len(base) + 1:] for p in fs.find(base))
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, root)
+        for name in filenames:
+            out.append(name if rel == "." else f"{rel}/{name}".replace(os.sep, "/"))
+    return sorted(out)
+
+
+def scan_tree(root: str) -> ScanResult:
+    """Group the patches under `root` into triplets keyed by their S2 patch.
+
+    Files at the root level (hold-out lists, READMEs) are ignored; every other file must be a
+    SEN12MS patch in its own folder (`<season>/<mod>_<scene>/`), else it is reported.
+    """
+    if not storage.is_remote(root) and not os.path.isdir(root):
+        raise FileNotFoundError(f"{root}: no such folder")
+    found: dict[PatchId, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    problems: list[Problem] = []
+    for rel in _list_files(root):
+        parts = rel.split("/")
+        if len(parts) == 1:
+            continue
+        path = storage.join(root, rel)
+        try:
+            pid = parse_patch(parts[-1])
+        except PatchNameError as exc:
+            problems.append(Problem(path, str(exc)))
+            continue
+        expected = pid.relpath()
+        if "/".join(parts[:-1]) != expected.rsplit("/", 1)[0]:
+            problems.append(Problem(path, f"file is in the wrong folder (expected {expected})", pid.key))
+            continue
+        found[pid.with_modality("s2")][pid.modality].append(path)
+
+    triplets = []
+    for s2id in sorted(found):
+        members = found[s2id]
+        dups = {m: ps for m, ps in members.items() if len(ps) > 1}
+        if dups:
+            for m, ps in dups.items():
+                for p in ps:
+                    others = ", ".join(o for o in ps if o != p)
+                    problems.append(Problem(p, f"duplicate patch id {s2id.stem(m)} (also at {others})", s2id.key))
+            continue
+        if "s2" not in members:
+            for m, ps in members.items():
+                problems.append(Problem(ps[0], f"{m} patch without its s2 sibling {s2id.relpath('s2')}", s2id.key))
+            continue
+        triplets.append(Triplet(s2id, {m: ps[0] for m, ps in members.items()}))
+    return ScanResult(triplets, problems)
