@@ -32,8 +32,28 @@ def synth(out: Path, scenes: int, patches_per_scene: int, seed: int, broken: boo
 
 
 def main() -> None:
+    from sen12ms_common.storage import StorageError
+
     try:
         cli(standalone_mode=True)
+    except StorageError as exc:  # object storage: one line naming the URL, no traceback
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+
+
+from convert.labels import labels_command  # noqa: E402
+from convert.splits import splits_command  # noqa: E402
+from convert.overview import overview as overview_command  # noqa: E402
+
+cli.add_command(labels_command)
+cli.add_command(splits_command)
+cli.add_command(overview_command)
+
+from convert.shards import shards as shards_command  # noqa: E402
+from convert.verify import verify as verify_command  # noqa: E402
+
+cli.add_command(shards_command)
+cli.add_command(verify_command)

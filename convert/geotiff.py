@@ -21,6 +21,23 @@ class Patch:
     transform: tuple[float, float, float, float, float, float]  # affine a, b, c, d, e, f
 
 
+def _describe(exc: BaseException, url: str) -> str:
+    """One line for a rasterio/GDAL failure: GDAL's own message sits in the chained exception."""
+    cause = exc.__cause__ or exc.__context__
+    text = str(cause if cause is not None and "previous exception" in str(exc) else exc)
+    text = (text.splitlines() or [exc.__class__.__name__])[0]
+    name = url.rsplit("/", 1)[-1]
+    for prefix in (f"{url}: ", f"{name}: ", f"{name}, "):
+        text = text.removeprefix(prefix)
+    if "No such file" in text:
+        return "file not found"
+    if "Permission denied" in text:
+        return "cannot read: permission denied"
+    if "TIFFRead" in text or "IReadBlock" in text:
+        return f"truncated or damaged GeoTIFF ({text})"
+    return f"not a readable GeoTIFF ({text})"
+
+
 def read_patch(url: str, modality: str) -> Patch:
     """Read a patch and check band count, dtype and size against the SEN12MS format."""
     import rasterio
@@ -38,10 +55,7 @@ def read_patch(url: str, modality: str) -> Patch:
     except FileNotFoundError as exc:
         raise PatchReadError(f"{url}: file not found") from exc
     except (RasterioError, OSError, ValueError) as exc:
-        text = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        if "Permission denied" in text:
-            raise PatchReadError(f"{url}: cannot read: permission denied") from exc
-        raise PatchReadError(f"{url}: not a readable GeoTIFF ({text})") from exc
+        raise PatchReadError(f"{url}: {_describe(exc, url)}") from exc
     want_bands, want_dtype = len(MODALITY_BANDS[modality]), MODALITY_DTYPES[modality]
     if data.shape[0] != want_bands:
         raise PatchReadError(f"{url}: {data.shape[0]} bands, a SEN12MS {modality} patch has {want_bands}")

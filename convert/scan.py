@@ -43,9 +43,7 @@ class ScanResult:
 def _list_files(root: str) -> list[str]:
     """All files below root, as paths relative to it (with '/'), sorted."""
     if storage.is_remote(root):
-        fs, base = storage.filesystem(root)
-        base = base.rstrip("/")
-        return sorted(p[len(base) + 1:] for p in fs.find(base))
+        return storage.find(root)  # retries, and one-line errors naming the URL
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()

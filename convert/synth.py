@@ -193,11 +193,11 @@ def patch_arrays(spec: SceneSpec, patch: int, cells: np.ndarray, seed: int) -> d
 def write_geotiff(path: Path, data: np.ndarray, epsg: int, origin: tuple[float, float]) -> None:
     """Uncompressed, striped, pixel-interleaved GeoTIFF, as SEN12MS distributes its patches."""
     import rasterio
-    from rasterio.transform import from_origin
+    from affine import Affine
 
     path.parent.mkdir(parents=True, exist_ok=True)
     profile = dict(driver="GTiff", width=SIZE, height=SIZE, count=data.shape[0], dtype=data.dtype.name,
-                   crs=f"EPSG:{epsg}", transform=from_origin(origin[0], origin[1], 10.0, 10.0),
+                   crs=f"EPSG:{epsg}", transform=Affine(10.0, 0.0, origin[0], 0.0, -10.0, origin[1]),
                    interleave="pixel", tiled=False, compress="none")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with rasterio.open(tmp, "w", **profile) as ds:

@@ -1,0 +1,101 @@
+"""Read one planned triplet, apply the input policy and encode it into its shard members.
+
+Runs in the worker processes; a pure function of the plan entry and the layout, so any number of
+workers yields the same bytes. Policy (docs/FORMAT.md, "What is rejected"):
+
+- a file that cannot be read or has the wrong band count, dtype or size: rejected;
+- S1 with more than 1 % non-finite pixels: rejected as broken (the known broken triplet holds
+  NaN in 3/4 of its pixels); fewer: converted with NaN and +inf -> 0 dB, -inf -> -25 dB, warned;
+- S2 above 10000 (bright clouds, snow): stored unchanged, warned (training clips at 10000);
+- lc (when stored): IGBP value 0 (no data) warned, values above 17 rejected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from convert.geotiff import PatchReadError, read_patch
+from convert.plan import PlanEntry
+from convert.stats import BandMoments, band_moments
+from sen12ms_common.bands import MODALITY_BANDS
+from sen12ms_common.patches import parse_patch
+from sen12ms_common.shardformat import SampleLayout, clean_s1, encode_sample
+
+S1_MAX_NONFINITE = 0.01  # share of S1 pixels that may be NaN/inf before a patch counts as broken
+S2_MAX_REFLECTANCE = 10000
+IGBP_MAX = 17
+
+
+@dataclass
+class Encoded:
+    key: str
+    members: dict[str, bytes]
+    stats: BandMoments = field(default_factory=dict)  # train split only
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, message)
+
+
+@dataclass
+class Failed:
+    key: str
+    reason: str
+    path: str
+
+
+def tar_bytes(members: dict[str, bytes]) -> int:
+    """Bytes the members take in a tar: a 512-byte header each, data padded to 512."""
+    return sum(512 + -(-len(v) // 512) * 512 for v in members.values())
+
+
+def encode_entry(entry: PlanEntry, layout: SampleLayout, with_stats: bool) -> Encoded | Failed:
+    arrays: dict[str, np.ndarray] = {}
+    warnings: list[tuple[str, str]] = []
+    georef: tuple[str, tuple[float, ...]] | None = None
+    for m in layout.modalities:
+        path = entry.paths[m]
+        try:
+            patch = read_patch(path, m)
+        except PatchReadError as exc:
+            return Failed(entry.key, str(exc), path)
+        if georef is None:
+            georef = (patch.crs, patch.transform)
+        data = patch.data
+        if m == "s1":
+            bad = int(np.count_nonzero(~np.isfinite(data)))
+            if bad:
+                share = bad / data.size
+                text = f"S1 holds {bad} non-finite pixels ({share:.1%})"
+                if share > S1_MAX_NONFINITE:
+                    return Failed(entry.key, f"{path}: broken S1: {text}, more than {S1_MAX_NONFINITE:.0%}", path)
+                warnings.append((path, f"{text}; stored as 0 dB (NaN, +inf) and -25 dB (-inf)"))
+        elif m == "s2":
+            above = int(np.count_nonzero(data > S2_MAX_REFLECTANCE))
+            if above:
+                warnings.append((path, f"S2 holds {above} values above {S2_MAX_REFLECTANCE} (max {int(data.max())}); "
+                                       "stored unchanged"))
+        elif m == "lc":
+            igbp = data[0]
+            if int(igbp.max()) > IGBP_MAX:
+                values = sorted(int(v) for v in np.unique(igbp[igbp > IGBP_MAX]))[:5]
+                return Failed(entry.key, f"{path}: IGBP band holds values outside 0..{IGBP_MAX}: "
+                                         f"{', '.join(map(str, values))}", path)
+            zeros = int(np.count_nonzero(igbp == 0))
+            if zeros:
+                warnings.append((path, f"IGBP band holds {zeros} no-data pixels (class 0); stored unchanged"))
+        arrays[m] = data
+    assert georef is not None  # layout.modalities is never empty
+    pid = parse_patch(entry.key)
+    meta: dict[str, Any] = {
+        "season": pid.season, "scene": pid.scene, "patch": pid.patch,
+        "crs": georef[0], "transform": list(georef[1]), "label": list(entry.label),
+    }
+    members = encode_sample(arrays, np.asarray(entry.label), meta, layout)
+    stats: BandMoments = {}
+    if with_stats:
+        if "s2" in arrays:
+            stats.update(band_moments(arrays["s2"], MODALITY_BANDS["s2"]))
+        if "s1" in arrays:
+            stats.update(band_moments(clean_s1(arrays["s1"]), MODALITY_BANDS["s1"]))
+    return Encoded(entry.key, members, stats, warnings)

@@ -1,0 +1,318 @@
+"""Labels: the 17-class IGBP probability vector of every patch, and the original's label files.
+
+A patch's probability label is the share of its valid pixels in each IGBP class (lc band 1).
+`derive_labels` computes it for the triplets of a tree, `write_label_files` writes the files
+the original toolbox ships (pickles and text files, keyed by the S2 file name) plus our own
+JSON, and `load_labels` reads either our JSON or the original's `IGBP_probability_labels.pkl`.
+The formats are described in labels/README.md.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import click
+import numpy as np
+
+from convert.scan import Problem, Triplet
+from sen12ms_common import safepickle, storage
+from sen12ms_common.igbp import (
+    IGBP_NAMES, N_FULL, N_SIMPLE, SIMPLE_NAMES, LabelError, one_hot, probability_from_igbp,
+    single_label, to_simple,
+)
+
+LABEL_JSON = "IGBP_probability_labels.json"
+LABEL_PKL = "IGBP_probability_labels.pkl"
+JSON_FORMAT = "sen12ms-igbp-probability-labels"
+JSON_VERSION = 1
+# The original's pickles are protocol 3 (Python 3.0+), which its Python 3.7 code reads.
+PICKLE_PROTOCOL = 3
+
+
+class LabelFileError(ValueError):
+    """A label file that cannot be read; the message names the file and the problem."""
+
+
+# --------------------------------------------------------------------------- deriving labels
+
+def expected_sibling(triplet: Triplet, modality: str) -> str:
+    """Where the `modality` member of a triplet would be (for messages about a missing one)."""
+    s2 = triplet.paths.get("s2", "")
+    rel_s2, rel = triplet.id.relpath("s2"), triplet.id.relpath(modality)
+    if s2.replace(os.sep, "/").endswith(rel_s2):
+        return s2[: len(s2) - len(rel_s2)] + rel
+    return rel
+
+
+def _reason(exc: BaseException, path: str) -> str:
+    """The one-line reason of an error, without the file name its message may start with."""
+    text = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    prefix = f"{path}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+def label_of(triplet: Triplet) -> tuple[str, np.ndarray | None, Problem | None]:
+    """(S2 file name, probability vector or None, problem or None) of one triplet."""
+    from convert.geotiff import PatchReadError, read_patch
+
+    name = triplet.id.filename("s2")
+    lc = triplet.paths.get("lc")
+    if lc is None:
+        where = triplet.paths.get("s2", triplet.id.relpath("s2"))
+        return name, None, Problem(where, f"s2 patch without its lc sibling {expected_sibling(triplet, 'lc')}",
+                                   triplet.key)
+    try:
+        patch = read_patch(lc, "lc")
+        prob = probability_from_igbp(patch.data[0])
+    except (PatchReadError, LabelError) as exc:
+        return name, None, Problem(lc, _reason(exc, lc), triplet.key)
+    except Exception as exc:  # a batch job reports every bad input instead of dying on one
+        return name, None, Problem(lc, f"cannot read: {exc.__class__.__name__}: {_reason(exc, lc)}", triplet.key)
+    return name, prob.astype(np.float64), None
+
+
+def _ordered_map(fn: Callable[[Triplet], Any], items: Sequence[Triplet], workers: int,
+                 progress: bool, desc: str) -> Iterable[Any]:
+    """fn over items, in input order (so the result does not depend on `workers`), with progress."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(items), desc=desc, unit="patch", disable=not progress)
+    try:
+        if workers <= 1 or len(items) < 2:
+            for item in items:
+                yield fn(item)
+                bar.update(1)
+            return
+        from concurrent.futures import ProcessPoolExecutor
+
+        n = min(workers, len(items))
+        chunk = max(1, min(64, len(items) // (n * 8)))
+        with ProcessPoolExecutor(max_workers=n) as pool:
+            for result in pool.map(fn, items, chunksize=chunk):
+                yield result
+                bar.update(1)
+    finally:
+        bar.close()
+
+
+def derive_labels(triplets: list[Triplet], workers: int = 1,
+                  progress: bool = True) -> tuple[dict[str, np.ndarray], list[Problem]]:
+    """Probability labels of the triplets' lc patches, keyed by S2 file name, and the problems.
+
+    A triplet without an lc patch, an unreadable lc file, IGBP values outside 0..17 or an lc
+    patch without a single valid pixel gives a `Problem` (one line naming the file), never an
+    exception. The result is the same for any number of worker processes.
+    """
+    labels: dict[str, np.ndarray] = {}
+    problems: list[Problem] = []
+    for name, prob, problem in _ordered_map(label_of, list(triplets), workers, progress, "labels"):
+        if problem is not None:
+            problems.append(problem)
+        else:
+            labels[name] = prob
+    return dict(sorted(labels.items())), problems
+
+
+# --------------------------------------------------------------------------- reading label files
+
+def _as_vector(value: Any, key: str, source: str) -> np.ndarray:
+    try:
+        vec = np.asarray(value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise LabelFileError(f"{source}: label of {key!r} is not a numeric vector ({exc})") from None
+    if vec.size != N_FULL:
+        raise LabelFileError(f"{source}: label of {key!r} has {vec.size} values, a probability label has {N_FULL}")
+    return vec
+
+
+def _check_mapping(obj: Any, source: str) -> dict[str, np.ndarray]:
+    if not isinstance(obj, dict):
+        raise LabelFileError(f"{source}: expected a dict of S2 file name -> {N_FULL} probabilities, "
+                             f"found {type(obj).__name__}")
+    out: dict[str, np.ndarray] = {}
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise LabelFileError(f"{source}: label key {key!r} is not a file name string")
+        out[key] = _as_vector(value, key, source)
+    return dict(sorted(out.items()))
+
+
+def _parse_json(data: bytes, source: str) -> dict[str, np.ndarray]:
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LabelFileError(f"{source}: not valid JSON ({exc})") from None
+    if isinstance(obj, dict) and "format" in obj:
+        if obj.get("format") != JSON_FORMAT:
+            raise LabelFileError(f"{source}: JSON format {obj.get('format')!r}, expected {JSON_FORMAT!r}")
+        if obj.get("version") != JSON_VERSION:
+            raise LabelFileError(f"{source}: label file version {obj.get('version')!r}, this toolbox reads {JSON_VERSION}")
+        if "labels" not in obj:
+            raise LabelFileError(f"{source}: no 'labels' entry")
+        obj = obj["labels"]
+    return _check_mapping(obj, source)
+
+
+def load_labels(path: str) -> dict[str, np.ndarray]:
+    """Probability labels (S2 file name -> float64 (17,)) from our JSON or the original's pickle.
+
+    Pickles go through the restricted unpickler. Sums are not validated here (the converter
+    checks each sample and reports); a malformed file raises `LabelFileError` naming it.
+    """
+    source = str(path)
+    try:
+        data = storage.read_bytes(source)
+    except FileNotFoundError:
+        raise LabelFileError(f"{source}: no such label file") from None
+    except IsADirectoryError:
+        raise LabelFileError(f"{source}: is a folder, expected a label file ({LABEL_JSON} or {LABEL_PKL})") from None
+    except OSError as exc:
+        raise LabelFileError(f"{source}: cannot read ({exc.strerror or exc})") from None
+    if source.lower().endswith(".json") or data.lstrip()[:1] == b"{":
+        return _parse_json(data, source)
+    try:
+        obj = safepickle.loads(data, source)
+    except pickle.UnpicklingError as exc:
+        raise LabelFileError(str(exc).splitlines()[0]) from None
+    return _check_mapping(obj, source)
+
+
+# --------------------------------------------------------------------------- writing label files
+
+class _CompatPickler(pickle.Pickler):
+    """Pickles numpy arrays through the globals `numpy.ndarray` and `numpy.dtype` only.
+
+    NumPy 2 pickles arrays through `numpy._core.multiarray._reconstruct`, which NumPy 1.x (the
+    original toolbox's environment) cannot import. `ndarray(shape, dtype)` plus the array's own
+    state loads under NumPy 1.x and 2.x alike, and through our restricted unpickler.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is np.ndarray:
+            arr = np.ascontiguousarray(obj)
+            return np.ndarray, (arr.shape, arr.dtype), arr.__reduce__()[2]
+        return NotImplemented
+
+
+def compat_pickle(obj: Any) -> bytes:
+    """Deterministic pickle bytes of plain data with numpy arrays, readable by NumPy 1.x and 2.x."""
+    buf = io.BytesIO()
+    _CompatPickler(buf, protocol=PICKLE_PROTOCOL).dump(obj)
+    return buf.getvalue()
+
+
+def _json_text(names: list[str], matrix: np.ndarray) -> str:
+    head = {
+        "format": JSON_FORMAT,
+        "version": JSON_VERSION,
+        "description": "share of each patch's valid pixels in the IGBP classes 1..17 (lc band 1), "
+                       "keyed by the S2 file name",
+        "classes": list(IGBP_NAMES),
+        "count": len(names),
+    }
+    lines = ["{"] + [f"  {json.dumps(k)}: {json.dumps(v)}," for k, v in head.items()]
+    # One patch per line: diffable, and a 180k-patch file stays streamable line by line.
+    entries = [f"    {json.dumps(n)}: {json.dumps([float(x) for x in row])}" for n, row in zip(names, matrix)]
+    lines.append('  "labels": {' + ("\n" + ",\n".join(entries) + "\n  }" if entries else "}"))
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _text_lines(names: list[str], values: list[str]) -> str:
+    return "".join(f"{n}:{v}\n" for n, v in zip(names, values))
+
+
+def label_file_contents(labels: dict[str, np.ndarray]) -> dict[str, bytes]:
+    """File name -> bytes of every label file, in a fixed order (see labels/README.md)."""
+    names = sorted(labels)
+    matrix = np.zeros((len(names), N_FULL), dtype=np.float64)
+    for i, n in enumerate(names):
+        vec = np.asarray(labels[n], dtype=np.float64).reshape(-1)
+        if vec.size != N_FULL:
+            raise LabelFileError(f"label of {n!r} has {vec.size} values, a probability label has {N_FULL}")
+        matrix[i] = vec
+    files: dict[str, bytes] = {
+        LABEL_JSON: _json_text(names, matrix).encode("utf-8"),
+        LABEL_PKL: compat_pickle({n: matrix[i].copy() for i, n in enumerate(names)}),
+    }
+    for scheme, probs, n_classes in (("full", matrix, N_FULL), ("simple", to_simple(matrix), N_SIMPLE)):
+        classes = single_label(probs) if len(names) else np.zeros(0, dtype=np.int64)
+        hot = one_hot(classes, n_classes)
+        stem = f"single_label_IGBP{scheme}"
+        files[f"{stem}_ClsNum.txt"] = _text_lines(names, [str(int(c)) for c in classes]).encode()
+        files[f"{stem}_ClsNum.pkl"] = compat_pickle({n: int(c) for n, c in zip(names, classes)})
+        files[f"{stem}_OneHot.txt"] = _text_lines(names, [",".join(map(str, row)) for row in hot.tolist()]).encode()
+        files[f"{stem}_OneHot.pkl"] = compat_pickle({n: hot[i].copy() for i, n in enumerate(names)})
+    return files
+
+
+def write_label_files(labels: dict[str, np.ndarray], out_dir: Path) -> list[Path]:
+    """Write our JSON and the original's label files into `out_dir`; returns their paths.
+
+    Each file appears complete or not at all; the bytes depend only on the labels.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, data in label_file_contents(labels).items():
+        storage.write_bytes(str(out / name), data)
+        written.append(out / name)
+    return written
+
+
+# --------------------------------------------------------------------------- command line
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def report_problems(problems: list[Problem], what: str) -> None:
+    """List every bad input at the end, one line each, then fail with a one-line summary."""
+    if not problems:
+        return
+    click.echo(f"\n{len(problems)} bad input(s):", err=True)
+    for p in sorted(problems, key=lambda p: (p.path, p.reason)):
+        click.echo(f"{p.path}: {p.reason}", err=True)
+    raise click.ClickException(f"{len(problems)} input file(s) could not be used (listed above); {what}")
+
+
+@click.command("labels")
+@click.option("--data", required=True, metavar="DIR",
+              help="Root of the SEN12MS tree (local folder or URL such as s3://bucket/sen12ms).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write the label files into (created if missing).")
+@click.option("--workers", default=default_workers, show_default="all usable CPU cores",
+              type=click.IntRange(1, 1024), help="Processes reading lc patches in parallel.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def labels_command(data: str, out: Path, workers: int, progress: bool) -> None:
+    """Derive the IGBP probability labels from the lc patches and write the original's label files.
+
+    Writes IGBP_probability_labels.json (what this toolbox reads), IGBP_probability_labels.pkl
+    and single_label_IGBP{full,simple}_{ClsNum,OneHot}.{txt,pkl}, keyed by the S2 file name.
+    Every bad input is listed at the end; the files are still written for the good patches.
+    """
+    from convert.scan import scan_tree
+
+    try:
+        scan = scan_tree(data)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    labels, problems = derive_labels(scan.triplets, workers=workers, progress=progress)
+    problems = list(scan.problems) + problems
+    if not labels and not problems:
+        raise click.ClickException(f"{data}: no SEN12MS patches found")
+    if labels:
+        paths = write_label_files(labels, out)
+        probs = np.stack([labels[n] for n in sorted(labels)])
+        counts = np.bincount(single_label(to_simple(probs)), minlength=N_SIMPLE + 1)[1:]
+        click.echo(f"labelled {len(labels)} patches of {len(scan.triplets)} triplets under {data}")
+        click.echo("single labels, simplified scheme: "
+                   + ", ".join(f"{SIMPLE_NAMES[i]} {c}" for i, c in enumerate(counts) if c))
+        click.echo(f"wrote {len(paths)} files to {out}: " + ", ".join(p.name for p in paths))
+    report_problems(problems, f"labels were written for the {len(labels)} good patches" if labels
+                    else "no label could be derived")

@@ -1,0 +1,210 @@
+"""The conversion plan: which triplet goes into which split, in which order, and what is rejected
+before a pixel is read.
+
+Everything here is a pure function of the scan, the labels and the split lists, so a resumed run
+recomputes the same plan and continues it (its fingerprint proves it is the same).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from convert.scan import Problem, Triplet
+from sen12ms_common.igbp import LabelError, check_probability
+from sen12ms_common.manifest import SPLITS, Rejection
+from sen12ms_common.patches import MODALITIES, PatchNameError, SceneId, parse_patch
+from sen12ms_common.shardformat import SampleLayout
+
+# Inputs that belong to no split (not in any split list) are counted under this name.
+UNASSIGNED = "unassigned"
+KNOWN_BROKEN_REASON = "known broken triplet (S1 holds NaN): in no split list, as in the original"
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
+_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+
+
+def parse_size(text: str | int) -> int:
+    """`256MB` -> 256_000_000, `500KiB` -> 512_000, `1GB`, `4096` (bytes).
+
+    K/M/G/T (with or without B) are powers of 1000, KiB/MiB/GiB/TiB powers of 1024.
+    """
+    if isinstance(text, int):
+        value = text
+    else:
+        m = _SIZE_RE.match(str(text))
+        if not m or (m[3] and not m[2]):
+            raise ValueError(f"not a size: {text!r} (expected e.g. 256MB, 1GB, 500KiB or a number of bytes)")
+        base = 1024 if m[3] else 1000
+        value = int(float(m[1]) * base ** _POWERS[m[2].lower()])
+    if value <= 0:
+        raise ValueError(f"size must be positive, not {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    """One triplet to convert: its position in its split's shuffled order is its place in the list."""
+
+    key: str
+    split: str
+    paths: dict[str, str] = field(hash=False)  # the modalities to store -> path or URL
+    label: tuple[float, ...] = field(hash=False)  # 17 float64 probabilities
+
+
+@dataclass
+class Plan:
+    splits: dict[str, list[PlanEntry]]  # split -> entries in shard order (shuffled)
+    rejected: list[Rejection]  # rejected before reading (no sibling, no label, no split, ...)
+    warnings: list[Rejection]  # noticed, did not stop a conversion
+    inputs: dict[str, int]  # split (or UNASSIGNED) -> input triplets attributed to it
+
+    def fingerprint(self, layout: SampleLayout, shard_size: int) -> str:
+        """What the bytes of the shards depend on: equal fingerprints, equal shards."""
+        h = hashlib.sha256()
+        h.update(json.dumps({"layout": layout.to_dict(), "shard_size": shard_size}, sort_keys=True).encode())
+        for split in SPLITS:
+            for e in self.splits.get(split, []):
+                h.update(f"{split} {e.key} ".encode())
+                h.update(np.asarray(e.label, dtype="<f8").tobytes())
+        return h.hexdigest()
+
+
+def shuffle_order(keys: list[str], seed: int, split: str) -> list[str]:
+    """The shard order of a split: sorted keys permuted by a generator seeded with (seed, split)."""
+    rng = np.random.default_rng([seed, SPLITS.index(split) if split in SPLITS else len(SPLITS)])
+    ordered = sorted(keys)
+    return [ordered[i] for i in rng.permutation(len(ordered))]
+
+
+def build_plan(triplets: Iterable[Triplet], problems: Iterable[Problem],
+               labels: Mapping[str, np.ndarray], label_problems: Iterable[Problem],
+               split_lists: Mapping[str, Iterable[str]], excluded: Mapping[str, str],
+               modalities: tuple[str, ...], seed: int, labels_source: str,
+               needed: tuple[str, ...] = ()) -> Plan:
+    """Decide the fate of every input that can be decided without reading pixels.
+
+    Inputs are the S2 keys of the tree: the triplets, and the ids of scan problems that did not
+    make a triplet (a duplicate id, an s1/lc without its s2). Each lands in exactly one split (or
+    UNASSIGNED) and is either planned or rejected: for its missing siblings (`modalities` plus
+    `needed`, e.g. lc to derive the label), else for every label and split reason that applies.
+    """
+    triplets = sorted(triplets, key=lambda t: t.key)
+    problems, label_problems = list(problems), list(label_problems)
+    rejected: list[Rejection] = []
+    warnings: list[Rejection] = []
+
+    split_of: dict[str, str] = {}
+    scene_split: dict[SceneId, set[str]] = defaultdict(set)
+    listed_twice: dict[str, list[str]] = defaultdict(list)
+    for split in SPLITS:
+        for name in split_lists.get(split, []):
+            try:
+                pid = parse_patch(name)
+            except PatchNameError:
+                warnings.append(Rejection(str(name), "split list entry is not a SEN12MS patch name", split=split))
+                continue
+            key = pid.key
+            if key in split_of and split_of[key] != split:
+                listed_twice[key].append(split)
+                continue
+            split_of[key] = split
+            scene_split[pid.scene_id].add(split)
+
+    def attributed_split(key: str) -> str:
+        """The split of an input; else, for one the split making left out, train (test in a hold-out
+        scene), as the original leaves the broken triplet out of its train list; else the split of
+        its scene's other patches."""
+        if key in split_of:
+            return split_of[key]
+        pid = parse_patch(key)
+        scenes = scene_split.get(pid.scene_id, set())
+        if pid.filename() in excluded or pid.is_known_broken:
+            return "test" if scenes == {"test"} else "train"
+        return next(iter(scenes)) if len(scenes) == 1 else UNASSIGNED
+
+    problems_of: dict[str, list[Problem]] = defaultdict(list)
+    for p in problems:
+        if p.id:
+            problems_of[p.id].append(p)
+        else:
+            warnings.append(Rejection("", p.reason, p.path))
+    label_problem_of = {p.id: p for p in label_problems if p.id}
+    for p in label_problems:
+        if not p.id:
+            warnings.append(Rejection("", p.reason, p.path))
+
+    inputs: dict[str, int] = defaultdict(int)
+    keys = {t.key for t in triplets}
+    # Inputs that did not become a triplet: the scan says why.
+    for key in sorted(set(problems_of) - keys):
+        split = attributed_split(key)
+        inputs[split] += 1
+        ps = problems_of[key]
+        rejected.append(Rejection(key, "; ".join(p.reason for p in ps), ps[0].path, split))
+    # Scan problems of a triplet that still converts (e.g. an lc file in the wrong folder).
+    for key in sorted(set(problems_of) & keys):
+        for p in problems_of[key]:
+            warnings.append(Rejection(key, p.reason, p.path, attributed_split(key)))
+
+    planned: dict[str, list[PlanEntry]] = defaultdict(list)
+    for t in triplets:
+        key, filename = t.key, t.id.filename()
+        split = attributed_split(key)
+        inputs[split] += 1
+        reasons: list[str] = []
+        path = t.paths.get("s2", "")
+        missing = [m for m in MODALITIES if (m in modalities or m in needed) and m not in t.paths]
+        prob = labels.get(filename)
+        label: tuple[float, ...] = ()
+        if missing:
+            # The label and split reasons of an incomplete triplet only repeat this one.
+            reasons.append("missing sibling " + ", ".join(t.id.relpath(m) for m in missing))
+        elif prob is None:
+            lp = label_problem_of.get(key)
+            if lp is not None:
+                reasons.append(f"no label: {lp.reason}")
+                path = lp.path or path
+            else:
+                reasons.append(f"no label for {filename} in {labels_source}")
+        else:
+            try:
+                label = tuple(float(v) for v in check_probability(prob))
+            except LabelError as exc:
+                reasons.append(f"label in {labels_source}: {exc}")
+        if missing:
+            pass
+        elif key in listed_twice:
+            reasons.append(f"listed in more than one split list ({', '.join([split_of[key]] + listed_twice[key])})")
+        elif key not in split_of:
+            reasons.append(excluded.get(filename) or excluded.get(key) or (
+                KNOWN_BROKEN_REASON if t.id.is_known_broken else "in no split list"))
+        if reasons:
+            rejected.append(Rejection(key, "; ".join(reasons), path, split))
+        else:
+            planned[split].append(PlanEntry(key, split, {m: t.paths[m] for m in modalities}, label))
+
+    for split in SPLITS:
+        for name in split_lists.get(split, []):
+            try:
+                key = parse_patch(name).key
+            except PatchNameError:
+                continue
+            if key not in keys and key not in problems_of and split_of.get(key) == split:
+                warnings.append(Rejection(key, f"listed in the {split} split but not found in the tree", split=split))
+
+    splits: dict[str, list[PlanEntry]] = {}
+    for split in SPLITS:
+        by_key = {e.key: e for e in planned.get(split, [])}
+        splits[split] = [by_key[k] for k in shuffle_order(list(by_key), seed, split)]
+        inputs.setdefault(split, 0)
+    ordered_inputs = {s: inputs[s] for s in SPLITS}
+    if inputs.get(UNASSIGNED):
+        ordered_inputs[UNASSIGNED] = inputs[UNASSIGNED]
+    return Plan(splits, rejected, warnings, ordered_inputs)

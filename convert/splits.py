@@ -1,0 +1,333 @@
+"""Splits: the official hold-out scenes as test split, and a scene-grouped validation split.
+
+Test is every patch of the hold-out scenes (`SEN12MS_holdOutScenes.txt`); train is every other
+patch except the known broken triplet; validation is a deterministic set of whole train scenes
+(patches of one scene overlap, so a patch-level split would leak). The algorithm and the file
+formats are documented in splits/README.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from sen12ms_common import safepickle, storage
+from sen12ms_common.patches import (
+    MODALITIES, SEASONS, PatchId, PatchNameError, SceneId, parse_patch, parse_scene,
+)
+
+HOLDOUT_NAME = "SEN12MS_holdOutScenes.txt"
+# The official hold-out list of the original toolbox, shipped in the repository's splits/.
+OFFICIAL_HOLDOUT = Path(__file__).resolve().parents[1] / "splits" / HOLDOUT_NAME
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+REQUIRED_SPLITS: tuple[str, ...] = ("train", "test")
+EXCLUDED_NAME = "excluded.txt"
+BROKEN_REASON = "known broken triplet (S1 holds NaN): left out of train as in the original"
+# The original's pickles are protocol 3 (Python 3.0+), which its Python 3.7 code reads.
+PICKLE_PROTOCOL = 3
+
+
+class SplitFileError(ValueError):
+    """A hold-out or split list that cannot be used; the message names the file."""
+
+
+# --------------------------------------------------------------------------- hold-out list
+
+def load_holdout(path: str) -> list[SceneId]:
+    """Scenes of a hold-out list (`ROIs1158_spring/s1_63` per line), in file order, no repeats."""
+    source = str(path)
+    try:
+        text = storage.read_bytes(source).decode("utf-8")
+    except FileNotFoundError:
+        raise SplitFileError(f"{source}: no such hold-out list") from None
+    except UnicodeDecodeError:
+        raise SplitFileError(f"{source}: not a text file (expected one scene per line, e.g. ROIs1158_spring/s1_63)") from None
+    except OSError as exc:
+        raise SplitFileError(f"{source}: cannot read ({exc.strerror or exc})") from None
+    scenes: list[SceneId] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            scene = parse_scene(line.strip())
+        except PatchNameError:
+            raise SplitFileError(f"{source}:{number}: {line.strip()!r} is not a SEN12MS scene "
+                                 "(expected e.g. ROIs1158_spring/s1_63)") from None
+        if scene not in scenes:
+            scenes.append(scene)
+    if not scenes:
+        raise SplitFileError(f"{source}: the hold-out list names no scene")
+    return scenes
+
+
+def find_holdout(data_root: str, holdout: str | None) -> str:
+    """The hold-out list to use: `holdout`, else the one in the tree's root, else the official one."""
+    if holdout:
+        if not storage.exists(str(holdout)):
+            raise SplitFileError(f"{holdout}: no such hold-out list")
+        return str(holdout)
+    in_tree = storage.join(str(data_root), HOLDOUT_NAME)
+    if storage.exists(in_tree):
+        return in_tree
+    return str(OFFICIAL_HOLDOUT)
+
+
+# --------------------------------------------------------------------------- making splits
+
+@dataclass
+class Splits:
+    """S2 file names of each split (sorted), and the names left out of every split, with why."""
+
+    train: list[str]
+    val: list[str]
+    test: list[str]
+    excluded: dict[str, str] = field(default_factory=dict)
+
+    def lists(self) -> dict[str, list[str]]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+def scene_order_key(scene: SceneId, seed: int) -> str:
+    """The seeded order of scenes: SHA-256 of `<seed>:<season>_<scene>` (same on every machine)."""
+    return hashlib.sha256(f"{seed}:{scene.key}".encode()).hexdigest()
+
+
+def choose_val_scenes(patches_per_scene: dict[SceneId, int], val_fraction: float, seed: int) -> set[SceneId]:
+    """Whole train scenes for validation, per season, in the seeded order (see splits/README.md).
+
+    Per season: walk the scenes in `scene_order_key` order and take a scene while that brings
+    the season's validation patches closer to `val_fraction` of its train patches (a scene is
+    taken when at least half of it fits under the target), always leaving the season at least
+    one train scene. If that takes nothing at all (small trees: every scene is larger than the
+    share) and there are at least two train scenes, the first scene in the seeded order goes to
+    validation.
+    """
+    if val_fraction <= 0 or not patches_per_scene:
+        return set()
+    chosen: set[SceneId] = set()
+    for season in SEASONS:
+        scenes = sorted((s for s in patches_per_scene if s.season == season), key=lambda s: scene_order_key(s, seed))
+        target = val_fraction * sum(patches_per_scene[s] for s in scenes)
+        taken = 0
+        for i, scene in enumerate(scenes):
+            n = patches_per_scene[scene]
+            if taken + n / 2 > target or len(scenes) - i <= 1:
+                break
+            chosen.add(scene)
+            taken += n
+    if not chosen and len(patches_per_scene) >= 2:
+        chosen.add(min(patches_per_scene, key=lambda s: scene_order_key(s, seed)))
+    return chosen
+
+
+def make_splits(ids: list[PatchId], holdout: list[SceneId], val_fraction: float = 0.1, seed: int = 0) -> Splits:
+    """Test = every patch of the hold-out scenes; val = whole train scenes; train = the rest.
+
+    The known broken triplet is left out of train and val (it would stay in test, were its
+    scene a hold-out scene). Names are S2 file names, sorted as strings like the official lists.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), not {val_fraction}")
+    s2_ids = sorted({pid.with_modality("s2") for pid in ids})
+    held = set(holdout)
+    test = [p for p in s2_ids if p.scene_id in held]
+    rest = [p for p in s2_ids if p.scene_id not in held]
+    excluded = {p.filename(): BROKEN_REASON for p in rest if p.is_known_broken}
+    pool = [p for p in rest if not p.is_known_broken]
+    val_scenes = choose_val_scenes(Counter(p.scene_id for p in pool), val_fraction, seed)
+    train = [p for p in pool if p.scene_id not in val_scenes]
+    val = [p for p in pool if p.scene_id in val_scenes]
+    return Splits(
+        train=sorted(p.filename() for p in train),
+        val=sorted(p.filename() for p in val),
+        test=sorted(p.filename() for p in test),
+        excluded=dict(sorted(excluded.items())),
+    )
+
+
+# --------------------------------------------------------------------------- split files
+
+def split_file_contents(splits: Splits) -> dict[str, bytes]:
+    """File name -> bytes of the split files (see splits/README.md)."""
+    files: dict[str, bytes] = {}
+    for split, names in splits.lists().items():
+        files[f"{split}_list.txt"] = "".join(f"{n}\n" for n in names).encode()
+        files[f"{split}_list.pkl"] = pickle.dumps(list(names), protocol=PICKLE_PROTOCOL)
+    files[EXCLUDED_NAME] = "".join(f"{n}: {r}\n" for n, r in sorted(splits.excluded.items())).encode()
+    return files
+
+
+def write_splits(splits: Splits, out_dir: Path) -> list[Path]:
+    """Write `{train,val,test}_list.{txt,pkl}` and `excluded.txt`; each file appears complete or not at all."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, data in split_file_contents(splits).items():
+        storage.write_bytes(str(out / name), data)
+        written.append(out / name)
+    return written
+
+
+def _parse_names(names: list, source: str, lines: list[int] | None = None) -> list[str]:
+    out: list[str] = []
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        where = f"{source}:{lines[i]}" if lines else f"{source} (item {i + 1})"
+        if not isinstance(name, str):
+            raise SplitFileError(f"{where}: {name!r} is not a file name string")
+        try:
+            pid = parse_patch(name.strip())
+        except PatchNameError:
+            raise SplitFileError(f"{where}: {name.strip()!r} is not a SEN12MS patch name "
+                                 "(expected e.g. ROIs1158_spring_s2_1_p30.tif)") from None
+        if pid.modality != "s2":
+            raise SplitFileError(f"{where}: {name.strip()!r} is an {pid.modality} name; split lists hold S2 file names")
+        filename = pid.filename()
+        if filename in seen:
+            raise SplitFileError(f"{where}: {filename} is listed twice")
+        seen.add(filename)
+        out.append(filename)
+    return out
+
+
+def read_split_list(path: str) -> list[str]:
+    """S2 file names of one split list: text (one per line) or the original's pickled list."""
+    source = str(path)
+    try:
+        data = storage.read_bytes(source)
+    except FileNotFoundError:
+        raise SplitFileError(f"{source}: no such split list") from None
+    except OSError as exc:
+        raise SplitFileError(f"{source}: cannot read ({exc.strerror or exc})") from None
+    if source.endswith(".pkl"):
+        try:
+            obj = safepickle.loads(data, source)
+        except pickle.UnpicklingError as exc:
+            raise SplitFileError(str(exc).splitlines()[0]) from None
+        if not isinstance(obj, (list, tuple)):
+            raise SplitFileError(f"{source}: expected a pickled list of S2 file names, found {type(obj).__name__}")
+        return _parse_names(list(obj), source)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SplitFileError(f"{source}: not a text file (expected one S2 file name per line)") from None
+    numbered = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    return _parse_names([line for _, line in numbered], source, [n for n, _ in numbered])
+
+
+def load_splits(split_dir: str) -> dict[str, list[str]]:
+    """Split lists of a folder: `{split}_list.txt`, else `{split}_list.pkl` (restricted unpickler).
+
+    train and test are required, val is optional (no 'val' key without it). A name in two
+    splits, a repeated name or a name that is not an S2 patch raises `SplitFileError`.
+    """
+    root = str(split_dir)
+    out: dict[str, list[str]] = {}
+    for split in SPLITS:
+        txt, pkl = storage.join(root, f"{split}_list.txt"), storage.join(root, f"{split}_list.pkl")
+        if storage.exists(txt):
+            out[split] = read_split_list(txt)
+        elif storage.exists(pkl):
+            out[split] = read_split_list(pkl)
+        elif split in REQUIRED_SPLITS:
+            raise SplitFileError(f"{root}: no {split}_list.txt or {split}_list.pkl")
+    owner: dict[str, str] = {}
+    for split, names in out.items():
+        for name in names:
+            if name in owner:
+                raise SplitFileError(f"{root}: {name} is in both the {owner[name]} and the {split} list")
+            owner[name] = split
+    return out
+
+
+# --------------------------------------------------------------------------- command line
+
+def season_counts(names: list[str]) -> dict[str, int]:
+    counts = Counter(parse_patch(n).season for n in names)
+    return {s: counts.get(s, 0) for s in SEASONS}
+
+
+def _is_shipped_folder(out: Path) -> bool:
+    return out.resolve() == OFFICIAL_HOLDOUT.parent.resolve()
+
+
+def _summary(splits: Splits, holdout_path: str, holdout: list[SceneId]) -> list[str]:
+    scenes = {split: sorted({parse_patch(n).scene_id for n in names}) for split, names in splits.lists().items()}
+    present = len(set(holdout) & set(scenes["test"]))
+    short = [s.split("_")[1] for s in SEASONS]
+    lines = [f"hold-out list: {holdout_path} ({len(holdout)} scenes, {present} of them in this tree)",
+             f"{'split':<6}" + "".join(f"{s:>9}" for s in short) + f"{'total':>9}{'scenes':>8}"]
+    for split, names in splits.lists().items():
+        counts = season_counts(names)
+        lines.append(f"{split:<6}" + "".join(f"{counts[s]:>9}" for s in SEASONS)
+                     + f"{len(names):>9}{len(scenes[split]):>8}")
+    if scenes["val"]:
+        lines.append("val scenes: " + ", ".join(s.key for s in scenes["val"]))
+    for name, reason in splits.excluded.items():
+        lines.append(f"left out: {name}: {reason}")
+    return lines
+
+
+@click.command("splits")
+@click.option("--data", required=True, metavar="DIR",
+              help="Root of the SEN12MS tree (local folder or URL such as s3://bucket/sen12ms).")
+@click.option("--holdout", default=None, metavar="FILE",
+              help=f"Hold-out scene list [default: {HOLDOUT_NAME} in the tree's root, else the official "
+                   "list shipped in splits/].")
+@click.option("--val-fraction", default=0.1, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
+              help="Share of each season's train patches to move to validation, as whole scenes (0: no val).")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the scene order for validation; the lists are identical for a seed.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write {train,val,test}_list.{txt,pkl} into (created if missing).")
+def splits_command(data: str, holdout: str | None, val_fraction: float, seed: int, out: Path) -> None:
+    """Write train / val / test lists: test = the hold-out scenes, val = whole train scenes.
+
+    Incomplete triplets and files that are not SEN12MS patches are listed at the end (and
+    left out of the lists); the lists are still written for the rest.
+    """
+    from convert.labels import expected_sibling, report_problems
+    from convert.scan import Problem, scan_tree
+
+    if _is_shipped_folder(out):
+        raise click.ClickException(f"{out}: holds the official lists shipped with the toolbox; "
+                                   "write the splits of a tree to another folder")
+    try:
+        holdout_path = find_holdout(data, holdout)
+        scenes = load_holdout(holdout_path)
+        scan = scan_tree(data)
+    except (SplitFileError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    problems = list(scan.problems)
+    complete: list[PatchId] = []
+    incomplete: dict[str, str] = {}
+    for t in scan.triplets:
+        missing = scan.missing(t, MODALITIES)
+        if missing:
+            expected = ", ".join(expected_sibling(t, m) for m in missing)
+            problems.append(Problem(t.paths["s2"], f"incomplete triplet: no {' or '.join(missing)} patch "
+                                                   f"(expected {expected})", t.key))
+            incomplete[t.id.filename()] = f"incomplete triplet: no {' or '.join(missing)} patch"
+        else:
+            complete.append(t.id)
+    if not complete and not problems:
+        raise click.ClickException(f"{data}: no SEN12MS patches found")
+    splits = make_splits(complete, scenes, val_fraction=val_fraction, seed=seed)
+    splits.excluded = dict(sorted({**splits.excluded, **incomplete}.items()))
+    paths = write_splits(splits, out)
+    for line in _summary(splits, holdout_path, scenes):
+        click.echo(line)
+    click.echo(f"wrote {len(paths)} files to {out}: " + ", ".join(p.name for p in paths))
+    report_problems(problems, "the lists were written without them")
+
+
+__all__ = [
+    "OFFICIAL_HOLDOUT", "HOLDOUT_NAME", "Splits", "SplitFileError", "load_holdout", "find_holdout",
+    "make_splits", "choose_val_scenes", "scene_order_key", "write_splits", "load_splits",
+    "read_split_list", "splits_command",
+]

@@ -1,0 +1,277 @@
+"""Checkpoints: the original's format, safe loading, and what exact resume needs.
+
+A checkpoint is a dict with the original's keys `epoch`, `arch`, `model_state_dict`,
+`optimizer_state_dict`, `best_prec`, plus our keys for exact resume (scheduler, RNG states,
+AMP scaler, step, config). The original stores `epoch` as the 0-based index of the epoch just
+finished (so a resumed run starts at `epoch + 1`) and `best_prec` as the best validation
+micro-F1 so far.
+
+Loading never runs code from the file: `torch.load(weights_only=True)` accepts tensors,
+numbers, strings and containers. The original's checkpoints also hold a numpy float64
+(`best_prec`, sklearn's micro-F1), so numpy's scalar reconstructor and the float dtypes are
+allow-listed for the duration of the load, under numpy 1.x and 2.x names; nothing else is.
+Everything we save loads without that allow-list.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+import re
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from sen12ms_common import storage
+
+ORIGINAL_KEYS: tuple[str, ...] = ("epoch", "arch", "model_state_dict", "optimizer_state_dict", "best_prec")
+# Wrapper prefixes in state-dict keys: DataParallel / DistributedDataParallel, torch.compile.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+__all__ = ["ORIGINAL_KEYS", "CheckpointError", "save_checkpoint", "load_checkpoint",
+           "load_model_weights", "unwrap_model", "capture_rng_state", "restore_rng_state"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, is unsafe, or does not fit the model (one line)."""
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _numpy_scalar_globals() -> list:
+    """What unpickling a numpy float scalar needs: reconstructor (both module names) + dtypes."""
+    try:
+        from numpy._core.multiarray import scalar  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import scalar
+    allowed: list = [(scalar, "numpy.core.multiarray.scalar"),
+                     (scalar, "numpy._core.multiarray.scalar"), np.dtype]
+    # Rebuilding a dtype instance needs its class (numpy.dtypes.Float64DType in numpy 2).
+    allowed += [type(np.dtype(t)) for t in (np.float64, np.float32)]
+    return allowed
+
+
+def _refused_globals(path: str, exc: Exception) -> str | None:
+    """Names of the globals that made weights_only loading refuse a file; None if none did."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        allowed = {"numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.dtype"}
+        names = [n for n in names if n not in allowed]
+        if names:
+            return ", ".join(names)
+    except Exception:  # legacy (non-zip) files cannot be listed; fall back to the message
+        pass
+    found = re.findall(r"GLOBAL ([\w.]+)", str(exc))
+    return ", ".join(dict.fromkeys(found)) if found else None
+
+
+def _unpickling_detail(exc: Exception) -> str:
+    """The informative line of torch's long weights_only message (e.g. 'Unsupported operand 109')."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for i, ln in enumerate(lines):
+        if "WeightsUnpickler error" in ln:
+            rest = ln.split("WeightsUnpickler error:", 1)[-1].strip()
+            return rest or (lines[i + 1] if i + 1 < len(lines) else "garbled data")
+    return lines[0] if lines else type(exc).__name__
+
+
+def _is_bare_state_dict(obj: Mapping) -> bool:
+    return bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def load_checkpoint(path: str, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint (ours, the original's, or a bare state_dict) without running code.
+
+    Returns a dict that always holds `model_state_dict`; the original's key variants
+    `state_dict` / `optimizer` become `model_state_dict` / `optimizer_state_dict`, and numpy
+    scalars at the top level (the original's `best_prec`) become Python numbers. Raises
+    `CheckpointError` with a one-line message naming the file.
+    """
+    path = str(path)
+    try:
+        with storage.open_read(path) as f, torch.serialization.safe_globals(_numpy_scalar_globals()):
+            obj = torch.load(f, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint file") from None
+    except pickle.UnpicklingError as exc:
+        refused = _refused_globals(path, exc)
+        if refused is None:
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint "
+                                  f"({_unpickling_detail(exc)})") from None
+        raise CheckpointError(
+            f"{path}: refused to load: it asks for {refused}, which is not tensor data (only "
+            "tensors, numbers, strings, containers and numpy float scalars are accepted)") from None
+    except Exception as exc:  # truncated / not a torch file: zip, EOF and unpickling errors vary
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: not a checkpoint: it holds a {type(obj).__name__}, not a dict")
+    if _is_bare_state_dict(obj):
+        return {"model_state_dict": dict(obj)}
+    ckpt = dict(obj)
+    for ours, theirs in (("model_state_dict", "state_dict"), ("optimizer_state_dict", "optimizer")):
+        if ours not in ckpt and isinstance(ckpt.get(theirs), Mapping):
+            ckpt[ours] = ckpt.pop(theirs)
+    if not isinstance(ckpt.get("model_state_dict"), Mapping):
+        keys = ", ".join(map(str, list(ckpt)[:8]))
+        raise CheckpointError(f"{path}: no model weights (no model_state_dict or state_dict; keys: {keys})")
+    for k, v in ckpt.items():
+        if isinstance(v, np.generic):
+            ckpt[k] = v.item()
+    return ckpt
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain model inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
+    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    while True:
+        if isinstance(model, wrappers):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _strip_wrapper_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:
+    state = dict(state)
+    changed = True
+    while changed and state:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if all(isinstance(k, str) and k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                changed = True
+    return state
+
+
+def _fit_problems(model: nn.Module, state: Mapping[str, Any], strict: bool) -> str:
+    own = model.state_dict()
+    problems = []
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if strict and missing:
+        problems.append(f"missing {len(missing)} keys ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    if strict and unexpected:
+        problems.append(f"unexpected {len(unexpected)} keys ({', '.join(unexpected[:3])}"
+                        f"{', ...' if len(unexpected) > 3 else ''})")
+    for k, v in state.items():
+        if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(own[k].shape):
+            problems.append(f"{k} is {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} in the model")
+            break
+    return "; ".join(problems)
+
+
+def load_model_weights(model: nn.Module, checkpoint: Mapping[str, Any], strict: bool = True,
+                       source: str | None = None):
+    """Copy a checkpoint's weights into `model` (DataParallel/DDP/compile prefixes handled).
+
+    `checkpoint` is what `load_checkpoint` returns, an original-style dict (`state_dict`) or a
+    bare state_dict. A checkpoint that does not fit (another model, input set or class count)
+    raises `CheckpointError` naming the first problems; `source` (the file) prefixes it.
+    Returns `load_state_dict`'s result (missing / unexpected keys when `strict=False`).
+    """
+    if "model_state_dict" in checkpoint:
+        state = checkpoint["model_state_dict"]
+    elif "state_dict" in checkpoint:
+        state = checkpoint["state_dict"]
+    elif _is_bare_state_dict(checkpoint):
+        state = checkpoint
+    else:
+        raise CheckpointError(f"{source or 'checkpoint'}: no model weights (no model_state_dict or state_dict)")
+    target = unwrap_model(model)
+    state = _strip_wrapper_prefixes(state)
+    problems = _fit_problems(target, state, strict)
+    if problems:
+        raise CheckpointError(f"{source or 'checkpoint'} does not fit the model: {problems}")
+    return target.load_state_dict(state, strict=strict)
+
+
+# ----------------------------------------------------------------------------- saving
+
+_LEAVES = (torch.Tensor, bool, int, float, complex, str, bytes, bytearray, type(None),
+           torch.dtype, torch.device)
+
+
+def _check_loadable(obj: Any, where: str) -> None:
+    """Raise TypeError naming the first value that `torch.load(weights_only=True)` would refuse."""
+    if isinstance(obj, _LEAVES):
+        return
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            _check_loadable(k, f"{where} key {k!r}")
+            _check_loadable(v, f"{where}[{k!r}]")
+        return
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        for i, v in enumerate(obj):
+            _check_loadable(v, f"{where}[{i}]")
+        return
+    hint = " (convert numpy values with .tolist() / torch.from_numpy / float())" \
+        if type(obj).__module__.startswith("numpy") else ""
+    raise TypeError(f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}, which "
+                    f"torch.load(weights_only=True) refuses{hint}")
+
+
+def save_checkpoint(path: str, *, epoch: int, arch: str, model_state_dict: Mapping[str, Any],
+                    optimizer_state_dict: Mapping[str, Any], best_prec: float,
+                    extra: Mapping[str, Any] | None = None) -> None:
+    """Write a checkpoint atomically (a temporary name, then rename; S3: commit on close).
+
+    Holds the original's keys (`epoch`, `arch`, `model_state_dict`, `optimizer_state_dict`,
+    `best_prec` as a Python float) and `extra` (e.g. `scheduler_state_dict`, `rng_state` from
+    `capture_rng_state()`, `scaler_state_dict`, `step`, `config`). Wrapper prefixes
+    (`module.`, `_orig_mod.`) are stripped from the model's keys, so the file has the
+    original's layout. Raises TypeError (before writing anything) for a value that
+    `torch.load(weights_only=True)` would refuse, such as a numpy array.
+    """
+    ckpt: dict[str, Any] = {
+        "epoch": int(epoch),
+        "arch": str(arch),
+        "model_state_dict": _strip_wrapper_prefixes(model_state_dict),
+        "optimizer_state_dict": optimizer_state_dict,
+        "best_prec": float(best_prec),
+    }
+    for key, value in (extra or {}).items():
+        if key in ckpt:
+            raise ValueError(f"extra key {key!r} would overwrite the original's checkpoint key")
+        ckpt[key] = value
+    _check_loadable(ckpt, "checkpoint")
+    with storage.atomic_open(str(path)) as f:
+        torch.save(ckpt, f)
+
+
+# ----------------------------------------------------------------------------- RNG states
+
+def capture_rng_state() -> dict:
+    """Python, numpy (global) and torch (CPU and every CUDA device) RNG states, in a form
+    that `torch.load(weights_only=True)` reads back (tensors, tuples, numbers)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what `capture_rng_state` captured (CUDA states only where CUDA is available)."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), int(n["pos"]),
+                         int(n["has_gauss"]), float(n["cached_gaussian"])))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = [s.cpu() for s in state["cuda"]]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            for i, s in enumerate(cuda[: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(s, i)
