@@ -57,3 +57,7 @@ from convert.verify import verify as verify_command  # noqa: E402
 
 cli.add_command(shards_command)
 cli.add_command(verify_command)
+
+from convert.merge import merge_manifest as merge_manifest_command  # noqa: E402
+
+cli.add_command(merge_manifest_command)

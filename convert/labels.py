@@ -56,8 +56,9 @@ def _reason(exc: BaseException, path: str) -> str:
     return text[len(prefix):] if text.startswith(prefix) else text
 
 
-def label_of(triplet: Triplet) -> tuple[str, np.ndarray | None, Problem | None]:
-    """(S2 file name, probability vector or None, problem or None) of one triplet."""
+def label_of(triplet: Triplet) -> tuple[str, np.ndarray | None, Problem | None, Problem | None]:
+    """(S2 file name, probability vector or None, problem or None, warning or None) of one
+    triplet; the warning notes no-data pixels (IGBP class 0) that the label leaves out."""
     from convert.geotiff import PatchReadError, read_patch
 
     name = triplet.id.filename("s2")
@@ -65,15 +66,20 @@ def label_of(triplet: Triplet) -> tuple[str, np.ndarray | None, Problem | None]:
     if lc is None:
         where = triplet.paths.get("s2", triplet.id.relpath("s2"))
         return name, None, Problem(where, f"s2 patch without its lc sibling {expected_sibling(triplet, 'lc')}",
-                                   triplet.key)
+                                   triplet.key), None
     try:
         patch = read_patch(lc, "lc")
         prob = probability_from_igbp(patch.data[0])
     except (PatchReadError, LabelError) as exc:
-        return name, None, Problem(lc, _reason(exc, lc), triplet.key)
+        return name, None, Problem(lc, _reason(exc, lc), triplet.key), None
     except Exception as exc:  # a batch job reports every bad input instead of dying on one
-        return name, None, Problem(lc, f"cannot read: {exc.__class__.__name__}: {_reason(exc, lc)}", triplet.key)
-    return name, prob.astype(np.float64), None
+        return name, None, Problem(lc, f"cannot read: {exc.__class__.__name__}: {_reason(exc, lc)}", triplet.key), None
+    zeros = int(np.count_nonzero(patch.data[0] == 0))
+    note = None
+    if zeros:
+        note = Problem(lc, f"IGBP band holds {zeros} no-data pixels (class 0); the label is the share of the other "
+                           f"{patch.data[0].size - zeros} pixels", triplet.key)
+    return name, prob.astype(np.float64), None, note
 
 
 def _ordered_map(fn: Callable[[Triplet], Any], items: Sequence[Triplet], workers: int,
@@ -90,9 +96,11 @@ def _ordered_map(fn: Callable[[Triplet], Any], items: Sequence[Triplet], workers
             return
         from concurrent.futures import ProcessPoolExecutor
 
+        from convert.shards import die_with_parent  # workers must not outlive a kill -9 of this process
+
         n = min(workers, len(items))
         chunk = max(1, min(64, len(items) // (n * 8)))
-        with ProcessPoolExecutor(max_workers=n) as pool:
+        with ProcessPoolExecutor(max_workers=n, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             for result in pool.map(fn, items, chunksize=chunk):
                 yield result
                 bar.update(1)
@@ -100,21 +108,24 @@ def _ordered_map(fn: Callable[[Triplet], Any], items: Sequence[Triplet], workers
         bar.close()
 
 
-def derive_labels(triplets: list[Triplet], workers: int = 1,
-                  progress: bool = True) -> tuple[dict[str, np.ndarray], list[Problem]]:
+def derive_labels(triplets: list[Triplet], workers: int = 1, progress: bool = True,
+                  warnings: list[Problem] | None = None) -> tuple[dict[str, np.ndarray], list[Problem]]:
     """Probability labels of the triplets' lc patches, keyed by S2 file name, and the problems.
 
     A triplet without an lc patch, an unreadable lc file, IGBP values outside 0..17 or an lc
     patch without a single valid pixel gives a `Problem` (one line naming the file), never an
-    exception. The result is the same for any number of worker processes.
+    exception. The result is the same for any number of worker processes. Patches labelled in
+    spite of no-data pixels are appended to `warnings`, if given.
     """
     labels: dict[str, np.ndarray] = {}
     problems: list[Problem] = []
-    for name, prob, problem in _ordered_map(label_of, list(triplets), workers, progress, "labels"):
+    for name, prob, problem, note in _ordered_map(label_of, list(triplets), workers, progress, "labels"):
         if problem is not None:
             problems.append(problem)
         else:
             labels[name] = prob
+        if note is not None and warnings is not None:
+            warnings.append(note)
     return dict(sorted(labels.items())), problems
 
 

@@ -23,7 +23,7 @@ from sen12ms_common.igbp import LabelError, check_probability, igbp_counts
 from sen12ms_common.manifest import ManifestError, load_manifest
 from sen12ms_common.patches import PatchId, PatchNameError, SceneId, parse_patch
 from sen12ms_common.shardformat import (
-    LABEL_EXT, META_EXT, SampleLayout, ShardFormatError, decode_array, decode_label,
+    LABEL_EXT, META_EXT, SampleLayout, ShardFormatError, check_member_name, decode_array, decode_label,
 )
 
 # Where the pixel counts come from (written into every pixel-count CSV).
@@ -179,10 +179,10 @@ def _shard_samples(url: str, wanted: tuple[str, ...]) -> list[tuple[str, dict[st
     order: list[str] = []
     with storage.open_read(url) as f, tarfile.open(fileobj=f, mode="r:") as tar:
         for info in tar:
+            check_member_name(info.name)  # a path-like member makes the shard bad; nothing is extracted
             if not info.isfile():
                 continue
-            base = info.name.rsplit("/", 1)[-1]
-            key, _, ext = base.partition(".")
+            key, _, ext = info.name.partition(".")
             if key not in samples:
                 samples[key] = {}
                 order.append(key)
@@ -241,6 +241,9 @@ def collect_shards(root: str, progress: bool = True) -> Collection:
             continue
         except (tarfile.TarError, OSError) as exc:
             problems.append(Problem(url, f"not a readable tar ({exc})"))
+            continue
+        except ShardFormatError as exc:
+            problems.append(Problem(url, str(exc)))
             continue
         for key, members in samples:
             where = f"{url}:{key}"

@@ -8,11 +8,12 @@ recomputes the same plan and continues it (its fingerprint proves it is the same
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -46,6 +47,61 @@ def parse_size(text: str | int) -> int:
     if value <= 0:
         raise ValueError(f"size must be positive, not {text!r}")
     return value
+
+
+@dataclass(frozen=True)
+class Part:
+    """`--part I/N`: part `index` (1-based) of a conversion in `count` parts."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.index <= self.count:
+            raise ValueError(f"part {self.index}/{self.count}: expected I/N with 1 <= I <= N (e.g. 3/16)")
+
+    @property
+    def tag(self) -> str:
+        """In shard names: `train-p0003of0016-000000.tar`."""
+        return f"p{self.index:04d}of{self.count:04d}"
+
+    @property
+    def label(self) -> str:
+        """In part manifest names: `parts/manifest-0003-of-0016.json`."""
+        return f"{self.index:04d}-of-{self.count:04d}"
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+_PART_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+def parse_part(text: str) -> Part:
+    """`3/16` -> Part(3, 16)."""
+    m = _PART_RE.match(str(text))
+    if not m:
+        raise ValueError(f"not a part: {text!r} (expected I/N, e.g. 3/16: part 3 of 16, counted from 1)")
+    return Part(int(m[1]), int(m[2]))
+
+
+def assign_scenes(sizes: Mapping[SceneId, int], count: int) -> list[list[SceneId]]:
+    """Scenes of each of `count` parts, balanced by inputs (patches) per part.
+
+    Greedy: scenes by size, largest first (equal sizes in scene order), each to the part with
+    the fewest inputs so far (the lowest-numbered on a tie). A pure function of the sizes, so
+    every machine of an array job computes the same assignment; and no part holds more than
+    the lightest one plus the largest scene.
+    """
+    if count < 1:
+        raise ValueError(f"count must be at least 1, not {count}")
+    parts: list[list[SceneId]] = [[] for _ in range(count)]
+    heap = [(0, i) for i in range(count)]
+    for scene in sorted(sizes, key=lambda s: (-sizes[s], s)):
+        load, i = heapq.heappop(heap)
+        parts[i].append(scene)
+        heapq.heappush(heap, (load + sizes[scene], i))
+    return [sorted(p) for p in parts]
 
 
 @dataclass(frozen=True)
@@ -87,16 +143,26 @@ def build_plan(triplets: Iterable[Triplet], problems: Iterable[Problem],
                labels: Mapping[str, np.ndarray], label_problems: Iterable[Problem],
                split_lists: Mapping[str, Iterable[str]], excluded: Mapping[str, str],
                modalities: tuple[str, ...], seed: int, labels_source: str,
-               needed: tuple[str, ...] = ()) -> Plan:
+               needed: tuple[str, ...] = (), keep: Callable[[str], bool] | None = None,
+               tree_wide: bool = True) -> Plan:
     """Decide the fate of every input that can be decided without reading pixels.
 
     Inputs are the S2 keys of the tree: the triplets, and the ids of scan problems that did not
     make a triplet (a duplicate id, an s1/lc without its s2). Each lands in exactly one split (or
     UNASSIGNED) and is either planned or rejected: for its missing siblings (`modalities` plus
     `needed`, e.g. lc to derive the label), else for every label and split reason that applies.
+
+    A part of a conversion (`--part`) passes the whole tree and split lists with `keep`, which
+    selects its inputs (by key); `tree_wide` says whether this plan also reports what belongs
+    to no input (files that are no patch, split list entries not in the tree): one part does.
     """
     triplets = sorted(triplets, key=lambda t: t.key)
     problems, label_problems = list(problems), list(label_problems)
+    tree_keys = {t.key for t in triplets} | {p.id for p in problems if p.id}
+    if keep is not None:
+        triplets = [t for t in triplets if keep(t.key)]
+        problems = [p for p in problems if (keep(p.id) if p.id else tree_wide)]
+        label_problems = [p for p in label_problems if not p.id or keep(p.id)]
     rejected: list[Rejection] = []
     warnings: list[Rejection] = []
 
@@ -108,7 +174,8 @@ def build_plan(triplets: Iterable[Triplet], problems: Iterable[Problem],
             try:
                 pid = parse_patch(name)
             except PatchNameError:
-                warnings.append(Rejection(str(name), "split list entry is not a SEN12MS patch name", split=split))
+                if tree_wide:
+                    warnings.append(Rejection(str(name), "split list entry is not a SEN12MS patch name", split=split))
                 continue
             key = pid.key
             if key in split_of and split_of[key] != split:
@@ -169,7 +236,7 @@ def build_plan(triplets: Iterable[Triplet], problems: Iterable[Problem],
         elif prob is None:
             lp = label_problem_of.get(key)
             if lp is not None:
-                reasons.append(f"no label: {lp.reason}")
+                reasons.append(f"no label: {lp.path}: {lp.reason}" if lp.path else f"no label: {lp.reason}")
                 path = lp.path or path
             else:
                 reasons.append(f"no label for {filename} in {labels_source}")
@@ -190,13 +257,13 @@ def build_plan(triplets: Iterable[Triplet], problems: Iterable[Problem],
         else:
             planned[split].append(PlanEntry(key, split, {m: t.paths[m] for m in modalities}, label))
 
-    for split in SPLITS:
+    for split in SPLITS if tree_wide else ():
         for name in split_lists.get(split, []):
             try:
                 key = parse_patch(name).key
             except PatchNameError:
                 continue
-            if key not in keys and key not in problems_of and split_of.get(key) == split:
+            if key not in tree_keys and split_of.get(key) == split:
                 warnings.append(Rejection(key, f"listed in the {split} split but not found in the tree", split=split))
 
     splits: dict[str, list[PlanEntry]] = {}

@@ -40,12 +40,13 @@ class ScanResult:
         return [m for m in modalities if m not in triplet.paths]
 
 
-def _list_files(root: str) -> list[str]:
-    """All files below root, as paths relative to it (with '/'), sorted."""
+def _list_files(root: str, errors: list[OSError] | None = None) -> list[str]:
+    """All files below root, as paths relative to it (with '/'), sorted; folders that cannot be
+    listed go to `errors` (os.walk would skip them silently)."""
     if storage.is_remote(root):
         return storage.find(root)  # retries, and one-line errors naming the URL
     out = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=None if errors is None else errors.append):
         dirnames.sort()
         rel = os.path.relpath(dirpath, root)
         for name in filenames:
@@ -63,7 +64,12 @@ def scan_tree(root: str) -> ScanResult:
         raise FileNotFoundError(f"{root}: no such folder")
     found: dict[PatchId, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     problems: list[Problem] = []
-    for rel in _list_files(root):
+    unlisted: list[OSError] = []
+    files = _list_files(root, unlisted)
+    for exc in unlisted:
+        problems.append(Problem(str(exc.filename or root), f"cannot read this folder ({exc.strerror or exc}): "
+                                                             "the patches in it are not converted"))
+    for rel in files:
         parts = rel.split("/")
         if len(parts) == 1:
             continue

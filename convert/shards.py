@@ -6,10 +6,18 @@ DALI index, a commit record (`OUT/.parts/<shard>.json`: counts, sha256, statisti
 is written; `--resume` keeps the shards with a record, removes what follows them and goes on
 from the next sample. The manifest and report are built from the records in shard order, so an
 interrupted and resumed run writes the same bytes as an uninterrupted one.
+
+With `--part I/N` the run converts only the scenes of part I (`plan.assign_scenes`), with the
+splits of the whole tree. Its shards carry the part in their names (`train-p0003of0016-000000.tar`),
+so the N parts can write into one OUT at the same time; instead of the manifest and report it
+writes `OUT/parts/manifest-0003-of-0016.json` (its shards, the exact moments behind its
+statistics, the options it was made with) and `OUT/parts/report-0003-of-0016.json`, which
+`convert merge-manifest` (convert/merge.py) joins into `OUT/manifest.json` and `OUT/report.json`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -26,16 +34,20 @@ from typing import Any, Callable, Iterable, Iterator
 import click
 
 from convert.encode import Encoded, Failed, encode_entry, tar_bytes
-from convert.plan import UNASSIGNED, Plan, PlanEntry, build_plan, parse_size
+from convert.plan import UNASSIGNED, Part, Plan, PlanEntry, assign_scenes, build_plan, parse_part, parse_size
 from convert.stats import BandMoments, finish, merge
 from sen12ms_common import storage
 from sen12ms_common.bands import MODALITY_BANDS
 from sen12ms_common.manifest import (MANIFEST_NAME, REPORT_NAME, SPLITS, Manifest, Rejection, ShardEntry,
                                      index_name, report_dict, shard_name)
+from sen12ms_common.patches import SceneId, parse_patch
 from sen12ms_common.shardformat import CODECS, DEFAULT_LEVEL, SampleLayout, TarShardWriter, dali_index
 
-PARTS = ".parts"
-_SHARD_FILE_RE = re.compile(r"^(?P<split>[a-z]+)-(?P<i>\d{6})\.(?:tar|idx|json)$")
+PARTS = ".parts"  # commit records (resume)
+PART_DIR = "parts"  # part manifests and reports of a conversion in parts (merge)
+_SHARD_FILE_RE = re.compile(r"^(?P<split>[a-z]+)-(?:(?P<part>p\d{4,}of\d{4,})-)?(?P<i>\d{6})\.(?:tar|idx|json)$")
+_END_FILE_RE = re.compile(r"^(?P<split>[a-z]+)(?:-(?P<part>p\d{4,}of\d{4,}))?\.end\.json$")
+PART_FILE_RE = re.compile(r"^(?P<kind>manifest|report)-(?P<i>\d{4,})-of-(?P<n>\d{4,})\.json$")
 
 
 class ConvertError(Exception):
@@ -55,6 +67,7 @@ class ShardsOptions:
     resume: bool = False
     val_fraction: float = 0.1
     progress: bool = True
+    part: Part | None = None  # convert only this part of the scenes
 
 
 @dataclass
@@ -94,18 +107,37 @@ class Outcome:
     report: dict[str, Any]
     seconds: float
     processed: int  # inputs read by this run (not those kept from an earlier one)
+    manifest_url: str = ""
+    report_url: str = ""
 
 
 def _parts(out: str, name: str) -> str:
     return storage.join(out, PARTS, name)
 
 
-def _record_name(split: str, shard: int) -> str:
-    return shard_name(split, shard)[: -len(".tar")] + ".json"
+def _stem(split: str, part: Part | None) -> str:
+    """What shard names of a split start with: `train`, or `train-p0003of0016` for a part."""
+    return split if part is None else f"{split}-{part.tag}"
 
 
-def _end_name(split: str) -> str:
-    return f"{split}.end.json"
+def part_shard_name(split: str, shard: int, part: Part | None = None) -> str:
+    return shard_name(_stem(split, part), shard)
+
+
+def _record_name(split: str, shard: int, part: Part | None = None) -> str:
+    return part_shard_name(split, shard, part)[: -len(".tar")] + ".json"
+
+
+def _end_name(split: str, part: Part | None = None) -> str:
+    return f"{_stem(split, part)}.end.json"
+
+
+def part_manifest_name(part: Part) -> str:
+    return f"manifest-{part.label}.json"
+
+
+def part_report_name(part: Part) -> str:
+    return f"report-{part.label}.json"
 
 
 def _write_json(url: str, obj: Any) -> None:
@@ -121,18 +153,76 @@ def _read_json(url: str) -> Any:
 
 # --- the state of OUT --------------------------------------------------------------------------
 
-def existing_shard_set(out: str) -> list[str]:
-    """Names in OUT that belong to a shard set (manifest, shards, index files, commit records)."""
-    names = [n for n in storage.listdir(out) if n == MANIFEST_NAME or _SHARD_FILE_RE.match(n)]
-    names += [f"{PARTS}/{n}" for n in storage.listdir(storage.join(out, PARTS))]
+def _tag_of(name: str) -> str | None | bool:
+    """The part tag of a shard, index, record or end record name (None: made without --part);
+    False for other names."""
+    m = _SHARD_FILE_RE.match(name) or _END_FILE_RE.match(name)
+    return m["part"] if m else False
+
+
+def part_count_of(tag: str) -> int:
+    """N of a part tag: `p0003of0016` -> 16."""
+    return int(tag.partition("of")[2])
+
+
+def existing_shard_set(out: str, part: Part | None = None) -> list[str]:
+    """Names in OUT that belong to the conversion (or the part of one) that `part` names:
+    manifest (or part manifest and report), shards, index files, commit records."""
+    if part is None:
+        names = [n for n in storage.listdir(out) if n == MANIFEST_NAME or _tag_of(n) is None]
+        names += [f"{PARTS}/{n}" for n in storage.listdir(storage.join(out, PARTS)) if _tag_of(n) in (None, False)]
+        return names
+    names = [n for n in storage.listdir(out) if _tag_of(n) == part.tag]
+    names += [f"{PARTS}/{n}" for n in storage.listdir(storage.join(out, PARTS)) if _tag_of(n) == part.tag]
+    names += [f"{PART_DIR}/{n}" for n in storage.listdir(storage.join(out, PART_DIR))
+              if n in (part_manifest_name(part), part_report_name(part))]
     return names
 
 
-def _load_progress(out: str, split: str, fingerprint: str) -> tuple[list[ShardRecord], SplitEnd | None]:
+def _other_conversion(out: str, part: Part | None) -> str | None:
+    """Why OUT cannot take this conversion (or part) beside what it holds, or None: a run with
+    --part never shares OUT with one without, nor with parts of another count."""
+    names = storage.listdir(out) + storage.listdir(storage.join(out, PARTS))
+    tagged = [(n, t) for n in names if (t := _tag_of(n)) not in (None, False)]
+    if part is None:
+        parts = storage.listdir(storage.join(out, PART_DIR))
+        if tagged or parts:
+            example = tagged[0][0] if tagged else f"{PART_DIR}/{parts[0]}"
+            return (f"{out}: holds parts of a conversion with --part (e.g. {example}); join them with "
+                    "`convert merge-manifest`, or choose an empty folder")
+        return None
+    plain = [n for n in names if _tag_of(n) is None]
+    if plain:
+        return (f"{out}: holds a conversion without --part (e.g. {plain[0]}); convert the parts into an empty "
+                "folder")
+    other = [(n, t) for n, t in tagged if part_count_of(str(t)) != part.count]
+    if other:
+        n_other = part_count_of(str(other[0][1]))
+        return (f"{out}: holds parts of a conversion in {n_other} parts (e.g. {other[0][0]}), not {part.count}; "
+                f"use --part I/{n_other}, or choose an empty folder")
+    return None
+
+
+def _remove_stale_temporaries(folder: str, part: Part | None) -> None:
+    """Remove what interrupted writes of this conversion (or part) left; never the live
+    temporaries of the other parts writing into the same folder at this moment."""
+    if part is None or storage.is_remote(folder):
+        storage.remove_stale_temporaries(folder)
+        return
+    own = (part_manifest_name(part), part_report_name(part))
+    for name in storage.listdir(folder):
+        # storage.atomic_open writes `<name>` through `.<name>.tmp-<pid>-<random>`.
+        target, sep, _ = name[1:].partition(".tmp-")
+        if name.startswith(".") and sep and (_tag_of(target) == part.tag or target in own):
+            storage.remove(storage.join(folder, name))
+
+
+def _load_progress(out: str, split: str, fingerprint: str, part: Part | None = None
+                   ) -> tuple[list[ShardRecord], SplitEnd | None]:
     """The consecutive finished shards of a split (and its end record if it is complete)."""
     records: list[ShardRecord] = []
     while True:
-        url = _parts(out, _record_name(split, len(records)))
+        url = _parts(out, _record_name(split, len(records), part))
         if not storage.exists(url):
             break
         try:
@@ -145,11 +235,11 @@ def _load_progress(out: str, split: str, fingerprint: str) -> tuple[list[ShardRe
                 "modalities or shard size); run with the same options, or choose an empty folder")
         start = records[-1].end if records else 0
         tar = storage.join(out, rec.name)
-        if (rec.name != shard_name(split, len(records)) or rec.start != start or not storage.exists(tar) or storage.size(tar) != rec.bytes
+        if (rec.name != part_shard_name(split, len(records), part) or rec.start != start or not storage.exists(tar) or storage.size(tar) != rec.bytes
                 or not storage.exists(storage.join(out, index_name(rec.name)))):
             break
         records.append(rec)
-    end_url = _parts(out, _end_name(split))
+    end_url = _parts(out, _end_name(split, part))
     end = None
     if storage.exists(end_url):
         try:
@@ -162,26 +252,33 @@ def _load_progress(out: str, split: str, fingerprint: str) -> tuple[list[ShardRe
     return records, end
 
 
-def _remove_unfinished(out: str, split: str, keep: int, keep_end: bool) -> int:
-    """Remove shards, index files and records of `split` from shard `keep` on; returns the count."""
+def _remove_unfinished(out: str, split: str, keep: int, keep_end: bool, part: Part | None = None) -> int:
+    """Remove shards, index files and records of `split` (of this part) from shard `keep` on;
+    returns the count."""
     removed = 0
+    tag = None if part is None else part.tag
     for folder in (out, storage.join(out, PARTS)):
         for name in storage.listdir(folder):
             m = _SHARD_FILE_RE.match(name)
-            if m and m["split"] == split and int(m["i"]) >= keep:
+            if m and m["split"] == split and m["part"] == tag and int(m["i"]) >= keep:
                 storage.remove(storage.join(folder, name))
                 removed += name.endswith(".tar")
     if not keep_end:
-        storage.remove(_parts(out, _end_name(split)))
+        storage.remove(_parts(out, _end_name(split, part)))
     return removed
 
 
 # --- parallel encoding -------------------------------------------------------------------------
 
-def _init_worker() -> None:
+def _init_worker(parent: int | None = None) -> None:
     # Ctrl-C reaches the whole process group: the parent stops the pool, workers must not print
     # tracebacks of their own. And if the parent is killed (kill -9), workers must not linger.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent)
+
+
+def die_with_parent(parent: int | None = None) -> None:
+    """Pool initializer: end this worker when the process `parent` that forked it dies."""
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -189,6 +286,10 @@ def _init_worker() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         except OSError:
             pass
+    # A parent killed between the fork and the prctl above sends no signal: the worker would wait
+    # on its task queue forever (seen with kill -9 during start-up).
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
 
 
 def _encode_task(task: tuple[PlanEntry, SampleLayout, bool]) -> Encoded | Failed:
@@ -218,7 +319,7 @@ def _encoder(workers: int) -> Iterator[Callable[[Iterable], Iterator]]:
     # result (an encoded sample) at that moment (seen on Ctrl-C), and it hangs if a worker dies;
     # the executor finishes in-flight tasks on shutdown and raises BrokenProcessPool instead.
     ctx = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker)
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),))
     try:
         yield lambda tasks: _ordered_map(pool, tasks, 4 * workers)
     finally:
@@ -231,8 +332,9 @@ class SplitWriter:
     """Appends encoded samples of one split to shards of about `shard_size` bytes."""
 
     def __init__(self, out: str, split: str, first_shard: int, start: int, fingerprint: str,
-                 shard_size: int) -> None:
+                 shard_size: int, part: Part | None = None) -> None:
         self.out, self.split, self.fingerprint, self.shard_size = out, split, fingerprint, shard_size
+        self.part = part
         self.shard = first_shard
         self.start = start  # first plan position of the shard being written
         self.pos = start  # next plan position
@@ -246,7 +348,7 @@ class SplitWriter:
 
     @property
     def current_url(self) -> str:
-        return storage.join(self.out, shard_name(self.split, self.shard))
+        return storage.join(self.out, part_shard_name(self.split, self.shard, self.part))
 
     def add(self, result: Encoded | Failed) -> None:
         if isinstance(result, Failed):
@@ -268,7 +370,7 @@ class SplitWriter:
 
     def _close_shard(self) -> None:
         assert self._writer is not None and self._stack is not None
-        name = shard_name(self.split, self.shard)
+        name = part_shard_name(self.split, self.shard, self.part)
         shard_stats = self._writer.close()
         self._stack.close()  # renames the finished tar into place
         self._stack = self._writer = None
@@ -278,7 +380,7 @@ class SplitWriter:
         rec = ShardRecord(self.fingerprint, self.split, self.shard, name, self.start, end, shard_stats.samples,
                           shard_stats.bytes, shard_stats.sha256, {k: list(v) for k, v in self._stats.items()},
                           [asdict(r) for r in self._rejected], [asdict(w) for w in self._warnings])
-        _write_json(_parts(self.out, _record_name(self.split, self.shard)), asdict(rec))
+        _write_json(_parts(self.out, _record_name(self.split, self.shard, self.part)), asdict(rec))
         self.records.append(rec)
         self.shard += 1
         self.start = end
@@ -289,7 +391,7 @@ class SplitWriter:
             self._close_shard()
         end = SplitEnd(self.fingerprint, self.split, self.shard, self.start, self.pos,
                        [asdict(r) for r in self._rejected], [asdict(w) for w in self._warnings])
-        _write_json(_parts(self.out, _end_name(self.split)), asdict(end))
+        _write_json(_parts(self.out, _end_name(self.split, self.part)), asdict(end))
         return end
 
     def abort(self, exc: BaseException) -> None:
@@ -301,8 +403,9 @@ class SplitWriter:
 
 # --- the whole conversion ----------------------------------------------------------------------
 
-def _make_plan(opts: ShardsOptions) -> tuple[Plan, dict[str, Any]]:
-    """Scan the tree, get labels and splits, and plan; also the `source` part of the manifest."""
+def _make_plan(opts: ShardsOptions) -> tuple[Plan, dict[str, Any], dict[str, Any] | None]:
+    """Scan the tree, get labels and splits, and plan; also the `source` part of the manifest
+    and, for a part (`opts.part`), what the part manifest says about the part."""
     from convert.scan import scan_tree
 
     try:
@@ -313,6 +416,18 @@ def _make_plan(opts: ShardsOptions) -> tuple[Plan, dict[str, Any]]:
         raise ConvertError(f"{opts.data}: no SEN12MS patches found (expected <season>/s2_<scene>/*.tif)")
     source: dict[str, Any] = {"data": opts.data, "seed": opts.seed}
     needed = opts.layout.modalities + (() if opts.labels else ("lc",))
+    part = opts.part
+    keep: Callable[[str], bool] | None = None
+    own_triplets = scan.triplets
+    if part is not None:
+        # The scenes come from the whole tree, so every part computes the same assignment; labels
+        # are derived only for the part's own triplets.
+        sizes = _scene_sizes(scan)
+        assignment = assign_scenes(sizes, part.count)
+        mine = set(assignment[part.index - 1])
+        keep = lambda key: parse_patch(key).scene_id in mine  # noqa: E731
+        own_triplets = [t for t in scan.triplets if t.id.scene_id in mine]
+    label_notes: list = []  # no-data pixels in lc patches that gave a label (derived labels only)
     if opts.labels:
         from convert.labels import load_labels
 
@@ -323,7 +438,8 @@ def _make_plan(opts: ShardsOptions) -> tuple[Plan, dict[str, Any]]:
     else:
         from convert.labels import derive_labels
 
-        labels, label_problems = derive_labels(scan.triplets, workers=opts.workers, progress=opts.progress)
+        labels, label_problems = derive_labels(own_triplets, workers=opts.workers, progress=opts.progress,
+                                               warnings=label_notes)
         labels_source = "the labels derived from the lc patches"
         source["labels"] = "derived from the lc patches"
     excluded: dict[str, str] = {}
@@ -345,8 +461,51 @@ def _make_plan(opts: ShardsOptions) -> tuple[Plan, dict[str, Any]]:
         excluded = dict(made.excluded)
         source["splits"] = {"holdout": holdout_path, "val_fraction": opts.val_fraction, "seed": opts.seed}
     plan = build_plan(scan.triplets, scan.problems, labels, label_problems, split_lists, excluded,
-                      opts.layout.modalities, opts.seed, labels_source, needed)
-    return plan, source
+                      opts.layout.modalities, opts.seed, labels_source, needed,
+                      keep=keep, tree_wide=part is None or part.index == 1)
+    if label_notes and "lc" not in opts.layout.modalities:  # a stored lc is checked (and warned) when encoded
+        split_of = {e.key: split for split, entries in plan.splits.items() for e in entries}
+        plan.warnings += [Rejection(n.id, n.reason, n.path, split_of[n.id]) for n in label_notes if n.id in split_of]
+    if part is None:
+        return plan, source, None
+    part_meta = {
+        "index": part.index, "count": part.count, "scenes": [s.key for s in assignment[part.index - 1]],
+        "inputs": sum(sizes[s] for s in mine), "options": _part_options(opts, split_lists, excluded, sizes),
+    }
+    return plan, source, part_meta
+
+
+def _scene_sizes(scan: Any) -> dict[SceneId, int]:
+    """Inputs (S2 keys: triplets, and ids of scan problems) per scene of the whole tree."""
+    keys = {t.key for t in scan.triplets} | {p.id for p in scan.problems if p.id}
+    sizes: dict[SceneId, int] = {}
+    for key in keys:
+        scene = parse_patch(key).scene_id
+        sizes[scene] = sizes.get(scene, 0) + 1
+    return sizes
+
+
+def _digest(obj: Any) -> str:
+    return "sha256:" + hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _part_options(opts: ShardsOptions, split_lists: Any, excluded: dict[str, str],
+                  sizes: dict[SceneId, int]) -> dict[str, Any]:
+    """What every part of one conversion must have in common; `convert merge-manifest` compares it.
+
+    Paths are left out (each machine may mount the data elsewhere); the split lists, labels and
+    tree enter by content."""
+    layout = opts.layout
+    labels = ("derived from the lc patches" if not opts.labels
+              else "sha256:" + hashlib.sha256(storage.read_bytes(opts.labels)).hexdigest())
+    return {
+        "codec": layout.codec, "level": layout.level, "modalities": ",".join(layout.modalities),
+        "shard_size": opts.shard_size, "seed": opts.seed, "labels": labels,
+        "splits": _digest({"lists": {s: sorted(str(n) for n in split_lists.get(s, [])) for s in SPLITS},
+                           "excluded": sorted(excluded.items())}),
+        "tree": _digest(sorted([s.key, n] for s, n in sizes.items())),
+        "layout": layout.to_dict(),
+    }
 
 
 def _excluded_of(split_dir: str) -> dict[str, str]:
@@ -384,21 +543,31 @@ def convert_shards(opts: ShardsOptions, echo: Callable[[str], None] = lambda s: 
         storage.makedirs(out)
     except OSError as exc:
         raise ConvertError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from exc
-    existing = existing_shard_set(out)
+    part = opts.part
+    conflict = _other_conversion(out, part)
+    if conflict:
+        raise ConvertError(conflict)
+    existing = existing_shard_set(out, part)
     if existing and not opts.resume:
         n = sum(1 for name in existing if name.endswith(".tar"))
-        what = (f"a shard set ({MANIFEST_NAME}, {n} shards)" if MANIFEST_NAME in existing
-                else f"an unfinished conversion ({n} shards)")
+        if part is None:
+            what = (f"a shard set ({MANIFEST_NAME}, {n} shards)" if MANIFEST_NAME in existing
+                    else f"an unfinished conversion ({n} shards)")
+        else:
+            what = (f"part {part} ({n} shards)" if f"{PART_DIR}/{part_manifest_name(part)}" in existing
+                    else f"an unfinished part {part} ({n} shards)")
         raise ConvertError(f"{out}: already holds {what}; pass --resume to continue it, or choose an empty folder")
-    for folder in (out, storage.join(out, PARTS)):
-        storage.remove_stale_temporaries(folder)
+    for folder in (out, storage.join(out, PARTS), storage.join(out, PART_DIR)):
+        _remove_stale_temporaries(folder, part)
 
-    plan, source = _make_plan(opts)
+    plan, source, part_meta = _make_plan(opts)
+    if part_meta is not None and not part_meta["scenes"]:
+        echo(f"part {part}: no scenes (the tree has fewer scenes than {part.count} parts); writing an empty part")
     fingerprint = plan.fingerprint(opts.layout, opts.shard_size)
     done: dict[str, tuple[list[ShardRecord], SplitEnd | None]] = {}
     for split in SPLITS:
-        records, end = _load_progress(out, split, fingerprint)
-        removed = _remove_unfinished(out, split, len(records), end is not None)
+        records, end = _load_progress(out, split, fingerprint, part)
+        removed = _remove_unfinished(out, split, len(records), end is not None, part)
         if removed:
             echo(f"{split}: removed {removed} unfinished shard(s) after the {len(records)} finished one(s)")
         done[split] = (records, end)
@@ -418,7 +587,7 @@ def convert_shards(opts: ShardsOptions, echo: Callable[[str], None] = lambda s: 
             if end is not None:
                 continue
             start = records[-1].end if records else 0
-            writer = SplitWriter(out, split, len(records), start, fingerprint, opts.shard_size)
+            writer = SplitWriter(out, split, len(records), start, fingerprint, opts.shard_size, part)
             bar.set_postfix_str(split)
             tasks = ((e, opts.layout, split == "train") for e in plan.splits[split][start:])
             try:
@@ -433,6 +602,10 @@ def convert_shards(opts: ShardsOptions, echo: Callable[[str], None] = lambda s: 
                                    "shards are kept: run again with --resume (and fewer --workers)") from exc
             except OSError as exc:
                 writer.abort(exc)
+                try:  # a shard already renamed into place whose index or commit record failed to write
+                    _remove_unfinished(out, split, len(records) + len(writer.records), True, part)
+                except OSError:
+                    pass  # --resume removes it
                 raise ConvertError(f"{writer.current_url}: cannot write ({exc.strerror or exc}); nothing partial "
                                    "was left, the finished shards are kept: fix it and run again with --resume") from exc
             except BaseException as exc:
@@ -441,17 +614,18 @@ def convert_shards(opts: ShardsOptions, echo: Callable[[str], None] = lambda s: 
             done[split] = (records + writer.records, end)
 
     try:
-        manifest, report = _finish(out, opts, plan, done, source)
+        manifest, report, manifest_url, report_url = _finish(out, opts, plan, done, source, part_meta)
     except OSError as exc:
         raise ConvertError(f"{out}: cannot write the manifest or report ({exc.strerror or exc}); the shards are "
                            "complete: fix it and run again with --resume") from exc
-    return Outcome(manifest, report, time.perf_counter() - t0, processed)
+    return Outcome(manifest, report, time.perf_counter() - t0, processed, manifest_url, report_url)
 
 
 def _finish(out: str, opts: ShardsOptions, plan: Plan,
-            done: dict[str, tuple[list[ShardRecord], SplitEnd | None]], source: dict[str, Any]
-            ) -> tuple[Manifest, dict[str, Any]]:
-    """Build report and manifest from the commit records, in shard order, and write them."""
+            done: dict[str, tuple[list[ShardRecord], SplitEnd | None]], source: dict[str, Any],
+            part_meta: dict[str, Any] | None = None) -> tuple[Manifest, dict[str, Any], str, str]:
+    """Build report and manifest from the commit records, in shard order, and write them (for a
+    part: its part report and part manifest, which also holds the moments behind its stats)."""
     rejected = list(plan.rejected)
     warnings = list(plan.warnings)
     totals: BandMoments = {}
@@ -479,9 +653,35 @@ def _finish(out: str, opts: ShardsOptions, plan: Plan,
     source = dict(source, shard_size=opts.shard_size, inputs=sum(plan.inputs.values()),
                   converted=sum(converted.values()), rejected=len(rejected))
     manifest = Manifest(opts.layout, splits, finish(totals, band_order), source)
-    storage.write_text(storage.join(out, REPORT_NAME), json.dumps(report, indent=2, sort_keys=True) + "\n")
-    storage.write_text(storage.join(out, MANIFEST_NAME), manifest.dumps())  # last: marks the set complete
-    return manifest, report
+    report_text = json.dumps(report, indent=2, sort_keys=True) + "\n"
+    if part_meta is None:
+        report_url, manifest_url = storage.join(out, REPORT_NAME), storage.join(out, MANIFEST_NAME)
+        storage.write_text(report_url, report_text)
+        storage.write_text(manifest_url, manifest.dumps())  # last: marks the set complete
+        return manifest, report, manifest_url, report_url
+    if sum(plan.inputs.values()) != part_meta["inputs"]:
+        raise RuntimeError(f"bookkeeping error in part {opts.part}: {sum(plan.inputs.values())} inputs planned, "
+                           f"{part_meta['inputs']} in its scenes")
+    doc = manifest.to_dict()
+    # JSON writes a float64 as its shortest round-trip repr: the merge reads back the exact moments.
+    doc["part"] = dict(part_meta, report=part_report_name(opts.part),  # type: ignore[arg-type]
+                       moments={k: [int(n), float(m), float(m2)] for k, (n, m, m2) in totals.items()})
+    report_url = storage.join(out, PART_DIR, part_report_name(opts.part))  # type: ignore[arg-type]
+    manifest_url = storage.join(out, PART_DIR, part_manifest_name(opts.part))  # type: ignore[arg-type]
+    storage.write_text(report_url, report_text)
+    storage.write_text(manifest_url, json.dumps(doc, indent=2, sort_keys=True) + "\n")  # last: the part is done
+    return manifest, report, manifest_url, report_url
+
+
+def report_table(r: dict[str, Any]) -> list[str]:
+    """inputs = converted + rejected per split, and the total, as lines of a table."""
+    inputs = r["inputs"]
+    lines = [f"{'split':<11}{'inputs':>9}{'converted':>11}{'rejected':>10}"]
+    for split in inputs:
+        lines.append(f"{split:<11}{inputs[split]:>9}{r['converted'][split]:>11}{r['rejected_count'][split]:>10}")
+    lines.append(f"{'total':<11}{sum(inputs.values()):>9}{sum(r['converted'].values()):>11}"
+                 f"{sum(r['rejected_count'].values()):>10}")
+    return lines
 
 
 def summary_lines(outcome: Outcome, out: str, max_listed: int = 20) -> list[str]:
@@ -489,23 +689,19 @@ def summary_lines(outcome: Outcome, out: str, max_listed: int = 20) -> list[str]
     n_shards = sum(len(v) for v in m.splits.values())
     n_bytes = sum(s.bytes for v in m.splits.values() for s in v)
     rate = outcome.processed / outcome.seconds if outcome.seconds > 0 else 0.0
-    inputs = r["inputs"]
-    lines = [f"{'split':<11}{'inputs':>9}{'converted':>11}{'rejected':>10}"]
-    for split in inputs:
-        lines.append(f"{split:<11}{inputs[split]:>9}{r['converted'][split]:>11}{r['rejected_count'][split]:>10}")
-    lines.append(f"{'total':<11}{sum(inputs.values()):>9}{sum(r['converted'].values()):>11}"
-                 f"{sum(r['rejected_count'].values()):>10}")
+    report_url = outcome.report_url or storage.join(out, REPORT_NAME)
+    lines = report_table(r)
     if r["rejected"]:
         lines.append(f"rejected ({len(r['rejected'])}):")
         for d in r["rejected"][:max_listed]:
             lines.append(f"  [{d['split'] or '-'}] {d['id']}: {d['reason']}")
         if len(r["rejected"]) > max_listed:
-            lines.append(f"  ... and {len(r['rejected']) - max_listed} more in {storage.join(out, REPORT_NAME)}")
+            lines.append(f"  ... and {len(r['rejected']) - max_listed} more in {report_url}")
     if r["warnings"]:
-        lines.append(f"warnings: {len(r['warnings'])} (listed in {storage.join(out, REPORT_NAME)})")
+        lines.append(f"warnings: {len(r['warnings'])} (listed in {report_url})")
     lines.append(f"wrote {n_shards} shards ({n_bytes / 1e6:.1f} MB) in {outcome.seconds:.1f} s "
                  f"({outcome.processed} samples processed, {rate:.1f} samples/s); "
-                 f"manifest: {storage.join(out, MANIFEST_NAME)}")
+                 f"manifest: {outcome.manifest_url or storage.join(out, MANIFEST_NAME)}")
     return lines
 
 
@@ -527,6 +723,15 @@ def _parse_modalities(ctx: click.Context, param: click.Parameter, value: str) ->
 def _parse_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
     try:
         return parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _parse_part(ctx: click.Context, param: click.Parameter, value: str | None) -> Part | None:
+    if value is None:
+        return None
+    try:
+        return parse_part(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
 
@@ -556,19 +761,25 @@ def _parse_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
               help="Continue an interrupted conversion in OUT: keep its finished shards, redo the rest.")
 @click.option("--val-fraction", default=0.1, show_default=True, type=click.FloatRange(0.0, 0.9),
               help="Share of the training scenes held out for validation (without --splits).")
+@click.option("--part", default=None, metavar="I/N", callback=_parse_part,
+              help="Convert only part I of N (counted from 1, e.g. 3/16): a fixed 1/N of the scenes, balanced by "
+                   "patches, with the splits of the whole tree; one job of an array job each, into the same OUT; "
+                   "then join them with `convert merge-manifest OUT`. Default: the whole tree.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def shards(data: str, out: str, labels: str | None, splits_dir: str | None, codec: str, level: int | None,
            shard_size: int, workers: int, modalities: tuple[str, ...], seed: int, resume: bool,
-           val_fraction: float, progress: bool) -> None:
+           val_fraction: float, part: Part | None, progress: bool) -> None:
     """Convert a SEN12MS tree into sharded WebDataset (train, val, test) with manifest and report."""
     if level is not None and codec != "zstd":
         raise click.BadParameter("--level applies to --codec zstd only", param_hint="--level")
     layout = SampleLayout(codec=codec, level=DEFAULT_LEVEL[codec] if level is None else level, modalities=modalities)
     opts = ShardsOptions(data, out, labels, splits_dir, layout, shard_size, workers, seed, resume, val_fraction,
-                         progress)
+                         progress, part)
     try:
         outcome = convert_shards(opts, echo=lambda s: click.echo(s, err=True))
     except ConvertError as exc:
         raise click.ClickException(str(exc)) from exc
     for line in summary_lines(outcome, out):
         click.echo(line)
+    if part is not None:
+        click.echo(f"part {part} done; once all {part.count} parts are: python -m convert merge-manifest {out}")

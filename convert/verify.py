@@ -22,10 +22,11 @@ from sen12ms_common import storage
 from sen12ms_common.igbp import LabelError, check_probability
 from sen12ms_common.manifest import SPLITS, Manifest, ManifestError, ShardEntry, load_manifest
 from sen12ms_common.patches import PatchNameError, parse_patch
-from sen12ms_common.shardformat import SampleLayout, ShardFormatError, dali_index, decode_sample
+from sen12ms_common.shardformat import SampleLayout, ShardFormatError, check_member_name, dali_index, decode_sample
 
 
-_SHARD_NAME = re.compile(r"^[a-z]+-\d{6}\.tar$")
+# `train-000000.tar`, or `train-p0003of0016-000000.tar` from a conversion in parts (--part).
+_SHARD_NAME = re.compile(r"^[a-z]+-(?:p\d{4,}of\d{4,}-)?\d{6}\.tar$")
 
 
 class ShardError(Exception):
@@ -77,8 +78,7 @@ def _check_sample(key: str, members: dict[str, bytes], layout: SampleLayout, exp
 
 def _safe_member(info: tarfile.TarInfo) -> None:
     name = info.name
-    if name.startswith("/") or "/" in name or "\\" in name or name in (".", ".."):
-        raise ShardFormatError(f"member name {name!r} is a path (shards hold flat <key>.<ext> members)")
+    check_member_name(name)
     if not info.isreg():
         raise ShardFormatError(f"member {name!r} is not a regular file")
 

@@ -92,6 +92,12 @@ class Manifest:
                 split: [ShardEntry(s["name"], int(s["samples"]), int(s["bytes"]), s["sha256"]) for s in v["shards"]]
                 for split, v in d["splits"].items()
             }
+            for e in (e for entries in splits.values() for e in entries):
+                # Readers join the name to the manifest's folder: a path would lead them elsewhere.
+                if not isinstance(e.name, str):
+                    raise ManifestError(f"shard name {e.name!r} is not a string")
+                if "/" in e.name or "\\" in e.name or e.name in ("", ".", ".."):
+                    raise ManifestError(f"shard name {e.name!r} is a path; a manifest names shards in its own folder")
             return cls(SampleLayout.from_dict(d["layout"]), splits, d.get("stats", {}), d.get("source", {}), version)
         except ManifestError:
             raise

@@ -133,7 +133,8 @@ class SampleLayout:
 
 def clean_s1(s1_db: np.ndarray) -> np.ndarray:
     """The original's S1 preprocessing: NaN -> 0, then clip to [-25, 0] dB (float32)."""
-    x = np.nan_to_num(np.asarray(s1_db, dtype=np.float32), nan=0.0, posinf=S1_MAX_DB, neginf=S1_MIN_DB)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes +-inf, then 0 / -25 dB
+        x = np.nan_to_num(np.asarray(s1_db, dtype=np.float32), nan=0.0, posinf=S1_MAX_DB, neginf=S1_MIN_DB)
     return np.clip(x, S1_MIN_DB, S1_MAX_DB)
 
 
@@ -292,12 +293,19 @@ def decode_sample(members: Mapping[str, bytes], layout: SampleLayout,
     if META_EXT in members:
         try:
             out["meta"] = json.loads(members[META_EXT])
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: deeply nested brackets
             raise ShardFormatError(f"member .{META_EXT} is not JSON ({exc})") from exc
     return out
 
 
 # --- tar layout and DALI index ---------------------------------------------------------------
+
+def check_member_name(name: str) -> None:
+    """Refuse a tar member name that is a path: shards hold flat `<key>.<ext>` members, and a
+    reader must never follow `../../etc/passwd` or `/abs/path` anywhere (nothing is extracted)."""
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise ShardFormatError(f"member name {name!r} is a path (shards hold flat <key>.<ext> members)")
+
 
 class _HashingWriter:
     def __init__(self, f: BinaryIO) -> None:

@@ -3,15 +3,73 @@
 Everything that reads or writes shards, manifests and reports goes through here, so that a
 local folder and a bucket behave the same: files appear only complete (`atomic_open`), and a
 path is always a string (a local path or a URL).
+
+On object stores every call retries transient errors (connection refused or reset, timeouts,
+5xx, a body that ends early) with backoff (`RetryPolicy`), reads resume where a transfer
+broke off, and a failure raises a `StorageError` whose message is one line naming the URL
+(`s3://b/p/train-000001.tar: access denied (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)`).
+Endpoint and credentials come only from the standard AWS variables and files, read by botocore
+(see `sen12ms_common.s3`). fsspec and s3fs are imported when a function first needs them.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+class StorageError(OSError):
+    """A read or write that failed; `str()` is one line naming the URL."""
+
+    def __init__(self, message: str, url: str = "") -> None:
+        super().__init__(message)
+        self.message, self.url = message, url
+
+    def __str__(self) -> str:
+        # webdataset appends the stream and URL to an exception's args; keep the one line.
+        return self.message
+
+    def __reduce__(self):  # loader workers pickle exceptions to the main process
+        return (self.__class__, (self.message, self.url))
+
+
+class StorageAccessError(StorageError, PermissionError):
+    """403, a wrong key or secret, no credentials."""
+
+
+class StorageNotFoundError(StorageError, FileNotFoundError):
+    """No such object, file or bucket."""
+
+
+class StorageUnavailableError(StorageError):
+    """Transient errors (unreachable server, 5xx, broken transfers) that outlasted the retries."""
+
+
+class ShardSizeError(StorageError):
+    """An object or file that is not the size its manifest says (truncated or replaced)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently object-store requests are tried again.
+
+    `attempts` counts consecutive failures without progress; waits grow from `backoff` seconds,
+    doubling up to `max_backoff` (0.5 + 1 + 2 + 4 + 8 s by default). botocore first retries each
+    request on its own (`AWS_MAX_ATTEMPTS`, `AWS_RETRY_MODE`; about 6 s against a server that
+    refuses connections), so by default an unreachable server is reported after about 50 s, or
+    about 15 s with AWS_MAX_ATTEMPTS=1.
+    """
+
+    attempts: int = 6
+    backoff: float = 0.5
+    max_backoff: float = 8.0
 
 
 def is_remote(url: str) -> bool:
@@ -24,11 +82,53 @@ def _local(url: str) -> str:
     return u[len("file://"):] if u.startswith("file://") else u
 
 
+def is_s3(url: str) -> bool:
+    return str(url).startswith(("s3://", "s3a://"))
+
+
+# The standard variables that decide which store, which identity and how botocore retries.
+AWS_VARIABLES: tuple[str, ...] = (
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE", "AWS_CA_BUNDLE", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE",
+)
+
+# One S3 filesystem per (process, AWS variables). fsspec's own instance cache is cleared in a
+# forked child (converter pool, DataLoader workers), which finalises the parent's instance
+# there; its finaliser closes the parent's sockets through the inherited loop and so removes
+# them from the epoll set the parent shares, and the parent hangs on its next request.
+# Holding the instances here keeps them alive in children; keying on the variables gives a
+# changed endpoint or key a new client without `clear_instance_cache()`.
+_S3_INSTANCES: dict[tuple, Any] = {}
+
+
+def _s3_filesystem():
+    key = (os.getpid(), tuple(os.environ.get(v) for v in AWS_VARIABLES))
+    fs = _S3_INSTANCES.get(key)
+    if fs is None:
+        import s3fs
+
+        # No listing cache: another process (a converter, a resumed run) may have written
+        # since, and a stale listing would hide or resurrect shards.
+        fs = _S3_INSTANCES[key] = s3fs.S3FileSystem(use_listings_cache=False, skip_instance_cache=True)
+    return fs
+
+
 def filesystem(url: str):
     """(fsspec filesystem, path inside it) for a local path or a URL."""
     import fsspec.core
 
+    if is_s3(url):
+        return _s3_filesystem(), fsspec.core.strip_protocol(str(url))
     return fsspec.core.url_to_fs(str(url))
+
+
+def _remote(url: str, fn: Callable[[Any, str], T], retry: RetryPolicy | None = None) -> T:
+    """fn(fs, path) for a URL, with retries and one-line errors on object stores."""
+    from . import s3
+
+    fs, path = filesystem(url)
+    return s3.retrying(str(url), lambda: fn(fs, path), retry)
 
 
 def join(base: str, *parts: str) -> str:
@@ -43,10 +143,10 @@ def basename(url: str) -> str:
 
 
 def exists(url: str) -> bool:
+    """True for a file or object, a folder, a bucket, or a prefix with objects under it."""
     if not is_remote(url):
         return os.path.exists(_local(url))
-    fs, path = filesystem(url)
-    return fs.exists(path)
+    return _remote(url, lambda fs, path: fs.exists(path))
 
 
 def makedirs(url: str) -> None:
@@ -55,11 +155,38 @@ def makedirs(url: str) -> None:
     # Object stores have no folders: a key's prefix exists once an object is written under it.
 
 
-def open_read(url: str) -> BinaryIO:
+def open_read(url: str, expected_size: int | None = None, retry: RetryPolicy | None = None) -> BinaryIO:
+    """Open for reading (buffered, seekable).
+
+    With `expected_size` (a shard's bytes from the manifest) a file or object of another size
+    raises `ShardSizeError` before a byte is read, so a truncated shard can never pass for a
+    shorter one. On S3 the stream resumes broken transfers (`sen12ms_common.s3.S3ReadStream`).
+    """
     if not is_remote(url):
-        return open(_local(url), "rb")
-    fs, path = filesystem(url)
-    return fs.open(path, "rb")
+        f = open(_local(url), "rb")
+        if expected_size is not None:
+            got = os.fstat(f.fileno()).st_size
+            if got != expected_size:
+                f.close()
+                what = "truncated" if got < expected_size else "larger than expected"
+                raise ShardSizeError(f"{url}: file is {got} bytes, expected {expected_size} ({what}; "
+                                     f"rewritten or damaged?)", str(url))
+        return f
+    if is_s3(url):
+        from .s3 import S3ReadStream
+
+        fs, path = filesystem(url)
+        return io.BufferedReader(S3ReadStream(str(url), fs, path, expected_size, retry), buffer_size=1 << 20)
+    f = _remote(url, lambda fs, path: fs.open(path, "rb"), retry)
+    if expected_size is not None and f.size != expected_size:
+        f.close()
+        raise ShardSizeError(f"{url}: object is {f.size} bytes, expected {expected_size}", str(url))
+    return f
+
+
+def open_shard_stream(url: str, expected_size: int | None = None, retry: RetryPolicy | None = None) -> BinaryIO:
+    """`open_read` under the name the shard readers use: sequential, size-checked, resuming."""
+    return open_read(url, expected_size, retry)
 
 
 def read_bytes(url: str) -> bytes:
@@ -73,15 +200,44 @@ def read_text(url: str) -> str:
 
 def listdir(url: str) -> list[str]:
     """Names (not paths) of the files directly inside a folder or under a prefix."""
+    return sorted(sizes(url))
+
+
+def sizes(url: str) -> dict[str, int]:
+    """Name -> bytes of the files directly inside a folder or under a prefix (one listing)."""
     if not is_remote(url):
         p = Path(_local(url))
-        return sorted(c.name for c in p.iterdir() if c.is_file()) if p.is_dir() else []
-    fs, path = filesystem(url)
-    try:
-        entries = fs.ls(path, detail=True, refresh=True)
-    except FileNotFoundError:
-        return []
-    return sorted(basename(e["name"]) for e in entries if e.get("type") == "file")
+        return {c.name: c.stat().st_size for c in p.iterdir() if c.is_file()} if p.is_dir() else {}
+
+    from . import s3
+
+    def ls(fs, path: str) -> dict[str, int]:
+        try:
+            entries = fs.ls(path.rstrip("/"), detail=True, refresh=True)
+        except FileNotFoundError as exc:
+            if s3.error_code(exc) == "NoSuchBucket":  # a typo in the bucket is not an empty folder
+                raise
+            return {}
+        return {basename(e["name"]): int(e.get("size") or 0) for e in entries if e.get("type") == "file"}
+
+    return _remote(url, ls)
+
+
+def find(url: str) -> list[str]:
+    """Every file below a folder or prefix, as sorted paths relative to it ('/'-separated)."""
+    if not is_remote(url):
+        root = _local(url)
+        out = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            rel = os.path.relpath(dirpath, root)
+            out += [name if rel == "." else f"{rel}/{name}".replace(os.sep, "/") for name in filenames]
+        return sorted(out)
+
+    def walk(fs, path: str) -> list[str]:
+        base = path.rstrip("/")
+        return sorted(p[len(base) + 1:] for p in fs.find(base) if p.startswith(base + "/"))
+
+    return _remote(url, walk)
 
 
 def remove(url: str) -> None:
@@ -91,56 +247,87 @@ def remove(url: str) -> None:
         except FileNotFoundError:
             pass
         return
-    fs, path = filesystem(url)
-    if fs.exists(path):
-        fs.rm(path)
+
+    def rm(fs, path: str) -> None:
+        try:
+            fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+
+    _remote(url, rm)
 
 
 def size(url: str) -> int:
     if not is_remote(url):
         return os.path.getsize(_local(url))
-    fs, path = filesystem(url)
-    return int(fs.size(path))
+    return int(_remote(url, lambda fs, path: fs.size(path)))
 
 
 @contextmanager
-def atomic_open(url: str) -> Iterator[BinaryIO]:
+def atomic_open(url: str, part_size: int | None = None) -> Iterator[BinaryIO]:
     """Open `url` for writing so that it appears only complete, or not at all.
 
     Local files are written to a hidden temporary name beside the target, flushed to disk and
-    renamed; object stores upload (multipart for large files) and commit on close, and an
-    error aborts the upload. A failure leaves no partial file under the final name.
+    renamed; object stores stream a multipart upload (parts of `part_size` bytes, default
+    s3fs's 50 MiB, at least 5 MiB; one PUT for smaller files) that is completed on close, and an
+    error aborts it. A failure leaves no partial file under the final name.
     """
     if not is_remote(url):
         target = Path(_local(url))
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        f = open(tmp, "wb")
         try:
-            with open(tmp, "wb") as f:
-                yield f
-                f.flush()
-                os.fsync(f.fileno())
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
             os.replace(tmp, target)
         except BaseException:
+            try:
+                f.close()
+            except OSError:
+                pass  # on a full disk, flushing the rest fails again: the first error is the one to report
             tmp.unlink(missing_ok=True)
             raise
         return
+    yield from _atomic_open_remote(url, part_size)
+
+
+def _atomic_open_remote(url: str, part_size: int | None) -> Iterator[BinaryIO]:
+    from . import s3
+
     fs, path = filesystem(url)
-    f = fs.open(path, "wb")
+    kw = {"block_size": max(part_size, 5 << 20)} if part_size else {}  # S3 rejects parts < 5 MiB
+    f = s3.retrying(url, lambda: fs.open(path, "wb", **kw))
     try:
         yield f
-    except BaseException:
-        discard = getattr(f, "discard", None)
-        if discard is not None:
-            discard()  # aborts the multipart upload: nothing becomes visible
+        f.close()  # uploads the rest, then completes the multipart upload (or one PUT if small)
+    except BaseException as exc:
+        try:
+            f.discard()  # aborts the multipart upload: nothing becomes visible
+        except Exception:
+            pass  # the server may be gone; an unfinished upload stays invisible regardless
+        f.closed = True  # keep fsspec's __del__ from committing what is left
+        failure = s3.classify(url, exc) if isinstance(exc, Exception) and s3.is_storage_failure(exc) else None
+        if failure is not None:
+            raise failure.error from exc
         raise
-    f.close()
 
 
 def write_bytes(url: str, data: bytes) -> None:
-    """Write a whole file atomically."""
-    with atomic_open(url) as f:
-        f.write(data)
+    """Write a whole file atomically (on object stores retried as a whole)."""
+    if not is_s3(url):
+        with atomic_open(url) as f:
+            f.write(data)
+        return
+    from . import s3
+
+    def put() -> None:
+        with atomic_open(url) as f:
+            f.write(data)
+
+    s3.retrying(url, put)
 
 
 def write_text(url: str, text: str) -> None:
@@ -150,7 +337,10 @@ def write_text(url: str, text: str) -> None:
 def remove_stale_temporaries(url: str) -> int:
     """Delete temporary files an interrupted local write left in a folder; returns how many."""
     if is_remote(url):
-        return 0  # an aborted upload leaves nothing visible
+        # An aborted upload leaves nothing visible. Uploads of a killed process linger unseen
+        # until the bucket's lifecycle rule (AbortIncompleteMultipartUpload) removes them;
+        # aborting them here could kill the live upload of a parallel `--part` job.
+        return 0
     p = Path(_local(url))
     stale = [c for c in p.glob(".*.tmp-*") if c.is_file()] if p.is_dir() else []
     for c in stale:

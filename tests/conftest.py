@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from s3server import s3_env, s3_prefix, s3_server  # noqa: F401  (fixtures: a real S3 server)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,3 +45,17 @@ def sample_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("sample") / "sen12ms"
     synthesize(root, scenes=8, patches_per_scene=6, seed=7, broken=True, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def sample_shards(sample_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`python -m convert shards` of the sample tree, small shards (several per split). Read-only."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("shards") / "shards"
+    proc = subprocess.run([sys.executable, "-m", "convert", "shards", "--data", str(sample_tree), "--out", str(out),
+                           "--shard-size", "5MB", "--workers", "2", "--no-progress"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out

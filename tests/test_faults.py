@@ -1,0 +1,379 @@
+"""Faults: the converter killed at random points (kill -9, Ctrl-C, a dying worker) and resumed
+writes the bytes of an uninterrupted run; a disk that fills up leaves no partial shard and a
+one-line error; a shard deleted or damaged under a running training is named (and skipped only
+with --skip-bad-shards, counted in the log).
+
+SIGTERM during training (checkpoint written, resumed run continues from the same step and ends
+with the same weights) is tested in tests/test_resume.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from sen12ms_common.manifest import load_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARD_SIZE = "2MB"  # about one sample per shard: many commit points
+
+
+def all_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def converter(data: Path, out: Path, *args: str, workers: int = 1, **kw) -> list[str]:
+    return [sys.executable, "-m", "convert", "shards", "--data", str(data), "--out", str(out), "--workers",
+            str(workers), "--shard-size", SHARD_SIZE, "--no-progress", *args]
+
+
+def wait_gone(pgid: int, timeout: float = 20) -> None:
+    """Every process of a job (the converter and its workers) has ended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
+    os.killpg(pgid, signal.SIGKILL)  # leave no orphan behind
+    pytest.fail("worker processes outlived the converter")
+
+
+def committed(out: Path) -> list[str]:
+    """Shards with a commit record, checked against it (size and sha256)."""
+    import hashlib
+
+    names = []
+    for record in sorted((out / ".parts").glob("*-[0-9]*.json")):
+        rec = json.loads(record.read_text())
+        tar = out / rec["name"]
+        assert tar.stat().st_size == rec["bytes"] and hashlib.sha256(tar.read_bytes()).hexdigest() == rec["sha256"]
+        names.append(rec["name"])
+    return names
+
+
+def no_partial_shards(out: Path) -> None:
+    """Every shard in OUT is a committed one; no temporary is left."""
+    assert sorted(p.name for p in out.glob("*.tar")) == sorted(committed(out))
+    assert [p for p in out.rglob("*") if ".tmp-" in p.name] == []
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    from convert.synth import synthesize
+
+    data = tmp_path_factory.mktemp("faults") / "sen12ms"
+    synthesize(data, scenes=3, patches_per_scene=5, seed=21, progress=False)
+    return data
+
+
+@pytest.fixture(scope="module")
+def clean(tree: Path, tmp_path_factory) -> tuple[Path, float]:
+    """An uninterrupted run, and how long it took (start-up included)."""
+    out = tmp_path_factory.mktemp("clean") / "out"
+    t0 = time.monotonic()
+    proc = subprocess.run(converter(tree, out), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(list(out.glob("*.tar"))) >= 10
+    return out, time.monotonic() - t0
+
+
+# --- the converter killed and resumed ------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_converter_killed_at_random_points_and_resumed_writes_the_bytes_of_a_clean_run(tree, clean, tmp_path, seed):
+    clean_out, seconds = clean
+    rng = random.Random(seed)
+    out = tmp_path / "out"
+    states = []
+    for attempt in range(3):
+        workers = rng.choice((1, 2))
+        log = tmp_path / f"stderr-{attempt}"
+        with open(log, "wb") as err:  # a file, not a pipe: a lingering worker cannot block the test
+            proc = subprocess.Popen(converter(tree, out, *(["--resume"] if attempt else []), workers=workers),
+                                    cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        if attempt == 0:  # the first kill lands after a shard was committed: a mid-way state
+            deadline = time.monotonic() + 120
+            while not (out / ".parts" / "train-000000.json").exists() and proc.poll() is None:
+                assert time.monotonic() < deadline
+                time.sleep(0.002)
+            delay = rng.uniform(0, 0.1)
+        else:  # then anywhere, start-up included
+            delay = rng.uniform(0.05, 1.0) * seconds
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            if rng.random() < 0.5:
+                proc.kill()  # the main process only: its workers must not outlive it
+            else:
+                os.killpg(proc.pid, signal.SIGKILL)  # the whole job
+            proc.wait(timeout=60)
+        wait_gone(proc.pid)  # its workers died with it
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL, log.read_text()
+        states.append((len(committed(out)), (out / "manifest.json").exists()))
+    assert states and states[0][0] >= 1 and not states[0][1], states  # killed mid-way at least once
+    final = subprocess.run(converter(tree, out, "--resume"), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stdout + final.stderr
+    a, b = all_files(clean_out), all_files(out)
+    assert sorted(a) == sorted(b)
+    assert [n for n in a if a[n] != b[n]] == []
+
+
+def test_ctrl_c_stops_without_traceback_or_partial_shard_and_resume_completes(tree, clean, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(converter(tree, out, workers=2), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    first = out / ".parts" / "train-000000.json"
+    deadline = time.monotonic() + 120
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to the whole job
+    _, err = proc.communicate(timeout=60)
+    wait_gone(proc.pid)
+    assert first.exists() and not (out / "manifest.json").exists(), "the run must be stopped mid-way"
+    assert proc.returncode == 1 and err.strip() == "Aborted!"
+    no_partial_shards(out)
+    refused = subprocess.run(converter(tree, out), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1 and refused.stderr.strip() == (
+        f"Error: {out}: already holds an unfinished conversion ({len(committed(out))} shards); pass --resume to "
+        "continue it, or choose an empty folder")
+    kept = len(committed(out))
+    resumed = subprocess.run(converter(tree, out, "--resume"), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0 and f"resuming: keeping {kept} finished shard(s)" in resumed.stderr
+    assert all_files(out) == all_files(clean[0])
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from /proc")
+def test_a_killed_worker_stops_the_run_with_a_one_line_error(tree, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(converter(tree, out, workers=2), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    first = out / ".parts" / "train-000000.json"
+    deadline = time.monotonic() + 120
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    os.kill(int(children[0]), signal.SIGKILL)  # as the out-of-memory killer would
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and not (out / "manifest.json").exists()
+    assert err.strip().splitlines() == ["Error: a worker process died (killed by the system, out of memory?); the "
+                                        "finished shards are kept: run again with --resume (and fewer --workers)"]
+    no_partial_shards(out)
+
+
+# --- a full disk ---------------------------------------------------------------------------------------
+
+def _private_tmpfs_works(probe_dir: Path) -> str | None:
+    """Why a small tmpfs cannot be mounted in a private mount namespace here, or None."""
+    if os.geteuid() != 0:
+        return "mounting a small tmpfs needs root (the RLIMIT_FSIZE test below still runs)"
+    if shutil.which("unshare") is None:
+        return "no unshare(1) to mount a tmpfs in a private namespace"
+    probe_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           f"mount -t tmpfs -o size=1m tmpfs '{probe_dir}'"], capture_output=True, text=True)
+    return None if proc.returncode == 0 else f"cannot mount a tmpfs here: {proc.stderr.strip()}"
+
+
+def test_a_disk_that_fills_up_leaves_no_partial_shard_and_resume_completes(tree, clean, tmp_path):
+    """A real small file system (tmpfs of 4 MiB, in a mount namespace of its own so that nothing
+    stays mounted): ENOSPC in the middle of a shard."""
+    why = _private_tmpfs_works(tmp_path / "probe")
+    if why:
+        pytest.skip(why)
+    mnt, snap, logs = tmp_path / "mnt", tmp_path / "after_failure", tmp_path / "logs"
+    mnt.mkdir()
+    logs.mkdir()
+    out = mnt / "out"
+    first = " ".join(f"'{a}'" for a in converter(tree, out))
+    again = " ".join(f"'{a}'" for a in converter(tree, out, "--resume"))
+    script = f"""
+        mount -t tmpfs -o size=4m tmpfs '{mnt}' || exit 90
+        cd '{REPO}'
+        {first} > '{logs}/out1' 2> '{logs}/err1'; echo $? > '{logs}/rc1'
+        cp -a '{out}' '{snap}'
+        mount -o remount,size=64m '{mnt}' || exit 91
+        {again} > '{logs}/out2' 2> '{logs}/err2'; echo $? > '{logs}/rc2'
+        cp -a '{out}' '{tmp_path}/resumed'
+    """
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (logs / "rc1").read_text().strip() == "1"
+    err = (logs / "err1").read_text()
+    m = re.fullmatch(rf"Error: {re.escape(str(out))}/(?P<name>(?P<split>[a-z]+)-(?P<i>\d{{6}})\.tar): cannot write "
+                     r"\(No space left on device\); nothing partial was left, the finished shards are kept: fix it "
+                     r"and run again with --resume\n", err)
+    assert m, err
+    kept = committed(snap)
+    assert len(kept) >= 2  # it failed part-way, after some shards were done
+    assert m["name"] not in kept and int(m["i"]) == sum(1 for n in kept if n.startswith(m["split"] + "-"))
+    no_partial_shards(snap)
+    assert not (snap / "manifest.json").exists() and not (snap / "report.json").exists()
+    # With space again, --resume keeps the finished shards and ends with the bytes of a clean run.
+    assert (logs / "rc2").read_text().strip() == "0", (logs / "err2").read_text()
+    assert f"resuming: keeping {len(kept)} finished shard(s)" in (logs / "err2").read_text()
+    assert all_files(tmp_path / "resumed") == all_files(clean[0])
+
+
+def test_a_file_size_limit_leaves_no_partial_shard_and_a_one_line_error(tree, tmp_path):
+    """Without root (no tmpfs): RLIMIT_FSIZE makes writes past 3 MB fail (EFBIG) as a full disk
+    would (ENOSPC), through the same code path."""
+    out = tmp_path / "out"
+
+    def small_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3_000_000, 3_000_000))
+
+    cmd = converter(tree, out)
+    cmd[cmd.index(SHARD_SIZE)] = "8MB"
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, preexec_fn=small_disk, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"Error: {out}/train-000000.tar: cannot write (File too large); nothing partial was left, "
+                           "the finished shards are kept: fix it and run again with --resume\n")
+    no_partial_shards(out)
+    assert not (out / "manifest.json").exists()
+
+
+# --- a shard deleted or damaged under a running training -----------------------------------------------
+
+TRAIN = ("--model", "SmallCNN", "--input", "rgb", "--batch-size", "1", "--epochs", "1", "--workers", "1",
+         "--streams", "1", "--shuffle-buffer", "1", "--stats", "manifest", "--seed", "9")
+PREFETCH_MARGIN = 6  # samples a loader worker may have read ahead of the last trained step
+
+
+def read_order(shards: Path) -> list[tuple[int, int]]:
+    """(shard index, position of its first sample) in the order epoch 0 reads them (TRAIN's options)."""
+    from train.data.plan import epoch_plan
+
+    counts = [e.samples for e in load_manifest(str(shards)).shards("train")]
+    plan = epoch_plan(counts, batch_size=1, seed=9, epoch=0, shuffle=True, streams=1)
+    out, pos = [], 0
+    for sl in plan.streams[0].slices:
+        out.append((sl.shard, pos))
+        pos += sl.stop - sl.start
+    return out
+
+
+def damage_first_sample(shard: Path) -> str:
+    """Flip a byte in the middle of the first sample's S2 member (same size); returns its key."""
+    with tarfile.open(shard) as t:
+        info = next(m for m in t.getmembers() if m.name.endswith(".s2.zst"))
+    data = bytearray(shard.read_bytes())
+    data[info.offset_data + info.size // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    return info.name.split(".", 1)[0]
+
+
+def trained(trace: Path) -> list[str]:
+    if not trace.exists():
+        return []
+    return [line.split()[2] for line in trace.read_text().splitlines() if line.startswith("train ")]
+
+
+def shard_keys(shard: Path) -> list[str]:
+    with tarfile.open(shard) as t:
+        return list(dict.fromkeys(m.name.split(".", 1)[0] for m in t.getmembers()))
+
+
+def test_a_shard_deleted_or_damaged_under_a_running_training_is_named_and_skipped_only_when_asked(
+        sample_shards, tmp_path):
+    entries = load_manifest(str(sample_shards)).shards("train")
+    # Shards read well after the first step, however fast this machine trains.
+    order = [(i, pos) for i, pos in read_order(sample_shards) if pos >= 2 * PREFETCH_MARGIN]
+    assert len(order) >= 2, "the shard set needs two train shards read well after the first step"
+    (a, pos_a), (b, _) = order[0], order[1]
+    faults = {"delete": {a: "delete"}, "damage": {a: "damage"}, "skip": {a: "delete", b: "damage"}}
+    runs = {}
+    for name in faults:
+        shards = tmp_path / name / "shards"
+        shutil.copytree(sample_shards, shards)
+        run_dir = tmp_path / name / "run"
+        env = dict(os.environ, SEN12MS_TRACE_KEYS=str(tmp_path / name / "trace"))
+        args = ["--skip-bad-shards"] if name == "skip" else []
+        runs[name] = subprocess.Popen(
+            [sys.executable, "-m", "train", "--shards", str(shards), "--run-dir", str(run_dir), *TRAIN, *args],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    damaged_key = {}
+    try:
+        pending = set(runs)
+        deadline = time.monotonic() + 300
+        while pending:  # after the first step of each run: stop it, damage its shards, let it go on
+            assert time.monotonic() < deadline
+            for name in sorted(pending):
+                trace = tmp_path / name / "trace" / "keys-rank0.txt"
+                if not trained(trace):
+                    assert runs[name].poll() is None, runs[name].communicate()
+                    continue
+                os.killpg(runs[name].pid, signal.SIGSTOP)
+                steps = len(trained(trace))
+                assert steps + PREFETCH_MARGIN <= pos_a, f"{name}: the run went too far ({steps} steps) before the fault"
+                for i, fault in faults[name].items():
+                    shard = tmp_path / name / "shards" / entries[i].name
+                    if fault == "delete":
+                        shard.unlink()
+                    else:
+                        damaged_key[(name, i)] = damage_first_sample(shard)
+                os.killpg(runs[name].pid, signal.SIGCONT)
+                pending.discard(name)
+            time.sleep(0.002)
+        results = {name: proc.communicate(timeout=300) for name, proc in runs.items()}
+    finally:
+        for proc in runs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGCONT)
+                proc.kill()
+
+    def ckpt(name: str) -> Path:
+        return next((tmp_path / name / "run" / "checkpoints").glob("*_checkpoint.pth"))
+
+    url_a = {name: tmp_path / name / "shards" / entries[a].name for name in faults}
+    # Without --skip-bad-shards: stopped at the bad shard, named, with a checkpoint of the steps so far.
+    out, err = results["delete"]
+    assert runs["delete"].returncode == 1, out + err
+    assert err.splitlines()[-1] == (f"Error: {url_a['delete']}: shard is missing (checkpoint of step {pos_a} written "
+                                    f"to {ckpt('delete')}; continue with --resume {ckpt('delete')})")
+    assert len(trained(tmp_path / "delete" / "trace" / "keys-rank0.txt")) == pos_a
+    out, err = results["damage"]
+    assert runs["damage"].returncode == 1, out + err
+    last = err.splitlines()[-1]
+    assert last.startswith(f"Error: {url_a['damage']}: sample {damaged_key[('damage', a)]}: member .s2.zst does not "
+                           "decompress (")
+    assert last.endswith(f" (checkpoint of step {pos_a} written to {ckpt('damage')}; continue with --resume "
+                         f"{ckpt('damage')})")
+    assert len(trained(tmp_path / "damage" / "trace" / "keys-rank0.txt")) == pos_a
+
+    # With --skip-bad-shards: the deleted shard, the damaged sample and the damaged shard's hash
+    # are reported and counted; every other sample is trained on.
+    out, err = results["skip"]
+    assert runs["skip"].returncode == 0, out + err
+    url_b = tmp_path / "skip" / "shards" / entries[b].name
+    bad_key = damaged_key[("skip", b)]
+    got = trained(tmp_path / "skip" / "trace" / "keys-rank0.txt")
+    a_keys = set(shard_keys(sample_shards / entries[a].name))
+    assert sorted(got) == sorted(k for e in entries for k in shard_keys(sample_shards / e.name)
+                                 if k not in a_keys and k != bad_key)
+    epoch_line = next(line for line in out.splitlines() if line.startswith("epoch 0/0:"))
+    assert "train loss " in epoch_line and f"({len(got)} samples, " in epoch_line
+    assert epoch_line.endswith("; skipped so far: 3 bad shard(s)/sample(s)")
+    summary = next(line for line in out.splitlines() if line.startswith("train: skipped "))
+    assert summary.startswith(f"train: skipped 3 bad shard(s)/sample(s): {url_a['skip']}: shard is missing; "
+                              f"{url_b}: sample {bad_key}: member .s2.zst does not decompress (")
+    assert f"; {url_b}: content does not match the manifest (sha256 " in summary
+    assert (tmp_path / "skip" / "run" / "test_scores.json").exists()
+    log = next((tmp_path / "skip" / "run" / "logs").glob("*_train.log")).read_text()
+    assert epoch_line in log and summary in log
