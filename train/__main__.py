@@ -1,0 +1,193 @@
+"""`python -m train`: train one of the original's models on converted shards."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import click
+
+from sen12ms_common.inputs import STATS_CHOICES
+
+from .config import TrainConfig, canonical_input
+
+_D = TrainConfig()  # the defaults, in one place
+
+
+def _model_names() -> list[str]:
+    from .models import model_names
+
+    return model_names()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--shards", default=None, metavar="DIR|URL",
+              help="Shard set written by `python -m convert shards` (a folder or s3://bucket/prefix). "
+                   "Required unless --resume names a checkpoint of ours, whose options are the defaults then.")
+@click.option("--model", default=_D.model, show_default=True, metavar="NAME",
+              help="Network: VGG16, VGG19, ResNet50, ResNet101, ResNet152, DenseNet121/161/169/201 "
+                   "(the original's), ResNet18 or SmallCNN (small, for tests and demos).")
+@click.option("--input", "input_", default=_D.input, show_default=True, metavar="SET|BANDS",
+              help="Input channels: rgb (B2,B3,B4), s2 (10 bands), s1 (VV,VH), s1s2 (12), rgbs1 (5), "
+                   "or band names such as B8,B4,B3,VV, in that channel order.")
+@click.option("--label-type", type=click.Choice(["single_label", "multi_label"]), default=_D.label_type,
+              show_default=True, help="single_label: argmax class, CrossEntropyLoss; multi_label: classes with "
+                                      "probability >= --threshold, BCEWithLogitsLoss.")
+@click.option("--igbp", type=click.Choice(["simple", "full"]), default=_D.igbp, show_default=True,
+              help="IGBP scheme: simple (10 classes) or full (17 classes).")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=_D.threshold, show_default=True,
+              help="Multi-label: a class is present where its share of the patch is >= this.")
+@click.option("--epochs", type=click.IntRange(1), default=_D.epochs, show_default=True,
+              help="Epochs; an epoch reads every train sample once (see the README for the policy).")
+@click.option("--batch-size", type=click.IntRange(1), default=_D.batch_size, show_default=True,
+              help="Samples per batch (training and evaluation); per process under torchrun.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=_D.lr, show_default=True,
+              help="Adam learning rate.")
+@click.option("--decay", type=click.FloatRange(0), default=_D.decay, show_default=True,
+              help="Adam weight decay.")
+@click.option("--workers", type=click.IntRange(0), default=_D.workers, show_default=True,
+              help="Loader worker processes (0: read in the main process; per process under torchrun). "
+                   "Does not change the data order.")
+@click.option("--loader", type=click.Choice(["webdataset", "dali"]), default=_D.loader, show_default=True,
+              help="webdataset: CPU workers hand uint16 batches to the device; dali: NVIDIA DALI pipeline "
+                   "(optional extra).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=_D.device, show_default=True,
+              help="auto: CUDA when available, else CPU.")
+@click.option("--amp", is_flag=True, help="Mixed precision: bfloat16 autocast (float16 + GradScaler on GPUs "
+                                          "without bfloat16); on the CPU bfloat16 autocast.")
+@click.option("--channels-last", is_flag=True, help="channels_last memory format for model and input.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (needs a C++ compiler on CPU).")
+@click.option("--run-dir", default=None, metavar="DIR",
+              help="Run directory for logs/, checkpoints/ and test scores. [default: runs/<model>, or the "
+                   "run of the --resume checkpoint]")
+@click.option("--resume", default=None, metavar="CKPT",
+              help="Continue from a checkpoint (ours: exactly where it stopped; the original's: after its epoch).")
+@click.option("--max-steps", type=click.IntRange(0), default=None,
+              help="Stop after this many optimizer steps in all (counting those before a resume), validate, "
+                   "checkpoint and test; 0: no limit (to lift a resumed run's). [default: no limit]")
+@click.option("--stats", type=click.Choice(list(STATS_CHOICES)), default=_D.stats, show_default=True,
+              help="Normalisation: official (the original's training-set mean/std), manifest (computed by the "
+                   "converter over this train split), none (the original's unnormalised scaling).")
+@click.option("--seed", type=int, default=_D.seed, show_default=True,
+              help="Seed of model initialisation and of the data order (a function of seed and epoch).")
+@click.option("--shuffle-buffer", type=click.IntRange(1), default=_D.shuffle_buffer, show_default=True,
+              help="Samples held (still compressed) for shuffling, per process, split over the streams.")
+@click.option("--streams", type=click.IntRange(1), default=_D.streams, show_default=True,
+              help="Independent read streams per process (workers share them out; more workers than streams idle).")
+@click.option("--no-verify", is_flag=True,
+              help="Do not check shard sizes and sha256 against the manifest (they are checked by default).")
+@click.option("--skip-bad-shards", is_flag=True,
+              help="Report a missing or damaged shard or sample, skip it and go on (counted in the log) "
+                   "instead of stopping.")
+@click.option("--augment", is_flag=True,
+              help="Random flips and 90-degree rotations of the training patches, inside the DALI "
+                   "pipeline (needs --loader dali; the original trained without augmentation).")
+@click.pass_context
+def main(ctx: click.Context, shards, model, input_, label_type, igbp, threshold, epochs, batch_size, lr, decay,
+         workers, loader, device, amp, channels_last, compile_, run_dir, resume, max_steps, stats, seed,
+         shuffle_buffer, streams, no_verify, skip_bad_shards, augment) -> None:
+    """Train a SEN12MS classifier on the train shards, validate every epoch on the val shards,
+    keep the best checkpoint by validation micro-F1 and score it on the test shards.
+
+    Writes the original's run layout: RUN/logs/<ts>_arguments.txt, RUN/checkpoints/<ts>_checkpoint.pth
+    (every epoch) and <ts>_model_best.pth, TensorBoard scalars under RUN/logs/runs/<ts>/, and
+    RUN/test_scores.json + RUN/test_predictions.npz.
+
+    Several GPUs or nodes: start it with `torchrun --nproc_per_node N -m train ...`
+    (DistributedDataParallel; --batch-size is per process; rank 0 writes the run directory).
+    """
+    import os
+
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .data import DataError
+    from .distributed import Dist, DistributedError, init_from_env, ranks_from_env, shutdown
+    from .loop import Interrupted, check_resume_order, fit
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    given = {
+        "shards": shards, "model": model, "input": input_, "label_type": label_type, "igbp": igbp,
+        "threshold": threshold, "epochs": epochs, "batch_size": batch_size, "lr": lr, "decay": decay,
+        "workers": workers, "loader": loader, "device": device, "amp": amp, "channels_last": channels_last,
+        "compile": compile_, "run_dir": run_dir, "resume": resume, "max_steps": max_steps, "stats": stats,
+        "seed": seed, "shuffle_buffer": shuffle_buffer, "streams": streams, "verify": not no_verify,
+        "skip_bad_shards": skip_bad_shards, "augment": augment,
+    }
+    param_of = {"input": "input_", "compile": "compile_", "verify": "no_verify"}
+    explicit = {k for k in given
+                if ctx.get_parameter_source(param_of.get(k, k)) not in (click.core.ParameterSource.DEFAULT, None)}
+    checkpoint = None
+    d = Dist()
+    try:
+        rank, world_size, _ = ranks_from_env()
+        if resume:
+            checkpoint = load_checkpoint(resume)
+            saved = checkpoint.get("config")
+            if isinstance(saved, dict):
+                # Our checkpoint: its options, except what this command line sets.
+                for k, v in saved.items():
+                    if k in given and k not in explicit and k not in ("resume",):
+                        given[k] = v
+                if "run_dir" not in explicit:
+                    from pathlib import Path
+
+                    parent = Path(resume).resolve().parent
+                    given["run_dir"] = str(parent.parent) if parent.name == "checkpoints" else given["run_dir"]
+            elif "model" not in explicit and checkpoint.get("arch"):
+                given["model"] = str(checkpoint["arch"])
+            if checkpoint.get("arch") and str(checkpoint["arch"]) != given["model"]:
+                raise click.ClickException(f"{resume}: a {checkpoint['arch']} checkpoint, but --model is {given['model']}")
+        if not given["shards"]:
+            raise click.ClickException("--shards is required (the output folder of `python -m convert shards`)")
+        if given["model"] not in _model_names():
+            raise click.ClickException(f"unknown model {given['model']!r}; choose one of: {', '.join(_model_names())}")
+        try:
+            given["input"] = canonical_input(given["input"])
+        except ValueError as exc:
+            raise click.ClickException(f"--input: {exc}") from None
+        if given["augment"] and given["loader"] != "dali":
+            raise click.ClickException("--augment runs inside the DALI pipeline: add --loader dali")
+        if given["max_steps"] == 0:
+            given["max_steps"] = None
+        cfg = TrainConfig(**given)
+        if checkpoint is not None and rank == 0:
+            changed = check_resume_order(cfg, checkpoint, world_size)
+            if changed:
+                click.echo("warning: resuming with options that change the data order (" + "; ".join(changed)
+                           + "): the run will not match an uninterrupted one", err=True)
+        d, dev = init_from_env(cfg.device)
+        fit(cfg, checkpoint, echo=click.echo, dist=d, device=str(dev),
+            trace_keys=os.environ.get("SEN12MS_TRACE_KEYS") or None)
+    except Interrupted as exc:
+        # The checkpoint is written: ignore further SIGTERMs (torchrun sends them to the other
+        # ranks once one has exited) so that none dies halfway through its exit. Python resets
+        # its own handlers while it shuts down, but not SIG_IGN.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        click.echo(str(exc), err=True)
+        sys.exit(128 + int(exc.signum))
+    except (DataError, CheckpointError, DistributedError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except (ValueError, OSError, RuntimeError) as exc:
+        # Options that cannot work together (band not in the shards, missing statistics, device).
+        from sen12ms_common.manifest import ManifestError
+        from sen12ms_common.storage import StorageError
+
+        if isinstance(exc, (ManifestError, StorageError, FileNotFoundError)) or _is_user_error(exc):
+            raise click.ClickException(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__) from None
+        raise
+    finally:
+        shutdown(d)
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    from sen12ms_common.bands import BandError
+    from sen12ms_common.igbp import LabelError
+    from sen12ms_common.inputs import StatsError
+
+    from .device import DeviceError
+
+    return isinstance(exc, (BandError, LabelError, StatsError, DeviceError))
+
+
+if __name__ == "__main__":
+    main(prog_name="python -m train")

@@ -1,0 +1,87 @@
+"""The options of a training run (a plain dataclass) and their arguments-file form."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from sen12ms_common.bands import INPUT_SETS, resolve_bands
+
+from .argsfile import ORIGINAL_KEYS, options_to_original
+
+# Options whose change makes a resumed run read its data in another order.
+DATA_ORDER_KEYS: tuple[str, ...] = ("seed", "batch_size", "streams", "shuffle_buffer", "augment")
+
+
+@dataclass
+class TrainConfig:
+    shards: str = ""
+    model: str = "ResNet50"
+    input: str = "s2"
+    label_type: str = "multi_label"
+    igbp: str = "simple"
+    threshold: float = 0.1
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 0.001
+    decay: float = 1e-5
+    workers: int = 4
+    loader: str = "webdataset"
+    device: str = "auto"
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    run_dir: str | None = None
+    resume: str | None = None
+    max_steps: int | None = None
+    stats: str = "official"
+    seed: int = 0
+    shuffle_buffer: int = 1000
+    streams: int = 8
+    verify: bool = True
+    skip_bad_shards: bool = False
+    augment: bool = False
+
+    def __post_init__(self) -> None:
+        self.input = canonical_input(self.input)
+
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.model
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def canonical_input(spec: str) -> str:
+    """A set name in lower case, or the band names joined by commas (no spaces: the original's
+    reader splits arguments-file lines on whitespace)."""
+    key = str(spec).strip().lower()
+    if key in INPUT_SETS:
+        return key
+    return ",".join(b.name for b in resolve_bands(spec))
+
+
+def arguments(cfg: TrainConfig, timestamp: str) -> dict[str, Any]:
+    """The arguments file of a run: the original's keys in its order, then ours."""
+    run_dir = cfg.resolved_run_dir()
+    orig = options_to_original(cfg.to_dict())
+    values = {
+        "exp_name": run_dir.name,
+        "data_dir": cfg.shards,
+        "label_split_dir": cfg.shards,  # labels and splits travel inside the shards
+        "num_workers": cfg.workers,
+        "resume": cfg.resume,
+        **orig,
+    }
+    out: dict[str, Any] = {k: values[k] for k in ORIGINAL_KEYS}
+    for k, v in cfg.to_dict().items():
+        if k not in out and k not in ("shards", "workers"):
+            out[k] = v
+    out["timestamp"] = timestamp
+    return out

@@ -1,0 +1,105 @@
+"""Loaders: name -> factory, so that `--loader NAME` picks one and the training loop stays the same.
+
+A factory takes a `LoaderSpec` and returns a `Loader`:
+
+    loader = make_loader("webdataset", spec)
+    len(loader)                # batches per epoch on this rank (defined before reading)
+    loader.samples             # samples per epoch on this rank
+    for batch in loader.epoch(epoch, start_batch=0): ...
+
+Every batch is a dict:
+- `image`: tensor (B, C, H, W). `torch.uint16` = stored values (S2 reflectance, S1 codes) that
+  the training loop turns into model input with the spec's `ChannelTransform` on the device;
+  a floating tensor is already model input (a loader that normalises itself, e.g. DALI on GPU).
+- `target`: int64 (B,) class indices (single-label) or float32 (B, classes) 0/1 (multi-label).
+- `prob`: float32 (B, 17) the stored IGBP probability vectors (metrics derive true labels).
+- `key`: list of B sample keys (the S2 stem, `ROIs1158_spring_s2_1_p30`).
+
+`epoch(e, start_batch=s)` yields batches s, s+1, ... of epoch e; the order of an epoch is a
+function of the spec (seed, batch size, streams, rank, world size) and e, not of the number of
+worker processes (see `train.data.plan`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Protocol
+
+from sen12ms_common.bands import BandRef
+from sen12ms_common.igbp import LabelRule
+from sen12ms_common.inputs import ChannelTransform
+from sen12ms_common.manifest import Manifest
+
+
+class DataError(Exception):
+    """A shard set that cannot be read as asked: one line naming the shard (and sample)."""
+
+
+class LoaderUnavailable(DataError):
+    """A loader whose optional dependency is not installed."""
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    root: str                      # shard set: local folder or URL (s3://bucket/prefix)
+    manifest: Manifest
+    split: str                     # train | val | test
+    bands: tuple[BandRef, ...]     # model input channels, in order
+    rule: LabelRule
+    batch_size: int
+    transform: ChannelTransform    # stored uint16 -> model input (for loaders that normalise)
+    train: bool = False            # shuffle shards and samples; equal share per rank
+    seed: int = 0
+    workers: int = 0
+    streams: int = 8               # independent read streams per rank (order depends on it)
+    shuffle_buffer: int = 1000     # samples held for shuffling per rank (split over streams)
+    rank: int = 0
+    world_size: int = 1
+    pin_memory: bool = False
+    device: str = "cpu"
+    verify: bool = True            # check sizes up front and sha256 while streaming
+    skip_bad_shards: bool = False  # report unreadable shards / samples and go on
+    augment: bool = False          # random flips / transposes of training batches (DALI pipeline)
+
+
+class Loader(Protocol):
+    samples: int
+    skipped: list[str]             # "shard: reason" of everything skipped so far
+
+    def __len__(self) -> int: ...
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+# name -> "module:factory"; modules are imported only when chosen (DALI is an optional extra).
+LOADERS: dict[str, str] = {
+    "webdataset": "train.data.webdataset:make_loader",
+    "dali": "train.data.dali:make_loader",
+}
+
+INSTALL_HINT: dict[str, str] = {
+    "dali": "pip install '.[dali]' (nvidia-dali-cuda130 for torch 2.14.1+cu130)",
+}
+
+
+def loader_names() -> list[str]:
+    return list(LOADERS)
+
+
+def get_factory(name: str) -> Callable[[LoaderSpec], Loader]:
+    if name not in LOADERS:
+        raise DataError(f"unknown loader {name!r} (choose one of: {', '.join(LOADERS)})")
+    module_name, attr = LOADERS[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        hint = INSTALL_HINT.get(name, "")
+        raise LoaderUnavailable(f"the {name} loader is not available ({exc})" + (f"; install it: {hint}" if hint else "")) from exc
+    return getattr(module, attr)
+
+
+def make_loader(name: str, spec: LoaderSpec) -> Loader:
+    return get_factory(name)(spec)

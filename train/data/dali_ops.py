@@ -1,0 +1,316 @@
+"""CPU decoders for the DALI pipeline: numba kernels that call libzstd / liblz4 through ctypes.
+
+DALI has no zstd decoder, and its LZ4 `inflate` runs only on a GPU, so the CPU side of the
+pipeline decompresses with these kernels (`fn.numba_function`, compiled to native code: no
+Python per sample). A decoding kernel writes the chosen bands of one modality as a uint16
+(k, H, W) array and a status (0 = fine, else `STATUS_*` bits), because a numba kernel cannot
+raise: the loader checks the statuses of every batch and names the bad sample.
+`channels_kernel` is the CPU pipeline's band selection + normalisation in one pass.
+
+The factories return plain Python functions; DALI compiles them with numba when an operator is
+made (about a second each, so `train.data.dali` keeps one operator per kernel); `numba.njit`
+compiles them for numpy arrays too (debugging).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import glob
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
+
+import numpy as np
+
+try:  # DALI's AutoGraph must not rewrite the kernels these factories create (numba compiles them)
+    from nvidia.dali.pipeline import do_not_convert
+except ImportError:  # pragma: no cover - the kernels are plain functions without DALI as well
+    def do_not_convert(func):
+        return func
+
+# Status bits (statuses of a sample's members are OR-ed together).
+STATUS_OK = 0
+STATUS_DECOMPRESS = 1   # the codec reported an error or produced the wrong number of bytes
+STATUS_CHUNKS = 2       # lz4 chunk sizes that do not match the member
+STATUS_SIZE = 4         # a raw member that is too short for its bands
+
+STATUS_TEXT: dict[int, str] = {
+    STATUS_DECOMPRESS: "an array member does not decompress to its size",
+    STATUS_CHUNKS: "the chunk sizes of an lz4 member do not match its length",
+    STATUS_SIZE: "a raw array member is too short",
+}
+
+
+def status_text(status: int) -> str:
+    """What the bits of a sample's status say, in words."""
+    return "; ".join(text for bit, text in STATUS_TEXT.items() if status & bit) or f"status {status}"
+
+
+class CodecLibraryError(ImportError):
+    """A compression library that cannot be found (an ImportError: the loader is unavailable)."""
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A `fn.numba_function` run/setup pair and the types it declares."""
+
+    run_fn: Callable
+    setup_fn: Callable
+    in_types: tuple[str, ...]   # DALI type names: resolved by the pipeline builder
+    out_types: tuple[str, ...]
+    ins_ndim: tuple[int, ...]
+    outs_ndim: tuple[int, ...]
+
+
+# --- the native libraries ---------------------------------------------------------------------
+
+def _load(candidates: list[str], symbol: str, what: str) -> ctypes.CDLL:
+    tried = []
+    for path in candidates:
+        if not path:
+            continue
+        tried.append(path)
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        if hasattr(lib, symbol):
+            return lib
+    raise CodecLibraryError(f"no {what} library with {symbol} found (tried: {', '.join(tried) or 'nothing'})")
+
+
+def _module_file(name: str) -> str:
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(name)
+    except ImportError:
+        return ""
+    return found.origin if found is not None and found.origin else ""
+
+
+@lru_cache(maxsize=1)
+def zstd_decompress_fn():
+    """`ZSTD_decompress` and `ZSTD_isError`: from the `zstandard` package's cffi extension (the
+    converter's own zstd, a dependency anyway), else the system's libzstd, else the one DALI
+    ships (measured here about 4x slower to decompress than the other two)."""
+    candidates = [_module_file("zstandard._cffi"), ctypes.util.find_library("zstd") or "", "libzstd.so.1"]
+    try:
+        import nvidia.dali
+
+        candidates += sorted(glob.glob(os.path.join(os.path.dirname(nvidia.dali.__file__), ".libs", "libzstd*.so*")))
+    except ImportError:
+        pass
+    lib = _load(candidates, "ZSTD_decompress", "zstd")
+    decompress = lib.ZSTD_decompress
+    decompress.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t]
+    decompress.restype = ctypes.c_size_t
+    is_error = lib.ZSTD_isError
+    is_error.argtypes = [ctypes.c_size_t]
+    is_error.restype = ctypes.c_uint
+    return decompress, is_error
+
+
+@lru_cache(maxsize=1)
+def lz4_decompress_fn():
+    """`LZ4_decompress_safe` from the `lz4` package's extension (a dependency anyway), else liblz4."""
+    candidates = [_module_file("lz4.block._block"), ctypes.util.find_library("lz4") or "", "liblz4.so.1"]
+    lib = _load(candidates, "LZ4_decompress_safe", "lz4")
+    fn = lib.LZ4_decompress_safe
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+# --- kernels ----------------------------------------------------------------------------------
+# Band choices and normalisation constants are inputs (constant tensors), not compiled in:
+# compiling a kernel for DALI takes about a second, so one kernel serves every input set.
+
+@lru_cache(maxsize=16)  # one Kernel per configuration: DALI compiles each once per process
+@do_not_convert
+def zstd_kernel(shape: tuple[int, int, int], byte_shuffle: bool) -> Kernel:
+    """(zstd frame of a (C, H, W) uint16 array, int32 band indices (k,)) -> those bands (k, H, W)
+    and a status. With `byte_shuffle` the frame holds all low bytes, then all high bytes."""
+    decompress, is_error = zstd_decompress_fn()
+    c, h, w = shape
+    plane = h * w
+    count = c * plane
+    nbytes = 2 * count
+
+    def run_fn(out, status, src, bands):
+        status[0] = 0
+        buf = np.empty(nbytes, dtype=np.uint8)
+        got = decompress(buf.ctypes.data, nbytes, src.ctypes.data, src.shape[0])
+        if is_error(got) != 0 or got != nbytes:
+            status[0] = 1
+            out[:] = 0
+            return
+        flat = out.reshape(out.size)
+        for j in range(bands.shape[0]):
+            base = bands[j] * plane
+            dst = j * plane
+            if byte_shuffle:
+                for i in range(plane):
+                    flat[dst + i] = np.uint16(buf[base + i]) | (np.uint16(buf[count + base + i]) << np.uint16(8))
+            else:
+                for i in range(plane):
+                    p = 2 * (base + i)
+                    flat[dst + i] = np.uint16(buf[p]) | (np.uint16(buf[p + 1]) << np.uint16(8))
+
+    def setup_fn(outs, ins):
+        for i in range(len(outs[0])):
+            outs[0][i][0] = ins[1][i][0]
+            outs[0][i][1] = h
+            outs[0][i][2] = w
+            outs[1][i][0] = 1
+
+    return Kernel(run_fn, setup_fn, ("UINT8", "INT32"), ("UINT16", "INT32"), (1, 1), (3, 1))
+
+
+@lru_cache(maxsize=16)
+@do_not_convert
+def lz4_chunks_kernel(n_bands: int) -> Kernel:
+    """(lz4 member, its int32 `.lz4sizes` (n_bands,), int32 band indices (k,)) -> int32
+    `chunk_offsets` (k,), int32 `chunk_sizes` (k,) of those bands, status (1,).
+
+    Feeds both DALI's GPU `inflate` and the CPU stand-in `lz4_kernel`, so the GPU path decodes
+    exactly the chunks this (tested) function picks. Only the member's length is read here.
+    """
+
+    def run_fn(offsets, sizes, status, src, all_sizes, bands):
+        status[0] = 0
+        ok = all_sizes.shape[0] == n_bands
+        total = 0
+        if ok:
+            for i in range(n_bands):
+                if all_sizes[i] < 0:
+                    ok = False
+                total += all_sizes[i]
+        if not ok or total != src.shape[0]:
+            status[0] = 2
+            offsets[:] = 0
+            sizes[:] = 0
+            return
+        for j in range(bands.shape[0]):
+            start = 0
+            for i in range(bands[j]):
+                start += all_sizes[i]
+            offsets[j] = start
+            sizes[j] = all_sizes[bands[j]]
+
+    def setup_fn(outs, ins):
+        for i in range(len(outs[0])):
+            outs[0][i][0] = ins[2][i][0]
+            outs[1][i][0] = ins[2][i][0]
+            outs[2][i][0] = 1
+
+    return Kernel(run_fn, setup_fn, ("UINT8", "INT32", "INT32"), ("INT32", "INT32", "INT32"), (1, 1, 1), (1, 1, 1))
+
+
+@lru_cache(maxsize=16)
+@do_not_convert
+def lz4_kernel(chunk_shape: tuple[int, int]) -> Kernel:
+    """CPU stand-in for DALI's GPU `inflate`: (member, int32 offsets (k,), int32 sizes (k,)) ->
+    the LZ4 blocks there decoded as uint16 (k, H, W), and a status."""
+    decompress = lz4_decompress_fn()
+    h, w = chunk_shape
+    chunk_bytes = 2 * h * w
+
+    def run_fn(out, status, src, offsets, sizes):
+        status[0] = 0
+        for j in range(offsets.shape[0]):
+            if offsets[j] < 0 or sizes[j] <= 0 or offsets[j] + sizes[j] > src.shape[0]:
+                status[0] = 1
+                out[:] = 0
+                return
+            got = decompress(src.ctypes.data + offsets[j], out.ctypes.data + j * chunk_bytes, sizes[j], chunk_bytes)
+            if got != chunk_bytes:
+                status[0] = 1
+                out[:] = 0
+                return
+
+    def setup_fn(outs, ins):
+        for i in range(len(outs[0])):
+            outs[0][i][0] = ins[1][i][0]
+            outs[0][i][1] = h
+            outs[0][i][2] = w
+            outs[1][i][0] = 1
+
+    return Kernel(run_fn, setup_fn, ("UINT8", "INT32", "INT32"), ("UINT16", "INT32"), (1, 1, 1), (3, 1))
+
+
+def channel_params(sources: list[tuple[int, int]], scale=None, offset=None, clip=None) -> np.ndarray:
+    """The float32 (5, C) parameter input of `channels_kernel`: per output channel its input,
+    its band position there, and scale, offset, clip (1, 0, inf without normalisation)."""
+    c = len(sources)
+    p = np.empty((5, c), dtype=np.float32)
+    p[0] = [i for i, _ in sources]
+    p[1] = [b for _, b in sources]
+    p[2] = np.ones(c) if scale is None else np.asarray(scale, dtype=np.float32)
+    p[3] = np.zeros(c) if offset is None else np.asarray(offset, dtype=np.float32)
+    p[4] = np.full(c, np.inf) if clip is None else np.asarray(clip, dtype=np.float32)
+    return p
+
+
+@lru_cache(maxsize=16)
+@do_not_convert
+def channels_kernel(ins_ndim: tuple[int, ...], chunk_shape: tuple[int, int], channels: int, normalised: bool) -> Kernel:
+    """(one or two uint16 arrays, `channel_params`) -> the input's (C, H, W) channels in one pass,
+    and a status (`STATUS_SIZE` where an input is too short for a band it should hold).
+
+    Inputs are 1-D raw members (all bands) or 3-D decoded arrays. Normalised: float32
+    `min(x, clip) * scale + offset` with the same float32 operations in the same order as
+    `ChannelTransform.apply` and the training loop, so the same values; else uint16 as stored.
+    One pass replaces DALI's slice, concatenate, cast, min, multiply and add operators, which
+    each walk the whole array on the CPU.
+    """
+    from numba import njit
+
+    h, w = chunk_shape
+    plane = h * w
+
+    @njit
+    def fill(out, status, a, b, params):
+        status[0] = 0
+        flat_out = out.reshape(out.size)
+        fa = a.reshape(a.size)
+        fb = b.reshape(b.size)
+        for ch in range(params.shape[1]):
+            src = fa if params[0, ch] == 0 else fb
+            base = int(params[1, ch]) * plane
+            dst = ch * plane
+            if base + plane > src.shape[0]:
+                status[0] = 4
+                flat_out[:] = 0
+                return
+            if normalised:
+                s, o, hi = params[2, ch], params[3, ch], params[4, ch]
+                for i in range(plane):
+                    v = np.float32(src[base + i])
+                    if v > hi:
+                        v = hi
+                    flat_out[dst + i] = v * s + o
+            else:
+                for i in range(plane):
+                    flat_out[dst + i] = src[base + i]
+
+    if len(ins_ndim) == 1:
+        def run_fn(out, status, a, params):
+            fill(out, status, a, a, params)
+    else:
+        def run_fn(out, status, a, b, params):
+            fill(out, status, a, b, params)
+
+    # The channel count is compiled in: DALI 2.4's setup function sees only as many inputs as
+    # the kernel has outputs, so it cannot read the parameter input's shape.
+    def setup_fn(outs, ins):
+        for i in range(len(outs[0])):
+            outs[0][i][0] = channels
+            outs[0][i][1] = h
+            outs[0][i][2] = w
+            outs[1][i][0] = 1
+
+    return Kernel(run_fn, setup_fn, ("UINT16",) * len(ins_ndim) + ("FLOAT",),
+                  ("FLOAT" if normalised else "UINT16", "INT32"), tuple(ins_ndim) + (2,), (3, 1))

@@ -1,0 +1,200 @@
+"""The original toolbox's data path, re-implemented: one sample = open its GeoTIFFs with rasterio.
+
+Per sample, as the original's `classification/dataset.py` does it: open the S2 GeoTIFF and read
+the bands of the input (1-based indices into the 13-band file), convert to float32; open the S1
+GeoTIFF, read both bands, float32, NaN -> 0, clip to [-25, 0] dB; concatenate S2 then S1;
+`torch.tensor` (a copy, as the original's ToTensor); normalise channel by channel in place
+(`sub_(mean).div_(std)` with the original's training-set statistics), or without
+normalisation scale S2 as clip(0, 10000) / 10000 and S1 as dB / 25 + 1. The label is the
+original's too: the probability vector (simplified scheme: summed class groups), then
+`>= threshold` (multi-label) or the one-hot vector of the argmax (single-label), float32.
+
+It serves two purposes: `make bench` measures "the original's way" with it, on the same patches
+as the shard loaders, and users can train on a GeoTIFF tree with the original's label and split
+files without converting (slowly: the whole point of the shards is not to do this).
+
+Paths may be local or URLs (`s3://bucket/prefix`): a remote GeoTIFF is fetched whole as one
+object per modality through `sen12ms_common.storage` and opened from memory, which is how the
+original's way reads an object store.
+
+    ds = GeoTiffDataset("/sen12ms", "splits/train_list.txt", "labels/IGBP_probability_labels.json",
+                        input_spec="s1s2", label_type="multi_label")
+    loader = original_loader(ds, batch_size=64, workers=4)   # torch DataLoader, shuffled
+    for batch in loader: batch["image"], batch["label"], batch["id"]
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from sen12ms_common import safepickle, storage
+from sen12ms_common.bands import OFFICIAL_MEAN, OFFICIAL_STD, BandRef, resolve_bands
+from sen12ms_common.igbp import N_FULL, LabelRule
+from sen12ms_common.patches import KNOWN_BROKEN, PatchNameError, parse_patch
+from sen12ms_common.shardformat import S1_MAX_DB, S1_MIN_DB
+
+S2_MAX = 10000.0
+
+
+class GeoTiffDataError(ValueError):
+    """A label file, split list or patch that cannot be used; the message names it."""
+
+
+# --- label and split files -----------------------------------------------------------------------
+
+def read_label_file(path: str) -> dict[str, np.ndarray]:
+    """S2 file name -> 17 probabilities, from our JSON (`convert labels`) or the original's pickle
+    (`IGBP_probability_labels.pkl`, read with the restricted unpickler)."""
+    try:
+        data = storage.read_bytes(path)
+    except OSError as exc:
+        raise GeoTiffDataError(f"{path}: cannot read the label file ({exc})") from exc
+    try:
+        if data.lstrip()[:1] == b"{":
+            obj = json.loads(data)
+            if isinstance(obj, dict) and isinstance(obj.get("labels"), dict):
+                obj = obj["labels"]
+        else:
+            obj = safepickle.loads(data, path)
+    except ValueError as exc:  # JSON errors and refused pickles are ValueErrors
+        raise GeoTiffDataError(f"{path}: not a label file ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(obj, dict):
+        raise GeoTiffDataError(f"{path}: expected S2 file name -> {N_FULL} probabilities, found {type(obj).__name__}")
+    out = {}
+    for name, vec in obj.items():
+        v = np.asarray(vec, dtype=np.float64).reshape(-1)
+        if v.size != N_FULL:
+            raise GeoTiffDataError(f"{path}: label of {name!r} has {v.size} values, expected {N_FULL}")
+        out[str(name)] = v
+    return out
+
+
+def read_split_file(path: str) -> list[str]:
+    """S2 file names of a split list: text (one per line) or the original's pickled list."""
+    try:
+        data = storage.read_bytes(path)
+    except OSError as exc:
+        raise GeoTiffDataError(f"{path}: cannot read the split list ({exc})") from exc
+    if str(path).endswith(".pkl"):
+        try:
+            obj = safepickle.loads(data, path)
+        except ValueError as exc:
+            raise GeoTiffDataError(str(exc).splitlines()[0]) from exc
+        if not isinstance(obj, (list, tuple)):
+            raise GeoTiffDataError(f"{path}: expected a pickled list of S2 file names, found {type(obj).__name__}")
+        return [str(n) for n in obj]
+    return [line.strip() for line in data.decode("utf-8").splitlines() if line.strip()]
+
+
+# --- one sample, the original's way ----------------------------------------------------------------
+
+def _open_raster(url: str):
+    import rasterio
+
+    if storage.is_remote(url):
+        # One GET per object; GDAL then reads the pixels from memory.
+        return rasterio.MemoryFile(storage.read_bytes(url)).open()
+    return rasterio.open(url)
+
+
+def read_s2(url: str, band_indexes: Sequence[int], normalise: bool) -> np.ndarray:
+    """S2 bands (1-based file indices) as float32; without normalisation clip(0, 10000) / 10000."""
+    with _open_raster(url) as ds:
+        s2 = ds.read(list(band_indexes))
+    s2 = s2.astype(np.float32)
+    if not normalise:
+        s2 = np.clip(s2, 0, S2_MAX)
+        s2 /= S2_MAX
+    return s2
+
+
+def read_s1(url: str, normalise: bool) -> np.ndarray:
+    """Both S1 bands as float32 dB: NaN -> 0, clip to [-25, 0]; without normalisation dB / 25 + 1."""
+    with _open_raster(url) as ds:
+        s1 = ds.read()
+    s1 = s1.astype(np.float32)
+    s1 = np.nan_to_num(s1)
+    s1 = np.clip(s1, S1_MIN_DB, S1_MAX_DB)
+    if not normalise:
+        s1 /= -S1_MIN_DB
+        s1 += 1
+    return s1
+
+
+class GeoTiffDataset(Dataset):
+    """A SEN12MS tree (local or URL) + label file + split list -> the original's samples.
+
+    `names`: S2 file names (or a split list file); the known broken triplet is dropped and the
+    names are sorted, as the original does. `labels`: a mapping or a label file. Each item is
+    `{"image": float32 tensor (C, 256, 256), "label": float32 vector, "id": S2 file name}`.
+    """
+
+    def __init__(self, root: str, names: Sequence[str] | str, labels: Mapping[str, Any] | str, *,
+                 input_spec: str = "s1s2", label_type: str = "multi_label", igbp: str = "simple",
+                 threshold: float = 0.1, normalise: bool = True) -> None:
+        self.root = str(root)
+        names = read_split_file(names) if isinstance(names, str) else list(names)
+        self.labels = read_label_file(labels) if isinstance(labels, str) else dict(labels)
+        self.bands: tuple[BandRef, ...] = resolve_bands(input_spec)
+        self.rule = LabelRule(label_type, igbp, threshold)
+        self.normalise = normalise
+        ids = []
+        for name in names:
+            try:
+                pid = parse_patch(name)
+            except PatchNameError as exc:
+                raise GeoTiffDataError(str(exc)) from exc
+            if pid.key in KNOWN_BROKEN:
+                continue
+            if pid.filename("s2") not in self.labels:
+                raise GeoTiffDataError(f"{pid.filename('s2')}: no label in the label file")
+            ids.append(pid.with_modality("s2"))
+        self.ids = sorted(set(ids), key=lambda p: p.filename())
+        s2 = [b for b in self.bands if b.modality == "s2"]
+        s1 = [b for b in self.bands if b.modality == "s1"]
+        self.s2_indexes = tuple(b.index + 1 for b in s2)
+        # Channel order of the input: read S2 bands, then both S1 bands, then pick.
+        read_order = s2 + [BandRef("s1", n, i) for i, n in enumerate(("VV", "VH"))] if s1 else s2
+        self.pick = [read_order.index(b) for b in self.bands]
+        self.mean = [OFFICIAL_MEAN[b.name] for b in self.bands]
+        self.std = [OFFICIAL_STD[b.name] for b in self.bands]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def paths(self, index: int) -> dict[str, str]:
+        pid = self.ids[index]
+        return {m: storage.join(self.root, pid.relpath(m)) for m in ("s2", "s1")}
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        pid = self.ids[index]
+        parts = []
+        try:
+            if self.s2_indexes:
+                parts.append(read_s2(storage.join(self.root, pid.relpath("s2")), self.s2_indexes, self.normalise))
+            if len(self.pick) > len(self.s2_indexes):
+                parts.append(read_s1(storage.join(self.root, pid.relpath("s1")), self.normalise))
+        except Exception as exc:  # rasterio, GDAL and storage raise many types; name the patch
+            raise GeoTiffDataError(f"{pid.filename()}: cannot read its GeoTIFFs ({exc})") from exc
+        img = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+        if self.pick != list(range(len(self.pick))):
+            img = img[self.pick]
+        image = torch.tensor(img)
+        if self.normalise:
+            for t, m, s in zip(image, self.mean, self.std):
+                t.sub_(m).div_(s)
+        label = self.rule.indicator(self.labels[pid.filename()][None])[0].astype(np.float32)
+        return {"image": image, "label": label, "id": pid.filename()}
+
+
+def original_loader(dataset: GeoTiffDataset, *, batch_size: int = 64, workers: int = 4, shuffle: bool = True,
+                    seed: int | None = None) -> DataLoader:
+    """The original's torch DataLoader over a `GeoTiffDataset` (shuffled, pinned on a GPU machine)."""
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=shuffle,
+                      pin_memory=torch.cuda.is_available(), generator=generator)

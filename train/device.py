@@ -1,0 +1,142 @@
+"""The training device: placement, stored uint16 -> normalised float input, AMP, channels_last,
+torch.compile.
+
+Batches arrive as uint16 (half the bytes of float32); `InputTransform` moves them to the device
+and applies the per-channel `min(x, clip) * scale + offset` of `sen12ms_common.inputs` there, on
+the whole batch at once, so the CPU never touches a float pixel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+from dataclasses import dataclass
+from typing import Any, ContextManager
+
+import torch
+from torch import nn
+
+from sen12ms_common.inputs import ChannelTransform
+
+log = logging.getLogger(__name__)
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+class DeviceError(RuntimeError):
+    """A device or device feature that is not available here."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` = the first CUDA device if there is one, else the CPU; `cuda[:N]` must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False)")
+    return dev
+
+
+class InputTransform:
+    """Stored uint16 batch (B, C, H, W) -> model input on `device` (float32)."""
+
+    def __init__(self, transform: ChannelTransform, device: torch.device, channels_last: bool = False) -> None:
+        shape = (1, -1, 1, 1)
+        self.device = device
+        self.channels_last = channels_last
+        self.scale = torch.as_tensor(transform.scale, dtype=torch.float32, device=device).reshape(shape)
+        self.offset = torch.as_tensor(transform.offset, dtype=torch.float32, device=device).reshape(shape)
+        finite = torch.isfinite(torch.as_tensor(transform.clip))
+        # Without a finite bound (every mode except S2 with --stats none) the clip is skipped.
+        self.clip = (torch.as_tensor(transform.clip, dtype=torch.float32, device=device).reshape(shape)
+                     if bool(finite.any()) else None)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.to(self.device, non_blocking=True)
+        if not x.is_floating_point():  # stored values; a float batch is model input already
+            # One float32 buffer, then in place: half the time of out-of-place ops on a CPU,
+            # and the same float32 rounding as the numpy reference `ChannelTransform.apply`.
+            x = uint16_to_float32(x)
+            if self.clip is not None:
+                x = torch.minimum(x, self.clip, out=x)
+            x.mul_(self.scale).add_(self.offset)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+def uint16_to_float32(x: torch.Tensor) -> torch.Tensor:
+    """uint16 -> float32 on any device (values 0..65535 exactly)."""
+    if x.dtype != torch.uint16:
+        return x.to(torch.float32)
+    try:
+        return x.to(torch.float32)
+    except (RuntimeError, NotImplementedError):
+        return _uint16_via_int32(x)  # a build without uint16 kernels on this device
+
+
+def _uint16_via_int32(x: torch.Tensor) -> torch.Tensor:
+    # Reinterpret the bits as int16 (same size), widen, drop the sign extension.
+    return x.view(torch.int16).to(torch.int32).bitwise_and_(0xFFFF).to(torch.float32)
+
+
+@dataclass
+class Precision:
+    """Autocast and gradient scaling of one run."""
+
+    device: torch.device
+    dtype: torch.dtype | None  # None: full float32
+    scaler: Any  # torch.amp.GradScaler (enabled only for float16)
+
+    def autocast(self) -> ContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    @property
+    def name(self) -> str:
+        return "float32" if self.dtype is None else str(self.dtype).replace("torch.", "")
+
+
+def precision(device: torch.device, amp: bool) -> Precision:
+    """--amp: bfloat16 autocast where the GPU supports it, else float16 with a GradScaler;
+    on the CPU bfloat16 autocast (the scaler is not needed for bfloat16)."""
+    dtype = None
+    if amp:
+        if device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            dtype = torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
+    return Precision(device, dtype, scaler)
+
+
+def compile_available() -> tuple[bool, str]:
+    """Whether torch.compile can build kernels here (inductor needs a C++ compiler on the CPU)."""
+    if not hasattr(torch, "compile"):
+        return False, "this torch has no torch.compile"
+    if shutil.which("g++") is None and shutil.which("c++") is None and shutil.which("clang++") is None:
+        return False, "torch.compile needs a C++ compiler (g++/clang++) for CPU kernels and none is installed"
+    return True, ""
+
+
+def prepare_model(model: nn.Module, device: torch.device, *, channels_last: bool = False,
+                  compile: bool = False) -> tuple[nn.Module, nn.Module]:
+    """(model to save and load state from, module to call for the forward pass)."""
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    forward: nn.Module = model
+    if compile:
+        if device.type == "cpu":
+            ok, why = compile_available()
+            if not ok:
+                raise DeviceError(f"--compile: {why}")
+        forward = torch.compile(model)
+    return model, forward
+
+
+def configure_backends(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the original; fixed input size

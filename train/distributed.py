@@ -1,0 +1,211 @@
+"""Several processes under torchrun: the process group, DistributedDataParallel, and the few
+collectives the training loop needs to keep every rank in step.
+
+`torchrun --nproc_per_node N [--nnodes M ...] -m train ...` starts one process per device and
+sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; `init_from_env` reads them and
+joins the process group: NCCL on CUDA (device cuda:LOCAL_RANK), gloo on the CPU. Without those
+variables (or WORLD_SIZE=1) everything here is a no-op for one process, so the training loop
+has one code path.
+
+Control messages (stop flags, loss sums, predictions, error texts) travel over a gloo group on
+the CPU, also when the gradients go through NCCL: they are small, and a CPU collective does not
+wait for the GPU's queue to drain.
+
+Loader workers of a process in a group start from a fork server instead of forking the process
+itself: gloo and NCCL run threads of their own, which take Python's thread-state lock when they
+release a tensor; a fork at that moment leaves the worker dead-locked before it runs a line
+(CPython gh-112275, Python <= 3.11; seen here about once in 500 worker starts).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .device import DeviceError, resolve_device
+
+ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+class DistributedError(RuntimeError):
+    """A torchrun environment that cannot work (one line)."""
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the job; `Dist()` is a single process."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None   # nccl | gloo; None for a single process
+    control: Any = None          # gloo ProcessGroup for CPU messages
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def ranks_from_env(environ: Mapping[str, str] | None = None) -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's variables; (0, 1, 0) without them."""
+    env = os.environ if environ is None else environ
+    if "WORLD_SIZE" not in env:
+        return 0, 1, 0
+    try:
+        rank, world, local = (int(env.get(k, "0")) for k in ENV_KEYS)
+    except ValueError:
+        raise DistributedError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (as torchrun sets them): "
+                               + ", ".join(f"{k}={env.get(k)!r}" for k in ENV_KEYS)) from None
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise DistributedError(f"inconsistent torchrun environment: RANK={rank}, WORLD_SIZE={world}, "
+                               f"LOCAL_RANK={local}")
+    return rank, world, local
+
+
+def device_for(name: str, local_rank: int, world_size: int) -> torch.device:
+    """The device of this process: `cuda` and `auto` (with CUDA) become cuda:LOCAL_RANK."""
+    dev = resolve_device(name)
+    if dev.type != "cuda" or world_size == 1 or dev.index is not None:
+        return dev
+    count = torch.cuda.device_count()
+    if local_rank < count:
+        return torch.device("cuda", local_rank)
+    if count == 1:  # the scheduler shows each process its own single GPU
+        return torch.device("cuda", 0)
+    raise DeviceError(f"LOCAL_RANK {local_rank} but only {count} CUDA device(s) visible: start at most {count} "
+                      "processes per node (torchrun --nproc_per_node)")
+
+
+def init_from_env(device: str = "auto", environ: Mapping[str, str] | None = None) -> tuple[Dist, torch.device]:
+    """Join torchrun's process group (if launched by it); returns (Dist, this process's device)."""
+    import torch.distributed as dist
+
+    rank, world, local = ranks_from_env(environ)
+    dev = device_for(device, local, world)
+    if world == 1:
+        return Dist(), dev
+    if not dist.is_available():
+        raise DistributedError("this PyTorch build has no torch.distributed")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    use_fork_server()
+    if not dist.is_initialized():
+        kwargs: dict[str, Any] = {"device_id": dev} if backend == "nccl" else {}
+        dist.init_process_group(backend, rank=rank, world_size=world, **kwargs)
+    control = dist.new_group(backend="gloo") if backend == "nccl" else dist.group.WORLD
+    return Dist(rank, world, local, backend, control), dev
+
+
+def use_fork_server() -> None:
+    """Start this process's worker processes (torch DataLoader) from a fork server with torch and
+    the loader preloaded, so that starting one costs a fork of that server, not an import."""
+    import multiprocessing as mp
+
+    if mp.get_start_method(allow_none=True) in (None, "fork"):
+        mp.set_forkserver_preload(["torch", "train.data.webdataset"])
+        mp.set_start_method("forkserver", force=True)
+
+
+def shutdown(d: Dist) -> None:
+    import torch.distributed as dist
+
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_model(module: nn.Module, device: torch.device, d: Dist) -> nn.Module:
+    """DistributedDataParallel around `module` (the plain or compiled model) for training steps."""
+    if not d.enabled:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids, output_device=ids[0] if ids else None)
+
+
+# --- collectives (no-ops for one process) ------------------------------------------------------
+
+def agree_max(d: Dist, flags: Sequence[int]) -> list[int]:
+    """Element-wise maximum of `flags` over all ranks: a flag raised anywhere is raised everywhere."""
+    if not d.enabled:
+        return [int(f) for f in flags]
+    import torch.distributed as dist
+
+    t = torch.tensor([int(f) for f in flags], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=d.control)
+    return [int(v) for v in t.tolist()]
+
+
+def sum_over_ranks(d: Dist, values: Sequence[float]) -> list[float]:
+    """Element-wise sum of `values` over all ranks (float64)."""
+    if not d.enabled:
+        return [float(v) for v in values]
+    import torch.distributed as dist
+
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=d.control)
+    return [float(v) for v in t.tolist()]
+
+
+def gather_objects(d: Dist, obj: Any) -> list[Any]:
+    """`obj` of every rank, in rank order, on every rank (pickled; keep it small)."""
+    if not d.enabled:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * d.world_size
+    dist.all_gather_object(out, obj, group=d.control)
+    return out
+
+
+def broadcast_object(d: Dist, obj: Any) -> Any:
+    """Rank 0's `obj` on every rank."""
+    if not d.enabled:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj if d.is_main else None]
+    dist.broadcast_object_list(box, src=0, group=d.control)
+    return box[0]
+
+
+def broadcast_state(d: Dist, module: nn.Module, buffers_only: bool = False) -> None:
+    """Copy rank 0's parameters and buffers (or only the buffers, e.g. BatchNorm statistics,
+    which DDP leaves per rank) into `module` on every rank."""
+    if not d.enabled:
+        return
+    import torch.distributed as dist
+
+    tensors = list(module.buffers()) if buffers_only else list(module.state_dict(keep_vars=True).values())
+    seen: set[int] = set()
+    with torch.no_grad():
+        for t in tensors:
+            if id(t) in seen:  # a tensor registered twice (ResNet's conv1) is sent once
+                continue
+            seen.add(id(t))
+            dist.broadcast(t.data, src=0)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """Seed of rank `rank`'s torch RNG (dropout and the like): rank 0 keeps `seed`, so a single
+    process and rank 0 draw the same; the others get independent streams."""
+    if rank == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, rank, 0x44445]).generate_state(1, np.uint64)[0] >> 1)
+
+
+__all__ = ["Dist", "DistributedError", "ranks_from_env", "device_for", "init_from_env", "use_fork_server",
+           "shutdown", "wrap_model",
+           "agree_max", "sum_over_ranks", "gather_objects", "broadcast_object", "broadcast_state", "rank_seed"]

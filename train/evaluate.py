@@ -1,0 +1,184 @@
+"""`python -m train.evaluate`: score a checkpoint (ours or the original toolbox's) on a split.
+
+The model, input set and label rule come from `--config` (an arguments file: the original's
+`<ts>_arguments.txt` or ours) or, for our checkpoints, from the checkpoint itself. The
+original's runs used the official normalisation statistics; ours store the exact per-channel
+transform they trained with, which is used unless `--stats` says otherwise.
+
+Under torchrun each rank scores its part of the split (every sample exactly once) and the
+predictions of all ranks are gathered before the metrics are computed; rank 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import click
+import numpy as np
+
+from sen12ms_common.inputs import STATS_CHOICES, ChannelTransform
+
+if TYPE_CHECKING:
+    from .distributed import Dist
+
+
+@dataclass
+class EvalOptions:
+    model: str
+    input: str
+    label_type: str
+    igbp: str
+    threshold: float
+    stats: str
+    transform: ChannelTransform | None  # exact transform stored in our checkpoints
+
+
+def _saved_transform(ckpt: Mapping[str, Any], input_spec: str) -> ChannelTransform | None:
+    from sen12ms_common.bands import resolve_bands
+
+    t = ckpt.get("input_transform")
+    if not isinstance(t, Mapping):
+        return None
+    if list(t.get("bands", [])) != [b.name for b in resolve_bands(input_spec)]:
+        return None
+    f32 = lambda v: np.asarray(v, dtype=np.float32)  # noqa: E731
+    return ChannelTransform(f32(t["scale"]), f32(t["offset"]), f32(t["clip"]))
+
+
+def options_for(ckpt: Mapping[str, Any], checkpoint_path: str, config: str | None, stats: str | None) -> EvalOptions:
+    """What to build, from the arguments file or our checkpoint's stored configuration."""
+    from .argsfile import original_to_options, read_arguments_file
+    from .config import canonical_input
+
+    if config:
+        opts: dict[str, Any] = original_to_options(read_arguments_file(config))
+        default_stats = str(opts.get("stats", "official"))  # the original always used the official ones
+    elif isinstance(ckpt.get("config"), Mapping):
+        opts = dict(ckpt["config"])
+        default_stats = str(opts.get("stats", "official"))
+    else:
+        raise click.ClickException(
+            f"{checkpoint_path}: holds no configuration (a checkpoint of the original toolbox?): "
+            "pass its arguments file with --config")
+    arch = ckpt.get("arch")
+    if arch and str(arch) != str(opts["model"]):
+        raise click.ClickException(f"{checkpoint_path}: a {arch} checkpoint, but the configuration says {opts['model']}")
+    input_spec = canonical_input(str(opts["input"]))
+    transform = None if stats else _saved_transform(ckpt, input_spec)
+    return EvalOptions(model=str(opts["model"]), input=input_spec, label_type=str(opts["label_type"]),
+                       igbp=str(opts["igbp"]), threshold=float(opts.get("threshold", 0.1)),
+                       stats=stats or default_stats, transform=transform)
+
+
+def default_out(checkpoint: str) -> Path:
+    """The run directory of a checkpoint in `<run>/checkpoints/`, else the current directory."""
+    parent = Path(checkpoint).resolve().parent
+    return parent.parent if parent.name == "checkpoints" else Path.cwd()
+
+
+def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = None, split: str = "test",
+                        out: str | None = None, batch_size: int = 64, workers: int = 4, device: str = "auto",
+                        stats: str | None = None, verify: bool = True, skip_bad_shards: bool = False,
+                        echo: Callable[[str], None] = print, dist: Dist | None = None) -> dict[str, Any]:
+    """Score `checkpoint` on `split` of `shards`; writes `<split>_scores.json` and
+    `<split>_predictions.npz` into `out` and returns the metrics.
+
+    `dist`: a `train.distributed.Dist` under torchrun (every rank reads the checkpoint, scores
+    its part; the metrics are those of the gathered predictions; rank 0 writes and prints)."""
+    from sen12ms_common.manifest import load_manifest
+
+    from .checkpoint import load_checkpoint, load_model_weights
+    from .data import DataError, make_loader
+    from .distributed import Dist, gather_objects
+    from .loop import has_split, loader_spec, make_setup, predict_all, score, write_scores
+
+    d = dist or Dist()
+    if not d.is_main:
+        echo = lambda msg: None  # noqa: E731  (one report, from rank 0)
+
+    ckpt = load_checkpoint(checkpoint)
+    opts = options_for(ckpt, checkpoint, config, stats)
+    manifest = load_manifest(shards)
+    if not has_split(manifest, split):
+        raise DataError(f"{shards}: no {split} samples in this shard set")
+    setup = make_setup(shards=shards, model_name=opts.model, input_spec=opts.input, label_type=opts.label_type,
+                       igbp=opts.igbp, threshold=opts.threshold, stats=opts.stats, device=device,
+                       transform=opts.transform, manifest=manifest)
+    load_model_weights(setup.model, ckpt, strict=True, source=checkpoint)
+    loader = make_loader("webdataset", loader_spec(setup, shards, split, batch_size=batch_size, train=False,
+                                                   workers=workers, verify=verify, skip_bad_shards=skip_bad_shards,
+                                                   rank=d.rank, world_size=d.world_size))
+    echo(f"{checkpoint}: {opts.model} (epoch {ckpt.get('epoch')}), input {opts.input}, {opts.label_type} "
+         f"{opts.igbp}, stats {'as trained' if opts.transform is not None else opts.stats}; "
+         f"{split}: {manifest.samples(split)} samples" + (f" over {d.world_size} processes" if d.enabled else ""))
+    preds = predict_all(setup, loader, d, desc=split)
+    metrics = score(setup, preds)
+    skipped = list(dict.fromkeys(s for part in gather_objects(d, loader.skipped) for s in part))
+    if not d.is_main:
+        return metrics
+    out_dir = Path(out) if out else default_out(checkpoint)
+    scores, npz = write_scores(out_dir, split, metrics, preds, setup.rule)
+    key = "AverageAcc" if opts.label_type == "single_label" else "OverallAcc"
+    echo(f"{split}: microF1 {metrics['microF1']:.4f} sampleF1 {metrics['sampleF1']:.4f} {key} {metrics[key]:.4f} "
+         f"-> {scores}, {npz}")
+    if skipped:
+        echo(f"skipped {len(skipped)} bad shard(s)/sample(s): " + "; ".join(skipped[:5]))
+    return metrics
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--shards", required=True, metavar="DIR|URL", help="Shard set written by `python -m convert shards`.")
+@click.option("--checkpoint", required=True, metavar="CKPT",
+              help="Checkpoint: ours (<ts>_model_best.pth) or the original toolbox's (dict with model_state_dict).")
+@click.option("--config", default=None, metavar="ARGS.txt",
+              help="Arguments file of the run (the original's <ts>_arguments.txt or ours): model, input, label "
+                   "rule. [default: the configuration stored in our checkpoints; required for the original's]")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]),
+              help="Split of the shard set to score.")
+@click.option("--out", default=None, metavar="DIR",
+              help="Folder for <split>_scores.json and <split>_predictions.npz. "
+                   "[default: the checkpoint's run directory, else the current directory]")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Samples per batch.")
+@click.option("--workers", type=click.IntRange(0), default=4, show_default=True, help="Loader worker processes.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: CUDA when available, else CPU.")
+@click.option("--stats", type=click.Choice(list(STATS_CHOICES)), default=None,
+              help="Normalisation. [default: as the checkpoint was trained; official for the original's runs]")
+@click.option("--no-verify", is_flag=True, help="Do not check shard sizes and sha256 against the manifest.")
+@click.option("--skip-bad-shards", is_flag=True, help="Report and skip missing or damaged shards instead of stopping.")
+def main(shards, checkpoint, config, split, out, batch_size, workers, device, stats, no_verify, skip_bad_shards) -> None:
+    """Score a checkpoint on the test (or another) split with the original's metric set.
+
+    Also under `torchrun --nproc_per_node N -m train.evaluate ...`: each process scores its part
+    of the split, the metrics are computed on the gathered predictions, rank 0 writes the files.
+    """
+    from sen12ms_common.manifest import ManifestError
+    from sen12ms_common.storage import StorageError
+
+    from .argsfile import ArgumentsFileError
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .device import DeviceError
+    from .distributed import Dist, DistributedError, init_from_env, shutdown
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    d = Dist()
+    try:
+        d, dev = init_from_env(device)
+        evaluate_checkpoint(shards=shards, checkpoint=checkpoint, config=config, split=split, out=out,
+                            batch_size=batch_size, workers=workers, device=str(dev), stats=stats,
+                            verify=not no_verify, skip_bad_shards=skip_bad_shards, echo=click.echo, dist=d)
+    except (DataError, CheckpointError, ArgumentsFileError, ManifestError, DeviceError, DistributedError,
+            StorageError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except ValueError as exc:  # band / label / statistics errors of the configuration
+        raise click.ClickException(str(exc).splitlines()[0]) from None
+    finally:
+        shutdown(d)
+
+
+if __name__ == "__main__":
+    main(prog_name="python -m train.evaluate")
