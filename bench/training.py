@@ -1,0 +1,142 @@
+"""The training rows: seconds per optimisation step of a model on the device that is there.
+
+- synthetic: one batch held in memory (uint16, as a loader hands it over) fed again and again:
+  the step time of the model alone;
+- fed by our loader: batches streamed from the zstd shards by the webdataset loader with
+  `workers` worker processes, as `python -m train` trains;
+- fed by the original's way: float batches of `train.data.geotiff` through a DataLoader.
+
+Each repeat first draws the loader's start-up batches without training on them (worker start
+and, for our loader, the fill of every read stream's shuffle buffer: `streams` + 2 batches,
+a one-off per epoch that a 160,000-sample epoch does not notice but a few timed steps would),
+then runs `warmup` untimed steps and times `steps` steps including the wait for every batch.
+The data-stall fraction is 1 - synthetic / fed: the share of a step spent waiting for data
+(or, on a CPU, losing cores to the loader).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+
+from bench.loaders import LoaderSettings, webdataset_spec
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    model: str = "ResNet50"
+    batch_size: int = 4
+    warmup: int = 1
+    steps: int = 2
+    workers: int = 1
+    device: str = "auto"
+
+
+class StepBench:
+    """Model, optimiser and the step function, built once for all repeats."""
+
+    def __init__(self, shard_root: str, loader_settings: LoaderSettings, settings: TrainingSettings) -> None:
+        from train.loop import make_setup
+
+        self.settings = settings
+        self.loader_settings = dataclasses.replace(loader_settings, batch_size=settings.batch_size)
+        self.shard_root = shard_root
+        self.setup = make_setup(shards=shard_root, model_name=settings.model, input_spec=loader_settings.input_spec,
+                                label_type=loader_settings.label_type, igbp="simple", threshold=0.1,
+                                stats="official", device=settings.device)
+        self.optimizer = torch.optim.Adam(self.setup.model.parameters(), lr=1e-3, weight_decay=1e-5)
+        self.device = self.setup.device
+        self._held: dict[str, Any] | None = None
+
+    def step(self, image: torch.Tensor, target: torch.Tensor) -> None:
+        s = self.setup
+        x = s.input_fn(image)
+        y = target.to(s.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with s.precision.autocast():
+            logits = s.forward(x)
+        loss = s.loss_fn(logits.float(), y)
+        loss.backward()
+        self.optimizer.step()
+        if s.device.type == "cuda":
+            torch.cuda.synchronize(s.device)
+
+    def _loader(self, seed: int):
+        from train.data import make_loader
+
+        spec = webdataset_spec(self.shard_root, self.loader_settings, self.settings.workers, seed)
+        return make_loader("webdataset", spec)
+
+    def held_batch(self) -> dict[str, Any]:
+        """The synthetic batch: a real one, read once and kept in memory."""
+        if self._held is None:
+            loader = self._loader(0)
+            it = loader.epoch(0)
+            try:
+                batch = next(iter(it))
+            finally:
+                it.close()
+            self._held = {"image": batch["image"].clone(), "target": batch["target"].clone()}
+        return self._held
+
+    def _skip(self, wanted: int, batches: int) -> int:
+        """Start-up batches to draw untrained: `wanted`, as far as the epoch leaves enough for the
+        warm-up and timed steps (tiny bench datasets)."""
+        s = self.settings
+        if batches < s.warmup + s.steps:
+            raise ValueError(f"an epoch of {batches} batches is shorter than {s.warmup} + {s.steps} steps")
+        return max(0, min(wanted, batches - s.warmup - s.steps))
+
+    def _timed(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], skip: int = 0) -> float:
+        """Seconds per step over `steps` steps after `skip` batches drawn untrained and `warmup`
+        untimed steps; the wait for a batch counts."""
+        s = self.settings
+        for _ in range(skip):
+            next(batches)
+        t0 = 0.0
+        for i in range(s.warmup + s.steps):
+            if i == s.warmup:
+                t0 = time.perf_counter()
+            image, target = next(batches)
+            self.step(image, target)
+        return (time.perf_counter() - t0) / s.steps
+
+    def synthetic(self) -> float:
+        held = self.held_batch()
+
+        def forever() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            while True:
+                yield held["image"], held["target"]
+
+        return self._timed(forever())
+
+    def fed_by_ours(self, seed: int) -> float:
+        loader = self._loader(seed)
+        it = loader.epoch(seed)
+        try:
+            return self._timed(((b["image"], b["target"]) for b in it),
+                               skip=self._skip(loader.spec.streams + 2, len(loader)))
+        finally:
+            it.close()
+
+    def fed_by_original(self, tree: str, names: list[str], labels: dict, seed: int) -> float:
+        from train.data.geotiff import GeoTiffDataset, original_loader
+
+        ls = self.loader_settings
+        ds = GeoTiffDataset(tree, names, labels, input_spec=ls.input_spec, label_type=ls.label_type)
+        loader = original_loader(ds, batch_size=self.settings.batch_size, workers=self.settings.workers,
+                                 shuffle=True, seed=seed)
+        it = iter(loader)
+        rule = self.setup.rule
+        to_target: Callable[[torch.Tensor], torch.Tensor] = (
+            (lambda lab: lab) if rule.label_type == "multi_label" else (lambda lab: lab.argmax(dim=1)))
+        try:
+            return self._timed(((b["image"], to_target(b["label"])) for b in it), skip=self._skip(2, len(loader)))
+        finally:
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()

@@ -1,0 +1,177 @@
+"""`python -m bench` on a tiny dataset with one round: every row of the table, sane numbers; and
+`train.data.geotiff` (the original's way) against the original's preprocessing written out."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from click.testing import CliRunner
+
+from bench.__main__ import main
+from bench.dataset import REAL_TRIPLETS, add_real_patches
+from sen12ms_common.bands import OFFICIAL_MEAN, OFFICIAL_STD, INPUT_SETS
+from sen12ms_common.igbp import probability_from_igbp, to_simple
+from sen12ms_common.patches import parse_patch
+from train.data.geotiff import GeoTiffDataError, GeoTiffDataset, original_loader
+
+GEOTIFF_S2, GEOTIFF_S1, GEOTIFF_LC = 1_706_432, 525_172, 262_788  # bytes of an uncompressed SEN12MS patch
+
+
+def parse_table(doc: str) -> list[dict[str, str]]:
+    """The rows of the results table, the group carried down to every row."""
+    part = doc.split("## Results", 1)[1]
+    lines = [ln for ln in part.splitlines() if ln.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows, group = [], ""
+    for ln in lines[1:]:
+        cells = [c.strip() for c in ln.strip().strip("|").split("|")]
+        row = dict(zip(header, cells))
+        group = row["Group"].strip("*") or group
+        row["Group"] = group
+        rows.append(row)
+    return rows
+
+
+def number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+@pytest.fixture(scope="module")
+def bench_doc(real_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("bench")
+    args = ["--data", str(tmp / "data"), "--scratch", str(tmp / "out"), "--out", str(tmp / "benchmarks.md"),
+            "--scenes", "2", "--patches-per-scene", "3", "--subset", "6", "--repeats", "1", "--batch-size", "4",
+            "--train-model", "SmallCNN", "--train-batch-size", "2", "--train-steps", "1", "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return tmp / "benchmarks.md"
+
+
+def test_bench_table_has_every_row_with_sane_figures(bench_doc: Path):
+    doc = bench_doc.read_text()
+    rows = parse_table(doc)
+    groups = [r["Group"] for r in rows]
+    counts = {g: groups.count(g) for g in dict.fromkeys(groups)}
+    # conversion: 3 codecs x (1 worker, all cores); loaders: the original's way x 2, per codec ours
+    # (uint16, float) x 2 + uint16 unverified x 1 + DALI x 2; limits per codec; bytes: 2 GeoTIFF +
+    # 3 shards + 1 real GeoTIFF + 3 real encoded; training: 3; S3: read-only + 2 x 2.
+    assert counts == {"Conversion (convert shards)": 6, "Loader (train split, shuffled)": 2 + 3 * 7,
+                      "Limit (read + decode only)": 3, "Bytes per sample on disk": 9, "Training step": 3,
+                      "S3 (local SeaweedFS)": 5}, counts
+    dali_missing = importlib.util.find_spec("nvidia.dali") is None
+    for r in rows:
+        median = r["Median"]
+        if median.startswith("not available"):
+            # Only what this machine lacks may be missing, and the row says so.
+            assert (dali_missing and r["Measurement"].startswith("DALI")) or r["Group"].startswith("S3"), r
+            continue
+        assert re.fullmatch(r"[0-9,]+(\.[0-9]+)?", median), r
+        assert number(median) > 0, r
+        if r["Unit"] == "samples/s" and r["Per core"]:
+            assert number(r["Per core"]) == pytest.approx(number(median) / int(r["Cores"]), rel=0.02, abs=0.02), r
+
+    by_name = {(r["Group"], r["Measurement"], r["Cores"]): r for r in rows}
+    bytes_rows = {r["Measurement"]: number(r["Median"]) for r in rows if r["Group"] == "Bytes per sample on disk"}
+    # The tree is uncompressed GeoTIFF as distributed (real and generated patches alike).
+    assert bytes_rows["GeoTIFF s1 + s2 (what s1s2 training reads)"] == round((GEOTIFF_S2 + GEOTIFF_S1) / 1e6, 2)
+    assert bytes_rows["GeoTIFF s1 + s2 + lc (the triplet)"] == round((GEOTIFF_S2 + GEOTIFF_S1 + GEOTIFF_LC) / 1e6, 2)
+    zstd = bytes_rows["shards, zstd 3, byte-shuffled (s1 + s2, label, json, tar headers)"]
+    lz4 = bytes_rows["shards, lz4 blocks (s1 + s2, label, json, tar headers)"]
+    raw = bytes_rows["shards, uncompressed (s1 + s2, label, json, tar headers)"]
+    assert zstd < lz4 < raw and 1.96 < raw < 2.0  # 13 x 2 + 2 x 2 bytes x 256 x 256 + label, json, headers
+    real_zstd = [r for r in rows if r["Measurement"].startswith("real patches only: zstd")][0]
+    s2_ratio = float(re.search(r"S2 ratio ([0-9.]+)", real_zstd["Compared (per round)"]).group(1))
+    assert 2.0 < s2_ratio < 4.0  # real Sentinel-2 compresses about 2.6x with the shuffle
+
+    loader_rows = [r for r in rows if r["Group"].startswith("Loader") and r["Measurement"].startswith(("ours", "DALI"))]
+    for r in loader_rows:
+        if r["Median"][0].isdigit():
+            assert re.search(r"[0-9.]+x original; [0-9]+% of limit", r["Compared (per round)"]), r
+    stall = by_name[("Training step", "fed by our loader (zstd shards, 1 worker)", "-")]
+    assert re.fullmatch(r"-?[0-9]+% data stall \(1 of 1 rounds steady\)|no steady round .*",
+                        stall["Compared (per round)"]), stall
+    assert "## Headline" in doc and "Our loader, zstd shards:" in doc and "Load average" in doc
+    assert "nvidia-dali-cuda130" in doc and "CPU:" in doc and "memory" in doc
+    png = bench_doc.with_name("benchmarks-loaders.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- the original's way ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_tree(real_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
+    tree = tmp_path_factory.mktemp("geotiff") / "sen12ms"
+    add_real_patches(tree, real_dir, seed=3)
+    labels = {}
+    for key in REAL_TRIPLETS:
+        with rasterio.open(tree / parse_patch(key).relpath("lc")) as ds:
+            labels[key + ".tif"] = probability_from_igbp(ds.read(1))
+    return tree, labels
+
+
+def expected_input(tree: Path, key: str, input_spec: str, normalise: bool) -> np.ndarray:
+    """The original's preprocessing, written out for one sample."""
+    pid = parse_patch(key)
+    bands = INPUT_SETS[input_spec]
+    s2_names = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12")
+    parts = []
+    s2_bands = [b for b in bands if b in s2_names]
+    if s2_bands:
+        with rasterio.open(tree / pid.relpath("s2")) as ds:
+            s2 = ds.read([s2_names.index(b) + 1 for b in s2_bands]).astype(np.float32)
+        parts.append(s2 if normalise else np.clip(s2, 0, 10000) / 10000)
+    if "VV" in bands:
+        with rasterio.open(tree / pid.relpath("s1")) as ds:
+            s1 = np.clip(np.nan_to_num(ds.read().astype(np.float32)), -25, 0)
+        parts.append(s1 if normalise else s1 / 25 + 1)
+    x = np.concatenate(parts).astype(np.float32)
+    if normalise:
+        mean = np.array([OFFICIAL_MEAN[b] for b in bands], dtype=np.float32)[:, None, None]
+        std = np.array([OFFICIAL_STD[b] for b in bands], dtype=np.float32)[:, None, None]
+        x = (x - mean) / std
+    return x
+
+
+@pytest.mark.parametrize("input_spec", ["s1s2", "rgb", "s1", "rgbs1"])
+@pytest.mark.parametrize("normalise", [True, False])
+def test_geotiff_dataset_is_the_originals_preprocessing(real_tree, input_spec, normalise):
+    tree, labels = real_tree
+    ds = GeoTiffDataset(str(tree), sorted(labels), labels, input_spec=input_spec, normalise=normalise)
+    assert [p.filename() for p in ds.ids] == sorted(labels)
+    for i in range(len(ds)):
+        item = ds[i]
+        key = item["id"][: -len(".tif")]
+        want = expected_input(tree, key, input_spec, normalise)
+        assert item["image"].dtype == torch.float32 and item["image"].shape == want.shape
+        np.testing.assert_allclose(item["image"].numpy(), want, rtol=1e-6, atol=1e-6)
+    # The real S1 of spring 1 p30 goes below -25 dB: the clip is exercised.
+    with rasterio.open(tree / parse_patch("ROIs1158_spring_s2_1_p30").relpath("s1")) as s1:
+        assert s1.read().min() < -25
+
+
+def test_geotiff_dataset_labels_and_loader(real_tree):
+    tree, labels = real_tree
+    names = sorted(labels) + ["ROIs1868_summer_s2_146_p202.tif"]  # the known broken triplet is dropped
+    with pytest.raises(GeoTiffDataError, match="ROIs1868_summer_s2_146_p203.tif: no label"):
+        GeoTiffDataset(str(tree), names[:1] + ["ROIs1868_summer_s2_146_p203.tif"], labels)
+    multi = GeoTiffDataset(str(tree), names, labels, label_type="multi_label", threshold=0.1)
+    single = GeoTiffDataset(str(tree), names, labels, label_type="single_label", igbp="full")
+    assert len(multi) == len(single) == len(labels)
+    for i in range(len(multi)):
+        name = multi.ids[i].filename()
+        simple = to_simple(labels[name])
+        assert multi[i]["label"].tolist() == (simple >= 0.1).astype(np.float32).tolist()
+        hot = single[i]["label"]
+        assert hot.dtype == np.float32 and hot.sum() == 1 and int(np.argmax(hot)) == int(np.argmax(labels[name]))
+    # The real lc patch: IGBP classes 4, 5, 8, 9 -> simplified Forest (1) and Savanna (3) above 0.1.
+    i = [p.key for p in multi.ids].index("ROIs1158_spring_s2_1_p30")
+    assert np.flatnonzero(multi[i]["label"]).tolist() == [0, 2]
+    batch = next(iter(original_loader(multi, batch_size=2, workers=0, seed=1)))
+    assert batch["image"].shape == (2, 12, 256, 256) and batch["image"].dtype == torch.float32
+    assert batch["label"].shape == (2, 10) and len(batch["id"]) == 2
