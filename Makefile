@@ -29,18 +29,22 @@ test: install
 	$(PY) -m pytest $(TEST_ARGS)
 
 demo: install
+	rm -rf $(DEMO)
 	$(PY) -m convert synth --out $(DEMO)/data
 	$(PY) -m convert labels --data $(DEMO)/data --out $(DEMO)/labels
 	$(PY) -m convert splits --data $(DEMO)/data --out $(DEMO)/splits
 	$(PY) -m convert shards --data $(DEMO)/data --labels $(DEMO)/labels/IGBP_probability_labels.json --splits $(DEMO)/splits --out $(DEMO)/shards
 	$(PY) -m convert verify $(DEMO)/shards
-	$(PY) -m train --shards $(DEMO)/shards --model ResNet18 --input s1s2 --epochs 4 --batch-size 16 --lr 0.001 --stats manifest --run-dir $(DEMO)/runs/resnet18_s1s2
+	$(PY) -m convert overview --shards $(DEMO)/shards --out $(DEMO)/overview
+	$(PY) -m train --shards $(DEMO)/shards --model SmallCNN --input s1s2 --label-type single_label --epochs 20 --batch-size 16 --stats manifest --workers 2 --run-dir $(DEMO)/runs/smallcnn_s1s2
+	$(PY) -m train.evaluate --shards $(DEMO)/shards --checkpoint $$(ls $(DEMO)/runs/smallcnn_s1s2/checkpoints/*_model_best.pth) --out $(DEMO)/runs/smallcnn_s1s2/evaluate
 	@echo
 	@echo "demo outputs:"
 	@echo "  sample dataset   $(DEMO)/data"
 	@echo "  labels, splits   $(DEMO)/labels  $(DEMO)/splits"
 	@echo "  shards           $(DEMO)/shards (manifest.json, report.json)"
-	@echo "  training run     $(DEMO)/runs/resnet18_s1s2 (logs/, checkpoints/, test_scores.json)"
+	@echo "  overview         $(DEMO)/overview/index.html"
+	@echo "  training run     $(DEMO)/runs/smallcnn_s1s2 (logs/, checkpoints/, test_scores.json, test_predictions.npz, evaluate/)"
 
 shards: install
 	$(PY) -m convert shards --data $(DATA) --out $(OUT)
