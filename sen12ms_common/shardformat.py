@@ -292,7 +292,7 @@ def decode_sample(members: Mapping[str, bytes], layout: SampleLayout,
     out["label"] = decode_label(members[LABEL_EXT])
     if META_EXT in members:
         try:
-            out["meta"] = json.loads(members[META_EXT])
+            out["meta"] = json.loads(bytes(members[META_EXT]))
         except (ValueError, RecursionError) as exc:  # RecursionError: deeply nested brackets
             raise ShardFormatError(f"member .{META_EXT} is not JSON ({exc})") from exc
     return out

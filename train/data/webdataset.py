@@ -1,8 +1,9 @@
 """The webdataset loader: shards -> uint16 batches, on the CPU, in worker processes.
 
 Per read stream (see `train.data.plan`): open each shard of its slices through
-`sen12ms_common.storage` (local or s3://), walk the tar with webdataset's
-`tar_file_iterator` + `group_by_keys` keeping only the members the input needs, shuffle the
+`sen12ms_common.storage` (local or s3://), walk the tar in large reads
+(`sen12ms_common.tarstream`, webdataset's key / extension convention) keeping only the members
+the input needs, shuffle the
 still-compressed samples through a buffer (deterministic per seed, epoch, rank, stream),
 decode them with `shardformat.decode_sample`, stack the chosen bands into a uint16 batch
 (`inputs.select_channels`) and compute the targets of the whole batch with the `LabelRule`.
@@ -26,13 +27,13 @@ import signal
 import tarfile
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from sen12ms_common import storage
+from sen12ms_common import storage, tarstream
 from sen12ms_common.bands import BandRef, modalities_of
 from sen12ms_common.igbp import LabelRule
 from sen12ms_common.inputs import select_channels
@@ -83,26 +84,6 @@ class _Source:
 
 # --- reading one shard -------------------------------------------------------------------------
 
-class _HashingReader:
-    """File wrapper that hashes every byte read through it."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self._f, self._h, self.bytes = f, hashlib.sha256(), 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._f.read(n)
-        self._h.update(data)
-        self.bytes += len(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
-
-    def hexdigest(self) -> str:
-        return self._h.hexdigest()
-
-
 def read_slice(src: _Source, sl: ShardSlice) -> Iterator[RawSample]:
     """Raw samples [start, stop) of one shard; the whole shard is read when verifying."""
     entry = src.entries[sl.shard]
@@ -116,51 +97,38 @@ def read_slice(src: _Source, sl: ShardSlice) -> Iterator[RawSample]:
         raise ShardError(f"{url}: shard is missing") from exc
     except OSError as exc:
         raise ShardError(f"{url}: cannot open ({exc})") from exc
-    wanted = src.wanted
-
-    def select(name: str) -> bool:
-        check_member_name(name)  # a member named like a path makes the shard bad (never followed)
-        return name.split(".", 1)[-1].lower() in wanted
-
     pos = 0
+    digest = hashlib.sha256() if src.verify else None
+    nbytes = 0
+
+    def count(data: bytes) -> None:
+        nonlocal nbytes
+        nbytes += len(data)
+        digest.update(data)
+
     with raw:
-        f = _HashingReader(raw) if src.verify else raw
         try:
-            files = ({**d, "__url__": url} for d in tar_file_iterator(f, select_files=select))
-            for sample in group_by_keys(files):
+            samples = tarstream.iter_samples(raw, src.wanted, check_name=check_member_name,
+                                             on_bytes=count if src.verify else None, drain=src.verify)
+            for key, members in samples:
                 if pos >= sl.stop and not src.verify:
                     break  # nothing left to check: stop reading early
-                if pos >= sl.start and pos < sl.stop:
-                    yield sample["__key__"], sample, entry.name
+                if sl.start <= pos < sl.stop:
+                    yield key, members, entry.name
                 pos += 1
-            if src.verify:
-                f.drain()
         except storage.StorageError as exc:
             raise ShardError(f"{exc} (after {pos} samples)") from exc
-        except (tarfile.TarError, OSError, EOFError, ValueError, AssertionError) as exc:
-            raise ShardError(f"{url}: unreadable after {pos} samples ({exc.__class__.__name__}: {str(exc).split(' @ ')[0]})") from exc
+        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+            raise ShardError(f"{url}: unreadable after {pos} samples ({exc.__class__.__name__}: {exc})") from exc
     if pos < sl.stop:
         raise ShardError(f"{url}: ends after {pos} samples; the manifest says {entry.samples}")
     if src.verify:
         if pos != entry.samples:
             raise ShardError(f"{url}: holds {pos} samples; the manifest says {entry.samples}")
-        if f.bytes != entry.bytes or f.hexdigest() != entry.sha256:
-            raise ShardError(f"{url}: content does not match the manifest (sha256 {f.hexdigest()[:16]}..., "
-                             f"{f.bytes} bytes; expected {entry.sha256[:16]}..., {entry.bytes} bytes); "
+        if nbytes != entry.bytes or digest.hexdigest() != entry.sha256:
+            raise ShardError(f"{url}: content does not match the manifest (sha256 {digest.hexdigest()[:16]}..., "
+                             f"{nbytes} bytes; expected {entry.sha256[:16]}..., {entry.bytes} bytes); "
                              f"rebuild it or pass --no-verify")
-
-
-def tar_file_iterator(fileobj, select_files: Callable[[str], bool]):
-    # Imported here so that `import train.data.webdataset` stays cheap for --help.
-    from webdataset.tariterators import tar_file_iterator as _impl
-
-    return _impl(fileobj, select_files=select_files)
-
-
-def group_by_keys(files: Iterable[dict]):
-    from webdataset.tariterators import group_by_keys as _impl
-
-    return _impl(files)
 
 
 def check_shards(root: str, entries: Iterable[ShardEntry], verify: bool) -> list[str]:
@@ -221,7 +189,7 @@ def decode_batch(src: _Source, chunk: list[RawSample], events: list[str]) -> dic
             events.append(msg)
             continue
         i = len(keys)
-        out[i] = select_channels(arrays, src.bands)
+        select_channels(arrays, src.bands, out=out[i])
         prob[i] = arrays["label"]
         keys.append(key)
     if not keys:

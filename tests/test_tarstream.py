@@ -1,0 +1,113 @@
+"""sen12ms_common.tarstream: the large-read tar walker of the training loader gives exactly what
+webdataset's tar iterator gives, for our shards and for archives of other writers (GNU long
+names, pax), hands every byte to the hash, and names the offset of damage."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sen12ms_common.tarstream import iter_members, iter_samples, split_name
+
+
+def as_bytes(samples) -> list[tuple[str, dict[str, bytes]]]:
+    return [(k, {e: bytes(v) for e, v in m.items()}) for k, m in samples]
+
+
+def members_bytes(items) -> list[tuple[str, bytes]]:
+    return [(n, None if d is None else bytes(d)) for n, d in items]
+
+
+def make_tar(members: list[tuple[str, bytes]], fmt: int = tarfile.USTAR_FORMAT, extra: list[tarfile.TarInfo] = ()) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for info in extra:
+            tar.addfile(info)
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def webdataset_samples(data: bytes, wanted: set[str]) -> list[tuple[str, dict[str, bytes]]]:
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+    files = ({**f, "__url__": "x.tar"} for f in
+             tar_file_iterator(io.BytesIO(data), select_files=lambda n: split_name(n)[1] in wanted))
+    return [(s["__key__"], {k: v for k, v in s.items() if not k.startswith("__")}) for s in group_by_keys(files)]
+
+
+def random_members(rng: np.random.Generator, samples: int) -> list[tuple[str, bytes]]:
+    members = []
+    for i in range(samples):
+        for ext in ("s2.zst", "s1.zst", "label.f32", "json"):
+            members.append((f"ROIs1158_spring_{i}_p{i * 7}.{ext}", rng.bytes(int(rng.integers(0, 3000)))))
+    return members
+
+
+@pytest.mark.parametrize("chunk", [512, 1000, 4096, 1 << 22])
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_samples_equal_webdatasets_for_any_chunk_size_and_tar_format(chunk, fmt):
+    rng = np.random.default_rng(chunk + fmt)
+    data = make_tar(random_members(rng, 9), fmt)
+    wanted = {"s2.zst", "label.f32"}
+    ours = as_bytes(iter_samples(io.BytesIO(data), wanted, chunk=chunk))
+    assert ours == webdataset_samples(data, wanted)
+    assert len(ours) == 9 and all(set(m) == wanted for _, m in ours)
+
+
+def test_long_names_of_gnu_and_pax_writers_are_read():
+    name = "x" * 150 + ".s2.zst"
+    for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        data = make_tar([(name, b"abc"), ("k.json", b"{}")], fmt)
+        assert members_bytes(iter_members(io.BytesIO(data), lambda n: True)) == [(name, b"abc"), ("k.json", b"{}")]
+
+
+def test_directories_and_links_are_skipped_but_their_names_checked():
+    d = tarfile.TarInfo("folder")
+    d.type = tarfile.DIRTYPE
+    link = tarfile.TarInfo("k.lnk")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    data = make_tar([("k.json", b"{}")], extra=[d, link])
+    seen = []
+    assert members_bytes(iter_members(io.BytesIO(data), lambda n: True, check_name=seen.append)) == [("k.json", b"{}")]
+    assert seen == ["folder", "k.lnk", "k.json"]
+
+
+def test_every_byte_reaches_on_bytes_when_draining():
+    data = make_tar(random_members(np.random.default_rng(1), 5)) + b"\0" * 4096  # trailing padding
+    h = hashlib.sha256()
+    samples = list(iter_samples(io.BytesIO(data), {"json"}, chunk=700, on_bytes=h.update, drain=True))
+    assert len(samples) == 5
+    assert h.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_truncated_and_damaged_archives_raise_read_error_with_the_offset():
+    data = make_tar([("a.json", b"1" * 2000), ("b.json", b"2")])
+    with pytest.raises(tarfile.ReadError, match=r"unexpected end of data in 'a.json' at byte 0"):
+        list(iter_members(io.BytesIO(data[:1500]), lambda n: True))
+    with pytest.raises(tarfile.ReadError, match=r"unexpected end of data at byte 2560 \(no end-of-archive"):
+        list(iter_members(io.BytesIO(data[:2560]), lambda n: True))
+    bad = bytearray(data)
+    bad[2560 + 10] ^= 0xFF  # the second header's name: its checksum no longer matches
+    with pytest.raises(tarfile.ReadError, match=r"bad tar header at byte 2560"):
+        list(iter_members(io.BytesIO(bytes(bad)), lambda n: True))
+
+
+def test_a_repeated_member_is_an_error():
+    data = make_tar([("a.json", b"1"), ("a.json", b"2")])
+    with pytest.raises(ValueError, match="the sample a holds json twice"):
+        list(iter_samples(io.BytesIO(data), {"json"}))
+
+
+def test_real_shards_read_as_webdataset_reads_them(sample_shards: Path):
+    for shard in sorted(sample_shards.glob("*.tar"))[:3]:
+        data = shard.read_bytes()
+        wanted = {"s2.zst", "s1.zst", "label.f32"}
+        assert as_bytes(iter_samples(io.BytesIO(data), wanted)) == webdataset_samples(data, wanted)
