@@ -267,13 +267,7 @@ def write_label_files(labels: dict[str, np.ndarray], out_dir: Path) -> list[Path
 
     Each file appears complete or not at all; the bytes depend only on the labels.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, data in label_file_contents(labels).items():
-        storage.write_bytes(str(out / name), data)
-        written.append(out / name)
-    return written
+    return [Path(url) for url in storage.write_files(str(out_dir), label_file_contents(labels))]
 
 
 # --------------------------------------------------------------------------- command line

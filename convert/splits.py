@@ -164,13 +164,7 @@ def split_file_contents(splits: Splits) -> dict[str, bytes]:
 
 def write_splits(splits: Splits, out_dir: Path) -> list[Path]:
     """Write `{train,val,test}_list.{txt,pkl}` and `excluded.txt`; each file appears complete or not at all."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, data in split_file_contents(splits).items():
-        storage.write_bytes(str(out / name), data)
-        written.append(out / name)
-    return written
+    return [Path(url) for url in storage.write_files(str(out_dir), split_file_contents(splits))]
 
 
 def _parse_names(names: list, source: str, lines: list[int] | None = None) -> list[str]:

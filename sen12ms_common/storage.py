@@ -20,7 +20,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, TypeVar
+from typing import Any, BinaryIO, Callable, Iterator, Mapping, TypeVar
 
 T = TypeVar("T")
 
@@ -313,6 +313,16 @@ def _atomic_open_remote(url: str, part_size: int | None) -> Iterator[BinaryIO]:
         if failure is not None:
             raise failure.error from exc
         raise
+
+
+def write_files(folder: str, contents: Mapping[str, bytes]) -> list[str]:
+    """Write whole files (name -> bytes) into a folder, created if need be; each atomically."""
+    makedirs(folder)
+    urls = []
+    for name, data in contents.items():
+        urls.append(join(folder, name))
+        write_bytes(urls[-1], data)
+    return urls
 
 
 def write_bytes(url: str, data: bytes) -> None:

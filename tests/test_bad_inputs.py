@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
@@ -21,8 +20,8 @@ from click.testing import CliRunner
 from convert.cli import cli
 from convert.labels import derive_labels
 from convert.scan import scan_tree
-from sen12ms_common.manifest import load_manifest
 from sen12ms_common.shardformat import SampleLayout, decode_sample
+from shardread import decode_all
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,23 +45,6 @@ def rewrite(path: Path, data: np.ndarray) -> None:
     profile.update(count=data.shape[0], dtype=data.dtype.name, height=data.shape[1], width=data.shape[2])
     with rasterio.open(path, "w", **profile) as ds:
         ds.write(data)
-
-
-def decode_all(out: Path) -> dict[str, dict]:
-    """key -> decoded sample (and its split), read with tarfile and the format's decoder."""
-    manifest = load_manifest(str(out))
-    samples: dict[str, dict] = {}
-    for split, shards in manifest.splits.items():
-        for entry in shards:
-            groups: dict[str, dict[str, bytes]] = {}
-            with tarfile.open(out / entry.name) as tar:
-                for info in tar:
-                    key, _, ext = info.name.partition(".")
-                    groups.setdefault(key, {})[ext] = tar.extractfile(info).read()
-            for key, members in groups.items():
-                assert key not in samples
-                samples[key] = dict(decode_sample(members, manifest.layout), split=split)
-    return samples
 
 
 def check_bookkeeping(report: dict, n_inputs: int) -> None:

@@ -18,12 +18,14 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 
+from bench.dataset import REAL_TRIPLETS
 from convert.cli import cli
 from convert.labels import derive_labels
 from convert.plan import parse_size, shuffle_order
 from convert.scan import scan_tree
 from sen12ms_common.manifest import load_manifest
-from sen12ms_common.shardformat import S1_STEP, SampleLayout, clean_s1, decode_sample, dequantize_s1
+from sen12ms_common.shardformat import S1_STEP, SampleLayout, clean_s1, dequantize_s1
+from shardread import decode_all
 
 SHARD_SIZE = "3MB"  # a few samples per shard: several shards per split on the sample tree
 
@@ -38,23 +40,6 @@ def run_shards(data: Path, out: Path, *args: str, ok: bool = True):
 def read_tif(path: Path) -> np.ndarray:
     with rasterio.open(path) as ds:
         return ds.read()
-
-
-def decode_all(out: Path) -> dict[str, dict]:
-    """key -> decoded sample (plus its split and shard), read with tarfile and the format's decoder."""
-    manifest = load_manifest(str(out))
-    samples: dict[str, dict] = {}
-    for split, shards in manifest.splits.items():
-        for entry in shards:
-            groups: dict[str, dict[str, bytes]] = {}
-            with tarfile.open(out / entry.name) as tar:
-                for info in tar:
-                    key, _, ext = info.name.partition(".")
-                    groups.setdefault(key, {})[ext] = tar.extractfile(info).read()
-            for key, members in groups.items():
-                assert key not in samples
-                samples[key] = dict(decode_sample(members, manifest.layout), split=split, shard=entry.name)
-    return samples
 
 
 def all_files(root: Path) -> dict[str, bytes]:
@@ -123,14 +108,7 @@ def _write_like(src: Path, dst: Path, data: np.ndarray) -> None:
 def real_tree(real_dir: Path, root: Path) -> dict[str, dict[str, str]]:
     """The real patches under SEN12MS names, completed with generated siblings; key -> origin of each member."""
     rng = np.random.default_rng(5)
-    real = {  # S2 key -> the real files of that triplet
-        "ROIs1158_spring_s2_101_p30": {"s2": "sen12mscr_ROIs1158_spring_s2_101_p30.tif",
-                                       "s1": "sen12mscr_ROIs1158_spring_s1_101_p30.tif"},
-        "ROIs1158_spring_s2_101_p31": {"s2": "sen12mscr_ROIs1158_spring_s2_101_p31.tif"},
-        "ROIs1158_spring_s2_15_p30": {"s2": "sen12mscr_ROIs1158_spring_s2_15_p30.tif"},
-        "ROIs1158_spring_s2_1_p30": {"s1": "ROIs1158_spring_s1_1_p30.tif", "lc": "ROIs1158_spring_lc_1_p30.tif"},
-        "ROIs1868_summer_s2_19_p30": {"s1": "sen12mscr_ROIs1868_summer_s1_19_p30.tif"},
-    }
+    real = REAL_TRIPLETS  # S2 key -> the real files of that triplet
     from sen12ms_common.patches import parse_patch
 
     origin = {}
