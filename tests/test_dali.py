@@ -323,15 +323,26 @@ def test_gpu_pipeline_matches_the_webdataset_loader(shard_sets, codec):  # pragm
 def test_train_cli_runs_end_to_end_with_the_dali_loader(shard_sets, tmp_path):
     run = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "train", "--shards", str(shard_sets["zstd"]), "--model", "SmallCNN",
-                        "--input", "s1s2", "--loader", "dali", "--epochs", "1", "--max-steps", "2", "--batch-size", "8",
-                        "--workers", "1", "--device", "cpu", "--run-dir", str(run)],
+                        "--input", "s1s2", "--loader", "dali", "--augment", "--epochs", "1", "--max-steps", "2",
+                        "--batch-size", "8", "--workers", "1", "--device", "cpu", "--run-dir", str(run)],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    args = next((run / "logs").glob("*_arguments.txt")).read_text().splitlines()
+    assert "augment: True" in args and "loader: dali" in args
     scores = json.loads((run / "test_scores.json").read_text())
     assert 0.0 <= scores["microF1"] <= 1.0
     preds = np.load(run / "test_predictions.npz")
     want = sorted(keys(make_loader("webdataset", make_spec(shard_sets["zstd"], "test"))))
     assert list(preds["keys"]) == want
+
+
+def test_augment_needs_the_dali_loader(shard_sets, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "train", "--shards", str(shard_sets["zstd"]), "--model", "SmallCNN",
+                        "--augment", "--run-dir", str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode != 0
+    assert r.stderr.strip().splitlines()[-1] == "Error: --augment runs inside the DALI pipeline: add --loader dali"
+    assert not (tmp_path / "run").exists()
 
 
 def test_throughput_reports_samples_per_second(shard_sets):
