@@ -15,27 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from click.testing import CliRunner
 
-from convert.cli import cli
 from convert.labels import derive_labels
 from convert.scan import scan_tree
 from sen12ms_common.shardformat import SampleLayout, decode_sample
-from shardread import decode_all
+from shardtools import decode_all, read_tif, run_shards
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_shards(data: Path, out: Path, *args: str, ok: bool = True):
-    result = CliRunner().invoke(cli, ["shards", "--data", str(data), "--out", str(out), "--no-progress", *args])
-    if ok:
-        assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
-
-
-def read_tif(path: Path) -> np.ndarray:
-    with rasterio.open(path) as ds:
-        return ds.read()
 
 
 def rewrite(path: Path, data: np.ndarray) -> None:

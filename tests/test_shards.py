@@ -25,21 +25,9 @@ from convert.plan import parse_size, shuffle_order
 from convert.scan import scan_tree
 from sen12ms_common.manifest import load_manifest
 from sen12ms_common.shardformat import S1_STEP, SampleLayout, clean_s1, dequantize_s1
-from shardread import decode_all
+from shardtools import decode_all, read_tif, run_shards
 
 SHARD_SIZE = "3MB"  # a few samples per shard: several shards per split on the sample tree
-
-
-def run_shards(data: Path, out: Path, *args: str, ok: bool = True):
-    result = CliRunner().invoke(cli, ["shards", "--data", str(data), "--out", str(out), "--no-progress", *args])
-    if ok:
-        assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
-
-
-def read_tif(path: Path) -> np.ndarray:
-    with rasterio.open(path) as ds:
-        return ds.read()
 
 
 def all_files(root: Path) -> dict[str, bytes]:

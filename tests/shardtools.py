@@ -1,13 +1,31 @@
-"""Reading a whole shard set back with plain tarfile and the format's decoder, independently of
-the loaders under test."""
+"""Helpers of the converter tests: run `convert shards` in-process, read a GeoTIFF, and read a
+whole shard set back with plain tarfile and the format's decoder (independently of the loaders
+under test)."""
 
 from __future__ import annotations
 
 import tarfile
 from pathlib import Path
 
+import numpy as np
+import rasterio
+from click.testing import CliRunner
+
+from convert.cli import cli
 from sen12ms_common.manifest import load_manifest
 from sen12ms_common.shardformat import decode_sample
+
+
+def run_shards(data: Path, out: Path, *args: str, ok: bool = True):
+    result = CliRunner().invoke(cli, ["shards", "--data", str(data), "--out", str(out), "--no-progress", *args])
+    if ok:
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+def read_tif(path: Path) -> np.ndarray:
+    with rasterio.open(path) as ds:
+        return ds.read()
 
 
 def decode_all(out: Path) -> dict[str, dict]:
