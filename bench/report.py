@@ -33,6 +33,13 @@ def _row(res: Results, group: str, what: str, cores_label: str, key: str, unit: 
     return Row(group, what, cores_label, stat, unit, pc, compared, key, _status(res, key) if not stat.values else "")
 
 
+def against_original_and_limit(res: Results, key: str, codec: str, lab: str) -> str:
+    """A loader row's comparison: ratio to the original's way and share of the codec's limit."""
+    return "; ".join(x for x in (
+        fmt_ratio(res.ratio(key, f"orig/{lab}"), "original"),
+        fmt_ratio(res.ratio(key, f"limit/{codec}", 1.0 / int(lab)), "of limit", percent=True)) if x)
+
+
 def build_rows(res: Results, codecs: tuple[str, ...]) -> list[Row]:
     n = cores()
     labels = ["1"] if n == 1 else ["1", str(n)]
@@ -59,16 +66,12 @@ def build_rows(res: Results, codecs: tuple[str, ...]) -> list[Row]:
                 key = f"wds/{codec}/{output}/{lab}"
                 if output == "uint16-noverify" and lab != "1":
                     continue
-                comp = "; ".join(x for x in (
-                    fmt_ratio(res.ratio(key, f"orig/{lab}"), "original"),
-                    fmt_ratio(res.ratio(key, f"limit/{codec}", 1.0 / int(lab)), "of limit", percent=True)) if x)
+                comp = against_original_and_limit(res, key, codec, lab)
                 rows.append(_row(res, g, f"ours, {CODEC_NAMES[codec]}, {OUTPUT_NAMES[output]}", lab, key,
                                  "samples/s", per_core=int(lab), compared=comp))
         for lab in labels:
             key = f"dali/{codec}/{lab}"
-            comp = "; ".join(x for x in (
-                fmt_ratio(res.ratio(key, f"orig/{lab}"), "original"),
-                fmt_ratio(res.ratio(key, f"limit/{codec}", 1.0 / int(lab)), "of limit", percent=True)) if x)
+            comp = against_original_and_limit(res, key, codec, lab)
             rows.append(_row(res, g, f"DALI CPU-only, {CODEC_NAMES[codec]}, normalised float batches", lab, key,
                              "samples/s", per_core=int(lab), compared=comp))
     for codec in codecs:

@@ -137,26 +137,25 @@ def wrap_model(module: nn.Module, device: torch.device, d: Dist) -> nn.Module:
 
 # --- collectives (no-ops for one process) ------------------------------------------------------
 
-def agree_max(d: Dist, flags: Sequence[int]) -> list[int]:
-    """Element-wise maximum of `flags` over all ranks: a flag raised anywhere is raised everywhere."""
-    if not d.enabled:
-        return [int(f) for f in flags]
+def _all_reduce(d: Dist, values: Sequence[float], dtype: torch.dtype, op: str) -> list:
+    """Element-wise reduction of `values` over all ranks on the control group (CPU tensors)."""
     import torch.distributed as dist
 
-    t = torch.tensor([int(f) for f in flags], dtype=torch.int64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=d.control)
-    return [int(v) for v in t.tolist()]
+    t = torch.tensor(values, dtype=dtype)
+    dist.all_reduce(t, op=getattr(dist.ReduceOp, op), group=d.control)
+    return t.tolist()
+
+
+def agree_max(d: Dist, flags: Sequence[int]) -> list[int]:
+    """Element-wise maximum of `flags` over all ranks: a flag raised anywhere is raised everywhere."""
+    flags = [int(f) for f in flags]
+    return [int(v) for v in _all_reduce(d, flags, torch.int64, "MAX")] if d.enabled else flags
 
 
 def sum_over_ranks(d: Dist, values: Sequence[float]) -> list[float]:
     """Element-wise sum of `values` over all ranks (float64)."""
-    if not d.enabled:
-        return [float(v) for v in values]
-    import torch.distributed as dist
-
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=d.control)
-    return [float(v) for v in t.tolist()]
+    values = [float(v) for v in values]
+    return [float(v) for v in _all_reduce(d, values, torch.float64, "SUM")] if d.enabled else values
 
 
 def gather_objects(d: Dist, obj: Any) -> list[Any]:
