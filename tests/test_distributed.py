@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 
+from runstops import GatedTrace, stop_points
 from sen12ms_common.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,9 +127,10 @@ def split_keys(shards: Path, split: str) -> set[str]:
     return keys
 
 
-def final_checkpoint(run_dir: Path) -> Path:
-    (path,) = (run_dir / "checkpoints").glob("*_checkpoint.pth")
-    return path
+def final_checkpoint(run_dir: Path, log: str = "") -> Path:
+    found = sorted((run_dir / "checkpoints").glob("*_checkpoint.pth"))
+    assert len(found) == 1, f"expected one checkpoint in {run_dir}, found {found}\n{log}"
+    return found[0]
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
@@ -262,43 +264,67 @@ def _rank_pid(torchrun_pid: int, local_rank: int) -> int:
     raise AssertionError(f"no worker process of local rank {local_rank}")
 
 
+def stop_point(err: str, steps_per_epoch: int, epochs: int, log: str) -> tuple[int, int, int]:
+    """(epoch, batches of it trained, step) where both ranks say the signal stopped them; rank 0
+    wrote the checkpoint in its own run directory."""
+    points = stop_points(err, steps_per_epoch, epochs)
+    assert len(points) == 2, log
+    by_rank = {1 if p.rest.startswith("rank 0 ") else 0: p for p in points}
+    assert set(by_rank) == {0, 1}, log
+    assert by_rank[0].rest.startswith("checkpoint written to run/checkpoints/"), log
+    assert by_rank[1].rest.endswith("(rank 1)"), log
+    a, b = by_rank[0], by_rank[1]
+    assert (a.epoch, a.batch, a.step) == (b.epoch, b.batch, b.step), log  # every rank stopped at the same step
+    return a.epoch, a.batch, a.step
+
+
+def assert_stopped_at(state: dict, trace: Path, where: tuple[int, int, int], steps_per_epoch: int) -> None:
+    """The checkpoint resumes where the ranks stopped, and each rank trained exactly that far."""
+    epoch, batch, step = where
+    assert (state["step"], state["resume_epoch"], state["resume_batch"]) == (step, epoch, batch)
+    assert 0 <= batch < steps_per_epoch
+    seen = traced(trace)
+    for e in range(epoch + 1):
+        want = batch if e == epoch else steps_per_epoch
+        assert len(seen[("train", str(e))][0]) == len(seen[("train", str(e))][1]) == want, e
+
+
 def test_sigterm_to_one_rank_checkpoints_and_the_resumed_run_matches(ddp_run, sample_shards: Path, tmp_path: Path):
     base, _ = ddp_run
     trace = tmp_path / "trace"
     cmd = torchrun_cmd(tmp_path, "train", "--shards", str(sample_shards), *OPTIONS, "--workers", "0",
                        "--run-dir", "run")
+    # Signal rank 1 (only) once it has trained its first batch of epoch 1 (it waits for the trace to be read).
+    gate = GatedTrace(trace / "keys-rank1.txt", when=lambda text: "train 1 " in text,
+                      act=lambda: os.kill(_rank_pid(proc.pid, 1), signal.SIGTERM))
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(SEN12MS_TRACE_KEYS=str(trace)), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
-        # Signal rank 1 (only) once it has trained its first batch of epoch 1.
-        while not (trace / "keys-rank1.txt").exists() or \
-                "train 1 " not in (trace / "keys-rank1.txt").read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.005)
-        os.kill(_rank_pid(proc.pid, 1), signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=240)
     except BaseException:
         kill_tree(proc.pid)
         raise
-    assert proc.returncode != 0  # torchrun reports the stopped workers
-    assert err.count("exitcode  : 143") == 2 or err.count(f"exitcode  : {128 + signal.SIGTERM}") == 2, \
-        out + "\n=====\n" + err
+    finally:
+        gate.close()
+    log = out + "\n=====\n" + err
+    assert gate.acted.is_set(), log
+    assert proc.returncode != 0, log  # torchrun reports the stopped workers
+    assert err.count("exitcode  : 143") == 2 or err.count(f"exitcode  : {128 + signal.SIGTERM}") == 2, log
     run_dir = tmp_path / "rank0" / "run"
-    ckpt = final_checkpoint(run_dir)
+    ckpt = final_checkpoint(run_dir, log)
     assert f"checkpoint written to run/checkpoints/{ckpt.name}" in err  # by rank 0, in its directory
-    assert "rank 0 wrote the checkpoint (rank 1)" in err
     assert list((tmp_path / "rank1").iterdir()) == []
     n = load_manifest(str(sample_shards)).samples("train") // 2
+    # In epoch 1: after its first step, or a step later where the signal and the step race.
+    where = stop_point(err, n, 2, log)
     state = torch.load(ckpt, weights_only=True)
-    assert n < state["step"] < 2 * n and (state["resume_epoch"], state["resume_batch"]) == (1, state["step"] - n)
-    seen = traced(trace)
-    assert len(seen[("train", "1")][0]) == len(seen[("train", "1")][1]) == state["step"] - n  # stopped together
+    assert where[0] == 1 and where[1] >= 1
+    assert_stopped_at(state, trace, where, n)
     assert not (run_dir / "test_scores.json").exists()
 
     # Resume under torchrun (every rank reads the checkpoint); the end equals the uninterrupted run.
     resumed = ok(run(torchrun_cmd(tmp_path, "train", "--resume", str(ckpt), "--workers", "0"), _env()))
-    assert f"resumed from {ckpt}: epoch 1, batch {state['step'] - n}" in resumed.stdout
+    assert f"resumed from {ckpt}: epoch {where[0]}, batch {where[1]}" in resumed.stdout
     assert "change the data order" not in resumed.stderr
     assert_same_weights(ckpt, final_checkpoint(base / "rank0" / "run"))
     assert json.loads((run_dir / "test_scores.json").read_text()) == \
@@ -307,8 +333,9 @@ def test_sigterm_to_one_rank_checkpoints_and_the_resumed_run_matches(ddp_run, sa
 
 def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step(sample_shards: Path, tmp_path: Path):
     trace = tmp_path / "trace"
-    cmd = torchrun_cmd(tmp_path, "train", "--shards", str(sample_shards), *OPTIONS, "--workers", "1",
-                       "--run-dir", "run")
+    # Many epochs: however late the signal lands, the run is still going.
+    cmd = torchrun_cmd(tmp_path, "train", "--shards", str(sample_shards), *OPTIONS[:-2], "--epochs", "50",
+                       "--workers", "1", "--run-dir", "run")
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(SEN12MS_TRACE_KEYS=str(trace)), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -318,24 +345,25 @@ def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step(sample_shards: Pa
             time.sleep(0.005)
         ranks = [_rank_pid(proc.pid, r) for r in (0, 1)]
         tree = descendants(proc.pid)[1:]  # ranks, their fork servers and loader workers
-        proc.send_signal(signal.SIGTERM)  # as a scheduler does: torchrun passes it on to every worker
+        # As a scheduler does: torchrun passes it on to every worker's process group (with the
+        # loader workers in it, which may be starting: a new one per epoch and split).
+        proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     except BaseException:
         kill_tree(proc.pid)
         raise
-    assert proc.returncode != 0
+    log = out + "\n=====\n" + err
+    assert proc.returncode != 0, log
     assert not any(alive(pid) for pid in ranks)  # every rank exited
     deadline = time.monotonic() + 15  # helpers notice their parent's exit within a few seconds
     while any(alive(pid) for pid in tree) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [pid for pid in tree if alive(pid)], "processes left behind"
-    state = torch.load(final_checkpoint(tmp_path / "rank0" / "run"), weights_only=True)
-    step = state["step"]
-    assert 0 < step < load_manifest(str(sample_shards)).samples("train") // 2
-    assert f"stopped by signal 15 in epoch 0 after step {step}; checkpoint written to run/checkpoints/" in err
-    assert f"stopped by signal 15 in epoch 0 after step {step}; rank 0 wrote the checkpoint (rank 1)" in err
-    seen = traced(trace)
-    assert len(seen[("train", "0")][0]) == len(seen[("train", "0")][1]) == step
+    n = load_manifest(str(sample_shards)).samples("train") // 2
+    where = stop_point(err, n, 50, log)
+    state = torch.load(final_checkpoint(tmp_path / "rank0" / "run", log), weights_only=True)
+    assert where[2] > 0
+    assert_stopped_at(state, trace, where, n)
 
 
 def test_torchrun_environment_is_read_and_checked():

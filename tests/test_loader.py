@@ -23,6 +23,7 @@ from train.data.plan import epoch_plan
 from train.data.webdataset import ShardError
 from train.device import InputTransform
 
+REPO = Path(__file__).resolve().parents[1]
 SIZE = 32  # small patches keep the tests fast; the format stores the size in the layout
 
 
@@ -298,3 +299,50 @@ def test_uint16_conversion_fallback_is_exact():
     x = torch.from_numpy(np.arange(0, 65536, 7, dtype=np.uint16).reshape(1, 1, -1, 1))
     want = torch.from_numpy(np.arange(0, 65536, 7).astype(np.float32).reshape(1, 1, -1, 1))
     assert torch.equal(uint16_to_float32(x), want) and torch.equal(_uint16_via_int32(x), want)
+
+
+GROUP_SIGTERM_SCRIPT = r"""
+import os, signal, subprocess, sys
+from sen12ms_common.bands import resolve_bands
+from sen12ms_common.igbp import LabelRule
+from sen12ms_common.inputs import channel_transform
+from sen12ms_common.manifest import load_manifest
+from train.data import LoaderSpec, make_loader
+
+root, epochs = sys.argv[1], int(sys.argv[2])
+manifest = load_manifest(root)
+bands = resolve_bands("s1s2")
+loader = make_loader("webdataset", LoaderSpec(root, manifest, "val", bands, LabelRule("multi_label"), 4,
+                                              channel_transform(bands, "official", manifest.stats), workers=1))
+received = []
+signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+# As torchrun or a scheduler stopping a job: SIGTERM to the whole process group, again and again.
+killer = subprocess.Popen([sys.executable, "-c", "import os, signal, sys, time\n"
+                           "while True:\n    time.sleep(0.001)\n    os.killpg(int(sys.argv[1]), signal.SIGTERM)",
+                           str(os.getpgrp())], start_new_session=True)
+try:
+    for e in range(epochs):  # every epoch starts a new worker
+        print(e, sorted(k for b in loader.epoch(e) for k in b["key"]), flush=True)
+finally:
+    killer.kill()
+print("received", len(received))
+"""
+
+
+def test_loader_workers_survive_a_process_group_sigterm_while_they_start(shards):
+    """torchrun (`killpg`), a batch scheduler and a terminal signal the whole process group. A
+    worker hit while it starts must not die of it and take the run down before the trainer has
+    written its checkpoint: workers ignore SIGTERM from their first instruction, and the main
+    process still receives it."""
+    import subprocess
+    import sys
+
+    root, truth = shards
+    want = sorted(k for k, t in truth.items() if t["split"] == "val")
+    epochs = 30
+    proc = subprocess.run([sys.executable, "-c", GROUP_SIGTERM_SCRIPT, str(root), str(epochs)], cwd=REPO,
+                          capture_output=True, text=True, timeout=240, start_new_session=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    lines = proc.stdout.splitlines()
+    assert lines[:-1] == [f"{e} {want}" for e in range(epochs)]
+    assert int(lines[-1].split()[1]) > 0

@@ -7,12 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from runstops import GatedTrace, stop_points
 from sen12ms_common.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,25 +91,28 @@ def test_sigterm_writes_a_checkpoint_and_the_resumed_run_matches(sample_shards, 
     train(sample_shards, tmp_path / "full", *args)
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, "-m", "train", "--shards", str(sample_shards), "--run-dir", str(run_dir), *args]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Signal the run once it has trained its first batch of epoch 1 (it waits for the trace to be read).
+    gate = GatedTrace(tmp_path / "trace" / "keys-rank0.txt", when=lambda text: "train 1 " in text,
+                      act=lambda: os.kill(proc.pid, signal.SIGTERM))
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, SEN12MS_TRACE_KEYS=str(tmp_path / "trace")))
     try:
-        deadline = time.monotonic() + 120
-        # The log line of epoch 0 comes after its checkpoint: the signal lands in epoch 1.
-        while not any("epoch 0/1:" in p.read_text() for p in (run_dir / "logs").glob("*_train.log")):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=240)
     finally:
         if proc.poll() is None:
             proc.kill()
+        gate.close()
+    assert gate.acted.is_set(), (out, err)
     assert proc.returncode == 128 + signal.SIGTERM, (out, err)
     ckpt = last_checkpoint(run_dir)
-    assert f"checkpoint written to {ckpt}" in err and "--resume" in err
-    state = torch.load(ckpt, weights_only=True)
+    assert "--resume" in err
     steps_per_epoch = load_manifest(str(sample_shards)).samples("train")
-    assert steps_per_epoch < state["step"] < 2 * steps_per_epoch  # stopped inside epoch 1
-    assert (state["resume_epoch"], state["resume_batch"]) == (1, state["step"] - steps_per_epoch)
+    # Inside epoch 1: after its first step, or a step later where the signal and the step race.
+    (where,) = stop_points(err, steps_per_epoch, 2)
+    assert where.rest.startswith(f"checkpoint written to {ckpt}"), err
+    state = torch.load(ckpt, weights_only=True)
+    assert (state["step"], state["resume_epoch"], state["resume_batch"]) == (where.step, where.epoch, where.batch)
+    assert where.epoch == 1 and where.batch >= 1
     assert not (run_dir / "test_scores.json").exists()
     resume(ckpt)
     assert_same_state(ckpt, last_checkpoint(tmp_path / "full"))

@@ -639,8 +639,11 @@ def fit(cfg: TrainConfig, checkpoint: Mapping[str, Any] | None = None, echo: Ech
                                     f"continue with --resume {ckpt_path})") from exc
                 raise
             if has_split(manifest, "test"):
-                test_scores = _final_test(cfg, setup, best_path if best_path.exists() else ckpt_path, run_dir, ts,
-                                          logs, log, stop, common, d, trace)
+                try:
+                    test_scores = _final_test(cfg, setup, best_path if best_path.exists() else ckpt_path, run_dir,
+                                              ts, logs, log, stop, common, d, trace)
+                except Interrupted as exc:  # training is complete: resuming its checkpoint runs the test
+                    raise Interrupted(exc.signum, stopped_message("during the test evaluation")) from None
             else:
                 log("no test split in the shard set: no test scores")
     finally:

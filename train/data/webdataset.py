@@ -26,6 +26,7 @@ import math
 import signal
 import tarfile
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
@@ -325,10 +326,28 @@ def ordered(items: Iterable[dict[str, Any]], order: Iterable[tuple[int, int]],
         raise DataError(f"the loader delivered no batch {expected[0]} of this epoch (internal error)")
 
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
 def _worker_init(_: int) -> None:
     # Only the main process reacts to SIGTERM / Ctrl-C: it writes a checkpoint, then stops us.
+    # Both arrive blocked (see _forking_workers); one that came in meanwhile is dropped here.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+@contextmanager
+def _forking_workers() -> Iterator[None]:
+    """Start loader workers with SIGTERM / Ctrl-C blocked. A scheduler, torchrun (`killpg`) or
+    a terminal signals the whole process group; a worker hit before `_worker_init` would die of
+    torch's own SIGTERM handler, and the run with it, before writing its checkpoint. Signals
+    sent to this process meanwhile are delivered when the block ends."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class WebDatasetLoader:
@@ -379,7 +398,8 @@ class WebDatasetLoader:
                             # Its own generator: iterating must not draw from the global torch RNG,
                             # or a run resumed mid-epoch would continue with another RNG state.
                             generator=torch.Generator().manual_seed(self.spec.seed))
-        it = iter(loader)
+        with _forking_workers():
+            it = iter(loader)
         try:
             yield from ordered(it, plan.order()[start_batch:], self._record)
         finally:
