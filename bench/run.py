@@ -78,7 +78,7 @@ class Bench:
         res.extra["load_start"] = os.getloadavg()
         res.extra["started"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         self.ds = prepare(cfg.data, cfg.dataset, echo=self.say, progress=cfg.progress)
-        from convert.labels import load_labels
+        from sen12ms_common.datafiles import load_labels
 
         self.labels = load_labels(str(self.ds.labels))
         self.names = [k + ".tif" for k in self.ds.keys]

@@ -3,7 +3,8 @@
 A patch's probability label is the share of its valid pixels in each IGBP class (lc band 1).
 `derive_labels` computes it for the triplets of a tree, `write_label_files` writes the files
 the original toolbox ships (pickles and text files, keyed by the S2 file name) plus our own
-JSON, and `load_labels` reads either our JSON or the original's `IGBP_probability_labels.pkl`.
+JSON (`sen12ms_common.datafiles.load_labels` reads it, or the original's
+`IGBP_probability_labels.pkl`).
 The formats are described in labels/README.md.
 """
 
@@ -20,22 +21,15 @@ import click
 import numpy as np
 
 from convert.scan import Problem, Triplet
-from sen12ms_common import safepickle, storage
+from sen12ms_common import storage
+from sen12ms_common.datafiles import JSON_FORMAT, JSON_VERSION, LABEL_JSON, LABEL_PKL, LabelFileError
 from sen12ms_common.igbp import (
     IGBP_NAMES, N_FULL, N_SIMPLE, SIMPLE_NAMES, LabelError, one_hot, probability_from_igbp,
     single_label, to_simple,
 )
 
-LABEL_JSON = "IGBP_probability_labels.json"
-LABEL_PKL = "IGBP_probability_labels.pkl"
-JSON_FORMAT = "sen12ms-igbp-probability-labels"
-JSON_VERSION = 1
 # The original's pickles are protocol 3 (Python 3.0+), which its Python 3.7 code reads.
 PICKLE_PROTOCOL = 3
-
-
-class LabelFileError(ValueError):
-    """A label file that cannot be read; the message names the file and the problem."""
 
 
 # --------------------------------------------------------------------------- deriving labels
@@ -127,70 +121,6 @@ def derive_labels(triplets: list[Triplet], workers: int = 1, progress: bool = Tr
         if note is not None and warnings is not None:
             warnings.append(note)
     return dict(sorted(labels.items())), problems
-
-
-# --------------------------------------------------------------------------- reading label files
-
-def _as_vector(value: Any, key: str, source: str) -> np.ndarray:
-    try:
-        vec = np.asarray(value, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError) as exc:
-        raise LabelFileError(f"{source}: label of {key!r} is not a numeric vector ({exc})") from None
-    if vec.size != N_FULL:
-        raise LabelFileError(f"{source}: label of {key!r} has {vec.size} values, a probability label has {N_FULL}")
-    return vec
-
-
-def _check_mapping(obj: Any, source: str) -> dict[str, np.ndarray]:
-    if not isinstance(obj, dict):
-        raise LabelFileError(f"{source}: expected a dict of S2 file name -> {N_FULL} probabilities, "
-                             f"found {type(obj).__name__}")
-    out: dict[str, np.ndarray] = {}
-    for key, value in obj.items():
-        if not isinstance(key, str):
-            raise LabelFileError(f"{source}: label key {key!r} is not a file name string")
-        out[key] = _as_vector(value, key, source)
-    return dict(sorted(out.items()))
-
-
-def _parse_json(data: bytes, source: str) -> dict[str, np.ndarray]:
-    try:
-        obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LabelFileError(f"{source}: not valid JSON ({exc})") from None
-    if isinstance(obj, dict) and "format" in obj:
-        if obj.get("format") != JSON_FORMAT:
-            raise LabelFileError(f"{source}: JSON format {obj.get('format')!r}, expected {JSON_FORMAT!r}")
-        if obj.get("version") != JSON_VERSION:
-            raise LabelFileError(f"{source}: label file version {obj.get('version')!r}, this toolbox reads {JSON_VERSION}")
-        if "labels" not in obj:
-            raise LabelFileError(f"{source}: no 'labels' entry")
-        obj = obj["labels"]
-    return _check_mapping(obj, source)
-
-
-def load_labels(path: str) -> dict[str, np.ndarray]:
-    """Probability labels (S2 file name -> float64 (17,)) from our JSON or the original's pickle.
-
-    Pickles go through the restricted unpickler. Sums are not validated here (the converter
-    checks each sample and reports); a malformed file raises `LabelFileError` naming it.
-    """
-    source = str(path)
-    try:
-        data = storage.read_bytes(source)
-    except FileNotFoundError:
-        raise LabelFileError(f"{source}: no such label file") from None
-    except IsADirectoryError:
-        raise LabelFileError(f"{source}: is a folder, expected a label file ({LABEL_JSON} or {LABEL_PKL})") from None
-    except OSError as exc:
-        raise LabelFileError(f"{source}: cannot read ({exc.strerror or exc})") from None
-    if source.lower().endswith(".json") or data.lstrip()[:1] == b"{":
-        return _parse_json(data, source)
-    try:
-        obj = safepickle.loads(data, source)
-    except pickle.UnpicklingError as exc:
-        raise LabelFileError(str(exc).splitlines()[0]) from None
-    return _check_mapping(obj, source)
 
 
 # --------------------------------------------------------------------------- writing label files

@@ -429,7 +429,7 @@ def _make_plan(opts: ShardsOptions) -> tuple[Plan, dict[str, Any], dict[str, Any
         own_triplets = [t for t in scan.triplets if t.id.scene_id in mine]
     label_notes: list = []  # no-data pixels in lc patches that gave a label (derived labels only)
     if opts.labels:
-        from convert.labels import load_labels
+        from sen12ms_common.datafiles import load_labels
 
         labels = _user_input(load_labels, opts.labels)
         label_problems: list = []
@@ -444,7 +444,7 @@ def _make_plan(opts: ShardsOptions) -> tuple[Plan, dict[str, Any], dict[str, Any
         source["labels"] = "derived from the lc patches"
     excluded: dict[str, str] = {}
     if opts.splits:
-        from convert.splits import load_splits
+        from sen12ms_common.datafiles import load_splits
 
         split_lists = _user_input(load_splits, opts.splits)
         excluded = _excluded_of(opts.splits)

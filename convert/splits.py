@@ -16,7 +16,8 @@ from pathlib import Path
 
 import click
 
-from sen12ms_common import safepickle, storage
+from sen12ms_common import storage
+from sen12ms_common.datafiles import SplitFileError, read_source
 from sen12ms_common.patches import (
     MODALITIES, SEASONS, PatchId, PatchNameError, SceneId, parse_patch, parse_scene,
 )
@@ -24,16 +25,10 @@ from sen12ms_common.patches import (
 HOLDOUT_NAME = "SEN12MS_holdOutScenes.txt"
 # The official hold-out list of the original toolbox, shipped in the repository's splits/.
 OFFICIAL_HOLDOUT = Path(__file__).resolve().parents[1] / "splits" / HOLDOUT_NAME
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-REQUIRED_SPLITS: tuple[str, ...] = ("train", "test")
 EXCLUDED_NAME = "excluded.txt"
 BROKEN_REASON = "known broken triplet (S1 holds NaN): left out of train as in the original"
 # The original's pickles are protocol 3 (Python 3.0+), which its Python 3.7 code reads.
 PICKLE_PROTOCOL = 3
-
-
-class SplitFileError(ValueError):
-    """A hold-out or split list that cannot be used; the message names the file."""
 
 
 # --------------------------------------------------------------------------- hold-out list
@@ -42,13 +37,9 @@ def load_holdout(path: str) -> list[SceneId]:
     """Scenes of a hold-out list (`ROIs1158_spring/s1_63` per line), in file order, no repeats."""
     source = str(path)
     try:
-        text = storage.read_bytes(source).decode("utf-8")
-    except FileNotFoundError:
-        raise SplitFileError(f"{source}: no such hold-out list") from None
+        text = read_source(source, "hold-out list", SplitFileError).decode("utf-8")
     except UnicodeDecodeError:
         raise SplitFileError(f"{source}: not a text file (expected one scene per line, e.g. ROIs1158_spring/s1_63)") from None
-    except OSError as exc:
-        raise SplitFileError(f"{source}: cannot read ({exc.strerror or exc})") from None
     scenes: list[SceneId] = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -167,78 +158,6 @@ def write_splits(splits: Splits, out_dir: Path) -> list[Path]:
     return [Path(url) for url in storage.write_files(str(out_dir), split_file_contents(splits))]
 
 
-def _parse_names(names: list, source: str, lines: list[int] | None = None) -> list[str]:
-    out: list[str] = []
-    seen: set[str] = set()
-    for i, name in enumerate(names):
-        where = f"{source}:{lines[i]}" if lines else f"{source} (item {i + 1})"
-        if not isinstance(name, str):
-            raise SplitFileError(f"{where}: {name!r} is not a file name string")
-        try:
-            pid = parse_patch(name.strip())
-        except PatchNameError:
-            raise SplitFileError(f"{where}: {name.strip()!r} is not a SEN12MS patch name "
-                                 "(expected e.g. ROIs1158_spring_s2_1_p30.tif)") from None
-        if pid.modality != "s2":
-            raise SplitFileError(f"{where}: {name.strip()!r} is an {pid.modality} name; split lists hold S2 file names")
-        filename = pid.filename()
-        if filename in seen:
-            raise SplitFileError(f"{where}: {filename} is listed twice")
-        seen.add(filename)
-        out.append(filename)
-    return out
-
-
-def read_split_list(path: str) -> list[str]:
-    """S2 file names of one split list: text (one per line) or the original's pickled list."""
-    source = str(path)
-    try:
-        data = storage.read_bytes(source)
-    except FileNotFoundError:
-        raise SplitFileError(f"{source}: no such split list") from None
-    except OSError as exc:
-        raise SplitFileError(f"{source}: cannot read ({exc.strerror or exc})") from None
-    if source.endswith(".pkl"):
-        try:
-            obj = safepickle.loads(data, source)
-        except pickle.UnpicklingError as exc:
-            raise SplitFileError(str(exc).splitlines()[0]) from None
-        if not isinstance(obj, (list, tuple)):
-            raise SplitFileError(f"{source}: expected a pickled list of S2 file names, found {type(obj).__name__}")
-        return _parse_names(list(obj), source)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SplitFileError(f"{source}: not a text file (expected one S2 file name per line)") from None
-    numbered = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    return _parse_names([line for _, line in numbered], source, [n for n, _ in numbered])
-
-
-def load_splits(split_dir: str) -> dict[str, list[str]]:
-    """Split lists of a folder: `{split}_list.txt`, else `{split}_list.pkl` (restricted unpickler).
-
-    train and test are required, val is optional (no 'val' key without it). A name in two
-    splits, a repeated name or a name that is not an S2 patch raises `SplitFileError`.
-    """
-    root = str(split_dir)
-    out: dict[str, list[str]] = {}
-    for split in SPLITS:
-        txt, pkl = storage.join(root, f"{split}_list.txt"), storage.join(root, f"{split}_list.pkl")
-        if storage.exists(txt):
-            out[split] = read_split_list(txt)
-        elif storage.exists(pkl):
-            out[split] = read_split_list(pkl)
-        elif split in REQUIRED_SPLITS:
-            raise SplitFileError(f"{root}: no {split}_list.txt or {split}_list.pkl")
-    owner: dict[str, str] = {}
-    for split, names in out.items():
-        for name in names:
-            if name in owner:
-                raise SplitFileError(f"{root}: {name} is in both the {owner[name]} and the {split} list")
-            owner[name] = split
-    return out
-
-
 # --------------------------------------------------------------------------- command line
 
 def season_counts(names: list[str]) -> dict[str, int]:
@@ -322,6 +241,5 @@ def splits_command(data: str, holdout: str | None, val_fraction: float, seed: in
 
 __all__ = [
     "OFFICIAL_HOLDOUT", "HOLDOUT_NAME", "Splits", "SplitFileError", "load_holdout", "find_holdout",
-    "make_splits", "choose_val_scenes", "scene_order_key", "write_splits", "load_splits",
-    "read_split_list", "splits_command",
+    "make_splits", "choose_val_scenes", "scene_order_key", "write_splits", "splits_command",
 ]

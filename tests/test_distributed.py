@@ -396,5 +396,5 @@ def test_skip_bad_shards_keeps_the_ranks_in_step(sample_shards: Path, tmp_path: 
     # One rank lost the shard's samples; both stopped at the step where it ran out.
     assert len(r0) == len(r1) < n and n - len(r0) <= lost.samples
     assert not set(r0) & set(r1)
-    assert f"skipped so far: 1 bad shard(s)" in proc.stdout and lost.name in proc.stdout
+    assert "skipped so far: 1 bad shard(s)" in proc.stdout and lost.name in proc.stdout
     assert (tmp_path / "rank0" / "run" / "test_scores.json").is_file()

@@ -15,12 +15,11 @@ import rasterio
 from click.testing import CliRunner
 
 from convert.cli import cli
-from convert.labels import (
-    LABEL_JSON, LabelFileError, derive_labels, load_labels, write_label_files,
-)
+from convert.labels import derive_labels, write_label_files
 from convert.scan import Triplet, scan_tree
 from convert.synth import synthesize, write_geotiff
 from sen12ms_common import safepickle
+from sen12ms_common.datafiles import LABEL_JSON, LabelFileError, load_labels
 from sen12ms_common.patches import PatchId
 
 LABEL_FILES = [

@@ -13,8 +13,9 @@ from click.testing import CliRunner
 from convert.cli import cli
 from convert.splits import (
     BROKEN_REASON, HOLDOUT_NAME, OFFICIAL_HOLDOUT, SplitFileError, Splits, choose_val_scenes,
-    find_holdout, load_holdout, load_splits, make_splits, scene_order_key, write_splits,
+    find_holdout, load_holdout, make_splits, scene_order_key, write_splits,
 )
+from sen12ms_common.datafiles import load_splits
 from sen12ms_common import safepickle
 from sen12ms_common.patches import SEASONS, PatchId, SceneId, parse_patch
 

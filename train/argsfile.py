@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping
 
 from sen12ms_common import storage
 from sen12ms_common.bands import INPUT_SETS, BandError, resolve_bands
+from sen12ms_common.datafiles import read_source
 
 # Every option of the original main_train.py, in its order.
 ORIGINAL_KEYS: tuple[str, ...] = (
@@ -76,9 +77,7 @@ def read_arguments_file(path: str, known_keys: Iterable[str] | None = None) -> A
     """
     path = str(path)
     try:
-        text = storage.read_bytes(path).decode("utf-8")
-    except FileNotFoundError:
-        raise ArgumentsFileError(f"{path}: no such arguments file") from None
+        text = read_source(path, "arguments file", ArgumentsFileError).decode("utf-8")
     except UnicodeDecodeError:
         raise ArgumentsFileError(f"{path}: not a text arguments file (not UTF-8)") from None
     known = set(known_keys) if known_keys is not None else None

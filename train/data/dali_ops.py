@@ -128,6 +128,19 @@ def lz4_decompress_fn():
 # Band choices and normalisation constants are inputs (constant tensors), not compiled in:
 # compiling a kernel for DALI takes about a second, so one kernel serves every input set.
 
+def _planes_setup(h: int, w: int) -> Callable:
+    """The setup of a kernel whose 2nd input lists k bands: output 0 is (k, h, w), output 1 a status (1,)."""
+
+    def setup_fn(outs, ins):
+        for i in range(len(outs[0])):
+            outs[0][i][0] = ins[1][i][0]
+            outs[0][i][1] = h
+            outs[0][i][2] = w
+            outs[1][i][0] = 1
+
+    return setup_fn
+
+
 @lru_cache(maxsize=16)  # one Kernel per configuration: DALI compiles each once per process
 @do_not_convert
 def zstd_kernel(shape: tuple[int, int, int], byte_shuffle: bool) -> Kernel:
@@ -159,12 +172,7 @@ def zstd_kernel(shape: tuple[int, int, int], byte_shuffle: bool) -> Kernel:
                     p = 2 * (base + i)
                     flat[dst + i] = np.uint16(buf[p]) | (np.uint16(buf[p + 1]) << np.uint16(8))
 
-    def setup_fn(outs, ins):
-        for i in range(len(outs[0])):
-            outs[0][i][0] = ins[1][i][0]
-            outs[0][i][1] = h
-            outs[0][i][2] = w
-            outs[1][i][0] = 1
+    setup_fn = _planes_setup(h, w)
 
     return Kernel(run_fn, setup_fn, ("UINT8", "INT32"), ("UINT16", "INT32"), (1, 1), (3, 1))
 
@@ -231,12 +239,7 @@ def lz4_kernel(chunk_shape: tuple[int, int]) -> Kernel:
                 out[:] = 0
                 return
 
-    def setup_fn(outs, ins):
-        for i in range(len(outs[0])):
-            outs[0][i][0] = ins[1][i][0]
-            outs[0][i][1] = h
-            outs[0][i][2] = w
-            outs[1][i][0] = 1
+    setup_fn = _planes_setup(h, w)
 
     return Kernel(run_fn, setup_fn, ("UINT8", "INT32", "INT32"), ("UINT16", "INT32"), (1, 1, 1), (3, 1))
 

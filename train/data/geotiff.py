@@ -25,16 +25,16 @@ original's way reads an object store.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from sen12ms_common import safepickle, storage
+from sen12ms_common import storage
 from sen12ms_common.bands import OFFICIAL_MEAN, OFFICIAL_STD, BandRef, resolve_bands
-from sen12ms_common.igbp import N_FULL, LabelRule
+from sen12ms_common.datafiles import load_labels, read_split_list
+from sen12ms_common.igbp import LabelRule
 from sen12ms_common.patches import KNOWN_BROKEN, PatchNameError, parse_patch
 from sen12ms_common.shardformat import S1_MAX_DB, S1_MIN_DB
 
@@ -42,53 +42,8 @@ S2_MAX = 10000.0
 
 
 class GeoTiffDataError(ValueError):
-    """A label file, split list or patch that cannot be used; the message names it."""
-
-
-# --- label and split files -----------------------------------------------------------------------
-
-def read_label_file(path: str) -> dict[str, np.ndarray]:
-    """S2 file name -> 17 probabilities, from our JSON (`convert labels`) or the original's pickle
-    (`IGBP_probability_labels.pkl`, read with the restricted unpickler)."""
-    try:
-        data = storage.read_bytes(path)
-    except OSError as exc:
-        raise GeoTiffDataError(f"{path}: cannot read the label file ({exc})") from exc
-    try:
-        if data.lstrip()[:1] == b"{":
-            obj = json.loads(data)
-            if isinstance(obj, dict) and isinstance(obj.get("labels"), dict):
-                obj = obj["labels"]
-        else:
-            obj = safepickle.loads(data, path)
-    except ValueError as exc:  # JSON errors and refused pickles are ValueErrors
-        raise GeoTiffDataError(f"{path}: not a label file ({str(exc).splitlines()[0]})") from exc
-    if not isinstance(obj, dict):
-        raise GeoTiffDataError(f"{path}: expected S2 file name -> {N_FULL} probabilities, found {type(obj).__name__}")
-    out = {}
-    for name, vec in obj.items():
-        v = np.asarray(vec, dtype=np.float64).reshape(-1)
-        if v.size != N_FULL:
-            raise GeoTiffDataError(f"{path}: label of {name!r} has {v.size} values, expected {N_FULL}")
-        out[str(name)] = v
-    return out
-
-
-def read_split_file(path: str) -> list[str]:
-    """S2 file names of a split list: text (one per line) or the original's pickled list."""
-    try:
-        data = storage.read_bytes(path)
-    except OSError as exc:
-        raise GeoTiffDataError(f"{path}: cannot read the split list ({exc})") from exc
-    if str(path).endswith(".pkl"):
-        try:
-            obj = safepickle.loads(data, path)
-        except ValueError as exc:
-            raise GeoTiffDataError(str(exc).splitlines()[0]) from exc
-        if not isinstance(obj, (list, tuple)):
-            raise GeoTiffDataError(f"{path}: expected a pickled list of S2 file names, found {type(obj).__name__}")
-        return [str(n) for n in obj]
-    return [line.strip() for line in data.decode("utf-8").splitlines() if line.strip()]
+    """A patch that cannot be used or has no label; the message names it. (Label files and split
+    lists that cannot be read raise `LabelFileError` / `SplitFileError` of `sen12ms_common.datafiles`.)"""
 
 
 # --- one sample, the original's way ----------------------------------------------------------------
@@ -138,8 +93,8 @@ class GeoTiffDataset(Dataset):
                  input_spec: str = "s1s2", label_type: str = "multi_label", igbp: str = "simple",
                  threshold: float = 0.1, normalise: bool = True) -> None:
         self.root = str(root)
-        names = read_split_file(names) if isinstance(names, str) else list(names)
-        self.labels = read_label_file(labels) if isinstance(labels, str) else dict(labels)
+        names = read_split_list(names) if isinstance(names, str) else list(names)
+        self.labels = load_labels(labels) if isinstance(labels, str) else dict(labels)
         self.bands: tuple[BandRef, ...] = resolve_bands(input_spec)
         self.rule = LabelRule(label_type, igbp, threshold)
         self.normalise = normalise
