@@ -333,26 +333,32 @@ def test_sigterm_to_one_rank_checkpoints_and_the_resumed_run_matches(ddp_run, sa
 
 def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step(sample_shards: Path, tmp_path: Path):
     trace = tmp_path / "trace"
-    # Many epochs: however late the signal lands, the run is still going.
+    # Many epochs: torchrun passes the signal on while the run goes on, which must not end first.
     cmd = torchrun_cmd(tmp_path, "train", "--shards", str(sample_shards), *OPTIONS[:-2], "--epochs", "50",
                        "--workers", "1", "--run-dir", "run")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(SEN12MS_TRACE_KEYS=str(trace)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while not (trace / "keys-rank0.txt").exists() or "train 0 " not in (trace / "keys-rank0.txt").read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.005)
-        ranks = [_rank_pid(proc.pid, r) for r in (0, 1)]
-        tree = descendants(proc.pid)[1:]  # ranks, their fork servers and loader workers
+    seen: dict[str, list[int]] = {}
+
+    def stop_job() -> None:
+        seen["ranks"] = [_rank_pid(proc.pid, r) for r in (0, 1)]
+        seen["tree"] = descendants(proc.pid)[1:]  # ranks, their fork servers and loader workers
         # As a scheduler does: torchrun passes it on to every worker's process group (with the
         # loader workers in it, which may be starting: a new one per epoch and split).
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+
+    # Once rank 0 has trained a step (it waits for the trace to be read).
+    gate = GatedTrace(trace / "keys-rank0.txt", when=lambda text: "train 0 " in text, act=stop_job)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(SEN12MS_TRACE_KEYS=str(trace)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=240)
     except BaseException:
         kill_tree(proc.pid)
         raise
+    finally:
+        gate.close()
     log = out + "\n=====\n" + err
+    assert gate.acted.is_set(), log
+    ranks, tree = seen["ranks"], seen["tree"]
     assert proc.returncode != 0, log
     assert not any(alive(pid) for pid in ranks)  # every rank exited
     deadline = time.monotonic() + 15  # helpers notice their parent's exit within a few seconds

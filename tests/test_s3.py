@@ -462,13 +462,17 @@ def test_train_from_s3_and_a_server_killed_mid_read(local_shards: Path, tmp_path
         shards = f"s3://{server.bucket}/shards"
         upload_tree(local_shards, shards)
 
+        def train_and_kill_the_server_mid_read(run_dir: Path) -> subprocess.Popen:
+            proxy.stall(after_bytes=300_000)
+            job = subprocess.Popen([sys.executable, "-m", *TRAIN, "--shards", shards, "--run-dir", str(run_dir)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+            assert proxy.stalled.wait(120), "no shard read reached the proxy"
+            server.kill()
+            proxy.release()
+            return job
+
         # Killed while a shard is in flight, and not back: a clear error naming the shard.
-        proxy.stall(after_bytes=300_000)
-        job = subprocess.Popen([sys.executable, "-m", *TRAIN, "--shards", shards, "--run-dir", str(tmp_path / "dead")],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
-        assert proxy.stalled.wait(120), "no shard read reached the proxy"
-        server.kill()
-        proxy.release()
+        job = train_and_kill_the_server_mid_read(tmp_path / "dead")
         out, _ = job.communicate(timeout=180)
         lines = [line for line in out.splitlines() if line.strip()]
         assert job.returncode != 0, out
@@ -479,12 +483,7 @@ def test_train_from_s3_and_a_server_killed_mid_read(local_shards: Path, tmp_path
 
         # Killed mid-read and restarted while the reader waits: the run goes through.
         server.start()
-        proxy.stall(after_bytes=300_000)
-        job = subprocess.Popen([sys.executable, "-m", *TRAIN, "--shards", shards, "--run-dir", str(tmp_path / "back")],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
-        assert proxy.stalled.wait(120), "no shard read reached the proxy"
-        server.kill()
-        proxy.release()
+        job = train_and_kill_the_server_mid_read(tmp_path / "back")
         time.sleep(1.0)
         server.start()
         out, _ = job.communicate(timeout=180)
