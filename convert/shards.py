@@ -68,6 +68,8 @@ class ShardsOptions:
     val_fraction: float = 0.1
     progress: bool = True
     part: Part | None = None  # convert only this part of the scenes
+    # A local file: `<split> <shard>` is appended after each commit (SEN12MS_TRACE_COMMITS=FILE).
+    trace_commits: str | None = None
 
 
 @dataclass
@@ -332,9 +334,9 @@ class SplitWriter:
     """Appends encoded samples of one split to shards of about `shard_size` bytes."""
 
     def __init__(self, out: str, split: str, first_shard: int, start: int, fingerprint: str,
-                 shard_size: int, part: Part | None = None) -> None:
+                 shard_size: int, part: Part | None = None, trace: str | None = None) -> None:
         self.out, self.split, self.fingerprint, self.shard_size = out, split, fingerprint, shard_size
-        self.part = part
+        self.part, self.trace = part, trace
         self.shard = first_shard
         self.start = start  # first plan position of the shard being written
         self.pos = start  # next plan position
@@ -382,6 +384,10 @@ class SplitWriter:
                           [asdict(r) for r in self._rejected], [asdict(w) for w in self._warnings])
         _write_json(_parts(self.out, _record_name(self.split, self.shard, self.part)), asdict(rec))
         self.records.append(rec)
+        if self.trace is not None:
+            # Opened and closed per line: a test that makes it a FIFO holds the run right here.
+            with open(self.trace, "a", encoding="utf-8") as f:
+                f.write(f"{self.split} {name}\n")
         self.shard += 1
         self.start = end
         self._stats, self._rejected, self._warnings = {}, [], []
@@ -587,7 +593,8 @@ def convert_shards(opts: ShardsOptions, echo: Callable[[str], None] = lambda s: 
             if end is not None:
                 continue
             start = records[-1].end if records else 0
-            writer = SplitWriter(out, split, len(records), start, fingerprint, opts.shard_size, part)
+            writer = SplitWriter(out, split, len(records), start, fingerprint, opts.shard_size, part,
+                                 opts.trace_commits)
             bar.set_postfix_str(split)
             tasks = ((e, opts.layout, split == "train") for e in plan.splits[split][start:])
             try:
@@ -774,7 +781,7 @@ def shards(data: str, out: str, labels: str | None, splits_dir: str | None, code
         raise click.BadParameter("--level applies to --codec zstd only", param_hint="--level")
     layout = SampleLayout(codec=codec, level=DEFAULT_LEVEL[codec] if level is None else level, modalities=modalities)
     opts = ShardsOptions(data, out, labels, splits_dir, layout, shard_size, workers, seed, resume, val_fraction,
-                         progress, part)
+                         progress, part, trace_commits=os.environ.get("SEN12MS_TRACE_COMMITS") or None)
     try:
         outcome = convert_shards(opts, echo=lambda s: click.echo(s, err=True))
     except ConvertError as exc:

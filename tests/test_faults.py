@@ -20,6 +20,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -93,6 +94,31 @@ def clean(tree: Path, tmp_path_factory) -> tuple[Path, float]:
 
 # --- the converter killed and resumed ------------------------------------------------------------------
 
+def run_held_at_first_commit(tree: Path, out: Path, tmp_path: Path, act: Callable[[subprocess.Popen], None],
+                             *args: str, workers: int = 2) -> tuple[int, str]:
+    """Runs the converter, which waits after its first committed shard until `act(proc)` (a kill,
+    a signal) has run: however late the test is scheduled, that reaches a run that is mid-way.
+    Returns the exit status and stderr once every process of the job has ended."""
+    trace, log = tmp_path / "commits", tmp_path / "held-stderr"
+    started: list[subprocess.Popen] = []
+    gate = GatedTrace(trace, when=lambda text: True, act=lambda: act(started[0]))
+    with open(log, "wb") as err:  # a file, not a pipe: a lingering worker cannot block the test
+        proc = subprocess.Popen(converter(tree, out, *args, workers=workers), cwd=REPO,
+                                env=dict(os.environ, SEN12MS_TRACE_COMMITS=str(trace)), stdout=subprocess.DEVNULL,
+                                stderr=err, start_new_session=True)
+    started.append(proc)
+    try:
+        proc.wait(timeout=120)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    finally:
+        gate.close()
+    wait_gone(proc.pid)
+    assert gate.acted.is_set(), log.read_text()
+    return proc.returncode, log.read_text()
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_converter_killed_at_random_points_and_resumed_writes_the_bytes_of_a_clean_run(tree, clean, tmp_path, seed):
     clean_out, seconds = clean
@@ -101,30 +127,33 @@ def test_converter_killed_at_random_points_and_resumed_writes_the_bytes_of_a_cle
     states = []
     for attempt in range(3):
         workers = rng.choice((1, 2))
-        log = tmp_path / f"stderr-{attempt}"
-        with open(log, "wb") as err:  # a file, not a pipe: a lingering worker cannot block the test
-            proc = subprocess.Popen(converter(tree, out, *(["--resume"] if attempt else []), workers=workers),
-                                    cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-        if attempt == 0:  # the first kill lands after a shard was committed: a mid-way state
-            deadline = time.monotonic() + 120
-            while not (out / ".parts" / "train-000000.json").exists() and proc.poll() is None:
-                assert time.monotonic() < deadline
-                time.sleep(0.002)
-            delay = rng.uniform(0, 0.1)
-        else:  # then anywhere, start-up included
-            delay = rng.uniform(0.05, 1.0) * seconds
-        try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            if rng.random() < 0.5:
-                proc.kill()  # the main process only: its workers must not outlive it
-            else:
+        whole_job = rng.random() < 0.5
+
+        def kill(proc: subprocess.Popen) -> None:
+            if whole_job:
                 os.killpg(proc.pid, signal.SIGKILL)  # the whole job
-            proc.wait(timeout=60)
-        wait_gone(proc.pid)  # its workers died with it
-        if proc.returncode == 0:
+            else:
+                proc.kill()  # the main process only: its workers must not outlive it
+
+        if attempt == 0:  # the first kill lands after a shard was committed: a mid-way state
+            delay = rng.uniform(0, 0.1)
+            returncode, err = run_held_at_first_commit(tree, out, tmp_path, lambda p: (time.sleep(delay), kill(p)),
+                                                       workers=workers)
+        else:  # then anywhere, start-up included
+            log = tmp_path / f"stderr-{attempt}"
+            with open(log, "wb") as f:
+                proc = subprocess.Popen(converter(tree, out, "--resume", workers=workers), cwd=REPO,
+                                        stdout=subprocess.DEVNULL, stderr=f, start_new_session=True)
+            try:
+                proc.wait(timeout=rng.uniform(0.05, 1.0) * seconds)
+            except subprocess.TimeoutExpired:
+                kill(proc)
+                proc.wait(timeout=60)
+            wait_gone(proc.pid)  # its workers died with it
+            returncode, err = proc.returncode, log.read_text()
+        if returncode == 0:
             break
-        assert proc.returncode == -signal.SIGKILL, log.read_text()
+        assert returncode == -signal.SIGKILL, err
         states.append((len(committed(out)), (out / "manifest.json").exists()))
     assert states and states[0][0] >= 1 and not states[0][1], states  # killed mid-way at least once
     final = subprocess.run(converter(tree, out, "--resume"), cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -134,22 +163,25 @@ def test_converter_killed_at_random_points_and_resumed_writes_the_bytes_of_a_cle
     assert [n for n in a if a[n] != b[n]] == []
 
 
-def test_ctrl_c_stops_without_traceback_or_partial_shard_and_resume_completes(tree, clean, tmp_path):
-    for attempt in range(3):  # on a busy machine the run can finish before the test sees its first shard
-        out = tmp_path / f"out{attempt}"
-        proc = subprocess.Popen(converter(tree, out, workers=2), cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-        first = out / ".parts" / "train-000000.json"
-        deadline = time.monotonic() + 120
-        while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.002)
-        os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to the whole job
-        _, err = proc.communicate(timeout=60)
-        wait_gone(proc.pid)
-        if not (proc.returncode == 0 and (out / "manifest.json").exists()):
-            break
-    assert first.exists() and not (out / "manifest.json").exists(), "the run must be stopped mid-way"
-    assert proc.returncode == 1 and err.strip() == "Aborted!"
+@pytest.fixture
+def sigint_as_in_a_terminal():
+    """Children of a background job of a non-interactive shell (how CI may start the tests)
+    inherit SIGINT ignored, and Python then installs no KeyboardInterrupt handler; a handler here
+    is reset to the default in a child at exec, as in a terminal's job."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def test_ctrl_c_stops_without_traceback_or_partial_shard_and_resume_completes(tree, clean, tmp_path,
+                                                                            sigint_as_in_a_terminal):
+    out = tmp_path / "out"
+    # What a terminal sends to the whole job, once the first shard is committed.
+    returncode, err = run_held_at_first_commit(tree, out, tmp_path, lambda p: os.killpg(p.pid, signal.SIGINT))
+    assert (out / ".parts" / "train-000000.json").exists() and not (out / "manifest.json").exists()
+    assert returncode == 1 and err.strip() == "Aborted!"
     no_partial_shards(out)
     refused = subprocess.run(converter(tree, out), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 1 and refused.stderr.strip() == (
@@ -163,24 +195,14 @@ def test_ctrl_c_stops_without_traceback_or_partial_shard_and_resume_completes(tr
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from /proc")
 def test_a_killed_worker_stops_the_run_with_a_one_line_error(tree, tmp_path):
-    for attempt in range(3):  # on a busy machine the run can finish before the test sees its first shard
-        out = tmp_path / f"out{attempt}"
-        proc = subprocess.Popen(converter(tree, out, workers=2), cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-        first = out / ".parts" / "train-000000.json"
-        deadline = time.monotonic() + 120
-        while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.002)
-        try:
-            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        except OSError:
-            children = []
-        if children:
-            os.kill(int(children[0]), signal.SIGKILL)  # as the out-of-memory killer would
-        _, err = proc.communicate(timeout=60)
-        if children:
-            break
-    assert proc.returncode == 1 and not (out / "manifest.json").exists()
+    out = tmp_path / "out"
+
+    def kill_worker(proc: subprocess.Popen) -> None:  # as the out-of-memory killer would
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        os.kill(int(children[0]), signal.SIGKILL)
+
+    returncode, err = run_held_at_first_commit(tree, out, tmp_path, kill_worker)
+    assert returncode == 1 and not (out / "manifest.json").exists()
     assert err.strip().splitlines() == ["Error: a worker process died (killed by the system, out of memory?); the "
                                         "finished shards are kept: run again with --resume (and fewer --workers)"]
     no_partial_shards(out)

@@ -215,6 +215,12 @@ def _check_loadable(obj: Any, where: str) -> None:
                     f"torch.load(weights_only=True) refuses{hint}")
 
 
+def made_at(ckpt: Mapping[str, Any]) -> str:
+    """When a checkpoint was written, for messages: ours count optimizer steps; their `epoch` is
+    the last finished one (-1 when --max-steps stopped the first), the original's its epoch."""
+    return f"after step {ckpt['step']}" if "step" in ckpt else f"epoch {ckpt.get('epoch')}"
+
+
 def save_checkpoint(path: str, *, epoch: int, arch: str, model_state_dict: Mapping[str, Any],
                     optimizer_state_dict: Mapping[str, Any], best_prec: float,
                     extra: Mapping[str, Any] | None = None) -> None:

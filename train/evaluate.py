@@ -90,7 +90,7 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
     its part; the metrics are those of the gathered predictions; rank 0 writes and prints)."""
     from sen12ms_common.manifest import load_manifest
 
-    from .checkpoint import load_checkpoint, load_model_weights
+    from .checkpoint import load_checkpoint, load_model_weights, made_at
     from .data import DataError, make_loader
     from .distributed import Dist, gather_objects
     from .loop import has_split, loader_spec, make_setup, predict_all, score, write_scores
@@ -111,7 +111,7 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
     loader = make_loader("webdataset", loader_spec(setup, shards, split, batch_size=batch_size, train=False,
                                                    workers=workers, verify=verify, skip_bad_shards=skip_bad_shards,
                                                    rank=d.rank, world_size=d.world_size))
-    echo(f"{checkpoint}: {opts.model} (epoch {ckpt.get('epoch')}), input {opts.input}, {opts.label_type} "
+    echo(f"{checkpoint}: {opts.model} ({made_at(ckpt)}), input {opts.input}, {opts.label_type} "
          f"{opts.igbp}, stats {'as trained' if opts.transform is not None else opts.stats}; "
          f"{split}: {manifest.samples(split)} samples" + (f" over {d.world_size} processes" if d.enabled else ""))
     preds = predict_all(setup, loader, d, desc=split)

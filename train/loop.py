@@ -660,17 +660,18 @@ def _final_test(cfg: TrainConfig, setup: Setup, best: Path, run_dir: Path, ts: s
                 stop: StopFlag, common: dict[str, Any], d: Dist, trace: KeyTrace) -> dict[str, Any] | None:
     from torch.utils.tensorboard import SummaryWriter
 
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, made_at
 
     # Rank 0 reads the checkpoint and sends the weights: other nodes need not see the run directory.
     if not broadcast_object(d, best.exists() if d.is_main else None):
         log("no checkpoint was written (no training step): no test scores")
         return None
-    epoch = None
+    epoch, made = None, ""
     if d.is_main:
         ckpt = load_checkpoint(str(best))
         load_model_weights(setup.model, ckpt, strict=True, source=str(best))
         epoch = ckpt.get("epoch")
+        made = made_at(ckpt)
     broadcast_state(d, setup.model)
     test_loader = make_loader(cfg.loader, loader_spec(setup, cfg.shards, "test", train=False, **common))
     preds = predict_all(setup, test_loader, d, desc="test", stop=stop, on_keys=lambda keys: trace("test", "-", keys))
@@ -683,7 +684,7 @@ def _final_test(cfg: TrainConfig, setup: Setup, best: Path, run_dir: Path, ts: s
         for tag, value in scalar_metrics(metrics).items():
             w.add_scalar(tag, value, int(epoch or 0))
     key = "AverageAcc" if setup.rule.label_type == "single_label" else "OverallAcc"
-    log(f"test ({len(preds.keys)} samples, {best.name}, epoch {epoch}): "
+    log(f"test ({len(preds.keys)} samples, {best.name} {made}): "
         f"microF1 {metrics['microF1']:.4f} sampleF1 {metrics['sampleF1']:.4f} {key} {metrics[key]:.4f} "
         f"-> {scores}, {npz}")
     if skipped:
