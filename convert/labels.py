@@ -81,25 +81,14 @@ def _ordered_map(fn: Callable[[Triplet], Any], items: Sequence[Triplet], workers
     """fn over items, in input order (so the result does not depend on `workers`), with progress."""
     from tqdm import tqdm
 
-    bar = tqdm(total=len(items), desc=desc, unit="patch", disable=not progress)
-    try:
-        if workers <= 1 or len(items) < 2:
-            for item in items:
-                yield fn(item)
-                bar.update(1)
-            return
-        from concurrent.futures import ProcessPoolExecutor
+    from convert.workers import WorkerPool
 
-        from convert.shards import die_with_parent  # workers must not outlive a kill -9 of this process
-
-        n = min(workers, len(items))
-        chunk = max(1, min(64, len(items) // (n * 8)))
-        with ProcessPoolExecutor(max_workers=n, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-            for result in pool.map(fn, items, chunksize=chunk):
-                yield result
-                bar.update(1)
-    finally:
-        bar.close()
+    # The workers fork before the progress bar starts its monitor thread.
+    with WorkerPool(fn, min(workers, len(items))) as pool, \
+            tqdm(total=len(items), desc=desc, unit="patch", disable=not progress) as bar:
+        for result in pool.map(items):
+            yield result
+            bar.update(1)
 
 
 def derive_labels(triplets: list[Triplet], workers: int = 1, progress: bool = True,

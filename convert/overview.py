@@ -133,6 +133,7 @@ def collect_tree(root: str, workers: int = 1, progress: bool = True) -> Collecti
     from tqdm import tqdm
 
     from convert.scan import scan_tree
+    from convert.workers import WorkerPool
 
     scan = scan_tree(root)
     problems = [Problem(p.path, p.reason) for p in scan.problems]
@@ -145,26 +146,15 @@ def collect_tree(root: str, workers: int = 1, progress: bool = True) -> Collecti
                                     f"no lc patch beside {t.id.filename('s2')}: its land cover cannot be counted"))
     patches: list[PatchInfo] = []
     paths = [p for _, p in jobs]
-    pool = None
-    if workers > 1 and len(jobs) > 1:
-        import multiprocessing
-
-        # fork: the children need nothing from the parent but this module; created before the
-        # progress bar starts its monitor thread.
-        pool = multiprocessing.get_context("fork").Pool(min(workers, len(jobs)))
-    try:
-        results = pool.imap(_read_lc, paths, chunksize=8) if pool else map(_read_lc, paths)
-        bar = tqdm(results, total=len(jobs), desc="overview", unit="patch", disable=not progress)
+    # The workers fork before the progress bar starts its monitor thread.
+    with WorkerPool(_read_lc, min(workers, len(jobs))) as pool:
+        bar = tqdm(pool.map(paths), total=len(jobs), desc="overview", unit="patch", disable=not progress)
         for (pid, path), res in zip(jobs, bar):
             if isinstance(res, str):
                 problems.append(Problem(path, res))
                 continue
             counts, crs, centre = res
             patches.append(PatchInfo(pid, counts, counts / counts.sum(), crs, centre))
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
     return Collection(patches, problems, str(root), "geotiff", FROM_LC)
 
 

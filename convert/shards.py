@@ -21,21 +21,17 @@ import hashlib
 import json
 import os
 import re
-import signal
-import sys
 import time
-from collections import deque
-from concurrent.futures.process import BrokenProcessPool
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
-from itertools import islice
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable
 
 import click
 
 from convert.encode import Encoded, Failed, encode_entry, tar_bytes
 from convert.plan import UNASSIGNED, Part, Plan, PlanEntry, assign_scenes, build_plan, parse_part, parse_size
 from convert.stats import BandMoments, finish, merge
+from convert.workers import WorkerDied, WorkerPool
 from sen12ms_common import storage
 from sen12ms_common.bands import MODALITY_BANDS
 from sen12ms_common.manifest import (MANIFEST_NAME, REPORT_NAME, SPLITS, Manifest, Rejection, ShardEntry,
@@ -272,60 +268,8 @@ def _remove_unfinished(out: str, split: str, keep: int, keep_end: bool, part: Pa
 
 # --- parallel encoding -------------------------------------------------------------------------
 
-def _init_worker(parent: int | None = None) -> None:
-    # Ctrl-C reaches the whole process group: the parent stops the pool, workers must not print
-    # tracebacks of their own. And if the parent is killed (kill -9), workers must not linger.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent(parent)
-
-
-def die_with_parent(parent: int | None = None) -> None:
-    """Pool initializer: end this worker when the process `parent` that forked it dies."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
-    # A parent killed between the fork and the prctl above sends no signal: the worker would wait
-    # on its task queue forever (seen with kill -9 during start-up).
-    if parent is not None and os.getppid() != parent:
-        os._exit(1)
-
-
 def _encode_task(task: tuple[PlanEntry, SampleLayout, bool]) -> Encoded | Failed:
     return encode_entry(*task)
-
-
-def _ordered_map(pool: Any, tasks: Iterable, window: int) -> Iterator:
-    """Results over `tasks` in order, with at most `window` tasks in flight (bounded memory)."""
-    it = iter(tasks)
-    pending = deque(pool.submit(_encode_task, task) for task in islice(it, window))
-    while pending:
-        result = pending.popleft().result()
-        for task in islice(it, 1):
-            pending.append(pool.submit(_encode_task, task))
-        yield result
-
-
-@contextmanager
-def _encoder(workers: int) -> Iterator[Callable[[Iterable], Iterator]]:
-    if workers <= 1:
-        yield lambda tasks: map(_encode_task, tasks)
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # Not multiprocessing.Pool: its terminate() can deadlock when a worker is sending a large
-    # result (an encoded sample) at that moment (seen on Ctrl-C), and it hangs if a worker dies;
-    # the executor finishes in-flight tasks on shutdown and raises BrokenProcessPool instead.
-    ctx = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),))
-    try:
-        yield lambda tasks: _ordered_map(pool, tasks, 4 * workers)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --- writing one split -------------------------------------------------------------------------
@@ -362,7 +306,11 @@ class SplitWriter:
                 self._close_shard()
             if self._writer is None:
                 self._stack = ExitStack()
-                self._writer = TarShardWriter(self._stack.enter_context(storage.atomic_open(self.current_url)))
+                # Its exit is registered before its temporary exists: a Ctrl-C that lands between
+                # the two (enter_context leaves that gap) would leave the temporary behind.
+                shard = storage.atomic_open(self.current_url)
+                self._stack.push(shard)
+                self._writer = TarShardWriter(shard.__enter__())
                 self._bytes = 0
             self._writer.add_sample(result.key, result.members)
             self._bytes += size
@@ -586,8 +534,10 @@ def convert_shards(opts: ShardsOptions, echo: Callable[[str], None] = lambda s: 
     from tqdm import tqdm
 
     processed = 0
-    with _encoder(opts.workers) as encode, tqdm(total=total, initial=already, unit="sample", desc="shards",
-                                                 disable=not opts.progress, dynamic_ncols=True) as bar:
+    # The workers fork before the progress bar starts its monitor thread.
+    with WorkerPool(_encode_task, opts.workers) as pool, tqdm(total=total, initial=already, unit="sample",
+                                                              desc="shards", disable=not opts.progress,
+                                                              dynamic_ncols=True) as bar:
         for split in SPLITS:
             records, end = done[split]
             if end is not None:
@@ -598,12 +548,12 @@ def convert_shards(opts: ShardsOptions, echo: Callable[[str], None] = lambda s: 
             bar.set_postfix_str(split)
             tasks = ((e, opts.layout, split == "train") for e in plan.splits[split][start:])
             try:
-                for result in encode(tasks):
+                for result in pool.map(tasks):
                     writer.add(result)
                     processed += 1
                     bar.update(1)
                 end = writer.finish()
-            except BrokenProcessPool as exc:
+            except WorkerDied as exc:
                 writer.abort(exc)
                 raise ConvertError("a worker process died (killed by the system, out of memory?); the finished "
                                    "shards are kept: run again with --resume (and fewer --workers)") from exc

@@ -95,7 +95,7 @@ def clean(tree: Path, tmp_path_factory) -> tuple[Path, float]:
 # --- the converter killed and resumed ------------------------------------------------------------------
 
 def run_held_at_first_commit(tree: Path, out: Path, tmp_path: Path, act: Callable[[subprocess.Popen], None],
-                             *args: str, workers: int = 2) -> tuple[int, str]:
+                             workers: int = 2) -> tuple[int, str]:
     """Runs the converter, which waits after its first committed shard until `act(proc)` (a kill,
     a signal) has run: however late the test is scheduled, that reaches a run that is mid-way.
     Returns the exit status and stderr once every process of the job has ended."""
@@ -103,7 +103,7 @@ def run_held_at_first_commit(tree: Path, out: Path, tmp_path: Path, act: Callabl
     started: list[subprocess.Popen] = []
     gate = GatedTrace(trace, when=lambda text: True, act=lambda: act(started[0]))
     with open(log, "wb") as err:  # a file, not a pipe: a lingering worker cannot block the test
-        proc = subprocess.Popen(converter(tree, out, *args, workers=workers), cwd=REPO,
+        proc = subprocess.Popen(converter(tree, out, workers=workers), cwd=REPO,
                                 env=dict(os.environ, SEN12MS_TRACE_COMMITS=str(trace)), stdout=subprocess.DEVNULL,
                                 stderr=err, start_new_session=True)
     started.append(proc)
