@@ -29,6 +29,7 @@ from typing import Any, Callable
 import click
 
 from convert.encode import Encoded, Failed, encode_entry, tar_bytes
+from convert.interrupts import deferred_interrupt
 from convert.plan import UNASSIGNED, Part, Plan, PlanEntry, assign_scenes, build_plan, parse_part, parse_size
 from convert.stats import BandMoments, finish, merge
 from convert.workers import WorkerDied, WorkerPool
@@ -549,10 +550,12 @@ def convert_shards(opts: ShardsOptions, echo: Callable[[str], None] = lambda s: 
             tasks = ((e, opts.layout, split == "train") for e in plan.splits[split][start:])
             try:
                 for result in pool.map(tasks):
-                    writer.add(result)
+                    with deferred_interrupt():  # a shard is never left renamed but uncommitted
+                        writer.add(result)
                     processed += 1
                     bar.update(1)
-                end = writer.finish()
+                with deferred_interrupt():
+                    end = writer.finish()
             except WorkerDied as exc:
                 writer.abort(exc)
                 raise ConvertError("a worker process died (killed by the system, out of memory?); the finished "

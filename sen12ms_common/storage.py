@@ -276,8 +276,9 @@ def atomic_open(url: str, part_size: int | None = None) -> Iterator[BinaryIO]:
         target = Path(_local(url))
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        f = open(tmp, "wb")
-        try:
+        f = None
+        try:  # opened inside: a Ctrl-C right after the open still removes the temporary
+            f = open(tmp, "wb")
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -285,7 +286,8 @@ def atomic_open(url: str, part_size: int | None = None) -> Iterator[BinaryIO]:
             os.replace(tmp, target)
         except BaseException:
             try:
-                f.close()
+                if f is not None:
+                    f.close()
             except OSError:
                 pass  # on a full disk, flushing the rest fails again: the first error is the one to report
             tmp.unlink(missing_ok=True)
