@@ -96,7 +96,7 @@ def limit_repeat(root: str, modalities: tuple[str, ...] = ("s2", "s1")) -> Repea
     manifest = load_manifest(root)
     layout: SampleLayout = manifest.layout
     wanted = {layout.ext(m) for m in modalities}
-    if layout.codec == "lz4":
+    if layout.chunked:
         wanted |= {layout.sizes_ext(m) for m in modalities}
     shards = [(Path(root) / e.name, read_index(Path(root) / index_name(e.name))) for e in manifest.shards("train")]
     n, t0 = 0, time.perf_counter()

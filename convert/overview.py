@@ -217,7 +217,7 @@ def collect_shards(root: str, progress: bool = True) -> Collection:
     use_lc = "lc" in layout.modalities
     wanted = (LABEL_EXT, META_EXT)
     if use_lc:
-        wanted += (layout.ext("lc"),) + ((layout.sizes_ext("lc"),) if layout.codec == "lz4" else ())
+        wanted += (layout.ext("lc"),) + ((layout.sizes_ext("lc"),) if layout.chunked else ())
     shards = [(split, s) for split, entries in manifest.splits.items() for s in entries]
     patches: list[PatchInfo] = []
     problems: list[Problem] = []

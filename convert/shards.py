@@ -82,6 +82,7 @@ class ShardRecord:
     samples: int
     bytes: int
     sha256: str
+    xxh3_128: str
     stats: dict[str, list[float]]  # band -> [count, mean, M2] over the shard's samples (train)
     rejected: list[dict[str, str]]
     warnings: list[dict[str, str]]
@@ -329,7 +330,8 @@ class SplitWriter:
         # The position after the shard's last sample: the rejections before it belong to this shard.
         end = self.pos
         rec = ShardRecord(self.fingerprint, self.split, self.shard, name, self.start, end, shard_stats.samples,
-                          shard_stats.bytes, shard_stats.sha256, {k: list(v) for k, v in self._stats.items()},
+                          shard_stats.bytes, shard_stats.sha256, shard_stats.xxh3_128,
+                          {k: list(v) for k, v in self._stats.items()},
                           [asdict(r) for r in self._rejected], [asdict(w) for w in self._warnings])
         _write_json(_parts(self.out, _record_name(self.split, self.shard, self.part)), asdict(rec))
         self.records.append(rec)
@@ -594,7 +596,7 @@ def _finish(out: str, opts: ShardsOptions, plan: Plan,
     for split in SPLITS:
         records, end = done[split]
         assert end is not None
-        splits[split] = [ShardEntry(r.name, r.samples, r.bytes, r.sha256) for r in records]
+        splits[split] = [ShardEntry(r.name, r.samples, r.bytes, r.sha256, r.xxh3_128) for r in records]
         converted[split] = sum(r.samples for r in records)
         for r in records:
             merge(totals, {k: tuple(v) for k, v in r.stats.items()})  # type: ignore[misc]

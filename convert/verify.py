@@ -1,7 +1,7 @@
 """`python -m convert verify OUT`: prove a shard set is whole and decodes.
 
-Every shard named by the manifest is streamed once (never extracted): its sha256 and size are
-compared with the manifest, every sample is decoded with the shard format's decoder, sample
+Every shard named by the manifest is streamed once (never extracted): its size, sha256 and
+xxh3-128 are compared with the manifest, every sample is decoded with the shard format's decoder, sample
 counts are compared with the manifest and the DALI index file is compared with the member
 offsets actually found. A member whose name is a path, or that is not a regular file, makes
 the shard bad; nothing is ever written.
@@ -9,16 +9,16 @@ the shard bad; nothing is ever written.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import tarfile
 import time
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable
+from typing import Callable
 
 import click
 
-from sen12ms_common import storage
+from sen12ms_common import storage, tarstream
+from sen12ms_common.checksums import Digests
 from sen12ms_common.igbp import LabelError, check_probability
 from sen12ms_common.manifest import SPLITS, Manifest, ManifestError, ShardEntry, load_manifest
 from sen12ms_common.patches import PatchNameError, parse_patch
@@ -33,24 +33,12 @@ class ShardError(Exception):
     """A bad shard; the message names the shard (and the sample where there is one)."""
 
 
-class _HashingReader:
-    """A read-only stream that hashes and counts what passes through it."""
+class _AllExts:
+    def __contains__(self, ext: object) -> bool:
+        return True
 
-    def __init__(self, raw: BinaryIO, on_bytes: Callable[[int], None]) -> None:
-        self._raw, self._on_bytes = raw, on_bytes
-        self.sha256, self.bytes = hashlib.sha256(), 0
 
-    def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n)
-        self.sha256.update(data)
-        self.bytes += len(data)
-        self._on_bytes(len(data))
-        return data
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
-
+_ALL = _AllExts()  # verify reads every member
 
 def _check_sample(key: str, members: dict[str, bytes], layout: SampleLayout, expected: tuple[str, ...]) -> None:
     try:
@@ -74,13 +62,6 @@ def _check_sample(key: str, members: dict[str, bytes], layout: SampleLayout, exp
     if not isinstance(meta, dict) or (meta.get("season"), meta.get("scene"), meta.get("patch")) != (
             pid.season, pid.scene, pid.patch):
         raise ShardFormatError("member .json does not name this patch")
-
-
-def _safe_member(info: tarfile.TarInfo) -> None:
-    name = info.name
-    check_member_name(name)
-    if not info.isreg():
-        raise ShardFormatError(f"member {name!r} is not a regular file")
 
 
 def verify_shard(root: str, entry: ShardEntry, layout: SampleLayout, seen: dict[str, str],
@@ -108,45 +89,46 @@ def verify_shard(root: str, entry: ShardEntry, layout: SampleLayout, seen: dict[
         samples += 1
         last_key = key
 
-    key, members, entries = "", {}, []
+    offsets: dict[str, tuple[int, int]] = {}
+    digests = Digests()
+    reading = ""  # the sample whose members are being read
+
+    def seen_bytes(data: memoryview) -> None:
+        digests.update(data)
+        on_bytes(len(data))
+
+    def seen_member(name: str, at: int, size: int) -> None:
+        nonlocal reading
+        offsets[name] = (at, size)
+        reading = tarstream.split_name(name)[0]
+
     try:
         with storage.open_read(url) as raw:
-            reader = _HashingReader(raw, on_bytes)
-            with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
-                for info in tar:
-                    try:
-                        _safe_member(info)
-                    except ShardFormatError as exc:
-                        after = f" (after sample {key or last_key})" if key or last_key else ""
-                        raise ShardError(f"{entry.name}: {exc}{after}") from None
-                    k, _, ext = info.name.partition(".")
-                    if k != key:
-                        if key:
-                            flush(key, members)
-                            index.append(entries)
-                        key, members, entries = k, {}, []
-                    if ext in members:
-                        raise ShardError(f"{entry.name}: sample {k}: member .{ext} appears twice")
-                    f = tar.extractfile(info)
-                    members[ext] = f.read() if f is not None else b""
-                    entries.append((ext, info.offset_data, info.size, info.name))
-                if key:
-                    flush(key, members)
-                    index.append(entries)
-            reader.drain()
+            for key, members in tarstream.iter_samples(raw, _ALL, check_name=check_member_name, on_bytes=seen_bytes,
+                                                       drain=True, strict=True, max_size=layout.member_limit(),
+                                                       on_member=seen_member):
+                flush(key, members)
+                index.append([(ext, *offsets.pop(f"{key}.{ext}"), f"{key}.{ext}") for ext in members])
+    except ShardError:
+        raise
+    except tarstream.EndWithoutMarker:
+        pass  # cut between two samples: the sample count below names where
+    except ValueError as exc:  # a member name that is a path, a member twice
+        after = f" (after sample {reading})" if reading else ""
+        raise ShardError(f"{entry.name}: {exc}{after}") from None
     except (tarfile.TarError, EOFError, OSError) as exc:
-        where = f"sample {key}" if key else "first sample"
+        where = f"sample {reading}" if reading else "first sample"
         raise ShardError(f"{entry.name}: {where}: damaged or truncated tar ({exc})") from None
 
     if samples != entry.samples:
         after = f"after sample {last_key}" if last_key else "before its first sample"
         raise ShardError(f"{entry.name}: holds {samples} samples, the manifest says {entry.samples} "
                          f"(tar ends {after}: truncated or damaged)")
-    if reader.bytes != entry.bytes:
-        raise ShardError(f"{entry.name}: {reader.bytes} bytes, the manifest says {entry.bytes}")
-    digest = reader.sha256.hexdigest()
-    if digest != entry.sha256:
-        raise ShardError(f"{entry.name}: sha256 {digest[:12]}... does not match the manifest ({entry.sha256[:12]}...)")
+    if digests.bytes != entry.bytes:
+        raise ShardError(f"{entry.name}: {digests.bytes} bytes, the manifest says {entry.bytes}")
+    for what, got, want in (("sha256", digests.sha256, entry.sha256), ("xxh3-128", digests.fast, entry.xxh3_128)):
+        if got != want:
+            raise ShardError(f"{entry.name}: {what} {got[:12]}... does not match the manifest ({want[:12]}...)")
     idx_url = storage.join(root, entry.index)
     if not storage.exists(idx_url):
         raise ShardError(f"{entry.index}: missing (the DALI index of {entry.name})")
@@ -215,5 +197,5 @@ def verify(out: str, progress: bool) -> None:
         more = f" (and {len(result.errors) - 1} more bad shard(s), listed above)" if len(result.errors) > 1 else ""
         raise click.ClickException(f"verification failed: {result.errors[0]}{more}")
     click.echo(f"OK: {result.shards} shards, {result.samples} samples, {result.bytes / 1e6:.1f} MB in {out}: "
-               f"sha256, decoding, sample counts and index files match the manifest ({result.seconds:.1f} s)")
+               f"checksums, decoding, sample counts and index files match the manifest ({result.seconds:.1f} s)")
 

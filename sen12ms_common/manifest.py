@@ -1,13 +1,12 @@
 """The manifest and report of a shard set, and checksums.
 
 `OUT/manifest.json` describes a converted shard set completely: format version and layout,
-shards per split with sample counts, byte sizes and sha256, label schemes and per-band
+shards per split with sample counts, byte sizes, sha256 and xxh3-128, label schemes and per-band
 statistics over the train split. `OUT/report.json` lists every input that was not converted.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
@@ -15,7 +14,8 @@ from typing import Any, Iterable
 from . import storage
 from .bands import OFFICIAL_MEAN, OFFICIAL_STD
 from .igbp import IGBP_NAMES, SIMPLE_NAMES, SIMPLE_OF_FULL
-from .shardformat import FORMAT_VERSION, SampleLayout
+from .checksums import FAST, digests_of
+from .shardformat import FORMAT_VERSION, SampleLayout, ShardFormatError, check_version
 
 MANIFEST_NAME = "manifest.json"
 REPORT_NAME = "report.json"
@@ -41,6 +41,7 @@ class ShardEntry:
     samples: int
     bytes: int
     sha256: str
+    xxh3_128: str
 
     @property
     def index(self) -> str:
@@ -86,10 +87,13 @@ class Manifest:
     def from_dict(cls, d: dict[str, Any]) -> "Manifest":
         try:
             version = int(d["format_version"])
-            if version != FORMAT_VERSION:
-                raise ManifestError(f"format version {version} is not supported (this toolbox reads {FORMAT_VERSION})")
+            try:
+                check_version(version)
+            except ShardFormatError as exc:
+                raise ManifestError(str(exc)) from None
             splits = {
-                split: [ShardEntry(s["name"], int(s["samples"]), int(s["bytes"]), s["sha256"]) for s in v["shards"]]
+                split: [ShardEntry(s["name"], int(s["samples"]), int(s["bytes"]), s["sha256"], s[FAST])
+                        for s in v["shards"]]
                 for split, v in d["splits"].items()
             }
             for e in (e for entries in splits.values() for e in entries):
@@ -133,12 +137,11 @@ def official_stats() -> dict[str, dict[str, float]]:
     return {b: {"mean": OFFICIAL_MEAN[b], "std": OFFICIAL_STD[b]} for b in OFFICIAL_MEAN}
 
 
-def sha256_of(url: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def checksums_of(url: str) -> dict[str, str]:
+    """The manifest's checksums of a shard file: {"sha256": ..., "xxh3_128": ...}."""
     with storage.open_read(url) as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+        d = digests_of(f)
+    return {"sha256": d.sha256, FAST: d.fast}
 
 
 @dataclass(frozen=True)

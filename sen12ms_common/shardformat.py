@@ -1,29 +1,15 @@
 """THE shard sample format: member names, codecs, S1 quantisation, tar layout, DALI index.
 
-The converter, the webdataset reader, the DALI reader and `verify` all follow this module, so a
-change of codec or member layout is one edit here. docs/FORMAT.md describes the same in prose.
-
-A sample is a group of tar members sharing the key `ROIs1158_spring_s2_1_p30` (the S2 stem):
-
-- `<key>.s2.<c>`: S2, uint16, (13, 256, 256), bands in file order, lossless.
-- `<key>.s1.<c>`: S1, uint16, (2, 256, 256): dB with NaN -> 0, clipped to [-25, 0], linearly
-  quantised, q = round((x + 25) / 25 * 65535); x = q * 25 / 65535 - 25 (error <= half a step).
-- `<key>.lc.<c>`: land cover, uint8, (4, 256, 256) (IGBP, LCCS LC, LCCS LU, LCCS SH), if asked.
-- `<key>.label.f32`: the 17-class IGBP probability vector, float32 little-endian, uncompressed.
-- `<key>.json`: season, scene, patch, CRS, transform and the probability label.
-
-`<c>` is the codec: `raw` (plain little-endian C-order bytes), `zst` (one zstd frame; uint16
-arrays are byte-shuffled first: all low bytes, then all high bytes) or `lz4` (each band a raw
-LZ4 block, concatenated, with the int32 compressed sizes of the blocks in `<key>.<m>.lz4sizes`,
-the layout DALI's GPU `inflate` takes as chunks).
+The converter, the loaders and `verify` all follow this module (band codecs in `codecs`);
+docs/FORMAT.md describes the same in prose, byte by byte.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import tarfile
+import threading
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any, BinaryIO, Iterable, Mapping
@@ -31,9 +17,10 @@ from typing import Any, BinaryIO, Iterable, Mapping
 import numpy as np
 
 from .bands import MODALITY_BANDS, PATCH_SIZE
+from .checksums import HashingWriter
+from .codecs import CHUNKED, CODECS, BandDecoder, CodecError, chunk_offsets, encode_band
 
-FORMAT_VERSION = 1
-CODECS: tuple[str, ...] = ("zstd", "lz4", "none")
+FORMAT_VERSION = 2
 CODEC_SUFFIX: dict[str, str] = {"zstd": "zst", "lz4": "lz4", "none": "raw"}
 DEFAULT_LEVEL: dict[str, int] = {"zstd": 3, "lz4": 0, "none": 0}
 STORED_DTYPE: dict[str, str] = {"s1": "uint16", "s2": "uint16", "lc": "uint8"}
@@ -78,8 +65,13 @@ class SampleLayout:
     def ext(self, modality: str) -> str:
         return f"{modality}.{CODEC_SUFFIX[self.codec]}"
 
+    @property
+    def chunked(self) -> bool:
+        """One chunk per band (zstd frames, LZ4 blocks) with their sizes in `sizes_ext`."""
+        return self.codec in CHUNKED
+
     def sizes_ext(self, modality: str) -> str:
-        return f"{modality}.lz4sizes"
+        return f"{modality}.{CODEC_SUFFIX[self.codec]}sizes"
 
     def shape(self, modality: str) -> tuple[int, int, int]:
         return (len(MODALITY_BANDS[modality]), self.size, self.size)
@@ -93,9 +85,15 @@ class SampleLayout:
 
     def member_exts(self) -> tuple[str, ...]:
         exts = [self.ext(m) for m in self.modalities]
-        if self.codec == "lz4":
+        if self.chunked:
             exts += [self.sizes_ext(m) for m in self.modalities]
         return tuple(sorted(exts + [LABEL_EXT, META_EXT]))
+
+    def member_limit(self) -> int:
+        """The most bytes a member of this layout can hold (a compressed band can exceed its raw
+        size by a little); a tar header declaring more is refused before anything is read."""
+        most = max(self.nbytes(m) for m in self.modalities)
+        return most + most // 64 + 64 * max(len(MODALITY_BANDS[m]) for m in self.modalities) + 4096
 
     def to_dict(self) -> dict[str, Any]:
         members = {
@@ -106,7 +104,7 @@ class SampleLayout:
                 "shape": list(self.shape(m)),
                 "bands": list(MODALITY_BANDS[m]),
                 **({"chunk_sizes_ext": self.sizes_ext(m), "chunk_shape": list(self.shape(m)[1:])}
-                   if self.codec == "lz4" else {}),
+                   if self.chunked else {}),
                 **({"quantisation": {"min_db": S1_MIN_DB, "max_db": S1_MAX_DB, "levels": S1_LEVELS,
                                      "decode": "x_db = q * (max_db - min_db) / levels + min_db"}}
                    if m == "s1" else {}),
@@ -123,10 +121,18 @@ class SampleLayout:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SampleLayout":
         version = int(d.get("version", 0))
-        if version != FORMAT_VERSION:
-            raise ShardFormatError(f"shard format version {version} is not supported (this toolbox reads {FORMAT_VERSION})")
+        check_version(version)
         return cls(codec=d["codec"], level=int(d["level"]), byte_shuffle=bool(d["byte_shuffle"]),
                    modalities=tuple(d["modalities"]), size=int(d["size"]), version=version)
+
+
+def check_version(version: int) -> None:
+    if version == 1:
+        raise ShardFormatError("these shards are of format version 1, which stored each zstd array as one frame; "
+                               f"this toolbox reads version {FORMAT_VERSION} (a frame per band): re-convert them "
+                               "with `python -m convert shards`")
+    if version != FORMAT_VERSION:
+        raise ShardFormatError(f"shard format version {version} is not supported (this toolbox reads {FORMAT_VERSION})")
 
 
 # --- S1 quantisation -------------------------------------------------------------------------
@@ -151,38 +157,7 @@ def dequantize_s1(q: np.ndarray, dtype: type = np.float32) -> np.ndarray:
     return (np.asarray(q, dtype=np.float64) * S1_STEP + S1_MIN_DB).astype(dtype)
 
 
-# --- codecs ------------------------------------------------------------------------------------
-
-@lru_cache(maxsize=8)
-def _zstd_compressor(level: int):
-    import zstandard
-
-    # Single-threaded and with a frame checksum: the bytes are the same for any worker count and
-    # a damaged member fails to decode instead of yielding wrong pixels.
-    return zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=True, threads=0)
-
-
-@lru_cache(maxsize=1)
-def _zstd_decompressor():
-    import zstandard
-
-    return zstandard.ZstdDecompressor()
-
-
-def shuffle_bytes(arr: np.ndarray) -> bytes:
-    """uint16 array -> all its low bytes, then all its high bytes."""
-    le = np.ascontiguousarray(arr, dtype="<u2")
-    return le.view(np.uint8).reshape(-1, 2).T.tobytes()
-
-
-def unshuffle_bytes(data: bytes | memoryview, count: int) -> np.ndarray:
-    """Inverse of `shuffle_bytes`: `count` uint16 values (1-D, little-endian)."""
-    planes = np.frombuffer(data, dtype=np.uint8, count=2 * count).reshape(2, count)
-    out = np.empty((count, 2), dtype=np.uint8)
-    out[:, 0] = planes[0]
-    out[:, 1] = planes[1]
-    return out.reshape(-1).view("<u2")
-
+# --- arrays ------------------------------------------------------------------------------------
 
 def encode_array(arr: np.ndarray, modality: str, layout: SampleLayout) -> dict[str, bytes]:
     """Encode one stored array (already in its stored dtype) into its member(s)."""
@@ -190,57 +165,54 @@ def encode_array(arr: np.ndarray, modality: str, layout: SampleLayout) -> dict[s
     a = np.ascontiguousarray(arr, dtype=dtype)
     if a.shape != shape:
         raise ShardFormatError(f"{modality} array has shape {a.shape}, expected {shape}")
-    if layout.codec == "none":
+    if not layout.chunked:
         return {layout.ext(modality): a.tobytes()}
-    if layout.codec == "zstd":
-        raw = shuffle_bytes(a) if (layout.byte_shuffle and dtype.itemsize == 2) else a.tobytes()
-        return {layout.ext(modality): _zstd_compressor(layout.level).compress(raw)}
-    import lz4.block
-
-    blocks = [lz4.block.compress(band.tobytes(), mode="default", store_size=False) for band in a]
-    sizes = np.array([len(b) for b in blocks], dtype="<i4")
-    return {layout.ext(modality): b"".join(blocks), layout.sizes_ext(modality): sizes.tobytes()}
+    chunks = [encode_band(band, layout.codec, layout.level, layout.byte_shuffle) for band in a]
+    sizes = np.array([len(c) for c in chunks], dtype="<i4")
+    return {layout.ext(modality): b"".join(chunks), layout.sizes_ext(modality): sizes.tobytes()}
 
 
-def decode_array(members: Mapping[str, bytes], modality: str, layout: SampleLayout) -> np.ndarray:
-    """Decode one stored array from a sample's members (uint16 / uint8, shape (C, H, W))."""
-    shape, dtype, nbytes = layout.shape(modality), layout.dtype(modality), layout.nbytes(modality)
+def decode_bands_into(members: Mapping[str, bytes | memoryview], modality: str, layout: SampleLayout,
+                      picks: Iterable[tuple[int, np.ndarray]], decoder: BandDecoder) -> None:
+    """Decode the bands `picks` lists as (band index, destination (H, W) array), nothing else."""
     ext = layout.ext(modality)
-    if ext not in members:
+    data = members.get(ext)
+    if data is None:
         raise ShardFormatError(f"member .{ext} is missing")
-    data = members[ext]
+    n_bands, stored = layout.shape(modality)[0], layout.dtype(modality)
+    band_bytes = layout.nbytes(modality) // n_bands
     try:
-        if layout.codec == "none":
-            raw = data
-        elif layout.codec == "zstd":
-            raw = _zstd_decompressor().decompress(data, max_output_size=nbytes)
-        else:
-            raw = _lz4_decode(data, members.get(layout.sizes_ext(modality)), shape, dtype.itemsize)
-    except Exception as exc:  # zstandard / lz4 raise their own error types on damaged input
-        raise ShardFormatError(f"member .{ext} does not decompress ({exc})") from exc
-    if len(raw) != nbytes:
-        raise ShardFormatError(f"member .{ext} holds {len(raw)} bytes, expected {nbytes}")
-    if layout.byte_shuffle and dtype.itemsize == 2:
-        flat = unshuffle_bytes(raw, nbytes // 2)
-    else:
-        flat = np.frombuffer(raw, dtype=dtype)
-    return flat.reshape(shape)
+        if layout.chunked:
+            sizes = members.get(layout.sizes_ext(modality))
+            if sizes is None:
+                raise CodecError(f"its chunk sizes member .{layout.sizes_ext(modality)} is missing")
+            offsets = chunk_offsets(sizes, n_bands, len(data))
+        elif len(data) != n_bands * band_bytes:
+            raise CodecError(f"holds {len(data)} bytes, expected {n_bands * band_bytes}")
+        for band, dst in picks:
+            if layout.chunked:
+                chunk = data[int(offsets[band]):int(offsets[band + 1])]
+            else:
+                chunk = data[band * band_bytes:(band + 1) * band_bytes]
+            decoder.decode_into(chunk, layout.codec, dst, stored, layout.byte_shuffle)
+    except CodecError as exc:
+        raise ShardFormatError(f"member .{ext} {exc}") from None
 
 
-def _lz4_decode(data: bytes, sizes_raw: bytes | None, shape: tuple[int, ...], itemsize: int) -> bytes:
-    import lz4.block
+_decoders = threading.local()  # a zstd context is not thread-safe: one per thread
 
-    if sizes_raw is None:
-        raise ValueError("its chunk sizes member is missing")
-    sizes = np.frombuffer(sizes_raw, dtype="<i4")
-    if sizes.size != shape[0] or np.any(sizes < 0) or int(sizes.sum()) != len(data):
-        raise ValueError("its chunk sizes do not match its length")
-    band_bytes = shape[1] * shape[2] * itemsize
-    out, pos = [], 0
-    for n in sizes.tolist():
-        out.append(lz4.block.decompress(data[pos:pos + n], uncompressed_size=band_bytes))
-        pos += n
-    return b"".join(out)
+
+def _decoder() -> BandDecoder:
+    if not hasattr(_decoders, "one"):
+        _decoders.one = BandDecoder()
+    return _decoders.one
+
+
+def decode_array(members: Mapping[str, bytes | memoryview], modality: str, layout: SampleLayout) -> np.ndarray:
+    """Decode one stored array from a sample's members (uint16 / uint8, shape (C, H, W))."""
+    out = np.empty(layout.shape(modality), dtype=layout.dtype(modality))
+    decode_bands_into(members, modality, layout, enumerate(out), _decoder())
+    return out
 
 
 # --- whole samples ---------------------------------------------------------------------------
@@ -307,25 +279,12 @@ def check_member_name(name: str) -> None:
         raise ShardFormatError(f"member name {name!r} is a path (shards hold flat <key>.<ext> members)")
 
 
-class _HashingWriter:
-    def __init__(self, f: BinaryIO) -> None:
-        self._f, self.sha256, self.bytes = f, hashlib.sha256(), 0
-
-    def write(self, b: bytes) -> int:
-        self._f.write(b)
-        self.sha256.update(b)
-        self.bytes += len(b)
-        return len(b)
-
-    def tell(self) -> int:
-        return self.bytes
-
-
 @dataclass
 class ShardStats:
     samples: int = 0
     bytes: int = 0
     sha256: str = ""
+    xxh3_128: str = ""
     index: list[list[tuple[str, int, int, str]]] = field(default_factory=list)
 
 
@@ -337,7 +296,7 @@ class TarShardWriter:
     """
 
     def __init__(self, fileobj: BinaryIO) -> None:
-        self._out = _HashingWriter(fileobj)
+        self._out = HashingWriter(fileobj)
         self._tar = tarfile.open(fileobj=self._out, mode="w", format=tarfile.USTAR_FORMAT)
         self.stats = ShardStats()
 
@@ -359,8 +318,8 @@ class TarShardWriter:
 
     def close(self) -> ShardStats:
         self._tar.close()
-        self.stats.bytes = self._out.bytes
-        self.stats.sha256 = self._out.sha256.hexdigest()
+        d = self._out.digests
+        self.stats.bytes, self.stats.sha256, self.stats.xxh3_128 = d.bytes, d.sha256, d.fast
         return self.stats
 
 

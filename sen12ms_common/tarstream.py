@@ -1,17 +1,11 @@
-"""Walk the samples of a tar stream in large reads.
+"""Walk the samples of a tar stream, with bounded memory.
 
-Python's `tarfile` in stream mode (what webdataset's tar iterator uses) reads 10 KiB at a time and
-joins the pieces of every member again; on a shard of 1 MB samples that costs more than
-decompressing them. Here the stream is read in chunks of `chunk` bytes (a member larger than what
-is buffered is read straight into its own buffer), every byte is handed to `on_bytes` once (to
-hash it, for instance), headers are parsed by `tarfile.TarInfo.frombuf`, and members come out as
-read-only memoryviews, without a copy where they lie inside one chunk. Grouping follows webdataset's convention: the key
-of `a.b.c` is `a`, its extension `b.c` (lower-cased).
-
-Supported: ustar, GNU and pax archives of regular files (the GNU long names and pax `path`
-records of other writers are honoured); directories, links and other entries are skipped. The
-archive ends at its first zero block; what follows is read (and handed to `on_bytes`) but not
-parsed. Damage ends in `tarfile.ReadError` (or the `ValueError` of `check_name`) with the offset.
+Each member is read straight into a buffer of the caller's (`alloc`: reused memory), every byte
+is handed to `on_bytes` once (to hash it), members come out as read-only memoryviews. Grouping
+follows webdataset's convention: the key of `a.b.c` is `a`, its extension `b.c` (lower-cased).
+Regular files of ustar, GNU and pax archives are read; other entries are skipped; a declared
+size above the caller's limit is refused before anything is allocated. Damage ends in
+`tarfile.ReadError` with the offset.
 """
 
 from __future__ import annotations
@@ -23,27 +17,45 @@ import numpy as np
 
 BLOCK = tarfile.BLOCKSIZE
 _FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
+EXTENDED_HEADER_LIMIT = 1 << 20  # a GNU long name or pax header larger than this is damage
+_CHKSUM = slice(148, 156)
+
+
+class EndWithoutMarker(tarfile.ReadError):
+    """The stream ended between two members, without the end-of-archive blocks (a cut tar)."""
+
+
+def _ustar_file(header: bytes) -> tuple[str, int] | None:
+    """(name, size) of a plain POSIX ustar regular-file header with a valid checksum, parsed
+    in a few microseconds (what this toolbox writes); None: let `TarInfo.frombuf` decide."""
+    if header[257:265] != b"ustar\x0000" or header[156:157] not in (b"0", b"\0") or header[345] != 0:
+        return None
+    try:
+        size = int(header[124:136].rstrip(b"\0 ") or b"0", 8)
+        chksum = int(header[_CHKSUM].rstrip(b"\0 ") or b"0", 8)
+    except ValueError:
+        return None
+    if chksum != sum(header) - sum(header[_CHKSUM]) + 8 * 32 or size < 0:
+        return None
+    return header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape"), size
+
+
+def _fresh(n: int) -> memoryview:
+    return memoryview(np.empty(n, dtype=np.uint8))  # not zero-filled, unlike bytearray
 
 
 class _Blocks:
-    """Exact byte counts from a stream: small pieces are zero-copy views of one `chunk`-byte
-    read, a piece larger than what is buffered is read straight into its own buffer."""
+    """Exact byte counts from a stream, read straight into buffers from `alloc` (a member costs
+    one copy from the page cache or the network); every byte is handed to `on_bytes` once."""
 
-    def __init__(self, f: BinaryIO, chunk: int, on_bytes: Callable[[memoryview], None] | None) -> None:
-        self.f, self.chunk, self.on_bytes = f, chunk, on_bytes
+    SCRATCH = 1 << 20
+
+    def __init__(self, f: BinaryIO, alloc: Callable[[int], memoryview] | None,
+                 on_bytes: Callable[[memoryview], None] | None) -> None:
+        self.f, self.alloc, self.on_bytes = f, alloc or _fresh, on_bytes
         self.readinto = getattr(f, "readinto", None)
-        self.buf, self.pos = memoryview(b""), 0
-        self.offset = 0  # stream offset of buf[pos]
-
-    def _seen(self, data: memoryview) -> None:
-        if self.on_bytes is not None:
-            self.on_bytes(data)
-
-    def _refill(self) -> bool:
-        data = self.f.read(self.chunk)
-        self.buf, self.pos = memoryview(data), 0
-        self._seen(self.buf)
-        return bool(data)
+        self.offset = 0  # stream offset of the next byte
+        self._scratch: memoryview | None = None
 
     def _into(self, out: memoryview) -> int:
         """Fill `out` from the stream; returns the bytes filled (fewer only at the end)."""
@@ -57,52 +69,42 @@ class _Blocks:
                 out[got:got + k] = data
             if not k:
                 break
-            self._seen(out[got:got + k])
+            if self.on_bytes is not None:
+                self.on_bytes(out[got:got + k])
             got += k
+        self.offset += got
         return got
+
+    def header(self) -> bytes | None:
+        """The next 512-byte block; None if the stream ends first."""
+        out = memoryview(bytearray(BLOCK))
+        return out.tobytes() if self._into(out) == BLOCK else None
 
     def take(self, n: int) -> memoryview | None:
         """A read-only view of the next n bytes; None if the stream ends first."""
-        have = len(self.buf) - self.pos
-        if have >= n:
-            out = self.buf[self.pos:self.pos + n]
-            self.pos += n
-            self.offset += n
-            return out
-        out = memoryview(np.empty(n, dtype=np.uint8)).cast("B")  # not zero-filled, unlike bytearray
-        out[:have] = self.buf[self.pos:]
-        got = have
-        self.buf, self.pos = memoryview(b""), 0
-        if n - got >= self.chunk:
-            got += self._into(out[got:])
-        else:
-            while got < n and self._refill():
-                k = min(n - got, len(self.buf))
-                out[got:got + k] = self.buf[:k]
-                self.pos = k
-                got += k
-        if got < n:
-            return None
-        self.offset += n
-        return out.toreadonly()
+        out = self.alloc(n)
+        return out.toreadonly() if self._into(out) == n else None
 
     def skip(self, n: int) -> bool:
         """Pass over n bytes (still handed to on_bytes); False if the stream ends first."""
+        if self.on_bytes is None and n and self.f.seekable():
+            size = self.f.seek(0, 2)
+            end = self.f.seek(min(self.offset + n, size))
+            moved, self.offset = end - self.offset, end
+            return moved == n
+        if self._scratch is None:
+            self._scratch = _fresh(self.SCRATCH)
         left = n
-        while True:
-            have = len(self.buf) - self.pos
-            if have >= left:
-                self.pos += left
-                self.offset += n
-                return True
-            left -= have
-            if not self._refill():
+        while left:
+            k = min(left, self.SCRATCH)
+            if self._into(self._scratch[:k]) < k:
                 return False
+            left -= k
+        return True
 
     def drain(self) -> None:
-        while self._refill():
+        while self.skip(self.SCRATCH):
             pass
-        self.buf = memoryview(b"")
 
 
 def _pax_path(data: bytes) -> str | None:
@@ -121,28 +123,41 @@ def _pax_path(data: bytes) -> str | None:
 
 
 def iter_members(f: BinaryIO, wanted: Callable[[str], bool], *, check_name: Callable[[str], None] | None = None,
-                 chunk: int = 1 << 20, on_bytes: Callable[[memoryview], None] | None = None,
-                 drain: bool = False) -> Iterator[tuple[str, memoryview | None]]:
+                 alloc: Callable[[int], memoryview] | None = None,
+                 on_bytes: Callable[[memoryview], None] | None = None,
+                 drain: bool = False, max_size: int | None = None, strict: bool = False,
+                 on_member: Callable[[str, int, int], None] | None = None) -> Iterator[tuple[str, memoryview | None]]:
     """(name, data) of every regular file in the archive; data (a read-only memoryview) is None
-    where `wanted(name)` is false.
+    where `wanted(name)` is false; `alloc(n)` gives the buffer a member is read into (default:
+    a fresh one).
 
-    `check_name` sees every entry name first (and may raise). With `drain`, the stream is read to
-    its end after the archive's end (so that `on_bytes` sees every byte)."""
-    blocks = _Blocks(f, chunk, on_bytes)
+    `check_name` sees every entry name first (and may raise); a wanted member declaring more than
+    `max_size` bytes is refused; `strict`: an entry that is not a regular file is an error, not
+    skipped; `on_member(name, data offset, size)` sees every regular file. With `drain`, the
+    stream is read to its end after the archive's end (so that `on_bytes` sees every byte)."""
+    blocks = _Blocks(f, alloc, on_bytes)
     long_name: str | None = None
     while True:
         at = blocks.offset
-        header = blocks.take(BLOCK)
-        if header is None:
-            raise tarfile.ReadError(f"unexpected end of data at byte {at} (no end-of-archive marker)")
+        raw = blocks.header()
+        if raw is None:
+            raise EndWithoutMarker(f"unexpected end of data at byte {at} (no end-of-archive marker)")
+        plain = _ustar_file(raw) if long_name is None else None
+        if plain is not None:
+            name, size = plain
+            yield from _member(blocks, name, size, at, wanted, check_name, max_size, on_member)
+            continue
         try:
-            info = tarfile.TarInfo.frombuf(header.tobytes(), "utf-8", "surrogateescape")
+            info = tarfile.TarInfo.frombuf(raw, "utf-8", "surrogateescape")
         except tarfile.EOFHeaderError:
             break
         except tarfile.HeaderError as exc:
             raise tarfile.ReadError(f"bad tar header at byte {at} ({exc})") from None
         padded = -(-info.size // BLOCK) * BLOCK
         if info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE, tarfile.XGLTYPE):
+            if info.size > EXTENDED_HEADER_LIMIT:
+                raise tarfile.ReadError(f"extended header of {info.size} bytes at byte {at} "
+                                        f"(more than {EXTENDED_HEADER_LIMIT})")
             data = blocks.take(padded)
             if data is None:
                 raise tarfile.ReadError(f"unexpected end of data in the extended header at byte {at}")
@@ -156,23 +171,39 @@ def iter_members(f: BinaryIO, wanted: Callable[[str], bool], *, check_name: Call
             continue
         name = long_name if long_name is not None else info.name
         long_name = None
-        if check_name is not None:
-            check_name(name)
         if info.type not in _FILE_TYPES:
+            if check_name is not None:
+                check_name(name)
+            if strict:
+                raise tarfile.ReadError(f"member {name!r} is not a regular file")
             if not blocks.skip(padded):
                 raise tarfile.ReadError(f"unexpected end of data in {name!r} at byte {at}")
             continue
-        if wanted(name):
-            data = blocks.take(padded)
-            if data is None:
-                raise tarfile.ReadError(f"unexpected end of data in {name!r} at byte {at}")
-            yield name, data[:info.size] if padded != info.size else data
-        else:
-            if not blocks.skip(padded):
-                raise tarfile.ReadError(f"unexpected end of data in {name!r} at byte {at}")
-            yield name, None
+        yield from _member(blocks, name, info.size, at, wanted, check_name, max_size, on_member)
     if drain:
         blocks.drain()
+
+
+def _member(blocks: _Blocks, name: str, size: int, at: int, wanted: Callable[[str], bool],
+            check_name: Callable[[str], None] | None, max_size: int | None,
+            on_member: Callable[[str, int, int], None] | None) -> Iterator[tuple[str, memoryview | None]]:
+    if check_name is not None:
+        check_name(name)
+    if on_member is not None:
+        on_member(name, at + BLOCK, size)
+    padded = -(-size // BLOCK) * BLOCK
+    if not wanted(name):
+        if not blocks.skip(padded):
+            raise tarfile.ReadError(f"unexpected end of data in {name!r} at byte {at}")
+        yield name, None
+        return
+    if max_size is not None and size > max_size:
+        raise tarfile.ReadError(f"{name!r} at byte {at} declares {size} bytes, more than a member can hold "
+                                f"({max_size})")
+    data = blocks.take(padded)
+    if data is None:
+        raise tarfile.ReadError(f"unexpected end of data in {name!r} at byte {at}")
+    yield name, data[:size] if padded != size else data
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -193,16 +224,21 @@ def iter_samples(f: BinaryIO, wanted_exts: frozenset[str] | set[str], **kw
     key: str | None = None
     members: dict[str, memoryview] = {}
     seen: set[str] = set()
-    for name, data in iter_members(f, lambda n: split_name(n)[1] in wanted_exts, **kw):
-        k, ext = split_name(name)
-        if k != key:
-            if key is not None:
-                yield key, members
-            key, members, seen = k, {}, set()
-        if ext in seen:
-            raise ValueError(f"{name}: the sample {k} holds {ext} twice")
-        seen.add(ext)
-        if data is not None:
-            members[ext] = data
+    try:
+        for name, data in iter_members(f, lambda n: split_name(n)[1] in wanted_exts, **kw):
+            k, ext = split_name(name)
+            if k != key:
+                if key is not None:
+                    yield key, members
+                key, members, seen = k, {}, set()
+            if ext in seen:
+                raise ValueError(f"{name}: the sample {k} holds {ext} twice")
+            seen.add(ext)
+            if data is not None:
+                members[ext] = data
+    except EndWithoutMarker:
+        if key is not None:  # the last sample read before the cut, then the cut
+            yield key, members
+        raise
     if key is not None:
         yield key, members

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from convert.cli import cli
-from sen12ms_common.manifest import load_manifest, sha256_of
+from sen12ms_common.manifest import checksums_of, load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 REFUSED = "which is not a container, string, number or numpy array"
@@ -117,7 +117,7 @@ def inject(out: Path, name: str) -> tuple[str, str, str]:
                 evil.size = len(payload)
                 dst.addfile(evil, io.BytesIO(payload))
     shard.write_bytes(buf.getvalue())
-    entry.update(bytes=shard.stat().st_size, sha256=sha256_of(str(shard)))
+    entry.update(bytes=shard.stat().st_size, **checksums_of(str(shard)))
     (out / "manifest.json").write_text(json.dumps(manifest))
     return split, entry["name"], first
 
@@ -250,7 +250,7 @@ def test_shards_that_do_not_match_the_manifest_refuse_to_train_unless_no_verify(
         shutil.copytree(sample_shards, shards)
     i, victim = first_train_shard(wrong_hash)
     manifest = json.loads((wrong_hash / "manifest.json").read_text())
-    manifest["splits"]["train"]["shards"][i]["sha256"] = "0" * 64  # same bytes, another hash
+    manifest["splits"]["train"]["shards"][i]["xxh3_128"] = "0" * 32  # same bytes, another checksum
     (wrong_hash / "manifest.json").write_text(json.dumps(manifest))
     with open(wrong_size / victim.name, "ab") as f:
         f.write(b"\0" * 512)  # a shard rewritten since the manifest
@@ -263,10 +263,10 @@ def test_shards_that_do_not_match_the_manifest_refuse_to_train_unless_no_verify(
     (out, err), rc = done["strict"]
     assert rc == 1, out + err
     ckpt = next((tmp_path / "strict" / "checkpoints").glob("*_checkpoint.pth"))
-    # The sha256 is compared as the shard streams in: training stops at the end of the first
+    # The checksum is compared as the shard streams in: training stops at the end of the first
     # shard that does not match (its samples were the steps so far), before any other shard.
     assert err.splitlines()[-1] == (
-        f"Error: {wrong_hash / victim.name}: content does not match the manifest (sha256 {victim.sha256[:16]}..., "
+        f"Error: {wrong_hash / victim.name}: content does not match the manifest (xxh3-128 {victim.xxh3_128[:16]}..., "
         f"{victim.bytes} bytes; expected 0000000000000000..., {victim.bytes} bytes); rebuild it or pass --no-verify "
         f"(checkpoint of step {victim.samples} written to {ckpt}; continue with --resume {ckpt})")
     assert "epoch 0/0" not in out and not (tmp_path / "strict" / "test_scores.json").exists()

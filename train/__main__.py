@@ -47,8 +47,11 @@ def _model_names() -> list[str]:
 @click.option("--decay", type=click.FloatRange(0), default=_D.decay, show_default=True,
               help="Adam weight decay.")
 @click.option("--workers", type=click.IntRange(0), default=_D.workers, show_default=True,
-              help="Loader worker processes (0: read in the main process; per process under torchrun). "
-                   "Does not change the data order.")
+              help="Loader worker processes (0: this process reads, with --threads decoding threads; per "
+                   "process under torchrun). Does not change the data order.")
+@click.option("--threads", type=click.IntRange(0, 256), default=_D.threads, show_default=True,
+              help="Decoding threads per reading process (0: every CPU this process may use when --workers "
+                   "is 0, else 1 per worker). Does not change the data order.")
 @click.option("--loader", type=click.Choice(["webdataset", "dali"]), default=_D.loader, show_default=True,
               help="webdataset: CPU workers hand uint16 batches to the device; dali: NVIDIA DALI pipeline "
                    "(optional extra).")
@@ -76,7 +79,7 @@ def _model_names() -> list[str]:
 @click.option("--streams", type=click.IntRange(1), default=_D.streams, show_default=True,
               help="Independent read streams per process (workers share them out; more workers than streams idle).")
 @click.option("--no-verify", is_flag=True,
-              help="Do not check shard sizes and sha256 against the manifest (they are checked by default).")
+              help="Do not check shard sizes and xxh3-128 checksums against the manifest (checked by default).")
 @click.option("--skip-bad-shards", is_flag=True,
               help="Report a missing or damaged shard or sample, skip it and go on (counted in the log) "
                    "instead of stopping.")
@@ -85,7 +88,7 @@ def _model_names() -> list[str]:
                    "pipeline (needs --loader dali; the original trained without augmentation).")
 @click.pass_context
 def main(ctx: click.Context, shards, model, input_, label_type, igbp, threshold, epochs, batch_size, lr, decay,
-         workers, loader, device, amp, channels_last, compile_, run_dir, resume, max_steps, stats, seed,
+         workers, threads, loader, device, amp, channels_last, compile_, run_dir, resume, max_steps, stats, seed,
          shuffle_buffer, streams, no_verify, skip_bad_shards, augment) -> None:
     """Train a SEN12MS classifier on the train shards, validate every epoch on the val shards,
     keep the best checkpoint by validation micro-F1 and score it on the test shards.
@@ -108,7 +111,7 @@ def main(ctx: click.Context, shards, model, input_, label_type, igbp, threshold,
     given = {
         "shards": shards, "model": model, "input": input_, "label_type": label_type, "igbp": igbp,
         "threshold": threshold, "epochs": epochs, "batch_size": batch_size, "lr": lr, "decay": decay,
-        "workers": workers, "loader": loader, "device": device, "amp": amp, "channels_last": channels_last,
+        "workers": workers, "threads": threads, "loader": loader, "device": device, "amp": amp, "channels_last": channels_last,
         "compile": compile_, "run_dir": run_dir, "resume": resume, "max_steps": max_steps, "stats": stats,
         "seed": seed, "shuffle_buffer": shuffle_buffer, "streams": streams, "verify": not no_verify,
         "skip_bad_shards": skip_bad_shards, "augment": augment,

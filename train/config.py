@@ -26,7 +26,8 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 0.001
     decay: float = 1e-5
-    workers: int = 4
+    workers: int = 0
+    threads: int = 0
     loader: str = "webdataset"
     device: str = "auto"
     amp: bool = False

@@ -80,7 +80,8 @@ def default_out(checkpoint: str) -> Path:
 
 
 def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = None, split: str = "test",
-                        out: str | None = None, batch_size: int = 64, workers: int = 4, device: str = "auto",
+                        out: str | None = None, batch_size: int = 64, workers: int = 0, threads: int = 0,
+                        device: str = "auto",
                         stats: str | None = None, verify: bool = True, skip_bad_shards: bool = False,
                         echo: Callable[[str], None] = print, dist: Dist | None = None) -> dict[str, Any]:
     """Score `checkpoint` on `split` of `shards`; writes `<split>_scores.json` and
@@ -109,7 +110,8 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
                        transform=opts.transform, manifest=manifest)
     load_model_weights(setup.model, ckpt, strict=True, source=checkpoint)
     loader = make_loader("webdataset", loader_spec(setup, shards, split, batch_size=batch_size, train=False,
-                                                   workers=workers, verify=verify, skip_bad_shards=skip_bad_shards,
+                                                   workers=workers, threads=threads, verify=verify,
+                                                   skip_bad_shards=skip_bad_shards,
                                                    rank=d.rank, world_size=d.world_size))
     echo(f"{checkpoint}: {opts.model} ({made_at(ckpt)}), input {opts.input}, {opts.label_type} "
          f"{opts.igbp}, stats {'as trained' if opts.transform is not None else opts.stats}; "
@@ -142,14 +144,18 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
               help="Folder for <split>_scores.json and <split>_predictions.npz. "
                    "[default: the checkpoint's run directory, else the current directory]")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Samples per batch.")
-@click.option("--workers", type=click.IntRange(0), default=4, show_default=True, help="Loader worker processes.")
+@click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
+              help="Loader worker processes (0: this process reads, with --threads decoding threads).")
+@click.option("--threads", type=click.IntRange(0, 256), default=0, show_default=True,
+              help="Decoding threads per reading process (0: every CPU here when --workers is 0, else 1 per worker).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: CUDA when available, else CPU.")
 @click.option("--stats", type=click.Choice(list(STATS_CHOICES)), default=None,
               help="Normalisation. [default: as the checkpoint was trained; official for the original's runs]")
-@click.option("--no-verify", is_flag=True, help="Do not check shard sizes and sha256 against the manifest.")
+@click.option("--no-verify", is_flag=True, help="Do not check shard sizes and checksums against the manifest.")
 @click.option("--skip-bad-shards", is_flag=True, help="Report and skip missing or damaged shards instead of stopping.")
-def main(shards, checkpoint, config, split, out, batch_size, workers, device, stats, no_verify, skip_bad_shards) -> None:
+def main(shards, checkpoint, config, split, out, batch_size, workers, threads, device, stats, no_verify,
+         skip_bad_shards) -> None:
     """Score a checkpoint on the test (or another) split with the original's metric set.
 
     Also under `torchrun --nproc_per_node N -m train.evaluate ...`: each process scores its part
@@ -169,7 +175,7 @@ def main(shards, checkpoint, config, split, out, batch_size, workers, device, st
     try:
         d, dev = init_from_env(device)
         evaluate_checkpoint(shards=shards, checkpoint=checkpoint, config=config, split=split, out=out,
-                            batch_size=batch_size, workers=workers, device=str(dev), stats=stats,
+                            batch_size=batch_size, workers=workers, threads=threads, device=str(dev), stats=stats,
                             verify=not no_verify, skip_bad_shards=skip_bad_shards, echo=click.echo, dist=d)
     except (DataError, CheckpointError, ArgumentsFileError, ManifestError, DeviceError, DistributedError,
             StorageError) as exc:

@@ -164,12 +164,13 @@ def make_setup(*, shards: str, model_name: str, input_spec: str, label_type: str
 
 
 def loader_spec(setup: Setup, root: str, split: str, *, batch_size: int, train: bool, seed: int = 0,
-                workers: int = 0, streams: int = 8, shuffle_buffer: int = 1000, verify: bool = True,
+                workers: int = 0, threads: int = 0, streams: int = 8, shuffle_buffer: int = 1000,
+                verify: bool = True,
                 skip_bad_shards: bool = False, rank: int = 0, world_size: int = 1,
                 augment: bool = False) -> LoaderSpec:
     return LoaderSpec(root=root, manifest=setup.manifest, split=split, bands=setup.bands, rule=setup.rule,
                       batch_size=batch_size, transform=setup.transform, train=train, seed=seed,
-                      workers=workers, streams=streams, shuffle_buffer=shuffle_buffer, rank=rank,
+                      workers=workers, threads=threads, streams=streams, shuffle_buffer=shuffle_buffer, rank=rank,
                       world_size=world_size, pin_memory=setup.device.type == "cuda", device=str(setup.device),
                       verify=verify, skip_bad_shards=skip_bad_shards, augment=augment and train)
 
@@ -504,7 +505,8 @@ def fit(cfg: TrainConfig, checkpoint: Mapping[str, Any] | None = None, echo: Ech
     ckpt_path = ckpt_dir / f"{ts}_checkpoint.pth"
     best_path = ckpt_dir / f"{ts}_model_best.pth"
 
-    common = dict(batch_size=cfg.batch_size, seed=cfg.seed, workers=cfg.workers, streams=cfg.streams,
+    common = dict(batch_size=cfg.batch_size, seed=cfg.seed, workers=cfg.workers, threads=cfg.threads,
+                  streams=cfg.streams,
                   shuffle_buffer=cfg.shuffle_buffer, verify=cfg.verify, skip_bad_shards=cfg.skip_bad_shards,
                   rank=d.rank, world_size=d.world_size)
     train_loader = make_loader(cfg.loader, loader_spec(setup, cfg.shards, "train", train=True,

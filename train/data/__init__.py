@@ -51,7 +51,8 @@ class LoaderSpec:
     transform: ChannelTransform    # stored uint16 -> model input (for loaders that normalise)
     train: bool = False            # shuffle shards and samples; equal share per rank
     seed: int = 0
-    workers: int = 0
+    workers: int = 0               # worker processes (0: this process reads)
+    threads: int = 0               # decoding threads per reading process (0: every CPU here, 1 per worker)
     streams: int = 8               # independent read streams per rank (order depends on it)
     shuffle_buffer: int = 1000     # samples held for shuffling per rank (split over streams)
     rank: int = 0

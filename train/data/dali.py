@@ -58,10 +58,10 @@ from sen12ms_common.manifest import ShardEntry, index_name
 from sen12ms_common.shardformat import LABEL_EXT, SampleLayout
 
 from . import DataError, LoaderSpec, LoaderUnavailable
-from .dali_ops import (CodecLibraryError, Kernel, channel_params, channels_kernel, lz4_chunks_kernel, lz4_decompress_fn,
+from .dali_ops import (CodecLibraryError, Kernel, channel_params, channels_kernel, chunks_kernel, lz4_decompress_fn,
                        lz4_kernel, status_text, zstd_decompress_fn, zstd_kernel)
 from .plan import shard_order
-from .webdataset import ShardError, check_shards
+from .shardread import ShardError, check_shards
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def reader_exts(layout: SampleLayout, modalities: Sequence[str]) -> list[tuple[s
     out: list[tuple[str, Any]] = []
     for m in modalities:
         out.append((layout.ext(m), types.UINT16 if layout.codec == "none" else types.UINT8))
-        if layout.codec == "lz4":
+        if layout.chunked:
             out.append((layout.sizes_ext(m), types.INT32))
     out.append((LABEL_EXT, types.FLOAT))
     return out
@@ -214,10 +214,10 @@ def decode_modality(spec: GraphSpec, modality: str, members: dict[str, Any]) -> 
         parts = [x[a:b] for a, b in runs]
         return Decoded(parts[0] if len(parts) == 1 else fn.cat(*parts, axis=0), planned)
     chosen = types.Constant(np.asarray(bands, dtype=np.int32), device="cpu")
+    offsets, sizes, status = _numba(chunks_kernel(shape[0]), data, members[layout.sizes_ext(modality)], chosen)
     if layout.codec == "zstd":
-        x, status = _numba(zstd_kernel(shape, layout.byte_shuffle), data, chosen)
-        return Decoded(x.gpu() if spec.gpu else x, planned, status)
-    offsets, sizes, status = _numba(lz4_chunks_kernel(shape[0]), data, members[layout.sizes_ext(modality)], chosen)
+        x, status2 = _numba(zstd_kernel(shape[1:], layout.byte_shuffle), data, offsets, sizes)
+        return Decoded(x.gpu() if spec.gpu else x, planned, status | status2)
     if spec.gpu:
         return Decoded(_inflate(data, offsets, sizes, shape[1:]), planned, status)
     x, status2 = _numba(lz4_kernel(shape[1:]), data, offsets, sizes)

@@ -33,12 +33,12 @@ except ImportError:  # pragma: no cover - the kernels are plain functions withou
 # Status bits (statuses of a sample's members are OR-ed together).
 STATUS_OK = 0
 STATUS_DECOMPRESS = 1   # the codec reported an error or produced the wrong number of bytes
-STATUS_CHUNKS = 2       # lz4 chunk sizes that do not match the member
+STATUS_CHUNKS = 2       # chunk sizes that do not match the member
 STATUS_SIZE = 4         # a raw member that is too short for its bands
 
 STATUS_TEXT: dict[int, str] = {
     STATUS_DECOMPRESS: "an array member does not decompress to its size",
-    STATUS_CHUNKS: "the chunk sizes of an lz4 member do not match its length",
+    STATUS_CHUNKS: "the chunk sizes of an array member do not match its length",
     STATUS_SIZE: "a raw array member is too short",
 }
 
@@ -143,48 +143,50 @@ def _planes_setup(h: int, w: int) -> Callable:
 
 @lru_cache(maxsize=16)  # one Kernel per configuration: DALI compiles each once per process
 @do_not_convert
-def zstd_kernel(shape: tuple[int, int, int], byte_shuffle: bool) -> Kernel:
-    """(zstd frame of a (C, H, W) uint16 array, int32 band indices (k,)) -> those bands (k, H, W)
-    and a status. With `byte_shuffle` the frame holds all low bytes, then all high bytes."""
+def zstd_kernel(chunk_shape: tuple[int, int], byte_shuffle: bool) -> Kernel:
+    """(member, int32 offsets (k,), int32 sizes (k,)) -> the zstd frames there (one uint16 band
+    each, byte-shuffled when `byte_shuffle`) decoded as (k, H, W), and a status."""
     decompress, is_error = zstd_decompress_fn()
-    c, h, w = shape
+    h, w = chunk_shape
     plane = h * w
-    count = c * plane
-    nbytes = 2 * count
+    nbytes = 2 * plane
 
-    def run_fn(out, status, src, bands):
+    def run_fn(out, status, src, offsets, sizes):
         status[0] = 0
         buf = np.empty(nbytes, dtype=np.uint8)
-        got = decompress(buf.ctypes.data, nbytes, src.ctypes.data, src.shape[0])
-        if is_error(got) != 0 or got != nbytes:
-            status[0] = 1
-            out[:] = 0
-            return
         flat = out.reshape(out.size)
-        for j in range(bands.shape[0]):
-            base = bands[j] * plane
+        for j in range(offsets.shape[0]):
+            if offsets[j] < 0 or sizes[j] <= 0 or offsets[j] + sizes[j] > src.shape[0]:
+                status[0] = 1
+                out[:] = 0
+                return
+            # At most `nbytes` are written, whatever the frame declares.
+            got = decompress(buf.ctypes.data, nbytes, src.ctypes.data + offsets[j], sizes[j])
+            if is_error(got) != 0 or got != nbytes:
+                status[0] = 1
+                out[:] = 0
+                return
             dst = j * plane
             if byte_shuffle:
                 for i in range(plane):
-                    flat[dst + i] = np.uint16(buf[base + i]) | (np.uint16(buf[count + base + i]) << np.uint16(8))
+                    flat[dst + i] = np.uint16(buf[i]) | (np.uint16(buf[plane + i]) << np.uint16(8))
             else:
                 for i in range(plane):
-                    p = 2 * (base + i)
-                    flat[dst + i] = np.uint16(buf[p]) | (np.uint16(buf[p + 1]) << np.uint16(8))
+                    flat[dst + i] = np.uint16(buf[2 * i]) | (np.uint16(buf[2 * i + 1]) << np.uint16(8))
 
     setup_fn = _planes_setup(h, w)
 
-    return Kernel(run_fn, setup_fn, ("UINT8", "INT32"), ("UINT16", "INT32"), (1, 1), (3, 1))
+    return Kernel(run_fn, setup_fn, ("UINT8", "INT32", "INT32"), ("UINT16", "INT32"), (1, 1, 1), (3, 1))
 
 
 @lru_cache(maxsize=16)
 @do_not_convert
-def lz4_chunks_kernel(n_bands: int) -> Kernel:
-    """(lz4 member, its int32 `.lz4sizes` (n_bands,), int32 band indices (k,)) -> int32
+def chunks_kernel(n_bands: int) -> Kernel:
+    """(chunked member, its int32 sizes member (n_bands,), int32 band indices (k,)) -> int32
     `chunk_offsets` (k,), int32 `chunk_sizes` (k,) of those bands, status (1,).
 
-    Feeds both DALI's GPU `inflate` and the CPU stand-in `lz4_kernel`, so the GPU path decodes
-    exactly the chunks this (tested) function picks. Only the member's length is read here.
+    Feeds DALI's GPU `inflate` (lz4) and the CPU kernels `lz4_kernel` and `zstd_kernel`, so every
+    path decodes exactly the chunks this (tested) function picks. Only the member's length is read.
     """
 
     def run_fn(offsets, sizes, status, src, all_sizes, bands):
@@ -193,7 +195,7 @@ def lz4_chunks_kernel(n_bands: int) -> Kernel:
         total = 0
         if ok:
             for i in range(n_bands):
-                if all_sizes[i] < 0:
+                if all_sizes[i] <= 0:
                     ok = False
                 total += all_sizes[i]
         if not ok or total != src.shape[0]:

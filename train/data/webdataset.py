@@ -1,161 +1,55 @@
-"""The webdataset loader: shards -> uint16 batches, on the CPU, in worker processes.
+"""The webdataset loader: shards -> uint16 batches on the CPU, decoded by threads in this
+process (`workers` = 0, the default) or in worker processes.
 
-Per read stream (see `train.data.plan`): open each shard of its slices through
-`sen12ms_common.storage` (local or s3://), walk the tar in large reads
-(`sen12ms_common.tarstream`, webdataset's key / extension convention) keeping only the members
-the input needs, shuffle the
-still-compressed samples through a buffer (deterministic per seed, epoch, rank, stream),
-decode them with `shardformat.decode_sample`, stack the chosen bands into a uint16 batch
-(`inputs.select_channels`) and compute the targets of the whole batch with the `LabelRule`.
-Workers hand uint16 batches (allocated in shared memory), float32 probabilities and keys to
-the main process, which puts them into the canonical order of the plan. Float conversion and
+Per read stream (see `train.data.plan`) the shards of its slices are read in large reads
+(`shardread`), the still-compressed samples shuffled through a buffer (deterministic per seed,
+epoch, rank, stream) and each batch decoded straight into a uint16 batch (`batches`); the
+targets of the whole batch come from the `LabelRule`. Batches are delivered in the canonical
+order of the plan, whatever the number of processes or threads. Float conversion and
 normalisation happen later, on the training device.
 
 Integrity: before an epoch every shard must exist (and, when verifying, have the manifest's
-size); while streaming, the sha256 of each shard's bytes is compared with the manifest at the
-shard's end, and the sample count too. A decode error names shard and sample. With
-`skip_bad_shards` such a shard (or sample) is reported, counted in `Loader.skipped` and the
-stream goes on; otherwise the epoch stops with a `ShardError`.
+size); while streaming, each shard's xxh3-128 and sample count are compared with the manifest
+at its end. A decode error names shard and sample; with `skip_bad_shards` such a shard (or
+sample) is reported, counted in `Loader.skipped` and the stream goes on; otherwise the epoch
+stops with a `ShardError`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
+import os
+import queue
 import signal
-import tarfile
+import threading
 from collections import deque
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from sen12ms_common import storage, tarstream
-from sen12ms_common.bands import BandRef, modalities_of
-from sen12ms_common.igbp import LabelRule
-from sen12ms_common.inputs import select_channels
-from sen12ms_common.manifest import ShardEntry
-from sen12ms_common.shardformat import (LABEL_EXT, N_LABEL, SampleLayout, ShardFormatError, check_member_name,
-                                         decode_sample)
+from sen12ms_common.bands import modalities_of
+from sen12ms_common.buffers import BufferPool
 
 from . import DataError, LoaderSpec
-from .plan import EpochPlan, ShardSlice, StreamPlan, buffer_shuffle, epoch_plan
+from .batches import BatchDecoder
+from .plan import EpochPlan, StreamPlan, buffer_shuffle, epoch_plan
+from .shardread import RawSample, ShardError, ShardSource, check_shards, read_slice
 
 log = logging.getLogger(__name__)
 
-RawSample = tuple[str, dict, str]  # (key, members ext -> bytes, shard name)
-
-
-class ShardError(DataError):
-    """A shard (or a sample in it) that is missing, damaged or not what the manifest says."""
-
-
-@dataclass(frozen=True)
-class _Source:
-    """Everything a worker needs to read a split; small and picklable."""
-
-    root: str
-    entries: tuple[ShardEntry, ...]
-    layout: SampleLayout
-    bands: tuple[BandRef, ...]
-    rule: LabelRule
-    verify: bool
-    skip_bad: bool
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return modalities_of(self.bands)
-
-    @property
-    def wanted(self) -> frozenset[str]:
-        exts = {LABEL_EXT}
-        for m in self.modalities:
-            exts.add(self.layout.ext(m))
-            if self.layout.codec == "lz4":
-                exts.add(self.layout.sizes_ext(m))
-        return frozenset(exts)
-
-    def url(self, shard: int) -> str:
-        return storage.join(self.root, self.entries[shard].name)
-
-
-# --- reading one shard -------------------------------------------------------------------------
-
-def read_slice(src: _Source, sl: ShardSlice) -> Iterator[RawSample]:
-    """Raw samples [start, stop) of one shard; the whole shard is read when verifying."""
-    entry = src.entries[sl.shard]
-    url = src.url(sl.shard)
-    try:
-        # With verification a file of another size fails here, before a byte is read.
-        raw = storage.open_shard_stream(url, expected_size=entry.bytes if src.verify else None)
-    except storage.StorageError as exc:
-        raise ShardError(str(exc)) from exc
-    except FileNotFoundError as exc:
-        raise ShardError(f"{url}: shard is missing") from exc
-    except OSError as exc:
-        raise ShardError(f"{url}: cannot open ({exc})") from exc
-    pos = 0
-    digest = hashlib.sha256() if src.verify else None
-    nbytes = 0
-
-    def count(data: bytes) -> None:
-        nonlocal nbytes
-        nbytes += len(data)
-        digest.update(data)
-
-    with raw:
-        try:
-            samples = tarstream.iter_samples(raw, src.wanted, check_name=check_member_name,
-                                             on_bytes=count if src.verify else None, drain=src.verify)
-            for key, members in samples:
-                if pos >= sl.stop and not src.verify:
-                    break  # nothing left to check: stop reading early
-                if sl.start <= pos < sl.stop:
-                    yield key, members, entry.name
-                pos += 1
-        except storage.StorageError as exc:
-            raise ShardError(f"{exc} (after {pos} samples)") from exc
-        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
-            raise ShardError(f"{url}: unreadable after {pos} samples ({exc.__class__.__name__}: {exc})") from exc
-    if pos < sl.stop:
-        raise ShardError(f"{url}: ends after {pos} samples; the manifest says {entry.samples}")
-    if src.verify:
-        if pos != entry.samples:
-            raise ShardError(f"{url}: holds {pos} samples; the manifest says {entry.samples}")
-        if nbytes != entry.bytes or digest.hexdigest() != entry.sha256:
-            raise ShardError(f"{url}: content does not match the manifest (sha256 {digest.hexdigest()[:16]}..., "
-                             f"{nbytes} bytes; expected {entry.sha256[:16]}..., {entry.bytes} bytes); "
-                             f"rebuild it or pass --no-verify")
-
-
-def check_shards(root: str, entries: Iterable[ShardEntry], verify: bool) -> list[str]:
-    """Problems ("url: reason") of shards that are missing or (verify) of the wrong size."""
-    entries = list(entries)
-    try:
-        listing = storage.sizes(root)  # one listing, also on object stores
-    except OSError as exc:
-        return [f"{root}: cannot list the shards ({exc})"]
-    problems = []
-    for e in entries:
-        got = listing.get(e.name)
-        url = storage.join(root, e.name)
-        if got is None:
-            problems.append(f"{url}: shard is missing")
-        elif verify and got != e.bytes:
-            problems.append(f"{url}: {got} bytes; the manifest says {e.bytes}")
-    return problems
+__all__ = ["ShardError", "WebDatasetLoader", "make_loader", "check_shards"]
 
 
 # --- one read stream: raw samples -> shuffled -> decoded uint16 batches ------------------------
 
-def _stream_raw(src: _Source, plan: StreamPlan, events: list[str]) -> Iterator[RawSample]:
+def _stream_raw(src: ShardSource, plan: StreamPlan, pool: BufferPool, events: list[str]) -> Iterator[RawSample]:
     for sl in plan.slices:
         try:
-            yield from read_slice(src, sl)
+            yield from read_slice(src, sl, pool.get)
         except ShardError as exc:
             if not src.skip_bad:
                 raise
@@ -163,51 +57,11 @@ def _stream_raw(src: _Source, plan: StreamPlan, events: list[str]) -> Iterator[R
             events.append(str(exc))
 
 
-def _alloc_uint16(shape: tuple[int, ...]) -> torch.Tensor:
-    if get_worker_info() is None:
-        return torch.empty(shape, dtype=torch.uint16)
-    # Allocated in shared memory right away, so handing it to the main process copies nothing.
-    proto = torch.empty(0, dtype=torch.uint16)
-    storage_ = proto._typed_storage()._new_shared(math.prod(shape), device="cpu")
-    return proto.new(storage_).view(shape)
-
-
-def decode_batch(src: _Source, chunk: list[RawSample], events: list[str]) -> dict[str, Any] | None:
-    """Decode raw samples into one batch dict (see `train.data`); None if every sample failed."""
-    size = src.layout.size
-    image = _alloc_uint16((len(chunk), len(src.bands), size, size))
-    out = image.numpy()
-    prob = np.empty((len(chunk), N_LABEL), dtype=np.float32)
-    keys: list[str] = []
-    for key, members, shard in chunk:
-        try:
-            arrays = decode_sample(members, src.layout, src.modalities)
-        except ShardFormatError as exc:
-            msg = f"{storage.join(src.root, shard)}: sample {key}: {exc}"
-            if not src.skip_bad:
-                raise ShardError(msg) from exc
-            log.warning("skipping bad sample: %s", msg)
-            events.append(msg)
-            continue
-        i = len(keys)
-        select_channels(arrays, src.bands, out=out[i])
-        prob[i] = arrays["label"]
-        keys.append(key)
-    if not keys:
-        return None
-    n = len(keys)
-    return {
-        "image": image[:n] if n < len(chunk) else image,
-        "target": torch.from_numpy(src.rule.targets(prob[:n])),
-        "prob": torch.from_numpy(prob[:n]),
-        "key": keys,
-    }
-
-
-def stream_batches(src: _Source, plan: StreamPlan, *, batch_size: int, shuffle: bool, bufsize: int,
-                   skip: int, events: list[str]) -> Iterator[tuple[int, dict[str, Any] | None]]:
+def stream_batches(src: ShardSource, plan: StreamPlan, decoder: Callable[[], BatchDecoder], pool: BufferPool, *,
+                   batch_size: int, shuffle: bool, bufsize: int, skip: int, events: list[str]
+                   ) -> Iterator[tuple[int, dict[str, Any] | None]]:
     """(j, batch) for batches j = skip, skip + 1, ... of one stream; skipped ones are not decoded."""
-    items: Iterable[RawSample] = _stream_raw(src, plan, events)
+    items: Iterable[RawSample] = _stream_raw(src, plan, pool, events)
     if shuffle:
         items = buffer_shuffle(items, bufsize, np.random.default_rng(list(plan.seed)))
     it = iter(items)
@@ -219,7 +73,7 @@ def stream_batches(src: _Source, plan: StreamPlan, *, batch_size: int, shuffle: 
         chunk = [s for _, s in zip(range(batch_size), it)]
         if not chunk:
             return
-        yield j, decode_batch(src, chunk, events)
+        yield j, decoder().decode(chunk, batch_size, events)
         j += 1
 
 
@@ -234,14 +88,33 @@ def skip_counts(plan: EpochPlan, start_batch: int) -> dict[int, int]:
 class EpochStreams(IterableDataset):
     """The read streams of one epoch; worker w of k reads streams v with v % k == w."""
 
-    def __init__(self, src: _Source, counts: tuple[int, ...], *, batch_size: int, seed: int, shuffle: bool,
-                 streams: int, rank: int, world_size: int, shuffle_buffer: int) -> None:
+    def __init__(self, src: ShardSource, counts: tuple[int, ...], *, batch_size: int, seed: int, shuffle: bool,
+                 streams: int, rank: int, world_size: int, shuffle_buffer: int, threads: int = 1,
+                 pin_memory: bool = False) -> None:
         super().__init__()
         self.src, self.counts = src, counts
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.streams, self.rank, self.world_size = streams, rank, world_size
         self.bufsize = max(1, math.ceil(shuffle_buffer / streams))
+        self.threads, self.pin_memory = threads, pin_memory
         self.epoch, self.start_batch = 0, 0
+        self._decoder: BatchDecoder | None = None
+        self._pool: BufferPool | None = None
+
+    def decoder(self) -> BatchDecoder:
+        # Made in the process (and after the fork) that decodes: a thread pool does not survive a fork.
+        if self._decoder is None:
+            self._decoder = BatchDecoder(self.src, self.threads, self.pin_memory)
+        return self._decoder
+
+    def close(self) -> None:
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
+        self._pool = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_decoder": None, "_pool": None}
 
     def plan(self) -> EpochPlan:
         return epoch_plan(self.counts, batch_size=self.batch_size, seed=self.seed, epoch=self.epoch,
@@ -260,8 +133,11 @@ class EpochStreams(IterableDataset):
             events.clear()
             return out
 
-        gens = {s.index: stream_batches(self.src, s, batch_size=self.batch_size, shuffle=self.shuffle,
-                                        bufsize=self.bufsize, skip=skips[s.index], events=events)
+        if self._pool is None:  # per reading process: members are read into reused memory
+            self._pool = BufferPool()
+        gens = {s.index: stream_batches(self.src, s, self.decoder, self._pool, batch_size=self.batch_size,
+                                        shuffle=self.shuffle, bufsize=self.bufsize, skip=skips[s.index],
+                                        events=events)
                 for s in mine}
         ended: set[int] = set()
         last = {v: j for j, v in plan.order()}  # the last planned batch of each stream
@@ -361,11 +237,12 @@ class WebDatasetLoader:
             raise DataError(f"{spec.root}: these shards hold no {', '.join(missing)} "
                             f"(they hold {', '.join(manifest.layout.modalities)}); choose another --input")
         self.spec = spec
-        self.src = _Source(spec.root, entries, manifest.layout, tuple(spec.bands), spec.rule,
-                           spec.verify, spec.skip_bad_shards)
+        self.src = ShardSource(spec.root, entries, manifest.layout, tuple(spec.bands), spec.rule,
+                               spec.verify, spec.skip_bad_shards)
         self.dataset = EpochStreams(self.src, tuple(e.samples for e in entries), batch_size=spec.batch_size,
                                     seed=spec.seed, shuffle=spec.train, streams=spec.streams, rank=spec.rank,
-                                    world_size=spec.world_size, shuffle_buffer=spec.shuffle_buffer)
+                                    world_size=spec.world_size, shuffle_buffer=spec.shuffle_buffer,
+                                    threads=decode_threads(spec), pin_memory=spec.pin_memory)
         first = self.dataset.plan()  # sample and batch counts do not depend on the epoch
         self.samples, self._batches = first.samples, first.batches
         self.skipped: list[str] = []
@@ -392,9 +269,11 @@ class WebDatasetLoader:
         skips = skip_counts(plan, start_batch)
         busy = sum(1 for s in plan.streams if s.batches > skips[s.index])
         workers = min(self.spec.workers, busy)
+        if workers == 0:
+            yield from prefetched(ordered(iter(ds), plan.order()[start_batch:], self._record))
+            return
         loader = DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=self.spec.pin_memory,
-                            worker_init_fn=_worker_init if workers else None,
-                            prefetch_factor=2 if workers else None,
+                            worker_init_fn=_worker_init, prefetch_factor=2,
                             # Its own generator: iterating must not draw from the global torch RNG,
                             # or a run resumed mid-epoch would continue with another RNG state.
                             generator=torch.Generator().manual_seed(self.spec.seed))
@@ -408,7 +287,63 @@ class WebDatasetLoader:
                 shutdown()
 
     def close(self) -> None:
-        pass
+        self.dataset.close()
+
+
+def decode_threads(spec: LoaderSpec) -> int:
+    """Decoding threads per reading process: `spec.threads`, or (0) every CPU this process may
+    use when it reads itself, one per worker process otherwise."""
+    if spec.threads > 0:
+        return spec.threads
+    if spec.workers > 0:
+        return 1
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+_END = object()
+
+
+def prefetched(items: Iterator[dict[str, Any]], depth: int = 2) -> Iterator[dict[str, Any]]:
+    """`items` produced by a thread up to `depth` ahead, so that reading and decoding overlap
+    the consumer's work (the training step releases the GIL)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                q.put(item)
+                if stop.is_set():
+                    break
+        except BaseException as exc:  # handed to the consumer, raised there
+            q.put(_Failure(exc))
+        finally:
+            q.put(_END)
+
+    thread = threading.Thread(target=produce, name="loader", daemon=True)
+    thread.start()
+    item: Any = None
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        while item is not _END:  # let the producer finish its put, see `stop` and end
+            item = q.get()
+        thread.join()
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
 
 
 def make_loader(spec: LoaderSpec) -> WebDatasetLoader:

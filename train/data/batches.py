@@ -1,0 +1,131 @@
+"""Raw samples -> one uint16 batch: each used band decoded straight into its channel of a
+preallocated batch, the samples of a batch spread over decoding threads.
+
+Compression libraries and numpy release the GIL while they work, so threads share the cores
+without batches crossing a process boundary. In the main process batch buffers are reused once
+nobody holds them (a fresh 50 MB buffer costs its page faults on every batch); in a worker
+process they are allocated in shared memory, so that handing them over copies nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import threading
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import get_worker_info
+
+from sen12ms_common import storage
+from sen12ms_common.codecs import BandDecoder
+from sen12ms_common.shardformat import LABEL_EXT, N_LABEL, ShardFormatError, decode_bands_into, decode_label
+
+from .shardread import RawSample, ShardError, ShardSource
+
+log = logging.getLogger(__name__)
+
+
+class BufferPool:
+    """uint16 batch buffers, handed out again once no tensor or array refers to them."""
+
+    def __init__(self, keep: int = 6) -> None:
+        self.keep = keep
+        self._bufs: list[np.ndarray] = []
+
+    def take(self, shape: tuple[int, ...]) -> np.ndarray:
+        for buf in self._bufs:
+            # Referenced only by the list, `buf` and getrefcount's argument: nobody holds it.
+            if buf.shape == shape and sys.getrefcount(buf) == 3:
+                return buf
+        buf = np.empty(shape, dtype=np.uint16)
+        if len(self._bufs) < self.keep:
+            self._bufs.append(buf)
+        return buf
+
+
+def _shared_uint16(shape: tuple[int, ...]) -> torch.Tensor:
+    proto = torch.empty(0, dtype=torch.uint16)
+    storage_ = proto._typed_storage()._new_shared(math.prod(shape), device="cpu")
+    return proto.new(storage_).view(shape)
+
+
+class BatchDecoder:
+    """Decodes lists of raw samples into batch dicts (see `train.data`) for one source."""
+
+    def __init__(self, src: ShardSource, threads: int = 1, pin_memory: bool = False) -> None:
+        self.src, self.threads, self.pin_memory = src, max(1, threads), pin_memory
+        # modality -> [(band index, channel)]: only these bands are ever decoded.
+        self.picks: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for channel, band in enumerate(src.bands):
+            self.picks[band.modality].append((band.index, channel))
+        self._pool = BufferPool()
+        self._local = threading.local()
+        self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="decode") if self.threads > 1 else None
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _band_decoder(self) -> BandDecoder:
+        d = getattr(self._local, "decoder", None)
+        if d is None:
+            d = self._local.decoder = BandDecoder()
+        return d
+
+    def _image(self, n: int, full: int) -> torch.Tensor:
+        size = self.src.layout.size
+        shape = (n, len(self.src.bands), size, size)
+        if get_worker_info() is not None:
+            return _shared_uint16(shape)
+        if self.pin_memory and torch.cuda.is_available():
+            return torch.empty(shape, dtype=torch.uint16, pin_memory=True)  # torch's pinned cache reuses it
+        buf = self._pool.take((full,) + shape[1:])
+        return torch.from_numpy(buf[:n] if n < full else buf)
+
+    def _decode_one(self, sample: RawSample, out: np.ndarray, prob: np.ndarray) -> str | None:
+        """Fill one batch slot and its label row; returns the problem ("url: sample key:
+        reason") or None."""
+        key, members, shard = sample
+        try:
+            decoder = self._band_decoder()
+            for modality, picks in self.picks.items():
+                if modality not in self.src.layout.modalities:
+                    raise ShardFormatError(f"these shards hold no {modality}")
+                decode_bands_into(members, modality, self.src.layout, [(b, out[c]) for b, c in picks], decoder)
+            if LABEL_EXT not in members:
+                raise ShardFormatError(f"member .{LABEL_EXT} is missing")
+            prob[...] = decode_label(members[LABEL_EXT])
+        except ShardFormatError as exc:
+            return f"{storage.join(self.src.root, shard)}: sample {key}: {exc}"
+        return None
+
+    def decode(self, chunk: list[RawSample], full: int, events: list[str]) -> dict[str, Any] | None:
+        """One batch of `chunk` (a batch of `full` samples, or the shorter last one); None if
+        every sample failed (with `skip_bad`)."""
+        image = self._image(len(chunk), full)
+        out = image.numpy()
+        prob = np.empty((len(chunk), N_LABEL), dtype=np.float32)
+        if self._executor is None:
+            problems = [self._decode_one(s, out[i], prob[i]) for i, s in enumerate(chunk)]
+        else:
+            problems = list(self._executor.map(lambda i: self._decode_one(chunk[i], out[i], prob[i]),
+                                               range(len(chunk))))
+        good = [i for i, p in enumerate(problems) if p is None]
+        for p in problems:
+            if p is None:
+                continue
+            if not self.src.skip_bad:
+                raise ShardError(p)
+            log.warning("skipping bad sample: %s", p)
+            events.append(p)
+        if not good:
+            return None
+        if len(good) < len(chunk):  # the rare path of a bad sample: copies
+            image, prob = image[good], prob[good]
+        return {"image": image, "target": torch.from_numpy(self.src.rule.targets(prob)),
+                "prob": torch.from_numpy(prob), "key": [chunk[i][0] for i in good]}

@@ -1,0 +1,121 @@
+"""Reading shards: the raw (still compressed) samples of a shard slice, checked while streaming.
+
+Only the members an input needs are kept; the shard's xxh3-128 and sample count are compared
+with the manifest at its end (the whole shard is read then), and no member larger than the
+layout allows is ever allocated.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+from sen12ms_common import storage, tarstream
+from sen12ms_common.bands import BandRef, modalities_of
+from sen12ms_common.checksums import Digests
+from sen12ms_common.igbp import LabelRule
+from sen12ms_common.manifest import ShardEntry
+from sen12ms_common.shardformat import LABEL_EXT, SampleLayout, check_member_name
+
+from . import DataError
+from .plan import ShardSlice
+
+RawSample = tuple[str, dict, str]  # (key, members ext -> bytes, shard name)
+
+
+class ShardError(DataError):
+    """A shard (or a sample in it) that is missing, damaged or not what the manifest says."""
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    """Everything a reader needs to read a split; small and picklable (it crosses to workers)."""
+
+    root: str
+    entries: tuple[ShardEntry, ...]
+    layout: SampleLayout
+    bands: tuple[BandRef, ...]
+    rule: LabelRule
+    verify: bool
+    skip_bad: bool
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return modalities_of(self.bands)
+
+    @property
+    def wanted(self) -> frozenset[str]:
+        exts = {LABEL_EXT}
+        for m in self.modalities:
+            exts.add(self.layout.ext(m))
+            if self.layout.chunked:
+                exts.add(self.layout.sizes_ext(m))
+        return frozenset(exts)
+
+    def url(self, shard: int) -> str:
+        return storage.join(self.root, self.entries[shard].name)
+
+
+def _open(url: str, expected_size: int | None):
+    try:
+        # With verification a file of another size fails here, before a byte is read.
+        return storage.open_shard_stream(url, expected_size=expected_size)
+    except storage.StorageError as exc:
+        raise ShardError(str(exc)) from exc
+    except FileNotFoundError as exc:
+        raise ShardError(f"{url}: shard is missing") from exc
+    except OSError as exc:
+        raise ShardError(f"{url}: cannot open ({exc})") from exc
+
+
+def read_slice(src: ShardSource, sl: ShardSlice, alloc: Callable[[int], memoryview] | None = None
+               ) -> Iterator[RawSample]:
+    """Raw samples [start, stop) of one shard, their members read into buffers from `alloc`;
+    the whole shard is read when verifying."""
+    entry = src.entries[sl.shard]
+    url = src.url(sl.shard)
+    digests = Digests(sha256=False) if src.verify else None
+    pos = 0
+    with _open(url, entry.bytes if src.verify else None) as raw:
+        try:
+            samples = tarstream.iter_samples(raw, src.wanted, check_name=check_member_name,
+                                             on_bytes=digests.update if digests else None, drain=src.verify,
+                                             max_size=src.layout.member_limit(), alloc=alloc)
+            for key, members in samples:
+                if pos >= sl.stop and digests is None:
+                    break  # nothing left to check: stop reading early
+                if sl.start <= pos < sl.stop:
+                    yield key, members, entry.name
+                pos += 1
+        except storage.StorageError as exc:
+            raise ShardError(f"{exc} (after {pos} samples)") from exc
+        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+            raise ShardError(f"{url}: unreadable after {pos} samples ({exc.__class__.__name__}: {exc})") from exc
+    if pos < sl.stop:
+        raise ShardError(f"{url}: ends after {pos} samples; the manifest says {entry.samples}")
+    if digests is not None:
+        if pos != entry.samples:
+            raise ShardError(f"{url}: holds {pos} samples; the manifest says {entry.samples}")
+        if digests.bytes != entry.bytes or digests.fast != entry.xxh3_128:
+            raise ShardError(f"{url}: content does not match the manifest (xxh3-128 {digests.fast[:16]}..., "
+                             f"{digests.bytes} bytes; expected {entry.xxh3_128[:16]}..., {entry.bytes} bytes); "
+                             f"rebuild it or pass --no-verify")
+
+
+def check_shards(root: str, entries: Iterable[ShardEntry], verify: bool) -> list[str]:
+    """Problems ("url: reason") of shards that are missing or (verify) of the wrong size."""
+    entries = list(entries)
+    try:
+        listing = storage.sizes(root)  # one listing, also on object stores
+    except OSError as exc:
+        return [f"{root}: cannot list the shards ({exc})"]
+    problems = []
+    for e in entries:
+        got = listing.get(e.name)
+        url = storage.join(root, e.name)
+        if got is None:
+            problems.append(f"{url}: shard is missing")
+        elif verify and got != e.bytes:
+            problems.append(f"{url}: {got} bytes; the manifest says {e.bytes}")
+    return problems
