@@ -52,6 +52,9 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
               help=f"Timed training steps per round [default: {_D.training.steps}].")
 @click.option("--device", default=_D.training.device, show_default=True,
               help="Training device: auto (CUDA if there is one), cpu or cuda.")
+@click.option("--gpu-rate", type=click.FloatRange(0, min_open=True), default=2600.0, show_default=True,
+              help="Model-alone samples/s of one GPU, for the cores-per-GPU rows where no CUDA device is here to "
+                   "measure it (2600: ResNet-50 AMP training on one A100, timm's figure at 224 px).")
 @click.option("--s3/--no-s3", default=True, show_default=True, help="Measure the S3 rows (local SeaweedFS).")
 @click.option("--dali/--no-dali", default=True, show_default=True, help="Measure the DALI rows (CPU-only here).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars while preparing.")
@@ -59,7 +62,8 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
               help="Measure nothing: write the table and plot again from the last run's SCRATCH/results.json.")
 def main(quick: bool, repeats: int | None, data: Path, scratch: Path, doc: Path, scenes: int, patches_per_scene: int,
          subset: int, codecs: tuple[str, ...], batch_size: int, train_model: str, train_batch_size: int,
-         train_steps: int | None, device: str, s3: bool, dali: bool, progress: bool, render_only: bool) -> None:
+         train_steps: int | None, device: str, gpu_rate: float, s3: bool, dali: bool, progress: bool,
+         render_only: bool) -> None:
     """Measure loaders, codecs, conversion, training and S3 side by side with the original's way."""
     from bench.dataset import BenchDataError
     from bench.report import build_rows, markdown, plot
@@ -78,7 +82,7 @@ def main(quick: bool, repeats: int | None, data: Path, scratch: Path, doc: Path,
                           codecs=codecs, loader=replace(_D.loader, batch_size=batch_size),
                           training=replace(_D.training, model=train_model, batch_size=train_batch_size,
                                            device=device),
-                          s3=s3, dali=dali, progress=progress)
+                          s3=s3, dali=dali, progress=progress, gpu_rate=gpu_rate)
         if quick:
             cfg = quick_config(cfg)
         if repeats is not None:

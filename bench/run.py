@@ -18,7 +18,7 @@ from typing import Callable
 
 from bench.dataset import REAL_TRIPLETS, DatasetParams, ensure_shards, geotiff_bytes, prepare, \
     preread, reference_root, shard_files
-from bench.loaders import LoaderSettings, first_batch_check, limit_repeat, original_repeat, webdataset_repeat
+from bench.loaders import LoaderSettings, first_batch_check, original_repeat, webdataset_repeat
 from bench.measure import Repeat, cores, one_cpu, pinned
 from bench.results import Results
 from bench.training import TrainingSettings
@@ -43,6 +43,7 @@ class BenchConfig:
     dali: bool = True
     progress: bool = True
     quick: bool = False
+    gpu_rate: float | None = None  # model-alone samples/s of a GPU to plan for, where none is measured
 
 
 def quick_config(cfg: BenchConfig) -> BenchConfig:
@@ -95,6 +96,7 @@ class Bench:
         self.measure_bytes()
         self.measure_conversion()
         self.measure_loaders()
+        self.measure_gpu_rate()
         self.measure_training()
         if cfg.s3:
             self.measure_s3()
@@ -149,37 +151,49 @@ class Bench:
 
     def loader_cases(self) -> list[tuple[str, Callable[[int], Repeat], list[Path]]]:
         """(key, run(round) -> Repeat, files to pre-read) of every loader row."""
+        from bench.stock import floor_repeat, limit_repeat, stock_repeat
+
         cfg, ds = self.cfg, self.ds
         st = cfg.loader
         tree_files = ds.files(ds.keys)
         cases: list[tuple[str, Callable[[int], Repeat], list[Path]]] = []
-        for label, workers, cpu_of in _cores_configs():
-            def orig(r: int, workers=workers, cpu_of=cpu_of) -> Repeat:
+
+        def case(key: str, files: list[Path], cpu_of: Callable[[int], int | None], fn: Callable[[int], Repeat]) -> None:
+            def run(r: int) -> Repeat:
                 with pinned(cpu_of(r)):
-                    return original_repeat(str(ds.tree), self.names, self.labels, st, workers, seed=r)
-            cases.append((f"orig/{label}", orig, tree_files))
+                    return fn(r)
+            cases.append((key, run, files))
+
+        for label, workers, cpu_of in _cores_configs():
+            case(f"orig/{label}", tree_files, cpu_of,
+                 lambda r, w=workers: original_repeat(str(ds.tree), self.names, self.labels, st, w, seed=r))
         for codec in cfg.codecs:
             root = str(ds.shards(codec))
             files = shard_files(ds.shards(codec))
-            for label, workers, cpu_of in _cores_configs():
+            for label, n, cpu_of in _cores_configs():
                 for output in OUTPUTS:
                     if output == "uint16-noverify" and label != "1":
                         continue  # the cost of verification shows on one core
-
-                    def ours(r: int, root=root, workers=workers, cpu_of=cpu_of, output=output) -> Repeat:
-                        with pinned(cpu_of(r)):
-                            return webdataset_repeat(root, st, workers, seed=r, to_float=output == "float",
-                                                     verify=output != "uint16-noverify")
-                    cases.append((f"wds/{codec}/{output}/{label}", ours, files))
+                    case(f"wds/{codec}/{output}/{label}", files, cpu_of,
+                         lambda r, n=n, output=output, root=root: webdataset_repeat(
+                             root, st, 0, seed=r, to_float=output == "float", verify=output != "uint16-noverify",
+                             threads=n))
+                case(f"proc/{codec}/uint16/{label}", files, cpu_of,
+                     lambda r, n=n, root=root: webdataset_repeat(root, st, n, seed=r, to_float=False, threads=1))
                 if self.dali is not None:
-                    def dali(r: int, root=root, workers=workers, cpu_of=cpu_of) -> Repeat:
-                        return self.dali.repeat(root, st, workers, seed=r, cpu=cpu_of(r))
-                    cases.append((f"dali/{codec}/{label}", dali, files))
-
-            def limit(r: int, root=root) -> Repeat:
-                with pinned(one_cpu(r)):
-                    return limit_repeat(root)
-            cases.append((f"limit/{codec}", limit, files))
+                    cases.append((f"dali/{codec}/{label}", lambda r, root=root, n=n, cpu_of=cpu_of: self.dali.repeat(
+                        root, st, n, seed=r, cpu=cpu_of(r)), files))
+            case(f"stock/{codec}/1", files, one_cpu, lambda r, root=root: stock_repeat(root, st.input_spec,
+                                                                                       st.batch_size, r))
+            if codec == "zstd":
+                rgb = replace(st, input_spec="rgb")
+                case("rgb/zstd/uint16/1", files, one_cpu,
+                     lambda r, root=root: webdataset_repeat(root, rgb, 0, seed=r, to_float=False, threads=1))
+            if codec == "none":
+                case("floor/none", files, one_cpu, lambda r, root=root: floor_repeat(root, st.input_spec,
+                                                                                     st.batch_size))
+            case(f"limit/{codec}", files, one_cpu, lambda r, root=root: limit_repeat(root, st.input_spec,
+                                                                                     st.batch_size))
         return cases
 
     def start_dali(self) -> None:
@@ -223,6 +237,27 @@ class Bench:
         finally:
             if self.dali is not None:
                 self.dali.close()
+
+    # --- the GPU to feed --------------------------------------------------------------------
+
+    def measure_gpu_rate(self) -> None:
+        """Model-alone samples/s of the training model on a CUDA device (AMP, channels_last), or
+        the planning figure `--gpu-rate`: what one GPU consumes, for the cores-per-GPU rows."""
+        from bench.training import cuda_model_rate
+
+        cfg, res = self.cfg, self.res
+        try:
+            rate, name = cuda_model_rate(cfg.training.model, cfg.loader.input_spec)
+        except Exception as exc:
+            rate, name = None, f"failed: {_one_line(exc)}"
+        if rate is not None:
+            res.put("gpu/rate", 0, rate)
+            res.extra["gpu"] = f"measured on {name}"
+        elif cfg.gpu_rate:
+            res.put("gpu/rate", 0, cfg.gpu_rate)
+            res.extra["gpu"] = f"planning figure --gpu-rate {cfg.gpu_rate:g} (no CUDA device here: {name})"
+        else:
+            res.fail("gpu", f"not available: {name}; pass --gpu-rate N to plan for a GPU")
 
     # --- training ---------------------------------------------------------------------------
 

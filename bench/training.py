@@ -140,3 +140,37 @@ class StepBench:
             shutdown = getattr(it, "_shutdown_workers", None)
             if shutdown is not None:
                 shutdown()
+
+
+def cuda_model_rate(model: str, input_spec: str, batch_size: int = 128, steps: int = 20) -> tuple[float | None, str]:
+    """Training samples/s of `model` alone on the CUDA device (bfloat16 / float16 autocast,
+    channels_last, a batch held on the device): what one GPU consumes. (None, why) without one."""
+    if not torch.cuda.is_available():
+        return None, "no CUDA device"
+    from sen12ms_common.bands import resolve_bands
+    from train.models import build_model
+
+    dev = torch.device("cuda")
+    net = build_model(model, len(resolve_bands(input_spec)), 10).to(dev).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    x = torch.randn(batch_size, len(resolve_bands(input_spec)), 256, 256, device=dev).to(
+        memory_format=torch.channels_last)
+    y = torch.randint(0, 2, (batch_size, 10), device=dev).float()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=dtype):
+            loss = loss_fn(net(x).float(), y)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    return batch_size * steps / (time.perf_counter() - t0), torch.cuda.get_device_name(dev)

@@ -71,13 +71,26 @@ def chunk_offsets(sizes_raw: bytes | memoryview, n_bands: int, total: int) -> np
 
 
 class BandDecoder:
-    """Decodes chunks into bands. Holds a zstd context and a scratch buffer: one per thread."""
+    """Decodes chunks into bands through the C libraries (GIL released, straight into the band or
+    into a reused scratch buffer); falls back to the Python packages where a library is not
+    found. Holds its scratch buffer: one per thread."""
 
     def __init__(self) -> None:
         import zstandard
 
-        self._zstd = zstandard.ZstdDecompressor()
+        from .nativecodecs import CodecLibraryError, lz4_decompress_fn, zstd_decompress_fn
+
         self._frame_size = zstandard.frame_content_size
+        self._zstd_py = zstandard.ZstdDecompressor()
+        try:
+            self._zstd, self._zstd_error = zstd_decompress_fn()
+        except CodecLibraryError:
+            self._zstd = None
+        try:
+            self._lz4 = lz4_decompress_fn()
+        except CodecLibraryError:
+            self._lz4 = None
+        self._scratch = np.empty(0, dtype=np.uint8)
 
     def decode_into(self, chunk: bytes | memoryview, codec: str, dst: np.ndarray, stored: np.dtype,
                     shuffle: bool = True) -> None:
@@ -89,32 +102,60 @@ class BandDecoder:
                 raise CodecError(f"holds {len(chunk)} bytes for a band of {nbytes}")
             dst[...] = np.frombuffer(chunk, dtype=stored.newbyteorder("<")).reshape(dst.shape)
             return
-        raw = self._decompress(chunk, codec, nbytes)
+        direct = (codec == "lz4" and dst.dtype == stored and dst.flags.c_contiguous and self._lz4 is not None)
+        out = dst.reshape(-1).view(np.uint8) if direct else self._scratch_of(nbytes)
+        self._decompress(chunk, codec, out)
+        if direct:
+            return
         if codec == "zstd" and shuffle and stored.itemsize == 2:
             if dst.dtype == np.uint16 and dst.flags.c_contiguous:
-                unshuffle_into(raw, dst)
+                unshuffle_into(out, dst)
                 return
             tmp = np.empty(dst.shape, dtype=np.uint16)
-            unshuffle_into(raw, tmp)
+            unshuffle_into(out, tmp)
             dst[...] = tmp
             return
-        dst[...] = np.frombuffer(raw, dtype=stored.newbyteorder("<")).reshape(dst.shape)
+        dst[...] = out.view(stored.newbyteorder("<")).reshape(dst.shape)
 
-    def _decompress(self, chunk: bytes | memoryview, codec: str, nbytes: int) -> bytes:
+    def _scratch_of(self, nbytes: int) -> np.ndarray:
+        if self._scratch.size < nbytes:
+            self._scratch = np.empty(nbytes, dtype=np.uint8)
+        return self._scratch[:nbytes]
+
+    def _decompress(self, chunk: bytes | memoryview, codec: str, out: np.ndarray) -> None:
+        """Exactly `out.size` bytes from `chunk` into `out`, or a CodecError."""
+        nbytes = out.size
+        src = np.frombuffer(chunk, dtype=np.uint8)
+        if codec == "zstd":
+            # A frame declaring another size is refused before anything is decoded.
+            try:
+                declared = self._frame_size(chunk)
+            except Exception as exc:  # zstandard.ZstdError: no frame header
+                raise CodecError(f"does not decompress ({exc})") from None
+            if declared != nbytes:
+                what = f"{declared} bytes" if declared >= 0 else "no content size"
+                raise CodecError(f"declares {what} for a band of {nbytes}")
+            if self._zstd is not None:
+                got = self._zstd(out.ctypes.data, nbytes, src.ctypes.data, src.size)
+                if self._zstd_error(got) or got != nbytes:
+                    raise CodecError("does not decompress (zstd reports a damaged frame)")
+                return
+        if codec == "lz4" and self._lz4 is not None:
+            got = self._lz4(src.ctypes.data, out.ctypes.data, src.size, nbytes)
+            if got != nbytes:
+                raise CodecError("does not decompress (lz4 reports a damaged block)" if got < 0 else
+                                 f"decompresses to {got} bytes, expected {nbytes}")
+            return
+        out[...] = np.frombuffer(self._decompress_py(chunk, codec, nbytes), dtype=np.uint8)
+
+    def _decompress_py(self, chunk: bytes | memoryview, codec: str, nbytes: int) -> bytes:
         try:
             if codec == "zstd":
-                # The frame header's content size is checked first: python-zstandard allocates
-                # what a frame declares, so a forged header could ask for gigabytes.
-                declared = self._frame_size(chunk)
-                if declared != nbytes:
-                    raise CodecError(f"declares {declared} bytes for a band of {nbytes}")
-                raw = self._zstd.decompress(chunk)
+                raw = self._zstd_py.decompress(chunk)
             else:
                 import lz4.block
 
                 raw = lz4.block.decompress(chunk, uncompressed_size=nbytes)
-        except CodecError:
-            raise
         except Exception as exc:  # zstandard / lz4 raise their own error types on damaged input
             raise CodecError(f"does not decompress ({exc})") from exc
         if len(raw) != nbytes:

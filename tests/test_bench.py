@@ -59,11 +59,12 @@ def test_bench_table_has_every_row_with_sane_figures(bench_doc: Path):
     groups = [r["Group"] for r in rows]
     counts = {g: groups.count(g) for g in dict.fromkeys(groups)}
     # conversion: 3 codecs x (1 worker, all cores); loaders: the original's way x 2, per codec ours
-    # (uint16, float) x 2 + uint16 unverified x 1 + DALI x 2; limits per codec; bytes: 2 GeoTIFF +
-    # 3 shards + 1 real GeoTIFF + 3 real encoded; training: 3; S3: read-only + 2 x 2.
-    assert counts == {"Conversion (convert shards)": 6, "Loader (train split, shuffled)": 2 + 3 * 7,
-                      "Limit (read + decode only)": 3, "Bytes per sample on disk": 9, "Training step": 3,
-                      "S3 (local SeaweedFS)": 5}, counts
+    # (uint16, float) x 2 + uint16 unverified x 1 + worker processes x 2 + stock webdataset x 1 + DALI
+    # x 2, and the RGB row; limits per codec + the memory-copy floor; cores per GPU: the GPU + 3 codecs;
+    # bytes: 2 GeoTIFF + 3 shards + 1 real GeoTIFF + 3 real encoded; training: 3; S3: read-only + 2 x 2.
+    assert counts == {"Conversion (convert shards)": 6, "Loader (train split, shuffled)": 2 + 3 * 10 + 1,
+                      "Limit (read + decode only)": 4, "Cores to feed one GPU": 4, "Bytes per sample on disk": 9,
+                      "Training step": 3, "S3 (local SeaweedFS)": 5}, counts
     dali_missing = importlib.util.find_spec("nvidia.dali") is None
     for r in rows:
         median = r["Median"]
@@ -89,10 +90,19 @@ def test_bench_table_has_every_row_with_sane_figures(bench_doc: Path):
     s2_ratio = float(re.search(r"S2 ratio ([0-9.]+)", real_zstd["Compared (per round)"]).group(1))
     assert 2.0 < s2_ratio < 4.0  # real Sentinel-2 compresses about 2.6x with the shuffle
 
-    loader_rows = [r for r in rows if r["Group"].startswith("Loader") and r["Measurement"].startswith(("ours", "DALI"))]
+    loader_rows = [r for r in rows if r["Group"].startswith("Loader")]
+    compared = {"ours, ": r"[0-9.]+x original; [0-9]+% of limit", "DALI": r"[0-9.]+x original; [0-9]+% of limit",
+                "ours in ": r"[0-9.]+x the same in threads", "ours, zstd 3, RGB": r"[0-9.]+x the s1s2 input",
+                "stock webdataset": r"[0-9.]+x original.*; [0-9.]+x for ours"}
     for r in loader_rows:
-        if r["Median"][0].isdigit():
-            assert re.search(r"[0-9.]+x original; [0-9]+% of limit", r["Compared (per round)"]), r
+        start = max((k for k in compared if r["Measurement"].startswith(k)), key=len, default=None)
+        if start and r["Median"][0].isdigit():
+            assert re.search(compared[start], r["Compared (per round)"]), r
+    cores = [number(r["Median"]) for r in rows if r["Group"] == "Cores to feed one GPU" and r["Unit"] == "cores"]
+    assert len(cores) == 3 and all(c > 0 for c in cores)
+    assert "2600" in by_name[("Cores to feed one GPU", next(r["Measurement"] for r in rows
+                                                               if r["Group"] == "Cores to feed one GPU"), "-")][
+        "Measurement"] or torch.cuda.is_available()
     stall = by_name[("Training step", "fed by our loader (zstd shards, 1 worker)", "-")]
     assert re.fullmatch(r"-?[0-9]+% data stall \(1 of 1 rounds steady\)|no steady round .*",
                         stall["Compared (per round)"]), stall

@@ -303,11 +303,15 @@ def read_order(shards: Path) -> list[tuple[int, int]]:
 
 
 def damage_first_sample(shard: Path) -> str:
-    """Flip a byte in the middle of the first sample's S2 member (same size); returns its key."""
+    """Flip a byte in the middle of band B2 (in every input) of the first sample's S2 member (same
+    size); returns its key."""
+    import numpy as np
+
     with tarfile.open(shard) as t:
         info = next(m for m in t.getmembers() if m.name.endswith(".s2.zst"))
+        sizes = np.frombuffer(t.extractfile(info.name.replace(".s2.zst", ".s2.zstsizes")).read(), "<i4")
     data = bytearray(shard.read_bytes())
-    data[info.offset_data + info.size // 2] ^= 0xFF
+    data[info.offset_data + int(sizes[0]) + int(sizes[1]) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
     return info.name.split(".", 1)[0]
 
@@ -406,7 +410,7 @@ def test_a_shard_deleted_or_damaged_under_a_running_training_is_named_and_skippe
     summary = next(line for line in out.splitlines() if line.startswith("train: skipped "))
     assert summary.startswith(f"train: skipped 3 bad shard(s)/sample(s): {url_a['skip']}: shard is missing; "
                               f"{url_b}: sample {bad_key}: member .s2.zst does not decompress (")
-    assert f"; {url_b}: content does not match the manifest (sha256 " in summary
+    assert f"; {url_b}: content does not match the manifest (xxh3-128 " in summary
     assert (tmp_path / "skip" / "run" / "test_scores.json").exists()
     log = next((tmp_path / "skip" / "run" / "logs").glob("*_train.log")).read_text()
     assert epoch_line in log and summary in log

@@ -14,15 +14,13 @@ compiles them for numpy arrays too (debugging).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import glob
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
 
 import numpy as np
+
+from sen12ms_common.nativecodecs import CodecLibraryError, lz4_decompress_fn, zstd_decompress_fn  # noqa: F401
 
 try:  # DALI's AutoGraph must not rewrite the kernels these factories create (numba compiles them)
     from nvidia.dali.pipeline import do_not_convert
@@ -48,10 +46,6 @@ def status_text(status: int) -> str:
     return "; ".join(text for bit, text in STATUS_TEXT.items() if status & bit) or f"status {status}"
 
 
-class CodecLibraryError(ImportError):
-    """A compression library that cannot be found (an ImportError: the loader is unavailable)."""
-
-
 @dataclass(frozen=True)
 class Kernel:
     """A `fn.numba_function` run/setup pair and the types it declares."""
@@ -62,66 +56,6 @@ class Kernel:
     out_types: tuple[str, ...]
     ins_ndim: tuple[int, ...]
     outs_ndim: tuple[int, ...]
-
-
-# --- the native libraries ---------------------------------------------------------------------
-
-def _load(candidates: list[str], symbol: str, what: str) -> ctypes.CDLL:
-    tried = []
-    for path in candidates:
-        if not path:
-            continue
-        tried.append(path)
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        if hasattr(lib, symbol):
-            return lib
-    raise CodecLibraryError(f"no {what} library with {symbol} found (tried: {', '.join(tried) or 'nothing'})")
-
-
-def _module_file(name: str) -> str:
-    import importlib.util
-
-    try:
-        found = importlib.util.find_spec(name)
-    except ImportError:
-        return ""
-    return found.origin if found is not None and found.origin else ""
-
-
-@lru_cache(maxsize=1)
-def zstd_decompress_fn():
-    """`ZSTD_decompress` and `ZSTD_isError`: from the `zstandard` package's cffi extension (the
-    converter's own zstd, a dependency anyway), else the system's libzstd, else the one DALI
-    ships (measured here about 4x slower to decompress than the other two)."""
-    candidates = [_module_file("zstandard._cffi"), ctypes.util.find_library("zstd") or "", "libzstd.so.1"]
-    try:
-        import nvidia.dali
-
-        candidates += sorted(glob.glob(os.path.join(os.path.dirname(nvidia.dali.__file__), ".libs", "libzstd*.so*")))
-    except ImportError:
-        pass
-    lib = _load(candidates, "ZSTD_decompress", "zstd")
-    decompress = lib.ZSTD_decompress
-    decompress.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t]
-    decompress.restype = ctypes.c_size_t
-    is_error = lib.ZSTD_isError
-    is_error.argtypes = [ctypes.c_size_t]
-    is_error.restype = ctypes.c_uint
-    return decompress, is_error
-
-
-@lru_cache(maxsize=1)
-def lz4_decompress_fn():
-    """`LZ4_decompress_safe` from the `lz4` package's extension (a dependency anyway), else liblz4."""
-    candidates = [_module_file("lz4.block._block"), ctypes.util.find_library("lz4") or "", "liblz4.so.1"]
-    lib = _load(candidates, "LZ4_decompress_safe", "lz4")
-    fn = lib.LZ4_decompress_safe
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
 
 
 # --- kernels ----------------------------------------------------------------------------------

@@ -1,0 +1,138 @@
+"""Rows beside our loader: a stock webdataset pipeline over the same shards, the memory-copy
+floor of uncompressed shards, and the read + decode limit of a codec.
+
+- stock: `wds.WebDataset(urls)` shuffled, each sample decoded as docs/FORMAT.md shows (all
+  bands, then the input's bands picked), `.batched` into uint16 batches: the way a user of that
+  library would read the shards, with nothing of ours.
+- floor: every shard read into a reused buffer and every used pixel copied into a batch slot,
+  nothing decoded, nothing verified: the physical floor for uncompressed shards.
+- limit: every shard read into a reused buffer and every used band decoded into a batch slot by
+  the shard format's own band decoder, nothing else (no tar walk: the DALI index gives offsets).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.measure import Repeat, steady_rate
+from sen12ms_common.bands import resolve_bands
+from sen12ms_common.codecs import BandDecoder
+from sen12ms_common.manifest import index_name, load_manifest
+from sen12ms_common.shardformat import SampleLayout, decode_bands_into
+
+
+def read_index(path: Path) -> list[dict[str, tuple[int, int]]]:
+    """A wds2idx (v1.2) index: per sample, member ext -> (offset, size)."""
+    lines = path.read_text().splitlines()
+    out = []
+    for line in lines[1:]:
+        parts = line.split()
+        out.append({parts[i]: (int(parts[i + 1]), int(parts[i + 2])) for i in range(0, len(parts), 4)})
+    return out
+
+
+def _stock_decode(layout: SampleLayout, channels: list[tuple[str, int]]):
+    import lz4.block
+    import zstandard
+
+    def bands(sample: dict, m: str) -> np.ndarray:
+        count = layout.shape(m)[0]
+        data = sample[layout.ext(m)]
+        if layout.codec == "none":
+            return np.frombuffer(data, "<u2").reshape(count, layout.size, layout.size)
+        ends = np.cumsum(np.frombuffer(sample[layout.sizes_ext(m)], "<i4"))[:-1]
+        frames = np.split(np.frombuffer(data, np.uint8), ends)
+        if layout.codec == "lz4":
+            planes = [np.frombuffer(lz4.block.decompress(f.tobytes(), uncompressed_size=2 * layout.size ** 2), "<u2")
+                      for f in frames]
+        else:  # the FORMAT.md snippet
+            planes = [np.frombuffer(zstandard.decompress(f.tobytes()), np.uint8).reshape(2, -1).T.copy().view("<u2")
+                      for f in frames]
+        return np.stack(planes).reshape(count, layout.size, layout.size)
+
+    def decode(sample: dict) -> tuple[np.ndarray, np.ndarray]:
+        arrays = {m: bands(sample, m) for m in {m for m, _ in channels}}
+        image = np.stack([arrays[m][b] for m, b in channels])
+        return image, np.frombuffer(sample["label.f32"], "<f4")
+
+    return decode
+
+
+def stock_repeat(root: str, input_spec: str, batch_size: int, seed: int) -> Repeat:
+    """One shuffled epoch of a stock webdataset pipeline (in this process, as in a notebook)."""
+    import webdataset as wds
+
+    manifest = load_manifest(root)
+    urls = [str(Path(root) / e.name) for e in manifest.shards("train")]
+    channels = [(b.modality, b.index) for b in resolve_bands(input_spec)]
+    pipeline = (wds.WebDataset(urls, shardshuffle=len(urls), detshuffle=True, seed=seed, empty_check=False)
+                .shuffle(1000, rng=random.Random(seed))
+                .map(_stock_decode(manifest.layout, channels))
+                .batched(batch_size))
+    return steady_rate(pipeline, lambda b: len(b[0]))
+
+
+def _shards(root: str) -> list[tuple[Path, list[dict[str, tuple[int, int]]]]]:
+    manifest = load_manifest(root)
+    return [(Path(root) / e.name, read_index(Path(root) / index_name(e.name))) for e in manifest.shards("train")]
+
+
+def _walk(root: str, batch_size: int, fill) -> Repeat:
+    """Read every train shard into a reused buffer and `fill(members, slot)` each sample into a
+    reused batch; times the whole pass."""
+    shards = _shards(root)
+    buf = np.empty(max(p.stat().st_size for p, _ in shards), dtype=np.uint8)
+    batch = None
+    n, t0 = 0, time.perf_counter()
+    for path, index in shards:
+        with open(path, "rb", buffering=0) as f:
+            size = f.readinto(buf)
+        data = memoryview(buf)[:size]
+        for members in index:
+            got = {ext: data[off:off + length] for ext, (off, length) in members.items()}
+            batch = fill(got, n % batch_size)
+            n += 1
+    seconds = time.perf_counter() - t0
+    if batch is None:
+        raise RuntimeError(f"{root}: no train samples")
+    return Repeat(n, seconds)
+
+
+def floor_repeat(root: str, input_spec: str, batch_size: int) -> Repeat:
+    """Uncompressed shards: bytes read, every used pixel copied into a batch slot."""
+    layout = load_manifest(root).layout
+    if layout.codec != "none":
+        raise ValueError("the memory-copy floor reads uncompressed shards")
+    bands = resolve_bands(input_spec)
+    batch = np.empty((batch_size, len(bands), layout.size, layout.size), dtype=np.uint16)
+    planes = {m: layout.shape(m) for m in layout.modalities}
+
+    def fill(members: dict, slot: int) -> np.ndarray:
+        for c, b in enumerate(bands):
+            arr = np.frombuffer(members[layout.ext(b.modality)], "<u2").reshape(planes[b.modality])
+            batch[slot, c] = arr[b.index]
+        return batch
+
+    return _walk(root, batch_size, fill)
+
+
+def limit_repeat(root: str, input_spec: str, batch_size: int) -> Repeat:
+    """Bytes read, every used band decoded into a batch slot by the format's band decoder."""
+    layout = load_manifest(root).layout
+    bands = resolve_bands(input_spec)
+    batch = np.empty((batch_size, len(bands), layout.size, layout.size), dtype=np.uint16)
+    picks: dict[str, list[tuple[int, int]]] = {}
+    for c, b in enumerate(bands):
+        picks.setdefault(b.modality, []).append((b.index, c))
+    decoder = BandDecoder()
+
+    def fill(members: dict, slot: int) -> np.ndarray:
+        for m, chosen in picks.items():
+            decode_bands_into(members, m, layout, [(b, batch[slot, c]) for b, c in chosen], decoder)
+        return batch
+
+    return _walk(root, batch_size, fill)
