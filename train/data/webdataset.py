@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from sen12ms_common import storage
 from sen12ms_common.bands import modalities_of
 from sen12ms_common.buffers import BufferPool
 
@@ -58,10 +59,14 @@ def _stream_raw(src: ShardSource, plan: StreamPlan, pool: BufferPool, events: li
 
 
 def stream_batches(src: ShardSource, plan: StreamPlan, decoder: Callable[[], BatchDecoder], pool: BufferPool, *,
-                   batch_size: int, shuffle: bool, bufsize: int, skip: int, events: list[str]
+                   batch_size: int, shuffle: bool, bufsize: int, skip: int, events: list[str], readahead: int = 0
                    ) -> Iterator[tuple[int, dict[str, Any] | None]]:
-    """(j, batch) for batches j = skip, skip + 1, ... of one stream; skipped ones are not decoded."""
+    """(j, batch) for batches j = skip, skip + 1, ... of one stream; skipped ones are not decoded.
+    `readahead`: a thread of its own reads up to that many samples ahead (remote storage, where
+    one stream waits on the network while the others are read)."""
     items: Iterable[RawSample] = _stream_raw(src, plan, pool, events)
+    if readahead:
+        items = prefetched(iter(items), depth=readahead)
     if shuffle:
         items = buffer_shuffle(items, bufsize, np.random.default_rng(list(plan.seed)))
     it = iter(items)
@@ -99,7 +104,7 @@ class EpochStreams(IterableDataset):
         self.threads, self.pin_memory = threads, pin_memory
         self.epoch, self.start_batch = 0, 0
         self._decoder: BatchDecoder | None = None
-        self._pool: BufferPool | None = None
+        self._pools: dict[int, BufferPool] = {}  # per reading thread: members are read into reused memory
 
     def decoder(self) -> BatchDecoder:
         # Made in the process (and after the fork) that decodes: a thread pool does not survive a fork.
@@ -111,10 +116,10 @@ class EpochStreams(IterableDataset):
         if self._decoder is not None:
             self._decoder.close()
             self._decoder = None
-        self._pool = None
+        self._pools = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_decoder": None, "_pool": None}
+        return {**self.__dict__, "_decoder": None, "_pools": {}}
 
     def plan(self) -> EpochPlan:
         return epoch_plan(self.counts, batch_size=self.batch_size, seed=self.seed, epoch=self.epoch,
@@ -133,11 +138,14 @@ class EpochStreams(IterableDataset):
             events.clear()
             return out
 
-        if self._pool is None:  # per reading process: members are read into reused memory
-            self._pool = BufferPool()
-        gens = {s.index: stream_batches(self.src, s, self.decoder, self._pool, batch_size=self.batch_size,
-                                        shuffle=self.shuffle, bufsize=self.bufsize, skip=skips[s.index],
-                                        events=events)
+        # Remote storage: every stream reads in a thread of its own, so that they wait on the network
+        # together; local files: one thread reads them all.
+        remote = storage.is_remote(self.src.root)
+        gens = {s.index: stream_batches(self.src, s, self.decoder, self._pools.setdefault(s.index if remote else 0,
+                                                                                          BufferPool()),
+                                        batch_size=self.batch_size, shuffle=self.shuffle, bufsize=self.bufsize,
+                                        skip=skips[s.index], events=events,
+                                        readahead=self.batch_size if remote else 0)
                 for s in mine}
         ended: set[int] = set()
         last = {v: j for j, v in plan.order()}  # the last planned batch of each stream
