@@ -87,9 +87,9 @@ def _as_vector(value: Any, key: str, source: str) -> np.ndarray:
     if isinstance(value, (list, tuple)):
         if len(value) != N_FULL:
             raise LabelFileError(f"{label} has {len(value)} values, a probability label has {N_FULL}")
-        if not all(isinstance(x, (int, float, np.number)) for x in value):
-            raise LabelFileError(f"{label} is not a numeric vector (it holds "
-                                 f"{describe(next(x for x in value if not isinstance(x, (int, float, np.number))))})")
+        odd = [x for x in value if not isinstance(x, (int, float, np.number))]
+        if odd:
+            raise LabelFileError(f"{label} is not a numeric vector (it holds {describe(odd[0])})")
     elif not isinstance(value, np.ndarray):
         raise LabelFileError(f"{label} is not a numeric vector ({describe(value)})")
     elif value.size != N_FULL:
@@ -142,14 +142,9 @@ def _parse_json(data: bytes, source: str) -> dict[str, np.ndarray]:
     return dict(sorted(doc.labels.items()))
 
 
-def load_labels(path: str) -> dict[str, np.ndarray]:
-    """Probability labels (S2 file name -> float64 (17,)) from our JSON or the original's pickle.
-
-    Sums are not validated here (the converter checks each sample and reports); a malformed
-    file, or one over the limits of `datalimits`, raises `LabelFileError` naming it.
-    """
-    source = str(path)
-    data = read_source(source, "label file", LabelFileError, f" ({LABEL_JSON} or {LABEL_PKL})")
+def parse_labels(data: bytes, source: str) -> dict[str, np.ndarray]:
+    """`load_labels` of the bytes of a label file: JSON if `source` ends in .json or the bytes
+    start with '{', else a pickle. `source` names the file in errors."""
     first = _LEADING_SPACE.match(data).end()
     if source.lower().endswith(".json") or data[first:first + 1] == b"{":
         return _parse_json(data, source)
@@ -158,6 +153,16 @@ def load_labels(path: str) -> dict[str, np.ndarray]:
     except safepickle.UnsafePickleError as exc:
         raise LabelFileError(str(exc)) from None
     return _check_mapping(obj, source)
+
+
+def load_labels(path: str) -> dict[str, np.ndarray]:
+    """Probability labels (S2 file name -> float64 (17,)) from our JSON or the original's pickle.
+
+    Sums are not validated here (the converter checks each sample and reports); a malformed
+    file, or one over the limits of `datalimits`, raises `LabelFileError` naming it.
+    """
+    source = str(path)
+    return parse_labels(read_source(source, "label file", LabelFileError, f" ({LABEL_JSON} or {LABEL_PKL})"), source)
 
 
 # --- split lists -------------------------------------------------------------------------------
@@ -187,10 +192,8 @@ def _parse_names(names: Iterator[tuple[str, Any]]) -> list[str]:
     return out
 
 
-def read_split_list(path: str) -> list[str]:
-    """S2 file names of one split list: text (one per line) or the original's pickled list."""
-    source = str(path)
-    data = read_source(source, "split list", SplitFileError)
+def parse_split_list(data: bytes, source: str) -> list[str]:
+    """`read_split_list` of the bytes of a split list: a pickle if `source` ends in .pkl, else text."""
     if source.endswith(".pkl"):
         try:
             obj = safepickle.loads(data, source)
@@ -200,9 +203,15 @@ def read_split_list(path: str) -> list[str]:
             raise SplitFileError(f"{source}: expected a pickled list of S2 file names, found {type(obj).__name__}")
         if len(obj) > MAX_ENTRIES:
             raise SplitFileError(f"{source}: more than {MAX_ENTRIES} names")
-        return _parse_names(((f"{source} (item {i})", name) for i, name in enumerate(obj, 1)))
+        return _parse_names((f"{source} (item {i})", name) for i, name in enumerate(obj, 1))
     lines = text_lines(data, source, SplitFileError, "one S2 file name per line")
-    return _parse_names(((f"{source}:{number}", line) for number, line in lines))
+    return _parse_names((f"{source}:{number}", line) for number, line in lines)
+
+
+def read_split_list(path: str) -> list[str]:
+    """S2 file names of one split list: text (one per line) or the original's pickled list."""
+    source = str(path)
+    return parse_split_list(read_source(source, "split list", SplitFileError), source)
 
 
 def load_splits(split_dir: str) -> dict[str, list[str]]:
@@ -231,4 +240,5 @@ def load_splits(split_dir: str) -> dict[str, list[str]]:
 
 
 __all__ = ["LABEL_JSON", "LABEL_PKL", "JSON_FORMAT", "JSON_VERSION", "SPLITS", "REQUIRED_SPLITS", "LabelFileError",
-           "SplitFileError", "read_source", "load_labels", "read_split_list", "load_splits"]
+           "SplitFileError", "read_source", "text_lines", "parse_labels", "load_labels", "parse_split_list",
+           "read_split_list", "load_splits"]

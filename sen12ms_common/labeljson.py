@@ -24,7 +24,7 @@ _NUM = rb"-?(?:0|[1-9][0-9]{0,%d})(?:\.[0-9]{1,%d})?(?:[eE][+-]?[0-9]{1,5})?" % 
 _NUMBER = re.compile(_NUM)
 # A string without escapes (a name), and the start of any string up to its first escape.
 _PLAIN_STRING = re.compile(rb'"([^"\\\x00-\x1f]{0,%d})"' % MAX_STRING_CHARS)
-_STRING_RUN = re.compile(rb'[^"\\\x00-\x1f]{0,%d}' % MAX_STRING_CHARS)
+_STRING_RUN = re.compile(rb'[^"\\\x00-\x1f]*')  # bounded by the end position given to match
 _ESCAPE = re.compile(rb'\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})')
 # What cannot follow a number: it would be longer than the pattern allows, or not a number.
 _AFTER_NUMBER = frozenset(b"0123456789.eE+-"[i:i + 1] for i in range(15))
@@ -150,11 +150,11 @@ class _Parser:
                 p = self.skip(p + 1)
         return self.error(pos, f"{label} has {count} values, a probability label has {self.n}")
 
-    def scalar(self, pos: int) -> tuple[Any, int]:
+    def scalar(self, pos: int, key: str) -> tuple[Any, int]:
         """A header value: a string, a number, true, false or null."""
         char = self.data[pos:pos + 1]
         if char == b'"':
-            return self.string(pos, MAX_STRING_CHARS, "a header string")
+            return self.string(pos, MAX_STRING_CHARS, f"the value of {excerpt(key)}")
         for word, value in _LITERALS.items():
             if self.data.startswith(word, pos):
                 return value, pos + len(word)
@@ -168,7 +168,7 @@ class _Parser:
         while True:
             if len(items) >= MAX_HEADER_ITEMS:
                 raise self.error(pos, f"header entry {excerpt(key)} lists more than {MAX_HEADER_ITEMS} values")
-            value, p = self.scalar(self.skip(p))
+            value, p = self.scalar(self.skip(p), key)
             items.append(value)
             p = self.skip(p)
             if self.data[p:p + 1] == b"]":
@@ -179,9 +179,9 @@ class _Parser:
     def members(self, pos: int, on_member) -> int:
         """Parse `{ "key": value, ... }` at `pos`; `on_member(key, key_pos, value_pos)` parses each
         value and returns the position after it. Returns the position after the closing brace."""
-        p = self.expect(pos, b"{", "'{'")
-        if self.data[self.skip(p):self.skip(p) + 1] == b"}":
-            return self.skip(p) + 1
+        p = self.skip(self.expect(pos, b"{", "'{'"))
+        if self.data[p:p + 1] == b"}":
+            return p + 1
         while True:
             key_pos = self.skip(p)
             key, p = self.string(key_pos, MAX_NAME_CHARS, "a name")
@@ -226,7 +226,7 @@ class _Parser:
             elif char == b"{":
                 raise self.error(pos, f"{excerpt(key)} holds an object; only 'labels' may")
             else:
-                doc.header[key], end = self.scalar(pos)
+                doc.header[key], end = self.scalar(pos, key)
             return end
 
         end = self.skip(self.members(start, member))
