@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import labeljson, safepickle, storage
-from .datalimits import MAX_ENTRIES, MAX_FILE_BYTES, MAX_NAME_CHARS, describe, excerpt
+from .datalimits import MAX_ENTRIES, MAX_FILE_BYTES, MAX_NAME_CHARS, MAX_STRING_CHARS, describe, excerpt
 from .igbp import N_FULL
 from .patches import PatchNameError, parse_patch
 
@@ -214,6 +214,20 @@ def read_split_list(path: str) -> list[str]:
     return parse_split_list(read_source(source, "split list", SplitFileError), source)
 
 
+def read_excluded(path: str) -> dict[str, str]:
+    """The `<S2 file name>: <reason>` lines of a split folder's `excluded.txt` (why patches are in
+    no list); lines without ': ' are skipped. A file that is not text or over the limits raises
+    `SplitFileError` (one line)."""
+    source = str(path)
+    out: dict[str, str] = {}
+    for _, line in text_lines(read_source(source, "list of excluded patches", SplitFileError), source,
+                              SplitFileError, "'<S2 file name>: <reason>' per line", max_chars=MAX_STRING_CHARS // 4):
+        name, sep, reason = line.partition(": ")
+        if sep and name.strip():
+            out[name.strip()] = reason.strip()
+    return out
+
+
 def load_splits(split_dir: str) -> dict[str, list[str]]:
     """Split lists of a folder: `{split}_list.txt`, else `{split}_list.pkl` (restricted unpickler).
 
@@ -241,4 +255,4 @@ def load_splits(split_dir: str) -> dict[str, list[str]]:
 
 __all__ = ["LABEL_JSON", "LABEL_PKL", "JSON_FORMAT", "JSON_VERSION", "SPLITS", "REQUIRED_SPLITS", "LabelFileError",
            "SplitFileError", "read_source", "text_lines", "parse_labels", "load_labels", "parse_split_list",
-           "read_split_list", "load_splits"]
+           "read_split_list", "read_excluded", "load_splits"]

@@ -25,8 +25,9 @@ MAX_ARRAY_VALUES = 4096
 # Objects a pickle may create: each value, container item and memo entry counts one. The full
 # dataset's label pickle creates about 30 per patch.
 MAX_PICKLE_OBJECTS = 32 * MAX_ENTRIES
-# Bytes of all strings, bytes and array data a pickle may create.
-MAX_PICKLE_DATA_BYTES = 2 * MAX_FILE_BYTES
+# Bytes of all strings, bytes and array data a pickle may create (the full dataset's label
+# pickles create 55-83 MB).
+MAX_PICKLE_DATA_BYTES = MAX_FILE_BYTES
 # Values on the pickle machine's stack, and open marks (Python's pickler batches 1000 items).
 MAX_PICKLE_STACK = 1_000_000
 # Nesting of containers in a loaded pickle, and values in it counted as a tree (a value reached

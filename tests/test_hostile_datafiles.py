@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from convert.labels import LABEL_JSON, compat_pickle, label_file_contents
 from sen12ms_common import safepickle
 from sen12ms_common.datafiles import (
-    LabelFileError, SplitFileError, load_labels, parse_labels, parse_split_list, read_split_list,
+    LabelFileError, SplitFileError, load_labels, parse_labels, parse_split_list, read_excluded, read_split_list,
 )
-from sen12ms_common.datalimits import MAX_FILE_BYTES, MAX_TREE_VALUES
+from sen12ms_common.datalimits import MAX_FILE_BYTES, MAX_PICKLE_DATA_BYTES, MAX_PICKLE_OBJECTS, MAX_TREE_VALUES
 from sen12ms_common.patches import parse_patch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -262,6 +262,18 @@ def test_pickle_bombs_are_refused_before_they_allocate(tree, tmp_path, content, 
     assert_refused(proc, f"{path}: {reason}")
 
 
+@pytest.mark.slow
+def test_a_pickle_using_every_budget_to_the_full_stays_within_the_memory_limit(tree, tmp_path):
+    # 256 MiB of bytes made from one memoized 4 KiB string, then empty lists memoized until the
+    # object budget runs out: the most memory any pickle can make the reader hold.
+    chunk = "a" * 4096
+    ops = glob("_codecs", "encode") + b"q\x00" + text(chunk) + b"q\x01" + text("latin1") + b"q\x02000"
+    ops += b"]" + b"h\x00h\x01h\x02\x86Ra" * (MAX_PICKLE_DATA_BYTES // len(chunk) - 2)
+    ops += b"\x94" + b"]\x940" * (MAX_PICKLE_OBJECTS // 2)
+    proc, path = shards_with_labels(tree, tmp_path, b"\x80\x02" + ops + b".")
+    assert_refused(proc, f"{path}: refused to load: the pickle creates more than {MAX_PICKLE_OBJECTS} objects")
+
+
 def test_a_split_pickle_bomb_is_refused(tree, tmp_path):
     content = b"\x80\x02]q\x00(" + text(NAME) + b"e" + glob("__builtin__", "bytes") + b"J\x00\x00\x00\x7f\x85R."
     proc, path = shards_with_split(tree, tmp_path, content)
@@ -320,6 +332,20 @@ def test_hostile_holdout_lists_are_refused_in_one_line(tree, tmp_path):
     holdout.write_bytes(b"ROIs1158_spring/s1_1\n\xff\n")
     proc = convert("splits", "--data", str(tree), "--holdout", str(holdout), "--out", str(tmp_path / "out"))
     assert_refused(proc, f"{holdout}: not a text file (expected one scene per line, e.g. ROIs1158_spring/s1_63)")
+
+
+def test_the_excluded_list_of_a_split_folder_is_read_within_limits(tmp_path):
+    path = tmp_path / "excluded.txt"
+    path.write_text(f"{NAME}: known broken triplet\nnot a line of the format\n")
+    assert read_excluded(str(path)) == {NAME: "known broken triplet"}
+    path.write_bytes(b"\xff\xfe: x\n")
+    with pytest.raises(SplitFileError) as err:
+        read_excluded(str(path))
+    assert str(err.value) == f"{path}: not a text file (expected '<S2 file name>: <reason>' per line)"
+    path.write_bytes(b"x" * 5000 + b": y\n")
+    with pytest.raises(SplitFileError) as err:
+        read_excluded(str(path))
+    assert str(err.value) == f"{path}:1: a line of 5003 characters (expected '<S2 file name>: <reason>' per line)"
 
 
 # --- valid files still load -------------------------------------------------------------------------
