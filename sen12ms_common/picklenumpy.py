@@ -15,8 +15,8 @@ import numpy as np
 
 from .datalimits import MAX_ARRAY_VALUES, clip, describe, excerpt
 
-# dtype codes as numpy pickles them: floats, signed and unsigned integers, bool.
-NUMERIC_CODES = frozenset({"f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "b1"})
+# dtype codes as numpy pickles them: floats, signed and unsigned integers.
+NUMERIC_CODES = frozenset({"f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8"})
 _BYTE_ORDERS = ("<", ">", "|", "=")
 _MAX_DIMS = 32
 
@@ -111,7 +111,7 @@ def new_dtype(args: tuple) -> PendingDtype:
         raise ArrayPatternError("numpy.dtype is called with other arguments than (code, align, copy)")
     if args[0] not in NUMERIC_CODES:
         raise ArrayPatternError(f"numpy dtype {excerpt(args[0])} is not a numeric type "
-                                "(float16/32/64, an integer type or bool)")
+                                "(float16/32/64 or an integer type)")
     return PendingDtype(args[0])
 
 

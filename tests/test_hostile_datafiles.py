@@ -33,7 +33,7 @@ from sen12ms_common.patches import parse_patch
 REPO = Path(__file__).resolve().parents[1]
 AS_LIMIT = 3 << 30  # enough for the interpreter, numpy and rasterio; not for a bomb
 NAME = "ROIs1158_spring_s2_1_p30.tif"
-NOT_NUMERIC = "is not a numeric type (float16/32/64, an integer type or bool)"
+NOT_NUMERIC = "is not a numeric type (float16/32/64 or an integer type)"
 
 
 # --- pickles made opcode by opcode ------------------------------------------------------------------
