@@ -57,7 +57,8 @@ def describe(value: object) -> str:
         return excerpt(value)
     if isinstance(value, (bool, int, float)) or value is None:
         return clip(repr(value))
-    return f"a {type(value).__name__}"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def clip(text: str, limit: int = EXCERPT_CHARS) -> str:

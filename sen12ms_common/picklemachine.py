@@ -48,7 +48,10 @@ def _what(value: Any) -> str:
         return "a numpy dtype outside an array"
     if isinstance(value, pn.PendingArray):
         return "a numpy array before its data"
-    return f"a {type(value).__name__}"
+    if isinstance(value, _ArgTuple):
+        return "a tuple of call arguments"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 # Opcodes that build objects of a class the file names (or reach outside the file): refused.
