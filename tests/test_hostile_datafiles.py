@@ -55,10 +55,11 @@ def dtype_ops(code: str, order: str = "|", flags: int = 0) -> bytes:
             + b"J\xff\xff\xff\xffJ\xff\xff\xff\xff" + b"K" + bytes([flags]) + b"tb")
 
 
-def array_ops(dtype: bytes, raw: bytes, core: str = "numpy.core") -> bytes:
-    """_reconstruct(ndarray, (0,), b'b') + BUILD (1, (n,), dtype, False, raw)."""
+def array_ops(dtype: bytes, raw: bytes, core: str = "numpy.core", count: int | None = None) -> bytes:
+    """_reconstruct(ndarray, (0,), b'b') + BUILD (1, (count,), dtype, False, raw); count: 8-byte items of raw."""
+    count = len(raw) // 8 if count is None else count
     return (glob(f"{core}.multiarray", "_reconstruct") + glob("numpy", "ndarray") + b"K\x00\x85C\x01b\x87R"
-            + b"(K\x01K" + bytes([len(raw) // 8]) + b"\x85" + dtype + b"\x89C" + bytes([len(raw)]) + raw + b"tb")
+            + b"(K\x01K" + bytes([count]) + b"\x85" + dtype + b"\x89C" + bytes([len(raw)]) + raw + b"tb")
 
 
 def label_pickle(value_ops: bytes) -> bytes:
@@ -225,7 +226,7 @@ def test_an_object_dtype_split_pickle_is_refused_instead_of_crashing(tree, tmp_p
 @pytest.mark.parametrize("ops, reason", [
     (array_ops(dtype_ops("V8"), b"A" * 8), f"numpy dtype 'V8' {NOT_NUMERIC}"),
     (array_ops(dtype_ops("f8", "|", 63), b"A" * 8), "the state of numpy dtype 'f8' is not that of a numeric type"),
-    (array_ops(dtype_ops("f8", "<"), b"A" * 7), "array data holds 7 bytes, shape (0,) of <f8 needs 0"),
+    (array_ops(dtype_ops("f8", "<"), b"A" * 7, count=1), "array data holds 7 bytes, shape (1,) of <f8 needs 8"),
     (glob("numpy", "ndarray") + b"K\x02J\x00\x00\x00\x40\x86" + dtype_ops("f8", "<") + b"\x86R",
      "array of shape (2, 1073741824) holds more than 4096 values"),
 ])
@@ -256,7 +257,7 @@ def test_numpy_patterns_other_than_numerics_are_refused(tmp_path, ops, reason):
      "refused to load: a string of 20000000 bytes, more than 4096"),
     # two million memo references on the stack
     (label_pickle(b"N\x94" + b"h\x00" * 2_000_000), "refused to load: more than 1000000 values on the pickle stack"),
-])
+], ids=["bytes", "memo-doubling", "memo-fanout", "deep-lists", "deep-tuples", "long-string", "stack"])
 def test_pickle_bombs_are_refused_before_they_allocate(tree, tmp_path, content, reason):
     proc, path = shards_with_labels(tree, tmp_path, content)
     assert_refused(proc, f"{path}: {reason}")
@@ -308,7 +309,7 @@ def test_a_long_value_is_never_echoed_whole(tree, tmp_path):
      f"line 1: label of {NAME!r}: value 1 is not a number of at most 64 digits (found '11111111111111111111'...)"),
     (b'{"' + NAME.encode() + b'": [' + b"1e400, " * 16 + b"1]}",
      f"line 1: label of {NAME!r} holds a number that is not finite"),
-])
+], ids=["long-name", "long-value", "long-vector", "deep-label", "deep-top", "deep-header", "long-number", "inf"])
 def test_json_bombs_and_deep_nesting_are_refused(tree, tmp_path, content, reason):
     proc, path = shards_with_labels(tree, tmp_path, content, "labels.json")
     assert_refused(proc, f"{path}: {reason}")
