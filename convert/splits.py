@@ -17,7 +17,8 @@ from pathlib import Path
 import click
 
 from sen12ms_common import storage
-from sen12ms_common.datafiles import SplitFileError, read_source
+from sen12ms_common.datafiles import SplitFileError, read_source, text_lines
+from sen12ms_common.datalimits import excerpt
 from sen12ms_common.patches import (
     MODALITIES, SEASONS, PatchId, PatchNameError, SceneId, parse_patch, parse_scene,
 )
@@ -36,20 +37,17 @@ PICKLE_PROTOCOL = 3
 def load_holdout(path: str) -> list[SceneId]:
     """Scenes of a hold-out list (`ROIs1158_spring/s1_63` per line), in file order, no repeats."""
     source = str(path)
-    try:
-        text = read_source(source, "hold-out list", SplitFileError).decode("utf-8")
-    except UnicodeDecodeError:
-        raise SplitFileError(f"{source}: not a text file (expected one scene per line, e.g. ROIs1158_spring/s1_63)") from None
+    data = read_source(source, "hold-out list", SplitFileError)
     scenes: list[SceneId] = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    seen: set[SceneId] = set()
+    for number, line in text_lines(data, source, SplitFileError, "one scene per line, e.g. ROIs1158_spring/s1_63"):
         try:
-            scene = parse_scene(line.strip())
+            scene = parse_scene(line)
         except PatchNameError:
-            raise SplitFileError(f"{source}:{number}: {line.strip()!r} is not a SEN12MS scene "
+            raise SplitFileError(f"{source}:{number}: {excerpt(line)} is not a SEN12MS scene "
                                  "(expected e.g. ROIs1158_spring/s1_63)") from None
-        if scene not in scenes:
+        if scene not in seen:
+            seen.add(scene)
             scenes.append(scene)
     if not scenes:
         raise SplitFileError(f"{source}: the hold-out list names no scene")
