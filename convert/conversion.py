@@ -1,14 +1,6 @@
 """A run of `convert shards` (or of one part of it): take OUT's lock, read OUT, plan, continue
-where an earlier run stopped, write the shards of each split, then the report and manifest.
-
-Workers read and encode samples in parallel; one writer appends them to the shards in the planned
-order, so the bytes do not depend on the number of workers. After each shard and its DALI index,
-a commit record (`OUT/.parts/<shard>.json`) is written; `--resume` keeps the shards with a record,
-removes what an interrupted run of the same conversion left after them, and goes on from the next
-sample. The manifest and report are built from the records in shard order, so an interrupted and
-resumed run writes the same bytes as an uninterrupted one. A part (`--part I/N`) writes its part
-manifest and report into OUT/parts/ instead (`convert merge-manifest` joins them).
-"""
+where an earlier run of the conversion stopped, write the shards of each split (each committed
+with a record in OUT/.parts/), then the report and manifest. docs/FORMAT.md describes the files."""
 
 from __future__ import annotations
 
@@ -21,7 +13,7 @@ from convert.assembly import PlanOptions, Planned, make_plan, options_difference
 from convert.encode import Encoded, Failed, encode_entry
 from convert.errors import ConvertError
 from convert.interrupts import deferred_interrupt
-from convert.outfolder import (CONTENT_KINDS, PART_DIR, PARTS, OutState, Resume, ShardRecord, SplitEnd, is_lock,
+from convert.outfolder import (CONTENT_KINDS, PART_DIR, PARTS, Entry, OutState, Resume, ShardRecord, SplitEnd, is_lock,
                                options_name, part_manifest_name, part_report_name, read_json, resume_point,
                                write_json)
 from convert.outlock import OutLock
@@ -85,12 +77,13 @@ def convert_shards(opts: ShardsOptions, echo: Callable[[str], None] = lambda s: 
         state.check_other_conversion(opts.part)
         if not opts.resume:
             state.check_fresh(opts.part)
+        temporaries = _temporaries(state, opts.part, gone, lock.token)
         planned = make_plan(opts.plan_options())
         part = opts.part
         if part is not None and not planned.part_meta["scenes"]:  # type: ignore[index]
             echo(f"part {part}: no scenes (the tree has fewer scenes than {part.count} parts); writing an empty part")
-        resume = _resume(state, opts, planned, gone, lock.token, echo)
-        done, processed = _convert_splits(opts, planned, resume, lock, echo)
+        resume = _resume(state, opts, planned, gone + temporaries, lock.token, echo)
+        done, processed = _convert_splits(opts, planned, resume, lock)
         try:
             manifest, report, manifest_url, report_url = _finish(opts, planned, done, lock.token)
         except OSError as exc:
@@ -99,10 +92,22 @@ def convert_shards(opts: ShardsOptions, echo: Callable[[str], None] = lambda s: 
     return Outcome(manifest, report, time.perf_counter() - t0, processed, manifest_url, report_url)
 
 
-def _resume(state: OutState, opts: ShardsOptions, planned: Planned, gone: list, token: str,
+def _temporaries(state: OutState, part: Part | None, gone: list[Entry], token: str) -> list[Entry]:
+    """The temporaries of this conversion's runs that are gone; refuses one whose run is unknown."""
+    dead = {e.owner for e in gone}
+    # A lock's own temporary without its lock: a run killed while it took the lock; never in the way.
+    strays = [e.path for e in state.of(part, "temp") if e.owner not in dead | {token} and not is_lock(e.target)]
+    if strays:
+        raise ConvertError(f"{state.out}: holds {strays[0]}, a temporary of a run whose lock is gone (or of another "
+                           "program); it is never deleted: remove it if no conversion is writing, and run again")
+    return [e for e in state.of(part, "temp") if e.owner in dead]
+
+
+def _resume(state: OutState, opts: ShardsOptions, planned: Planned, leftovers: list[Entry], token: str,
             echo: Callable[[str], None]) -> Resume:
     """Check that OUT holds this conversion (or nothing of it), and remove what interrupted runs of
-    it left: shards after the last committed one, the temporaries and locks of runs that are gone."""
+    it left: shards after the last committed one; `leftovers`: the locks and temporaries of runs
+    of it that are gone."""
     part = opts.part
     options_path = f"{PARTS}/{options_name(part)}"
     started = bool(state.of(part, *CONTENT_KINDS))  # else its options are those of a run that wrote nothing
@@ -111,15 +116,10 @@ def _resume(state: OutState, opts: ShardsOptions, planned: Planned, gone: list, 
         if differs:
             raise ConvertError(f"{opts.out}: holds shards of a different conversion, made with {differs}; run with "
                                "the same options, or choose an empty folder")
-    resume = resume_point(state, part, planned.plan.fingerprint(opts.layout, opts.shard_size), crashed=bool(gone))
-    dead = {e.owner for e in gone}
-    temporaries = [e for e in state.of(part, "temp") if e.owner in dead]
-    # A lock's own temporary without its lock: a run killed while it took the lock; never in the way.
-    strays = [e.path for e in state.of(part, "temp") if e.owner not in dead | {token} and not is_lock(e.target)]
-    if strays:
-        raise ConvertError(f"{opts.out}: holds {strays[0]}, a temporary of a run whose lock is gone (or of another "
-                           "program); it is never deleted: remove it if no conversion is writing, and run again")
-    for path in [e.path for e in temporaries] + resume.remove + [e.path for e in gone]:  # the locks last
+    crashed = any(e.kind == "lock" for e in leftovers)
+    resume = resume_point(state, part, planned.plan.fingerprint(opts.layout, opts.shard_size), crashed)
+    locks = [e.path for e in leftovers if e.kind == "lock"]
+    for path in [e.path for e in leftovers if e.kind != "lock"] + resume.remove + locks:  # the locks last
         storage.remove(state.url(path))
     for split, (records, _) in resume.done.items():
         if resume.removed_shards.get(split):
@@ -136,8 +136,7 @@ def _encode_task(task: tuple[PlanEntry, SampleLayout, bool]) -> Encoded | Failed
     return encode_entry(*task)
 
 
-def _convert_splits(opts: ShardsOptions, planned: Planned, resume: Resume, lock: OutLock,
-                    echo: Callable[[str], None]) -> tuple[Done, int]:
+def _convert_splits(opts: ShardsOptions, planned: Planned, resume: Resume, lock: OutLock) -> tuple[Done, int]:
     """Write the splits that are not complete yet; returns every split's records and end, and the
     number of inputs this run read."""
     from tqdm import tqdm

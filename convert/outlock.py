@@ -1,13 +1,6 @@
 """One writer per OUT (per part, for `--part I/N`): the lock file `OUT/.lock[-<part>]-<token>.json`
-that a running `convert shards` writes first, refreshes every minute and removes when it ends.
-
-Taking it: write the lock, list OUT (the listing `OutState.read` makes anyway), and refuse if
-another conflicting lock is there whose holder is not provably gone; two runs that start at the
-same moment both see the other and both refuse, never both go on. A holder is provably gone when
-it ran on this machine (host, boot and pid namespace) and its pid is dead or now another process
-(other start time). A lock of another machine is taken over only with `--break-lock`, and only
-once it has not been refreshed for `STALE_AFTER` seconds.
-"""
+that a running `convert shards` writes first, refreshes and removes at its end, and the rule for
+when another run's lock may be taken over (docs/FORMAT.md, "The lock")."""
 
 from __future__ import annotations
 
