@@ -204,8 +204,9 @@ def shard_options(ds: BenchDataset, out: Path, codec: str, workers: int, *, subs
 
     layout = SampleLayout(codec=codec, level=DEFAULT_LEVEL[codec], modalities=("s2", "s1"))
     splits = ds.subset_splits if subset else ds.splits
+    # The subset's split lists leave the rest of the tree out on purpose: those are rejected.
     return ShardsOptions(str(ds.tree), str(out), labels=str(ds.labels), splits=str(splits), layout=layout,
-                         shard_size=shard_size, workers=workers, seed=0, progress=progress)
+                         shard_size=shard_size, workers=workers, seed=0, progress=progress, max_rejected=1.0)
 
 
 def ensure_shards(ds: BenchDataset, codec: str, shard_size: int, workers: int, echo: Callable[[str], None] = print,
