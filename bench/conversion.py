@@ -15,7 +15,7 @@ from bench.measure import Repeat, pinned
 
 def conversion_repeat(ds: BenchDataset, out: Path, codec: str, workers: int, cpu: int | None,
                       shard_size: int) -> Repeat:
-    from convert.shards import convert_shards
+    from convert.conversion import convert_shards
 
     if out.exists():
         shutil.rmtree(out)

@@ -199,19 +199,20 @@ def prepare(root: Path, params: DatasetParams, echo: Callable[[str], None] = pri
 
 def shard_options(ds: BenchDataset, out: Path, codec: str, workers: int, *, subset: bool, shard_size: int,
                   progress: bool = False):
-    from convert.shards import ShardsOptions
+    from convert.conversion import ShardsOptions
     from sen12ms_common.shardformat import DEFAULT_LEVEL, SampleLayout
 
     layout = SampleLayout(codec=codec, level=DEFAULT_LEVEL[codec], modalities=("s2", "s1"))
     splits = ds.subset_splits if subset else ds.splits
+    # The subset's split lists leave the rest of the tree out on purpose: those are rejected.
     return ShardsOptions(str(ds.tree), str(out), labels=str(ds.labels), splits=str(splits), layout=layout,
-                         shard_size=shard_size, workers=workers, seed=0, progress=progress)
+                         shard_size=shard_size, workers=workers, seed=0, progress=progress, max_rejected=1.0)
 
 
 def ensure_shards(ds: BenchDataset, codec: str, shard_size: int, workers: int, echo: Callable[[str], None] = print,
                   progress: bool = True) -> Path:
     """The shard set of the whole dataset for one codec (converted once, reused while it matches)."""
-    from convert.shards import convert_shards
+    from convert.conversion import convert_shards
 
     out = ds.shards(codec)
     stamp = {"dataset": asdict(ds.params), "codec": codec, "shard_size": shard_size, "samples": len(ds.keys)}

@@ -16,10 +16,10 @@ from typing import Any
 
 import click
 
+from convert.outfolder import PART_DIR, PART_FILE_RE, part_count_of, part_manifest_name, part_shard_name, tag_of
 from convert.plan import UNASSIGNED, Part
-from convert.shards import (PART_DIR, PART_FILE_RE, _tag_of, part_count_of, part_manifest_name, part_shard_name,
-                            report_table)
 from convert.stats import BandMoments, finish, merge
+from convert.summary import report_table
 from sen12ms_common import storage
 from sen12ms_common.bands import MODALITY_BANDS
 from sen12ms_common.manifest import (MANIFEST_NAME, REPORT_NAME, SPLITS, Manifest, ManifestError, Rejection,
@@ -76,7 +76,7 @@ def part_count(out: str, expect: int | None = None) -> int:
         if m:
             counts.setdefault(int(m["n"]), f"{PART_DIR}/{name}")
     for name in storage.listdir(out):
-        tag = _tag_of(name)
+        tag = tag_of(name)
         if tag:
             counts.setdefault(part_count_of(str(tag)), name)
     if len(counts) > 1:

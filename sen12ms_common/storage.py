@@ -240,6 +240,32 @@ def find(url: str) -> list[str]:
     return _remote(url, walk)
 
 
+def find_sizes(url: str) -> dict[str, int]:
+    """Every file below a folder or prefix -> its bytes, as paths relative to it ('/'-separated),
+    from one listing (one paginated request on object stores); {} for a folder that is not there."""
+    if not is_remote(url):
+        root = _local(url)
+        out: dict[str, int] = {}
+        for dirpath, _, filenames in os.walk(root):
+            rel = os.path.relpath(dirpath, root)
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                if os.path.isfile(path):  # not a dangling link, a socket or a FIFO
+                    out[name if rel == "." else f"{rel}/{name}".replace(os.sep, "/")] = os.path.getsize(path)
+        return out
+
+    def walk(fs, path: str) -> dict[str, int]:
+        base = path.rstrip("/")
+        try:
+            found = fs.find(base, detail=True)
+        except FileNotFoundError:
+            return {}
+        return {p[len(base) + 1:]: int(info.get("size") or 0) for p, info in found.items()
+                if p.startswith(base + "/") and info.get("type", "file") == "file"}
+
+    return _remote(url, walk)
+
+
 def remove(url: str) -> None:
     if not is_remote(url):
         try:
@@ -263,19 +289,25 @@ def size(url: str) -> int:
     return int(_remote(url, lambda fs, path: fs.size(path)))
 
 
+def temporary_name(name: str, owner: str | None = None) -> str:
+    """The hidden name a local write of `name` goes through: `.<name>.tmp-<owner>-<random>`,
+    where owner is the process id unless the caller names itself (the converter: its lock)."""
+    return f".{name}.tmp-{owner or os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 @contextmanager
-def atomic_open(url: str, part_size: int | None = None) -> Iterator[BinaryIO]:
+def atomic_open(url: str, part_size: int | None = None, owner: str | None = None) -> Iterator[BinaryIO]:
     """Open `url` for writing so that it appears only complete, or not at all.
 
-    Local files are written to a hidden temporary name beside the target, flushed to disk and
-    renamed; object stores stream a multipart upload (parts of `part_size` bytes, default
+    Local files are written to a hidden temporary name beside the target (`temporary_name`),
+    flushed to disk and renamed; object stores stream a multipart upload (parts of `part_size` bytes, default
     s3fs's 50 MiB, at least 5 MiB; one PUT for smaller files) that is completed on close, and an
     error aborts it. A failure leaves no partial file under the final name.
     """
     if not is_remote(url):
         target = Path(_local(url))
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        tmp = target.with_name(temporary_name(target.name, owner))
         f = None
         try:  # opened inside: a Ctrl-C right after the open still removes the temporary
             f = open(tmp, "wb")
@@ -327,10 +359,10 @@ def write_files(folder: str, contents: Mapping[str, bytes]) -> list[str]:
     return urls
 
 
-def write_bytes(url: str, data: bytes) -> None:
+def write_bytes(url: str, data: bytes, owner: str | None = None) -> None:
     """Write a whole file atomically (on object stores retried as a whole)."""
     if not is_s3(url):
-        with atomic_open(url) as f:
+        with atomic_open(url, owner=owner) as f:
             f.write(data)
         return
     from . import s3
@@ -342,19 +374,5 @@ def write_bytes(url: str, data: bytes) -> None:
     s3.retrying(url, put)
 
 
-def write_text(url: str, text: str) -> None:
-    write_bytes(url, text.encode("utf-8"))
-
-
-def remove_stale_temporaries(url: str) -> int:
-    """Delete temporary files an interrupted local write left in a folder; returns how many."""
-    if is_remote(url):
-        # An aborted upload leaves nothing visible. Uploads of a killed process linger unseen
-        # until the bucket's lifecycle rule (AbortIncompleteMultipartUpload) removes them;
-        # aborting them here could kill the live upload of a parallel `--part` job.
-        return 0
-    p = Path(_local(url))
-    stale = [c for c in p.glob(".*.tmp-*") if c.is_file()] if p.is_dir() else []
-    for c in stale:
-        c.unlink(missing_ok=True)
-    return len(stale)
+def write_text(url: str, text: str, owner: str | None = None) -> None:
+    write_bytes(url, text.encode("utf-8"), owner)

@@ -90,7 +90,7 @@ def bad_tree(tmp_path_factory) -> dict:
     stray.write_text("not a patch")                                      # a non-SEN12MS file
 
     out = root / "out"
-    result = run_shards(data, out, "--workers", "2")
+    result = run_shards(data, out, "--workers", "2", "--max-rejected", "1")  # most inputs are bad here
     report = json.loads((out / "report.json").read_text())
     return dict(data=data, ids=ids, s2=s2, sib=sib, out=out, result=result, report=report, s1_7=s1,
                 bright=bright, nodata=nodata, duplicate=duplicate, stray=stray)
@@ -188,7 +188,8 @@ def test_a_label_file_missing_a_patch_or_with_a_vector_not_summing_to_1_rejects_
     (splits / "train_list.txt").write_text("".join(n + "\n" for n in names[:4]))
     (splits / "test_list.txt").write_text(names[4] + "\nROIs1970_fall_s2_99_p1.tif\n")  # one not in the tree
     out = tmp_path / "out"
-    run_shards(data, out, "--labels", str(labels_file), "--splits", str(splits), "--workers", "1")
+    run_shards(data, out, "--labels", str(labels_file), "--splits", str(splits), "--workers", "1",
+               "--max-rejected", "1")
     report = json.loads((out / "report.json").read_text())
     k = [n[:-4] for n in names]
     assert {r["id"]: (r["split"], r["reason"]) for r in report["rejected"]} == {
@@ -284,7 +285,7 @@ def test_unreadable_files_and_folders_are_reported_by_name_and_the_rest_converte
         out.chmod(0o777)
         env = dict(os.environ, HOME=str(base))
         proc = subprocess.run([*prefix, sys.executable, "-m", "convert", "shards", "--data", str(data),
-                               "--out", str(out / "shards"), "--workers", "1", "--no-progress"],
+                               "--out", str(out / "shards"), "--workers", "1", "--no-progress", "--max-rejected", "1"],
                               cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         report = json.loads((out / "shards" / "report.json").read_text())

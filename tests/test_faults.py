@@ -28,6 +28,7 @@ from runstops import GatedTrace
 from sen12ms_common.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
+HELD = Path(__file__).resolve().parent / "heldconvert.py"
 SHARD_SIZE = "2MB"  # about one sample per shard: many commit points
 
 
@@ -35,9 +36,11 @@ def all_files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def converter(data: Path, out: Path, *args: str, workers: int = 1, **kw) -> list[str]:
-    return [sys.executable, "-m", "convert", "shards", "--data", str(data), "--out", str(out), "--workers",
-            str(workers), "--shard-size", SHARD_SIZE, "--no-progress", *args]
+def converter(data: Path, out: Path, *args: str, workers: int = 1, trace: Path | None = None) -> list[str]:
+    """The command line of `convert shards`; with `trace`, one that appends each commit to it (tests/heldconvert.py)."""
+    start = [sys.executable, "-m", "convert"] if trace is None else [sys.executable, str(HELD), str(trace)]
+    return start + ["shards", "--data", str(data), "--out", str(out), "--workers", str(workers), "--shard-size",
+                    SHARD_SIZE, "--no-progress", *args]
 
 
 def wait_gone(pgid: int, timeout: float = 20) -> None:
@@ -103,9 +106,8 @@ def run_held_at_first_commit(tree: Path, out: Path, tmp_path: Path, act: Callabl
     started: list[subprocess.Popen] = []
     gate = GatedTrace(trace, when=lambda text: True, act=lambda: act(started[0]))
     with open(log, "wb") as err:  # a file, not a pipe: a lingering worker cannot block the test
-        proc = subprocess.Popen(converter(tree, out, workers=workers), cwd=REPO,
-                                env=dict(os.environ, SEN12MS_TRACE_COMMITS=str(trace)), stdout=subprocess.DEVNULL,
-                                stderr=err, start_new_session=True)
+        proc = subprocess.Popen(converter(tree, out, workers=workers, trace=trace), cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
     started.append(proc)
     try:
         proc.wait(timeout=120)
@@ -181,7 +183,9 @@ def test_ctrl_c_stops_without_traceback_or_partial_shard_and_resume_completes(tr
     # What a terminal sends to the whole job, once the first shard is committed.
     returncode, err = run_held_at_first_commit(tree, out, tmp_path, lambda p: os.killpg(p.pid, signal.SIGINT))
     assert (out / ".parts" / "train-000000.json").exists() and not (out / "manifest.json").exists()
-    assert returncode == 1 and err.strip() == "Aborted!"
+    assert returncode == 1 and err.strip() == (
+        f"Aborted! The finished shards are kept; continue with: python -m convert shards --data {tree} --out {out} "
+        f"--shard-size {SHARD_SIZE} --workers 2 --no-progress --resume")
     no_partial_shards(out)
     refused = subprocess.run(converter(tree, out), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 1 and refused.stderr.strip() == (

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from convert.cli import cli
 from convert.plan import Part, assign_scenes, parse_part
 from convert.scan import scan_tree
+from outlocks import dead_pid, plant_lock
 from sen12ms_common.manifest import load_manifest
 from sen12ms_common.patches import SEASONS, SceneId, parse_patch
 
@@ -36,8 +37,9 @@ def cli_run(*args: str, ok: bool = True):
 
 
 def shards_args(data: Path, out: Path, *extra: str) -> list[str]:
+    # The tree's planted bad inputs are more than --max-rejected's default share of a part.
     return ["shards", "--data", str(data), "--out", str(out), "--workers", "1", "--shard-size", SHARD_SIZE,
-            "--no-progress", *extra]
+            "--no-progress", "--max-rejected", "1", *extra]
 
 
 def samples_of(out: Path) -> dict[str, tuple[str, str, dict[str, bytes]]]:
@@ -198,11 +200,16 @@ def test_a_part_gives_the_same_bytes_again_and_resumes_on_its_own(tree, merged, 
     part = Part(2, N)
     out = tmp_path / "out"
     out.mkdir()
-    # What a killed earlier run of part 2 left, and a shard part 1 is writing at this moment.
-    (out / f".train-{part.tag}-000007.tar.tmp-1-0a0b0c0d").write_bytes(b"x" * 700)
-    (out / ".train-p0001of0003-000003.tar.tmp-2-01020304").write_bytes(b"y" * 900)
+    # What a killed earlier run of part 2 left (its lock and a temporary named by it), and a shard
+    # that part 1 is writing at this moment (a live lock: this process).
+    dead, live = "0a0b0c0d0e0f", "a1b2c3d4e5f6"
+    plant_lock(out, part, dead, dead_pid(), pid_start=1)
+    (out / f".train-{part.tag}-000007.tar.tmp-{dead}-0a0b0c0d").write_bytes(b"x" * 700)
+    part1_lock = plant_lock(out, Part(1, N), live, os.getpid())
+    part1_tmp = out / f".train-p0001of0003-000003.tar.tmp-{live}-01020304"
+    part1_tmp.write_bytes(b"y" * 900)
     cli_run(*shards_args(tree, out, "--part", str(part)))
-    assert [p.name for p in out.glob(".*.tmp-*")] == [".train-p0001of0003-000003.tar.tmp-2-01020304"]
+    assert sorted(out.glob(".*.tmp-*")) == [part1_tmp] and sorted(out.glob(".lock-*")) == [part1_lock]
     want = part_files(merged, part)
     assert want == part_files(out, part) and sum(n.endswith(".tar") for n in want) >= 3
 
