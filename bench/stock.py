@@ -125,14 +125,17 @@ def limit_repeat(root: str, input_spec: str, batch_size: int) -> Repeat:
     layout = load_manifest(root).layout
     bands = resolve_bands(input_spec)
     batch = np.empty((batch_size, len(bands), layout.size, layout.size), dtype=np.uint16)
-    picks: dict[str, list[tuple[int, int]]] = {}
+    runs: list[tuple[str, list[int], int]] = []
     for c, b in enumerate(bands):
-        picks.setdefault(b.modality, []).append((b.index, c))
+        if runs and runs[-1][0] == b.modality:
+            runs[-1][1].append(b.index)
+        else:
+            runs.append((b.modality, [b.index], c))
     decoder = BandDecoder()
 
     def fill(members: dict, slot: int) -> np.ndarray:
-        for m, chosen in picks.items():
-            decode_bands_into(members, m, layout, [(b, batch[slot, c]) for b, c in chosen], decoder)
+        for m, chosen, first in runs:
+            decode_bands_into(members, m, layout, chosen, batch[slot, first:first + len(chosen)], decoder)
         return batch
 
     return _walk(root, batch_size, fill)

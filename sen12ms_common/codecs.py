@@ -8,6 +8,7 @@ Decoding never produces more bytes than a band holds, whatever a chunk declares.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Sequence
 
 import numpy as np
 
@@ -73,17 +74,18 @@ def chunk_offsets(sizes_raw: bytes | memoryview, n_bands: int, total: int) -> np
 class BandDecoder:
     """Decodes chunks into bands through the C libraries (GIL released, straight into the band or
     into a reused scratch buffer); falls back to the Python packages where a library is not
-    found. Holds its scratch buffer: one per thread."""
+    found. Holds a zstd context and a scratch buffer: one per thread."""
 
     def __init__(self) -> None:
         import zstandard
 
-        from .nativecodecs import CodecLibraryError, lz4_decompress_fn, zstd_decompress_fn
+        from .nativecodecs import CodecLibraryError, lz4_decompress_fn, zstd_context_fns
 
         self._frame_size = zstandard.frame_content_size
         self._zstd_py = zstandard.ZstdDecompressor()
         try:
-            self._zstd, self._zstd_error = zstd_decompress_fn()
+            self._zstd, self._zstd_error, create, self._free = zstd_context_fns()
+            self._dctx = create()  # a decompression context of this decoder's own, reused
         except CodecLibraryError:
             self._zstd = None
         try:
@@ -91,6 +93,58 @@ class BandDecoder:
         except CodecLibraryError:
             self._lz4 = None
         self._scratch = np.empty(0, dtype=np.uint8)
+
+    def decode_run(self, data: bytes | memoryview, starts: np.ndarray, codec: str, bands: Sequence[int],
+                   out: np.ndarray, stored: np.dtype, shuffle: bool = True) -> None:
+        """Decode the chunks of `bands` (chunk b spans data[starts[b]:starts[b + 1]]) into out[i]
+        ((k, H, W)): one C call per band, one numpy pass per run for the byte shuffle."""
+        native = self._zstd if codec == "zstd" else self._lz4 if codec == "lz4" else None
+        if codec != "none" and native is None or out.dtype not in (stored, np.uint16):
+            for i, b in enumerate(bands):
+                self.decode_into(data[int(starts[b]):int(starts[b + 1])], codec, out[i], stored, shuffle)
+            return
+        plane = out[0].size
+        nbytes = plane * stored.itemsize
+        src = np.frombuffer(data, dtype=np.uint8)
+        if codec == "none":
+            whole = src.view(stored.newbyteorder("<")).reshape((-1,) + out.shape[1:])
+            if out.dtype == whole.dtype and out.flags.c_contiguous:
+                np.take(whole, list(bands), axis=0, out=out)
+            else:
+                out[...] = whole[list(bands)]
+            return
+        direct = codec == "lz4" and out.dtype == stored and out.flags.c_contiguous
+        target = out.reshape(-1).view(np.uint8) if direct else self._scratch_of(len(bands) * nbytes)
+        base, src_at = target.__array_interface__["data"][0], src.__array_interface__["data"][0]
+        for i, b in enumerate(bands):
+            a, e = int(starts[b]), int(starts[b + 1])
+            if codec == "zstd":
+                self._check_frame(data[a:e], nbytes)
+                got = native(self._dctx, base + i * nbytes, nbytes, src_at + a, e - a)
+                ok = not self._zstd_error(got) and got == nbytes
+            else:
+                got = native(src_at + a, base + i * nbytes, e - a, nbytes)
+                ok = got == nbytes
+            if not ok:
+                raise CodecError(f"does not decompress ({codec} reports a damaged chunk of band {b})")
+        if direct:
+            return
+        raw = target.reshape((len(bands), -1) + out.shape[1:])
+        if codec == "zstd" and shuffle and stored.itemsize == 2:
+            np.left_shift(raw[:, 1], 8, out=out, dtype=np.uint16)
+            np.bitwise_or(out, raw[:, 0], out=out, dtype=np.uint16)
+        else:
+            out[...] = target.view(stored.newbyteorder("<")).reshape(out.shape)
+
+    def _check_frame(self, chunk: bytes | memoryview, nbytes: int) -> None:
+        """A frame declaring another size than a band is refused before anything is decoded."""
+        try:
+            declared = self._frame_size(chunk)
+        except Exception as exc:  # zstandard.ZstdError: no frame header
+            raise CodecError(f"does not decompress ({exc})") from None
+        if declared != nbytes:
+            what = f"{declared} bytes" if declared >= 0 else "no content size"
+            raise CodecError(f"declares {what} for a band of {nbytes}")
 
     def decode_into(self, chunk: bytes | memoryview, codec: str, dst: np.ndarray, stored: np.dtype,
                     shuffle: bool = True) -> None:
@@ -102,51 +156,26 @@ class BandDecoder:
                 raise CodecError(f"holds {len(chunk)} bytes for a band of {nbytes}")
             dst[...] = np.frombuffer(chunk, dtype=stored.newbyteorder("<")).reshape(dst.shape)
             return
-        direct = (codec == "lz4" and dst.dtype == stored and dst.flags.c_contiguous and self._lz4 is not None)
-        out = dst.reshape(-1).view(np.uint8) if direct else self._scratch_of(nbytes)
-        self._decompress(chunk, codec, out)
-        if direct:
-            return
+        out = self._scratch_of(nbytes)
+        if codec == "zstd":
+            self._check_frame(chunk, nbytes)
+        out[...] = np.frombuffer(self._decompress_py(chunk, codec, nbytes), dtype=np.uint8)
         if codec == "zstd" and shuffle and stored.itemsize == 2:
-            if dst.dtype == np.uint16 and dst.flags.c_contiguous:
-                unshuffle_into(out, dst)
-                return
             tmp = np.empty(dst.shape, dtype=np.uint16)
             unshuffle_into(out, tmp)
             dst[...] = tmp
             return
         dst[...] = out.view(stored.newbyteorder("<")).reshape(dst.shape)
 
+    def __del__(self) -> None:
+        if getattr(self, "_zstd", None) is not None and self._dctx:
+            self._free(self._dctx)
+            self._dctx = None
+
     def _scratch_of(self, nbytes: int) -> np.ndarray:
         if self._scratch.size < nbytes:
             self._scratch = np.empty(nbytes, dtype=np.uint8)
         return self._scratch[:nbytes]
-
-    def _decompress(self, chunk: bytes | memoryview, codec: str, out: np.ndarray) -> None:
-        """Exactly `out.size` bytes from `chunk` into `out`, or a CodecError."""
-        nbytes = out.size
-        src = np.frombuffer(chunk, dtype=np.uint8)
-        if codec == "zstd":
-            # A frame declaring another size is refused before anything is decoded.
-            try:
-                declared = self._frame_size(chunk)
-            except Exception as exc:  # zstandard.ZstdError: no frame header
-                raise CodecError(f"does not decompress ({exc})") from None
-            if declared != nbytes:
-                what = f"{declared} bytes" if declared >= 0 else "no content size"
-                raise CodecError(f"declares {what} for a band of {nbytes}")
-            if self._zstd is not None:
-                got = self._zstd(out.ctypes.data, nbytes, src.ctypes.data, src.size)
-                if self._zstd_error(got) or got != nbytes:
-                    raise CodecError("does not decompress (zstd reports a damaged frame)")
-                return
-        if codec == "lz4" and self._lz4 is not None:
-            got = self._lz4(src.ctypes.data, out.ctypes.data, src.size, nbytes)
-            if got != nbytes:
-                raise CodecError("does not decompress (lz4 reports a damaged block)" if got < 0 else
-                                 f"decompresses to {got} bytes, expected {nbytes}")
-            return
-        out[...] = np.frombuffer(self._decompress_py(chunk, codec, nbytes), dtype=np.uint8)
 
     def _decompress_py(self, chunk: bytes | memoryview, codec: str, nbytes: int) -> bytes:
         try:

@@ -12,7 +12,7 @@ import tarfile
 import threading
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Any, BinaryIO, Iterable, Mapping
+from typing import Any, BinaryIO, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -173,8 +173,9 @@ def encode_array(arr: np.ndarray, modality: str, layout: SampleLayout) -> dict[s
 
 
 def decode_bands_into(members: Mapping[str, bytes | memoryview], modality: str, layout: SampleLayout,
-                      picks: Iterable[tuple[int, np.ndarray]], decoder: BandDecoder) -> None:
-    """Decode the bands `picks` lists as (band index, destination (H, W) array), nothing else."""
+                      bands: Sequence[int], out: np.ndarray, decoder: BandDecoder) -> None:
+    """Decode bands `bands[i]` of a modality into `out[i]` ((k, H, W), uint16 or the stored
+    dtype), nothing else."""
     ext = layout.ext(modality)
     data = members.get(ext)
     if data is None:
@@ -186,15 +187,12 @@ def decode_bands_into(members: Mapping[str, bytes | memoryview], modality: str, 
             sizes = members.get(layout.sizes_ext(modality))
             if sizes is None:
                 raise CodecError(f"its chunk sizes member .{layout.sizes_ext(modality)} is missing")
-            offsets = chunk_offsets(sizes, n_bands, len(data))
+            starts = chunk_offsets(sizes, n_bands, len(data))
         elif len(data) != n_bands * band_bytes:
             raise CodecError(f"holds {len(data)} bytes, expected {n_bands * band_bytes}")
-        for band, dst in picks:
-            if layout.chunked:
-                chunk = data[int(offsets[band]):int(offsets[band + 1])]
-            else:
-                chunk = data[band * band_bytes:(band + 1) * band_bytes]
-            decoder.decode_into(chunk, layout.codec, dst, stored, layout.byte_shuffle)
+        else:
+            starts = np.arange(n_bands + 1) * band_bytes
+        decoder.decode_run(data, starts, layout.codec, bands, out, stored, layout.byte_shuffle)
     except CodecError as exc:
         raise ShardFormatError(f"member .{ext} {exc}") from None
 
@@ -211,7 +209,7 @@ def _decoder() -> BandDecoder:
 def decode_array(members: Mapping[str, bytes | memoryview], modality: str, layout: SampleLayout) -> np.ndarray:
     """Decode one stored array from a sample's members (uint16 / uint8, shape (C, H, W))."""
     out = np.empty(layout.shape(modality), dtype=layout.dtype(modality))
-    decode_bands_into(members, modality, layout, enumerate(out), _decoder())
+    decode_bands_into(members, modality, layout, range(len(out)), out, _decoder())
     return out
 
 

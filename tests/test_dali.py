@@ -338,15 +338,6 @@ def test_train_cli_runs_end_to_end_with_the_dali_loader(shard_sets, tmp_path):
     assert list(preds["keys"]) == want
 
 
-def test_augment_needs_the_dali_loader(shard_sets, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "train", "--shards", str(shard_sets["zstd"]), "--model", "SmallCNN",
-                        "--augment", "--run-dir", str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode != 0
-    assert r.stderr.strip().splitlines()[-1] == "Error: --augment runs inside the DALI pipeline: add --loader dali"
-    assert not (tmp_path / "run").exists()
-
-
 def test_throughput_reports_samples_per_second(shard_sets):
     for loader in ("dali", "webdataset"):
         res = throughput(str(shard_sets["none"]), "test", loader=loader, threads=1 if loader == "dali" else 0,

@@ -145,3 +145,29 @@ def test_version_1_shards_are_refused_with_one_line_saying_to_convert_again(shar
     assert str(err.value) == f"{root / 'manifest.json'}: {line}"
     r = CliRunner().invoke(cli, ["verify", str(root), "--no-progress"])
     assert r.exit_code == 1 and r.output == f"Error: {root / 'manifest.json'}: {line}\n"
+
+
+def test_augmentation_is_a_seeded_symmetry_per_sample_that_resume_draws_again(shards):
+    from train.data.batches import symmetric_view
+
+    root, truth = shards
+    opts = dict(train=True, seed=4, streams=2, shuffle_buffer=5)
+    plain = make_loader("webdataset", spec(root, "train", **opts))
+    aug = {n: make_loader("webdataset", spec(root, "train", augment=True, threads=n, **opts)) for n in (1, 2)}
+    base = held_epoch(plain, 1)
+    got = {n: held_epoch(loader, 1) for n, loader in aug.items()}
+    assert [b["key"] for b in got[1]] == [b["key"] for b in got[2]] == [b["key"] for b in base]
+    codes = set()
+    for b0, b1, b2 in zip(base, got[1], got[2]):
+        assert np.array_equal(b1["image"].numpy(), b2["image"].numpy())
+        for i in range(len(b0["key"])):
+            found = [c for c in range(8) if np.array_equal(symmetric_view(b0["image"][i].numpy(), c), b1["image"][i])]
+            assert found, b0["key"][i]  # every augmented patch is a symmetry of the plain one
+            codes.add(found[0])
+    assert len(codes) >= 4  # and they vary
+    # A run resumed at batch 2 draws the same symmetries for the rest of the epoch.
+    rest = list(aug[1].epoch(1, start_batch=2))
+    assert all(np.array_equal(a["image"].numpy(), b["image"].numpy()) for a, b in zip(rest, got[1][2:]))
+    # Evaluation never augments.
+    test = make_loader("webdataset", spec(root, "test", augment=True))
+    check_against_truth(held_epoch(test), truth)

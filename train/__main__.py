@@ -84,8 +84,8 @@ def _model_names() -> list[str]:
               help="Report a missing or damaged shard or sample, skip it and go on (counted in the log) "
                    "instead of stopping.")
 @click.option("--augment", is_flag=True,
-              help="Random flips and 90-degree rotations of the training patches, inside the DALI "
-                   "pipeline (needs --loader dali; the original trained without augmentation).")
+              help="Random flips and 90-degree rotations of the training patches, seeded (a resumed run draws "
+                   "the same ones); the original trained without augmentation.")
 @click.pass_context
 def main(ctx: click.Context, shards, model, input_, label_type, igbp, threshold, epochs, batch_size, lr, decay,
          workers, threads, loader, device, amp, channels_last, compile_, run_dir, resume, max_steps, stats, seed,
@@ -148,8 +148,6 @@ def main(ctx: click.Context, shards, model, input_, label_type, igbp, threshold,
             given["input"] = canonical_input(given["input"])
         except ValueError as exc:
             raise click.ClickException(f"--input: {exc}") from None
-        if given["augment"] and given["loader"] != "dali":
-            raise click.ClickException("--augment runs inside the DALI pipeline: add --loader dali")
         if given["max_steps"] == 0:
             given["max_steps"] = None
         cfg = TrainConfig(**given)

@@ -13,7 +13,6 @@ import logging
 import math
 import sys
 import threading
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -54,15 +53,34 @@ def _shared_uint16(shape: tuple[int, ...]) -> torch.Tensor:
     return proto.new(storage_).view(shape)
 
 
+SYMMETRIES = 8  # of the square: transpose or not, then flip rows, flip columns
+
+
+def symmetric_view(slot: np.ndarray, code: int) -> np.ndarray:
+    """A view of a (C, H, W) slot through which data written lands transposed (bit 2), flipped
+    top-bottom (bit 1) and left-right (bit 0): the patch stored in it is that symmetry of the one
+    written."""
+    v = slot.transpose(0, 2, 1) if code & 4 else slot
+    if code & 2:
+        v = v[:, ::-1, :]
+    if code & 1:
+        v = v[:, :, ::-1]
+    return v
+
+
 class BatchDecoder:
     """Decodes lists of raw samples into batch dicts (see `train.data`) for one source."""
 
     def __init__(self, src: ShardSource, threads: int = 1, pin_memory: bool = False) -> None:
         self.src, self.threads, self.pin_memory = src, max(1, threads), pin_memory
-        # modality -> [(band index, channel)]: only these bands are ever decoded.
-        self.picks: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        # (modality, band indices, first channel) of each run of consecutive channels of one
+        # modality: only these bands are ever decoded, a run at a time.
+        self.runs: list[tuple[str, list[int], int]] = []
         for channel, band in enumerate(src.bands):
-            self.picks[band.modality].append((band.index, channel))
+            if self.runs and self.runs[-1][0] == band.modality:
+                self.runs[-1][1].append(band.index)
+            else:
+                self.runs.append((band.modality, [band.index], channel))
         self._pool = BufferPool()
         self._local = threading.local()
         self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="decode") if self.threads > 1 else None
@@ -87,16 +105,17 @@ class BatchDecoder:
         buf = self._pool.take((full,) + shape[1:])
         return torch.from_numpy(buf[:n] if n < full else buf)
 
-    def _decode_one(self, sample: RawSample, out: np.ndarray, prob: np.ndarray) -> str | None:
-        """Fill one batch slot and its label row; returns the problem ("url: sample key:
-        reason") or None."""
+    def _decode_one(self, sample: RawSample, out: np.ndarray, prob: np.ndarray, symmetry: int = 0) -> str | None:
+        """Fill one batch slot (seen through `symmetry`) and its label row; returns the problem
+        ("url: sample key: reason") or None."""
         key, members, shard = sample
+        out = symmetric_view(out, symmetry)
         try:
             decoder = self._band_decoder()
-            for modality, picks in self.picks.items():
+            for modality, bands, first in self.runs:
                 if modality not in self.src.layout.modalities:
                     raise ShardFormatError(f"these shards hold no {modality}")
-                decode_bands_into(members, modality, self.src.layout, [(b, out[c]) for b, c in picks], decoder)
+                decode_bands_into(members, modality, self.src.layout, bands, out[first:first + len(bands)], decoder)
             if LABEL_EXT not in members:
                 raise ShardFormatError(f"member .{LABEL_EXT} is missing")
             prob[...] = decode_label(members[LABEL_EXT])
@@ -104,16 +123,19 @@ class BatchDecoder:
             return f"{storage.join(self.src.root, shard)}: sample {key}: {exc}"
         return None
 
-    def decode(self, chunk: list[RawSample], full: int, events: list[str]) -> dict[str, Any] | None:
+    def decode(self, chunk: list[RawSample], full: int, events: list[str],
+               symmetries: np.ndarray | None = None) -> dict[str, Any] | None:
         """One batch of `chunk` (a batch of `full` samples, or the shorter last one); None if
-        every sample failed (with `skip_bad`)."""
+        every sample failed (with `skip_bad`). `symmetries`: per sample one of the 8 symmetries of
+        the square (`symmetric_view`), applied as the bands are decoded (no extra pass)."""
         image = self._image(len(chunk), full)
         out = image.numpy()
         prob = np.empty((len(chunk), N_LABEL), dtype=np.float32)
+        sym = [0] * len(chunk) if symmetries is None else [int(v) for v in symmetries]
         if self._executor is None:
-            problems = [self._decode_one(s, out[i], prob[i]) for i, s in enumerate(chunk)]
+            problems = [self._decode_one(s, out[i], prob[i], sym[i]) for i, s in enumerate(chunk)]
         else:
-            problems = list(self._executor.map(lambda i: self._decode_one(chunk[i], out[i], prob[i]),
+            problems = list(self._executor.map(lambda i: self._decode_one(chunk[i], out[i], prob[i], sym[i]),
                                                range(len(chunk))))
         good = [i for i, p in enumerate(problems) if p is None]
         for p in problems:

@@ -36,11 +36,13 @@ from sen12ms_common.bands import modalities_of
 from sen12ms_common.buffers import BufferPool
 
 from . import DataError, LoaderSpec
-from .batches import BatchDecoder
+from .batches import SYMMETRIES, BatchDecoder
 from .plan import EpochPlan, StreamPlan, buffer_shuffle, epoch_plan
 from .shardread import RawSample, ShardError, ShardSource, check_shards, read_slice
 
 log = logging.getLogger(__name__)
+
+_AUGMENT = 0x5C4F  # the stream of random symmetries, apart from the shuffle's
 
 __all__ = ["ShardError", "WebDatasetLoader", "make_loader", "check_shards"]
 
@@ -59,11 +61,12 @@ def _stream_raw(src: ShardSource, plan: StreamPlan, pool: BufferPool, events: li
 
 
 def stream_batches(src: ShardSource, plan: StreamPlan, decoder: Callable[[], BatchDecoder], pool: BufferPool, *,
-                   batch_size: int, shuffle: bool, bufsize: int, skip: int, events: list[str], readahead: int = 0
-                   ) -> Iterator[tuple[int, dict[str, Any] | None]]:
+                   batch_size: int, shuffle: bool, bufsize: int, skip: int, events: list[str], readahead: int = 0,
+                   augment: bool = False) -> Iterator[tuple[int, dict[str, Any] | None]]:
     """(j, batch) for batches j = skip, skip + 1, ... of one stream; skipped ones are not decoded.
     `readahead`: a thread of its own reads up to that many samples ahead (remote storage, where
-    one stream waits on the network while the others are read)."""
+    one stream waits on the network while the others are read); `augment`: a random symmetry of
+    the square per sample (flips, 90-degree rotations)."""
     items: Iterable[RawSample] = _stream_raw(src, plan, pool, events)
     if readahead:
         items = prefetched(iter(items), depth=readahead)
@@ -78,7 +81,10 @@ def stream_batches(src: ShardSource, plan: StreamPlan, decoder: Callable[[], Bat
         chunk = [s for _, s in zip(range(batch_size), it)]
         if not chunk:
             return
-        yield j, decoder().decode(chunk, batch_size, events)
+        # A function of (seed, epoch, rank, stream, batch): a resumed run draws the same ones.
+        sym = (np.random.default_rng([*plan.seed, j, _AUGMENT]).integers(0, SYMMETRIES, len(chunk))
+               if augment else None)
+        yield j, decoder().decode(chunk, batch_size, events, sym)
         j += 1
 
 
@@ -95,13 +101,13 @@ class EpochStreams(IterableDataset):
 
     def __init__(self, src: ShardSource, counts: tuple[int, ...], *, batch_size: int, seed: int, shuffle: bool,
                  streams: int, rank: int, world_size: int, shuffle_buffer: int, threads: int = 1,
-                 pin_memory: bool = False) -> None:
+                 pin_memory: bool = False, augment: bool = False) -> None:
         super().__init__()
         self.src, self.counts = src, counts
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.streams, self.rank, self.world_size = streams, rank, world_size
         self.bufsize = max(1, math.ceil(shuffle_buffer / streams))
-        self.threads, self.pin_memory = threads, pin_memory
+        self.threads, self.pin_memory, self.augment = threads, pin_memory, augment
         self.epoch, self.start_batch = 0, 0
         self._decoder: BatchDecoder | None = None
         self._pools: dict[int, BufferPool] = {}  # per reading thread: members are read into reused memory
@@ -145,7 +151,7 @@ class EpochStreams(IterableDataset):
                                                                                           BufferPool()),
                                         batch_size=self.batch_size, shuffle=self.shuffle, bufsize=self.bufsize,
                                         skip=skips[s.index], events=events,
-                                        readahead=self.batch_size if remote else 0)
+                                        readahead=self.batch_size if remote else 0, augment=self.augment)
                 for s in mine}
         ended: set[int] = set()
         last = {v: j for j, v in plan.order()}  # the last planned batch of each stream
@@ -250,7 +256,8 @@ class WebDatasetLoader:
         self.dataset = EpochStreams(self.src, tuple(e.samples for e in entries), batch_size=spec.batch_size,
                                     seed=spec.seed, shuffle=spec.train, streams=spec.streams, rank=spec.rank,
                                     world_size=spec.world_size, shuffle_buffer=spec.shuffle_buffer,
-                                    threads=decode_threads(spec), pin_memory=spec.pin_memory)
+                                    threads=decode_threads(spec), pin_memory=spec.pin_memory,
+                                    augment=spec.augment and spec.train)
         first = self.dataset.plan()  # sample and batch counts do not depend on the epoch
         self.samples, self._batches = first.samples, first.batches
         self.skipped: list[str] = []
