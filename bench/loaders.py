@@ -48,27 +48,28 @@ def original_repeat(tree: str, names: list[str], labels: dict, settings: LoaderS
 
 
 def webdataset_spec(root: str, settings: LoaderSettings, workers: int, seed: int, batch_size: int | None = None,
-                    verify: bool = True, threads: int = 0):
+                    verify: bool = True, threads: int = 0, augment: bool = False):
     from train.data import LoaderSpec
 
     manifest = load_manifest(root)
     bands = resolve_bands(settings.input_spec)
     return LoaderSpec(root=root, manifest=manifest, split="train", bands=bands, rule=LabelRule(settings.label_type),
                       batch_size=batch_size or settings.batch_size, transform=channel_transform(bands, STATS),
-                      train=True, seed=seed, workers=workers, threads=threads, device="cpu", verify=verify)
+                      train=True, seed=seed, workers=workers, threads=threads, device="cpu", verify=verify,
+                      augment=augment)
 
 
 def webdataset_repeat(root: str, settings: LoaderSettings, workers: int, seed: int, to_float: bool,
-                      verify: bool = True, threads: int = 0) -> Repeat:
+                      verify: bool = True, threads: int = 0, augment: bool = False) -> Repeat:
     """The second epoch of our loader over the train split (the first warms its reused buffers,
     as the first thousand samples of a real epoch do); `to_float`: normalised float32 batches;
-    `verify`: checksums checked while streaming (the training default)."""
+    `verify`: checksums checked while streaming (the training default); `augment`: --augment."""
     import torch
 
     from train.data import make_loader
     from train.device import InputTransform
 
-    spec = webdataset_spec(root, settings, workers, seed, verify=verify, threads=threads)
+    spec = webdataset_spec(root, settings, workers, seed, verify=verify, threads=threads, augment=augment)
     loader = make_loader("webdataset", spec)
     to_input = InputTransform(spec.transform, torch.device("cpu"))
     consume = (lambda b: to_input(b["image"])) if to_float else (lambda b: None)

@@ -80,6 +80,10 @@ def build_rows(res: Results, codecs: tuple[str, ...]) -> list[Row]:
             rows.append(_row(res, g, "ours, zstd 3, RGB input (3 bands), uint16 batches", "1", "rgb/zstd/uint16/1",
                              "samples/s", per_core=1,
                              compared=fmt_ratio(res.ratio("rgb/zstd/uint16/1", "wds/zstd/uint16/1"), "the s1s2 input")))
+            rows.append(_row(res, g, "ours, zstd 3, uint16 batches, --augment (flips, 90-degree rotations)", "1",
+                             "aug/zstd/uint16/1", "samples/s", per_core=1,
+                             compared=fmt_ratio(res.ratio("aug/zstd/uint16/1", "wds/zstd/uint16/1"),
+                                                "without --augment")))
         key = f"stock/{codec}/1"
         rows.append(_row(res, g, f"stock webdataset pipeline, {CODEC_NAMES[codec]}: FORMAT.md decode, .batched", "1",
                          key, "samples/s", per_core=1,
@@ -235,6 +239,10 @@ def headline(res: Results, codecs: tuple[str, ...]) -> list[str]:
     if rgb.values:
         out.append(f"An RGB input (3 bands) reads zstd shards at {rgb.median:.1f}x the samples/s of s1s2 (12 bands): "
                    "only the bands an input uses are decoded.")
+    aug = ratio("aug/zstd/uint16/1", "wds/zstd/uint16/1")
+    if aug.values:
+        out.append(f"--augment (a random flip / 90-degree rotation per sample, written as the bands are decoded): "
+                   f"{aug.median:.2f}x the samples/s without it.")
     for codec in codecs:
         d = ratio(f"dali/{codec}/1", "orig/1")
         if d.values:
@@ -420,6 +428,8 @@ def short_label(key: str) -> str:
         return f"stock webdataset {codec}"
     if parts[0] == "rgb":
         return "ours zstd, RGB input"
+    if parts[0] == "aug":
+        return "ours zstd, --augment"
     if parts[0] == "floor":
         return "memory-copy floor, uncompressed"
     return key

@@ -189,6 +189,8 @@ class Bench:
                 rgb = replace(st, input_spec="rgb")
                 case("rgb/zstd/uint16/1", files, one_cpu,
                      lambda r, root=root: webdataset_repeat(root, rgb, 0, seed=r, to_float=False, threads=1))
+                case("aug/zstd/uint16/1", files, one_cpu, lambda r, root=root: webdataset_repeat(
+                    root, st, 0, seed=r, to_float=False, threads=1, augment=True))
             if codec == "none":
                 case("floor/none", files, one_cpu, lambda r, root=root: floor_repeat(root, st.input_spec,
                                                                                      st.batch_size))
