@@ -6,6 +6,9 @@ and reimplemented in plain numpy, independently of sen12ms_common.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -43,6 +46,13 @@ def baseline_labels_to_dfc(pred: np.ndarray, no_savanna: bool) -> np.ndarray:
             out[pred == i] = i + 1
     out[pred != 255] += 1
     return out
+
+
+def test_importing_dfc_does_not_import_torch_or_rasterio():
+    code = ("import sys, sen12ms_common.dfc, sen12ms_common.bands; "
+            "print(sorted(m for m in ('torch', 'rasterio') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_the_vocabulary_lives_once_and_equals_the_baselines_table():
