@@ -45,7 +45,8 @@ def test_names_and_paths_as_the_baseline_finds_them():
     assert pid == PatchId("ROIs0000_validation", 0, 123, "s2")
     assert pid.relpath() == "ROIs0000_validation/s2_validation/ROIs0000_validation_s2_0_p123.tif"
     test = parse_dfc2020_patch("some/where/ROIs0000_test_dfc_0_p5127")
-    assert test.relpath() == "ROIs0000_test/dfc_0/ROIs0000_test_dfc_0_p5127.tif" and test.key == "ROIs0000_test_s2_0_p5127"
+    assert test.relpath() == "ROIs0000_test/dfc_0/ROIs0000_test_dfc_0_p5127.tif"
+    assert test.key == "ROIs0000_test_s2_0_p5127"
     # The baseline's DFC2020 class finds the siblings of an s2 path by string replacement.
     for s2 in (pid.relpath(), test.with_modality("s2").relpath()):
         sid = parse_dfc2020_patch(s2)

@@ -52,7 +52,8 @@ def baseline_deeplab(n_in: int, classes: int) -> Layout:
                     f"{p}.conv2.weight": (planes, planes, 3, 3), **_bn(f"{p}.bn2", planes),
                     f"{p}.conv3.weight": (planes * 4, planes, 1, 1), **_bn(f"{p}.bn3", planes * 4)}
             if j == 0:  # inplanes != planes * 4 in every layer
-                out |= {f"{p}.downsample.0.weight": (planes * 4, inplanes, 1, 1), **_bn(f"{p}.downsample.1", planes * 4)}
+                out |= {f"{p}.downsample.0.weight": (planes * 4, inplanes, 1, 1),
+                        **_bn(f"{p}.downsample.1", planes * 4)}
             inplanes = planes * 4
     for i, k in enumerate((1, 3, 3, 3), 1):
         out |= {f"aspp.aspp{i}.atrous_conv.weight": (256, 2048, k, k), **_bn(f"aspp.aspp{i}.bn", 256)}
