@@ -16,15 +16,27 @@ def cli() -> None:
 @cli.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write the SEN12MS tree into (created if missing).")
+@click.option("--layout", type=click.Choice(["sen12ms", "dfc2020"]), default="sen12ms", show_default=True,
+              help="sen12ms: the SEN12MS tree; dfc2020: the DFC2020 contest's validation and test subsets "
+                   "(s1, s2, lc and 10 m dfc masks), with the same class spectra.")
 @click.option("--scenes", default=12, show_default=True, type=click.IntRange(1, 500),
-              help="Number of scenes; about a quarter are official hold-out scenes.")
+              help="Number of scenes; about a quarter are official hold-out scenes (dfc2020: regions, "
+                   "alternately validation and test).")
 @click.option("--patches-per-scene", default=24, show_default=True, type=click.IntRange(1, 840),
-              help="Triplets per scene (overlapping 256 px patches on a 128 px stride).")
+              help="Triplets per scene (overlapping 256 px patches on a 128 px stride; dfc2020: not overlapping).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed; the tree is identical for a seed.")
 @click.option("--broken", is_flag=True,
-              help="Also plant the known broken triplet ROIs1868_summer_s1_146_p202 (NaN in S1).")
-def synth(out: Path, scenes: int, patches_per_scene: int, seed: int, broken: bool) -> None:
-    """Write the sample dataset: a small, learnable SEN12MS tree in the real format."""
+              help="Also plant the known broken triplet ROIs1868_summer_s1_146_p202 (NaN in S1; sen12ms only).")
+def synth(out: Path, layout: str, scenes: int, patches_per_scene: int, seed: int, broken: bool) -> None:
+    """Write the sample dataset: a small, learnable SEN12MS (or DFC2020) tree in the real format."""
+    if layout == "dfc2020":
+        from convert.synthdfc import synthesize_dfc2020
+
+        if broken:
+            raise click.UsageError("--broken plants a SEN12MS triplet: not with --layout dfc2020")
+        ids = synthesize_dfc2020(out, regions=scenes, patches_per_region=patches_per_scene, seed=seed)
+        click.echo(f"wrote {len(ids)} DFC2020 patches under {out}")
+        return
     from convert.synth import synthesize
 
     ids = synthesize(out, scenes=scenes, patches_per_scene=patches_per_scene, seed=seed, broken=broken)

@@ -1,4 +1,5 @@
-"""Find the triplets of a SEN12MS tree (local folder or URL) and everything that is not one."""
+"""Find the triplets of a SEN12MS tree (local folder or URL) and everything that is not one;
+on request also those of the DFC2020 contest layout (`ROIs0000_validation`, `ROIs0000_test`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from sen12ms_common import storage
-from sen12ms_common.patches import PatchId, PatchNameError, parse_patch
+from sen12ms_common.patches import PatchId, PatchNameError, parse_dfc2020_patch, parse_patch
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,26 @@ def _list_files(root: str, errors: list[OSError] | None = None) -> list[str]:
     return sorted(out)
 
 
-def scan_tree(root: str) -> ScanResult:
+def _parse_name(name: str, dfc2020: bool) -> PatchId:
+    try:
+        return parse_patch(name)
+    except PatchNameError:
+        if not dfc2020:
+            raise
+    try:
+        return parse_dfc2020_patch(name)
+    except PatchNameError:
+        raise PatchNameError(f"not a SEN12MS or DFC2020 patch name: {name!r} (expected e.g. "
+                             "ROIs1158_spring_s2_1_p30.tif or ROIs0000_test_s2_0_p30.tif)") from None
+
+
+def scan_tree(root: str, dfc2020: bool = False) -> ScanResult:
     """Group the patches under `root` into triplets keyed by their S2 patch.
 
     Files at the root level (hold-out lists, READMEs) are ignored; every other file must be a
-    SEN12MS patch in its own folder (`<season>/<mod>_<scene>/`), else it is reported.
+    SEN12MS patch in its own folder (`<season>/<mod>_<scene>/`), else it is reported. With
+    `dfc2020`, DFC2020 patches are grouped too (members s1, s2, lc, dfc, in
+    `ROIs0000_validation/<mod>_validation/` and `ROIs0000_test/<mod>_0/`).
     """
     if not storage.is_remote(root) and not os.path.isdir(root):
         raise FileNotFoundError(f"{root}: no such folder")
@@ -75,7 +91,7 @@ def scan_tree(root: str) -> ScanResult:
             continue
         path = storage.join(root, rel)
         try:
-            pid = parse_patch(parts[-1])
+            pid = _parse_name(parts[-1], dfc2020)
         except PatchNameError as exc:
             problems.append(Problem(path, str(exc)))
             continue

@@ -131,14 +131,20 @@ def plan_scenes(scenes: int, patches_per_scene: int, seed: int, broken: bool) ->
         patches = sorted(int(p) for p in srng.choice(pool, size=k, replace=False))
         if broken and (season, number) == ("ROIs1868_summer", 146) and 202 not in patches:
             patches = sorted(patches[1:] + [202]) if patches else [202]
-        lon = float(srng.uniform(-120, 140))
-        lat = float(srng.uniform(-40, 60))
-        zone = int((lon + 180) // 6) + 1
-        epsg = (32600 if lat >= 0 else 32700) + zone
-        easting = float(srng.uniform(300000, 600000))
-        northing = float(srng.uniform(1e6, 6e6)) if lat >= 0 else float(srng.uniform(4e6, 9e6))
-        specs.append(SceneSpec(season, number, tuple(patches), epsg, (easting, northing), is_holdout))
+        epsg, origin = random_georeference(srng)
+        specs.append(SceneSpec(season, number, tuple(patches), epsg, origin, is_holdout))
     return specs
+
+
+def random_georeference(rng: np.random.Generator) -> tuple[int, tuple[float, float]]:
+    """A random place on land-ish latitudes: its UTM zone's EPSG code and a top-left corner."""
+    lon = float(rng.uniform(-120, 140))
+    lat = float(rng.uniform(-40, 60))
+    zone = int((lon + 180) // 6) + 1
+    epsg = (32600 if lat >= 0 else 32700) + zone
+    easting = float(rng.uniform(300000, 600000))
+    northing = float(rng.uniform(1e6, 6e6)) if lat >= 0 else float(rng.uniform(4e6, 9e6))
+    return epsg, (easting, northing)
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], coarse: int = 6) -> np.ndarray:
@@ -169,7 +175,8 @@ def scene_landcover(spec: SceneSpec, seed: int) -> np.ndarray:
 
 
 def patch_arrays(spec: SceneSpec, patch: int, cells: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    """s1 (dB), s2 and lc arrays of one patch."""
+    """s1 (dB), s2 and lc arrays of one patch, and `surface`: the IGBP class at 10 m that s1 and
+    s2 show (the lc band holds the 500 m cells)."""
     rng = np.random.default_rng([seed, 4, SEASONS.index(spec.season), spec.scene, patch])
     row, col = divmod(patch - 1, GRID_COLS)
     y = row * STRIDE + np.arange(SIZE)
@@ -187,7 +194,7 @@ def patch_arrays(spec: SceneSpec, patch: int, cells: np.ndarray, seed: int) -> d
     s1 = BACKSCATTER[surface].transpose(2, 0, 1) + 1.6 * rng.standard_normal((2, SIZE, SIZE))
     s1 += 1.5 * _smooth_field(rng, (SIZE, SIZE), coarse=32)[None]
     lc = np.concatenate([igbp[None], _LCCS[igbp - 1].transpose(2, 0, 1)]).astype(np.uint8)
-    return {"s1": s1.astype(np.float32), "s2": s2, "lc": lc}
+    return {"s1": s1.astype(np.float32), "s2": s2, "lc": lc, "surface": surface}
 
 
 def write_geotiff(path: Path, data: np.ndarray, epsg: int, origin: tuple[float, float]) -> None:

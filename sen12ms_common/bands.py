@@ -1,8 +1,10 @@
-"""Band tables of the three modalities and the input sets of the original toolbox."""
+"""Band tables of the three modalities, the input sets of the original toolbox and the band
+groups of the DFC2020 baseline."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import combinations
 
 S1_BANDS: tuple[str, ...] = ("VV", "VH")
 S2_BANDS: tuple[str, ...] = (
@@ -24,6 +26,37 @@ INPUT_SETS: dict[str, tuple[str, ...]] = {
     "s1s2": _S2_10 + S1_BANDS,
     "rgbs1": ("B2", "B3", "B4") + S1_BANDS,
 }
+
+# The DFC2020 baseline's groups: S2 at 10 m (high), 20 m (medium), 60 m (low resolution), and S1.
+# It reads the chosen S2 bands in file order whatever the groups, then appends S1.
+BASELINE_GROUPS: dict[str, tuple[str, ...]] = {
+    "s2hr": ("B2", "B3", "B4", "B8"),
+    "s2mr": ("B5", "B6", "B7", "B8A", "B11", "B12"),
+    "s2lr": ("B1", "B9", "B10"),
+    "s1": S1_BANDS,
+}
+
+
+def baseline_input(groups: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The baseline's channels for a set of its groups: S2 bands in file order, then S1."""
+    chosen = set(groups)
+    s2 = {b for g in chosen if g != "s1" for b in BASELINE_GROUPS[g]}
+    return tuple(b for b in S2_BANDS if b in s2) + (S1_BANDS if "s1" in chosen else ())
+
+
+def _baseline_sets() -> dict[str, tuple[str, ...]]:
+    # Every combination of groups, named in a fixed order (`s2hr+s2mr+s1`); `s1` alone is already
+    # the original's set of the same bands.
+    names = tuple(BASELINE_GROUPS)
+    out = {}
+    for k in range(1, len(names) + 1):
+        for combo in combinations(names, k):
+            if combo != ("s1",):
+                out["+".join(combo)] = baseline_input(combo)
+    return out
+
+
+INPUT_SETS.update(_baseline_sets())
 
 # Official normalisation statistics of the original toolbox (training set), by band.
 OFFICIAL_MEAN: dict[str, float] = dict(zip(_S2_10 + S1_BANDS, (
@@ -59,19 +92,21 @@ def band_ref(name: str) -> BandRef:
 
 
 def resolve_bands(spec: str | tuple[str, ...] | list[str]) -> tuple[BandRef, ...]:
-    """Resolve a named input set (`rgb`, `s2`, `s1`, `s1s2`, `rgbs1`) or band names to channels.
+    """Resolve a named input set (`rgb`, `s2`, `s1`, `s1s2`, `rgbs1`, the baseline's groups
+    `s2hr`, `s2mr`, `s2lr` alone or joined by `+` with each other and `s1`) or band names.
 
     `spec` may be a set name, a comma-separated string of band names (`"B8,B4,B3,VV"`) or a
     sequence of band names. The order of the result is the channel order of the model input.
     """
     if isinstance(spec, str):
-        key = spec.strip().lower()
+        key = _group_set_name(spec.strip().lower())
         if key in INPUT_SETS:
             return tuple(band_ref(b) for b in INPUT_SETS[key])
         names = [s.strip().upper() for s in spec.split(",") if s.strip()]
         if len(names) == 1 and names[0] not in S2_BANDS + S1_BANDS:
-            sets = ", ".join(INPUT_SETS)
-            raise BandError(f"unknown input set {spec!r} (sets: {sets}; or band names like B8,B4,VV)")
+            sets = ", ".join(k for k in INPUT_SETS if "+" not in k)
+            raise BandError(f"unknown input set {spec!r} (sets: {sets}, or the baseline's groups joined "
+                            f"by + like s2hr+s2mr+s1; or band names like B8,B4,VV)")
     else:
         names = [str(n).strip().upper() for n in spec]
     if not names:
@@ -80,6 +115,14 @@ def resolve_bands(spec: str | tuple[str, ...] | list[str]) -> tuple[BandRef, ...
     if len(set(refs)) != len(refs):
         raise BandError(f"band listed twice in {spec!r}")
     return refs
+
+
+def _group_set_name(key: str) -> str:
+    """`s1+s2hr` -> `s2hr+s1`: baseline groups in any order name the same set."""
+    parts = [p.strip() for p in key.split("+")]
+    if len(parts) < 2 or not all(p in BASELINE_GROUPS for p in parts) or len(set(parts)) != len(parts):
+        return key
+    return "+".join(g for g in BASELINE_GROUPS if g in parts)
 
 
 def modalities_of(bands: tuple[BandRef, ...]) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ import numpy as np
 from .bands import OFFICIAL_MEAN, OFFICIAL_STD, BandRef
 from .shardformat import S1_MIN_DB, S1_STEP
 
-STATS_CHOICES: tuple[str, ...] = ("official", "manifest", "none")
+STATS_CHOICES: tuple[str, ...] = ("official", "manifest", "none", "dfc2020")
 
 
 class StatsError(ValueError):
@@ -43,7 +43,9 @@ def channel_transform(bands: tuple[BandRef, ...], stats: str = "official",
 
     `official`: the original's training-set mean/std; `manifest`: mean/std the converter computed
     over the train split; `none`: the original's scaling without normalisation
-    (S2 clip(0, 10000) / 10000, S1 dB / 25 + 1).
+    (S2 clip(0, 10000) / 10000, S1 dB / 25 + 1); `dfc2020`: the DFC2020 baseline's scaling,
+    S2 clip(0, 10000) / 10000 and S1 clip(-25, 0) / 25 + 1, which is the same map. The lower
+    bounds need no clip: S2 is stored unsigned and S1 codes are clipped to -25..0 dB on conversion.
     """
     if stats not in STATS_CHOICES:
         raise StatsError(f"--stats must be one of {STATS_CHOICES}, not {stats!r}")
@@ -52,14 +54,15 @@ def channel_transform(bands: tuple[BandRef, ...], stats: str = "official",
         # Stored value -> physical value: s2 as is; s1 code -> dB.
         a, c = (S1_STEP, S1_MIN_DB) if b.modality == "s1" else (1.0, 0.0)
         hi = np.inf
-        if stats == "none":
+        if stats in ("none", "dfc2020"):
             if b.modality == "s2":
                 mean, std, hi = 0.0, 10000.0, 10000.0
             else:
                 mean, std = -25.0, 25.0  # dB / 25 + 1
         elif stats == "official":
             if b.name not in OFFICIAL_MEAN:
-                raise StatsError(f"the original has no statistics for band {b.name}; use --stats manifest")
+                raise StatsError(f"the original has no statistics for band {b.name}; "
+                                 "use --stats manifest, none or dfc2020")
             mean, std = OFFICIAL_MEAN[b.name], OFFICIAL_STD[b.name]
         else:
             if not manifest_stats or b.name not in manifest_stats:

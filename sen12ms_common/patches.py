@@ -2,6 +2,8 @@
 
 A patch file is `<season>/<mod>_<scene>/<season>_<mod>_<scene>_p<patch>.tif`, e.g.
 `ROIs1158_spring/s2_1/ROIs1158_spring_s2_1_p30.tif`; its s1 and lc siblings swap the modality.
+The DFC2020 contest data names its subsets like seasons (`ROIs0000_validation`, `ROIs0000_test`,
+scene 0) with a `dfc` mask beside s1, s2 and lc; its validation folders are `<mod>_validation`.
 """
 
 from __future__ import annotations
@@ -13,11 +15,17 @@ from pathlib import PurePosixPath
 SEASONS: tuple[str, ...] = ("ROIs1158_spring", "ROIs1868_summer", "ROIs1970_fall", "ROIs2017_winter")
 MODALITIES: tuple[str, ...] = ("s1", "s2", "lc")
 
+# DFC2020 subset "seasons" -> the subset's name; their own modalities and file name pattern.
+DFC2020_SEASONS: dict[str, str] = {"ROIs0000_validation": "validation", "ROIs0000_test": "test"}
+DFC2020_MODALITIES: tuple[str, ...] = ("s1", "s2", "lc", "dfc")
+
 # The one triplet of SEN12MS whose S1 is damaged; the official train list leaves it out.
 KNOWN_BROKEN: frozenset[str] = frozenset({"ROIs1868_summer_s2_146_p202"})
 
 _SEASON_RE = "|".join(SEASONS)
 _PATCH_RE = re.compile(rf"^(?P<season>{_SEASON_RE})_(?P<mod>s1|s2|lc)_(?P<scene>\d+)_p(?P<patch>\d+)(?:\.tiff?)?$")
+_DFC2020_RE = re.compile(r"^(?P<season>ROIs0000_validation|ROIs0000_test)_(?P<mod>s1|s2|lc|dfc)_(?P<scene>\d+)"
+                         r"_p(?P<patch>\d+)(?:\.tiff?)?$")
 _SCENE_RE = re.compile(rf"^(?P<season>{_SEASON_RE})[/_](?:(?:s1|s2|lc)_)?(?P<scene>\d+)/?$")
 
 
@@ -33,8 +41,9 @@ class SceneId:
     scene: int
 
     def folder(self, modality: str = "s2") -> str:
-        """The scene's folder relative to the dataset root: `ROIs1158_spring/s2_63`."""
-        return f"{self.season}/{modality}_{self.scene}"
+        """The scene's folder relative to the dataset root: `ROIs1158_spring/s2_63`
+        (DFC2020 validation: `ROIs0000_validation/s2_validation`)."""
+        return f"{self.season}/{_folder_name(self.season, modality, self.scene)}"
 
     @property
     def key(self) -> str:
@@ -59,8 +68,9 @@ class PatchId:
         return SceneId(self.season, self.scene)
 
     def with_modality(self, modality: str) -> "PatchId":
-        if modality not in MODALITIES:
-            raise PatchNameError(f"unknown modality {modality!r} (expected one of {MODALITIES})")
+        known = DFC2020_MODALITIES if self.season in DFC2020_SEASONS else MODALITIES
+        if modality not in known:
+            raise PatchNameError(f"unknown modality {modality!r} (expected one of {known})")
         return replace(self, modality=modality)
 
     def stem(self, modality: str | None = None) -> str:
@@ -74,7 +84,7 @@ class PatchId:
     def relpath(self, modality: str | None = None) -> str:
         """Path relative to the dataset root: `ROIs1158_spring/s2_1/ROIs1158_spring_s2_1_p30.tif`."""
         mod = modality or self.modality
-        return f"{self.season}/{mod}_{self.scene}/{self.filename(mod)}"
+        return f"{self.season}/{_folder_name(self.season, mod, self.scene)}/{self.filename(mod)}"
 
     @property
     def key(self) -> str:
@@ -89,6 +99,12 @@ class PatchId:
         return self.stem()
 
 
+def _folder_name(season: str, modality: str, scene: int) -> str:
+    if DFC2020_SEASONS.get(season) == "validation":
+        return f"{modality}_validation"
+    return f"{modality}_{scene}"
+
+
 def parse_patch(name: str) -> PatchId:
     """Parse a patch name or path (`ROIs1158_spring_s2_1_p30`, with or without `.tif`)."""
     base = PurePosixPath(str(name).replace("\\", "/")).name
@@ -96,6 +112,17 @@ def parse_patch(name: str) -> PatchId:
     if not m:
         raise PatchNameError(
             f"not a SEN12MS patch name: {name!r} (expected e.g. ROIs1158_spring_s2_1_p30.tif)"
+        )
+    return PatchId(m["season"], int(m["scene"]), int(m["patch"]), m["mod"])
+
+
+def parse_dfc2020_patch(name: str) -> PatchId:
+    """Parse a DFC2020 patch name or path (`ROIs0000_test_dfc_0_p123`, with or without `.tif`)."""
+    base = PurePosixPath(str(name).replace("\\", "/")).name
+    m = _DFC2020_RE.match(base)
+    if not m:
+        raise PatchNameError(
+            f"not a DFC2020 patch name: {name!r} (expected e.g. ROIs0000_validation_s2_0_p123.tif)"
         )
     return PatchId(m["season"], int(m["scene"]), int(m["patch"]), m["mod"])
 

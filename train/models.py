@@ -1,4 +1,5 @@
-"""The model registry: the original toolbox's nine networks, plus two small ones.
+"""The model registry: the original toolbox's nine networks, plus two small ones; and, by task,
+the segmentation networks of `segmodels.py` (UNet, DeepLabV3Plus).
 
 The layouts follow the original exactly (module names, Sequential indices, layer sizes), so
 that its published checkpoints load with `load_state_dict(strict=True)` and give the same
@@ -27,14 +28,16 @@ from __future__ import annotations
 
 import difflib
 from functools import partial
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 from torchvision import models as tvm
 
-__all__ = ["MODELS", "build_model", "model_names", "ResNetClassifier", "DenseNetClassifier",
-           "VGGClassifier", "SmallCNN"]
+from .segmodels import SEGMENTATION_MODELS
+
+__all__ = ["MODELS", "SEGMENTATION_MODELS", "TASKS", "build_model", "model_names", "ResNetClassifier",
+           "DenseNetClassifier", "VGGClassifier", "SmallCNN"]
 
 
 def _kaiming_init(model: nn.Module) -> None:
@@ -160,19 +163,36 @@ MODELS: dict[str, Callable[[int, int], nn.Module]] = {
 }
 
 
-def model_names() -> list[str]:
-    """Registered model names, the original's nine first."""
-    return list(MODELS)
+TASKS: tuple[str, ...] = ("classification", "segmentation")
 
 
-def build_model(name: str, in_channels: int, num_classes: int) -> nn.Module:
-    """A freshly initialised model; `ValueError` for an unknown name or bad sizes."""
-    builder = MODELS.get(name)
+def _registry(task: str) -> dict[str, Callable[..., nn.Module]]:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choices: {', '.join(TASKS)}")
+    return MODELS if task == "classification" else SEGMENTATION_MODELS
+
+
+def model_names(task: str = "classification") -> list[str]:
+    """Registered model names of a task; for classification the original's nine first."""
+    return list(_registry(task))
+
+
+def build_model(name: str, in_channels: int, num_classes: int, task: str = "classification",
+                **options: Any) -> nn.Module:
+    """A freshly initialised model of `task`; `ValueError` for an unknown name or bad sizes.
+
+    `options` go to segmentation models (DeepLabV3Plus: `output_stride`, `backbone_weights`).
+    """
+    registry = _registry(task)
+    builder = registry.get(name)
     if builder is None:
-        hint = difflib.get_close_matches(name, MODELS, n=1, cutoff=0.6)
-        hint_text = f" (did you mean {hint[0]}?)" if hint else ""
-        raise ValueError(f"unknown model {name!r}{hint_text}; choices: {', '.join(MODELS)}")
+        other = next((t for t in TASKS if t != task and name in _registry(t)), None)
+        hint = difflib.get_close_matches(name, registry, n=1, cutoff=0.6)
+        hint_text = (f" ({name} is a {other} model)" if other else f" (did you mean {hint[0]}?)" if hint else "")
+        raise ValueError(f"unknown model {name!r}{hint_text}; choices: {', '.join(registry)}")
     if int(in_channels) < 1 or int(num_classes) < 1:
         raise ValueError(f"{name}: in_channels and num_classes must be >= 1, "
                          f"got {in_channels} and {num_classes}")
-    return builder(int(in_channels), int(num_classes))
+    if options and task == "classification":
+        raise ValueError(f"{name}: classification models take no options, got {', '.join(options)}")
+    return builder(int(in_channels), int(num_classes), **options)
