@@ -8,14 +8,16 @@ DATA ?= /sen12ms
 OUT ?= out/
 DEMO ?= demo
 TEST_ARGS ?= -n 2
+S3_DIR ?=
 
-.PHONY: install test demo shards bench clean help
+.PHONY: install test demo shards s3-local bench clean help
 
 help:
 	@echo "make install        create .venv with every pinned dependency"
 	@echo "make test           install, then run the whole test suite"
 	@echo "make demo           sample dataset -> labels, splits -> shards -> short training + evaluation"
 	@echo "make shards DATA=/sen12ms [OUT=out/]   convert a SEN12MS tree (train, val, test shards)"
+	@echo "make s3-local [S3_DIR=store/]   a local S3 store (SeaweedFS), prints the AWS variables; Ctrl-C stops it"
 	@echo "make bench          loader / codec / training figures into docs/benchmarks.md"
 
 install: $(STAMP)
@@ -48,6 +50,9 @@ demo: install
 
 shards: install
 	$(PY) -m convert shards --data $(DATA) --out $(OUT)
+
+s3-local: install
+	@$(PY) -m convert s3-local $(if $(S3_DIR),--dir $(S3_DIR))
 
 bench: install
 	$(PY) -m bench

