@@ -1,15 +1,15 @@
 """`python -m convert verify OUT`: prove a shard set is whole and decodes.
 
-Every shard named by the manifest is streamed once (never extracted): its size, sha256 and
-xxh3-128 are compared with the manifest, every sample is decoded with the shard format's decoder, sample
-counts are compared with the manifest and the DALI index file is compared with the member
-offsets actually found. A member whose name is a path, or that is not a regular file, makes
+The manifest's structure is checked when it is loaded (`sen12ms_common.manifest.check_manifest`,
+the same checks as training). Every shard named by the manifest is streamed once (never
+extracted): its size, sha256 and xxh3-128 are compared with the manifest, every sample is
+decoded with the shard format's decoder, sample counts are compared with the manifest and the
+DALI index file is compared with the member offsets actually found. A member whose name is a path, or that is not a regular file, makes
 the shard bad; nothing is ever written.
 """
 
 from __future__ import annotations
 
-import re
 import tarfile
 import time
 from dataclasses import dataclass, field
@@ -20,13 +20,9 @@ import click
 from sen12ms_common import storage, tarstream
 from sen12ms_common.checksums import Digests
 from sen12ms_common.igbp import LabelError, check_probability
-from sen12ms_common.manifest import SPLITS, Manifest, ManifestError, ShardEntry, load_manifest
+from sen12ms_common.manifest import SPLITS, Manifest, ManifestError, ShardEntry, is_shard_name, load_manifest
 from sen12ms_common.patches import PatchNameError, parse_patch
 from sen12ms_common.shardformat import SampleLayout, ShardFormatError, check_member_name, dali_index, decode_sample
-
-
-# `train-000000.tar`, or `train-p0003of0016-000000.tar` from a conversion in parts (--part).
-_SHARD_NAME = re.compile(r"^[a-z]+-(?:p\d{4,}of\d{4,}-)?\d{6}\.tar$")
 
 
 class ShardError(Exception):
@@ -67,7 +63,9 @@ def _check_sample(key: str, members: dict[str, bytes], layout: SampleLayout, exp
 def verify_shard(root: str, entry: ShardEntry, layout: SampleLayout, seen: dict[str, str],
                  on_bytes: Callable[[int], None] = lambda n: None) -> int:
     """Check one shard; returns its sample count or raises ShardError naming shard and sample."""
-    if not _SHARD_NAME.match(entry.name):
+    # `load_manifest` checked the manifest's structure (sen12ms_common.manifest.check_manifest);
+    # an entry given directly is held to the same naming rule.
+    if not is_shard_name(entry.name, entry.name.split("-", 1)[0]):
         raise ShardError(f"{entry.name!r}: the manifest names a shard that is not <split>-NNNNNN.tar in its folder")
     url = storage.join(root, entry.name)
     if not storage.exists(url):

@@ -8,11 +8,12 @@ statistics over the train split. `OUT/report.json` lists every input that was no
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 from . import storage
-from .bands import OFFICIAL_MEAN, OFFICIAL_STD
+from .bands import OFFICIAL_MEAN, OFFICIAL_STD, PATCH_SIZE
 from .igbp import IGBP_NAMES, SIMPLE_NAMES, SIMPLE_OF_FULL
 from .checksums import FAST, digests_of
 from .shardformat import FORMAT_VERSION, SampleLayout, ShardFormatError, check_version
@@ -20,6 +21,15 @@ from .shardformat import FORMAT_VERSION, SampleLayout, ShardFormatError, check_v
 MANIFEST_NAME = "manifest.json"
 REPORT_NAME = "report.json"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+# Bounds on what a manifest may declare, checked before anything is sized by it: SEN12MS holds
+# 180,662 patches of 256 x 256 pixels.
+MAX_SAMPLES = 2_000_000
+MAX_PATCH_SIZE = PATCH_SIZE
+# The least a sample takes in a tar: per member a 512-byte header and at least one 512-byte block
+# (no member is empty).
+MIN_MEMBER_BYTES = 1024
+MAX_MANIFEST_BYTES = 64 << 20
+_SPLIT_NAME = re.compile(r"^[a-z]+$")
 
 
 class ManifestError(ValueError):
@@ -28,6 +38,11 @@ class ManifestError(ValueError):
 
 def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}.tar"
+
+
+def is_shard_name(name: str, split: str) -> bool:
+    """`<split>-NNNNNN.tar`, or `<split>-pNNNNofNNNN-NNNNNN.tar` of a conversion in parts."""
+    return _SPLIT_NAME.match(split) is not None and re.fullmatch(rf"{re.escape(split)}-(?:p\d{{4,}}of\d{{4,}}-)?\d{{6}}\.tar", name) is not None
 
 
 def index_name(shard: str) -> str:
@@ -85,39 +100,95 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Manifest":
+        """Parse and check a manifest (`check_manifest`); raises ManifestError (one line)."""
         try:
             version = int(d["format_version"])
             try:
                 check_version(version)
             except ShardFormatError as exc:
                 raise ManifestError(str(exc)) from None
-            splits = {
-                split: [ShardEntry(s["name"], int(s["samples"]), int(s["bytes"]), s["sha256"], s[FAST])
-                        for s in v["shards"]]
-                for split, v in d["splits"].items()
-            }
-            for e in (e for entries in splits.values() for e in entries):
-                # Readers join the name to the manifest's folder: a path would lead them elsewhere.
-                if not isinstance(e.name, str):
-                    raise ManifestError(f"shard name {e.name!r} is not a string")
-                if "/" in e.name or "\\" in e.name or e.name in ("", ".", ".."):
-                    raise ManifestError(f"shard name {e.name!r} is a path; a manifest names shards in its own folder")
-            return cls(SampleLayout.from_dict(d["layout"]), splits, d.get("stats", {}), d.get("source", {}), version)
+            splits = {split: [_entry(split, s) for s in v["shards"]] for split, v in d["splits"].items()}
+            manifest = cls(SampleLayout.from_dict(d["layout"]), splits, d.get("stats", {}), d.get("source", {}),
+                           version)
         except ManifestError:
             raise
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ManifestError(f"malformed manifest ({exc.__class__.__name__}: {exc})") from exc
+        check_manifest(manifest, declared={k: v.get("samples") for k, v in d["splits"].items()})
+        return manifest
+
+
+def _entry(split: str, s: dict[str, Any]) -> ShardEntry:
+    name = s["name"]
+    # Readers join the name to the manifest's folder: a path would lead them elsewhere.
+    if not isinstance(name, str):
+        raise ManifestError(f"shard name {name!r} is not a string")
+    if "/" in name or "\\" in name or name in ("", ".", ".."):
+        raise ManifestError(f"shard name {name!r} is a path; a manifest names shards in its own folder")
+    for key in ("samples", "bytes"):
+        if not isinstance(s[key], int) or isinstance(s[key], bool):
+            raise ManifestError(f"{split} shard {name}: {key} is {_short(s[key])}, not an integer")
+    for key, digits in (("sha256", 64), (FAST, 32)):
+        if not isinstance(s[key], str) or not re.fullmatch(f"[0-9a-f]{{{digits}}}", s[key]):
+            raise ManifestError(f"{split} shard {name}: {key} is {_short(s[key])}, not {digits} hex digits")
+    return ShardEntry(name, s["samples"], s["bytes"], s["sha256"], s[FAST])
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_manifest(m: Manifest, declared: dict[str, Any] | None = None) -> None:
+    """The structural checks of a manifest, before anything is sized or read by it (also those of
+    `convert verify`): a layout size of 1..MAX_PATCH_SIZE; per split, shards named
+    `<split>-NNNNNN.tar` (a shard of another split listed here is refused), each named once in
+    the manifest, with 1 or more samples, no more samples than its bytes can hold and at most
+    MAX_SAMPLES in all; a split's declared sample count equal to its shards' sum."""
+    size = m.layout.size
+    if not 1 <= size <= MAX_PATCH_SIZE:
+        raise ManifestError(f"layout size {size} is not a patch size (1..{MAX_PATCH_SIZE} pixels)")
+    per_sample = MIN_MEMBER_BYTES * len(m.layout.member_exts())
+    seen: dict[str, str] = {}
+    total = 0
+    for split, entries in m.splits.items():
+        if not isinstance(split, str) or not _SPLIT_NAME.match(split):
+            raise ManifestError(f"split name {_short(split)} is not a lower-case word such as train")
+        for e in entries:
+            where = f"{split} shard {e.name}"
+            if not is_shard_name(e.name, split):
+                raise ManifestError(f"{where}: not named {split}-NNNNNN.tar (a shard of another split, or not ours)")
+            if e.name in seen:
+                raise ManifestError(f"{where}: named twice (also under {seen[e.name]})")
+            seen[e.name] = split
+            if e.samples < 1:
+                raise ManifestError(f"{where}: {e.samples} samples (a shard holds at least one)")
+            if e.samples * per_sample > e.bytes:
+                raise ManifestError(f"{where}: {e.samples} samples cannot fit in {e.bytes} bytes "
+                                    f"(at least {per_sample} bytes a sample)")
+            total += e.samples
+            if total > MAX_SAMPLES:
+                raise ManifestError(f"{where}: more than {MAX_SAMPLES} samples in the manifest (SEN12MS has 180,662)")
+        stated = (declared or {}).get(split)
+        if stated is not None and stated != sum(e.samples for e in entries):
+            raise ManifestError(f"split {split}: says {_short(stated)} samples, its shards hold "
+                                f"{sum(e.samples for e in entries)}")
 
 
 def load_manifest(root: str) -> Manifest:
-    """Read `root/manifest.json` (local folder or URL)."""
+    """Read and check `root/manifest.json` (local folder or URL); ManifestError (one line) if bad."""
     url = storage.join(root, MANIFEST_NAME)
     try:
-        text = storage.read_text(url)
+        with storage.open_read(url) as f:
+            data = f.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError as exc:
         raise ManifestError(f"{url}: no manifest (is this the output folder of `convert shards`?)") from exc
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{url}: larger than {MAX_MANIFEST_BYTES >> 20} MiB: not a manifest of ours")
     try:
-        return Manifest.from_dict(json.loads(text))
+        return Manifest.from_dict(json.loads(data.decode("utf-8")))
+    except RecursionError:
+        raise ManifestError(f"{url}: malformed manifest (nested too deeply)") from None
     except ValueError as exc:
         raise ManifestError(f"{url}: {exc}") from exc
 
