@@ -89,8 +89,11 @@ def error_code(exc: BaseException) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{exc.__class__.__name__}: {text[0]}" if text else exc.__class__.__name__
+    """The whole reason of an error on one line (botocore's validation errors span several)."""
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
+    if len(text) > 1000:
+        text = text[:997] + "..."
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
 
 
 @lru_cache(maxsize=1)

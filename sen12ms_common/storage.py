@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,10 +26,28 @@ from typing import Any, BinaryIO, Callable, Iterator, Mapping, TypeVar
 T = TypeVar("T")
 
 
+# The user info of a URL (`s3://KEY:SECRET@bucket/...`); a secret may hold '/', a bucket never ':'.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?:[^\s/@:]*:[^\s@]*|[^\s/@]*)@")
+
+
+def redact(text: str) -> str:
+    """`text` with the user info of every URL in it (`KEY:SECRET@`) replaced by `***@`."""
+    return _USERINFO.sub(r"\g<scheme>***@", str(text))
+
+
+def refuse_credentials(url: str) -> None:
+    """Credentials belong in the environment or the AWS files, never in a URL (they would end up in
+    logs, shell histories and arguments files): a URL with user info is refused."""
+    if redact(url) != str(url):
+        raise StorageAccessError(f"{redact(url)}: credentials in a URL are refused; set AWS_ACCESS_KEY_ID / "
+                                 "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) instead", str(url))
+
+
 class StorageError(OSError):
-    """A read or write that failed; `str()` is one line naming the URL."""
+    """A read or write that failed; `str()` is one line naming the URL (user info redacted)."""
 
     def __init__(self, message: str, url: str = "") -> None:
+        message, url = redact(message), redact(url)
         super().__init__(message)
         self.message, self.url = message, url
 
@@ -117,6 +136,8 @@ def _s3_filesystem():
 def filesystem(url: str):
     """(fsspec filesystem, path inside it) for a local path or a URL."""
     import fsspec.core
+
+    refuse_credentials(url)
 
     if is_s3(url):
         return _s3_filesystem(), fsspec.core.strip_protocol(str(url))
