@@ -22,6 +22,8 @@ import numpy as np
 
 from convert.scan import Problem, Triplet
 from sen12ms_common import storage
+from sen12ms_common.outputs import output_folder, writing
+from sen12ms_common.storage import StorageError
 from sen12ms_common.datafiles import JSON_FORMAT, JSON_VERSION, LABEL_JSON, LABEL_PKL, LabelFileError
 from sen12ms_common.igbp import (
     IGBP_NAMES, N_FULL, N_SIMPLE, SIMPLE_NAMES, LabelError, one_hot, probability_from_igbp,
@@ -181,12 +183,12 @@ def label_file_contents(labels: dict[str, np.ndarray]) -> dict[str, bytes]:
     return files
 
 
-def write_label_files(labels: dict[str, np.ndarray], out_dir: Path) -> list[Path]:
-    """Write our JSON and the original's label files into `out_dir`; returns their paths.
-
-    Each file appears complete or not at all; the bytes depend only on the labels.
-    """
-    return [Path(url) for url in storage.write_files(str(out_dir), label_file_contents(labels))]
+def write_label_files(labels: dict[str, np.ndarray], out_dir: str | Path) -> list[str]:
+    """Write our JSON and the original's label files into `out_dir` (a folder or an s3:// prefix);
+    returns their paths. Each file appears complete or not at all; the bytes depend only on the
+    labels. A folder that cannot be written raises a one-line StorageError."""
+    with writing(str(out_dir)):
+        return storage.write_files(str(out_dir), label_file_contents(labels))
 
 
 # --------------------------------------------------------------------------- command line
@@ -208,12 +210,12 @@ def report_problems(problems: list[Problem], what: str) -> None:
 @click.command("labels")
 @click.option("--data", required=True, metavar="DIR",
               help="Root of the SEN12MS tree (local folder or URL such as s3://bucket/sen12ms).")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder to write the label files into (created if missing).")
+@click.option("--out", required=True, metavar="DIR|URL",
+              help="Folder or s3://bucket/prefix to write the label files into (created if missing).")
 @click.option("--workers", default=default_workers, show_default="all usable CPU cores",
               type=click.IntRange(1, 1024), help="Processes reading lc patches in parallel.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def labels_command(data: str, out: Path, workers: int, progress: bool) -> None:
+def labels_command(data: str, out: str, workers: int, progress: bool) -> None:
     """Derive the IGBP probability labels from the lc patches and write the original's label files.
 
     Writes IGBP_probability_labels.json (what this toolbox reads), IGBP_probability_labels.pkl
@@ -223,20 +225,24 @@ def labels_command(data: str, out: Path, workers: int, progress: bool) -> None:
     from convert.scan import scan_tree
 
     try:
+        out = output_folder(out, "--out")
         scan = scan_tree(data)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, StorageError) as exc:
         raise click.ClickException(str(exc)) from None
     labels, problems = derive_labels(scan.triplets, workers=workers, progress=progress)
     problems = list(scan.problems) + problems
     if not labels and not problems:
         raise click.ClickException(f"{data}: no SEN12MS patches found")
     if labels:
-        paths = write_label_files(labels, out)
+        try:
+            paths = write_label_files(labels, out)
+        except StorageError as exc:
+            raise click.ClickException(f"{exc}; no label file was written or replaced there") from None
         probs = np.stack([labels[n] for n in sorted(labels)])
         counts = np.bincount(single_label(to_simple(probs)), minlength=N_SIMPLE + 1)[1:]
         click.echo(f"labelled {len(labels)} patches of {len(scan.triplets)} triplets under {data}")
         click.echo("single labels, simplified scheme: "
                    + ", ".join(f"{SIMPLE_NAMES[i]} {c}" for i, c in enumerate(counts) if c))
-        click.echo(f"wrote {len(paths)} files to {out}: " + ", ".join(p.name for p in paths))
+        click.echo(f"wrote {len(paths)} files to {out}: " + ", ".join(storage.basename(p) for p in paths))
     report_problems(problems, f"labels were written for the {len(labels)} good patches" if labels
                     else "no label could be derived")

@@ -19,6 +19,8 @@ import click
 from sen12ms_common import storage
 from sen12ms_common.datafiles import SplitFileError, read_source, text_lines
 from sen12ms_common.datalimits import excerpt
+from sen12ms_common.outputs import output_folder, writing
+from sen12ms_common.storage import StorageError
 from sen12ms_common.patches import (
     MODALITIES, SEASONS, PatchId, PatchNameError, SceneId, parse_patch, parse_scene,
 )
@@ -151,9 +153,12 @@ def split_file_contents(splits: Splits) -> dict[str, bytes]:
     return files
 
 
-def write_splits(splits: Splits, out_dir: Path) -> list[Path]:
-    """Write `{train,val,test}_list.{txt,pkl}` and `excluded.txt`; each file appears complete or not at all."""
-    return [Path(url) for url in storage.write_files(str(out_dir), split_file_contents(splits))]
+def write_splits(splits: Splits, out_dir: str | Path) -> list[str]:
+    """Write `{train,val,test}_list.{txt,pkl}` and `excluded.txt` into a folder or an s3:// prefix;
+    each file appears complete or not at all. A folder that cannot be written raises a one-line
+    StorageError."""
+    with writing(str(out_dir)):
+        return storage.write_files(str(out_dir), split_file_contents(splits))
 
 
 # --------------------------------------------------------------------------- command line
@@ -163,8 +168,8 @@ def season_counts(names: list[str]) -> dict[str, int]:
     return {s: counts.get(s, 0) for s in SEASONS}
 
 
-def _is_shipped_folder(out: Path) -> bool:
-    return out.resolve() == OFFICIAL_HOLDOUT.parent.resolve()
+def _is_shipped_folder(out: str) -> bool:
+    return not storage.is_remote(out) and Path(out).resolve() == OFFICIAL_HOLDOUT.parent.resolve()
 
 
 def _summary(splits: Splits, holdout_path: str, holdout: list[SceneId]) -> list[str]:
@@ -194,9 +199,10 @@ def _summary(splits: Splits, holdout_path: str, holdout: list[SceneId]) -> list[
               help="Share of each season's train patches to move to validation, as whole scenes (0: no val).")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seed of the scene order for validation; the lists are identical for a seed.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder to write {train,val,test}_list.{txt,pkl} into (created if missing).")
-def splits_command(data: str, holdout: str | None, val_fraction: float, seed: int, out: Path) -> None:
+@click.option("--out", required=True, metavar="DIR|URL",
+              help="Folder or s3://bucket/prefix to write {train,val,test}_list.{txt,pkl} into (created if "
+                   "missing).")
+def splits_command(data: str, holdout: str | None, val_fraction: float, seed: int, out: str) -> None:
     """Write train / val / test lists: test = the hold-out scenes, val = whole train scenes.
 
     Incomplete triplets and files that are not SEN12MS patches are listed at the end (and
@@ -205,6 +211,10 @@ def splits_command(data: str, holdout: str | None, val_fraction: float, seed: in
     from convert.labels import expected_sibling, report_problems
     from convert.scan import Problem, scan_tree
 
+    try:
+        out = output_folder(out, "--out")
+    except StorageError as exc:
+        raise click.ClickException(str(exc)) from None
     if _is_shipped_folder(out):
         raise click.ClickException(f"{out}: holds the official lists shipped with the toolbox; "
                                    "write the splits of a tree to another folder")
@@ -230,10 +240,13 @@ def splits_command(data: str, holdout: str | None, val_fraction: float, seed: in
         raise click.ClickException(f"{data}: no SEN12MS patches found")
     splits = make_splits(complete, scenes, val_fraction=val_fraction, seed=seed)
     splits.excluded = dict(sorted({**splits.excluded, **incomplete}.items()))
-    paths = write_splits(splits, out)
+    try:
+        paths = write_splits(splits, out)
+    except StorageError as exc:
+        raise click.ClickException(f"{exc}; no list was written or replaced there") from None
     for line in _summary(splits, holdout_path, scenes):
         click.echo(line)
-    click.echo(f"wrote {len(paths)} files to {out}: " + ", ".join(p.name for p in paths))
+    click.echo(f"wrote {len(paths)} files to {out}: " + ", ".join(storage.basename(p) for p in paths))
     report_problems(problems, "the lists were written without them")
 
 

@@ -112,7 +112,7 @@ SIMPLE = {"ROIs1158_spring_s2_128_p100.tif": 6, "ROIs1868_summer_s2_146_p202.tif
 
 def test_label_files_in_the_original_formats(tmp_path: Path):
     paths = write_label_files(HAND, tmp_path / "a")
-    assert [p.name for p in paths] == LABEL_FILES
+    assert [Path(p).name for p in paths] == LABEL_FILES
     names = sorted(HAND)
     out = tmp_path / "a"
     assert (out / "single_label_IGBPfull_ClsNum.txt").read_text() == "".join(f"{n}:{FULL[n]}\n" for n in names)

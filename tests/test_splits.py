@@ -127,7 +127,7 @@ def test_split_files_round_trip(tmp_path: Path):
                     val=["ROIs1970_fall_s2_7_p3.tif"], test=["ROIs2017_winter_s2_9_p11.tif"],
                     excluded={BROKEN: BROKEN_REASON})
     paths = write_splits(splits, tmp_path / "a")
-    assert [p.name for p in paths] == ["train_list.txt", "train_list.pkl", "val_list.txt", "val_list.pkl",
+    assert [Path(p).name for p in paths] == ["train_list.txt", "train_list.pkl", "val_list.txt", "val_list.pkl",
                                        "test_list.txt", "test_list.pkl", "excluded.txt"]
     out = tmp_path / "a"
     assert (out / "train_list.txt").read_text() == "ROIs1158_spring_s2_1_p30.tif\nROIs1158_spring_s2_1_p31.tif\n"
