@@ -11,14 +11,9 @@ import click
 from sen12ms_common.inputs import STATS_CHOICES
 
 from .config import TrainConfig, canonical_input
+from .options import MAX_STREAMS, MAX_THREADS, MAX_WORKERS
 
 _D = TrainConfig()  # the defaults, in one place
-
-
-def _model_names() -> list[str]:
-    from .models import model_names
-
-    return model_names()
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -46,10 +41,10 @@ def _model_names() -> list[str]:
               help="Adam learning rate.")
 @click.option("--decay", type=click.FloatRange(0), default=_D.decay, show_default=True,
               help="Adam weight decay.")
-@click.option("--workers", type=click.IntRange(0), default=_D.workers, show_default=True,
+@click.option("--workers", type=click.IntRange(0, MAX_WORKERS), default=_D.workers, show_default=True,
               help="Loader worker processes (0: this process reads, with --threads decoding threads; per "
                    "process under torchrun). Does not change the data order.")
-@click.option("--threads", type=click.IntRange(0, 256), default=_D.threads, show_default=True,
+@click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=_D.threads, show_default=True,
               help="Decoding threads per reading process (0: every CPU this process may use when --workers "
                    "is 0, else 1 per worker). Does not change the data order.")
 @click.option("--loader", type=click.Choice(["webdataset", "dali"]), default=_D.loader, show_default=True,
@@ -61,8 +56,9 @@ def _model_names() -> list[str]:
                                           "without bfloat16); on the CPU bfloat16 autocast.")
 @click.option("--channels-last", is_flag=True, help="channels_last memory format for model and input.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (needs a C++ compiler on CPU).")
-@click.option("--run-dir", default=None, metavar="DIR",
-              help="Run directory for logs/, checkpoints/ and test scores. [default: runs/<model>, or the "
+@click.option("--run-dir", default=None, metavar="DIR|URL",
+              help="Run directory for logs/, checkpoints/ and test scores: a folder or s3://bucket/prefix "
+                   "(log and TensorBoard files are uploaded after every epoch). [default: runs/<model>, or the "
                    "run of the --resume checkpoint]")
 @click.option("--resume", default=None, metavar="CKPT",
               help="Continue from a checkpoint (ours: exactly where it stopped; the original's: after its epoch).")
@@ -72,12 +68,13 @@ def _model_names() -> list[str]:
 @click.option("--stats", type=click.Choice(list(STATS_CHOICES)), default=_D.stats, show_default=True,
               help="Normalisation: official (the original's training-set mean/std), manifest (computed by the "
                    "converter over this train split), none (the original's unnormalised scaling).")
-@click.option("--seed", type=int, default=_D.seed, show_default=True,
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=_D.seed, show_default=True,
               help="Seed of model initialisation and of the data order (a function of seed and epoch).")
 @click.option("--shuffle-buffer", type=click.IntRange(1), default=_D.shuffle_buffer, show_default=True,
               help="Samples held (still compressed) for shuffling, per process, split over the streams.")
-@click.option("--streams", type=click.IntRange(1), default=_D.streams, show_default=True,
-              help="Independent read streams per process (workers share them out; more workers than streams idle).")
+@click.option("--streams", type=click.IntRange(1, MAX_STREAMS), default=_D.streams, show_default=True,
+              help=f"Independent read streams per process, at most {MAX_STREAMS} (workers share them out; more "
+                   "workers than streams idle).")
 @click.option("--no-verify", is_flag=True,
               help="Do not check shard sizes and xxh3-128 checksums against the manifest (checked by default).")
 @click.option("--skip-bad-shards", is_flag=True,
@@ -105,7 +102,9 @@ def main(ctx: click.Context, shards, model, input_, label_type, igbp, threshold,
     from .checkpoint import CheckpointError, load_checkpoint
     from .data import DataError
     from .distributed import Dist, DistributedError, init_from_env, ranks_from_env, shutdown
-    from .loop import Interrupted, check_resume_order, fit
+    from .loop import Interrupted, fit
+    from .options import OptionError, check_options, cli_name
+    from .resume import check_resume_order
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     given = {
@@ -125,29 +124,12 @@ def main(ctx: click.Context, shards, model, input_, label_type, igbp, threshold,
         rank, world_size, _ = ranks_from_env()
         if resume:
             checkpoint = load_checkpoint(resume)
-            saved = checkpoint.get("config")
-            if isinstance(saved, dict):
-                # Our checkpoint: its options, except what this command line sets.
-                for k, v in saved.items():
-                    if k in given and k not in explicit and k not in ("resume",):
-                        given[k] = v
-                if "run_dir" not in explicit:
-                    from pathlib import Path
-
-                    parent = Path(resume).resolve().parent
-                    given["run_dir"] = str(parent.parent) if parent.name == "checkpoints" else given["run_dir"]
-            elif "model" not in explicit and checkpoint.get("arch"):
-                given["model"] = str(checkpoint["arch"])
-            if checkpoint.get("arch") and str(checkpoint["arch"]) != given["model"]:
-                raise click.ClickException(f"{resume}: a {checkpoint['arch']} checkpoint, but --model is {given['model']}")
+            _apply_checkpoint(checkpoint, resume, given, explicit)
         if not given["shards"]:
             raise click.ClickException("--shards is required (the output folder of `python -m convert shards`)")
-        if given["model"] not in _model_names():
-            raise click.ClickException(f"unknown model {given['model']!r}; choose one of: {', '.join(_model_names())}")
-        try:
-            given["input"] = canonical_input(given["input"])
-        except ValueError as exc:
-            raise click.ClickException(f"--input: {exc}") from None
+        # The one check of every option, whichever the source (click's types come first on the command line).
+        check_options(given, cli_name)
+        given["input"] = canonical_input(given["input"])
         if given["max_steps"] == 0:
             given["max_steps"] = None
         cfg = TrainConfig(**given)
@@ -166,7 +148,7 @@ def main(ctx: click.Context, shards, model, input_, label_type, igbp, threshold,
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         click.echo(str(exc), err=True)
         sys.exit(128 + int(exc.signum))
-    except (DataError, CheckpointError, DistributedError) as exc:
+    except (DataError, CheckpointError, DistributedError, OptionError) as exc:
         raise click.ClickException(str(exc)) from None
     except (ValueError, OSError, RuntimeError) as exc:
         # Options that cannot work together (band not in the shards, missing statistics, device).
@@ -178,6 +160,28 @@ def main(ctx: click.Context, shards, model, input_, label_type, igbp, threshold,
         raise
     finally:
         shutdown(d)
+
+
+def _apply_checkpoint(checkpoint: dict, resume: str, given: dict, explicit: set[str]) -> None:
+    """Our checkpoint's stored options, each checked, fill what the command line left at its
+    defaults; never where the run writes: that is --run-dir, else the run our checkpoint lies in,
+    else runs/<model>."""
+    from .options import OptionError, stored_options
+    from .outputs import run_dir_of
+
+    saved = checkpoint.get("config")
+    if isinstance(saved, dict):
+        unset = {k: v for k, v in saved.items() if k not in explicit}
+        given.update(stored_options(unset, resume))
+    elif saved is not None:
+        raise OptionError(f"{resume}: stored config is not a dict of options")
+    elif "model" not in explicit and checkpoint.get("arch"):
+        given["model"] = str(checkpoint["arch"])[:100]
+    if "run_dir" not in explicit and isinstance(saved, dict):  # the original's runs are left alone
+        given["run_dir"] = run_dir_of(resume)
+    if checkpoint.get("arch") and str(checkpoint["arch"]) != given["model"]:
+        raise click.ClickException(f"{resume}: a {str(checkpoint['arch'])[:100]} checkpoint, but --model is "
+                                   f"{given['model']}")
 
 
 def _is_user_error(exc: BaseException) -> bool:

@@ -15,6 +15,7 @@ Everything we save loads without that allow-list.
 
 from __future__ import annotations
 
+import math
 import pickle
 import random
 import re
@@ -27,11 +28,13 @@ from torch import nn
 from sen12ms_common import storage
 
 ORIGINAL_KEYS: tuple[str, ...] = ("epoch", "arch", "model_state_dict", "optimizer_state_dict", "best_prec")
+# A run's timestamp (`YYYYmmdd_HHMMSS`): it names the run's files, so nothing else may stand there.
+TIMESTAMP = re.compile(r"^\d{8}_\d{6}$")
 # Wrapper prefixes in state-dict keys: DataParallel / DistributedDataParallel, torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
-__all__ = ["ORIGINAL_KEYS", "CheckpointError", "save_checkpoint", "load_checkpoint",
-           "load_model_weights", "unwrap_model", "capture_rng_state", "restore_rng_state"]
+__all__ = ["ORIGINAL_KEYS", "TIMESTAMP", "CheckpointError", "save_checkpoint", "load_checkpoint",
+           "load_model_weights", "unwrap_model", "capture_rng_state", "restore_rng_state", "check_resume_state"]
 
 
 class CheckpointError(ValueError):
@@ -187,7 +190,11 @@ def load_model_weights(model: nn.Module, checkpoint: Mapping[str, Any], strict: 
     problems = _fit_problems(target, state, strict)
     if problems:
         raise CheckpointError(f"{source or 'checkpoint'} does not fit the model: {problems}")
-    return target.load_state_dict(state, strict=strict)
+    try:
+        return target.load_state_dict(state, strict=strict)
+    except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as exc:  # values that are not tensors
+        text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or exc.__class__.__name__
+        raise CheckpointError(f"{source or 'checkpoint'} does not fit the model ({text[:300]})") from None
 
 
 # ----------------------------------------------------------------------------- saving
@@ -245,8 +252,66 @@ def save_checkpoint(path: str, *, epoch: int, arch: str, model_state_dict: Mappi
             raise ValueError(f"extra key {key!r} would overwrite the original's checkpoint key")
         ckpt[key] = value
     _check_loadable(ckpt, "checkpoint")
-    with storage.atomic_open(str(path)) as f:
-        torch.save(ckpt, f)
+    try:
+        with storage.atomic_open(str(path)) as f:
+            torch.save(ckpt, f)
+    except storage.StorageError as exc:
+        raise CheckpointError(f"{exc} (writing the checkpoint)") from None
+    except (OSError, RuntimeError) as exc:
+        # torch.save reports a failed write of its file object as a RuntimeError over the OSError.
+        cause = next((e for e in _chain(exc) if isinstance(e, OSError)), None)
+        if cause is None:
+            raise
+        raise CheckpointError(f"{path}: cannot write the checkpoint ({cause.strerror or cause})") from None
+
+
+def _chain(exc: BaseException):
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+# ----------------------------------------------------------------------------- resuming
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_int(v: Any, lo: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= 2**62
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_resume_state(ckpt: Mapping[str, Any], source: str) -> None:
+    """The fields a resumed run takes from a checkpoint, checked before any is used: where the run
+    stands (counts >= 0), the loss sums and best score (finite), the run's timestamp (it names
+    files: `YYYYmmdd_HHMMSS` only) and the containers of the states. CheckpointError naming the
+    file and field otherwise."""
+    checks = {
+        "resume_epoch": (lambda v: _is_int(v, 0), "an integer >= 0"),
+        "resume_batch": (lambda v: _is_int(v, 0), "an integer >= 0"),
+        "step": (lambda v: _is_int(v, 0), "an integer >= 0"),
+        "epoch": (lambda v: _is_int(v, -1), "an integer >= -1"),
+        "best_prec": (_is_real, "a finite number"),
+        "epoch_loss": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and _is_real(v[0])
+                       and _is_int(v[1], 0), "a (finite sum, count) pair"),
+        "timestamp": (lambda v: isinstance(v, str) and TIMESTAMP.match(v) is not None, "a YYYYmmdd_HHMMSS timestamp"),
+        "rng_state": (lambda v: isinstance(v, Mapping), "a dict of RNG states"),
+        "rank_rng_states": (lambda v: isinstance(v, (list, tuple)), "a list of RNG states"),
+        "data_order": (lambda v: isinstance(v, Mapping), "a dict"),
+        "optimizer_state_dict": (lambda v: isinstance(v, Mapping), "a state dict"),
+        "scaler_state_dict": (lambda v: isinstance(v, Mapping), "a state dict"),
+    }
+    for key, (ok, want) in checks.items():
+        if key in ckpt and ckpt[key] is not None and not ok(ckpt[key]):
+            raise CheckpointError(f"{source}: stored {key} {_shown(ckpt[key])} is not {want}")
 
 
 # ----------------------------------------------------------------------------- RNG states

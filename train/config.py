@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from sen12ms_common import storage
 from sen12ms_common.bands import INPUT_SETS, resolve_bands
 
 from .argsfile import ORIGINAL_KEYS, options_to_original
@@ -47,8 +48,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.input = canonical_input(self.input)
 
-    def resolved_run_dir(self) -> Path:
-        return Path(self.run_dir) if self.run_dir else Path("runs") / self.model
+    def resolved_run_dir(self) -> str:
+        """--run-dir (a local path or an s3:// URL), else runs/<model>."""
+        return str(self.run_dir) if self.run_dir else str(Path("runs") / self.model)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,10 +72,9 @@ def canonical_input(spec: str) -> str:
 
 def arguments(cfg: TrainConfig, timestamp: str) -> dict[str, Any]:
     """The arguments file of a run: the original's keys in its order, then ours."""
-    run_dir = cfg.resolved_run_dir()
     orig = options_to_original(cfg.to_dict())
     values = {
-        "exp_name": run_dir.name,
+        "exp_name": storage.basename(cfg.resolved_run_dir()),
         "data_dir": cfg.shards,
         "label_split_dir": cfg.shards,  # labels and splits travel inside the shards
         "num_workers": cfg.workers,

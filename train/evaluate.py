@@ -36,47 +36,68 @@ class EvalOptions:
     transform: ChannelTransform | None  # exact transform stored in our checkpoints
 
 
-def _saved_transform(ckpt: Mapping[str, Any], input_spec: str) -> ChannelTransform | None:
+def _saved_transform(ckpt: Mapping[str, Any], input_spec: str, source: str) -> ChannelTransform | None:
     from sen12ms_common.bands import resolve_bands
+
+    from .checkpoint import CheckpointError
 
     t = ckpt.get("input_transform")
     if not isinstance(t, Mapping):
         return None
-    if list(t.get("bands", [])) != [b.name for b in resolve_bands(input_spec)]:
+    bands = [b.name for b in resolve_bands(input_spec)]
+    if not isinstance(t.get("bands"), (list, tuple)) or list(t["bands"]) != bands:
         return None
-    f32 = lambda v: np.asarray(v, dtype=np.float32)  # noqa: E731
-    return ChannelTransform(f32(t["scale"]), f32(t["offset"]), f32(t["clip"]))
+    try:
+        scale, offset, clip = (np.asarray(t[k], dtype=np.float32) for k in ("scale", "offset", "clip"))
+    except (KeyError, TypeError, ValueError):
+        scale = offset = clip = np.zeros(0, np.float32)
+    shapes_ok = scale.shape == offset.shape == clip.shape == (len(bands),)
+    if not shapes_ok or not (np.isfinite(scale).all() and np.isfinite(offset).all()) or np.isnan(clip).any():
+        raise CheckpointError(f"{source}: stored input_transform is not {len(bands)} finite scales and offsets "
+                              "and upper bounds")
+    return ChannelTransform(scale, offset, clip)
 
 
 def options_for(ckpt: Mapping[str, Any], checkpoint_path: str, config: str | None, stats: str | None) -> EvalOptions:
     """What to build, from the arguments file or our checkpoint's stored configuration."""
     from .argsfile import original_to_options, read_arguments_file
     from .config import canonical_input
+    from .options import check_options
 
     if config:
         opts: dict[str, Any] = original_to_options(read_arguments_file(config))
-        default_stats = str(opts.get("stats", "official"))  # the original always used the official ones
+        source = config
     elif isinstance(ckpt.get("config"), Mapping):
         opts = dict(ckpt["config"])
-        default_stats = str(opts.get("stats", "official"))
+        source = checkpoint_path
     else:
         raise click.ClickException(
             f"{checkpoint_path}: holds no configuration (a checkpoint of the original toolbox?): "
             "pass its arguments file with --config")
+    # The options used here pass the trainer's own checks (the same function as its command line).
+    used = {k: opts[k] for k in ("model", "input", "label_type", "igbp", "threshold", "stats") if k in opts}
+    missing = [k for k in ("model", "input", "label_type", "igbp") if k not in used]
+    if missing:
+        raise click.ClickException(f"{source}: the configuration lacks {', '.join(missing)}")
+    check_options(used, lambda k: f"{source}: option {k!r}")
+    default_stats = str(opts.get("stats", "official"))  # the original always used the official ones
     arch = ckpt.get("arch")
     if arch and str(arch) != str(opts["model"]):
-        raise click.ClickException(f"{checkpoint_path}: a {arch} checkpoint, but the configuration says {opts['model']}")
+        raise click.ClickException(f"{checkpoint_path}: a {str(arch)[:100]} checkpoint, but the configuration says "
+                                   f"{opts['model']}")
     input_spec = canonical_input(str(opts["input"]))
-    transform = None if stats else _saved_transform(ckpt, input_spec)
+    transform = None if stats else _saved_transform(ckpt, input_spec, checkpoint_path)
     return EvalOptions(model=str(opts["model"]), input=input_spec, label_type=str(opts["label_type"]),
                        igbp=str(opts["igbp"]), threshold=float(opts.get("threshold", 0.1)),
                        stats=stats or default_stats, transform=transform)
 
 
-def default_out(checkpoint: str) -> Path:
-    """The run directory of a checkpoint in `<run>/checkpoints/`, else the current directory."""
-    parent = Path(checkpoint).resolve().parent
-    return parent.parent if parent.name == "checkpoints" else Path.cwd()
+def default_out(checkpoint: str) -> str:
+    """The run directory of a checkpoint in `<run>/checkpoints/` (local or s3://), else the current
+    directory."""
+    from .outputs import run_dir_of
+
+    return run_dir_of(checkpoint) or str(Path.cwd())
 
 
 def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = None, split: str = "test",
@@ -94,12 +115,15 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
     from .checkpoint import load_checkpoint, load_model_weights, made_at
     from .data import DataError, make_loader
     from .distributed import Dist, gather_objects
-    from .loop import has_split, loader_spec, make_setup, predict_all, score, write_scores
+    from .labelcheck import label_check
+    from .loop import has_split, loader_spec, make_setup, predict_all, score
+    from .outputs import output_folder, write_scores
 
     d = dist or Dist()
     if not d.is_main:
         echo = lambda msg: None  # noqa: E731  (one report, from rank 0)
 
+    out_dir = output_folder(out, "--out") if out else None  # an unusable --out fails before the work
     ckpt = load_checkpoint(checkpoint)
     opts = options_for(ckpt, checkpoint, config, stats)
     manifest = load_manifest(shards)
@@ -116,13 +140,12 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
     echo(f"{checkpoint}: {opts.model} ({made_at(ckpt)}), input {opts.input}, {opts.label_type} "
          f"{opts.igbp}, stats {'as trained' if opts.transform is not None else opts.stats}; "
          f"{split}: {manifest.samples(split)} samples" + (f" over {d.world_size} processes" if d.enabled else ""))
-    preds = predict_all(setup, loader, d, desc=split)
+    preds = predict_all(setup, loader, d, desc=split, labels=label_check(loader, shards, split, skip_bad_shards))
     metrics = score(setup, preds)
     skipped = list(dict.fromkeys(s for part in gather_objects(d, loader.skipped) for s in part))
     if not d.is_main:
         return metrics
-    out_dir = Path(out) if out else default_out(checkpoint)
-    scores, npz = write_scores(out_dir, split, metrics, preds, setup.rule)
+    scores, npz = write_scores(out_dir or default_out(checkpoint), split, metrics, preds, setup.rule)
     key = "AverageAcc" if opts.label_type == "single_label" else "OverallAcc"
     echo(f"{split}: microF1 {metrics['microF1']:.4f} sampleF1 {metrics['sampleF1']:.4f} {key} {metrics[key]:.4f} "
          f"-> {scores}, {npz}")
@@ -140,8 +163,8 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
                    "rule. [default: the configuration stored in our checkpoints; required for the original's]")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]),
               help="Split of the shard set to score.")
-@click.option("--out", default=None, metavar="DIR",
-              help="Folder for <split>_scores.json and <split>_predictions.npz. "
+@click.option("--out", default=None, metavar="DIR|URL",
+              help="Folder or s3://bucket/prefix for <split>_scores.json and <split>_predictions.npz. "
                    "[default: the checkpoint's run directory, else the current directory]")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Samples per batch.")
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
@@ -169,6 +192,7 @@ def main(shards, checkpoint, config, split, out, batch_size, workers, threads, d
     from .data import DataError
     from .device import DeviceError
     from .distributed import Dist, DistributedError, init_from_env, shutdown
+    from .options import OptionError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     d = Dist()
@@ -178,7 +202,7 @@ def main(shards, checkpoint, config, split, out, batch_size, workers, threads, d
                             batch_size=batch_size, workers=workers, threads=threads, device=str(dev), stats=stats,
                             verify=not no_verify, skip_bad_shards=skip_bad_shards, echo=click.echo, dist=d)
     except (DataError, CheckpointError, ArgumentsFileError, ManifestError, DeviceError, DistributedError,
-            StorageError) as exc:
+            StorageError, OptionError) as exc:
         raise click.ClickException(str(exc)) from None
     except ValueError as exc:  # band / label / statistics errors of the configuration
         raise click.ClickException(str(exc).splitlines()[0]) from None

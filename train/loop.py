@@ -23,15 +23,12 @@ files and log lines.
 
 from __future__ import annotations
 
-import io
-import json
 import random
 import signal
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -45,15 +42,17 @@ from sen12ms_common.igbp import LabelRule
 from sen12ms_common.inputs import ChannelTransform, channel_transform
 from sen12ms_common.manifest import Manifest, load_manifest
 
-from .argsfile import write_arguments_file
-from .checkpoint import capture_rng_state, load_model_weights, restore_rng_state, save_checkpoint
-from .config import DATA_ORDER_KEYS, TrainConfig, arguments
+from .checkpoint import capture_rng_state, load_model_weights, save_checkpoint
+from .config import DATA_ORDER_KEYS, TrainConfig
 from .data import DataError, Loader, LoaderSpec, make_loader
 from .device import InputTransform, Precision, configure_backends, precision, prepare_model, resolve_device
 from .distributed import (Dist, agree_max, broadcast_object, broadcast_state, gather_objects, rank_seed,
                           sum_over_ranks, wrap_model)
+from .labelcheck import LabelCheck, label_check
 from .metrics import compute_metrics, scalar_metrics
 from .models import build_model
+from .outputs import RunDir, RunFiles, RunLog, close_outputs, open_run, write_checkpoint, write_scores
+from .resume import check_resume_order, restore
 
 Echo = Callable[[str], None]
 
@@ -196,9 +195,12 @@ class Predictions:
 
 
 def predict(setup: Setup, loader: Loader, *, desc: str = "eval", stop: StopFlag | None = None,
-            progress_bar: bool = True) -> Predictions:
-    """Run the model over every batch of one pass of `loader` (no gradients); sorted by key."""
+            progress_bar: bool = True, labels: LabelCheck | None = None) -> Predictions:
+    """Run the model over every batch of one pass of `loader` (no gradients); sorted by key.
+    `labels` checks each batch's labels (default: stop at the first bad one)."""
     from tqdm import tqdm
+
+    labels = labels or LabelCheck(skipped=loader.skipped)
 
     setup.forward.eval()
     keys: list[str] = []
@@ -208,6 +210,9 @@ def predict(setup: Setup, loader: Loader, *, desc: str = "eval", stop: StopFlag 
     with torch.no_grad():
         for batch in tqdm(loader.epoch(0), total=len(loader), desc=desc, unit="batch", leave=False,
                           disable=None if progress_bar else True):
+            batch = labels(batch)
+            if batch is None:
+                continue
             x = setup.input_fn(batch["image"])
             with setup.precision.autocast():
                 logits = setup.forward(x)
@@ -230,18 +235,18 @@ def predict(setup: Setup, loader: Loader, *, desc: str = "eval", stop: StopFlag 
 
 
 def predict_all(setup: Setup, loader: Loader, d: Dist, *, desc: str = "eval", stop: StopFlag | None = None,
-                on_keys: Callable[[list[str]], None] | None = None) -> Predictions:
+                on_keys: Callable[[list[str]], None] | None = None, labels: LabelCheck | None = None) -> Predictions:
     """`predict` over this rank's part of the split, gathered from every rank and sorted by key:
     the predictions of the whole split, on every rank. A data error or (with `stop`) a stop
     request on any rank is raised on every rank."""
     if not d.enabled:
-        preds = predict(setup, loader, desc=desc, stop=stop)
+        preds = predict(setup, loader, desc=desc, stop=stop, labels=labels)
         if on_keys is not None:
             on_keys(preds.keys)
         return preds
     local, error = None, None
     try:
-        local = predict(setup, loader, desc=desc, progress_bar=d.is_main)
+        local = predict(setup, loader, desc=desc, progress_bar=d.is_main, labels=labels)
     except DataError as exc:  # reported below, on every rank, so that no rank waits for this one
         error = str(exc)
     if local is not None and on_keys is not None:
@@ -280,43 +285,23 @@ def score(setup: Setup, preds: Predictions) -> dict[str, Any]:
     return compute_metrics(preds.y_true, preds.probs, setup.rule.label_type, list(setup.rule.class_names))
 
 
-def write_scores(out_dir: Path, split: str, metrics: Mapping[str, Any], preds: Predictions, rule: LabelRule) -> tuple[Path, Path]:
-    """`<split>_scores.json` (every metric) and `<split>_predictions.npz` (ids, true labels,
-    predicted probabilities), written atomically."""
-    from .metrics import predict as to_labels
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    p = preds.sorted()
-    scores = out_dir / f"{split}_scores.json"
-    storage.write_text(str(scores), json.dumps(metrics, indent=2) + "\n")
-    buf = io.BytesIO()
-    np.savez_compressed(
-        buf,
-        ids=np.array([k + ".tif" for k in p.keys], dtype=str),  # the original's patch ids (S2 file names)
-        keys=np.array(p.keys, dtype=str),
-        y_true=p.y_true.astype(np.uint8),
-        probs=p.probs.astype(np.float32),
-        y_pred=to_labels(p.probs, rule.label_type) if len(p.keys) else np.zeros_like(p.y_true),
-        prob_igbp=p.prob_igbp.astype(np.float32),
-        class_names=np.array(rule.class_names, dtype=str),
-        label_type=np.array(rule.label_type),
-        threshold=np.array(rule.threshold, dtype=np.float64),
-    )
-    npz = out_dir / f"{split}_predictions.npz"
-    storage.write_bytes(str(npz), buf.getvalue())
-    return scores, npz
-
-
 # --- training --------------------------------------------------------------------------------
 
-def _next_batch(it: Iterator[dict[str, Any]], stop: StopFlag, d: Dist) -> tuple[dict[str, Any] | None, str]:
+def _next_batch(it: Iterator[dict[str, Any]], stop: StopFlag, d: Dist, labels: LabelCheck,
+                on_dropped: Callable[[], None]) -> tuple[dict[str, Any] | None, str]:
     """The next batch of this rank, or None with why the epoch ends here: '' (no batch left),
     'stopped', or a data error. Under torchrun the ranks agree first: all of them stop at the
     step where the first one runs out of batches (--skip-bad-shards), is stopped by a signal or
-    fails."""
+    fails. `labels` checks the batch's labels; a batch whose every sample it drops
+    (--skip-bad-shards) is counted by `on_dropped` and the next one taken."""
     error: str | None = None
     try:
-        batch = next(it, None)
+        while True:
+            raw = next(it, None)
+            batch = labels(raw) if raw is not None else None
+            if raw is None or batch is not None:
+                break
+            on_dropped()
     except DataError as exc:
         if not d.enabled:
             raise
@@ -334,9 +319,12 @@ def _next_batch(it: Iterator[dict[str, Any]], stop: StopFlag, d: Dist) -> tuple[
 
 def train_steps(setup: Setup, optimizer: torch.optim.Optimizer, loader: Loader, progress: Progress, *,
                 max_steps: int | None, stop: StopFlag, desc: str, dist: Dist | None = None,
-                on_keys: Callable[[list[str]], None] | None = None) -> str:
-    """Train the rest of epoch `progress.epoch`: 'done', 'max_steps' or 'stopped'."""
+                on_keys: Callable[[list[str]], None] | None = None, labels: LabelCheck | None = None) -> str:
+    """Train the rest of epoch `progress.epoch`: 'done', 'max_steps' or 'stopped'. `labels` checks
+    each batch's labels (default: stop at the first bad one)."""
     from tqdm import tqdm
+
+    labels = labels or LabelCheck(skipped=loader.skipped)
 
     d = dist or Dist()
     forward = setup.step_forward
@@ -347,7 +335,7 @@ def train_steps(setup: Setup, optimizer: torch.optim.Optimizer, loader: Loader, 
     it = loader.epoch(progress.epoch, start_batch=progress.batch)
     try:
         while True:
-            batch, why = _next_batch(it, stop, d)
+            batch, why = _next_batch(it, stop, d, labels, lambda: setattr(progress, "batch", progress.batch + 1))
             if why == "stopped":
                 return "stopped"
             if batch is None:
@@ -379,38 +367,6 @@ def train_steps(setup: Setup, optimizer: torch.optim.Optimizer, loader: Loader, 
         bar.close()
 
 
-def _timestamp(logs: Path) -> str:
-    while True:
-        ts = datetime.now().strftime("%Y%m%d_%H%M%S")
-        if not (logs / f"{ts}_arguments.txt").exists():
-            return ts
-        time.sleep(0.25)
-
-
-def _resume_point(ckpt: Mapping[str, Any], progress: Progress) -> None:
-    if "resume_epoch" in ckpt:  # ours
-        progress.epoch = int(ckpt["resume_epoch"])
-        progress.batch = int(ckpt.get("resume_batch", 0))
-        progress.step = int(ckpt.get("step", 0))
-        progress.loss_sum, progress.loss_count = (float(v) for v in ckpt.get("epoch_loss", (0.0, 0)))
-        progress.loss_count = int(progress.loss_count)
-    else:  # the original's: `epoch` is the epoch just finished
-        progress.epoch = int(ckpt.get("epoch", -1)) + 1
-    progress.best_prec = float(ckpt.get("best_prec", 0.0))
-
-
-def _restore_rng(ckpt: Mapping[str, Any], d: Dist, seed: int) -> None:
-    """Each rank continues its own RNG streams (saved per rank under torchrun); with another
-    world size than the checkpoint's, ranks other than 0 start fresh streams."""
-    per_rank = ckpt.get("rank_rng_states")
-    if isinstance(per_rank, (list, tuple)) and len(per_rank) == d.world_size:
-        restore_rng_state(per_rank[d.rank])
-    elif ckpt.get("rng_state") is not None:
-        restore_rng_state(ckpt["rng_state"])
-        if d.rank > 0:
-            torch.manual_seed(rank_seed(seed, d.rank))
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -419,27 +375,12 @@ def _seed_everything(seed: int) -> None:
 
 @dataclass
 class RunResult:
-    run_dir: Path
+    run_dir: str  # local path or s3:// URL, as the checkpoints below
     timestamp: str
-    checkpoint: Path
-    best: Path
+    checkpoint: str
+    best: str
     progress: Progress
     test_scores: dict[str, Any] | None
-
-
-class _Log:
-    """Print and append to the run's log file (rank 0 only: others get echo=None)."""
-
-    def __init__(self, echo: Echo | None) -> None:
-        self.echo, self.path = echo, None
-
-    def __call__(self, msg: str) -> None:
-        if self.echo is None:
-            return
-        self.echo(msg)
-        if self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(msg + "\n")
 
 
 def _skipped(d: Dist, *loaders: Loader | None) -> list[str]:
@@ -456,13 +397,12 @@ def fit(cfg: TrainConfig, checkpoint: Mapping[str, Any] | None = None, echo: Ech
     place under torchrun (`train.distributed.init_from_env`), `device`: its device (default
     `cfg.device`). `trace_keys`: folder for `KeyTrace` files.
     """
-    from torch.utils.tensorboard import SummaryWriter
-
     d = dist or Dist()
     main = d.is_main
-    log = _Log(echo if main else None)
+    log = RunLog(echo if main else None)
     trace = KeyTrace(trace_keys, d.rank)
     _seed_everything(cfg.seed)
+    RunDir(cfg.resolved_run_dir())  # an unusable --run-dir fails before anything is loaded
     manifest = load_manifest(cfg.shards)
     setup = make_setup(shards=cfg.shards, model_name=cfg.model, input_spec=cfg.input, label_type=cfg.label_type,
                        igbp=cfg.igbp, threshold=cfg.threshold, stats=cfg.stats, device=device or cfg.device,
@@ -471,40 +411,9 @@ def fit(cfg: TrainConfig, checkpoint: Mapping[str, Any] | None = None, echo: Ech
         torch.manual_seed(rank_seed(cfg.seed, d.rank))
     optimizer = torch.optim.Adam(setup.model.parameters(), lr=cfg.lr, weight_decay=cfg.decay)
     progress = Progress()
-
-    run_dir = cfg.resolved_run_dir()
-    ts = None
-    if checkpoint is not None:
-        load_model_weights(setup.model, checkpoint, strict=True, source=cfg.resume)
-        if checkpoint.get("optimizer_state_dict"):
-            optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
-        if checkpoint.get("scaler_state_dict"):
-            setup.precision.scaler.load_state_dict(checkpoint["scaler_state_dict"])
-        _restore_rng(checkpoint, d, cfg.seed)
-        _resume_point(checkpoint, progress)
-        if not main:  # the saved loss sums are the whole job's: counted once, on rank 0
-            progress.loss_sum, progress.loss_count = 0.0, 0
-        ts = checkpoint.get("timestamp")
-        if ts is None and cfg.resume:
-            parts = Path(cfg.resume).name.split("_")
-            ts = "_".join(parts[:2]) if len(parts) >= 3 else None
+    ts = restore(checkpoint, cfg, setup, optimizer, progress, d) if checkpoint is not None else None
     # After loading: DDP starts every rank from rank 0's weights.
     setup.train_forward = wrap_model(setup.forward, setup.device, d)
-    logs = run_dir / "logs"
-    ckpt_dir = run_dir / "checkpoints"
-    launch = None
-    if main:
-        logs.mkdir(parents=True, exist_ok=True)
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        launch = _timestamp(logs)
-        ts = ts or launch
-    ts = broadcast_object(d, ts)
-    if main:
-        write_arguments_file(str(logs / f"{launch}_arguments.txt"), arguments(cfg, ts))
-        log.path = logs / f"{ts}_train.log"
-    ckpt_path = ckpt_dir / f"{ts}_checkpoint.pth"
-    best_path = ckpt_dir / f"{ts}_model_best.pth"
-
     common = dict(batch_size=cfg.batch_size, seed=cfg.seed, workers=cfg.workers, threads=cfg.threads,
                   streams=cfg.streams,
                   shuffle_buffer=cfg.shuffle_buffer, verify=cfg.verify, skip_bad_shards=cfg.skip_bad_shards,
@@ -516,24 +425,25 @@ def fit(cfg: TrainConfig, checkpoint: Mapping[str, Any] | None = None, echo: Ech
                         + (f" for each of {d.world_size} processes" if d.enabled else ""))
     val_loader = (make_loader(cfg.loader, loader_spec(setup, cfg.shards, "val", train=False, **common))
                   if has_split(manifest, "val") else None)
+    checks = {name: label_check(loader, cfg.shards, name, cfg.skip_bad_shards)
+              for name, loader in (("train", train_loader), ("val", val_loader)) if loader is not None}
     where = (f"{d.world_size} processes ({d.backend}), {setup.device} on rank 0" if d.enabled
              else str(setup.device))
     per = (f"{train_loader.samples} samples = {len(train_loader)} batches/epoch on each of {d.world_size} ranks "
            f"({manifest.samples('train')} in the split)" if d.enabled
            else f"{train_loader.samples} samples = {len(train_loader)} batches/epoch")
-    log(f"run {run_dir} ({ts}): {cfg.model} on {where} ({setup.precision.name}), input {cfg.input} "
-        f"({len(setup.bands)} channels), {cfg.label_type} {cfg.igbp} ({setup.rule.num_classes} classes); "
-        f"train {per}"
-        + (f", val {manifest.samples('val')}" if val_loader else ", no val split (the last epoch counts as best)"))
-    if checkpoint is not None:
-        log(f"resumed from {cfg.resume}: epoch {progress.epoch}, batch {progress.batch}, step {progress.step}")
-
-    writers = ({name: SummaryWriter(str(logs / "runs" / ts / name)) for name in ("training", "val")}
-               if main else {})
+    # The first write: what failed before left nothing behind.
+    files = open_run(cfg, ts, d, log)
+    ts, ckpt_path, best_path = files.ts, files.checkpoint, files.best
 
     def scalar(split: str, tag: str, value: float, epoch: int) -> None:
-        if split in writers:
-            writers[split].add_scalar(tag, value, epoch)
+        if files.events is not None:
+            files.events.scalar(split, tag, value, epoch)
+
+    def sync() -> None:
+        log.sync()
+        if files.events is not None:
+            files.events.sync()
 
     def save(is_best: bool) -> None:
         # Collective: every rank calls it at the same point; rank 0 writes.
@@ -560,10 +470,9 @@ def fit(cfg: TrainConfig, checkpoint: Mapping[str, Any] | None = None, echo: Ech
         if d.enabled:
             extra["rank_rng_states"] = rng_states
         # `epoch` as the original: the last epoch finished (resume_epoch - 1 in both cases).
-        save_checkpoint(str(ckpt_path), epoch=progress.epoch - 1, arch=cfg.model, model_state_dict=setup.model.state_dict(),
-                        optimizer_state_dict=optimizer.state_dict(), best_prec=progress.best_prec, extra=extra)
-        if is_best:
-            storage.write_bytes(str(best_path), ckpt_path.read_bytes())
+        write_checkpoint(files, is_best, lambda path: save_checkpoint(
+            path, epoch=progress.epoch - 1, arch=cfg.model, model_state_dict=setup.model.state_dict(),
+            optimizer_state_dict=optimizer.state_dict(), best_prec=progress.best_prec, extra=extra))
 
     stop = StopFlag()
     state = {"saved_step": progress.step, "skipped_seen": 0}
@@ -581,7 +490,7 @@ def fit(cfg: TrainConfig, checkpoint: Mapping[str, Any] | None = None, echo: Ech
             if progress.batch < len(train_loader):
                 status = train_steps(setup, optimizer, train_loader, progress, max_steps=cfg.max_steps,
                                      stop=stop, desc=f"epoch {e}", dist=d,
-                                     on_keys=lambda keys: trace("train", e, keys))
+                                     on_keys=lambda keys: trace("train", e, keys), labels=checks["train"])
             if status == "stopped":
                 save(False)
                 raise Interrupted(stop.signum or signal.SIGTERM,
@@ -596,7 +505,7 @@ def fit(cfg: TrainConfig, checkpoint: Mapping[str, Any] | None = None, echo: Ech
                 # DDP keeps BatchNorm statistics per rank; evaluate rank 0's, the ones saved.
                 broadcast_state(d, setup.model, buffers_only=True)
                 preds = predict_all(setup, val_loader, d, desc="validation",
-                                    on_keys=lambda keys: trace("val", e, keys))
+                                    on_keys=lambda keys: trace("val", e, keys), labels=checks["val"])
                 metrics = score(setup, preds)
                 for tag, value in scalar_metrics(metrics).items():
                     scalar("val", tag, value, e)
@@ -605,7 +514,7 @@ def fit(cfg: TrainConfig, checkpoint: Mapping[str, Any] | None = None, echo: Ech
                 # As the original (strictly better micro-F1), and the first validated state is
                 # kept even at micro-F1 0, so that a best checkpoint always exists.
                 # (Only rank 0's answer matters: it alone writes and logs.)
-                is_best = micro_f1 > progress.best_prec or not best_path.exists()
+                is_best = micro_f1 > progress.best_prec or (main and not storage.exists(best_path))
                 progress.best_prec = max(progress.best_prec, micro_f1)
                 line += (f"; val loss {preds.loss:.6f} microF1 {micro_f1:.4f} sampleF1 {metrics['sampleF1']:.4f} "
                          f"microPrec {metrics['microPrec']:.4f}" + (" (best)" if is_best else ""))
@@ -620,8 +529,7 @@ def fit(cfg: TrainConfig, checkpoint: Mapping[str, Any] | None = None, echo: Ech
                 line += f"; skipped so far: {len(skipped)} bad shard(s)/sample(s)"
                 state["skipped_seen"] = len(skipped)
             log(line)
-            for w in writers.values():
-                w.flush()
+            sync()
             if agree_max(d, [stop.requested])[0]:
                 raise Interrupted(stop.signum or signal.SIGTERM, stopped_message(f"after epoch {e}"))
             if status == "max_steps":
@@ -629,7 +537,14 @@ def fit(cfg: TrainConfig, checkpoint: Mapping[str, Any] | None = None, echo: Ech
                 return
 
     test_scores = None
+    finished = False
     try:
+        log(f"run {files.run} ({ts}): {cfg.model} on {where} ({setup.precision.name}), input {cfg.input} "
+            f"({len(setup.bands)} channels), {cfg.label_type} {cfg.igbp} ({setup.rule.num_classes} classes); "
+            f"train {per}"
+            + (f", val {manifest.samples('val')}" if val_loader else ", no val split (the last epoch counts as best)"))
+        if checkpoint is not None:
+            log(f"resumed from {cfg.resume}: epoch {progress.epoch}, batch {progress.batch}, step {progress.step}")
         with stop.installed():
             try:
                 epochs()
@@ -642,51 +557,52 @@ def fit(cfg: TrainConfig, checkpoint: Mapping[str, Any] | None = None, echo: Ech
                 raise
             if has_split(manifest, "test"):
                 try:
-                    test_scores = _final_test(cfg, setup, best_path if best_path.exists() else ckpt_path, run_dir,
-                                              ts, logs, log, stop, common, d, trace)
+                    best = best_path if not main or storage.exists(best_path) else ckpt_path
+                    test_scores = _final_test(cfg, setup, best, files, log, stop, common, d, trace)
                 except Interrupted as exc:  # training is complete: resuming its checkpoint runs the test
                     raise Interrupted(exc.signum, stopped_message("during the test evaluation")) from None
             else:
                 log("no test split in the shard set: no test scores")
+            finished = True
     finally:
-        for w in writers.values():
-            w.close()
+        close_outputs(files, log, upload_errors=finished)
     for name, loader in (("train", train_loader), ("val", val_loader)):
         skipped = _skipped(d, loader) if loader is not None else []
         if skipped:
             log(f"{name}: skipped {len(skipped)} bad shard(s)/sample(s): " + "; ".join(skipped[:5]))
-    return RunResult(run_dir, ts, ckpt_path, best_path, progress, test_scores)
+    log.sync()
+    return RunResult(files.run.root, ts, ckpt_path, best_path, progress, test_scores)
 
 
-def _final_test(cfg: TrainConfig, setup: Setup, best: Path, run_dir: Path, ts: str, logs: Path, log: _Log,
+def _final_test(cfg: TrainConfig, setup: Setup, best: str, files: RunFiles, log: RunLog,
                 stop: StopFlag, common: dict[str, Any], d: Dist, trace: KeyTrace) -> dict[str, Any] | None:
-    from torch.utils.tensorboard import SummaryWriter
-
     from .checkpoint import load_checkpoint, made_at
 
     # Rank 0 reads the checkpoint and sends the weights: other nodes need not see the run directory.
-    if not broadcast_object(d, best.exists() if d.is_main else None):
+    if not broadcast_object(d, storage.exists(best) if d.is_main else None):
         log("no checkpoint was written (no training step): no test scores")
         return None
     epoch, made = None, ""
     if d.is_main:
-        ckpt = load_checkpoint(str(best))
-        load_model_weights(setup.model, ckpt, strict=True, source=str(best))
+        ckpt = load_checkpoint(best)
+        load_model_weights(setup.model, ckpt, strict=True, source=best)
         epoch = ckpt.get("epoch")
         made = made_at(ckpt)
     broadcast_state(d, setup.model)
     test_loader = make_loader(cfg.loader, loader_spec(setup, cfg.shards, "test", train=False, **common))
-    preds = predict_all(setup, test_loader, d, desc="test", stop=stop, on_keys=lambda keys: trace("test", "-", keys))
+    preds = predict_all(setup, test_loader, d, desc="test", stop=stop, on_keys=lambda keys: trace("test", "-", keys),
+                        labels=label_check(test_loader, cfg.shards, "test", cfg.skip_bad_shards))
     metrics = score(setup, preds)
     skipped = _skipped(d, test_loader)
     if not d.is_main:
         return metrics
-    scores, npz = write_scores(run_dir, "test", metrics, preds, setup.rule)
-    with SummaryWriter(str(logs / "runs" / ts / "test")) as w:
+    scores, npz = write_scores(files.run.root, "test", metrics, preds, setup.rule)
+    if files.events is not None:
+        w = files.events.writer("test")
         for tag, value in scalar_metrics(metrics).items():
             w.add_scalar(tag, value, int(epoch or 0))
     key = "AverageAcc" if setup.rule.label_type == "single_label" else "OverallAcc"
-    log(f"test ({len(preds.keys)} samples, {best.name} {made}): "
+    log(f"test ({len(preds.keys)} samples, {storage.basename(best)} {made}): "
         f"microF1 {metrics['microF1']:.4f} sampleF1 {metrics['sampleF1']:.4f} {key} {metrics[key]:.4f} "
         f"-> {scores}, {npz}")
     if skipped:
@@ -694,17 +610,6 @@ def _final_test(cfg: TrainConfig, setup: Setup, best: Path, run_dir: Path, ts: s
     return metrics
 
 
-def check_resume_order(cfg: TrainConfig, checkpoint: Mapping[str, Any], world_size: int = 1) -> list[str]:
-    """Options that differ from the checkpoint's and change the data order (the number of
-    processes included: each rank reads its own part)."""
-    saved = checkpoint.get("data_order") or {}
-    changed = [f"{k}: {saved[k]} -> {getattr(cfg, k)}" for k in DATA_ORDER_KEYS
-               if k in saved and saved[k] != getattr(cfg, k)]
-    if saved and int(saved.get("world_size", 1)) != world_size:
-        changed.append(f"processes: {saved.get('world_size', 1)} -> {world_size}")
-    return changed
-
-
-__all__ = ["fit", "predict", "predict_all", "score", "write_scores", "make_setup", "loader_spec", "Setup",
+__all__ = ["fit", "predict", "predict_all", "score", "make_setup", "loader_spec", "Setup",
            "Predictions", "Progress", "RunResult", "Interrupted", "StopFlag", "KeyTrace", "check_resume_order",
            "train_steps"]
