@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import torch
 
+from sen12ms_common.shardformat import N_LABEL
+
 log = logging.getLogger(__name__)
 
 SUM_TOLERANCE = 1e-3  # as sen12ms_common.igbp.check_probability
@@ -19,9 +21,10 @@ SUM_TOLERANCE = 1e-3  # as sen12ms_common.igbp.check_probability
 
 def bad_labels(prob: torch.Tensor, keys: Sequence[str]) -> list[tuple[int, str]]:
     """(row, reason) of every sample of a batch whose probability label is not a probability
-    vector; `prob` is the batch's (B, 17) tensor, `keys` its B sample keys."""
+    vector; `prob` is the batch's (B, 17) tensor, `keys` its B sample keys (a tensor of another
+    shape makes every sample bad)."""
     p = prob.detach().to("cpu", torch.float64)
-    if p.ndim != 2 or p.shape[0] != len(keys):
+    if p.ndim != 2 or p.shape != (len(keys), N_LABEL):
         return [(i, f"label of shape {tuple(p.shape)} for {len(keys)} samples") for i in range(len(keys))]
     finite = torch.isfinite(p).all(dim=1)
     low, high = p.min(dim=1).values, p.max(dim=1).values

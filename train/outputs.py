@@ -54,10 +54,6 @@ class RunDir:
     def join(self, *parts: str) -> str:
         return storage.join(self.root, *parts)
 
-    @property
-    def name(self) -> str:
-        return storage.basename(self.root)
-
     def prepare(self) -> None:
         """Create the local folders (object stores have none); a read-only place fails here."""
         if not self.remote:
@@ -148,7 +144,7 @@ class EventWriters:
 
 
 def write_scores(out_dir: str, split: str, metrics: Mapping[str, Any], preds: Any,
-                 rule: "LabelRule") -> tuple[str, str]:
+                 rule: LabelRule) -> tuple[str, str]:
     """`<split>_scores.json` (every metric) and `<split>_predictions.npz` (ids, true labels,
     predicted probabilities) in a local folder or an s3:// prefix, each written atomically."""
     from .metrics import predict as to_labels
