@@ -415,8 +415,8 @@ def test_credentials_in_urls_are_refused_and_never_printed(base: Path, sample_sh
 def test_redact_removes_user_info_from_every_url():
     from sen12ms_common.storage import StorageError, redact
 
-    assert redact("s3://K:S@b/x and http://u@h/p, s3://b/key@2x.png, /tmp/a@b") == \
-        "s3://***@b/x and http://***@h/p, s3://b/key@2x.png, /tmp/a@b"
+    assert redact("s3://K:S@b/x and http://u@h/p, s3://b/key@2x.png, /data/a@b") == \
+        "s3://***@b/x and http://***@h/p, s3://b/key@2x.png, /data/a@b"
     assert redact("s3://AKIA:abc/def+ghi@bucket/x") == "s3://***@bucket/x"  # secrets may hold '/'
     err = StorageError("s3://K:S@b/x: broke", "s3://K:S@b/x")
     assert (str(err), err.url) == ("s3://***@b/x: broke", "s3://***@b/x")
