@@ -23,7 +23,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from sen12ms_common.manifest import ManifestError, load_manifest, sha256_of
+from sen12ms_common.manifest import ManifestError, checksums_of, load_manifest
 from sen12ms_common.shardformat import LABEL_EXT, SampleLayout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -274,7 +274,8 @@ def _set_label(shards: Path, split: str, label: np.ndarray) -> str:
                 data = label.astype("<f4").tobytes()
             tar.addfile(info, io.BytesIO(data))
     path.write_bytes(buf.getvalue())
-    entry["bytes"], entry["sha256"] = path.stat().st_size, sha256_of(str(path))
+    entry["bytes"] = path.stat().st_size
+    entry.update(checksums_of(str(path)))
     (shards / "manifest.json").write_text(json.dumps(manifest))
     return key
 
