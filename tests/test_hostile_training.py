@@ -292,14 +292,16 @@ def bad_label_shards(sample_shards: Path, tmp_path_factory: pytest.TempPathFacto
 
 def test_a_nan_label_stops_training_in_one_line_or_is_skipped(bad_label_shards, base: Path, tmp_path: Path):
     shards, train_key, test_key = bad_label_shards
-    n_test = load_manifest(str(shards)).samples("test")
+    manifest = load_manifest(str(shards))
+    n_test = manifest.samples("test")
+    train_shard, test_shard = (shards / manifest.splits[s][0].name for s in ("train", "test"))
     procs = [start("train", "--shards", str(shards), *TRAIN, "--epochs", "1", "--run-dir", str(tmp_path / "stop")),
              start("train", "--shards", str(shards), *TRAIN, "--epochs", "1", "--run-dir", str(tmp_path / "skip"),
                    "--skip-bad-shards"),
              start("train.evaluate", "--shards", str(shards), "--checkpoint", str(base), "--out",
                    str(tmp_path / "eval"), "--workers", "0")]
     code, out, err = finish(procs[0])
-    bad = f"{shards} (train split): sample {train_key}: label holds a non-finite value (nan)"
+    bad = f"{train_shard}: sample {train_key}: label holds a non-finite value (nan)"
     assert code == 1, out + err
     ckpt = tmp_path / "stop" / "checkpoints"
     m = re.fullmatch(re.escape(f"Error: {bad}{AFTERWORD}") + r"( \(checkpoint of step (\d+) written to (\S+); "
@@ -314,13 +316,13 @@ def test_a_nan_label_stops_training_in_one_line_or_is_skipped(bad_label_shards, 
     code, out, err = finish(procs[1])
     assert code == 0, out + err
     assert f"train: skipped 1 bad shard(s)/sample(s): {bad}" in out
-    assert (f"test: skipped 1 bad shard(s)/sample(s): {shards} (test split): sample {test_key}: label value 2 is "
+    assert (f"test: skipped 1 bad shard(s)/sample(s): {test_shard}: sample {test_key}: label value 2 is "
             "outside 0..1") in out
     scores = json.loads((tmp_path / "skip" / "test_scores.json").read_text())
     assert scores["numSamples"] == n_test - 1
 
     code, out, err = finish(procs[2])
-    assert (code, err) == (1, f"Error: {shards} (test split): sample {test_key}: label value 2 is outside 0..1"
+    assert (code, err) == (1, f"Error: {test_shard}: sample {test_key}: label value 2 is outside 0..1"
                                f"{AFTERWORD}\n"), out + err
     assert not (tmp_path / "eval").exists()
 

@@ -14,6 +14,7 @@ Every batch is a dict:
 - `target`: int64 (B,) class indices (single-label) or float32 (B, classes) 0/1 (multi-label).
 - `prob`: float32 (B, 17) the stored IGBP probability vectors (metrics derive true labels).
 - `key`: list of B sample keys (the S2 stem, `ROIs1158_spring_s2_1_p30`).
+- `shard` (optional): list of B shard URLs the samples came from (error messages name them).
 
 `epoch(e, start_batch=s)` yields batches s, s+1, ... of epoch e; the order of an epoch is a
 function of the spec (seed, batch size, streams, rank, world size) and e, not of the number of

@@ -150,4 +150,5 @@ class BatchDecoder:
         if len(good) < len(chunk):  # the rare path of a bad sample: copies
             image, prob = image[good], prob[good]
         return {"image": image, "target": torch.from_numpy(self.src.rule.targets(prob)),
-                "prob": torch.from_numpy(prob), "key": [chunk[i][0] for i in good]}
+                "prob": torch.from_numpy(prob), "key": [chunk[i][0] for i in good],
+                "shard": [storage.join(self.src.root, chunk[i][2]) for i in good]}
