@@ -6,9 +6,15 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import glob
+import importlib
 import importlib.util
 import os
-from functools import lru_cache
+import threading
+from functools import lru_cache, wraps
+
+# Decoding threads create their decoders at once; finding a module while another thread imports it
+# sees a half-initialised module (`__spec__ is None`), so the libraries are looked up one at a time.
+_LOOKUP = threading.RLock()
 
 
 class CodecLibraryError(ImportError):
@@ -30,10 +36,26 @@ def _load(candidates: list[str], symbol: str, what: str) -> ctypes.CDLL:
     raise CodecLibraryError(f"no {what} library with {symbol} found (tried: {', '.join(tried) or 'nothing'})")
 
 
+def _once(fn):
+    cached = lru_cache(maxsize=1)(fn)
+
+    @wraps(fn)
+    def locked():
+        with _LOOKUP:
+            return cached()
+    return locked
+
+
 def _module_file(name: str) -> str:
+    """The file of module `name`, found without running it. Its parent package is imported first:
+    the import lock waits for an import under way in another thread, where find_spec alone would
+    see a half-made module."""
+    parent = name.rpartition(".")[0]
     try:
+        if parent:
+            importlib.import_module(parent)
         found = importlib.util.find_spec(name)
-    except ImportError:
+    except (ImportError, ValueError):
         return ""
     return found.origin if found is not None and found.origin else ""
 
@@ -43,7 +65,7 @@ def _dali_libs(pattern: str) -> list[str]:
     return sorted(glob.glob(os.path.join(folder, ".libs", pattern))) if folder else []
 
 
-@lru_cache(maxsize=1)
+@_once
 def _zstd_lib() -> ctypes.CDLL:
     """From the `zstandard` package's cffi extension (a dependency anyway), else the system's
     libzstd, else the one DALI ships (measured here about 4x slower to decompress than the others)."""
@@ -51,7 +73,7 @@ def _zstd_lib() -> ctypes.CDLL:
     return _load(candidates + _dali_libs("libzstd*.so*"), "ZSTD_decompressDCtx", "zstd")
 
 
-@lru_cache(maxsize=1)
+@_once
 def zstd_decompress_fn():
     """`ZSTD_decompress` and `ZSTD_isError` (a context per call: for numba kernels)."""
     lib = _zstd_lib()
@@ -64,7 +86,7 @@ def zstd_decompress_fn():
     return decompress, is_error
 
 
-@lru_cache(maxsize=1)
+@_once
 def zstd_context_fns():
     """`ZSTD_decompressDCtx`, `ZSTD_isError`, `ZSTD_createDCtx`, `ZSTD_freeDCtx`: decompression
     with a context that is made once and reused (about 10 % faster per band than a new one)."""
@@ -78,7 +100,7 @@ def zstd_context_fns():
     return decompress, zstd_decompress_fn()[1], create, free
 
 
-@lru_cache(maxsize=1)
+@_once
 def lz4_decompress_fn():
     """`LZ4_decompress_safe` from the `lz4` package's extension (a dependency anyway), else liblz4."""
     candidates = [_module_file("lz4.block._block"), ctypes.util.find_library("lz4") or "", "liblz4.so.1"]

@@ -171,3 +171,30 @@ def test_augmentation_is_a_seeded_symmetry_per_sample_that_resume_draws_again(sh
     # Evaluation never augments.
     test = make_loader("webdataset", spec(root, "test", augment=True))
     check_against_truth(held_epoch(test), truth)
+
+
+def test_decoders_made_at_once_by_many_threads_in_a_fresh_process_all_find_the_native_codecs():
+    # Seen in CI: a thread looking up lz4's extension while another imported it got ValueError.
+    script = """
+import threading
+from sen12ms_common.codecs import BandDecoder
+n = 32
+start, made, failed = threading.Barrier(n), [], []
+def make():
+    start.wait()
+    try:
+        d = BandDecoder()
+        made.append(d._zstd is not None and d._lz4 is not None)
+    except Exception as e:
+        failed.append(repr(e))
+threads = [threading.Thread(target=make) for _ in range(n)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(len(made), all(made), failed[:1])
+"""
+    import subprocess
+    import sys
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parent.parent)
+        assert out.stdout.split() == ["32", "True", "[]"], out.stdout + out.stderr
