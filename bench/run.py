@@ -173,13 +173,7 @@ class Bench:
             case(f"orig/{label}", tree_files, cpu_of,
                  lambda r, w=workers: original_repeat(str(ds.tree), self.names, self.labels, st, w, seed=r))
         if SEG_CODEC in cfg.codecs:
-            seg_root = ds.shards(SEG_CODEC, lc=True)
-            seg_tree_files = ds.files(ds.keys, ("s2", "s1", "lc"))
-            for label, n, cpu_of in _cores_configs():
-                case(f"seg/orig/{label}", seg_tree_files, cpu_of,
-                     lambda r, w=n: seg_original_repeat(str(ds.tree), ds.keys, st, w, seed=r))
-                case(f"seg/wds/{label}", shard_files(seg_root), cpu_of,
-                     lambda r, n=n: seg_webdataset_repeat(str(seg_root), st, seed=r, threads=n))
+            self.segmentation_cases(case)
         for codec in cfg.codecs:
             root = str(ds.shards(codec))
             files = shard_files(ds.shards(codec))
@@ -210,6 +204,17 @@ class Bench:
             case(f"limit/{codec}", files, one_cpu, lambda r, root=root: limit_repeat(root, st.input_spec,
                                                                                      st.batch_size))
         return cases
+
+    def segmentation_cases(self, case: Callable) -> None:
+        """Image + mask batches: the DFC2020 baseline's way (GeoTIFFs) and ours (shards with lc)."""
+        ds, st = self.ds, self.cfg.loader
+        seg_root = ds.shards(SEG_CODEC, lc=True)
+        tree_files = ds.files(ds.keys, ("s2", "s1", "lc"))
+        for label, n, cpu_of in _cores_configs():
+            case(f"seg/orig/{label}", tree_files, cpu_of,
+                 lambda r, w=n: seg_original_repeat(str(ds.tree), ds.keys, st, w, seed=r))
+            case(f"seg/wds/{label}", shard_files(seg_root), cpu_of,
+                 lambda r, n=n: seg_webdataset_repeat(str(seg_root), st, seed=r, threads=n))
 
     def start_dali(self) -> None:
         self.dali = None

@@ -152,3 +152,25 @@ def test_resume_of_a_finished_conversion_of_both_keeps_everything(trees, both, t
     assert "resuming: keeping" in proc.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".tar"} == before
     assert (out / "manifest.json").read_text() == (both / "manifest.json").read_text()
+
+
+def test_resume_after_a_stop_inside_a_dfc2020_split_gives_the_same_bytes(trees, both, tmp_path):
+    """What a run stopped after dfc2020_val's first shards leaves (its committed shards, no later
+    split, no manifest): --resume keeps those, writes the rest, and every byte equals one run's."""
+    out = tmp_path / "stopped"
+    shutil.copytree(both, out)
+    m = load_manifest(str(both))
+    kept = m.shards("dfc2020_val")[:2]
+    for entry in m.shards("dfc2020_val")[2:] + m.shards("dfc2020_test"):
+        for name in (entry.name, entry.index, f".parts/{entry.name[:-4]}.json"):
+            (out / name).unlink()
+    for name in (".parts/dfc2020_val.end.json", ".parts/dfc2020_test.end.json", "manifest.json", "report.json"):
+        (out / name).unlink()
+    stamps = {e.name: (out / e.name).stat().st_mtime_ns for e in kept}
+    proc = convert_both(*trees, out, "--resume")
+    n_kept = sum(len(m.shards(s)) for s in ("train", "val", "test")) + len(kept)
+    assert f"resuming: keeping {n_kept} finished shard(s)" in proc.stderr
+    files = sorted(p.name for p in both.iterdir() if p.is_file())
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == files
+    assert all((out / f).read_bytes() == (both / f).read_bytes() for f in files)
+    assert {name: (out / name).stat().st_mtime_ns for name in stamps} == stamps  # kept, not rewritten
