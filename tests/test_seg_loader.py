@@ -6,6 +6,9 @@ refusals; on the sample trees and on the real lc patch of the reference folder."
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +20,14 @@ from sen12ms_common.bands import resolve_bands
 from sen12ms_common.dfc import DfcScheme, dfc_to_train, igbp_to_dfc
 from sen12ms_common.igbp import LabelRule
 from sen12ms_common.inputs import channel_transform
-from sen12ms_common.manifest import load_manifest
+from sen12ms_common.manifest import checksums_of, load_manifest
 from sen12ms_common.patches import parse_any_patch
 from segdata import band1, convert_both, make_trees, read_all, run_convert
 from train.data import DataError, LoaderSpec, make_loader
 from train.data.batches import symmetric_view
 from train.data.geotiff import original_loader
 from train.data.seggeotiff import SegGeoTiffDataset
+from train.data.webdataset import ShardError
 from train.device import InputTransform
 
 INPUT = "s2hr+s2mr+s1"  # the baseline's published input: 12 channels
@@ -204,3 +208,32 @@ def test_real_lc_patch_masks_and_augmentation(real_dir, tmp_path):
         assert found and all(np.array_equal(through(mask[None], c)[0], got[1]) for c in found)
         seen.update(found)
     assert len(seen) > 1
+
+
+
+def test_a_damaged_mask_member_names_its_sample_or_is_skipped(setup, tmp_path):
+    """A mask member that does not decode: one error naming shard and sample; with
+    skip_bad_shards the batch holds the other samples, their masks unchanged."""
+    sen, _, shards = setup
+    out = tmp_path / "damaged"
+    shutil.copytree(shards, out)
+    entry = load_manifest(str(out)).shards("train")[0]
+    with tarfile.open(out / entry.name) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".lc.zst"))
+    victim = member.name.split(".", 1)[0]
+    data = bytearray((out / entry.name).read_bytes())
+    data[member.offset_data:member.offset_data + member.size] = b"\x5a" * member.size
+    (out / entry.name).write_bytes(bytes(data))
+    doc = json.loads((out / "manifest.json").read_text())
+    shard = next(s for s in doc["splits"]["train"]["shards"] if s["name"] == entry.name)
+    shard.update(checksums_of(str(out / entry.name)))
+    (out / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ShardError, match=rf"{entry.name}: sample {victim}: member \.lc\.zst"):
+        batches(spec(out, "train"))
+    s = spec(out, "train", skip_bad_shards=True)
+    loader = make_loader("webdataset", s)
+    got = {k: v for b in loader.epoch(0) for k, v in zip(b["key"], b["mask"].numpy())}
+    assert victim not in got and len(got) == 7
+    assert any(victim in p for p in loader.skipped)
+    for key, mask in got.items():
+        assert np.array_equal(mask, igbp_to_dfc(band1(sen / parse_any_patch(key).relpath("lc"))))
