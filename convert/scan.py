@@ -77,7 +77,7 @@ def scan_tree(root: str, dfc2020: bool = False) -> ScanResult:
     `ROIs0000_validation/<mod>_validation/` and `ROIs0000_test/<mod>_0/`).
     """
     if not storage.is_remote(root) and not os.path.isdir(root):
-        raise FileNotFoundError(f"{root}: no such folder")
+        raise storage.StorageNotFoundError(f"{root}: no such folder", root)
     found: dict[PatchId, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     problems: list[Problem] = []
     unlisted: list[OSError] = []

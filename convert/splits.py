@@ -19,6 +19,7 @@ import click
 from sen12ms_common import storage
 from sen12ms_common.datafiles import SplitFileError, read_source, text_lines
 from sen12ms_common.datalimits import excerpt
+from sen12ms_common.errors import report_errors
 from sen12ms_common.outputs import output_folder, writing
 from sen12ms_common.storage import StorageError
 from sen12ms_common.patches import (
@@ -202,6 +203,7 @@ def _summary(splits: Splits, holdout_path: str, holdout: list[SceneId]) -> list[
 @click.option("--out", required=True, metavar="DIR|URL",
               help="Folder or s3://bucket/prefix to write {train,val,test}_list.{txt,pkl} into (created if "
                    "missing).")
+@report_errors
 def splits_command(data: str, holdout: str | None, val_fraction: float, seed: int, out: str) -> None:
     """Write train / val / test lists: test = the hold-out scenes, val = whole train scenes.
 
@@ -211,19 +213,13 @@ def splits_command(data: str, holdout: str | None, val_fraction: float, seed: in
     from convert.labels import expected_sibling, report_problems
     from convert.scan import Problem, scan_tree
 
-    try:
-        out = output_folder(out, "--out")
-    except StorageError as exc:
-        raise click.ClickException(str(exc)) from None
+    out = output_folder(out, "--out")
     if _is_shipped_folder(out):
         raise click.ClickException(f"{out}: holds the official lists shipped with the toolbox; "
                                    "write the splits of a tree to another folder")
-    try:
-        holdout_path = find_holdout(data, holdout)
-        scenes = load_holdout(holdout_path)
-        scan = scan_tree(data)
-    except (SplitFileError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
+    holdout_path = find_holdout(data, holdout)
+    scenes = load_holdout(holdout_path)
+    scan = scan_tree(data)
     problems = list(scan.problems)
     complete: list[PatchId] = []
     incomplete: dict[str, str] = {}

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import labeljson, safepickle, storage
 from .datalimits import MAX_ENTRIES, MAX_FILE_BYTES, MAX_NAME_CHARS, MAX_STRING_CHARS, describe, excerpt
+from .errors import Sen12msError
 from .igbp import N_FULL
 from .patches import PatchNameError, parse_patch
 
@@ -30,11 +31,11 @@ _LINE = re.compile(r"[^\n]+")
 _LEADING_SPACE = re.compile(rb"(?:\xef\xbb\xbf)?[ \t\n\r]*")
 
 
-class LabelFileError(ValueError):
+class LabelFileError(ValueError, Sen12msError):
     """A label file that cannot be used; the message names the file."""
 
 
-class SplitFileError(ValueError):
+class SplitFileError(ValueError, Sen12msError):
     """A hold-out or split list that cannot be used; the message names the file."""
 
 

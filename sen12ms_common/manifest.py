@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 from . import storage
 from .bands import OFFICIAL_MEAN, OFFICIAL_STD, PATCH_SIZE
+from .errors import Sen12msError
 from .igbp import IGBP_NAMES, SIMPLE_NAMES, SIMPLE_OF_FULL
 from .checksums import FAST, digests_of
 from .shardformat import FORMAT_VERSION, SampleLayout, ShardFormatError, check_version
@@ -32,7 +33,7 @@ MAX_MANIFEST_BYTES = 64 << 20
 _SPLIT_NAME = re.compile(r"^[a-z]+$")
 
 
-class ManifestError(ValueError):
+class ManifestError(ValueError, Sen12msError):
     """A manifest that is missing, unreadable or does not match its shards."""
 
 

@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from sen12ms_common.errors import report_errors
 from sen12ms_common.inputs import STATS_CHOICES
 
 from .config import TrainConfig, canonical_input
@@ -84,6 +85,7 @@ _D = TrainConfig()  # the defaults, in one place
               help="Random flips and 90-degree rotations of the training patches, seeded (a resumed run draws "
                    "the same ones); the original trained without augmentation.")
 @click.pass_context
+@report_errors
 def main(ctx: click.Context, shards, model, input_, label_type, igbp, threshold, epochs, batch_size, lr, decay,
          workers, threads, loader, device, amp, channels_last, compile_, run_dir, resume, max_steps, stats, seed,
          shuffle_buffer, streams, no_verify, skip_bad_shards, augment) -> None:
@@ -99,11 +101,10 @@ def main(ctx: click.Context, shards, model, input_, label_type, igbp, threshold,
     """
     import os
 
-    from .checkpoint import CheckpointError, load_checkpoint
-    from .data import DataError
-    from .distributed import Dist, DistributedError, init_from_env, ranks_from_env, shutdown
+    from .checkpoint import load_checkpoint
+    from .distributed import Dist, init_from_env, ranks_from_env, shutdown
     from .loop import Interrupted, fit
-    from .options import OptionError, check_options, cli_name
+    from .options import check_options, cli_name
     from .resume import check_resume_order
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
@@ -148,16 +149,6 @@ def main(ctx: click.Context, shards, model, input_, label_type, igbp, threshold,
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         click.echo(str(exc), err=True)
         sys.exit(128 + int(exc.signum))
-    except (DataError, CheckpointError, DistributedError, OptionError) as exc:
-        raise click.ClickException(str(exc)) from None
-    except (ValueError, OSError, RuntimeError) as exc:
-        # Options that cannot work together (band not in the shards, missing statistics, device).
-        from sen12ms_common.manifest import ManifestError
-        from sen12ms_common.storage import StorageError
-
-        if isinstance(exc, (ManifestError, StorageError, FileNotFoundError)) or _is_user_error(exc):
-            raise click.ClickException(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__) from None
-        raise
     finally:
         shutdown(d)
 
@@ -182,16 +173,6 @@ def _apply_checkpoint(checkpoint: dict, resume: str, given: dict, explicit: set[
     if checkpoint.get("arch") and str(checkpoint["arch"]) != given["model"]:
         raise click.ClickException(f"{resume}: a {str(checkpoint['arch'])[:100]} checkpoint, but --model is "
                                    f"{given['model']}")
-
-
-def _is_user_error(exc: BaseException) -> bool:
-    from sen12ms_common.bands import BandError
-    from sen12ms_common.igbp import LabelError
-    from sen12ms_common.inputs import StatsError
-
-    from .device import DeviceError
-
-    return isinstance(exc, (BandError, LabelError, StatsError, DeviceError))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import math
 from typing import Any, Callable, Mapping
 
 from sen12ms_common.bands import BandError
+from sen12ms_common.errors import Sen12msError
 from sen12ms_common.inputs import STATS_CHOICES
 
 # Bounds that keep a run from hanging or allocating without end (documented in --help).
@@ -25,7 +26,7 @@ MAX_SEED = 2**63 - 1
 NEVER_STORED: tuple[str, ...] = ("run_dir", "resume")
 
 
-class OptionError(ValueError):
+class OptionError(ValueError, Sen12msError):
     """An option of the wrong type or out of its range (one line naming its source)."""
 
 
