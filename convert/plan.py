@@ -20,6 +20,7 @@ import numpy as np
 from convert.scan import Problem, Triplet
 from sen12ms_common.igbp import LabelError, check_probability
 from sen12ms_common.manifest import SPLITS, Rejection
+from sen12ms_common.names import part_tag
 from sen12ms_common.patches import MODALITIES, PatchNameError, SceneId, parse_patch
 from sen12ms_common.shardformat import SampleLayout
 
@@ -63,7 +64,7 @@ class Part:
     @property
     def tag(self) -> str:
         """In shard names: `train-p0003of0016-000000.tar`."""
-        return f"p{self.index:04d}of{self.count:04d}"
+        return part_tag(self.index, self.count)
 
     @property
     def label(self) -> str:

@@ -16,12 +16,12 @@ from . import storage
 from .bands import OFFICIAL_MEAN, OFFICIAL_STD, PATCH_SIZE
 from .errors import Sen12msError
 from .igbp import IGBP_NAMES, SIMPLE_NAMES, SIMPLE_OF_FULL
+from .names import SPLIT_NAME, SPLITS, index_name, is_shard_name, shard_name  # noqa: F401 (re-exported)
 from .checksums import FAST, digests_of
 from .shardformat import FORMAT_VERSION, SampleLayout, ShardFormatError, check_version
 
 MANIFEST_NAME = "manifest.json"
 REPORT_NAME = "report.json"
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 # Bounds on what a manifest may declare, checked before anything is sized by it: SEN12MS holds
 # 180,662 patches of 256 x 256 pixels.
 MAX_SAMPLES = 2_000_000
@@ -30,25 +30,10 @@ MAX_PATCH_SIZE = PATCH_SIZE
 # (no member is empty).
 MIN_MEMBER_BYTES = 1024
 MAX_MANIFEST_BYTES = 64 << 20
-_SPLIT_NAME = re.compile(r"^[a-z]+$")
 
 
 class ManifestError(ValueError, Sen12msError):
     """A manifest that is missing, unreadable or does not match its shards."""
-
-
-def shard_name(split: str, index: int) -> str:
-    return f"{split}-{index:06d}.tar"
-
-
-def is_shard_name(name: str, split: str) -> bool:
-    """`<split>-NNNNNN.tar`, or `<split>-pNNNNofNNNN-NNNNNN.tar` of a conversion in parts."""
-    return _SPLIT_NAME.match(split) is not None and re.fullmatch(rf"{re.escape(split)}-(?:p\d{{4,}}of\d{{4,}}-)?\d{{6}}\.tar", name) is not None
-
-
-def index_name(shard: str) -> str:
-    """The DALI index file of a shard: `train-000000.idx`."""
-    return shard[: -len(".tar")] + ".idx"
 
 
 @dataclass
@@ -153,7 +138,7 @@ def check_manifest(m: Manifest, declared: dict[str, Any] | None = None) -> None:
     seen: dict[str, str] = {}
     total = 0
     for split, entries in m.splits.items():
-        if not isinstance(split, str) or not _SPLIT_NAME.match(split):
+        if not isinstance(split, str) or not SPLIT_NAME.match(split):
             raise ManifestError(f"split name {_short(split)} is not a lower-case word such as train")
         for e in entries:
             where = f"{split} shard {e.name}"

@@ -9,10 +9,12 @@ import sys
 import click
 
 from sen12ms_common.errors import report_errors
+from sen12ms_common.igbp import LABEL_TYPES, SCHEMES
 from sen12ms_common.inputs import STATS_CHOICES
 
 from .config import TrainConfig, canonical_input
-from .options import MAX_STREAMS, MAX_THREADS, MAX_WORKERS
+from .data import loader_names
+from .options import DEVICES, MAX_STREAMS, MAX_THREADS, MAX_WORKERS
 
 _D = TrainConfig()  # the defaults, in one place
 
@@ -27,10 +29,10 @@ _D = TrainConfig()  # the defaults, in one place
 @click.option("--input", "input_", default=_D.input, show_default=True, metavar="SET|BANDS",
               help="Input channels: rgb (B2,B3,B4), s2 (10 bands), s1 (VV,VH), s1s2 (12), rgbs1 (5), "
                    "or band names such as B8,B4,B3,VV, in that channel order.")
-@click.option("--label-type", type=click.Choice(["single_label", "multi_label"]), default=_D.label_type,
+@click.option("--label-type", type=click.Choice(LABEL_TYPES), default=_D.label_type,
               show_default=True, help="single_label: argmax class, CrossEntropyLoss; multi_label: classes with "
                                       "probability >= --threshold, BCEWithLogitsLoss.")
-@click.option("--igbp", type=click.Choice(["simple", "full"]), default=_D.igbp, show_default=True,
+@click.option("--igbp", type=click.Choice(SCHEMES), default=_D.igbp, show_default=True,
               help="IGBP scheme: simple (10 classes) or full (17 classes).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=_D.threshold, show_default=True,
               help="Multi-label: a class is present where its share of the patch is >= this.")
@@ -48,10 +50,10 @@ _D = TrainConfig()  # the defaults, in one place
 @click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=_D.threads, show_default=True,
               help="Decoding threads per reading process (0: every CPU this process may use when --workers "
                    "is 0, else 1 per worker). Does not change the data order.")
-@click.option("--loader", type=click.Choice(["webdataset", "dali"]), default=_D.loader, show_default=True,
+@click.option("--loader", type=click.Choice(loader_names()), default=_D.loader, show_default=True,
               help="webdataset: CPU workers hand uint16 batches to the device; dali: NVIDIA DALI pipeline "
                    "(optional extra).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=_D.device, show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default=_D.device, show_default=True,
               help="auto: CUDA when available, else CPU.")
 @click.option("--amp", is_flag=True, help="Mixed precision: bfloat16 autocast (float16 + GradScaler on GPUs "
                                           "without bfloat16); on the CPU bfloat16 autocast.")

@@ -22,7 +22,6 @@ from sen12ms_common.inputs import ChannelTransform
 
 log = logging.getLogger(__name__)
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
 class DeviceError(RuntimeError, Sen12msError):

@@ -21,6 +21,9 @@ import numpy as np
 
 from sen12ms_common.errors import report_errors
 from sen12ms_common.inputs import STATS_CHOICES, ChannelTransform
+from sen12ms_common.names import SPLITS
+
+from .options import DEVICES
 
 if TYPE_CHECKING:
     from .distributed import Dist
@@ -162,7 +165,7 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
 @click.option("--config", default=None, metavar="ARGS.txt",
               help="Arguments file of the run (the original's <ts>_arguments.txt or ours): model, input, label "
                    "rule. [default: the configuration stored in our checkpoints; required for the original's]")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]),
+@click.option("--split", default="test", show_default=True, type=click.Choice(SPLITS),
               help="Split of the shard set to score.")
 @click.option("--out", default=None, metavar="DIR|URL",
               help="Folder or s3://bucket/prefix for <split>_scores.json and <split>_predictions.npz. "
@@ -172,7 +175,7 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
               help="Loader worker processes (0: this process reads, with --threads decoding threads).")
 @click.option("--threads", type=click.IntRange(0, 256), default=0, show_default=True,
               help="Decoding threads per reading process (0: every CPU here when --workers is 0, else 1 per worker).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="auto: CUDA when available, else CPU.")
 @click.option("--stats", type=click.Choice(list(STATS_CHOICES)), default=None,
               help="Normalisation. [default: as the checkpoint was trained; official for the original's runs]")

@@ -13,7 +13,10 @@ from typing import Any, Callable, Mapping
 
 from sen12ms_common.bands import BandError
 from sen12ms_common.errors import Sen12msError
+from sen12ms_common.igbp import LABEL_TYPES, SCHEMES
 from sen12ms_common.inputs import STATS_CHOICES
+
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")  # auto: CUDA when available, else the CPU
 
 # Bounds that keep a run from hanging or allocating without end (documented in --help).
 MAX_STREAMS = 1024
@@ -92,8 +95,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "shards": _optional(_text),
     "model": _model,
     "input": _input,
-    "label_type": _choice("single_label", "multi_label"),
-    "igbp": _choice("simple", "full"),
+    "label_type": _choice(*LABEL_TYPES),
+    "igbp": _choice(*SCHEMES),
     "threshold": _real(0.0, 1.0),
     "epochs": _int(1, MAX_INT),
     "batch_size": _int(1, MAX_INT),
@@ -102,7 +105,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "workers": _int(0, MAX_WORKERS),
     "threads": _int(0, MAX_THREADS),
     "loader": _loader,
-    "device": _choice("auto", "cpu", "cuda"),
+    "device": _choice(*DEVICES),
     "amp": _bool,
     "channels_last": _bool,
     "compile": _bool,
