@@ -256,7 +256,7 @@ def default_workers() -> int:
               help="Folder for the report: CSV tables, PNG charts, scenes.geojson, index.html.")
 @click.option("--holdout", default=None, metavar="FILE",
               help="Hold-out scene list to mark on the map [default: the tree's SEN12MS_holdOutScenes.txt, "
-                   "else the official list in splits/].")
+                   "else the official list shipped with the toolbox].")
 @click.option("--workers", default=default_workers(), show_default=True, type=click.IntRange(1, 256),
               help="Processes reading lc patches (GeoTIFF path); the output is the same for any number.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")

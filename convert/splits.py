@@ -20,15 +20,13 @@ from sen12ms_common import storage
 from sen12ms_common.datafiles import SplitFileError, read_source, text_lines
 from sen12ms_common.datalimits import excerpt
 from sen12ms_common.errors import report_errors
+from sen12ms_common.official import HOLDOUT_NAME, OFFICIAL_HOLDOUT
 from sen12ms_common.outputs import output_folder, writing
 from sen12ms_common.storage import StorageError
 from sen12ms_common.patches import (
     MODALITIES, SEASONS, PatchId, PatchNameError, SceneId, parse_patch, parse_scene,
 )
 
-HOLDOUT_NAME = "SEN12MS_holdOutScenes.txt"
-# The official hold-out list of the original toolbox, shipped in the repository's splits/.
-OFFICIAL_HOLDOUT = Path(__file__).resolve().parents[1] / "splits" / HOLDOUT_NAME
 EXCLUDED_NAME = "excluded.txt"
 BROKEN_REASON = "known broken triplet (S1 holds NaN): left out of train as in the original"
 # The original's pickles are protocol 3 (Python 3.0+), which its Python 3.7 code reads.
@@ -195,7 +193,7 @@ def _summary(splits: Splits, holdout_path: str, holdout: list[SceneId]) -> list[
               help="Root of the SEN12MS tree (local folder or URL such as s3://bucket/sen12ms).")
 @click.option("--holdout", default=None, metavar="FILE",
               help=f"Hold-out scene list [default: {HOLDOUT_NAME} in the tree's root, else the official "
-                   "list shipped in splits/].")
+                   "list shipped with the toolbox].")
 @click.option("--val-fraction", default=0.1, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
               help="Share of each season's train patches to move to validation, as whole scenes (0: no val).")
 @click.option("--seed", default=0, show_default=True, type=int,
