@@ -11,10 +11,12 @@ from pathlib import Path
 from bench.loaders import LoaderSettings
 from bench.measure import Repeat
 
+from sen12ms_common.errors import Sen12msError
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-class DaliUnavailable(RuntimeError):
+class DaliUnavailable(RuntimeError, Sen12msError):
     """DALI cannot run here; the message says why (for the table's "not available" rows)."""
 
 

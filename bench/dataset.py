@@ -23,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 
+from sen12ms_common.errors import Sen12msError
 from sen12ms_common.manifest import MANIFEST_NAME, load_manifest
 from sen12ms_common.patches import parse_patch
 
@@ -43,7 +44,7 @@ REAL_TRIPLETS: dict[str, dict[str, str]] = {
 }
 
 
-class BenchDataError(RuntimeError):
+class BenchDataError(RuntimeError, Sen12msError):
     """The bench dataset cannot be made (e.g. the reference patches are missing)."""
 
 

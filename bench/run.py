@@ -24,9 +24,9 @@ from bench.measure import Repeat, cores, one_cpu, pinned
 from bench.results import Results
 from bench.training import TrainingSettings
 from sen12ms_common.bands import resolve_bands
+from sen12ms_common.codecs import CODECS  # every codec of the shard format
 
 REPO = Path(__file__).resolve().parents[1]
-CODECS = ("zstd", "lz4", "none")
 OUTPUTS = ("uint16", "float", "uint16-noverify")
 SEG_CODEC = "zstd"  # the segmentation rows read shards of this codec that hold lc
 

@@ -19,10 +19,12 @@ from typing import Iterator
 
 from bench.measure import Repeat
 
+from sen12ms_common.errors import Sen12msError
+
 BUCKET_PREFIX = "bench"
 
 
-class S3Unavailable(RuntimeError):
+class S3Unavailable(RuntimeError, Sen12msError):
     """The S3 rows cannot run here; the message says why."""
 
 

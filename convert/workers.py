@@ -23,8 +23,10 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Iterable, Iterator
 
+from sen12ms_common.errors import Sen12msError
 
-class WorkerDied(RuntimeError):
+
+class WorkerDied(RuntimeError, Sen12msError):
     """A worker process ended while it still had work (killed by the system, out of memory?)."""
 
 

@@ -13,12 +13,13 @@ from typing import Mapping
 import numpy as np
 
 from .bands import OFFICIAL_MEAN, OFFICIAL_STD, BandRef
+from .errors import Sen12msError
 from .shardformat import S1_MIN_DB, S1_STEP
 
 STATS_CHOICES: tuple[str, ...] = ("official", "manifest", "none", "dfc2020")
 
 
-class StatsError(ValueError):
+class StatsError(ValueError, Sen12msError):
     """Normalisation statistics that are missing for a band."""
 
 

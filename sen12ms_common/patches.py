@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
+from .errors import Sen12msError
+
 SEASONS: tuple[str, ...] = ("ROIs1158_spring", "ROIs1868_summer", "ROIs1970_fall", "ROIs2017_winter")
 MODALITIES: tuple[str, ...] = ("s1", "s2", "lc")
 
@@ -29,7 +31,7 @@ _DFC2020_RE = re.compile(r"^(?P<season>ROIs0000_validation|ROIs0000_test)_(?P<mo
 _SCENE_RE = re.compile(rf"^(?P<season>{_SEASON_RE})[/_](?:(?:s1|s2|lc)_)?(?P<scene>\d+)/?$")
 
 
-class PatchNameError(ValueError):
+class PatchNameError(ValueError, Sen12msError):
     """A name that is not a SEN12MS patch or scene name."""
 
 

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .datalimits import MAX_ARRAY_VALUES, clip, describe, excerpt
+from .errors import Sen12msError
 
 # dtype codes as numpy pickles them: floats, signed and unsigned integers.
 NUMERIC_CODES = frozenset({"f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8"})
@@ -21,7 +22,7 @@ _BYTE_ORDERS = ("<", ">", "|", "=")
 _MAX_DIMS = 32
 
 
-class ArrayPatternError(ValueError):
+class ArrayPatternError(ValueError, Sen12msError):
     """Something in an array's or dtype's pickle is not what numpy writes for a numeric array."""
 
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Mapping, TypeVar
 
+from .errors import Sen12msError
+
 T = TypeVar("T")
 
 
@@ -43,7 +45,7 @@ def refuse_credentials(url: str) -> None:
                                  "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) instead", str(url))
 
 
-class StorageError(OSError):
+class StorageError(OSError, Sen12msError):
     """A read or write that failed; `str()` is one line naming the URL (user info redacted)."""
 
     def __init__(self, message: str, url: str = "") -> None:

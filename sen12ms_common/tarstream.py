@@ -15,13 +15,15 @@ from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 
+from .errors import Sen12msError
+
 BLOCK = tarfile.BLOCKSIZE
 _FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
 EXTENDED_HEADER_LIMIT = 1 << 20  # a GNU long name or pax header larger than this is damage
 _CHKSUM = slice(148, 156)
 
 
-class EndWithoutMarker(tarfile.ReadError):
+class EndWithoutMarker(tarfile.ReadError, Sen12msError):
     """The stream ended between two members, without the end-of-archive blocks (a cut tar)."""
 
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from sen12ms_common import storage
+from sen12ms_common.errors import Sen12msError
 
 ORIGINAL_KEYS: tuple[str, ...] = ("epoch", "arch", "model_state_dict", "optimizer_state_dict", "best_prec")
 # A run's timestamp (`YYYYmmdd_HHMMSS`): it names the run's files, so nothing else may stand there.
@@ -37,7 +38,7 @@ __all__ = ["ORIGINAL_KEYS", "TIMESTAMP", "CheckpointError", "save_checkpoint", "
            "load_model_weights", "unwrap_model", "capture_rng_state", "restore_rng_state", "check_resume_state"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ValueError, Sen12msError):
     """A checkpoint that cannot be read, is unsafe, or does not fit the model (one line)."""
 
 

@@ -17,14 +17,14 @@ from typing import Any, ContextManager
 import torch
 from torch import nn
 
+from sen12ms_common.errors import Sen12msError
 from sen12ms_common.inputs import ChannelTransform
 
 log = logging.getLogger(__name__)
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
-class DeviceError(RuntimeError):
+class DeviceError(RuntimeError, Sen12msError):
     """A device or device feature that is not available here."""
 
 

@@ -27,12 +27,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from sen12ms_common.errors import Sen12msError
+
 from .device import DeviceError, resolve_device
 
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
-class DistributedError(RuntimeError):
+class DistributedError(RuntimeError, Sen12msError):
     """A torchrun environment that cannot work (one line)."""
 
 

@@ -45,7 +45,8 @@ from typing import Any, Sequence
 import numpy as np
 from sklearn import metrics as skm
 
-LABEL_TYPES = ("single_label", "multi_label")
+from sen12ms_common.igbp import LABEL_TYPES
+
 
 # The original's scalar metrics, in its order.
 ORIGINAL_SCALAR_KEYS: tuple[str, ...] = (

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from sen12ms_common import storage
 from sen12ms_common.bands import OFFICIAL_MEAN, OFFICIAL_STD, BandRef, resolve_bands
 from sen12ms_common.datafiles import load_labels, read_split_list
+from sen12ms_common.errors import Sen12msError
 from sen12ms_common.igbp import LabelRule
 from sen12ms_common.patches import KNOWN_BROKEN, PatchNameError, parse_patch
 from sen12ms_common.shardformat import S1_MAX_DB, S1_MIN_DB
@@ -41,7 +42,7 @@ from sen12ms_common.shardformat import S1_MAX_DB, S1_MIN_DB
 S2_MAX = 10000.0
 
 
-class GeoTiffDataError(ValueError):
+class GeoTiffDataError(ValueError, Sen12msError):
     """A patch that cannot be used or has no label; the message names it. (Label files and split
     lists that cannot be read raise `LabelFileError` / `SplitFileError` of `sen12ms_common.datafiles`.)"""
 
