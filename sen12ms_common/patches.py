@@ -137,11 +137,3 @@ def parse_scene(name: str) -> SceneId:
             f"not a SEN12MS scene name: {name!r} (expected e.g. ROIs1158_spring/s1_63)"
         )
     return SceneId(m["season"], int(m["scene"]))
-
-
-def is_patch_name(name: str) -> bool:
-    try:
-        parse_patch(name)
-    except PatchNameError:
-        return False
-    return True
