@@ -1,13 +1,5 @@
 """The object-storage rows: a local SeaweedFS server (as the test suite starts it), the subset's
-zstd shards and its GeoTIFFs uploaded to it, then per repeat:
-
-- our webdataset loader streaming the shards from `s3://` (normalised float batches);
-- the original's way reading one GeoTIFF object per modality and sample from the same server;
-- the shard bytes alone streamed through `storage.open_read` (`read_throughput`; no decoding).
-
-The server runs on this machine and shares its cores with the loaders: the figures are samples/s
-of the whole machine, not per core.
-"""
+zstd shards and its GeoTIFFs uploaded to it, then per repeat:"""
 
 from __future__ import annotations
 

@@ -1,12 +1,4 @@
-"""One storage layer for local paths and object storage URLs (`s3://...`), through fsspec.
-
-Everything that reads or writes shards, manifests and reports goes through here, so that a
-local folder and a bucket behave the same: files appear only complete (`atomic_open`), and a
-path is always a string (a local path or a URL).
-
-On object stores transient errors are retried by one layer (`sen12ms_common.s3.retrying`, see
-docs/DESIGN.md) and every failure is a one-line `StorageError` naming the URL.
-"""
+"""One storage layer for local paths and object storage URLs (`s3://...`), through fsspec."""
 
 from __future__ import annotations
 

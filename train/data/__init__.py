@@ -1,25 +1,4 @@
-"""Loaders: name -> factory, so that `--loader NAME` picks one and the training loop stays the same.
-
-A factory takes a `LoaderSpec` and returns a `Loader`:
-
-    loader = make_loader("webdataset", spec)
-    len(loader)                # batches per epoch on this rank (defined before reading)
-    loader.samples             # samples per epoch on this rank
-    for batch in loader.epoch(epoch, start_batch=0): ...
-
-Every batch is a dict:
-- `image`: tensor (B, C, H, W). `torch.uint16` = stored values (S2 reflectance, S1 codes) that
-  the training loop turns into model input with the spec's `ChannelTransform` on the device;
-  a floating tensor is already model input (a loader that normalises itself, e.g. DALI on GPU).
-- `target`: int64 (B,) class indices (single-label) or float32 (B, classes) 0/1 (multi-label).
-- `prob`: float32 (B, 17) the stored IGBP probability vectors (metrics derive true labels).
-- `key`: list of B sample keys (the S2 stem, `ROIs1158_spring_s2_1_p30`).
-- `shard` (optional): list of B shard URLs the samples came from (error messages name them).
-
-`epoch(e, start_batch=s)` yields batches s, s+1, ... of epoch e; the order of an epoch is a
-function of the spec (seed, batch size, streams, rank, world size) and e, not of the number of
-worker processes (see `train.data.plan`).
-"""
+"""Loaders: name -> factory, so that `--loader NAME` picks one and the training loop stays the same."""
 
 from __future__ import annotations
 
