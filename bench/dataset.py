@@ -1,16 +1,5 @@
 """The bench dataset: a SEN12MS tree with the real reference patches in it, its labels and splits,
-and its shard sets (one per codec), generated once and reused while their parameters hold.
-
-Layout under the data folder (`bench/data/`, git-ignored):
-
-    sen12ms/                 the tree: `convert.synth` scenes + the real patches under SEN12MS names
-    labels/                  `convert labels` output (IGBP_probability_labels.json, ...)
-    splits/                  every triplet in train (val, test empty): all loaders read one split
-    splits-subset/           the first `subset` triplets in train: conversion timing and S3 rows
-    shards/<codec>/          `convert shards` of splits/ (the loader rows)
-    shards/<codec>-lc/       the same with lc stored (the segmentation rows)
-    dataset.json             the parameters the tree was made with (reuse check)
-"""
+and its shard sets (one per codec), generated once and reused while their parameters hold."""
 
 from __future__ import annotations
 

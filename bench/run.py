@@ -1,11 +1,4 @@
-"""One bench run: every measurement, interleaved by round, into one `Results`.
-
-Order: dataset (made or reused) -> bytes per sample -> conversion rounds -> loader rounds (the
-original's way, our loader per codec and output, DALI per codec, the codec limits) -> training
-rounds -> S3 rounds. Within a block, round r measures every case once before round r + 1
-starts, so that the ratios taken within a round compare figures measured minutes apart, not
-the quiet start of the run with its busy end.
-"""
+"""One bench run: every measurement, interleaved by round, into one `Results`."""
 
 from __future__ import annotations
 

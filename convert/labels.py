@@ -1,12 +1,4 @@
-"""Labels: the 17-class IGBP probability vector of every patch, and the original's label files.
-
-A patch's probability label is the share of its valid pixels in each IGBP class (lc band 1).
-`derive_labels` computes it for the triplets of a tree, `write_label_files` writes the files
-the original toolbox ships (pickles and text files, keyed by the S2 file name) plus our own
-JSON (`sen12ms_common.datafiles.load_labels` reads it, or the original's
-`IGBP_probability_labels.pkl`).
-The formats are described in labels/README.md.
-"""
+"""Labels: the 17-class IGBP probability vector of every patch, and the original's label files."""
 
 from __future__ import annotations
 

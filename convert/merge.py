@@ -1,12 +1,4 @@
-"""`python -m convert merge-manifest OUT`: join the parts of a conversion made with `--part I/N`.
-
-Each part wrote its shards (`train-p0003of0016-000000.tar`, ...) into OUT, then
-`OUT/parts/report-0003-of-0016.json` and, last, `OUT/parts/manifest-0003-of-0016.json`. The
-merge refuses unless all N parts are finished, were made with the same options from the same
-tree, and their shards are in OUT at the sizes they state; then it writes `OUT/report.json` and,
-last, `OUT/manifest.json`: shards by part, then shard index; statistics combined from the parts'
-exact moments in part order; the report as a conversion in one run writes it.
-"""
+"""`python -m convert merge-manifest OUT`: join the parts of a conversion made with `--part I/N`."""
 
 from __future__ import annotations
 

@@ -1,12 +1,4 @@
-"""`python -m convert overview`: class distributions and a map of the scenes of a dataset.
-
-Reads either a SEN12MS GeoTIFF tree (the IGBP band of every lc patch) or a converted shard set
-(the stored probability labels and metadata, no GeoTIFF), and writes CSV tables, bar charts, a
-GeoJSON of the scene locations, a world map and `index.html` (see `convert.overview_report`).
-
-IGBP values are counted with one bin per class (`np.bincount`), unlike the original overview
-notebook, whose 17 histogram bins over (0, 17) shifted every class by one and merged 16 and 17.
-"""
+"""`python -m convert overview`: class distributions and a map of the scenes of a dataset."""
 
 from __future__ import annotations
 

@@ -1,10 +1,4 @@
-"""Splits: the official hold-out scenes as test split, and a scene-grouped validation split.
-
-Test is every patch of the hold-out scenes (`SEN12MS_holdOutScenes.txt`); train is every other
-patch except the known broken triplet; validation is a deterministic set of whole train scenes
-(patches of one scene overlap, so a patch-level split would leak). The algorithm and the file
-formats are documented in splits/README.md.
-"""
+"""Splits: the official hold-out scenes as test split, and a scene-grouped validation split."""
 
 from __future__ import annotations
 

@@ -1,11 +1,4 @@
-"""The sample dataset: a small SEN12MS tree that tools cannot tell from the real one by format.
-
-Four season folders, `s1_/s2_/lc_` scene folders and real file names; s1 float32 x 2 (dB),
-s2 uint16 x 13, lc uint8 x 4, 256 x 256, uncompressed pixel-interleaved GeoTIFF in the scene's
-UTM zone at 10 m. The content is learnable: land-cover regions at MODIS scale (500 m cells) in
-the IGBP band drive class-typical S2 spectra and S1 backscatter, with speckle and noise.
-Patches of a scene lie on a 128 px stride grid and overlap, as in SEN12MS.
-"""
+"""The sample dataset: a small SEN12MS tree that tools cannot tell from the real one by format."""
 
 from __future__ import annotations
 

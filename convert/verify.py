@@ -1,12 +1,4 @@
-"""`python -m convert verify OUT`: prove a shard set is whole and decodes.
-
-The manifest's structure is checked when it is loaded (`sen12ms_common.manifest.check_manifest`,
-the same checks as training). Every shard named by the manifest is streamed once (never
-extracted): its size, sha256 and xxh3-128 are compared with the manifest, every sample is
-decoded with the shard format's decoder, sample counts are compared with the manifest and the
-DALI index file is compared with the member offsets actually found. A member whose name is a path, or that is not a regular file, makes
-the shard bad; nothing is ever written.
-"""
+"""`python -m convert verify OUT`: prove a shard set is whole and decodes."""
 
 from __future__ import annotations
 

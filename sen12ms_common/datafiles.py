@@ -1,12 +1,4 @@
-"""Reading the label and split files: ours (JSON, text) and the original toolbox's pickles.
-
-`load_labels` reads `IGBP_probability_labels.json` (ours) or `.pkl` (the original's);
-`read_split_list` one split list (`train_list.txt` or `.pkl`), `load_splits` a folder of them.
-Each reader can only produce the expected structure (names -> 17 finite numbers, lists of
-names), within the limits of `datalimits`: JSON goes through `labeljson`, pickles through
-`safepickle`, which interprets the pickle itself. Every problem raises an error whose one-line
-message names the file. The formats are described in labels/README.md and splits/README.md.
-"""
+"""Reading the label and split files: ours (JSON, text) and the original toolbox's pickles."""
 
 from __future__ import annotations
 

@@ -1,10 +1,4 @@
-"""numpy arrays in a pickle, rebuilt from their raw bytes with a whitelisted numeric dtype.
-
-The pickle machine (`safepickle`) hands over the exact patterns numpy writes; these functions
-check every part and make the array with `numpy.frombuffer`, never with numpy's own pickle
-reconstruction (which trusts the dtype, object fields included). The patterns are described in
-docs/datafiles.md.
-"""
+"""numpy arrays in a pickle, rebuilt from their raw bytes with a whitelisted numeric dtype."""
 
 from __future__ import annotations
 

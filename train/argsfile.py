@@ -1,14 +1,4 @@
-"""The original toolbox's arguments file: one `key: value` line per option.
-
-The original's `main_train.py` writes every argparse option as `'%s: %s\\n' % (key, value)`
-to `logs/<YYYYmmdd_HHMMSS>_arguments.txt` (the caller picks that name), and its `test.py`
-reads the file back to rebuild the model and the data (`model`, `label_type`, `IGBP_simple`,
-`use_s1`, `use_s2`, `use_RGB`, `threshold`). We write the same format, with the original's
-keys and our extra ones (`input`, `igbp`, `stats`, ...), and read both kinds of file.
-
-The original's reader splits each line on whitespace, so it cannot read a value with spaces;
-our reader splits at the first colon.
-"""
+"""The original toolbox's arguments file: one `key: value` line per option."""
 
 from __future__ import annotations
 

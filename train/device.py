@@ -1,10 +1,5 @@
 """The training device: placement, stored uint16 -> normalised float input, AMP, channels_last,
-torch.compile.
-
-Batches arrive as uint16 (half the bytes of float32); `InputTransform` moves them to the device
-and applies the per-channel `min(x, clip) * scale + offset` of `sen12ms_common.inputs` there, on
-the whole batch at once, so the CPU never touches a float pixel.
-"""
+torch.compile."""
 
 from __future__ import annotations
 

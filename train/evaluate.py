@@ -1,13 +1,4 @@
-"""`python -m train.evaluate`: score a checkpoint (ours or the original toolbox's) on a split.
-
-The model, input set and label rule come from `--config` (an arguments file: the original's
-`<ts>_arguments.txt` or ours) or, for our checkpoints, from the checkpoint itself. The
-original's runs used the official normalisation statistics; ours store the exact per-channel
-transform they trained with, which is used unless `--stats` says otherwise.
-
-Under torchrun each rank scores its part of the split (every sample exactly once) and the
-predictions of all ranks are gathered before the metrics are computed; rank 0 writes the files.
-"""
+"""`python -m train.evaluate`: score a checkpoint (ours or the original toolbox's) on a split."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
 """The one check of a run's options, wherever they come from: the command line, a checkpoint's
 stored configuration or an arguments file. Each value must have its type and lie in its range;
-a bad one is a one-line `OptionError` naming where it came from.
-
-A checkpoint's configuration is data from a file: it may only fill options the command line left
-at their defaults, and never the paths the run writes to (`NEVER_STORED`).
-"""
+a bad one is a one-line `OptionError` naming where it came from."""
 
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ class ShardSource:
 def _open(url: str, expected_size: int | None):
     try:
         # With verification a file of another size fails here, before a byte is read.
-        return storage.open_shard_stream(url, expected_size=expected_size)
+        return storage.open_read(url, expected_size=expected_size)
     except storage.StorageError as exc:
         raise ShardError(str(exc)) from exc
     except FileNotFoundError as exc:
