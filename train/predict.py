@@ -62,7 +62,7 @@ def tiff_items(root: str, bands, savanna: bool) -> tuple[int, Iterator[Item]]:
 
 def shard_items(root: str, split: str, bands, savanna: bool, verify: bool) -> tuple[int, Iterator[Item]]:
     """Samples of one split of a shard set, in manifest order, with every member decoded."""
-    from sen12ms_common.dfc import igbp_to_dfc
+    from sen12ms_common.dfc import dfc_to_train, igbp_to_dfc
     from sen12ms_common.manifest import load_manifest
     from sen12ms_common.shardformat import decode_sample
 
@@ -90,7 +90,8 @@ def shard_items(root: str, split: str, bands, savanna: bool, verify: bool) -> tu
             except ValueError as exc:
                 raise DataError(f"{storage.join(root, shard)}: sample {key}: {exc}") from None
             meta = sample.get("meta") or {}
-            truth = igbp_to_dfc(sample["lc"][0], savanna) if "lc" in sample else None
+            truth = (dfc_to_train(sample["dfc"][0], savanna) if "dfc" in sample
+                     else igbp_to_dfc(sample["lc"][0], savanna) if "lc" in sample else None)
             stored = {m: sample[m] for m in ("s2", "s1") if m in sample}
             yield Item(key, stored, truth, _georef(meta))
     return manifest.samples(split), items()
