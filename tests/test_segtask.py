@@ -51,7 +51,8 @@ def test_loss_ignores_255_and_an_empty_mask_is_zero_not_nan() -> None:
     value = loss(logits, empty)
     value.backward()
     assert float(value.detach()) == 0.0 and torch.isfinite(logits.grad).all()
-    assert math.isnan(float(torch.nn.functional.cross_entropy(logits.detach(), empty, ignore_index=255)))  # why it exists
+    # Why it exists: torch's own loss is NaN there.
+    assert math.isnan(float(torch.nn.functional.cross_entropy(logits.detach(), empty, ignore_index=255)))
 
 
 def test_collectors_of_two_ranks_merge_to_the_scores_of_all_pixels() -> None:
