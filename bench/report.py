@@ -95,6 +95,8 @@ def build_rows(res: Results, codecs: tuple[str, ...]) -> list[Row]:
             comp = against_original_and_limit(res, key, codec, lab)
             rows.append(_row(res, g, f"DALI CPU-only, {CODEC_NAMES[codec]}, normalised float batches", lab, key,
                              "samples/s", per_core=int(lab), compared=comp))
+    if "zstd" in codecs:
+        rows += segmentation_rows(res, labels)
     g = "Limit (read + decode only)"
     for codec in codecs:
         key = f"limit/{codec}"
@@ -170,6 +172,23 @@ def build_rows(res: Results, codecs: tuple[str, ...]) -> list[Row]:
         rows.append(_row(res, g, f"ours: zstd shards streamed, normalised float batches, {lab} worker(s)", lab,
                          f"s3/ours/{lab}", "samples/s",
                          compared=fmt_ratio(res.ratio(f"s3/ours/{lab}", f"s3/orig/{lab}"), "original from S3")))
+    return rows
+
+
+def segmentation_rows(res: Results, labels: list[str]) -> list[Row]:
+    """Image + mask batches: the DFC2020 baseline's way and ours (zstd shards holding lc)."""
+    g = "Segmentation loader (train split, shuffled, image + mask)"
+    rows = []
+    for lab in labels:
+        rows.append(_row(res, g, "baseline's way: rasterio per sample (s2, s1, lc), float, IGBP -> DFC2020 "
+                         "mask, DataLoader", lab, f"seg/orig/{lab}", "samples/s", per_core=int(lab),
+                         compared="reference"))
+        rows.append(_row(res, g, f"ours, {CODEC_NAMES['zstd']}, float batches + uint8 masks", lab,
+                         f"seg/wds/{lab}", "samples/s", per_core=int(lab),
+                         compared="; ".join(x for x in (
+                             fmt_ratio(res.ratio(f"seg/wds/{lab}", f"seg/orig/{lab}"), "baseline"),
+                             fmt_ratio(res.ratio(f"seg/wds/{lab}", f"wds/zstd/float/{lab}"),
+                                       "the classification batches")) if x)))
     return rows
 
 

@@ -40,7 +40,7 @@ class StepBench:
     """Model, optimiser and the step function, built once for all repeats."""
 
     def __init__(self, shard_root: str, loader_settings: LoaderSettings, settings: TrainingSettings) -> None:
-        from train.loop import make_setup
+        from train.setup import make_setup
 
         self.settings = settings
         self.loader_settings = dataclasses.replace(loader_settings, batch_size=settings.batch_size)

@@ -206,7 +206,7 @@ def _sample_info(key: str, members: dict[str, bytes], layout: SampleLayout,
 
 
 def collect_shards(root: str, progress: bool = True) -> Collection:
-    """Every sample of a shard set (all splits) from its labels and metadata; no GeoTIFF."""
+    """Every sample of a shard set (all splits with labels) from its labels and metadata; no GeoTIFF."""
     from tqdm import tqdm
 
     try:
@@ -218,7 +218,9 @@ def collect_shards(root: str, progress: bool = True) -> Collection:
     wanted = (LABEL_EXT, META_EXT)
     if use_lc:
         wanted += (layout.ext("lc"),) + ((layout.sizes_ext("lc"),) if layout.chunked else ())
-    shards = [(split, s) for split, entries in manifest.splits.items() for s in entries]
+    # The DFC2020 splits carry no labels and another class scheme: the overview counts SEN12MS.
+    shards = [(split, s) for split, entries in manifest.splits.items() for s in entries
+              if manifest.layout_of(split).labels]
     patches: list[PatchInfo] = []
     problems: list[Problem] = []
     seen: dict[str, str] = {}

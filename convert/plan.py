@@ -19,7 +19,7 @@ import numpy as np
 
 from convert.scan import Problem, Triplet
 from sen12ms_common.igbp import LabelError, check_probability
-from sen12ms_common.manifest import SPLITS, Rejection
+from sen12ms_common.manifest import ALL_SPLITS, SPLITS, Rejection
 from sen12ms_common.patches import MODALITIES, PatchNameError, SceneId, parse_patch
 from sen12ms_common.shardformat import SampleLayout
 
@@ -116,7 +116,7 @@ class PlanEntry:
 
 @dataclass
 class Plan:
-    splits: dict[str, list[PlanEntry]]  # split -> entries in shard order (shuffled)
+    splits: dict[str, list[PlanEntry]]  # split -> entries in shard order (shuffled); train, val, test first
     rejected: list[Rejection]  # rejected before reading (no sibling, no label, no split, ...)
     warnings: list[Rejection]  # noticed, did not stop a conversion
     inputs: dict[str, int]  # split (or UNASSIGNED) -> input triplets attributed to it
@@ -125,8 +125,8 @@ class Plan:
         """What the bytes of the shards depend on: equal fingerprints, equal shards."""
         h = hashlib.sha256()
         h.update(json.dumps({"layout": layout.to_dict(), "shard_size": shard_size}, sort_keys=True).encode())
-        for split in SPLITS:
-            for e in self.splits.get(split, []):
+        for split in self.splits:
+            for e in self.splits[split]:
                 h.update(f"{split} {e.key} ".encode())
                 h.update(np.asarray(e.label, dtype="<f8").tobytes())
         return h.hexdigest()
@@ -134,7 +134,7 @@ class Plan:
 
 def shuffle_order(keys: list[str], seed: int, split: str) -> list[str]:
     """The shard order of a split: sorted keys permuted by a generator seeded with (seed, split)."""
-    rng = np.random.default_rng([seed, SPLITS.index(split) if split in SPLITS else len(SPLITS)])
+    rng = np.random.default_rng([seed, ALL_SPLITS.index(split) if split in ALL_SPLITS else len(ALL_SPLITS)])
     ordered = sorted(keys)
     return [ordered[i] for i in rng.permutation(len(ordered))]
 

@@ -20,8 +20,8 @@ import click
 from sen12ms_common import storage, tarstream
 from sen12ms_common.checksums import Digests
 from sen12ms_common.igbp import LabelError, check_probability
-from sen12ms_common.manifest import SPLITS, Manifest, ManifestError, ShardEntry, is_shard_name, load_manifest
-from sen12ms_common.patches import PatchNameError, parse_patch
+from sen12ms_common.manifest import ALL_SPLITS, Manifest, ManifestError, ShardEntry, is_shard_name, load_manifest
+from sen12ms_common.patches import PatchNameError, parse_any_patch
 from sen12ms_common.shardformat import SampleLayout, ShardFormatError, check_member_name, dali_index, decode_sample
 
 
@@ -38,9 +38,9 @@ _ALL = _AllExts()  # verify reads every member
 
 def _check_sample(key: str, members: dict[str, bytes], layout: SampleLayout, expected: tuple[str, ...]) -> None:
     try:
-        pid = parse_patch(key)
+        pid = parse_any_patch(key)
     except PatchNameError:
-        raise ShardFormatError("key is not a SEN12MS patch id") from None
+        raise ShardFormatError("key is not a SEN12MS (or DFC2020) patch id") from None
     if pid.modality != "s2":
         raise ShardFormatError("key is not an S2 patch id")
     missing = [e for e in expected if e not in members]
@@ -51,7 +51,8 @@ def _check_sample(key: str, members: dict[str, bytes], layout: SampleLayout, exp
         raise ShardFormatError("unexpected member(s) " + ", ".join("." + e for e in extra))
     out = decode_sample(members, layout)
     try:
-        check_probability(out["label"])
+        if layout.labels:
+            check_probability(out["label"])
     except LabelError as exc:
         raise ShardFormatError(f"label: {exc}") from None
     meta = out.get("meta")
@@ -157,21 +158,21 @@ def verify_shards(root: str, progress: bool = False) -> VerifyResult:
 
     t0 = time.perf_counter()
     manifest: Manifest = load_manifest(root)
-    order = [s for s in SPLITS if s in manifest.splits] + [s for s in manifest.splits if s not in SPLITS]
-    entries = [e for split in order for e in manifest.splits[split]]
+    order = [s for s in ALL_SPLITS if s in manifest.splits] + [s for s in manifest.splits if s not in ALL_SPLITS]
+    entries = [(split, e) for split in order for e in manifest.splits[split]]
     result = VerifyResult()
     seen: dict[str, str] = {}
-    with tqdm(total=sum(e.bytes for e in entries), unit="B", unit_scale=True, desc="verify",
+    with tqdm(total=sum(e.bytes for _, e in entries), unit="B", unit_scale=True, desc="verify",
               disable=not progress) as bar:
-        for entry in entries:
+        for split, entry in entries:
             bar.set_postfix_str(entry.name)
             try:
-                result.samples += verify_shard(root, entry, manifest.layout, seen, bar.update)
+                result.samples += verify_shard(root, entry, manifest.layout_of(split), seen, bar.update)
                 result.shards += 1
                 result.bytes += entry.bytes
             except ShardError as exc:
                 result.errors.append(str(exc))
-    named = {e.name for e in entries}
+    named = {e.name for _, e in entries}
     result.extra = [n for n in storage.listdir(root) if n.endswith(".tar") and n not in named]
     result.seconds = time.perf_counter() - t0
     return result

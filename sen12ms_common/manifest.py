@@ -21,6 +21,10 @@ from .shardformat import FORMAT_VERSION, SampleLayout, ShardFormatError, check_v
 MANIFEST_NAME = "manifest.json"
 REPORT_NAME = "report.json"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+# The DFC2020 contest subsets -> the splits they are converted into (with dfc masks, no labels).
+DFC2020_SPLIT_OF: dict[str, str] = {"ROIs0000_validation": "dfc2020_val", "ROIs0000_test": "dfc2020_test"}
+DFC2020_SPLITS: tuple[str, ...] = tuple(DFC2020_SPLIT_OF.values())
+ALL_SPLITS: tuple[str, ...] = SPLITS + DFC2020_SPLITS
 # Bounds on what a manifest may declare, checked before anything is sized by it: SEN12MS holds
 # 180,662 patches of 256 x 256 pixels.
 MAX_SAMPLES = 2_000_000
@@ -29,7 +33,7 @@ MAX_PATCH_SIZE = PATCH_SIZE
 # (no member is empty).
 MIN_MEMBER_BYTES = 1024
 MAX_MANIFEST_BYTES = 64 << 20
-_SPLIT_NAME = re.compile(r"^[a-z]+$")
+_SPLIT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 class ManifestError(ValueError):
@@ -70,6 +74,11 @@ class Manifest:
     stats: dict[str, dict[str, float]] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    split_layouts: dict[str, SampleLayout] = field(default_factory=dict)  # where a split's differs
+
+    def layout_of(self, split: str) -> SampleLayout:
+        """The layout of a split's samples: its own (DFC2020 splits: dfc masks, no labels) or the set's."""
+        return self.split_layouts.get(split, self.layout)
 
     def shards(self, split: str) -> list[ShardEntry]:
         if split not in self.splits:
@@ -84,16 +93,19 @@ class Manifest:
             "format_version": self.format_version,
             "layout": self.layout.to_dict(),
             "codec": self.layout.codec,
-            "splits": {
-                split: {"samples": sum(s.samples for s in shards), "shards": [
-                    {**asdict(s), "index": s.index} for s in shards
-                ]}
-                for split, shards in self.splits.items()
-            },
+            "splits": {split: self._split_dict(split, shards) for split, shards in self.splits.items()},
             "label_schemes": label_schemes(),
             "stats": self.stats,
             "source": self.source,
         }
+
+    def _split_dict(self, split: str, shards: list[ShardEntry]) -> dict[str, Any]:
+        d: dict[str, Any] = {"samples": sum(s.samples for s in shards),
+                             "shards": [{**asdict(s), "index": s.index} for s in shards],
+                             "mask": self.layout_of(split).mask}
+        if split in self.split_layouts:
+            d["layout"] = self.split_layouts[split].to_dict()
+        return d
 
     def dumps(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -108,8 +120,9 @@ class Manifest:
             except ShardFormatError as exc:
                 raise ManifestError(str(exc)) from None
             splits = {split: [_entry(split, s) for s in v["shards"]] for split, v in d["splits"].items()}
+            own = {split: SampleLayout.from_dict(v["layout"]) for split, v in d["splits"].items() if "layout" in v}
             manifest = cls(SampleLayout.from_dict(d["layout"]), splits, d.get("stats", {}), d.get("source", {}),
-                           version)
+                           version, own)
         except ManifestError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -145,15 +158,15 @@ def check_manifest(m: Manifest, declared: dict[str, Any] | None = None) -> None:
     `<split>-NNNNNN.tar` (a shard of another split listed here is refused), each named once in
     the manifest, with 1 or more samples, no more samples than its bytes can hold and at most
     MAX_SAMPLES in all; a split's declared sample count equal to its shards' sum."""
-    size = m.layout.size
-    if not 1 <= size <= MAX_PATCH_SIZE:
-        raise ManifestError(f"layout size {size} is not a patch size (1..{MAX_PATCH_SIZE} pixels)")
-    per_sample = MIN_MEMBER_BYTES * len(m.layout.member_exts())
+    for layout in (m.layout, *m.split_layouts.values()):
+        if not 1 <= layout.size <= MAX_PATCH_SIZE:
+            raise ManifestError(f"layout size {layout.size} is not a patch size (1..{MAX_PATCH_SIZE} pixels)")
     seen: dict[str, str] = {}
     total = 0
     for split, entries in m.splits.items():
         if not isinstance(split, str) or not _SPLIT_NAME.match(split):
-            raise ManifestError(f"split name {_short(split)} is not a lower-case word such as train")
+            raise ManifestError(f"split name {_short(split)} is not a lower-case word such as train or dfc2020_val")
+        per_sample = MIN_MEMBER_BYTES * len(m.layout_of(split).member_exts())
         for e in entries:
             where = f"{split} shard {e.name}"
             if not is_shard_name(e.name, split):

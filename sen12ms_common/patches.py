@@ -127,6 +127,23 @@ def parse_dfc2020_patch(name: str) -> PatchId:
     return PatchId(m["season"], int(m["scene"]), int(m["patch"]), m["mod"])
 
 
+def parse_any_patch(name: str) -> PatchId:
+    """Parse a SEN12MS or a DFC2020 patch name (sample keys of a shard set may be either)."""
+    try:
+        return parse_patch(name)
+    except PatchNameError:
+        pass
+    try:
+        return parse_dfc2020_patch(name)
+    except PatchNameError:
+        raise PatchNameError(f"not a SEN12MS or DFC2020 patch name: {name!r} (expected e.g. "
+                             "ROIs1158_spring_s2_1_p30.tif or ROIs0000_test_s2_0_p30.tif)") from None
+
+
+def is_dfc2020(pid: PatchId) -> bool:
+    return pid.season in DFC2020_SEASONS
+
+
 def parse_scene(name: str) -> SceneId:
     """Parse a scene name as the hold-out list writes it (`ROIs1158_spring/s1_63`) or a key."""
     m = _SCENE_RE.match(str(name).strip())

@@ -159,7 +159,7 @@ def ddp_run(sample_shards: Path, tmp_path_factory) -> tuple[Path, subprocess.Com
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_ranks_read_disjoint_parts_of_uneven_shards(sample_shards: Path, world_size: int):
     from train.data import make_loader
-    from train.loop import loader_spec, make_setup
+    from train.setup import loader_spec, make_setup
 
     manifest = load_manifest(str(sample_shards))
     counts = [e.samples for e in manifest.shards("train")]

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
+from dataclasses import fields
+from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from sen12ms_common.inputs import STATS_CHOICES
 
-from .config import TrainConfig, canonical_input
+from .config import TrainConfig
 from .options import MAX_STREAMS, MAX_THREADS, MAX_WORKERS
+from .tasks import task_names
 
 _D = TrainConfig()  # the defaults, in one place
 
@@ -20,10 +25,12 @@ _D = TrainConfig()  # the defaults, in one place
 @click.option("--shards", default=None, metavar="DIR|URL",
               help="Shard set written by `python -m convert shards` (a folder or s3://bucket/prefix). "
                    "Required unless --resume names a checkpoint of ours, whose options are the defaults then.")
+@click.option("--task", type=click.Choice(task_names()), default=_D.task, show_default=True,
+              help="What is learnt: classification (the original's: IGBP classes of a patch).")
 @click.option("--model", default=_D.model, show_default=True, metavar="NAME",
               help="Network: VGG16, VGG19, ResNet50, ResNet101, ResNet152, DenseNet121/161/169/201 "
                    "(the original's), ResNet18 or SmallCNN (small, for tests and demos).")
-@click.option("--input", "input_", default=_D.input, show_default=True, metavar="SET|BANDS",
+@click.option("--input", "input", default=_D.input, show_default=True, metavar="SET|BANDS",
               help="Input channels: rgb (B2,B3,B4), s2 (10 bands), s1 (VV,VH), s1s2 (12), rgbs1 (5), "
                    "or band names such as B8,B4,B3,VV, in that channel order.")
 @click.option("--label-type", type=click.Choice(["single_label", "multi_label"]), default=_D.label_type,
@@ -55,7 +62,7 @@ _D = TrainConfig()  # the defaults, in one place
 @click.option("--amp", is_flag=True, help="Mixed precision: bfloat16 autocast (float16 + GradScaler on GPUs "
                                           "without bfloat16); on the CPU bfloat16 autocast.")
 @click.option("--channels-last", is_flag=True, help="channels_last memory format for model and input.")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (needs a C++ compiler on CPU).")
+@click.option("--compile", is_flag=True, help="torch.compile the model (needs a C++ compiler on CPU).")
 @click.option("--run-dir", default=None, metavar="DIR|URL",
               help="Run directory for logs/, checkpoints/ and test scores: a folder or s3://bucket/prefix "
                    "(log and TensorBoard files are uploaded after every epoch). [default: runs/<model>, or the "
@@ -75,8 +82,8 @@ _D = TrainConfig()  # the defaults, in one place
 @click.option("--streams", type=click.IntRange(1, MAX_STREAMS), default=_D.streams, show_default=True,
               help=f"Independent read streams per process, at most {MAX_STREAMS} (workers share them out; more "
                    "workers than streams idle).")
-@click.option("--no-verify", is_flag=True,
-              help="Do not check shard sizes and xxh3-128 checksums against the manifest (checked by default).")
+@click.option("--verify/--no-verify", default=_D.verify, show_default=True,
+              help="Check shard sizes and xxh3-128 checksums against the manifest (--no-verify: trust the shards).")
 @click.option("--skip-bad-shards", is_flag=True,
               help="Report a missing or damaged shard or sample, skip it and go on (counted in the log) "
                    "instead of stopping.")
@@ -84,9 +91,7 @@ _D = TrainConfig()  # the defaults, in one place
               help="Random flips and 90-degree rotations of the training patches, seeded (a resumed run draws "
                    "the same ones); the original trained without augmentation.")
 @click.pass_context
-def main(ctx: click.Context, shards, model, input_, label_type, igbp, threshold, epochs, batch_size, lr, decay,
-         workers, threads, loader, device, amp, channels_last, compile_, run_dir, resume, max_steps, stats, seed,
-         shuffle_buffer, streams, no_verify, skip_bad_shards, augment) -> None:
+def main(ctx: click.Context, **params: Any) -> None:
     """Train a SEN12MS classifier on the train shards, validate every epoch on the val shards,
     keep the best checkpoint by validation micro-F1 and score it on the test shards.
 
@@ -97,47 +102,17 @@ def main(ctx: click.Context, shards, model, input_, label_type, igbp, threshold,
     Several GPUs or nodes: start it with `torchrun --nproc_per_node N -m train ...`
     (DistributedDataParallel; --batch-size is per process; rank 0 writes the run directory).
     """
-    import os
-
-    from .checkpoint import CheckpointError, load_checkpoint
+    from .checkpoint import CheckpointError
     from .data import DataError
-    from .distributed import Dist, DistributedError, init_from_env, ranks_from_env, shutdown
-    from .loop import Interrupted, fit
-    from .options import OptionError, check_options, cli_name
-    from .resume import check_resume_order
+    from .distributed import Dist, DistributedError, init_from_env, shutdown
+    from .options import OptionError
+    from .run import fit
+    from .signals import Interrupted
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    given = {
-        "shards": shards, "model": model, "input": input_, "label_type": label_type, "igbp": igbp,
-        "threshold": threshold, "epochs": epochs, "batch_size": batch_size, "lr": lr, "decay": decay,
-        "workers": workers, "threads": threads, "loader": loader, "device": device, "amp": amp, "channels_last": channels_last,
-        "compile": compile_, "run_dir": run_dir, "resume": resume, "max_steps": max_steps, "stats": stats,
-        "seed": seed, "shuffle_buffer": shuffle_buffer, "streams": streams, "verify": not no_verify,
-        "skip_bad_shards": skip_bad_shards, "augment": augment,
-    }
-    param_of = {"input": "input_", "compile": "compile_", "verify": "no_verify"}
-    explicit = {k for k in given
-                if ctx.get_parameter_source(param_of.get(k, k)) not in (click.core.ParameterSource.DEFAULT, None)}
-    checkpoint = None
     d = Dist()
     try:
-        rank, world_size, _ = ranks_from_env()
-        if resume:
-            checkpoint = load_checkpoint(resume)
-            _apply_checkpoint(checkpoint, resume, given, explicit)
-        if not given["shards"]:
-            raise click.ClickException("--shards is required (the output folder of `python -m convert shards`)")
-        # The one check of every option, whichever the source (click's types come first on the command line).
-        check_options(given, cli_name)
-        given["input"] = canonical_input(given["input"])
-        if given["max_steps"] == 0:
-            given["max_steps"] = None
-        cfg = TrainConfig(**given)
-        if checkpoint is not None and rank == 0:
-            changed = check_resume_order(cfg, checkpoint, world_size)
-            if changed:
-                click.echo("warning: resuming with options that change the data order (" + "; ".join(changed)
-                           + "): the run will not match an uninterrupted one", err=True)
+        cfg, checkpoint = _config(ctx, params)
         d, dev = init_from_env(cfg.device)
         fit(cfg, checkpoint, echo=click.echo, dist=d, device=str(dev),
             trace_keys=os.environ.get("SEN12MS_TRACE_KEYS") or None)
@@ -152,14 +127,41 @@ def main(ctx: click.Context, shards, model, input_, label_type, igbp, threshold,
         raise click.ClickException(str(exc)) from None
     except (ValueError, OSError, RuntimeError) as exc:
         # Options that cannot work together (band not in the shards, missing statistics, device).
-        from sen12ms_common.manifest import ManifestError
-        from sen12ms_common.storage import StorageError
-
-        if isinstance(exc, (ManifestError, StorageError, FileNotFoundError)) or _is_user_error(exc):
+        if _is_user_error(exc):
             raise click.ClickException(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__) from None
         raise
     finally:
         shutdown(d)
+
+
+def _config(ctx: click.Context, params: dict[str, Any]) -> tuple[TrainConfig, dict | None]:
+    """The run's options: the command line, where it left an option at its default the stored
+    options of our --resume checkpoint, each checked; and the loaded checkpoint."""
+    from .checkpoint import load_checkpoint
+    from .distributed import ranks_from_env
+    from .options import check_options, cli_name
+    from .resume import check_resume_order
+
+    given = {f.name: params[f.name] for f in fields(TrainConfig)}
+    explicit = {k for k in given if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, None)}
+    rank, world_size, _ = ranks_from_env()
+    checkpoint = None
+    if given["resume"]:
+        checkpoint = load_checkpoint(given["resume"])
+        _apply_checkpoint(checkpoint, given["resume"], given, explicit)
+    if not given["shards"]:
+        raise click.ClickException("--shards is required (the output folder of `python -m convert shards`)")
+    # The one check of every option, whichever the source (click's types come first on the command line).
+    check_options(given, cli_name)
+    if given["max_steps"] == 0:
+        given["max_steps"] = None
+    cfg = TrainConfig(**given)
+    if checkpoint is not None and rank == 0:
+        changed = check_resume_order(cfg, checkpoint, world_size)
+        if changed:
+            click.echo("warning: resuming with options that change the data order (" + "; ".join(changed)
+                       + "): the run will not match an uninterrupted one", err=True)
+    return cfg, checkpoint
 
 
 def _apply_checkpoint(checkpoint: dict, resume: str, given: dict, explicit: set[str]) -> None:
@@ -188,10 +190,13 @@ def _is_user_error(exc: BaseException) -> bool:
     from sen12ms_common.bands import BandError
     from sen12ms_common.igbp import LabelError
     from sen12ms_common.inputs import StatsError
+    from sen12ms_common.manifest import ManifestError
+    from sen12ms_common.storage import StorageError
 
     from .device import DeviceError
 
-    return isinstance(exc, (BandError, LabelError, StatsError, DeviceError))
+    return isinstance(exc, (BandError, LabelError, StatsError, DeviceError, ManifestError, StorageError,
+                            FileNotFoundError))
 
 
 if __name__ == "__main__":

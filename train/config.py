@@ -18,6 +18,7 @@ DATA_ORDER_KEYS: tuple[str, ...] = ("seed", "batch_size", "streams", "shuffle_bu
 @dataclass
 class TrainConfig:
     shards: str = ""
+    task: str = "classification"
     model: str = "ResNet50"
     input: str = "s2"
     label_type: str = "multi_label"

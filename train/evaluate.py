@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class EvalOptions:
+    task: str
     model: str
     input: str
     label_type: str
@@ -75,7 +76,7 @@ def options_for(ckpt: Mapping[str, Any], checkpoint_path: str, config: str | Non
             f"{checkpoint_path}: holds no configuration (a checkpoint of the original toolbox?): "
             "pass its arguments file with --config")
     # The options used here pass the trainer's own checks (the same function as its command line).
-    used = {k: opts[k] for k in ("model", "input", "label_type", "igbp", "threshold", "stats") if k in opts}
+    used = {k: opts[k] for k in ("task", "model", "input", "label_type", "igbp", "threshold", "stats") if k in opts}
     missing = [k for k in ("model", "input", "label_type", "igbp") if k not in used]
     if missing:
         raise click.ClickException(f"{source}: the configuration lacks {', '.join(missing)}")
@@ -87,7 +88,7 @@ def options_for(ckpt: Mapping[str, Any], checkpoint_path: str, config: str | Non
                                    f"{opts['model']}")
     input_spec = canonical_input(str(opts["input"]))
     transform = None if stats else _saved_transform(ckpt, input_spec, checkpoint_path)
-    return EvalOptions(model=str(opts["model"]), input=input_spec, label_type=str(opts["label_type"]),
+    return EvalOptions(task=str(opts.get("task", "classification")), model=str(opts["model"]), input=input_spec, label_type=str(opts["label_type"]),
                        igbp=str(opts["igbp"]), threshold=float(opts.get("threshold", 0.1)),
                        stats=stats or default_stats, transform=transform)
 
@@ -116,8 +117,9 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
     from .data import DataError, make_loader
     from .distributed import Dist, gather_objects
     from .labelcheck import label_check
-    from .loop import has_split, loader_spec, make_setup, predict_all, score
-    from .outputs import output_folder, write_scores
+    from .outputs import output_folder
+    from .scoring import predict_all
+    from .setup import has_split, loader_spec, make_setup
 
     d = dist or Dist()
     if not d.is_main:
@@ -131,7 +133,7 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
         raise DataError(f"{shards}: no {split} samples in this shard set")
     setup = make_setup(shards=shards, model_name=opts.model, input_spec=opts.input, label_type=opts.label_type,
                        igbp=opts.igbp, threshold=opts.threshold, stats=opts.stats, device=device,
-                       transform=opts.transform, manifest=manifest)
+                       transform=opts.transform, manifest=manifest, task=opts.task)
     load_model_weights(setup.model, ckpt, strict=True, source=checkpoint)
     loader = make_loader("webdataset", loader_spec(setup, shards, split, batch_size=batch_size, train=False,
                                                    workers=workers, threads=threads, verify=verify,
@@ -140,15 +142,13 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
     echo(f"{checkpoint}: {opts.model} ({made_at(ckpt)}), input {opts.input}, {opts.label_type} "
          f"{opts.igbp}, stats {'as trained' if opts.transform is not None else opts.stats}; "
          f"{split}: {manifest.samples(split)} samples" + (f" over {d.world_size} processes" if d.enabled else ""))
-    preds = predict_all(setup, loader, d, desc=split, labels=label_check(loader, shards, split, skip_bad_shards))
-    metrics = score(setup, preds)
+    result = predict_all(setup, loader, d, desc=split, labels=label_check(loader, shards, split, skip_bad_shards))
+    metrics = setup.task.score(result)
     skipped = list(dict.fromkeys(s for part in gather_objects(d, loader.skipped) for s in part))
     if not d.is_main:
         return metrics
-    scores, npz = write_scores(out_dir or default_out(checkpoint), split, metrics, preds, setup.rule)
-    key = "AverageAcc" if opts.label_type == "single_label" else "OverallAcc"
-    echo(f"{split}: microF1 {metrics['microF1']:.4f} sampleF1 {metrics['sampleF1']:.4f} {key} {metrics[key]:.4f} "
-         f"-> {scores}, {npz}")
+    written = setup.task.write(out_dir or default_out(checkpoint), split, metrics, result)
+    echo(f"{split}: {setup.task.test_summary(metrics)} -> {', '.join(written)}")
     if skipped:
         echo(f"skipped {len(skipped)} bad shard(s)/sample(s): " + "; ".join(skipped[:5]))
     return metrics

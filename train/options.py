@@ -87,8 +87,15 @@ def _loader(v: Any) -> str | None:
     return _choice(*loader_names())(v)
 
 
+def _task(v: Any) -> str | None:
+    from .tasks import task_names
+
+    return _choice(*task_names())(v)
+
+
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "shards": _optional(_text),
+    "task": _task,
     "model": _model,
     "input": _input,
     "label_type": _choice("single_label", "multi_label"),

@@ -15,13 +15,14 @@ from .config import DATA_ORDER_KEYS, TrainConfig
 from .distributed import Dist, rank_seed
 
 if TYPE_CHECKING:
-    from .loop import Progress, Setup
+    from .setup import Setup
+    from .steps import RunState
 
 _STATE_ERRORS = (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError)
 
 
 def restore(checkpoint: Mapping[str, Any], cfg: TrainConfig, setup: Setup, optimizer: torch.optim.Optimizer,
-            progress: Progress, d: Dist) -> str | None:
+            state: RunState, d: Dist) -> str | None:
     """Weights, optimizer, scaler, RNG states and where the run stands, from the checkpoint (each
     field checked first: `checkpoint.check_resume_state`); returns the run's timestamp, if known."""
     source = cfg.resume or "checkpoint"
@@ -38,25 +39,25 @@ def restore(checkpoint: Mapping[str, Any], cfg: TrainConfig, setup: Setup, optim
         _restore_rng(checkpoint, d, cfg.seed)
     except _STATE_ERRORS as exc:
         raise CheckpointError(f"{source}: stored RNG state is unreadable ({exc.__class__.__name__})") from None
-    _resume_point(checkpoint, progress)
+    _resume_point(checkpoint, state)
     if not d.is_main:  # the saved loss sums are the whole job's: counted once, on rank 0
-        progress.loss_sum, progress.loss_count = 0.0, 0
+        state.loss_sum, state.loss_count = 0.0, 0
     ts = checkpoint.get("timestamp")
     if ts is None and cfg.resume:  # the original's checkpoints: <ts>_checkpoint.pth
         ts = "_".join(storage.basename(cfg.resume).split("_")[:2])
     return ts if isinstance(ts, str) and TIMESTAMP.match(ts) else None
 
 
-def _resume_point(ckpt: Mapping[str, Any], progress: Progress) -> None:
+def _resume_point(ckpt: Mapping[str, Any], state: RunState) -> None:
     if "resume_epoch" in ckpt:  # ours
-        progress.epoch = int(ckpt["resume_epoch"])
-        progress.batch = int(ckpt.get("resume_batch", 0))
-        progress.step = int(ckpt.get("step", 0))
-        progress.loss_sum, progress.loss_count = (float(v) for v in ckpt.get("epoch_loss", (0.0, 0)))
-        progress.loss_count = int(progress.loss_count)
+        state.epoch = int(ckpt["resume_epoch"])
+        state.batch = int(ckpt.get("resume_batch", 0))
+        state.step = int(ckpt.get("step", 0))
+        state.loss_sum, state.loss_count = (float(v) for v in ckpt.get("epoch_loss", (0.0, 0)))
+        state.loss_count = int(state.loss_count)
     else:  # the original's: `epoch` is the epoch just finished
-        progress.epoch = int(ckpt.get("epoch", -1)) + 1
-    progress.best_prec = float(ckpt.get("best_prec", 0.0))
+        state.epoch = int(ckpt.get("epoch", -1)) + 1
+    state.best_prec = float(ckpt.get("best_prec", 0.0))
 
 
 def _restore_rng(ckpt: Mapping[str, Any], d: Dist, seed: int) -> None:

@@ -57,7 +57,7 @@ from sen12ms_common.inputs import ChannelTransform
 from sen12ms_common.manifest import ShardEntry, index_name
 from sen12ms_common.shardformat import LABEL_EXT, SampleLayout
 
-from . import DataError, LoaderSpec, LoaderUnavailable
+from . import DataError, LoaderSpec, LoaderUnavailable, mask_source
 from .dali_ops import (CodecLibraryError, Kernel, channel_params, channels_kernel, chunks_kernel, lz4_decompress_fn,
                        lz4_kernel, status_text, zstd_decompress_fn, zstd_kernel)
 from .plan import shard_order
@@ -398,7 +398,9 @@ class DaliLoader:
                  num_threads: int | None = None, device_id: int | None | str = "auto", prefetch: int = 2,
                  cpu_kernels: bool = True) -> None:
         manifest = spec.manifest
-        layout = manifest.layout
+        layout = manifest.layout_of(spec.split)
+        if mask_source(spec) is not None:
+            raise DataError("the dali loader makes no segmentation masks: use --loader webdataset for segmentation")
         missing = [m for m in modalities_of(spec.bands) if m not in layout.modalities]
         if missing:
             raise DataError(f"{spec.root}: these shards hold no {', '.join(missing)} "
@@ -459,7 +461,7 @@ class DaliLoader:
         return GraphSpec(
             paths=tuple(storage.join(spec.root, e.name) for e in entries),
             index_paths=tuple(storage.join(spec.root, index_name(e.name)) for e in entries),
-            layout=spec.manifest.layout, bands=tuple(spec.bands), transform=spec.transform,
+            layout=spec.manifest.layout_of(spec.split), bands=tuple(spec.bands), transform=spec.transform,
             gpu=self.device_id is not None, normalise=self.normalise, augment=self.augment,
             shard_id=spec.rank, num_shards=spec.world_size, shuffle=spec.train,
             shuffle_buffer=spec.shuffle_buffer, reader_seed=_seed(spec.seed, epoch, spec.rank, _READER_SEED),

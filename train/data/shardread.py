@@ -39,6 +39,8 @@ class ShardSource:
     rule: LabelRule
     verify: bool
     skip_bad: bool
+    mask: str | None = None  # the member masks come from (dfc, lc); None: scene labels
+    savanna: bool = True  # masks: keep the savanna class
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -46,8 +48,8 @@ class ShardSource:
 
     @property
     def wanted(self) -> frozenset[str]:
-        exts = {LABEL_EXT}
-        for m in self.modalities:
+        exts = {LABEL_EXT} if self.mask is None else set()
+        for m in self.modalities + ((self.mask,) if self.mask else ()):
             exts.add(self.layout.ext(m))
             if self.layout.chunked:
                 exts.add(self.layout.sizes_ext(m))

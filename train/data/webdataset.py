@@ -35,7 +35,7 @@ from sen12ms_common import storage
 from sen12ms_common.bands import modalities_of
 from sen12ms_common.buffers import BufferPool
 
-from . import DataError, LoaderSpec
+from . import DataError, LoaderSpec, mask_source
 from .batches import SYMMETRIES, BatchDecoder
 from .plan import EpochPlan, StreamPlan, buffer_shuffle, epoch_plan
 from .shardread import RawSample, ShardError, ShardSource, check_shards, read_slice
@@ -246,13 +246,14 @@ class WebDatasetLoader:
     def __init__(self, spec: LoaderSpec) -> None:
         manifest = spec.manifest
         entries = tuple(manifest.shards(spec.split))
-        missing = [m for m in modalities_of(spec.bands) if m not in manifest.layout.modalities]
+        layout = manifest.layout_of(spec.split)
+        missing = [m for m in modalities_of(spec.bands) if m not in layout.modalities]
         if missing:
             raise DataError(f"{spec.root}: these shards hold no {', '.join(missing)} "
-                            f"(they hold {', '.join(manifest.layout.modalities)}); choose another --input")
+                            f"(they hold {', '.join(layout.modalities)}); choose another --input")
         self.spec = spec
-        self.src = ShardSource(spec.root, entries, manifest.layout, tuple(spec.bands), spec.rule,
-                               spec.verify, spec.skip_bad_shards)
+        self.src = ShardSource(spec.root, entries, layout, tuple(spec.bands), spec.rule,
+                               spec.verify, spec.skip_bad_shards, mask_source(spec), not spec.no_savanna)
         self.dataset = EpochStreams(self.src, tuple(e.samples for e in entries), batch_size=spec.batch_size,
                                     seed=spec.seed, shuffle=spec.train, streams=spec.streams, rank=spec.rank,
                                     world_size=spec.world_size, shuffle_buffer=spec.shuffle_buffer,

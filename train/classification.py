@@ -1,0 +1,110 @@
+"""Scene classification (the original toolbox's task): one label or a set of labels per patch,
+scored with the original's metric set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from sen12ms_common.igbp import LabelRule
+
+from .metrics import compute_metrics, scalar_metrics
+from .models import build_model
+
+
+@dataclass
+class Predictions:
+    keys: list[str]
+    probs: np.ndarray       # (N, classes) float32: sigmoid (multi) or softmax (single)
+    prob_igbp: np.ndarray   # (N, 17) stored probability labels
+    y_true: np.ndarray      # (N, classes) uint8 0/1
+    loss: float
+
+    @property
+    def samples(self) -> int:
+        return len(self.keys)
+
+    def sorted(self) -> "Predictions":
+        order = np.argsort(np.asarray(self.keys, dtype=object), kind="stable")
+        return Predictions([self.keys[i] for i in order], self.probs[order], self.prob_igbp[order],
+                           self.y_true[order], self.loss)
+
+
+class ClassificationCollector:
+    """Keys, class probabilities and stored label vectors of one rank's batches."""
+
+    def __init__(self, multi_label: bool) -> None:
+        self.multi_label = multi_label
+        self.keys: list[str] = []
+        self.probs: list[np.ndarray] = []
+        self.prob_igbp: list[np.ndarray] = []
+
+    def add(self, batch: Mapping[str, Any], logits: torch.Tensor) -> None:
+        p = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
+        self.probs.append(p.cpu().numpy())
+        self.prob_igbp.append(batch["prob"].numpy())
+        self.keys.extend(batch["key"])
+
+    def part(self) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+        return self.keys, self.probs, self.prob_igbp
+
+
+class ClassificationTask:
+    """Single- or multi-label IGBP classes of a patch; the best checkpoint has the highest
+    validation micro-F1 (as the original)."""
+
+    name = "classification"
+    best_metric = "microF1"
+
+    def __init__(self, rule: LabelRule) -> None:
+        self.rule = rule
+        self.multi_label = rule.label_type == "multi_label"
+        self.num_classes = rule.num_classes
+        self.class_names = tuple(rule.class_names)
+        self.loss_fn: nn.Module = nn.BCEWithLogitsLoss() if self.multi_label else nn.CrossEntropyLoss()
+
+    def build_model(self, model_name: str, in_channels: int) -> nn.Module:
+        return build_model(model_name, in_channels, self.num_classes)
+
+    def target(self, batch: Mapping[str, Any], device: torch.device) -> torch.Tensor:
+        return batch["target"].to(device, non_blocking=True)
+
+    def collector(self) -> ClassificationCollector:
+        return ClassificationCollector(self.multi_label)
+
+    def merge(self, parts: Sequence[Any], loss: float) -> Predictions:
+        keys = [k for part in parts for k in part[0]]
+        probs = [p for part in parts for p in part[1]]
+        igbp = [p for part in parts for p in part[2]]
+        c = self.num_classes
+        probs_a = np.concatenate(probs).astype(np.float32) if probs else np.zeros((0, c), np.float32)
+        igbp_a = np.concatenate(igbp).astype(np.float32) if igbp else np.zeros((0, 17), np.float32)
+        y_true = self.rule.indicator(igbp_a).astype(np.uint8) if len(igbp_a) else np.zeros((0, c), np.uint8)
+        # Sorted by key: metrics and files do not depend on the loader's order (sums in float64).
+        return Predictions(keys, probs_a, igbp_a, y_true, loss).sorted()
+
+    def score(self, result: Predictions) -> dict[str, Any]:
+        return compute_metrics(result.y_true, result.probs, self.rule.label_type, list(self.class_names))
+
+    def scalars(self, metrics: Mapping[str, Any]) -> dict[str, float]:
+        return scalar_metrics(dict(metrics))
+
+    def val_summary(self, metrics: Mapping[str, Any]) -> str:
+        return (f"microF1 {metrics['microF1']:.4f} sampleF1 {metrics['sampleF1']:.4f} "
+                f"microPrec {metrics['microPrec']:.4f}")
+
+    def test_summary(self, metrics: Mapping[str, Any]) -> str:
+        key = "OverallAcc" if self.multi_label else "AverageAcc"
+        return f"microF1 {metrics['microF1']:.4f} sampleF1 {metrics['sampleF1']:.4f} {key} {metrics[key]:.4f}"
+
+    def write(self, out_dir: str, split: str, metrics: Mapping[str, Any], result: Predictions) -> list[str]:
+        from .outputs import write_scores
+
+        return list(write_scores(out_dir, split, metrics, result, self.rule))
+
+
+__all__ = ["ClassificationTask", "ClassificationCollector", "Predictions"]

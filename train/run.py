@@ -1,0 +1,305 @@
+"""A training run: open the run folder, train epoch by epoch (validate, checkpoint), test the best.
+
+`TrainingRun.open` builds everything a run needs; `TrainingRun.run` trains and tests. One epoch
+is `run_epoch`; where the run stands is `RunState` (saved in every checkpoint). What is specific
+to the learning task is the setup's `Task`. Layout of the run folder and exact resume: see
+docs/training.md.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from sen12ms_common import storage
+
+from .checkpoint import load_checkpoint, load_model_weights, made_at
+from .config import TrainConfig
+from .data import DataError, Loader, make_loader
+from .distributed import (Dist, agree_max, broadcast_object, broadcast_state, gather_objects, rank_seed,
+                          sum_over_ranks, wrap_model)
+from .keytrace import KeyTrace
+from .labelcheck import LabelCheck, label_check
+from .outputs import RunDir, RunFiles, RunLog, close_outputs, open_run
+from .resume import restore
+from .runsave import save_run_checkpoint
+from .scoring import predict_all
+from .setup import Setup, has_split, loader_spec, make_setup
+from .signals import Interrupted, StopFlag
+from .steps import RunState, train_steps
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class RunResult:
+    run_dir: str  # local path or s3:// URL, as the checkpoints below
+    timestamp: str
+    checkpoint: str
+    best: str
+    state: RunState
+    test_scores: dict[str, Any] | None
+
+
+def split_loader(cfg: TrainConfig, setup: Setup, d: Dist, split: str) -> Loader:
+    """The loader of `split` on this rank, as the run's options say."""
+    train = split == "train"
+    return make_loader(cfg.loader, loader_spec(
+        setup, cfg.shards, split, train=train, augment=cfg.augment and train, batch_size=cfg.batch_size,
+        seed=cfg.seed, workers=cfg.workers, threads=cfg.threads, streams=cfg.streams,
+        shuffle_buffer=cfg.shuffle_buffer, verify=cfg.verify, skip_bad_shards=cfg.skip_bad_shards,
+        rank=d.rank, world_size=d.world_size))
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainingRun:
+    cfg: TrainConfig
+    dist: Dist
+    setup: Setup
+    optimizer: torch.optim.Optimizer
+    state: RunState
+    train_loader: Loader
+    val_loader: Loader | None
+    checks: dict[str, LabelCheck]
+    files: RunFiles
+    log: RunLog
+    trace: KeyTrace
+    stop: StopFlag
+    resumed: bool
+    saved_step: int = 0     # the step of the last checkpoint written
+    skipped_seen: int = 0   # bad shards / samples already reported in an epoch line
+
+    @classmethod
+    def open(cls, cfg: TrainConfig, checkpoint: Mapping[str, Any] | None = None, echo: Echo = print, *,
+             dist: Dist | None = None, device: str | None = None, trace_keys: str | None = None) -> "TrainingRun":
+        """Everything a run needs, the run folder opened last: what fails before leaves nothing behind.
+        `checkpoint`: the loaded `cfg.resume`; `dist`: this process's place under torchrun; `device`:
+        its device (default `cfg.device`); `trace_keys`: folder for `KeyTrace` files."""
+        d = dist or Dist()
+        log = RunLog(echo if d.is_main else None)
+        _seed_everything(cfg.seed)
+        RunDir(cfg.resolved_run_dir())  # an unusable --run-dir fails before anything is loaded
+        setup = make_setup(shards=cfg.shards, model_name=cfg.model, input_spec=cfg.input, label_type=cfg.label_type,
+                           igbp=cfg.igbp, threshold=cfg.threshold, stats=cfg.stats, device=device or cfg.device,
+                           amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile, task=cfg.task)
+        if d.rank > 0:  # same initial weights everywhere (seeded above), own dropout draws per rank
+            torch.manual_seed(rank_seed(cfg.seed, d.rank))
+        optimizer = torch.optim.Adam(setup.model.parameters(), lr=cfg.lr, weight_decay=cfg.decay)
+        state = RunState()
+        ts = restore(checkpoint, cfg, setup, optimizer, state, d) if checkpoint is not None else None
+        # After loading: DDP starts every rank from rank 0's weights.
+        setup.train_forward = wrap_model(setup.forward, setup.device, d)
+        train_loader = split_loader(cfg, setup, d, "train")
+        if len(train_loader) == 0:
+            raise DataError(f"{cfg.shards}: no train samples in this shard set"
+                            + (f" for each of {d.world_size} processes" if d.enabled else ""))
+        val_loader = split_loader(cfg, setup, d, "val") if has_split(setup.manifest, "val") else None
+        checks = {name: label_check(loader, cfg.shards, name, cfg.skip_bad_shards)
+                  for name, loader in (("train", train_loader), ("val", val_loader)) if loader is not None}
+        files = open_run(cfg, ts, d, log)
+        return cls(cfg, d, setup, optimizer, state, train_loader, val_loader, checks, files, log,
+                   KeyTrace(trace_keys, d.rank), StopFlag(), checkpoint is not None, saved_step=state.step)
+
+    # --- the run ---------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        """Train the remaining epochs, then score the best checkpoint on the test split."""
+        test_scores, finished = None, False
+        try:
+            self.log(self.start_line())
+            if self.resumed:
+                self.log(f"resumed from {self.cfg.resume}: epoch {self.state.epoch}, batch {self.state.batch}, "
+                         f"step {self.state.step}")
+            with self.stop.installed():
+                self.train()
+                test_scores = self.test()
+                finished = True
+        finally:
+            close_outputs(self.files, self.log, upload_errors=finished)
+        for name, loader in (("train", self.train_loader), ("val", self.val_loader)):
+            skipped = self.skipped(loader) if loader is not None else []
+            if skipped:
+                self.log(f"{name}: skipped {len(skipped)} bad shard(s)/sample(s): " + "; ".join(skipped[:5]))
+        self.log.sync()
+        f = self.files
+        return RunResult(f.run.root, f.ts, f.checkpoint, f.best, self.state, test_scores)
+
+    def start_line(self) -> str:
+        cfg, d, s, loader = self.cfg, self.dist, self.setup, self.train_loader
+        where = f"{d.world_size} processes ({d.backend}), {s.device} on rank 0" if d.enabled else str(s.device)
+        per = f"{loader.samples} samples = {len(loader)} batches/epoch"
+        if d.enabled:
+            per += f" on each of {d.world_size} ranks ({s.manifest.samples('train')} in the split)"
+        val = (f", val {s.manifest.samples('val')}" if self.val_loader
+               else ", no val split (the last epoch counts as best)")
+        return (f"run {self.files.run} ({self.files.ts}): {cfg.model} on {where} ({s.precision.name}), input "
+                f"{cfg.input} ({len(s.bands)} channels), {cfg.label_type} {cfg.igbp} ({s.task.num_classes} classes); "
+                f"train {per}{val}")
+
+    def train(self) -> None:
+        """The remaining epochs. A data error (raised on every rank at the same step) writes a
+        checkpoint first when steps were trained since the last one."""
+        try:
+            while self.state.epoch < self.cfg.epochs:
+                if self.run_epoch() == "max_steps":
+                    self.log(f"reached --max-steps {self.cfg.max_steps}")
+                    return
+        except DataError as exc:
+            if self.state.step > self.saved_step:  # steps since the last checkpoint are not lost
+                self.save(False)
+                ckpt = self.files.checkpoint
+                raise DataError(f"{exc} (checkpoint of step {self.state.step} written to {ckpt}; "
+                                f"continue with --resume {ckpt})") from exc
+            raise
+
+    def run_epoch(self) -> str:
+        """Train the rest of the current epoch, validate, checkpoint, log: 'done' or 'max_steps'."""
+        state, d, e = self.state, self.dist, self.state.epoch
+        t0 = time.perf_counter()
+        status = "done"
+        if state.batch < len(self.train_loader):
+            status = train_steps(self.setup, self.optimizer, self.train_loader, state, max_steps=self.cfg.max_steps,
+                                 stop=self.stop, desc=f"epoch {e}", dist=d, on_keys=self.trace.writer("train", e),
+                                 labels=self.checks["train"])
+        if status == "stopped":
+            self.save(False)
+            raise self.interrupted(f"in epoch {e} after step {state.step}")
+        seconds = time.perf_counter() - t0
+        loss_sum, loss_count = self.sum_loss()
+        train_loss = loss_sum / max(loss_count, 1)
+        self.scalar("training", "loss", train_loss, e)
+        line = f"epoch {e}/{self.cfg.epochs - 1}: train loss {train_loss:.6f} ({int(loss_count)} samples, {seconds:.1f} s)"
+        is_best = True
+        if self.val_loader is not None:
+            text, is_best = self.validate(e)
+            line += text
+        # An epoch ends when its batches are done (fewer with --skip-bad-shards).
+        if status == "done" or state.batch >= len(self.train_loader):
+            state.epoch, state.batch = e + 1, 0
+            state.loss_sum, state.loss_count = 0.0, 0
+        self.save(is_best)
+        self.saved_step = state.step
+        skipped = self.skipped(self.train_loader, self.val_loader)
+        if len(skipped) > self.skipped_seen:
+            line += f"; skipped so far: {len(skipped)} bad shard(s)/sample(s)"
+            self.skipped_seen = len(skipped)
+        self.log(line)
+        self.sync()
+        if agree_max(d, [self.stop.requested])[0]:
+            raise self.interrupted(f"after epoch {e}")
+        return status
+
+    def validate(self, e: int) -> tuple[str, bool]:
+        """Score the val split: the epoch line's part and whether this is the best state so far."""
+        s, d, task = self.setup, self.dist, self.setup.task
+        # DDP keeps BatchNorm statistics per rank; evaluate rank 0's, the ones saved.
+        broadcast_state(d, s.model, buffers_only=True)
+        result = predict_all(s, self.val_loader, d, desc="validation", on_keys=self.trace.writer("val", e),
+                             labels=self.checks["val"])
+        metrics = task.score(result)
+        for tag, value in task.scalars(metrics).items():
+            self.scalar("val", tag, value, e)
+        self.scalar("val", "loss", result.loss, e)
+        value = float(metrics[task.best_metric])
+        # As the original (strictly better), and the first validated state is kept even at 0, so
+        # that a best checkpoint always exists. (Only rank 0's answer matters: it alone writes.)
+        is_best = value > self.state.best_prec or (d.is_main and not storage.exists(self.files.best))
+        self.state.best_prec = max(self.state.best_prec, value)
+        return f"; val loss {result.loss:.6f} {task.val_summary(metrics)}" + (" (best)" if is_best else ""), is_best
+
+    def test(self) -> dict[str, Any] | None:
+        """Score the best checkpoint (the last one without a val split) on the test split."""
+        if not has_split(self.setup.manifest, "test"):
+            self.log("no test split in the shard set: no test scores")
+            return None
+        best = self.files.best
+        if self.dist.is_main and not storage.exists(best):
+            best = self.files.checkpoint
+        try:
+            return self.score_test(best)
+        except Interrupted as exc:  # training is complete: resuming its checkpoint runs the test
+            raise Interrupted(exc.signum, self.stop_message("during the test evaluation")) from None
+
+    def score_test(self, best: str) -> dict[str, Any] | None:
+        s, d = self.setup, self.dist
+        # Rank 0 reads the checkpoint and sends the weights: other nodes need not see the run directory.
+        if not broadcast_object(d, storage.exists(best) if d.is_main else None):
+            self.log("no checkpoint was written (no training step): no test scores")
+            return None
+        epoch, made = None, ""
+        if d.is_main:
+            ckpt = load_checkpoint(best)
+            load_model_weights(s.model, ckpt, strict=True, source=best)
+            epoch, made = ckpt.get("epoch"), made_at(ckpt)
+        broadcast_state(d, s.model)
+        loader = split_loader(self.cfg, s, d, "test")
+        result = predict_all(s, loader, d, desc="test", stop=self.stop, on_keys=self.trace.writer("test", "-"),
+                             labels=label_check(loader, self.cfg.shards, "test", self.cfg.skip_bad_shards))
+        metrics = s.task.score(result)
+        skipped = self.skipped(loader)
+        if not d.is_main:
+            return metrics
+        written = s.task.write(self.files.run.root, "test", metrics, result)
+        if self.files.events is not None:
+            w = self.files.events.writer("test")
+            for tag, value in s.task.scalars(metrics).items():
+                w.add_scalar(tag, value, int(epoch or 0))
+        self.log(f"test ({result.samples} samples, {storage.basename(best)} {made}): "
+                 f"{s.task.test_summary(metrics)} -> {', '.join(written)}")
+        if skipped:
+            self.log(f"test: skipped {len(skipped)} bad shard(s)/sample(s): " + "; ".join(skipped[:5]))
+        return metrics
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def save(self, is_best: bool) -> None:
+        """Checkpoint (collective: every rank calls it at the same point; rank 0 writes)."""
+        save_run_checkpoint(self.cfg, self.setup, self.optimizer, self.state, self.files, self.dist, is_best)
+
+    def sum_loss(self) -> tuple[float, float]:
+        """The epoch's loss sum and sample count over every rank (collective)."""
+        loss_sum, loss_count = sum_over_ranks(self.dist, [self.state.loss_sum, self.state.loss_count])
+        return loss_sum, loss_count
+
+    def scalar(self, split: str, tag: str, value: float, epoch: int) -> None:
+        if self.files.events is not None:
+            self.files.events.scalar(split, tag, value, epoch)
+
+    def sync(self) -> None:
+        self.log.sync()
+        if self.files.events is not None:
+            self.files.events.sync()
+
+    def skipped(self, *loaders: Loader | None) -> list[str]:
+        """What the loaders of every rank skipped so far, each problem once (collective)."""
+        mine = [s for loader in loaders if loader is not None for s in loader.skipped]
+        return list(dict.fromkeys(s for part in gather_objects(self.dist, mine) for s in part))
+
+    def stop_message(self, where: str) -> str:
+        ckpt = self.files.checkpoint
+        return (f"stopped by signal {self.stop.signal} {where}; "
+                + (f"checkpoint written to {ckpt}; continue with --resume {ckpt}" if self.dist.is_main
+                   else f"rank 0 wrote the checkpoint (rank {self.dist.rank})"))
+
+    def interrupted(self, where: str) -> Interrupted:
+        return Interrupted(self.stop.signal, self.stop_message(where))
+
+
+def fit(cfg: TrainConfig, checkpoint: Mapping[str, Any] | None = None, echo: Echo = print, *,
+        dist: Dist | None = None, device: str | None = None, trace_keys: str | None = None) -> RunResult:
+    """Train as `python -m train` does; returns where everything went (see `TrainingRun.open`)."""
+    return TrainingRun.open(cfg, checkpoint, echo, dist=dist, device=device, trace_keys=trace_keys).run()
+
+
+__all__ = ["TrainingRun", "RunResult", "fit", "split_loader"]
