@@ -74,19 +74,20 @@ def shard_items(root: str, split: str, bands, savanna: bool, verify: bool) -> tu
     entries = tuple(manifest.shards(split)) if split in manifest.splits else ()
     if not entries or manifest.samples(split) == 0:
         raise DataError(f"{root}: no {split} samples in this shard set")
-    missing = [m for m in {b.modality for b in bands} if m not in manifest.layout.modalities]
+    layout = manifest.layout_of(split)  # DFC2020 splits have their own: dfc masks, no labels
+    missing = [m for m in {b.modality for b in bands} if m not in layout.modalities]
     if missing:
-        raise DataError(f"{root}: these shards hold no {', '.join(missing)} (they hold "
-                        f"{', '.join(manifest.layout.modalities)})")
+        raise DataError(f"{root}: its {split} samples hold no {', '.join(missing)} (they hold "
+                        f"{', '.join(layout.modalities)})")
     problems = check_shards(root, entries, verify)
     if problems:
         raise DataError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-    src = AllMembers(root, entries, manifest.layout, bands, None, verify, False)  # type: ignore[arg-type]
+    src = AllMembers(root, entries, layout, bands, None, verify, False)  # type: ignore[arg-type]
 
     def items() -> Iterator[Item]:
         for key, members, shard in read_split(src):
             try:
-                sample = decode_sample(members, manifest.layout)
+                sample = decode_sample(members, layout)
             except ValueError as exc:
                 raise DataError(f"{storage.join(root, shard)}: sample {key}: {exc}") from None
             meta = sample.get("meta") or {}

@@ -42,18 +42,22 @@ def mask_target(batch: Mapping[str, Any], device: torch.device) -> torch.Tensor:
 class SegmentationCollector:
     """One rank's confusion matrix (on the device) over an evaluation pass, and its sample count."""
 
-    def __init__(self, num_classes: int, device: torch.device | str | None = None) -> None:
-        self.cm = ConfusionMatrix(num_classes, device)
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.cm: ConfusionMatrix | None = None  # made on the device of the first outputs
         self.samples = 0
         self.keys: list[str] = []
 
     def add(self, batch: Mapping[str, Any], logits: torch.Tensor) -> None:
-        self.cm.update(mask_target(batch, self.cm.matrix.device), logits)
+        if self.cm is None:
+            self.cm = ConfusionMatrix(self.num_classes, logits.device)
+        self.cm.update(mask_target(batch, logits.device), logits)
         self.samples += len(batch["key"])
         self.keys.extend(batch["key"])
 
     def part(self) -> tuple[np.ndarray, int, list[str]]:
-        return self.cm.numpy(), self.samples, self.keys
+        cm = self.cm.numpy() if self.cm is not None else np.zeros((self.num_classes,) * 2, dtype=np.int64)
+        return cm, self.samples, self.keys
 
 
 @dataclass
@@ -70,27 +74,28 @@ class SegmentationTask:
 
     name = "segmentation"
     best_metric = "mIoU"
+    targets = "mask"  # what the loader gives (LoaderSpec.targets)
 
-    def __init__(self, rule: Any = None, *, savanna: bool = True, model_options: Mapping[str, Any] | None = None,
-                 device: torch.device | str | None = None) -> None:
+    def __init__(self, rule: Any = None, *, savanna: bool = True, output_stride: int = 16) -> None:
         del rule  # scene-label rules do not apply to pixel masks
         self.scheme = DfcScheme(savanna)
         self.num_classes = self.scheme.num_classes
         self.class_names = self.scheme.names
-        self.model_options = dict(model_options or {})
-        self.device = device
+        self.output_stride = int(output_stride)
         self.loss_fn: nn.Module = MaskedCrossEntropy()
 
     def build_model(self, model_name: str, in_channels: int) -> nn.Module:
         from .models import build_model
+        from .segconfig import model_options
 
-        return build_model(model_name, in_channels, self.num_classes, task="segmentation", **self.model_options)
+        return build_model(model_name, in_channels, self.num_classes, task="segmentation",
+                           **model_options(model_name, self.output_stride))
 
     def target(self, batch: Mapping[str, Any], device: torch.device) -> torch.Tensor:
         return mask_target(batch, device)
 
     def collector(self) -> SegmentationCollector:
-        return SegmentationCollector(self.num_classes, self.device)
+        return SegmentationCollector(self.num_classes)
 
     def merge(self, parts: Sequence[Any], loss: float) -> SegResult:
         cm = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
