@@ -165,7 +165,7 @@ def test_atrous_pattern_of_the_backbone(stride, layer3, layer4):
 
 
 def test_registry_entry_point():
-    assert model_names("segmentation") == ["UNet", "DeepLabV3Plus"]
+    assert model_names("segmentation") == ["UNet", "DeepLabV3Plus", "SmallUNet"]
     assert "UNet" not in model_names() and model_names()[0] == "VGG16"
     with pytest.raises(ValueError, match="UNet is a segmentation model"):
         build_model("UNet", 4, 10)
