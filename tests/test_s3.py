@@ -482,8 +482,9 @@ def test_train_from_s3_and_a_server_killed_mid_read(local_shards: Path, tmp_path
 
         # Killed mid-read and restarted while the reader waits: the run goes through.
         server.start()
+        proxy.unreachable.clear()
         job = train_and_kill_the_server_mid_read(tmp_path / "back")
-        time.sleep(1.0)
+        assert proxy.unreachable.wait(120), "the reader did not try the dead server"
         server.start()
         out, _ = job.communicate(timeout=180)
         assert job.returncode == 0, out
