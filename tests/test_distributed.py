@@ -29,6 +29,8 @@ from processwait import wait_exited
 from runstops import GatedTrace, stop_points
 from sen12ms_common.manifest import load_manifest
 
+pytestmark = pytest.mark.slow  # torchrun training runs
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Batch size 1: 14 steps per epoch and rank, long enough to signal one in the middle of an epoch.

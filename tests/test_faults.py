@@ -28,6 +28,8 @@ from processwait import wait_group_exited
 from runstops import GatedTrace
 from sen12ms_common.manifest import load_manifest
 
+pytestmark = pytest.mark.slow  # conversions and trainings killed and resumed in subprocesses
+
 REPO = Path(__file__).resolve().parents[1]
 HELD = Path(__file__).resolve().parent / "heldconvert.py"
 SHARD_SIZE = "2MB"  # about one sample per shard: many commit points

@@ -33,6 +33,8 @@ from sen12ms_common.storage import (
     StorageUnavailableError,
 )
 
+pytestmark = pytest.mark.slow  # a real S3 server, conversions and training through it
+
 REPO = Path(__file__).resolve().parents[1]
 FAST = RetryPolicy(attempts=3, backoff=0.05, max_backoff=0.2)
 CREDENTIALS_HINT = "(check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
