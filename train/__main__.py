@@ -16,6 +16,7 @@ from sen12ms_common.inputs import STATS_CHOICES
 
 from .config import TrainConfig
 from .options import MAX_STREAMS, MAX_THREADS, MAX_WORKERS
+from .progress import ProgressOptions, progress_options
 from .tasks import task_names
 
 _D = TrainConfig()  # the defaults, in one place
@@ -90,6 +91,7 @@ _D = TrainConfig()  # the defaults, in one place
 @click.option("--augment", is_flag=True,
               help="Random flips and 90-degree rotations of the training patches, seeded (a resumed run draws "
                    "the same ones); the original trained without augmentation.")
+@progress_options
 @click.pass_context
 def main(ctx: click.Context, **params: Any) -> None:
     """Train a SEN12MS classifier on the train shards, validate every epoch on the val shards,
@@ -115,7 +117,8 @@ def main(ctx: click.Context, **params: Any) -> None:
         cfg, checkpoint = _config(ctx, params)
         d, dev = init_from_env(cfg.device)
         fit(cfg, checkpoint, echo=click.echo, dist=d, device=str(dev),
-            trace_keys=os.environ.get("SEN12MS_TRACE_KEYS") or None)
+            trace_keys=os.environ.get("SEN12MS_TRACE_KEYS") or None,
+            progress=ProgressOptions(params["progress"], params["progress_interval"]))
     except Interrupted as exc:
         # The checkpoint is written: ignore further SIGTERMs (torchrun sends them to the other
         # ranks once one has exited) so that none dies halfway through its exit. Python resets
