@@ -19,6 +19,7 @@ from sen12ms_common.inputs import STATS_CHOICES
 from .config import TrainConfig
 from .data import loader_names
 from .options import DEVICES, MAX_STREAMS, MAX_THREADS, MAX_WORKERS
+from .progress import ProgressOptions, progress_options
 from .tasks import task_names
 
 _D = TrainConfig()  # the defaults, in one place
@@ -104,6 +105,7 @@ _D = TrainConfig()  # the defaults, in one place
               help="Split validated after every epoch (e.g. dfc2020_val, the DFC2020 validation set).")
 @click.option("--test-split", default=_D.test_split, show_default=True, metavar="SPLIT",
               help="Split the best checkpoint is scored on (e.g. dfc2020_test); its files are RUN/test_*.")
+@progress_options
 @click.pass_context
 @report_errors
 def main(ctx: click.Context, **params: Any) -> None:
@@ -127,7 +129,8 @@ def main(ctx: click.Context, **params: Any) -> None:
         cfg, checkpoint = _config(ctx, params)
         d, dev = init_from_env(cfg.device)
         fit(cfg, checkpoint, echo=click.echo, dist=d, device=str(dev),
-            trace_keys=os.environ.get("SEN12MS_TRACE_KEYS") or None)
+            trace_keys=os.environ.get("SEN12MS_TRACE_KEYS") or None,
+            progress=ProgressOptions(params["progress"], params["progress_interval"]))
     except Interrupted as exc:
         # The checkpoint is written: ignore further SIGTERMs (torchrun sends them to the other
         # ranks once one has exited) so that none dies halfway through its exit. Python resets

@@ -16,6 +16,8 @@ from sen12ms_common.names import ALL_SPLITS
 
 from .options import DEVICES
 
+from .progress import ProgressOptions, progress_options
+
 if TYPE_CHECKING:
     from .distributed import Dist
 
@@ -106,7 +108,8 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
                         out: str | None = None, batch_size: int = 64, workers: int = 0, threads: int = 0,
                         device: str = "auto",
                         stats: str | None = None, verify: bool = True, skip_bad_shards: bool = False,
-                        echo: Callable[[str], None] = print, dist: Dist | None = None) -> dict[str, Any]:
+                        echo: Callable[[str], None] = print, dist: Dist | None = None,
+                        progress: ProgressOptions | None = None) -> dict[str, Any]:
     """Score `checkpoint` on `split` of `shards`; writes `<split>_scores.json` and
     `<split>_predictions.npz` into `out` and returns the metrics.
 
@@ -143,7 +146,8 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
     what = f"{opts.label_type} {opts.igbp}" if opts.task == "classification" else opts.task
     echo(f"{checkpoint}: {opts.model} ({made_at(ckpt)}), input {opts.input}, {what}, stats {'as trained' if opts.transform is not None else opts.stats}; "
          f"{split}: {manifest.samples(split)} samples" + (f" over {d.world_size} processes" if d.enabled else ""))
-    result = predict_all(setup, loader, d, desc=split, labels=label_check(loader, shards, split, skip_bad_shards))
+    result = predict_all(setup, loader, d, desc=split, labels=label_check(loader, shards, split, skip_bad_shards),
+                         progress=progress or ProgressOptions())
     metrics = setup.task.score(result)
     skipped = list(dict.fromkeys(s for part in gather_objects(d, loader.skipped) for s in part))
     if not d.is_main:
@@ -178,9 +182,10 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
               help="Normalisation. [default: as the checkpoint was trained; official for the original's runs]")
 @click.option("--no-verify", is_flag=True, help="Do not check shard sizes and checksums against the manifest.")
 @click.option("--skip-bad-shards", is_flag=True, help="Report and skip missing or damaged shards instead of stopping.")
+@progress_options
 @report_errors
 def main(shards, checkpoint, config, split, out, batch_size, workers, threads, device, stats, no_verify,
-         skip_bad_shards) -> None:
+         skip_bad_shards, progress, progress_interval) -> None:
     """Score a checkpoint on the test (or another) split with the original's metric set.
 
     Also under `torchrun --nproc_per_node N -m train.evaluate ...`: each process scores its part
@@ -194,7 +199,8 @@ def main(shards, checkpoint, config, split, out, batch_size, workers, threads, d
         d, dev = init_from_env(device)
         evaluate_checkpoint(shards=shards, checkpoint=checkpoint, config=config, split=split, out=out,
                             batch_size=batch_size, workers=workers, threads=threads, device=str(dev), stats=stats,
-                            verify=not no_verify, skip_bad_shards=skip_bad_shards, echo=click.echo, dist=d)
+                            verify=not no_verify, skip_bad_shards=skip_bad_shards, echo=click.echo, dist=d,
+                            progress=ProgressOptions(progress, progress_interval))
     finally:
         shutdown(d)
 

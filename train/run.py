@@ -8,6 +8,7 @@ docs/training.md.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from .distributed import (Dist, agree_max, broadcast_object, broadcast_state, ga
 from .keytrace import KeyTrace
 from .labelcheck import LabelCheck, label_check
 from .outputs import RunDir, RunFiles, RunLog, close_outputs, open_run
+from .progress import Plan, ProgressMeter, ProgressOptions
 from .resume import restore
 from .runsave import save_run_checkpoint
 from .scoring import predict_all
@@ -78,15 +80,19 @@ class TrainingRun:
     trace: KeyTrace
     stop: StopFlag
     resumed: bool
+    progress: ProgressOptions
     saved_step: int = 0     # the step of the last checkpoint written
     skipped_seen: int = 0   # bad shards / samples already reported in an epoch line
+    val_seconds: float = 0.0  # how long the last validation took (for the run's ETA)
 
     @classmethod
     def open(cls, cfg: TrainConfig, checkpoint: Mapping[str, Any] | None = None, echo: Echo = print, *,
-             dist: Dist | None = None, device: str | None = None, trace_keys: str | None = None) -> "TrainingRun":
+             dist: Dist | None = None, device: str | None = None, trace_keys: str | None = None,
+             progress: ProgressOptions = ProgressOptions()) -> "TrainingRun":
         """Everything a run needs, the run folder opened last: what fails before leaves nothing behind.
         `checkpoint`: the loaded `cfg.resume`; `dist`: this process's place under torchrun; `device`:
-        its device (default `cfg.device`); `trace_keys`: folder for `KeyTrace` files."""
+        its device (default `cfg.device`); `trace_keys`: folder for `KeyTrace` files; `progress`:
+        how the passes show how far they are."""
         d = dist or Dist()
         log = RunLog(echo if d.is_main else None)
         _seed_everything(cfg.seed)
@@ -111,7 +117,7 @@ class TrainingRun:
                   for name, loader in (("train", train_loader), ("val", val_loader)) if loader is not None}
         files = open_run(cfg, ts, d, log)
         return cls(cfg, d, setup, optimizer, state, train_loader, val_loader, checks, files, log,
-                   KeyTrace(trace_keys, d.rank), StopFlag(), checkpoint is not None, saved_step=state.step)
+                   KeyTrace(trace_keys, d.rank), StopFlag(), checkpoint is not None, progress, saved_step=state.step)
 
     # --- the run ---------------------------------------------------------------------------
 
@@ -173,9 +179,10 @@ class TrainingRun:
         t0 = time.perf_counter()
         status = "done"
         if state.batch < len(self.train_loader):
+            meter = ProgressMeter(self.progress, f"epoch {e}/{self.cfg.epochs - 1}", self.epoch_plan(), main=d.is_main)
             status = train_steps(self.setup, self.optimizer, self.train_loader, state, max_steps=self.cfg.max_steps,
-                                 stop=self.stop, desc=f"epoch {e}", dist=d, on_keys=self.trace.writer("train", e),
-                                 labels=self.checks["train"])
+                                 stop=self.stop, dist=d, on_keys=self.trace.writer("train", e),
+                                 labels=self.checks["train"], meter=meter)
         if status == "stopped":
             self.save(False)
             raise self.interrupted(f"in epoch {e} after step {state.step}")
@@ -204,13 +211,28 @@ class TrainingRun:
             raise self.interrupted(f"after epoch {e}")
         return status
 
+    def epoch_plan(self) -> Plan:
+        """The batches left in this epoch and the later ones (within --max-steps), and the
+        validations still to come, for the progress lines' ETAs."""
+        n, s, cfg = len(self.train_loader), self.state, self.cfg
+        now, later = n - s.batch, (cfg.epochs - s.epoch - 1) * n
+        if cfg.max_steps is not None:
+            budget = max(cfg.max_steps - s.step, 0)
+            now = min(now, budget)
+            later = min(later, budget - now)
+        validations = 1 + math.ceil(later / max(n, 1)) if self.val_loader is not None else 0
+        return Plan(total=n, initial=s.batch, end=s.batch + now, later_batches=later,
+                    later_seconds=validations * self.val_seconds, run_eta=True, unit="step")
+
     def validate(self, e: int) -> tuple[str, bool]:
         """Score the val split: the epoch line's part and whether this is the best state so far."""
         s, d, task = self.setup, self.dist, self.setup.task
+        t0 = time.perf_counter()
         # DDP keeps BatchNorm statistics per rank; evaluate rank 0's, the ones saved.
         broadcast_state(d, s.model, buffers_only=True)
         result = predict_all(s, self.val_loader, d, desc="validation", on_keys=self.trace.writer("val", e),
-                             labels=self.checks["val"])
+                             labels=self.checks["val"], progress=self.progress)
+        self.val_seconds = time.perf_counter() - t0
         metrics = task.score(result)
         for tag, value in task.scalars(metrics).items():
             self.scalar("val", tag, value, e)
@@ -250,7 +272,8 @@ class TrainingRun:
         split = self.cfg.test_split
         loader = split_loader(self.cfg, s, d, split)
         result = predict_all(s, loader, d, desc=split, stop=self.stop, on_keys=self.trace.writer(split, "-"),
-                             labels=label_check(loader, self.cfg.shards, split, self.cfg.skip_bad_shards))
+                             labels=label_check(loader, self.cfg.shards, split, self.cfg.skip_bad_shards),
+                             progress=self.progress)
         metrics = s.task.score(result)
         skipped = self.skipped(loader)
         if not d.is_main:
@@ -303,9 +326,11 @@ class TrainingRun:
 
 
 def fit(cfg: TrainConfig, checkpoint: Mapping[str, Any] | None = None, echo: Echo = print, *,
-        dist: Dist | None = None, device: str | None = None, trace_keys: str | None = None) -> RunResult:
+        dist: Dist | None = None, device: str | None = None, trace_keys: str | None = None,
+        progress: ProgressOptions = ProgressOptions()) -> RunResult:
     """Train as `python -m train` does; returns where everything went (see `TrainingRun.open`)."""
-    return TrainingRun.open(cfg, checkpoint, echo, dist=dist, device=device, trace_keys=trace_keys).run()
+    return TrainingRun.open(cfg, checkpoint, echo, dist=dist, device=device, trace_keys=trace_keys,
+                            progress=progress).run()
 
 
 __all__ = ["TrainingRun", "RunResult", "fit", "split_loader"]

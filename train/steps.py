@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -10,6 +11,7 @@ import torch
 from .data import DataError, Loader
 from .distributed import Dist, agree_max, gather_objects
 from .labelcheck import LabelCheck
+from .progress import ProgressMeter
 from .setup import Setup
 from .signals import StopFlag
 
@@ -72,22 +74,21 @@ def _step(setup: Setup, optimizer: torch.optim.Optimizer, forward: torch.nn.Modu
 
 
 def train_steps(setup: Setup, optimizer: torch.optim.Optimizer, loader: Loader, state: RunState, *,
-                max_steps: int | None, stop: StopFlag, desc: str, dist: Dist | None = None,
-                on_keys: Callable[[list[str]], None] | None = None, labels: LabelCheck | None = None) -> str:
+                max_steps: int | None, stop: StopFlag, dist: Dist | None = None,
+                on_keys: Callable[[list[str]], None] | None = None, labels: LabelCheck | None = None,
+                meter: ProgressMeter | None = None) -> str:
     """Train the rest of epoch `state.epoch`: 'done', 'max_steps' or 'stopped'. `labels` checks
-    each batch's labels (default: stop at the first bad one)."""
-    from tqdm import tqdm
-
+    each batch's labels (default: stop at the first bad one); `meter` shows how far it is."""
     labels = labels or LabelCheck(skipped=loader.skipped)
     d = dist or Dist()
     forward = setup.step_forward
     forward.train()
-    bar = tqdm(total=len(loader), initial=state.batch, desc=desc, unit="batch", leave=False,
-               disable=None if d.is_main else True)
     it = loader.epoch(state.epoch, start_batch=state.batch)
     try:
         while True:
+            t0 = time.perf_counter()
             batch, why = _next_batch(it, stop, d, labels, lambda: setattr(state, "batch", state.batch + 1))
+            wait = time.perf_counter() - t0
             if why == "stopped":
                 return "stopped"
             if batch is None:
@@ -98,7 +99,8 @@ def train_steps(setup: Setup, optimizer: torch.optim.Optimizer, loader: Loader, 
             state.loss_count += n
             state.batch += 1
             state.step += 1
-            bar.update(1)
+            if meter is not None:
+                meter.update(n, wait, state.loss_sum / max(state.loss_count, 1))
             if on_keys is not None:
                 on_keys(batch["key"])
             # One process stops right after the step; ranks learn of it at their next agreement.
@@ -108,7 +110,8 @@ def train_steps(setup: Setup, optimizer: torch.optim.Optimizer, loader: Loader, 
                 return "max_steps"
     finally:
         it.close()  # shuts the loader's workers down also when the epoch ends early
-        bar.close()
+        if meter is not None:
+            meter.close()
 
 
 __all__ = ["RunState", "train_steps"]
