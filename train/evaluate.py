@@ -121,6 +121,7 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
     from .distributed import Dist, gather_objects
     from .labelcheck import label_check
     from .outputs import output_folder
+    from .report import summary_lines
     from .scoring import predict_all
     from .setup import has_split, loader_spec, make_setup
 
@@ -153,6 +154,8 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
         return metrics
     written = setup.task.write(out_dir or default_out(checkpoint), split, metrics, result)
     echo(f"{split}: {setup.task.test_summary(metrics)} -> {', '.join(written)}")
+    for line in summary_lines(setup.task, None, (metrics, result.loss), split):
+        echo(line)
     if skipped:
         echo(f"skipped {len(skipped)} bad shard(s)/sample(s): " + "; ".join(skipped[:5]))
     return metrics

@@ -22,7 +22,8 @@ for its `test_scores.pkl` read our `test_scores.json` unchanged:
 - `clsReport`: sklearn `classification_report(..., output_dict=True)` keyed by class name.
 - single-label: `conf_mat` (C x C, rows = true class, each row divided by its count) and
   `AverageAcc` = mean of its diagonal over all C classes (mean per-class recall; a class
-  without samples counts as 0).
+  without samples counts as 0: the original's definition, kept); `AverageAccPresent` (ours) =
+  the same mean over the classes with samples only (sklearn's `balanced_accuracy_score`).
 - multi-label: `multilabel_conf_mat` (C x 2 x 2, sklearn `multilabel_confusion_matrix`:
   [[TN, FP], [FN, TP]] per class), `class-wise Acc` ((TN + TP) / N per class), `AverageAcc`
   (their mean) and `OverallAcc` = mean over samples of |pred AND true| / |pred OR true|
@@ -54,7 +55,7 @@ ORIGINAL_SCALAR_KEYS: tuple[str, ...] = (
     "HammingLoss", "subsetAcc", "macroAcc", "microAcc", "sampleAcc",
     "oneError", "coverageError", "rankLoss", "labelAvgPrec",
 )
-SCALAR_KEYS: tuple[str, ...] = ORIGINAL_SCALAR_KEYS + ("AverageAcc", "OverallAcc")
+SCALAR_KEYS: tuple[str, ...] = ORIGINAL_SCALAR_KEYS + ("AverageAcc", "AverageAccPresent", "OverallAcc")
 
 __all__ = ["predict", "compute_metrics", "scalar_metrics", "ORIGINAL_SCALAR_KEYS", "SCALAR_KEYS"]
 
@@ -176,6 +177,8 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, label_type: str,
             conf = np.divide(counts, rows, out=np.zeros_like(counts), where=rows != 0)
             out["conf_mat"] = conf.tolist()
             out["AverageAcc"] = float(np.trace(conf) / c)
+            present = rows[:, 0] > 0
+            out["AverageAccPresent"] = float(np.diag(conf)[present].mean())
         else:
             mcm = skm.multilabel_confusion_matrix(y, pred, labels=np.arange(c))
             out["multilabel_conf_mat"] = mcm.astype(int).tolist()
