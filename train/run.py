@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from sen12ms_common import storage
+from sen12ms_common.bands import resolve_bands
+from sen12ms_common.manifest import load_manifest
 from sen12ms_common.outputs import writing
 
 from .checkpoint import load_checkpoint, load_model_weights, made_at
@@ -33,7 +35,7 @@ from .report import CURVES_PNG, METRICS_CSV, EpochRecord, MetricsTable, summary_
 from .resume import restore
 from .runsave import save_run_checkpoint
 from .scoring import predict_all
-from .setup import Setup, has_split, loader_spec, make_setup
+from .setup import Setup, check_modalities, has_split, loader_spec, make_setup
 from .signals import Interrupted, StopFlag
 from .steps import RunState, train_steps
 
@@ -100,9 +102,12 @@ class TrainingRun:
         log = RunLog(echo if d.is_main else None)
         _seed_everything(cfg.seed)
         RunDir(cfg.resolved_run_dir())  # an unusable --run-dir fails before anything is loaded
+        manifest = load_manifest(cfg.shards)
+        check_modalities(manifest, resolve_bands(cfg.input), cfg.shards, "choose another --input")
         setup = make_setup(shards=cfg.shards, model_name=cfg.model, input_spec=cfg.input, label_type=cfg.label_type,
                            igbp=cfg.igbp, threshold=cfg.threshold, stats=cfg.stats, device=device or cfg.device,
-                           amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile, task=cfg.task)
+                           amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile, task=cfg.task,
+                           manifest=manifest)
         if d.rank > 0:  # same initial weights everywhere (seeded above), own dropout draws per rank
             torch.manual_seed(rank_seed(cfg.seed, d.rank))
         optimizer = torch.optim.Adam(setup.model.parameters(), lr=cfg.lr, weight_decay=cfg.decay)

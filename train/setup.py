@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sen12ms_common.bands import BandRef, resolve_bands
+from sen12ms_common.bands import BandRef, modalities_of, resolve_bands
 from sen12ms_common.igbp import LabelRule
 from sen12ms_common.inputs import ChannelTransform, channel_transform
 from sen12ms_common.manifest import Manifest, load_manifest
 
-from .data import LoaderSpec
+from .data import DataError, LoaderSpec
 from .device import InputTransform, Precision, configure_backends, precision, prepare_model, resolve_device
 from .tasks import Task, make_task
 
@@ -73,8 +73,17 @@ def loader_spec(setup: Setup, root: str, split: str, *, batch_size: int, train: 
                       verify=verify, skip_bad_shards=skip_bad_shards, augment=augment and train)
 
 
+def check_modalities(manifest: Manifest, bands: tuple[BandRef, ...], root: str, advice: str) -> None:
+    """DataError naming `root` when its shards lack a modality the input needs; `advice` says
+    what the caller's user can do about it."""
+    missing = [m for m in modalities_of(bands) if m not in manifest.layout.modalities]
+    if missing:
+        raise DataError(f"{root}: these shards hold no {', '.join(missing)} (they hold "
+                        f"{', '.join(manifest.layout.modalities)}); {advice}")
+
+
 def has_split(manifest: Manifest, split: str) -> bool:
     return split in manifest.splits and manifest.samples(split) > 0
 
 
-__all__ = ["Setup", "make_setup", "loader_spec", "has_split"]
+__all__ = ["Setup", "make_setup", "loader_spec", "has_split", "check_modalities"]
