@@ -1,15 +1,5 @@
 """The bench dataset: a SEN12MS tree with the real reference patches in it, its labels and splits,
-and its shard sets (one per codec), generated once and reused while their parameters hold.
-
-Layout under the data folder (`bench/data/`, git-ignored):
-
-    sen12ms/                 the tree: `convert.synth` scenes + the real patches under SEN12MS names
-    labels/                  `convert labels` output (IGBP_probability_labels.json, ...)
-    splits/                  every triplet in train (val, test empty): all loaders read one split
-    splits-subset/           the first `subset` triplets in train: conversion timing and S3 rows
-    shards/<codec>/          `convert shards` of splits/ (the loader rows)
-    dataset.json             the parameters the tree was made with (reuse check)
-"""
+and its shard sets (one per codec), generated once and reused while their parameters hold."""
 
 from __future__ import annotations
 
@@ -22,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from sen12ms_common.errors import Sen12msError
 from sen12ms_common.manifest import MANIFEST_NAME, load_manifest
 from sen12ms_common.patches import parse_patch
 
@@ -42,7 +33,7 @@ REAL_TRIPLETS: dict[str, dict[str, str]] = {
 }
 
 
-class BenchDataError(RuntimeError):
+class BenchDataError(RuntimeError, Sen12msError):
     """The bench dataset cannot be made (e.g. the reference patches are missing)."""
 
 
@@ -85,8 +76,8 @@ class BenchDataset:
     def subset_splits(self) -> Path:
         return self.root / "splits-subset"
 
-    def shards(self, codec: str) -> Path:
-        return self.root / "shards" / codec
+    def shards(self, codec: str, lc: bool = False) -> Path:
+        return self.root / "shards" / (f"{codec}-lc" if lc else codec)
 
     def files(self, keys: list[str], modalities: tuple[str, ...] = ("s2", "s1")) -> list[Path]:
         return [self.tree / parse_patch(k).relpath(m) for k in keys for m in modalities]
@@ -198,11 +189,12 @@ def prepare(root: Path, params: DatasetParams, echo: Callable[[str], None] = pri
 
 
 def shard_options(ds: BenchDataset, out: Path, codec: str, workers: int, *, subset: bool, shard_size: int,
-                  progress: bool = False):
+                  progress: bool = False, lc: bool = False):
     from convert.conversion import ShardsOptions
     from sen12ms_common.shardformat import DEFAULT_LEVEL, SampleLayout
 
-    layout = SampleLayout(codec=codec, level=DEFAULT_LEVEL[codec], modalities=("s2", "s1"))
+    modalities = ("s2", "s1", "lc") if lc else ("s2", "s1")
+    layout = SampleLayout(codec=codec, level=DEFAULT_LEVEL[codec], modalities=modalities)
     splits = ds.subset_splits if subset else ds.splits
     # The subset's split lists leave the rest of the tree out on purpose: those are rejected.
     return ShardsOptions(str(ds.tree), str(out), labels=str(ds.labels), splits=str(splits), layout=layout,
@@ -210,19 +202,22 @@ def shard_options(ds: BenchDataset, out: Path, codec: str, workers: int, *, subs
 
 
 def ensure_shards(ds: BenchDataset, codec: str, shard_size: int, workers: int, echo: Callable[[str], None] = print,
-                  progress: bool = True) -> Path:
-    """The shard set of the whole dataset for one codec (converted once, reused while it matches)."""
+                  progress: bool = True, lc: bool = False) -> Path:
+    """The shard set of the whole dataset for one codec (converted once, reused while it matches);
+    `lc`: with the lc member (segmentation)."""
     from convert.conversion import convert_shards
 
-    out = ds.shards(codec)
-    stamp = {"dataset": asdict(ds.params), "codec": codec, "shard_size": shard_size, "samples": len(ds.keys)}
+    out = ds.shards(codec, lc)
+    stamp = {"dataset": asdict(ds.params), "codec": codec, "shard_size": shard_size, "samples": len(ds.keys),
+             **({"lc": True} if lc else {})}
     stamp_path = out / SHARD_STAMP
     if (out / MANIFEST_NAME).is_file() and stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp:
         return out
     if out.exists():
         shutil.rmtree(out)
     echo(f"bench dataset: converting {len(ds.keys)} triplets to {codec} shards in {out}")
-    convert_shards(shard_options(ds, out, codec, workers, subset=False, shard_size=shard_size, progress=progress))
+    convert_shards(shard_options(ds, out, codec, workers, subset=False, shard_size=shard_size, progress=progress,
+                                 lc=lc))
     manifest = load_manifest(str(out))
     if manifest.samples("train") != len(ds.keys):
         raise BenchDataError(f"{out}: {manifest.samples('train')} samples converted, expected {len(ds.keys)} "

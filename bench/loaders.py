@@ -1,16 +1,4 @@
-"""The loader rows: one repeat of each way of turning stored patches into training batches.
-
-- the original's way: `train.data.geotiff` (rasterio per sample, float, normalisation) through a
-  torch DataLoader, shuffled, as the original toolbox trains;
-- our webdataset loader (`train.data.webdataset`, the training defaults: shuffled, 8 read
-  streams, checksums verified, decoding threads in the training process; or worker processes)
-  into uint16 batches, and into normalised float batches (`train.device.InputTransform` on the
-  CPU, as the training loop does on its device).
-
-"1 core" pins the whole process tree to one CPU with torch on one thread; "all cores" runs one
-decoding thread (or worker process) per CPU, unpinned. DALI runs in its own process
-(`bench.daliworker`), see `bench.dali`; the stock webdataset, floor and limit rows in `bench.stock`.
-"""
+"""The loader rows: one repeat of each way of turning stored patches into training batches."""
 
 from __future__ import annotations
 
@@ -77,6 +65,36 @@ def webdataset_repeat(root: str, settings: LoaderSettings, workers: int, seed: i
         for _ in loader.epoch(seed):
             pass
         return steady_rate(loader.epoch(seed + 1), lambda b: len(b["key"]), consume)
+    finally:
+        loader.close()
+
+
+def seg_original_repeat(tree: str, keys: list[str], settings: LoaderSettings, workers: int, seed: int) -> Repeat:
+    """One shuffled epoch of the baseline's way: image + mask per sample from GeoTIFFs."""
+    from train.data.geotiff import original_loader
+    from train.data.seggeotiff import SegGeoTiffDataset
+
+    ds = SegGeoTiffDataset(tree, keys, input_spec=settings.input_spec)
+    loader = original_loader(ds, batch_size=settings.batch_size, workers=workers, shuffle=True, seed=seed)  # type: ignore[arg-type]
+    return steady_rate(loader, lambda b: len(b["id"]))
+
+
+def seg_webdataset_repeat(root: str, settings: LoaderSettings, seed: int, threads: int) -> Repeat:
+    """The second epoch of our loader's image + mask batches (as `webdataset_repeat`), the image
+    turned into float model input as the baseline scales it."""
+    import torch
+
+    from train.data import make_loader
+    from train.device import InputTransform
+
+    spec = dataclasses.replace(webdataset_spec(root, settings, 0, seed, threads=threads), targets="mask",
+                               transform=channel_transform(resolve_bands(settings.input_spec), "dfc2020"))
+    loader = make_loader("webdataset", spec)
+    to_input = InputTransform(spec.transform, torch.device("cpu"))
+    try:
+        for _ in loader.epoch(seed):
+            pass
+        return steady_rate(loader.epoch(seed + 1), lambda b: len(b["key"]), lambda b: to_input(b["image"]))
     finally:
         loader.close()
 

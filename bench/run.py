@@ -1,11 +1,4 @@
-"""One bench run: every measurement, interleaved by round, into one `Results`.
-
-Order: dataset (made or reused) -> bytes per sample -> conversion rounds -> loader rounds (the
-original's way, our loader per codec and output, DALI per codec, the codec limits) -> training
-rounds -> S3 rounds. Within a block, round r measures every case once before round r + 1
-starts, so that the ratios taken within a round compare figures measured minutes apart, not
-the quiet start of the run with its busy end.
-"""
+"""One bench run: every measurement, interleaved by round, into one `Results`."""
 
 from __future__ import annotations
 
@@ -18,15 +11,17 @@ from typing import Callable
 
 from bench.dataset import REAL_TRIPLETS, DatasetParams, ensure_shards, geotiff_bytes, prepare, \
     preread, reference_root, shard_files
-from bench.loaders import LoaderSettings, first_batch_check, original_repeat, webdataset_repeat
+from bench.loaders import (LoaderSettings, first_batch_check, original_repeat, seg_original_repeat,
+                           seg_webdataset_repeat, webdataset_repeat)
 from bench.measure import Repeat, cores, one_cpu, pinned
 from bench.results import Results
 from bench.training import TrainingSettings
 from sen12ms_common.bands import resolve_bands
+from sen12ms_common.codecs import CODECS  # every codec of the shard format
 
 REPO = Path(__file__).resolve().parents[1]
-CODECS = ("zstd", "lz4", "none")
 OUTPUTS = ("uint16", "float", "uint16-noverify")
+SEG_CODEC = "zstd"  # the segmentation rows read shards of this codec that hold lc
 
 
 @dataclass
@@ -85,6 +80,9 @@ class Bench:
         self.names = [k + ".tif" for k in self.ds.keys]
         for codec in cfg.codecs:
             ensure_shards(self.ds, codec, cfg.shard_size, all_cores(), echo=self.say, progress=cfg.progress)
+        if SEG_CODEC in cfg.codecs:
+            ensure_shards(self.ds, SEG_CODEC, cfg.shard_size, all_cores(), echo=self.say, progress=cfg.progress,
+                          lc=True)
         res.extra["dataset"] = {"triplets": len(self.ds.keys), "subset": len(self.ds.subset_keys),
                                 "real": self.ds.real}
         res.extra["config"] = {
@@ -167,6 +165,8 @@ class Bench:
         for label, workers, cpu_of in _cores_configs():
             case(f"orig/{label}", tree_files, cpu_of,
                  lambda r, w=workers: original_repeat(str(ds.tree), self.names, self.labels, st, w, seed=r))
+        if SEG_CODEC in cfg.codecs:
+            self.segmentation_cases(case)
         for codec in cfg.codecs:
             root = str(ds.shards(codec))
             files = shard_files(ds.shards(codec))
@@ -197,6 +197,17 @@ class Bench:
             case(f"limit/{codec}", files, one_cpu, lambda r, root=root: limit_repeat(root, st.input_spec,
                                                                                      st.batch_size))
         return cases
+
+    def segmentation_cases(self, case: Callable) -> None:
+        """Image + mask batches: the DFC2020 baseline's way (GeoTIFFs) and ours (shards with lc)."""
+        ds, st = self.ds, self.cfg.loader
+        seg_root = ds.shards(SEG_CODEC, lc=True)
+        tree_files = ds.files(ds.keys, ("s2", "s1", "lc"))
+        for label, n, cpu_of in _cores_configs():
+            case(f"seg/orig/{label}", tree_files, cpu_of,
+                 lambda r, w=n: seg_original_repeat(str(ds.tree), ds.keys, st, w, seed=r))
+            case(f"seg/wds/{label}", shard_files(seg_root), cpu_of,
+                 lambda r, n=n: seg_webdataset_repeat(str(seg_root), st, seed=r, threads=n))
 
     def start_dali(self) -> None:
         self.dali = None

@@ -1,5 +1,6 @@
-"""The plan of a `convert shards` run from its options: scan the tree, read or derive the labels,
-read or make the splits, and plan (`convert.plan.build_plan`); for a part, only its scenes."""
+"""The plan of a `convert shards` run from its options: scan the tree(s), read or derive the labels,
+read or make the splits, and plan (`convert.plan.build_plan`; DFC2020 patches: `convert.dfcplan`);
+for a part, only its scenes."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from convert.errors import ConvertError
 from convert.plan import Part, Plan, assign_scenes, build_plan
 from sen12ms_common import storage
 from sen12ms_common.manifest import SPLITS, Rejection
-from sen12ms_common.patches import SEASONS, SceneId, parse_patch
+from sen12ms_common.patches import SEASONS, SceneId, parse_any_patch, parse_patch
 from sen12ms_common.shardformat import SampleLayout
 
 _SCENE_FOLDER_RE = re.compile(r"^(?:s1|s2|lc)_\d+$")
@@ -24,7 +25,7 @@ _SCENE_FOLDER_RE = re.compile(r"^(?:s1|s2|lc)_\d+$")
 class PlanOptions:
     """What the plan depends on (a part of `convert.conversion.ShardsOptions`)."""
 
-    data: str
+    data: str | tuple[str, ...]  # one tree, or several converted together (SEN12MS and DFC2020)
     labels: str | None
     splits: str | None
     layout: SampleLayout
@@ -44,17 +45,53 @@ class Planned:
     part_meta: dict[str, Any] | None  # for a part: what its part manifest says about it
 
 
-def make_plan(opts: PlanOptions) -> Planned:
-    """Scan the tree, get labels and splits, and plan."""
-    from convert.scan import scan_tree
+def data_roots(data: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    return (data,) if isinstance(data, str) else tuple(data)
 
-    try:
-        scan = scan_tree(opts.data)
-    except FileNotFoundError as exc:
-        raise ConvertError(str(exc)) from exc
-    if not scan.triplets:
-        _check_data_folder(opts.data, bool(scan.problems))
-    source: dict[str, Any] = {"data": opts.data, "seed": opts.seed}
+
+def _scan(roots: tuple[str, ...]) -> tuple[Any, str]:
+    """All trees' triplets and problems, and the first tree with SEN12MS patches (whose hold-out
+    list counts); a DFC2020 tree is recognised by its folder names."""
+    from convert.dfcplan import is_dfc2020_key
+    from convert.scan import ScanResult, scan_tree
+
+    whole, sen12ms_root = ScanResult([], []), ""
+    for root in roots:
+        try:
+            scan = scan_tree(root, dfc2020=None)
+        except FileNotFoundError as exc:
+            raise ConvertError(str(exc)) from exc
+        if not scan.triplets:
+            _check_data_folder(root, bool(scan.problems))
+        whole.triplets += scan.triplets
+        whole.problems += scan.problems
+        if not sen12ms_root and any(not is_dfc2020_key(t.key) for t in scan.triplets):
+            sen12ms_root = root
+    seen: dict[str, str] = {}
+    for t in whole.triplets:
+        if t.key in seen:
+            raise ConvertError(f"{t.paths['s2']}: patch {t.key} is also in another --data tree ({seen[t.key]})")
+        seen[t.key] = t.paths["s2"]
+    return whole, sen12ms_root or roots[0]
+
+
+def make_plan(opts: PlanOptions) -> Planned:
+    """Scan the tree(s), get labels and splits, and plan."""
+    from convert.dfcplan import is_dfc2020_key, plan_dfc2020
+    from convert.scan import ScanResult
+
+    roots = data_roots(opts.data)
+    whole, sen12ms_root = _scan(roots)
+    dfc = ScanResult([t for t in whole.triplets if is_dfc2020_key(t.key)],
+                     [p for p in whole.problems if p.id and is_dfc2020_key(p.id)])
+    scan = ScanResult([t for t in whole.triplets if not is_dfc2020_key(t.key)],
+                      [p for p in whole.problems if not (p.id and is_dfc2020_key(p.id))])
+    if opts.part is not None and dfc.triplets + dfc.problems:
+        raise ConvertError(f"{dfc.problems[0].path if dfc.problems else dfc.triplets[0].paths['s2']}: a DFC2020 "
+                           "patch; a conversion in parts (--part) takes SEN12MS trees only: convert the DFC2020 "
+                           "tree in one run")
+    source: dict[str, Any] = {"data": opts.data if isinstance(opts.data, str) else list(opts.data),
+                              "seed": opts.seed}
     needed = opts.layout.modalities + (() if opts.labels else ("lc",))
     sizes = scene_sizes(scan)
     part, keep, own_triplets, mine = opts.part, None, scan.triplets, None
@@ -65,10 +102,18 @@ def make_plan(opts: PlanOptions) -> Planned:
         keep = _scene_filter(set(mine))
         own_triplets = [t for t in scan.triplets if t.id.scene_id in set(mine)]
     labels, label_problems, labels_source, label_notes = _labels(opts, own_triplets, source)
-    split_lists, excluded = _splits(opts, scan, needed, source)
+    split_lists, excluded = _splits(opts, scan, needed, source, sen12ms_root)
     plan = build_plan(scan.triplets, scan.problems, labels, label_problems, split_lists, excluded,
                       opts.layout.modalities, opts.seed, labels_source, needed,
                       keep=keep, tree_wide=part is None or part.index == 1)
+    if dfc.triplets or dfc.problems:
+        extra = plan_dfc2020(dfc.triplets, dfc.problems, opts.layout, opts.seed)
+        plan.splits.update(extra.splits)
+        plan.rejected += extra.rejected
+        plan.warnings += extra.warnings
+        plan.inputs = {**{s: plan.inputs[s] for s in SPLITS}, **extra.inputs,
+                       **{s: n for s, n in plan.inputs.items() if s not in SPLITS}}
+        sizes = scene_sizes(whole)
     if label_notes and "lc" not in opts.layout.modalities:  # a stored lc is checked (and warned) when encoded
         split_of = {e.key: split for split, entries in plan.splits.items() for e in entries}
         plan.warnings += [Rejection(n.id, n.reason, n.path, split_of[n.id]) for n in label_notes if n.id in split_of]
@@ -130,7 +175,7 @@ def _load_labels(path: str) -> Any:
         raise
 
 
-def _splits(opts: PlanOptions, scan: Any, needed: tuple[str, ...], source: dict[str, Any]
+def _splits(opts: PlanOptions, scan: Any, needed: tuple[str, ...], source: dict[str, Any], root: str
             ) -> tuple[dict[str, Any], dict[str, str]]:
     """(split lists, excluded file name -> why) from --splits, else made as `convert splits` makes them."""
     if opts.splits:
@@ -140,7 +185,7 @@ def _splits(opts: PlanOptions, scan: Any, needed: tuple[str, ...], source: dict[
         return user_input(load_splits, opts.splits), excluded_of(opts.splits)
     from convert.splits import find_holdout, load_holdout, make_splits
 
-    holdout_path = user_input(lambda data: find_holdout(data, None), opts.data)
+    holdout_path = user_input(lambda data: find_holdout(data, None), root)
     # As `convert splits` does: only triplets with every member this run needs take part.
     complete = [t.id for t in scan.triplets if all(m in t.paths for m in needed)]
     made = make_splits(complete, user_input(load_holdout, holdout_path), val_fraction=opts.val_fraction,
@@ -154,7 +199,7 @@ def scene_sizes(scan: Any) -> dict[SceneId, int]:
     keys = {t.key for t in scan.triplets} | {p.id for p in scan.problems if p.id}
     sizes: dict[SceneId, int] = {}
     for key in keys:
-        scene = parse_patch(key).scene_id
+        scene = parse_any_patch(key).scene_id
         sizes[scene] = sizes.get(scene, 0) + 1
     return sizes
 

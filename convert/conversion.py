@@ -24,7 +24,8 @@ from convert.summary import verdict
 from convert.workers import WorkerDied, WorkerPool
 from sen12ms_common import storage
 from sen12ms_common.bands import MODALITY_BANDS
-from sen12ms_common.manifest import MANIFEST_NAME, REPORT_NAME, SPLITS, Manifest, Rejection, ShardEntry, report_dict
+from sen12ms_common.manifest import (DFC2020_SPLITS, MANIFEST_NAME, REPORT_NAME, Manifest, Rejection, ShardEntry,
+                                     report_dict)
 from sen12ms_common.shardformat import SampleLayout
 
 Done = dict[str, tuple[list[ShardRecord], SplitEnd | None]]
@@ -32,7 +33,7 @@ Done = dict[str, tuple[list[ShardRecord], SplitEnd | None]]
 
 @dataclass
 class ShardsOptions:
-    data: str
+    data: str | tuple[str, ...]  # one tree, or several converted together
     out: str
     labels: str | None = None
     splits: str | None = None
@@ -117,7 +118,8 @@ def _resume(state: OutState, opts: ShardsOptions, planned: Planned, leftovers: l
             raise ConvertError(f"{opts.out}: holds shards of a different conversion, made with {differs}; run with "
                                "the same options, or choose an empty folder")
     crashed = any(e.kind == "lock" for e in leftovers)
-    resume = resume_point(state, part, planned.plan.fingerprint(opts.layout, opts.shard_size), crashed)
+    resume = resume_point(state, part, planned.plan.fingerprint(opts.layout, opts.shard_size), crashed,
+                          tuple(planned.plan.splits))
     locks = [e.path for e in leftovers if e.kind == "lock"]
     for path in [e.path for e in leftovers if e.kind != "lock"] + resume.remove + locks:  # the locks last
         storage.remove(state.url(path))
@@ -130,6 +132,13 @@ def _resume(state: OutState, opts: ShardsOptions, planned: Planned, leftovers: l
     if not (started and state.has(options_path)):
         write_json(state.url(options_path), planned.options, token)
     return resume
+
+
+def split_layout(layout: SampleLayout, split: str) -> SampleLayout:
+    """The layout of a split's samples (DFC2020 splits: dfc masks, no labels)."""
+    from convert.dfcplan import dfc2020_layout
+
+    return dfc2020_layout(layout) if split in DFC2020_SPLITS else layout
 
 
 def _encode_task(task: tuple[PlanEntry, SampleLayout, bool]) -> Encoded | Failed:
@@ -150,7 +159,7 @@ def _convert_splits(opts: ShardsOptions, planned: Planned, resume: Resume, lock:
     with WorkerPool(_encode_task, opts.workers) as pool, tqdm(total=total, initial=already, unit="sample",
                                                               desc="shards", disable=not opts.progress,
                                                               dynamic_ncols=True) as bar:
-        for split in SPLITS:
+        for split in plan.splits:
             records, end = done[split]
             if end is not None:
                 continue
@@ -158,7 +167,8 @@ def _convert_splits(opts: ShardsOptions, planned: Planned, resume: Resume, lock:
             writer = SplitWriter(opts.out, split, len(records), start, fingerprint, opts.shard_size, opts.part,
                                  lock.token, opts.on_commit)
             bar.set_postfix_str(split)
-            tasks = ((e, opts.layout, split == "train") for e in plan.splits[split][start:])
+            layout = split_layout(opts.layout, split)
+            tasks = ((e, layout, split == "train") for e in plan.splits[split][start:])
             try:
                 for result in pool.map(tasks):
                     with deferred_interrupt():  # a shard is never left renamed but uncommitted
@@ -196,7 +206,7 @@ def _finish(opts: ShardsOptions, planned: Planned, done: Done, token: str
     totals: BandMoments = {}
     splits: dict[str, list[ShardEntry]] = {}
     converted: dict[str, int] = {}
-    for split in SPLITS:
+    for split in plan.splits:
         records, end = done[split]
         assert end is not None
         splits[split] = [ShardEntry(r.name, r.samples, r.bytes, r.sha256, r.xxh3_128) for r in records]
@@ -217,7 +227,8 @@ def _finish(opts: ShardsOptions, planned: Planned, done: Done, token: str
     band_order = tuple(b for m in opts.layout.modalities if m in ("s2", "s1") for b in MODALITY_BANDS[m])
     source = dict(planned.source, shard_size=opts.shard_size, inputs=sum(plan.inputs.values()),
                   converted=sum(converted.values()), rejected=len(rejected))
-    manifest = Manifest(opts.layout, splits, finish(totals, band_order), source)
+    own = {s: split_layout(opts.layout, s) for s in splits if s in DFC2020_SPLITS}
+    manifest = Manifest(opts.layout, splits, finish(totals, band_order), source, split_layouts=own)
     if part is None:
         report_url, manifest_url = storage.join(out, REPORT_NAME), storage.join(out, MANIFEST_NAME)
         manifest_text = manifest.dumps()

@@ -1,14 +1,4 @@
-"""Read one planned triplet, apply the input policy and encode it into its shard members.
-
-Runs in the worker processes; a pure function of the plan entry and the layout, so any number of
-workers yields the same bytes. Policy (docs/FORMAT.md, "What is rejected"):
-
-- a file that cannot be read or has the wrong band count, dtype or size: rejected;
-- S1 with more than 1 % non-finite pixels: rejected as broken (the known broken triplet holds
-  NaN in 3/4 of its pixels); fewer: converted with NaN and +inf -> 0 dB, -inf -> -25 dB, warned;
-- S2 above 10000 (bright clouds, snow): stored unchanged, warned (training clips at 10000);
-- lc (when stored): IGBP value 0 (no data) warned, values above 17 rejected.
-"""
+"""Read one planned triplet, apply the input policy and encode it into its shard members."""
 
 from __future__ import annotations
 
@@ -21,12 +11,16 @@ from convert.geotiff import PatchReadError, read_patch
 from convert.plan import PlanEntry
 from convert.stats import BandMoments, band_moments
 from sen12ms_common.bands import MODALITY_BANDS
-from sen12ms_common.patches import parse_patch
+from sen12ms_common.dfc import N_DFC
+from sen12ms_common.patches import parse_any_patch
 from sen12ms_common.shardformat import SampleLayout, clean_s1, encode_sample
 
 S1_MAX_NONFINITE = 0.01  # share of S1 pixels that may be NaN/inf before a patch counts as broken
 S2_MAX_REFLECTANCE = 10000
 IGBP_MAX = 17
+# The band-1 classes each mask holds at most, and what its 0 means.
+MASK_MAX: dict[str, tuple[int, str, str]] = {"lc": (IGBP_MAX, "IGBP", "no-data pixels (class 0)"),
+                                             "dfc": (N_DFC, "DFC2020", "pixels without a class (0)")}
 
 
 @dataclass
@@ -75,23 +69,26 @@ def encode_entry(entry: PlanEntry, layout: SampleLayout, with_stats: bool) -> En
             if above:
                 warnings.append((path, f"S2 holds {above} values above {S2_MAX_REFLECTANCE} (max {int(data.max())}); "
                                        "stored unchanged"))
-        elif m == "lc":
-            igbp = data[0]
-            if int(igbp.max()) > IGBP_MAX:
-                values = sorted(int(v) for v in np.unique(igbp[igbp > IGBP_MAX]))[:5]
-                return Failed(entry.key, f"{path}: IGBP band holds values outside 0..{IGBP_MAX}: "
+        elif m in MASK_MAX:
+            most, name, zero = MASK_MAX[m]
+            band = data[0]
+            if int(band.max()) > most:
+                values = sorted(int(v) for v in np.unique(band[band > most]))[:5]
+                return Failed(entry.key, f"{path}: {name} band holds values outside 0..{most}: "
                                          f"{', '.join(map(str, values))}", path)
-            zeros = int(np.count_nonzero(igbp == 0))
+            zeros = int(np.count_nonzero(band == 0))
             if zeros:
-                warnings.append((path, f"IGBP band holds {zeros} no-data pixels (class 0); stored unchanged"))
+                warnings.append((path, f"{name} band holds {zeros} {zero}; stored unchanged"))
         arrays[m] = data
     assert georef is not None  # layout.modalities is never empty
-    pid = parse_patch(entry.key)
+    pid = parse_any_patch(entry.key)
     meta: dict[str, Any] = {
         "season": pid.season, "scene": pid.scene, "patch": pid.patch,
-        "crs": georef[0], "transform": list(georef[1]), "label": list(entry.label),
+        "crs": georef[0], "transform": list(georef[1]),
     }
-    members = encode_sample(arrays, np.asarray(entry.label), meta, layout)
+    if layout.labels:
+        meta["label"] = list(entry.label)
+    members = encode_sample(arrays, np.asarray(entry.label) if layout.labels else None, meta, layout)
     stats: BandMoments = {}
     if with_stats:
         if "s2" in arrays:

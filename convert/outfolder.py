@@ -13,13 +13,13 @@ from typing import Any
 from convert.errors import ConvertError
 from convert.plan import Part
 from sen12ms_common import storage
-from sen12ms_common.manifest import MANIFEST_NAME, REPORT_NAME, SPLITS, index_name, shard_name
+from sen12ms_common.manifest import MANIFEST_NAME, REPORT_NAME, index_name, shard_name
+from sen12ms_common.names import ALL_SPLITS, PART_TAG, SHARD_FILE_RE, SPLITS
 
 PARTS = ".parts"  # commit records and options of each conversion or part (resume)
 PART_DIR = "parts"  # part manifests and reports of a conversion in parts (merge)
-_SPLIT = "|".join(SPLITS)
-_TAG = r"p\d{4,}of\d{4,}"
-SHARD_FILE_RE = re.compile(rf"^(?P<split>{_SPLIT})-(?:(?P<part>{_TAG})-)?(?P<i>\d{{6}})\.(?P<ext>tar|idx)$")
+_SPLIT = "|".join(ALL_SPLITS)
+_TAG = PART_TAG
 RECORD_RE = re.compile(rf"^(?P<split>{_SPLIT})-(?:(?P<part>{_TAG})-)?(?P<i>\d{{6}})\.json$")
 END_FILE_RE = re.compile(rf"^(?P<split>{_SPLIT})(?:-(?P<part>{_TAG}))?\.end\.json$")
 OPTIONS_RE = re.compile(rf"^options(?:-(?P<part>{_TAG}))?\.json$")
@@ -166,7 +166,7 @@ class OutState:
         for e in state.entries:
             if e.kind == "end":
                 ends.setdefault(e.tag, set()).add(e.split)
-        if not any(len(splits) == len(SPLITS) for splits in ends.values()):
+        if not any(set(SPLITS) <= splits for splits in ends.values()):
             # A manifest or report is written only after every split of a conversion ended.
             state.foreign += [e.path for e in state.entries if e.kind in ("manifest", "report")]
             state.entries = [e for e in state.entries if e.kind not in ("manifest", "report")]
@@ -281,7 +281,8 @@ def _typed(cls: type, obj: Any, url: str) -> Any:
         raise ConvertError(f"{url}: damaged commit record ({exc}); remove it and run again with --resume") from exc
 
 
-def resume_point(state: OutState, part: Part | None, fingerprint: str, crashed: bool) -> Resume:
+def resume_point(state: OutState, part: Part | None, fingerprint: str, crashed: bool,
+                 splits: tuple[str, ...] = SPLITS) -> Resume:
     """The consecutive finished shards of each split (and its end record if it is complete), and
     what follows them. `crashed`: a run of this conversion died holding its lock, so a shard of the
     next number without a record is its own (renamed into place before its record was written)."""
@@ -290,7 +291,7 @@ def resume_point(state: OutState, part: Part | None, fingerprint: str, crashed: 
     remove: list[str] = []
     removed: dict[str, int] = {}
     unknown: list[str] = []
-    for split in SPLITS:
+    for split in splits:
         records: list[ShardRecord] = []
         for e in sorted(state.of(part, "record"), key=lambda e: e.index):
             if e.split != split:

@@ -8,7 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from sen12ms_common import storage
-from sen12ms_common.patches import PatchId, PatchNameError, parse_dfc2020_patch, parse_patch
+from sen12ms_common.patches import DFC2020_SEASONS, PatchId, PatchNameError, parse_any_patch, parse_patch
 
 
 @dataclass(frozen=True)
@@ -56,32 +56,32 @@ def _list_files(root: str, errors: list[OSError] | None = None) -> list[str]:
 
 
 def _parse_name(name: str, dfc2020: bool) -> PatchId:
-    try:
-        return parse_patch(name)
-    except PatchNameError:
-        if not dfc2020:
-            raise
-    try:
-        return parse_dfc2020_patch(name)
-    except PatchNameError:
-        raise PatchNameError(f"not a SEN12MS or DFC2020 patch name: {name!r} (expected e.g. "
-                             "ROIs1158_spring_s2_1_p30.tif or ROIs0000_test_s2_0_p30.tif)") from None
+    return parse_any_patch(name) if dfc2020 else parse_patch(name)
 
 
-def scan_tree(root: str, dfc2020: bool = False) -> ScanResult:
+def holds_dfc2020(files: list[str]) -> bool:
+    """Whether a tree's files (relative paths) lie in a DFC2020 subset folder: the layout is
+    recognised by its folder names."""
+    return any(rel.split("/", 1)[0] in DFC2020_SEASONS for rel in files if "/" in rel)
+
+
+def scan_tree(root: str, dfc2020: bool | None = False) -> ScanResult:
     """Group the patches under `root` into triplets keyed by their S2 patch.
 
     Files at the root level (hold-out lists, READMEs) are ignored; every other file must be a
     SEN12MS patch in its own folder (`<season>/<mod>_<scene>/`), else it is reported. With
     `dfc2020`, DFC2020 patches are grouped too (members s1, s2, lc, dfc, in
-    `ROIs0000_validation/<mod>_validation/` and `ROIs0000_test/<mod>_0/`).
+    `ROIs0000_validation/<mod>_validation/` and `ROIs0000_test/<mod>_0/`); `dfc2020=None`: when
+    the tree has such folders.
     """
     if not storage.is_remote(root) and not os.path.isdir(root):
-        raise FileNotFoundError(f"{root}: no such folder")
+        raise storage.StorageNotFoundError(f"{root}: no such folder", root)
     found: dict[PatchId, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     problems: list[Problem] = []
     unlisted: list[OSError] = []
     files = _list_files(root, unlisted)
+    if dfc2020 is None:
+        dfc2020 = holds_dfc2020(files)
     for exc in unlisted:
         problems.append(Problem(str(exc.filename or root), f"cannot read this folder ({exc.strerror or exc}): "
                                                              "the patches in it are not converted"))

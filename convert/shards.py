@@ -1,5 +1,5 @@
-"""`python -m convert shards`: a SEN12MS tree -> WebDataset shards per split, resumable (the
-command; the run is `convert.conversion`, the output folder `convert.outfolder`)."""
+"""`python -m convert shards`: a SEN12MS tree (and DFC2020 tree) -> WebDataset shards per split,
+resumable (the command; the run is `convert.conversion`, the output folder `convert.outfolder`)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import click
 from click.core import ParameterSource
 
 from convert.conversion import ShardsOptions, convert_shards
-from convert.errors import ConvertError
 from convert.outlock import STALE_AFTER
 from convert.plan import Part, parse_part, parse_size
 from convert.summary import summary_lines
+from sen12ms_common.errors import report_errors
 from sen12ms_common.shardformat import CODECS, DEFAULT_LEVEL, SampleLayout
 
 
@@ -68,6 +68,9 @@ def resume_command(ctx: click.Context) -> str:
             continue
         if name == "progress":
             words.append("--progress" if value else "--no-progress")
+        elif name == "data":
+            for root in value:
+                words += [param.opts[0], root]
         elif value is not None:
             text = {"shard_size": _size_text, "modalities": ",".join}.get(name, str)(value)  # type: ignore[operator]
             words += [param.opts[0], text]
@@ -75,7 +78,10 @@ def resume_command(ctx: click.Context) -> str:
 
 
 @click.command("shards")
-@click.option("--data", required=True, help="The SEN12MS tree (folder holding ROIs1158_spring/ ...).")
+@click.option("--data", required=True, multiple=True,
+              help="The SEN12MS tree (folder holding ROIs1158_spring/ ...). A DFC2020 tree (ROIs0000_validation/, "
+                   "ROIs0000_test/) is recognised by its folders and goes into the splits dfc2020_val and "
+                   "dfc2020_test; give --data more than once to convert trees together (e.g. SEN12MS and DFC2020).")
 @click.option("--out", required=True,
               help="Output folder (or URL): shards, index files, manifest.json, report.json. Empty, or holding "
                    "only this conversion (with --resume).")
@@ -113,19 +119,19 @@ def resume_command(ctx: click.Context) -> str:
                    f"{STALE_AFTER / 60:.0f} minutes (a run on this machine that is gone needs no option).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @click.pass_context
-def shards(ctx: click.Context, data: str, out: str, labels: str | None, splits_dir: str | None, codec: str,
+@report_errors
+def shards(ctx: click.Context, data: tuple[str, ...], out: str, labels: str | None, splits_dir: str | None, codec: str,
            level: int | None, shard_size: int, workers: int, modalities: tuple[str, ...], seed: int, resume: bool,
            val_fraction: float, part: Part | None, max_rejected: float, break_lock: bool, progress: bool) -> None:
-    """Convert a SEN12MS tree into sharded WebDataset (train, val, test) with manifest and report."""
+    """Convert a SEN12MS tree into sharded WebDataset (train, val, test; DFC2020: dfc2020_val, dfc2020_test)
+    with manifest and report."""
     if level is not None and codec != "zstd":
         raise click.BadParameter("--level applies to --codec zstd only", param_hint="--level")
     layout = SampleLayout(codec=codec, level=DEFAULT_LEVEL[codec] if level is None else level, modalities=modalities)
-    opts = ShardsOptions(data, out, labels, splits_dir, layout, shard_size, workers, seed, resume, val_fraction,
+    opts = ShardsOptions(data[0] if len(data) == 1 else data, out, labels, splits_dir, layout, shard_size, workers, seed, resume, val_fraction,
                          progress, part, max_rejected, break_lock)
     try:
         outcome = convert_shards(opts, echo=lambda s: click.echo(s, err=True))
-    except ConvertError as exc:
-        raise click.ClickException(str(exc)) from exc
     except KeyboardInterrupt:
         click.echo(f"Aborted! The finished shards are kept; continue with: {resume_command(ctx)}", err=True)
         sys.exit(1)

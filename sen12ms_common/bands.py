@@ -1,4 +1,4 @@
-"""Band tables of the three modalities, the input sets of the original toolbox and the band
+"""Band tables of the modalities (and of the DFC2020 mask), the input sets of the original toolbox and the band
 groups of the DFC2020 baseline."""
 
 from __future__ import annotations
@@ -6,14 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import combinations
 
+from .errors import Sen12msError
+
 S1_BANDS: tuple[str, ...] = ("VV", "VH")
 S2_BANDS: tuple[str, ...] = (
     "B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12",
 )
 LC_BANDS: tuple[str, ...] = ("IGBP", "LCCS_LC", "LCCS_LU", "LCCS_SH")
+DFC_BANDS: tuple[str, ...] = ("DFC",)  # the DFC2020 contest's 10 m mask, classes 1..10
 
-MODALITY_BANDS: dict[str, tuple[str, ...]] = {"s1": S1_BANDS, "s2": S2_BANDS, "lc": LC_BANDS}
-MODALITY_DTYPES: dict[str, str] = {"s1": "float32", "s2": "uint16", "lc": "uint8"}
+MODALITY_BANDS: dict[str, tuple[str, ...]] = {"s1": S1_BANDS, "s2": S2_BANDS, "lc": LC_BANDS, "dfc": DFC_BANDS}
+MODALITY_DTYPES: dict[str, str] = {"s1": "float32", "s2": "uint16", "lc": "uint8", "dfc": "uint8"}
 PATCH_SIZE = 256
 
 # The original's choices (1-based indices into the 13-band file): RGB = [2, 3, 4] is B2, B3, B4,
@@ -69,7 +72,7 @@ OFFICIAL_STD: dict[str, float] = dict(zip(_S2_10 + S1_BANDS, (
 )))
 
 
-class BandError(ValueError):
+class BandError(ValueError, Sen12msError):
     """An input set or band name that does not exist."""
 
 

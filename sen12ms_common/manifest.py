@@ -14,13 +14,14 @@ from typing import Any, Iterable
 
 from . import storage
 from .bands import OFFICIAL_MEAN, OFFICIAL_STD, PATCH_SIZE
+from .errors import Sen12msError
 from .igbp import IGBP_NAMES, SIMPLE_NAMES, SIMPLE_OF_FULL
+from .names import ALL_SPLITS, DFC2020_SPLIT_OF, DFC2020_SPLITS, SPLIT_NAME, SPLITS, index_name, is_shard_name, shard_name  # noqa: F401 (re-exported)
 from .checksums import FAST, digests_of
 from .shardformat import FORMAT_VERSION, SampleLayout, ShardFormatError, check_version
 
 MANIFEST_NAME = "manifest.json"
 REPORT_NAME = "report.json"
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 # Bounds on what a manifest may declare, checked before anything is sized by it: SEN12MS holds
 # 180,662 patches of 256 x 256 pixels.
 MAX_SAMPLES = 2_000_000
@@ -29,25 +30,10 @@ MAX_PATCH_SIZE = PATCH_SIZE
 # (no member is empty).
 MIN_MEMBER_BYTES = 1024
 MAX_MANIFEST_BYTES = 64 << 20
-_SPLIT_NAME = re.compile(r"^[a-z]+$")
 
 
-class ManifestError(ValueError):
+class ManifestError(ValueError, Sen12msError):
     """A manifest that is missing, unreadable or does not match its shards."""
-
-
-def shard_name(split: str, index: int) -> str:
-    return f"{split}-{index:06d}.tar"
-
-
-def is_shard_name(name: str, split: str) -> bool:
-    """`<split>-NNNNNN.tar`, or `<split>-pNNNNofNNNN-NNNNNN.tar` of a conversion in parts."""
-    return _SPLIT_NAME.match(split) is not None and re.fullmatch(rf"{re.escape(split)}-(?:p\d{{4,}}of\d{{4,}}-)?\d{{6}}\.tar", name) is not None
-
-
-def index_name(shard: str) -> str:
-    """The DALI index file of a shard: `train-000000.idx`."""
-    return shard[: -len(".tar")] + ".idx"
 
 
 @dataclass
@@ -70,6 +56,11 @@ class Manifest:
     stats: dict[str, dict[str, float]] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    split_layouts: dict[str, SampleLayout] = field(default_factory=dict)  # where a split's differs
+
+    def layout_of(self, split: str) -> SampleLayout:
+        """The layout of a split's samples: its own (DFC2020 splits: dfc masks, no labels) or the set's."""
+        return self.split_layouts.get(split, self.layout)
 
     def shards(self, split: str) -> list[ShardEntry]:
         if split not in self.splits:
@@ -84,16 +75,19 @@ class Manifest:
             "format_version": self.format_version,
             "layout": self.layout.to_dict(),
             "codec": self.layout.codec,
-            "splits": {
-                split: {"samples": sum(s.samples for s in shards), "shards": [
-                    {**asdict(s), "index": s.index} for s in shards
-                ]}
-                for split, shards in self.splits.items()
-            },
+            "splits": {split: self._split_dict(split, shards) for split, shards in self.splits.items()},
             "label_schemes": label_schemes(),
             "stats": self.stats,
             "source": self.source,
         }
+
+    def _split_dict(self, split: str, shards: list[ShardEntry]) -> dict[str, Any]:
+        d: dict[str, Any] = {"samples": sum(s.samples for s in shards),
+                             "shards": [{**asdict(s), "index": s.index} for s in shards],
+                             "mask": self.layout_of(split).mask}
+        if split in self.split_layouts:
+            d["layout"] = self.split_layouts[split].to_dict()
+        return d
 
     def dumps(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -108,8 +102,9 @@ class Manifest:
             except ShardFormatError as exc:
                 raise ManifestError(str(exc)) from None
             splits = {split: [_entry(split, s) for s in v["shards"]] for split, v in d["splits"].items()}
+            own = {split: SampleLayout.from_dict(v["layout"]) for split, v in d["splits"].items() if "layout" in v}
             manifest = cls(SampleLayout.from_dict(d["layout"]), splits, d.get("stats", {}), d.get("source", {}),
-                           version)
+                           version, own)
         except ManifestError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -145,15 +140,15 @@ def check_manifest(m: Manifest, declared: dict[str, Any] | None = None) -> None:
     `<split>-NNNNNN.tar` (a shard of another split listed here is refused), each named once in
     the manifest, with 1 or more samples, no more samples than its bytes can hold and at most
     MAX_SAMPLES in all; a split's declared sample count equal to its shards' sum."""
-    size = m.layout.size
-    if not 1 <= size <= MAX_PATCH_SIZE:
-        raise ManifestError(f"layout size {size} is not a patch size (1..{MAX_PATCH_SIZE} pixels)")
-    per_sample = MIN_MEMBER_BYTES * len(m.layout.member_exts())
+    for layout in (m.layout, *m.split_layouts.values()):
+        if not 1 <= layout.size <= MAX_PATCH_SIZE:
+            raise ManifestError(f"layout size {layout.size} is not a patch size (1..{MAX_PATCH_SIZE} pixels)")
     seen: dict[str, str] = {}
     total = 0
     for split, entries in m.splits.items():
-        if not isinstance(split, str) or not _SPLIT_NAME.match(split):
-            raise ManifestError(f"split name {_short(split)} is not a lower-case word such as train")
+        if not isinstance(split, str) or not SPLIT_NAME.match(split):
+            raise ManifestError(f"split name {_short(split)} is not a lower-case word such as train or dfc2020_val")
+        per_sample = MIN_MEMBER_BYTES * len(m.layout_of(split).member_exts())
         for e in entries:
             where = f"{split} shard {e.name}"
             if not is_shard_name(e.name, split):

@@ -19,12 +19,14 @@ import numpy as np
 from .bands import MODALITY_BANDS, PATCH_SIZE
 from .checksums import HashingWriter
 from .codecs import CHUNKED, CODECS, BandDecoder, CodecError, chunk_offsets, encode_band
+from .errors import Sen12msError
 
 FORMAT_VERSION = 2
 CODEC_SUFFIX: dict[str, str] = {"zstd": "zst", "lz4": "lz4", "none": "raw"}
 DEFAULT_LEVEL: dict[str, int] = {"zstd": 3, "lz4": 0, "none": 0}
-STORED_DTYPE: dict[str, str] = {"s1": "uint16", "s2": "uint16", "lc": "uint8"}
-ARRAY_MODALITIES: tuple[str, ...] = ("s2", "s1", "lc")  # member order inside a sample
+STORED_DTYPE: dict[str, str] = {"s1": "uint16", "s2": "uint16", "lc": "uint8", "dfc": "uint8"}
+ARRAY_MODALITIES: tuple[str, ...] = ("s2", "s1", "lc", "dfc")  # member order inside a sample
+MASK_MODALITIES: tuple[str, ...] = ("dfc", "lc")  # where pixel targets come from, the first held wins
 
 S1_MIN_DB = -25.0
 S1_MAX_DB = 0.0
@@ -36,7 +38,7 @@ META_EXT = "json"
 N_LABEL = 17
 
 
-class ShardFormatError(ValueError):
+class ShardFormatError(ValueError, Sen12msError):
     """A sample or member that does not decode as this format says it must."""
 
 
@@ -50,6 +52,7 @@ class SampleLayout:
     modalities: tuple[str, ...] = ("s2", "s1")
     size: int = PATCH_SIZE
     version: int = FORMAT_VERSION
+    labels: bool = True  # a label.f32 member per sample (DFC2020 samples have none)
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
@@ -61,6 +64,11 @@ class SampleLayout:
         object.__setattr__(self, "modalities", tuple(m for m in ARRAY_MODALITIES if m in self.modalities))
         if self.codec != "zstd":
             object.__setattr__(self, "byte_shuffle", False)
+
+    @property
+    def mask(self) -> str | None:
+        """The member pixel targets come from: `dfc` (DFC2020 classes), `lc` (IGBP) or None."""
+        return next((m for m in MASK_MODALITIES if m in self.modalities), None)
 
     def ext(self, modality: str) -> str:
         return f"{modality}.{CODEC_SUFFIX[self.codec]}"
@@ -87,7 +95,7 @@ class SampleLayout:
         exts = [self.ext(m) for m in self.modalities]
         if self.chunked:
             exts += [self.sizes_ext(m) for m in self.modalities]
-        return tuple(sorted(exts + [LABEL_EXT, META_EXT]))
+        return tuple(sorted(exts + ([LABEL_EXT] if self.labels else []) + [META_EXT]))
 
     def member_limit(self) -> int:
         """The most bytes a member of this layout can hold (a compressed band can exceed its raw
@@ -111,9 +119,14 @@ class SampleLayout:
             }
             for m in self.modalities
         }
-        members["label"] = {"ext": LABEL_EXT, "dtype": "float32", "byteorder": "little", "shape": [N_LABEL]}
+        if self.labels:
+            members["label"] = {"ext": LABEL_EXT, "dtype": "float32", "byteorder": "little", "shape": [N_LABEL]}
         members["meta"] = {"ext": META_EXT}
         d = asdict(self)
+        if self.labels:
+            # Absent means true: the layouts (and conversion fingerprints) of labelled shard sets
+            # stay those of earlier versions.
+            del d["labels"]
         d["modalities"] = list(self.modalities)
         d["members"] = members
         return d
@@ -123,7 +136,8 @@ class SampleLayout:
         version = int(d.get("version", 0))
         check_version(version)
         return cls(codec=d["codec"], level=int(d["level"]), byte_shuffle=bool(d["byte_shuffle"]),
-                   modalities=tuple(d["modalities"]), size=int(d["size"]), version=version)
+                   modalities=tuple(d["modalities"]), size=int(d["size"]), version=version,
+                   labels=bool(d.get("labels", True)))
 
 
 def check_version(version: int) -> None:
@@ -232,16 +246,20 @@ def encode_meta(meta: Mapping[str, Any]) -> bytes:
     return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
 
 
-def encode_sample(arrays: Mapping[str, np.ndarray], prob: np.ndarray, meta: Mapping[str, Any],
+def encode_sample(arrays: Mapping[str, np.ndarray], prob: np.ndarray | None, meta: Mapping[str, Any],
                   layout: SampleLayout) -> dict[str, bytes]:
-    """All members of one sample (ext -> bytes). `arrays["s1"]` is S1 in dB (float)."""
+    """All members of one sample (ext -> bytes). `arrays["s1"]` is S1 in dB (float); `prob` is
+    None for a layout without labels."""
     members: dict[str, bytes] = {}
     for m in layout.modalities:
         if m not in arrays:
             raise ShardFormatError(f"sample lacks its {m} array")
         arr = quantize_s1(arrays[m]) if m == "s1" else arrays[m]
         members.update(encode_array(arr, m, layout))
-    members[LABEL_EXT] = encode_label(prob)
+    if layout.labels:
+        if prob is None:
+            raise ShardFormatError("sample lacks its label")
+        members[LABEL_EXT] = encode_label(prob)
     members[META_EXT] = encode_meta(meta)
     return members
 
@@ -250,16 +268,18 @@ def decode_sample(members: Mapping[str, bytes], layout: SampleLayout,
                   modalities: Iterable[str] | None = None) -> dict[str, Any]:
     """Decode the members of one sample (ext -> bytes, as webdataset groups them).
 
-    Returns the stored arrays (S1 still as uint16 codes), `label` (float32, 17) and `meta`.
+    Returns the stored arrays (S1 still as uint16 codes), `label` (float32, 17; only where the
+    layout has labels) and `meta`.
     """
     out: dict[str, Any] = {}
     for m in (layout.modalities if modalities is None else modalities):
         if m not in layout.modalities:
             raise ShardFormatError(f"these shards hold no {m} (they hold {', '.join(layout.modalities)})")
         out[m] = decode_array(members, m, layout)
-    if LABEL_EXT not in members:
-        raise ShardFormatError(f"member .{LABEL_EXT} is missing")
-    out["label"] = decode_label(members[LABEL_EXT])
+    if layout.labels:
+        if LABEL_EXT not in members:
+            raise ShardFormatError(f"member .{LABEL_EXT} is missing")
+        out["label"] = decode_label(members[LABEL_EXT])
     if META_EXT in members:
         try:
             out["meta"] = json.loads(bytes(members[META_EXT]))

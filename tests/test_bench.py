@@ -61,8 +61,10 @@ def test_bench_table_has_every_row_with_sane_figures(bench_doc: Path):
     # conversion: 3 codecs x (1 worker, all cores); loaders: the original's way x 2, per codec ours
     # (uint16, float) x 2 + uint16 unverified x 1 + worker processes x 2 + stock webdataset x 1 + DALI
     # x 2, and the RGB and --augment rows; limits per codec + the memory-copy floor; cores per GPU: the GPU + 3 codecs;
-    # bytes: 2 GeoTIFF + 3 shards + 1 real GeoTIFF + 3 real encoded; training: 3; S3: read-only + 2 x 2.
+    # bytes: 2 GeoTIFF + 3 shards + 1 real GeoTIFF + 3 real encoded; training: 3; S3: read-only + 2 x 2;
+    # segmentation: the baseline's way and ours (image + mask) x (1 core, all cores).
     assert counts == {"Conversion (convert shards)": 6, "Loader (train split, shuffled)": 2 + 3 * 10 + 2,
+                      "Segmentation loader (train split, shuffled, image + mask)": 2 * 2,
                       "Limit (read + decode only)": 4, "Cores to feed one GPU": 4, "Bytes per sample on disk": 9,
                       "Training step": 3, "S3 (local SeaweedFS)": 5}, counts
     dali_missing = importlib.util.find_spec("nvidia.dali") is None
@@ -99,6 +101,9 @@ def test_bench_table_has_every_row_with_sane_figures(bench_doc: Path):
         start = max((k for k in compared if r["Measurement"].startswith(k)), key=len, default=None)
         if start and r["Median"][0].isdigit():
             assert re.search(compared[start], r["Compared (per round)"]), r
+    seg = [r for r in rows if r["Group"].startswith("Segmentation loader") and r["Measurement"].startswith("ours")]
+    assert len(seg) == 2 and all(re.fullmatch(r"[0-9.]+x baseline; [0-9.]+x the classification batches",
+                                              r["Compared (per round)"]) for r in seg), seg
     cores = [number(r["Median"]) for r in rows if r["Group"] == "Cores to feed one GPU" and r["Unit"] == "cores"]
     assert len(cores) == 3 and all(c > 0 for c in cores)
     assert "2600" in by_name[("Cores to feed one GPU", next(r["Measurement"] for r in rows

@@ -12,10 +12,13 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from sen12ms_common.errors import report_errors
+from sen12ms_common.igbp import LABEL_TYPES, SCHEMES
 from sen12ms_common.inputs import STATS_CHOICES
 
 from .config import TrainConfig
-from .options import MAX_STREAMS, MAX_THREADS, MAX_WORKERS
+from .data import loader_names
+from .options import DEVICES, MAX_STREAMS, MAX_THREADS, MAX_WORKERS
 from .progress import ProgressOptions, progress_options
 from .tasks import task_names
 
@@ -34,10 +37,10 @@ _D = TrainConfig()  # the defaults, in one place
 @click.option("--input", "input", default=_D.input, show_default=True, metavar="SET|BANDS",
               help="Input channels: rgb (B2,B3,B4), s2 (10 bands), s1 (VV,VH), s1s2 (12), rgbs1 (5), "
                    "or band names such as B8,B4,B3,VV, in that channel order.")
-@click.option("--label-type", type=click.Choice(["single_label", "multi_label"]), default=_D.label_type,
+@click.option("--label-type", type=click.Choice(LABEL_TYPES), default=_D.label_type,
               show_default=True, help="single_label: argmax class, CrossEntropyLoss; multi_label: classes with "
                                       "probability >= --threshold, BCEWithLogitsLoss.")
-@click.option("--igbp", type=click.Choice(["simple", "full"]), default=_D.igbp, show_default=True,
+@click.option("--igbp", type=click.Choice(SCHEMES), default=_D.igbp, show_default=True,
               help="IGBP scheme: simple (10 classes) or full (17 classes).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=_D.threshold, show_default=True,
               help="Multi-label: a class is present where its share of the patch is >= this.")
@@ -55,10 +58,10 @@ _D = TrainConfig()  # the defaults, in one place
 @click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=_D.threads, show_default=True,
               help="Decoding threads per reading process (0: every CPU this process may use when --workers "
                    "is 0, else 1 per worker). Does not change the data order.")
-@click.option("--loader", type=click.Choice(["webdataset", "dali"]), default=_D.loader, show_default=True,
+@click.option("--loader", type=click.Choice(loader_names()), default=_D.loader, show_default=True,
               help="webdataset: CPU workers hand uint16 batches to the device; dali: NVIDIA DALI pipeline "
                    "(optional extra).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=_D.device, show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default=_D.device, show_default=True,
               help="auto: CUDA when available, else CPU.")
 @click.option("--amp", is_flag=True, help="Mixed precision: bfloat16 autocast (float16 + GradScaler on GPUs "
                                           "without bfloat16); on the CPU bfloat16 autocast.")
@@ -93,6 +96,7 @@ _D = TrainConfig()  # the defaults, in one place
                    "the same ones); the original trained without augmentation.")
 @progress_options
 @click.pass_context
+@report_errors
 def main(ctx: click.Context, **params: Any) -> None:
     """Train a SEN12MS classifier on the train shards, validate every epoch on the val shards,
     keep the best checkpoint by validation micro-F1 and score it on the test shards.
@@ -104,10 +108,7 @@ def main(ctx: click.Context, **params: Any) -> None:
     Several GPUs or nodes: start it with `torchrun --nproc_per_node N -m train ...`
     (DistributedDataParallel; --batch-size is per process; rank 0 writes the run directory).
     """
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .distributed import Dist, DistributedError, init_from_env, shutdown
-    from .options import OptionError
+    from .distributed import Dist, init_from_env, shutdown
     from .run import fit
     from .signals import Interrupted
 
@@ -126,13 +127,6 @@ def main(ctx: click.Context, **params: Any) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         click.echo(str(exc), err=True)
         sys.exit(128 + int(exc.signum))
-    except (DataError, CheckpointError, DistributedError, OptionError) as exc:
-        raise click.ClickException(str(exc)) from None
-    except (ValueError, OSError, RuntimeError) as exc:
-        # Options that cannot work together (band not in the shards, missing statistics, device).
-        if _is_user_error(exc):
-            raise click.ClickException(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__) from None
-        raise
     finally:
         shutdown(d)
 
@@ -187,19 +181,6 @@ def _apply_checkpoint(checkpoint: dict, resume: str, given: dict, explicit: set[
     if checkpoint.get("arch") and str(checkpoint["arch"]) != given["model"]:
         raise click.ClickException(f"{resume}: a {str(checkpoint['arch'])[:100]} checkpoint, but --model is "
                                    f"{given['model']}")
-
-
-def _is_user_error(exc: BaseException) -> bool:
-    from sen12ms_common.bands import BandError
-    from sen12ms_common.igbp import LabelError
-    from sen12ms_common.inputs import StatsError
-    from sen12ms_common.manifest import ManifestError
-    from sen12ms_common.storage import StorageError
-
-    from .device import DeviceError
-
-    return isinstance(exc, (BandError, LabelError, StatsError, DeviceError, ManifestError, StorageError,
-                            FileNotFoundError))
 
 
 if __name__ == "__main__":

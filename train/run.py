@@ -103,7 +103,7 @@ class TrainingRun:
         _seed_everything(cfg.seed)
         RunDir(cfg.resolved_run_dir())  # an unusable --run-dir fails before anything is loaded
         manifest = load_manifest(cfg.shards)
-        check_modalities(manifest, resolve_bands(cfg.input), cfg.shards, "choose another --input")
+        check_modalities(manifest, resolve_bands(cfg.input), cfg.shards, "train", "choose another --input")
         setup = make_setup(shards=cfg.shards, model_name=cfg.model, input_spec=cfg.input, label_type=cfg.label_type,
                            igbp=cfg.igbp, threshold=cfg.threshold, stats=cfg.stats, device=device or cfg.device,
                            amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile, task=cfg.task,

@@ -73,13 +73,13 @@ def loader_spec(setup: Setup, root: str, split: str, *, batch_size: int, train: 
                       verify=verify, skip_bad_shards=skip_bad_shards, augment=augment and train)
 
 
-def check_modalities(manifest: Manifest, bands: tuple[BandRef, ...], root: str, advice: str) -> None:
-    """DataError naming `root` when its shards lack a modality the input needs; `advice` says
-    what the caller's user can do about it."""
-    missing = [m for m in modalities_of(bands) if m not in manifest.layout.modalities]
+def check_modalities(manifest: Manifest, bands: tuple[BandRef, ...], root: str, split: str, advice: str) -> None:
+    """DataError naming `root` when the shards of `split` lack a modality the input needs;
+    `advice` says what the caller's user can do about it."""
+    held = manifest.layout_of(split).modalities
+    missing = [m for m in modalities_of(bands) if m not in held]
     if missing:
-        raise DataError(f"{root}: these shards hold no {', '.join(missing)} (they hold "
-                        f"{', '.join(manifest.layout.modalities)}); {advice}")
+        raise DataError(f"{root}: these shards hold no {', '.join(missing)} (they hold {', '.join(held)}); {advice}")
 
 
 def has_split(manifest: Manifest, split: str) -> bool:

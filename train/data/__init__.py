@@ -16,6 +16,13 @@ Every batch is a dict:
 - `key`: list of B sample keys (the S2 stem, `ROIs1158_spring_s2_1_p30`).
 - `shard` (optional): list of B shard URLs the samples came from (error messages name them).
 
+With `LoaderSpec(targets="mask")` (segmentation; webdataset loader only) a batch holds `image`,
+`mask`, `key` and `shard`, no `target` or `prob`:
+- `mask`: torch.uint8 (B, H, W), 0-based DFC2020 training classes, 255 = ignore: from a dfc
+  member (DFC2020 splits) as `sen12ms_common.dfc.dfc_to_train` maps it, else from lc band 1
+  (IGBP) as `igbp_to_dfc` maps it; `no_savanna` folds savanna away (9 classes). Augmentation
+  moves the mask with its image (the same symmetry of the square).
+
 `epoch(e, start_batch=s)` yields batches s, s+1, ... of epoch e; the order of an epoch is a
 function of the spec (seed, batch size, streams, rank, world size) and e, not of the number of
 worker processes (see `train.data.plan`).
@@ -28,13 +35,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol
 
 from sen12ms_common.bands import BandRef
+from sen12ms_common.errors import DataError
 from sen12ms_common.igbp import LabelRule
 from sen12ms_common.inputs import ChannelTransform
 from sen12ms_common.manifest import Manifest
-
-
-class DataError(Exception):
-    """A shard set that cannot be read as asked: one line naming the shard (and sample)."""
 
 
 class LoaderUnavailable(DataError):
@@ -62,7 +66,29 @@ class LoaderSpec:
     device: str = "cpu"
     verify: bool = True            # check sizes up front and sha256 while streaming
     skip_bad_shards: bool = False  # report unreadable shards / samples and go on
-    augment: bool = False          # random flips / transposes of training batches (DALI pipeline)
+    augment: bool = False          # random flips / 90-degree rotations of training batches
+    targets: str = "labels"        # labels: scene labels (target, prob); mask: pixel masks (segmentation)
+    no_savanna: bool = False       # masks: savanna ignored (255), the classes above it shift down (9 classes)
+
+
+TARGETS: tuple[str, ...] = ("labels", "mask")
+
+
+def mask_source(spec: LoaderSpec) -> str | None:
+    """The member a spec's masks come from (`dfc` or `lc`), None for scene labels; a split that
+    cannot give the spec's targets is one DataError."""
+    layout = spec.manifest.layout_of(spec.split)
+    if spec.targets not in TARGETS:
+        raise DataError(f"unknown targets {spec.targets!r} (choose one of: {', '.join(TARGETS)})")
+    if spec.targets == "mask":
+        if layout.mask is None:
+            raise DataError(f"{spec.root}: the {spec.split} split holds no masks (they hold "
+                            f"{', '.join(layout.modalities)}); convert with --modalities s1,s2,lc, or add a DFC2020 tree")
+        return layout.mask
+    if not layout.labels:
+        raise DataError(f"{spec.root}: the {spec.split} split holds no scene labels (DFC2020 samples carry dfc "
+                        "masks only): use it for segmentation")
+    return None
 
 
 class Loader(Protocol):

@@ -1,11 +1,5 @@
 """Raw samples -> one uint16 batch: each used band decoded straight into its channel of a
-preallocated batch, the samples of a batch spread over decoding threads.
-
-Compression libraries and numpy release the GIL while they work, so threads share the cores
-without batches crossing a process boundary. In the main process batch buffers are reused once
-nobody holds them (a fresh 50 MB buffer costs its page faults on every batch); in a worker
-process they are allocated in shared memory, so that handing them over copies nothing.
-"""
+preallocated batch, the samples of a batch spread over decoding threads."""
 
 from __future__ import annotations
 
@@ -22,6 +16,7 @@ from torch.utils.data import get_worker_info
 
 from sen12ms_common import storage
 from sen12ms_common.codecs import BandDecoder
+from sen12ms_common.dfc import DfcScheme
 from sen12ms_common.shardformat import LABEL_EXT, N_LABEL, ShardFormatError, decode_bands_into, decode_label
 
 from .shardread import RawSample, ShardError, ShardSource
@@ -30,10 +25,11 @@ log = logging.getLogger(__name__)
 
 
 class BufferPool:
-    """uint16 batch buffers, handed out again once no tensor or array refers to them."""
+    """Batch buffers (uint16 images, uint8 masks), handed out again once no tensor or array
+    refers to them."""
 
-    def __init__(self, keep: int = 6) -> None:
-        self.keep = keep
+    def __init__(self, keep: int = 6, dtype: type = np.uint16) -> None:
+        self.keep, self.dtype = keep, dtype
         self._bufs: list[np.ndarray] = []
 
     def take(self, shape: tuple[int, ...]) -> np.ndarray:
@@ -41,14 +37,14 @@ class BufferPool:
             # Referenced only by the list, `buf` and getrefcount's argument: nobody holds it.
             if buf.shape == shape and sys.getrefcount(buf) == 3:
                 return buf
-        buf = np.empty(shape, dtype=np.uint16)
+        buf = np.empty(shape, dtype=self.dtype)
         if len(self._bufs) < self.keep:
             self._bufs.append(buf)
         return buf
 
 
-def _shared_uint16(shape: tuple[int, ...]) -> torch.Tensor:
-    proto = torch.empty(0, dtype=torch.uint16)
+def _shared(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    proto = torch.empty(0, dtype=dtype)
     storage_ = proto._typed_storage()._new_shared(math.prod(shape), device="cpu")
     return proto.new(storage_).view(shape)
 
@@ -82,6 +78,10 @@ class BatchDecoder:
             else:
                 self.runs.append((band.modality, [band.index], channel))
         self._pool = BufferPool()
+        self._masks = BufferPool(dtype=np.uint8)
+        # Stored mask value -> 0-based training class (255 = ignore), for the mask's member.
+        scheme = DfcScheme(src.savanna)
+        self.lut = None if src.mask is None else scheme.dfc_lut() if src.mask == "dfc" else scheme.igbp_lut()
         self._local = threading.local()
         self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="decode") if self.threads > 1 else None
 
@@ -95,30 +95,36 @@ class BatchDecoder:
             d = self._local.decoder = BandDecoder()
         return d
 
-    def _image(self, n: int, full: int) -> torch.Tensor:
-        size = self.src.layout.size
-        shape = (n, len(self.src.bands), size, size)
+    def _buffer(self, shape: tuple[int, ...], full: int, pool: BufferPool, dtype: torch.dtype) -> torch.Tensor:
         if get_worker_info() is not None:
-            return _shared_uint16(shape)
+            return _shared(shape, dtype)
         if self.pin_memory and torch.cuda.is_available():
-            return torch.empty(shape, dtype=torch.uint16, pin_memory=True)  # torch's pinned cache reuses it
-        buf = self._pool.take((full,) + shape[1:])
-        return torch.from_numpy(buf[:n] if n < full else buf)
+            return torch.empty(shape, dtype=dtype, pin_memory=True)  # torch's pinned cache reuses it
+        buf = pool.take((full,) + shape[1:])
+        return torch.from_numpy(buf[:shape[0]] if shape[0] < full else buf)
 
-    def _decode_one(self, sample: RawSample, out: np.ndarray, prob: np.ndarray, symmetry: int = 0) -> str | None:
-        """Fill one batch slot (seen through `symmetry`) and its label row; returns the problem
-        ("url: sample key: reason") or None."""
+    def _decode_one(self, sample: RawSample, out: np.ndarray, prob: np.ndarray | None, mask: np.ndarray | None,
+                    symmetry: int = 0) -> str | None:
+        """Fill one batch slot (seen through `symmetry`) and its label row, or its mask (through
+        the same symmetry); returns the problem ("url: sample key: reason") or None."""
         key, members, shard = sample
         out = symmetric_view(out, symmetry)
+        layout = self.src.layout
         try:
             decoder = self._band_decoder()
             for modality, bands, first in self.runs:
-                if modality not in self.src.layout.modalities:
+                if modality not in layout.modalities:
                     raise ShardFormatError(f"these shards hold no {modality}")
-                decode_bands_into(members, modality, self.src.layout, bands, out[first:first + len(bands)], decoder)
-            if LABEL_EXT not in members:
-                raise ShardFormatError(f"member .{LABEL_EXT} is missing")
-            prob[...] = decode_label(members[LABEL_EXT])
+                decode_bands_into(members, modality, layout, bands, out[first:first + len(bands)], decoder)
+            if mask is not None:
+                assert self.lut is not None and self.src.mask is not None
+                decode_bands_into(members, self.src.mask, layout, [0], symmetric_view(mask[None], symmetry), decoder)
+                mask[...] = self.lut[mask]
+            else:
+                assert prob is not None
+                if LABEL_EXT not in members:
+                    raise ShardFormatError(f"member .{LABEL_EXT} is missing")
+                prob[...] = decode_label(members[LABEL_EXT])
         except ShardFormatError as exc:
             return f"{storage.join(self.src.root, shard)}: sample {key}: {exc}"
         return None
@@ -128,15 +134,22 @@ class BatchDecoder:
         """One batch of `chunk` (a batch of `full` samples, or the shorter last one); None if
         every sample failed (with `skip_bad`). `symmetries`: per sample one of the 8 symmetries of
         the square (`symmetric_view`), applied as the bands are decoded (no extra pass)."""
-        image = self._image(len(chunk), full)
+        n, size = len(chunk), self.src.layout.size
+        image = self._buffer((n, len(self.src.bands), size, size), full, self._pool, torch.uint16)
         out = image.numpy()
-        prob = np.empty((len(chunk), N_LABEL), dtype=np.float32)
-        sym = [0] * len(chunk) if symmetries is None else [int(v) for v in symmetries]
+        masks = None if self.lut is None else self._buffer((n, size, size), full, self._masks, torch.uint8)
+        mask = None if masks is None else masks.numpy()
+        prob = np.empty((n, N_LABEL), dtype=np.float32) if mask is None else None
+        sym = [0] * n if symmetries is None else [int(v) for v in symmetries]
+
+        def one(i: int) -> str | None:
+            return self._decode_one(chunk[i], out[i], None if prob is None else prob[i],
+                                    None if mask is None else mask[i], sym[i])
+
         if self._executor is None:
-            problems = [self._decode_one(s, out[i], prob[i], sym[i]) for i, s in enumerate(chunk)]
+            problems = [one(i) for i in range(n)]
         else:
-            problems = list(self._executor.map(lambda i: self._decode_one(chunk[i], out[i], prob[i], sym[i]),
-                                               range(len(chunk))))
+            problems = list(self._executor.map(one, range(n)))
         good = [i for i, p in enumerate(problems) if p is None]
         for p in problems:
             if p is None:
@@ -147,8 +160,14 @@ class BatchDecoder:
             events.append(p)
         if not good:
             return None
-        if len(good) < len(chunk):  # the rare path of a bad sample: copies
+        keys = [chunk[i][0] for i in good]
+        shards = [storage.join(self.src.root, chunk[i][2]) for i in good]
+        if masks is not None:
+            if len(good) < n:  # the rare path of a bad sample: copies
+                image, masks = image[good], masks[good]
+            return {"image": image, "mask": masks, "key": keys, "shard": shards}
+        assert prob is not None
+        if len(good) < n:
             image, prob = image[good], prob[good]
         return {"image": image, "target": torch.from_numpy(self.src.rule.targets(prob)),
-                "prob": torch.from_numpy(prob), "key": [chunk[i][0] for i in good],
-                "shard": [storage.join(self.src.root, chunk[i][2]) for i in good]}
+                "prob": torch.from_numpy(prob), "key": keys, "shard": shards}

@@ -1,19 +1,5 @@
 """The webdataset loader: shards -> uint16 batches on the CPU, decoded by threads in this
-process (`workers` = 0, the default) or in worker processes.
-
-Per read stream (see `train.data.plan`) the shards of its slices are read in large reads
-(`shardread`), the still-compressed samples shuffled through a buffer (deterministic per seed,
-epoch, rank, stream) and each batch decoded straight into a uint16 batch (`batches`); the
-targets of the whole batch come from the `LabelRule`. Batches are delivered in the canonical
-order of the plan, whatever the number of processes or threads. Float conversion and
-normalisation happen later, on the training device.
-
-Integrity: before an epoch every shard must exist (and, when verifying, have the manifest's
-size); while streaming, each shard's xxh3-128 and sample count are compared with the manifest
-at its end. A decode error names shard and sample; with `skip_bad_shards` such a shard (or
-sample) is reported, counted in `Loader.skipped` and the stream goes on; otherwise the epoch
-stops with a `ShardError`.
-"""
+process (`workers` = 0, the default) or in worker processes."""
 
 from __future__ import annotations
 
@@ -35,7 +21,7 @@ from sen12ms_common import storage
 from sen12ms_common.bands import modalities_of
 from sen12ms_common.buffers import BufferPool
 
-from . import DataError, LoaderSpec
+from . import DataError, LoaderSpec, mask_source
 from .batches import SYMMETRIES, BatchDecoder
 from .plan import EpochPlan, StreamPlan, buffer_shuffle, epoch_plan
 from .shardread import RawSample, ShardError, ShardSource, check_shards, read_slice
@@ -246,13 +232,14 @@ class WebDatasetLoader:
     def __init__(self, spec: LoaderSpec) -> None:
         manifest = spec.manifest
         entries = tuple(manifest.shards(spec.split))
-        missing = [m for m in modalities_of(spec.bands) if m not in manifest.layout.modalities]
+        layout = manifest.layout_of(spec.split)
+        missing = [m for m in modalities_of(spec.bands) if m not in layout.modalities]
         if missing:
             raise DataError(f"{spec.root}: these shards hold no {', '.join(missing)} "
-                            f"(they hold {', '.join(manifest.layout.modalities)})")
+                            f"(they hold {', '.join(layout.modalities)})")
         self.spec = spec
-        self.src = ShardSource(spec.root, entries, manifest.layout, tuple(spec.bands), spec.rule,
-                               spec.verify, spec.skip_bad_shards)
+        self.src = ShardSource(spec.root, entries, layout, tuple(spec.bands), spec.rule,
+                               spec.verify, spec.skip_bad_shards, mask_source(spec), not spec.no_savanna)
         self.dataset = EpochStreams(self.src, tuple(e.samples for e in entries), batch_size=spec.batch_size,
                                     seed=spec.seed, shuffle=spec.train, streams=spec.streams, rank=spec.rank,
                                     world_size=spec.world_size, shuffle_buffer=spec.shuffle_buffer,
