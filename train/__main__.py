@@ -30,10 +30,12 @@ _D = TrainConfig()  # the defaults, in one place
               help="Shard set written by `python -m convert shards` (a folder or s3://bucket/prefix). "
                    "Required unless --resume names a checkpoint of ours, whose options are the defaults then.")
 @click.option("--task", type=click.Choice(task_names()), default=_D.task, show_default=True,
-              help="What is learnt: classification (the original's: IGBP classes of a patch).")
+              help="What is learnt: classification (the original's: IGBP classes of a patch) or segmentation "
+                   "(a DFC2020 class per pixel from lc/dfc masks; needs shards with masks, see docs/segmentation.md).")
 @click.option("--model", default=_D.model, show_default=True, metavar="NAME",
-              help="Network: VGG16, VGG19, ResNet50, ResNet101, ResNet152, DenseNet121/161/169/201 "
-                   "(the original's), ResNet18 or SmallCNN (small, for tests and demos).")
+              help="Network. Classification: VGG16, VGG19, ResNet50, ResNet101, ResNet152, DenseNet121/161/169/201 "
+                   "(the original's), ResNet18 or SmallCNN (small, for tests and demos). Segmentation: UNet (the "
+                   "default there), DeepLabV3Plus (ResNet-101) or SmallUNet (small, for tests and demos).")
 @click.option("--input", "input", default=_D.input, show_default=True, metavar="SET|BANDS",
               help="Input channels: rgb (B2,B3,B4), s2 (10 bands), s1 (VV,VH), s1s2 (12), rgbs1 (5), "
                    "or band names such as B8,B4,B3,VV, in that channel order.")
@@ -78,7 +80,8 @@ _D = TrainConfig()  # the defaults, in one place
                    "checkpoint and test; 0: no limit (to lift a resumed run's). [default: no limit]")
 @click.option("--stats", type=click.Choice(list(STATS_CHOICES)), default=_D.stats, show_default=True,
               help="Normalisation: official (the original's training-set mean/std), manifest (computed by the "
-                   "converter over this train split), none (the original's unnormalised scaling).")
+                   "converter over this train split), none (the original's unnormalised scaling), dfc2020 (the "
+                   "DFC2020 baseline's: S2 clip 0..10000 / 10000, S1 clip -25..0 dB / 25 + 1).")
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=_D.seed, show_default=True,
               help="Seed of model initialisation and of the data order (a function of seed and epoch).")
 @click.option("--shuffle-buffer", type=click.IntRange(1), default=_D.shuffle_buffer, show_default=True,
@@ -94,6 +97,14 @@ _D = TrainConfig()  # the defaults, in one place
 @click.option("--augment", is_flag=True,
               help="Random flips and 90-degree rotations of the training patches, seeded (a resumed run draws "
                    "the same ones); the original trained without augmentation.")
+@click.option("--no-savanna", is_flag=True,
+              help="Segmentation: ignore savanna pixels, 9 classes (the DFC2020 baseline's --no_savanna).")
+@click.option("--output-stride", type=click.Choice(["8", "16"]), default=str(_D.output_stride), show_default=True,
+              callback=lambda ctx, param, v: int(v), help="Segmentation: output stride of DeepLabV3Plus.")
+@click.option("--val-split", default=_D.val_split, show_default=True, metavar="SPLIT",
+              help="Split validated after every epoch (e.g. dfc2020_val, the DFC2020 validation set).")
+@click.option("--test-split", default=_D.test_split, show_default=True, metavar="SPLIT",
+              help="Split the best checkpoint is scored on (e.g. dfc2020_test); its files are RUN/test_*.")
 @progress_options
 @click.pass_context
 @report_errors
@@ -146,6 +157,8 @@ def _config(ctx: click.Context, params: dict[str, Any]) -> tuple[TrainConfig, di
     if given["resume"]:
         checkpoint = load_checkpoint(given["resume"])
         _apply_checkpoint(checkpoint, given["resume"], given, explicit)
+    if given["task"] == "segmentation" and "model" not in explicit and given["model"] == _D.model:
+        given["model"] = "UNet"  # the classification default cannot segment
     if not given["shards"]:
         raise click.ClickException("--shards is required (the output folder of `python -m convert shards`)")
     # The one check of every option, whichever the source (click's types come first on the command line).

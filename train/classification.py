@@ -58,6 +58,7 @@ class ClassificationTask:
     validation micro-F1 (as the original)."""
 
     name = "classification"
+    targets = "labels"
     best_metric = "microF1"
 
     def __init__(self, rule: LabelRule) -> None:

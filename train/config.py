@@ -45,6 +45,10 @@ class TrainConfig:
     verify: bool = True
     skip_bad_shards: bool = False
     augment: bool = False
+    no_savanna: bool = False       # segmentation: savanna ignored, 9 classes (the baseline's --no_savanna)
+    output_stride: int = 16        # segmentation: DeepLabV3Plus output stride (8 or 16)
+    val_split: str = "val"         # split validated every epoch (dfc2020_val: the DFC2020 validation set)
+    test_split: str = "test"       # split the best checkpoint is scored on
 
     def __post_init__(self) -> None:
         self.input = canonical_input(self.input)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -31,6 +31,7 @@ class EvalOptions:
     threshold: float
     stats: str
     transform: ChannelTransform | None  # exact transform stored in our checkpoints
+    task_options: dict[str, Any] = field(default_factory=dict)  # segmentation: savanna, output stride
 
 
 def _saved_transform(ckpt: Mapping[str, Any], input_spec: str, source: str) -> ChannelTransform | None:
@@ -60,6 +61,7 @@ def options_for(ckpt: Mapping[str, Any], checkpoint_path: str, config: str | Non
     from .argsfile import original_to_options, read_arguments_file
     from .config import canonical_input
     from .options import check_options
+    from .tasks import task_options
 
     if config:
         opts: dict[str, Any] = original_to_options(read_arguments_file(config))
@@ -72,8 +74,10 @@ def options_for(ckpt: Mapping[str, Any], checkpoint_path: str, config: str | Non
             f"{checkpoint_path}: holds no configuration (a checkpoint of the original toolbox?): "
             "pass its arguments file with --config")
     # The options used here pass the trainer's own checks (the same function as its command line).
-    used = {k: opts[k] for k in ("task", "model", "input", "label_type", "igbp", "threshold", "stats") if k in opts}
-    missing = [k for k in ("model", "input", "label_type", "igbp") if k not in used]
+    keys = ("task", "model", "input", "label_type", "igbp", "threshold", "stats", "no_savanna", "output_stride")
+    used = {k: opts[k] for k in keys if k in opts}
+    needed = ("model", "input") if used.get("task") == "segmentation" else ("model", "input", "label_type", "igbp")
+    missing = [k for k in needed if k not in used]
     if missing:
         raise click.ClickException(f"{source}: the configuration lacks {', '.join(missing)}")
     check_options(used, lambda k: f"{source}: option {k!r}")
@@ -84,9 +88,11 @@ def options_for(ckpt: Mapping[str, Any], checkpoint_path: str, config: str | Non
                                    f"{opts['model']}")
     input_spec = canonical_input(str(opts["input"]))
     transform = None if stats else _saved_transform(ckpt, input_spec, checkpoint_path)
-    return EvalOptions(task=str(opts.get("task", "classification")), model=str(opts["model"]), input=input_spec, label_type=str(opts["label_type"]),
-                       igbp=str(opts["igbp"]), threshold=float(opts.get("threshold", 0.1)),
-                       stats=stats or default_stats, transform=transform)
+    task = str(opts.get("task", "classification"))
+    return EvalOptions(task=task, model=str(opts["model"]), input=input_spec,
+                       label_type=str(opts.get("label_type", "multi_label")), igbp=str(opts.get("igbp", "simple")),
+                       threshold=float(opts.get("threshold", 0.1)), stats=stats or default_stats, transform=transform,
+                       task_options=task_options(task, used))
 
 
 def _setup(ckpt: Mapping[str, Any], checkpoint: str, opts: EvalOptions, shards: str, split: str, device: str):
@@ -109,7 +115,7 @@ def _setup(ckpt: Mapping[str, Any], checkpoint: str, opts: EvalOptions, shards: 
                                               f"score it on shards converted with --modalities {needed}")
     setup = make_setup(shards=shards, model_name=opts.model, input_spec=opts.input, label_type=opts.label_type,
                        igbp=opts.igbp, threshold=opts.threshold, stats=opts.stats, device=device,
-                       transform=opts.transform, manifest=manifest, task=opts.task)
+                       transform=opts.transform, manifest=manifest, task=opts.task, task_options=opts.task_options)
     check_input(ckpt, setup.model, opts.input, checkpoint)
     load_model_weights(setup.model, ckpt, strict=True, source=checkpoint)
     return setup
@@ -156,8 +162,9 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
                                                    workers=workers, threads=threads, verify=verify,
                                                    skip_bad_shards=skip_bad_shards,
                                                    rank=d.rank, world_size=d.world_size))
-    echo(f"{checkpoint}: {opts.model} ({made_at(ckpt)}), input {opts.input}, {opts.label_type} "
-         f"{opts.igbp}, stats {'as trained' if opts.transform is not None else opts.stats}; "
+    what = f"{opts.label_type} {opts.igbp}" if opts.task == "classification" else opts.task
+    stats_used = "as trained" if opts.transform is not None else opts.stats
+    echo(f"{checkpoint}: {opts.model} ({made_at(ckpt)}), input {opts.input}, {what}, stats {stats_used}; "
          f"{split}: {manifest.samples(split)} samples" + (f" over {d.world_size} processes" if d.enabled else ""))
     result = predict_all(setup, loader, d, desc=split, labels=label_check(loader, shards, split, skip_bad_shards),
                          progress=progress or ProgressOptions())
@@ -182,7 +189,7 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
               help="Arguments file of the run (the original's <ts>_arguments.txt or ours): model, input, label "
                    "rule. [default: the configuration stored in our checkpoints; required for the original's]")
 @click.option("--split", default="test", show_default=True, type=click.Choice(ALL_SPLITS),
-              help="Split of the shard set to score.")
+              help="Split of the shard set to score (dfc2020_val, dfc2020_test: segmentation checkpoints).")
 @click.option("--out", default=None, metavar="DIR|URL",
               help="Folder or s3://bucket/prefix for <split>_scores.json and <split>_predictions.npz. "
                    "[default: the checkpoint's run directory, else the current directory]")

@@ -62,11 +62,31 @@ def _optional(check: Callable[[Any], str | None]) -> Callable[[Any], str | None]
 
 
 def _model(v: Any) -> str | None:
+    from .models import TASKS, model_names
+
+    known = [m for t in TASKS for m in model_names(t)]
+    if isinstance(v, str) and v in known:
+        return None
+    return f"!unknown model {_shown(v)}; choose one of: {', '.join(known)}"
+
+
+def _split(v: Any) -> str | None:
+    from sen12ms_common.manifest import is_shard_name
+
+    ok = isinstance(v, str) and 0 < len(v) <= 64 and is_shard_name(f"{v}-000000.tar", v)
+    return None if ok else "a split name (lower-case letters, digits and _)"
+
+
+def _task_model(values: Mapping[str, Any], where: Callable[[str], str]) -> None:
+    """The model must be one of the task's (a UNet cannot classify, a ResNet50 cannot segment)."""
     from .models import model_names
 
-    if isinstance(v, str) and v in model_names():
-        return None
-    return f"!unknown model {_shown(v)}; choose one of: {', '.join(model_names())}"
+    if "task" not in values or "model" not in values:  # a part of the options (stored ones filling gaps)
+        return
+    task, model = values["task"], values["model"]
+    if task in ("classification", "segmentation") and model not in model_names(task):
+        raise OptionError(f"{where('model')}: {_shown(model)} is not a {task} model; choose one of: "
+                          f"{', '.join(model_names(task))}")
 
 
 def _input(v: Any) -> str | None:
@@ -122,6 +142,10 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "verify": _bool,
     "skip_bad_shards": _bool,
     "augment": _bool,
+    "no_savanna": _bool,
+    "output_stride": lambda v: None if v in (8, 16) and not isinstance(v, bool) else "8 or 16",
+    "val_split": _split,
+    "test_split": _split,
 }
 
 
@@ -140,6 +164,7 @@ def check_options(values: Mapping[str, Any], where: Callable[[str], str]) -> Non
         if problem is not None:  # a check says what is wanted, or ('!...') the whole problem
             text = problem[1:] if problem.startswith("!") else f"{_shown(value)} is not {problem}"
             raise OptionError(f"{where(key)}: {text}")
+    _task_model(values, where)
 
 
 def cli_name(key: str) -> str:

@@ -38,6 +38,7 @@ from .scoring import predict_all
 from .setup import Setup, check_modalities, has_split, loader_spec, make_setup
 from .signals import Interrupted, StopFlag
 from .steps import RunState, train_steps
+from .tasks import task_options
 
 Echo = Callable[[str], None]
 
@@ -107,7 +108,7 @@ class TrainingRun:
         setup = make_setup(shards=cfg.shards, model_name=cfg.model, input_spec=cfg.input, label_type=cfg.label_type,
                            igbp=cfg.igbp, threshold=cfg.threshold, stats=cfg.stats, device=device or cfg.device,
                            amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile, task=cfg.task,
-                           manifest=manifest)
+                           task_options=task_options(cfg.task, cfg.to_dict()), manifest=manifest)
         if d.rank > 0:  # same initial weights everywhere (seeded above), own dropout draws per rank
             torch.manual_seed(rank_seed(cfg.seed, d.rank))
         optimizer = torch.optim.Adam(setup.model.parameters(), lr=cfg.lr, weight_decay=cfg.decay)
@@ -119,7 +120,7 @@ class TrainingRun:
         if len(train_loader) == 0:
             raise DataError(f"{cfg.shards}: no train samples in this shard set"
                             + (f" for each of {d.world_size} processes" if d.enabled else ""))
-        val_loader = split_loader(cfg, setup, d, "val") if has_split(setup.manifest, "val") else None
+        val_loader = split_loader(cfg, setup, d, cfg.val_split) if has_split(setup.manifest, cfg.val_split) else None
         checks = {name: label_check(loader, cfg.shards, name, cfg.skip_bad_shards)
                   for name, loader in (("train", train_loader), ("val", val_loader)) if loader is not None}
         files = open_run(cfg, ts, d, log)
@@ -163,10 +164,12 @@ class TrainingRun:
         per = f"{loader.samples} samples = {len(loader)} batches/epoch"
         if d.enabled:
             per += f" on each of {d.world_size} ranks ({s.manifest.samples('train')} in the split)"
-        val = (f", val {s.manifest.samples('val')}" if self.val_loader
-               else ", no val split (the last epoch counts as best)")
+        val = (f", {cfg.val_split} {s.manifest.samples(cfg.val_split)}" if self.val_loader
+               else f", no {cfg.val_split} split (the last epoch counts as best)")
+        what = (f"{cfg.label_type} {cfg.igbp}" if s.task.name == "classification"
+                else f"{s.task.name}" + (" without savanna" if cfg.no_savanna else ""))
         return (f"run {self.files.run} ({self.files.ts}): {cfg.model} on {where} ({s.precision.name}), input "
-                f"{cfg.input} ({len(s.bands)} channels), {cfg.label_type} {cfg.igbp} ({s.task.num_classes} classes); "
+                f"{cfg.input} ({len(s.bands)} channels), {what} ({s.task.num_classes} classes); "
                 f"train {per}{val}")
 
     def train(self) -> None:
@@ -263,8 +266,8 @@ class TrainingRun:
 
     def test(self) -> dict[str, Any] | None:
         """Score the best checkpoint (the last one without a val split) on the test split."""
-        if not has_split(self.setup.manifest, "test"):
-            self.log("no test split in the shard set: no test scores")
+        if not has_split(self.setup.manifest, self.cfg.test_split):
+            self.log(f"no {self.cfg.test_split} split in the shard set: no test scores")
             return None
         best = self.files.best
         if self.dist.is_main and not storage.exists(best):
@@ -286,24 +289,26 @@ class TrainingRun:
             load_model_weights(s.model, ckpt, strict=True, source=best)
             epoch, made = ckpt.get("epoch"), made_at(ckpt)
         broadcast_state(d, s.model)
-        loader = split_loader(self.cfg, s, d, "test")
-        result = predict_all(s, loader, d, desc="test", stop=self.stop, on_keys=self.trace.writer("test", "-"),
-                             labels=label_check(loader, self.cfg.shards, "test", self.cfg.skip_bad_shards),
+        split = self.cfg.test_split
+        loader = split_loader(self.cfg, s, d, split)
+        result = predict_all(s, loader, d, desc=split, stop=self.stop, on_keys=self.trace.writer(split, "-"),
+                             labels=label_check(loader, self.cfg.shards, split, self.cfg.skip_bad_shards),
                              progress=self.progress)
         metrics = s.task.score(result)
         self.test_loss = result.loss
         skipped = self.skipped(loader)
         if not d.is_main:
             return metrics
+        # The run's layout keeps its name whichever split tests it (test_scores.json, ...).
         written = s.task.write(self.files.run.root, "test", metrics, result)
         if self.files.events is not None:
             w = self.files.events.writer("test")
             for tag, value in s.task.scalars(metrics).items():
                 w.add_scalar(tag, value, int(epoch or 0))
-        self.log(f"test ({result.samples} samples, {storage.basename(best)} {made}): "
+        self.log(f"{split} ({result.samples} samples, {storage.basename(best)} {made}): "
                  f"{s.task.test_summary(metrics)} -> {', '.join(written)}")
         if skipped:
-            self.log(f"test: skipped {len(skipped)} bad shard(s)/sample(s): " + "; ".join(skipped[:5]))
+            self.log(f"{split}: skipped {len(skipped)} bad shard(s)/sample(s): " + "; ".join(skipped[:5]))
         return metrics
 
     # --- helpers ---------------------------------------------------------------------------
@@ -323,7 +328,8 @@ class TrainingRun:
             return
         self.table.add(record)
         cfg, run = self.cfg, self.files.run
-        title = f"{cfg.model}, input {cfg.input}, {cfg.label_type} {cfg.igbp} ({self.files.ts})"
+        what = f"{cfg.label_type} {cfg.igbp}" if cfg.task == "classification" else cfg.task
+        title = f"{cfg.model}, input {cfg.input}, {what} ({self.files.ts})"
         with writing(run.root):
             self.table.write()
             storage.write_bytes(run.join(CURVES_PNG), self.table.curves_png(self.setup.task.summary_metrics[:4], title))
@@ -339,7 +345,7 @@ class TrainingRun:
             head = "summary: no validation (the last epoch's checkpoint counts as best)"
         self.log(f"{head}; per epoch: {self.files.run.join(METRICS_CSV)}, {self.files.run.join(CURVES_PNG)}")
         test = (test_scores, self.test_loss) if test_scores is not None and self.test_loss is not None else None
-        for line in summary_lines(task, best, test, "test"):
+        for line in summary_lines(task, best, test, self.cfg.test_split):
             self.log(line)
 
     def skipped_note(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
+from functools import partial
 from typing import Callable
 
 import torch
@@ -24,6 +25,7 @@ __all__ = ["UNet", "DeepLabV3Plus", "SEGMENTATION_MODELS", "BackboneWeightsError
 # torchvision's file names of the ImageNet ResNet-101 weights the baseline starts from (the older
 # name first), looked for in torch's hub cache by `backbone_weights="imagenet"`.
 IMAGENET_FILES = ("resnet101-5d3b4d8f.pth", "resnet101-63fe2227.pth")
+SMALL_UNET_WIDTH = 8  # SmallUNet: the UNet at 1/8 of the width, 1/64 of the work
 
 
 class BackboneWeightsError(ValueError, Sen12msError):
@@ -82,16 +84,21 @@ class _Head(nn.Module):
 
 class UNet(nn.Module):
     """The classic UNet, 4 down / 4 up, 64..512 channels, bilinear upsampling; PyTorch's default
-    initialisation, as the baseline. Logits (B, classes, H, W) for any H, W."""
+    initialisation, as the baseline. Logits (B, classes, H, W) for any H, W.
 
-    def __init__(self, in_channels: int, num_classes: int) -> None:
+    `width`: channels of the first level (64: the baseline's; smaller for tests and demos)."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 64) -> None:
         super().__init__()
-        self.inc = _TwoConvs(in_channels, 64)
-        self.down1, self.down2 = _Down(64, 128), _Down(128, 256)
-        self.down3, self.down4 = _Down(256, 512), _Down(512, 512)
-        self.up1, self.up2 = _Up(1024, 256), _Up(512, 128)
-        self.up3, self.up4 = _Up(256, 64), _Up(128, 64)
-        self.outc = _Head(64, num_classes)
+        if int(width) < 1:
+            raise ValueError(f"UNet width must be >= 1, not {width}")
+        w = int(width)
+        self.inc = _TwoConvs(in_channels, w)
+        self.down1, self.down2 = _Down(w, 2 * w), _Down(2 * w, 4 * w)
+        self.down3, self.down4 = _Down(4 * w, 8 * w), _Down(8 * w, 8 * w)
+        self.up1, self.up2 = _Up(16 * w, 4 * w), _Up(8 * w, 2 * w)
+        self.up3, self.up4 = _Up(4 * w, w), _Up(2 * w, w)
+        self.outc = _Head(w, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1 = self.inc(x)
@@ -265,4 +272,5 @@ def load_backbone_weights(backbone: ResNet101Backbone, source: str | os.PathLike
 SEGMENTATION_MODELS: dict[str, Callable[..., nn.Module]] = {
     "UNet": UNet,
     "DeepLabV3Plus": DeepLabV3Plus,
+    "SmallUNet": partial(UNet, width=SMALL_UNET_WIDTH),  # for tests and demos on a CPU
 }

@@ -4,6 +4,7 @@ and the task, and the loader of a split."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -46,11 +47,12 @@ class Setup:
 def make_setup(*, shards: str, model_name: str, input_spec: str, label_type: str, igbp: str,
                threshold: float, stats: str, device: str = "auto", amp: bool = False,
                channels_last: bool = False, compile: bool = False, task: str = "classification",
+               task_options: Mapping[str, Any] | None = None,
                transform: ChannelTransform | None = None, manifest: Manifest | None = None) -> Setup:
     manifest = manifest or load_manifest(shards)
     bands = resolve_bands(input_spec)
     rule = LabelRule(label_type, igbp, threshold)
-    the_task = make_task(task, rule)
+    the_task = make_task(task, rule, **(task_options or {}))
     if transform is None:
         transform = channel_transform(bands, stats, manifest.stats)
     dev = resolve_device(device)
@@ -70,7 +72,9 @@ def loader_spec(setup: Setup, root: str, split: str, *, batch_size: int, train: 
                       batch_size=batch_size, transform=setup.transform, train=train, seed=seed,
                       workers=workers, threads=threads, streams=streams, shuffle_buffer=shuffle_buffer, rank=rank,
                       world_size=world_size, pin_memory=setup.device.type == "cuda", device=str(setup.device),
-                      verify=verify, skip_bad_shards=skip_bad_shards, augment=augment and train)
+                      verify=verify, skip_bad_shards=skip_bad_shards, augment=augment and train,
+                      targets=setup.task.targets,
+                      no_savanna=setup.task.targets == "mask" and not getattr(setup.task, "scheme").savanna)
 
 
 def check_modalities(manifest: Manifest, bands: tuple[BandRef, ...], root: str, split: str, advice: str) -> None:

@@ -15,7 +15,8 @@ from torch import nn
 from sen12ms_common.igbp import LabelRule
 
 # name -> "module:class"; the default first.
-TASKS: dict[str, str] = {"classification": "train.classification:ClassificationTask"}
+TASKS: dict[str, str] = {"classification": "train.classification:ClassificationTask",
+                         "segmentation": "train.segtask:SegmentationTask"}
 
 
 class Collector(Protocol):
@@ -34,6 +35,7 @@ class Result(Protocol):
 
 class Task(Protocol):
     name: str
+    targets: str         # what its batches hold: labels (target, prob) or mask (LoaderSpec.targets)
     best_metric: str     # validation metric that picks the best checkpoint (higher is better)
     num_classes: int
     class_names: Sequence[str]
@@ -75,11 +77,19 @@ def task_names() -> list[str]:
     return list(TASKS)
 
 
-def make_task(name: str, rule: LabelRule) -> Task:
+def task_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of task `name` among a run's options (a TrainConfig's dict)."""
+    if name == "segmentation":
+        return {"savanna": not bool(options.get("no_savanna", False)),
+                "output_stride": int(options.get("output_stride", 16))}
+    return {}
+
+
+def make_task(name: str, rule: LabelRule, **options: Any) -> Task:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
     module, cls = TASKS[name].split(":")
-    return getattr(importlib.import_module(module), cls)(rule)
+    return getattr(importlib.import_module(module), cls)(rule, **options)
 
 
-__all__ = ["TASKS", "Task", "Collector", "Result", "task_names", "make_task"]
+__all__ = ["TASKS", "Task", "Collector", "Result", "task_names", "task_options", "make_task"]

@@ -1,0 +1,150 @@
+"""S1/S2 GeoTIFFs that were never converted, as `python -m train.predict --data` reads them.
+
+Files are found anywhere under a folder and grouped into patches by name: a `s1`, `s2`, `lc` or
+`dfc` token in the file name (`..._s2_0_p12.tif`) or at the start of a folder name (`s2/`,
+`s2_7/`, `s2_validation/`) says the modality; the rest of the path, the same for all members of
+a patch, is its key. This covers the SEN12MS and DFC2020 trees and the baseline's `s1/` + `s2/`
+folders. Pixels become the shards' stored values (S2 as is, S1 dB quantised as the converter
+does), so a model sees the same input as from shards.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sen12ms_common.bands import MODALITY_BANDS, BandRef, modalities_of
+from sen12ms_common.dfc import dfc_to_train, igbp_to_dfc
+from sen12ms_common.errors import Sen12msError
+from sen12ms_common.shardformat import quantize_s1
+
+from ..segfiles import Georef
+
+MODALITIES = ("s1", "s2", "lc", "dfc")
+# A modality token: a whole `_`-separated part of a name (`x_s2_1`, `s2_7`, `s2`).
+_TOKEN = re.compile(r"(?:(?<=_)|^)(s1|s2|lc|dfc)(?=_|$)", re.IGNORECASE)
+_SUFFIXES = (".tif", ".tiff")
+
+
+class TiffDirError(ValueError, Sen12msError):
+    """A folder or file that cannot be predicted from; the message names it."""
+
+
+@dataclass
+class TiffPatch:
+    key: str                                         # the S2 file name (or another member's)
+    files: dict[str, Path] = field(default_factory=dict)  # modality -> file
+
+
+def _modality_and_key(rel: Path) -> tuple[str | None, str]:
+    """The modality a relative path names (None: none or two) and the path with it blanked."""
+    found: set[str] = set()
+    parts = []
+    for i, part in enumerate(rel.parts):
+        name = part[:-len(rel.suffix)] if i == len(rel.parts) - 1 else part
+        for m in _TOKEN.findall(name):
+            found.add(m.lower())
+        parts.append(_TOKEN.sub("{m}", name))
+    if len(found) != 1:
+        return None, ""
+    return found.pop(), "/".join(parts)
+
+
+def find_patches(root: str | Path) -> list[TiffPatch]:
+    """The patches under `root`, sorted by key; files without one modality token are ignored."""
+    root = Path(root)
+    if not root.is_dir():
+        raise TiffDirError(f"{root}: not a folder")
+    groups: dict[str, TiffPatch] = {}
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in _SUFFIXES and p.is_file()):
+        modality, key = _modality_and_key(path.relative_to(root))
+        if modality is None:
+            continue
+        patch = groups.setdefault(key, TiffPatch(key=""))
+        if modality in patch.files:
+            raise TiffDirError(f"{path}: a second {modality} file for the patch of {patch.files[modality]}")
+        patch.files[modality] = path
+    for key, patch in groups.items():
+        first = patch.files.get("s2") or patch.files.get("s1") or next(iter(patch.files.values()))
+        patch.key = first.name
+    return sorted(groups.values(), key=lambda p: p.key)
+
+
+def check_inputs(patches: list[TiffPatch], bands: tuple[BandRef, ...], root: str | Path) -> list[TiffPatch]:
+    """The patches that hold every modality the model needs; a patch lacking one is an error
+    (before anything is written), a folder without a patch too. Ground truth only is left out."""
+    need = modalities_of(bands)
+    usable = [p for p in patches if any(m in p.files for m in ("s1", "s2"))]
+    if not usable:
+        raise TiffDirError(f"{root}: no S1/S2 GeoTIFFs (file or folder names with _s1_ / _s2_ tokens)")
+    for p in usable:
+        missing = [m for m in need if m not in p.files]
+        if missing:
+            have = next(iter(p.files.values()))
+            raise TiffDirError(f"{have}: no {' and '.join(missing)} file beside it (the model's input "
+                               f"needs {', '.join(need)})")
+    return usable
+
+
+@dataclass
+class TiffSample:
+    stored: dict[str, np.ndarray]  # modality -> stored values (s2 uint16, s1 uint16 codes)
+    truth: np.ndarray | None       # 0-based training classes (255 ignored), from dfc or lc
+    georef: Georef
+
+
+def _read(path: Path, modality: str) -> tuple[np.ndarray, Georef]:
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    try:
+        with rasterio.open(path) as ds:
+            data, crs, transform = ds.read(), ds.crs, ds.transform
+    except (RasterioError, OSError) as exc:
+        text = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise TiffDirError(f"{path}: not a readable GeoTIFF ({text})") from None
+    want = len(MODALITY_BANDS[modality]) if modality in ("s1", "s2") else None
+    if want is not None and data.shape[0] != want:
+        raise TiffDirError(f"{path}: {data.shape[0]} bands, a {modality} patch has {want}")
+    if modality == "s2" and not np.issubdtype(data.dtype, np.integer):
+        raise TiffDirError(f"{path}: dtype {data.dtype}, S2 reflectance x 10000 must be integers")
+    crs_text = ""
+    if crs is not None:
+        epsg = crs.to_epsg()
+        crs_text = f"EPSG:{epsg}" if epsg else crs.to_wkt()
+    return data, Georef(crs_text, tuple(float(v) for v in tuple(transform)[:6]))
+
+
+def read_sample(patch: TiffPatch, bands: tuple[BandRef, ...], savanna: bool) -> TiffSample:
+    """The stored values of the modalities the model needs (and S2 for the preview when there
+    is one), the ground truth when the patch has dfc (preferred) or lc, and the georeference of
+    the S2 file (else S1)."""
+    need = set(modalities_of(bands)) | ({"s2"} if "s2" in patch.files else set())
+    stored: dict[str, np.ndarray] = {}
+    georef: Georef | None = None
+    shape = None
+    for m in ("s2", "s1"):
+        if m not in need:
+            continue
+        data, ref = _read(patch.files[m], m)
+        if shape is not None and data.shape[1:] != shape:
+            raise TiffDirError(f"{patch.files[m]}: {data.shape[2]} x {data.shape[1]} pixels, its S2 file has "
+                               f"{shape[1]} x {shape[0]}")
+        shape, georef = data.shape[1:], georef or ref
+        if m == "s2":
+            stored[m] = np.clip(data, 0, 65535).astype(np.uint16)
+        else:
+            stored[m] = quantize_s1(data)
+    truth = None
+    for m, to_train in (("dfc", dfc_to_train), ("lc", igbp_to_dfc)):
+        if m in patch.files:
+            data, _ = _read(patch.files[m], m)
+            if data.shape[1:] == shape and np.issubdtype(data.dtype, np.integer) and data.min() >= 0 \
+                    and data.max() <= 255:
+                truth = to_train(data[0].astype(np.uint8), savanna)
+            break
+    assert georef is not None  # check_inputs: every patch has S1 or S2
+    return TiffSample(stored, truth, georef)

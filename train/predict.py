@@ -1,0 +1,246 @@
+"""`python -m train.predict`: land-cover maps from a segmentation checkpoint, one GeoTIFF per patch.
+
+From a split of a shard set (`--shards DIR --split S`: the CRS and transform come from each
+sample's metadata, which the converter stores) or from a folder of S1/S2 GeoTIFFs that were
+never converted (`--data`). Each map is a single-band uint8 GeoTIFF of DFC2020 values 1..10 with
+the input patch's CRS and transform and the baseline's colour table; preview pages show S2 RGB,
+prediction and ground truth where there is one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import click
+import numpy as np
+import torch
+
+from sen12ms_common import storage
+from sen12ms_common.dfc import DfcScheme, train_to_dfc
+from sen12ms_common.errors import report_errors
+from sen12ms_common.inputs import STATS_CHOICES
+
+from .segfiles import (Georef, PreviewRow, colourise, geotiff_bytes, prediction_name, preview_png, s2_rgb,
+                       write_bytes)
+
+Echo = Callable[[str], None]
+S2_RGB = (3, 2, 1)  # B4, B3, B2 in the 13-band file
+
+
+@dataclass
+class Item:
+    """One patch on its way through the model."""
+
+    key: str
+    stored: dict[str, np.ndarray]   # modality -> stored values (uint16)
+    truth: np.ndarray | None        # training classes, 255 ignored
+    georef: Georef | None
+
+
+@dataclass
+class PredictResult:
+    written: list[str] = field(default_factory=list)
+    previews: list[str] = field(default_factory=list)
+    ungeoreferenced: int = 0
+
+
+# --- sources ---------------------------------------------------------------------------------------
+
+def tiff_items(root: str, bands, savanna: bool) -> tuple[int, Iterator[Item]]:
+    """Patches of a GeoTIFF folder; every missing input is reported before anything is written."""
+    from .data.tiffdir import check_inputs, find_patches, read_sample
+
+    patches = check_inputs(find_patches(root), bands, root)
+
+    def items() -> Iterator[Item]:
+        for p in patches:
+            s = read_sample(p, bands, savanna)
+            yield Item(p.key, s.stored, s.truth, s.georef)
+    return len(patches), items()
+
+
+def shard_items(root: str, split: str, bands, savanna: bool, verify: bool) -> tuple[int, Iterator[Item]]:
+    """Samples of one split of a shard set, in manifest order, with every member decoded."""
+    from sen12ms_common.dfc import dfc_to_train, igbp_to_dfc
+    from sen12ms_common.manifest import load_manifest
+    from sen12ms_common.shardformat import decode_sample
+
+    from .data import DataError
+    from .data.shardread import check_shards
+    from .data.allmembers import AllMembers, read_split
+
+    manifest = load_manifest(root)
+    entries = tuple(manifest.shards(split)) if split in manifest.splits else ()
+    if not entries or manifest.samples(split) == 0:
+        raise DataError(f"{root}: no {split} samples in this shard set")
+    layout = manifest.layout_of(split)  # DFC2020 splits have their own: dfc masks, no labels
+    missing = [m for m in {b.modality for b in bands} if m not in layout.modalities]
+    if missing:
+        raise DataError(f"{root}: its {split} samples hold no {', '.join(missing)} (they hold "
+                        f"{', '.join(layout.modalities)})")
+    problems = check_shards(root, entries, verify)
+    if problems:
+        raise DataError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    src = AllMembers(root, entries, layout, bands, None, verify, False)  # type: ignore[arg-type]
+
+    def items() -> Iterator[Item]:
+        for key, members, shard in read_split(src):
+            try:
+                sample = decode_sample(members, layout)
+            except ValueError as exc:
+                raise DataError(f"{storage.join(root, shard)}: sample {key}: {exc}") from None
+            meta = sample.get("meta") or {}
+            truth = (dfc_to_train(sample["dfc"][0], savanna) if "dfc" in sample
+                     else igbp_to_dfc(sample["lc"][0], savanna) if "lc" in sample else None)
+            stored = {m: sample[m] for m in ("s2", "s1") if m in sample}
+            yield Item(key, stored, truth, _georef(meta))
+    return manifest.samples(split), items()
+
+
+def _georef(meta: dict[str, Any]) -> Georef | None:
+    """The sample's CRS and transform from its metadata (None when it has none)."""
+    crs, t = meta.get("crs"), meta.get("transform")
+    if not isinstance(crs, str) or not crs or not isinstance(t, list) or len(t) < 6:
+        return None
+    try:
+        return Georef(crs, tuple(float(v) for v in t[:6]))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+# --- the loop --------------------------------------------------------------------------------------
+
+def _input(items: list[Item], bands) -> torch.Tensor:
+    from sen12ms_common.inputs import select_channels
+
+    return torch.from_numpy(np.stack([select_channels(it.stored, bands) for it in items]))
+
+
+def _batches(items: Iterator[Item], batch_size: int) -> Iterator[list[Item]]:
+    """Consecutive patches of one size (GeoTIFFs of other sizes start a new batch)."""
+    batch: list[Item] = []
+    for it in items:
+        shape = next(iter(it.stored.values())).shape[1:]
+        if batch and (len(batch) == batch_size or next(iter(batch[0].stored.values())).shape[1:] != shape):
+            yield batch
+            batch = []
+        batch.append(it)
+    if batch:
+        yield batch
+
+
+def _preview_row(it: Item, pred_dfc: np.ndarray, scheme: DfcScheme) -> PreviewRow:
+    s2 = it.stored.get("s2")
+    rgb = s2_rgb(*(s2[i] for i in S2_RGB)) if s2 is not None else None
+    truth = colourise(train_to_dfc(it.truth, scheme.savanna)) if it.truth is not None else None
+    return PreviewRow(it.key, rgb, colourise(pred_dfc), truth)
+
+
+def run_prediction(net: torch.nn.Module, spec, items: Iterator[Item], out: str, *, batch_size: int,
+                   device: torch.device, previews: int, preview_rows: int, total: int,
+                   echo: Echo = print) -> PredictResult:
+    """Predict every item, write its GeoTIFF, and preview pages of the first `previews` items."""
+    from tqdm import tqdm
+
+    from .device import InputTransform
+
+    scheme = spec.scheme
+    to_input = InputTransform(spec.transform, device)
+    result = PredictResult()
+    rows: list[PreviewRow] = []
+
+    def flush() -> None:
+        if rows:
+            url = storage.join(out, "previews", f"preview_{len(result.previews):04d}.png")
+            write_bytes(url, preview_png(rows, scheme))
+            result.previews.append(url)
+            rows.clear()
+
+    with torch.no_grad(), tqdm(total=total, desc="predict", unit="patch", leave=False) as bar:
+        for batch in _batches(items, batch_size):
+            classes = net(to_input(_input(batch, spec.bands))).argmax(dim=1).to(torch.uint8).cpu().numpy()
+            for it, pred in zip(batch, classes):
+                dfc = train_to_dfc(pred, scheme.savanna)
+                url = storage.join(out, prediction_name(it.key))
+                write_bytes(url, geotiff_bytes(dfc, it.georef, scheme))
+                result.written.append(url)
+                result.ungeoreferenced += it.georef is None or not it.georef.crs
+                if len(result.written) <= previews:
+                    rows.append(_preview_row(it, dfc, scheme))
+                    if len(rows) == preview_rows:
+                        flush()
+                bar.update(1)
+    flush()
+    return result
+
+
+def predict(*, checkpoint: str, out: str, shards: str | None = None, split: str = "test", data: str | None = None,
+            batch_size: int = 8, device: str = "auto", stats: str | None = None, previews: int = 32,
+            preview_rows: int = 8, verify: bool = True, echo: Echo = print) -> PredictResult:
+    """Load the checkpoint, read the patches (every input checked first), write maps and previews."""
+    from sen12ms_common.outputs import output_folder, writing
+
+    from .checkpoint import load_checkpoint
+    from .device import resolve_device
+    from .segconfig import load_segmentation_model
+
+    out = output_folder(out, "--out")
+    dev = resolve_device(device)
+    ckpt = load_checkpoint(checkpoint)
+    spec, net = load_segmentation_model(ckpt, checkpoint, dev, stats)
+    if data is not None:
+        total, items = tiff_items(data, spec.bands, spec.savanna)
+        source = data
+    else:
+        assert shards is not None
+        total, items = shard_items(shards, split, spec.bands, spec.savanna, verify)
+        source = f"{shards} ({split})"
+    with writing(out):
+        storage.makedirs(out)
+    echo(f"{checkpoint}: {spec.model}, input {spec.input}, {spec.scheme.num_classes} classes; "
+         f"{total} patches from {source}")
+    result = run_prediction(net, spec, items, out, batch_size=batch_size, device=dev, previews=previews,
+                            preview_rows=preview_rows, total=total, echo=echo)
+    echo(f"wrote {len(result.written)} maps to {out}" + (f" and {len(result.previews)} preview pages to "
+                                                         f"{storage.join(out, 'previews')}" if result.previews else ""))
+    if result.ungeoreferenced:
+        echo(f"note: {result.ungeoreferenced} map(s) have no CRS/transform: their input had none")
+    return result
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--checkpoint", required=True, metavar="CKPT",
+              help="Checkpoint of `python -m train --task segmentation` (<ts>_model_best.pth).")
+@click.option("--shards", default=None, metavar="DIR|URL", help="Shard set written by `python -m convert shards`.")
+@click.option("--split", default="test", show_default=True, metavar="SPLIT",
+              help="Split of --shards to predict (test, val, train, dfc2020_val, dfc2020_test, ...).")
+@click.option("--data", default=None, metavar="DIR",
+              help="Folder of S1/S2 GeoTIFFs instead of shards, never converted (names with _s1_/_s2_ tokens or "
+                   "s1/ s2/ folders; _lc_/_dfc_ files beside them are ground truth for the previews).")
+@click.option("--out", required=True, metavar="DIR|URL",
+              help="Folder or s3://bucket/prefix for <name>_pred_<...>.tif maps and previews/.")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True, help="Patches per forward pass.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: CUDA when available, else CPU.")
+@click.option("--stats", type=click.Choice(list(STATS_CHOICES)), default=None,
+              help="Normalisation. [default: as the checkpoint was trained]")
+@click.option("--previews", type=click.IntRange(0), default=32, show_default=True,
+              help="Patches shown in preview pages (S2 RGB | prediction | ground truth); 0: none.")
+@click.option("--preview-rows", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="Patches per preview page.")
+@click.option("--no-verify", is_flag=True, help="Do not check shard sizes and checksums against the manifest.")
+@report_errors
+def main(checkpoint, shards, split, data, out, batch_size, device, stats, previews, preview_rows, no_verify) -> None:
+    """Predict a land-cover map (DFC2020 classes) for every patch of a shard split or a GeoTIFF folder."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if (shards is None) == (data is None):
+        raise click.UsageError("give either --shards DIR (with --split) or --data FOLDER_OF_GEOTIFFS")
+    predict(checkpoint=checkpoint, out=out, shards=shards, split=split, data=data, batch_size=batch_size,
+            device=device, stats=stats, previews=previews, preview_rows=preview_rows, verify=not no_verify,
+            echo=click.echo)
+
+
+if __name__ == "__main__":
+    main(prog_name="python -m train.predict")
