@@ -138,7 +138,7 @@ def test_scalar_metrics_are_the_original_keys_plus_accuracies():
     assert all(type(v) is float for v in s.values())
     ys = np.eye(4, dtype=int)[rng.integers(0, 4, 20)]
     s1 = scalar_metrics(compute_metrics(ys, rng.random((20, 4)), "single_label", list("abcd")))
-    assert list(s1) == list(ORIGINAL_SCALAR_KEYS) + ["AverageAcc"]
+    assert list(s1) == list(ORIGINAL_SCALAR_KEYS) + ["AverageAcc", "AverageAccPresent"]
 
 
 @pytest.mark.parametrize("y, probs, label_type, names, match", [

@@ -94,18 +94,71 @@ class ClassificationTask:
     def scalars(self, metrics: Mapping[str, Any]) -> dict[str, float]:
         return scalar_metrics(dict(metrics))
 
+    @property
+    def summary_metrics(self) -> tuple[str, ...]:
+        """The columns of the summary table (and the scores of the training curves, first ones)."""
+        accuracy = ("OverallAcc",) if self.multi_label else ("AverageAcc", "AverageAccPresent")
+        return ("microF1", "sampleF1", "microPrec", "macroF1") + accuracy
+
+    def absent_classes(self, metrics: Mapping[str, Any]) -> list[str]:
+        """Classes without a sample in the scored split."""
+        report = metrics.get("clsReport", {})
+        return [c for c in self.class_names if isinstance(report.get(c), Mapping) and report[c].get("support") == 0]
+
+    def notes(self, metrics: Mapping[str, Any], split: str) -> list[str]:
+        """What a reader of the scores must know: here, why AverageAcc looks low."""
+        absent = self.absent_classes(metrics)
+        if self.multi_label or not absent:
+            return []
+        return [f"AverageAcc counts the {len(absent)} classes absent from the {split} split as 0 (the original's "
+                f"definition: {', '.join(absent)}); AverageAccPresent is the mean over the "
+                f"{self.num_classes - len(absent)} classes present"]
+
     def val_summary(self, metrics: Mapping[str, Any]) -> str:
         return (f"microF1 {metrics['microF1']:.4f} sampleF1 {metrics['sampleF1']:.4f} "
                 f"microPrec {metrics['microPrec']:.4f}")
 
     def test_summary(self, metrics: Mapping[str, Any]) -> str:
         key = "OverallAcc" if self.multi_label else "AverageAcc"
-        return f"microF1 {metrics['microF1']:.4f} sampleF1 {metrics['sampleF1']:.4f} {key} {metrics[key]:.4f}"
+        text = f"microF1 {metrics['microF1']:.4f} sampleF1 {metrics['sampleF1']:.4f} {key} {metrics[key]:.4f}"
+        absent = [] if self.multi_label else self.absent_classes(metrics)
+        if absent:
+            text += (f" (absent classes count 0; AverageAccPresent {metrics['AverageAccPresent']:.4f} over "
+                     f"{self.num_classes - len(absent)} of {self.num_classes})")
+        return text
 
     def write(self, out_dir: str, split: str, metrics: Mapping[str, Any], result: Predictions) -> list[str]:
+        from sen12ms_common import storage
+        from sen12ms_common.outputs import writing
+
         from .outputs import write_scores
 
-        return list(write_scores(out_dir, split, metrics, result, self.rule))
+        written = list(write_scores(out_dir, split, metrics, result, self.rule))
+        png = storage.join(out_dir, f"{split}_confusion_matrix.png")
+        with writing(out_dir):
+            storage.write_bytes(png, self.confusion_png(metrics, split))
+        return written + [png]
+
+    def confusion_png(self, metrics: Mapping[str, Any], split: str) -> bytes:
+        """Single-label: rows = true class (with its count), each row divided by its count;
+        multi-label: per class the counts of true negatives, false positives, false negatives
+        and true positives."""
+        from .plots import matrix_png
+
+        report = metrics.get("clsReport", {})
+        rows = [f"{c} ({int(report[c]['support'])})" if isinstance(report.get(c), Mapping) else c
+                for c in self.class_names]
+        n = metrics.get("numSamples")
+        if self.multi_label:
+            cells = np.asarray(metrics["multilabel_conf_mat"], dtype=np.float64).reshape(self.num_classes, 4)
+            return matrix_png(cells, rows, ["TN", "FP", "FN", "TP"], f"{split}: per-class confusion ({n} samples)",
+                              xlabel="outcome", ylabel="class (samples with it)", fmt="{:.0f}")
+        conf = np.asarray(metrics["conf_mat"], dtype=np.float64)
+        absent = [self.class_names.index(c) for c in self.absent_classes(metrics)]
+        conf[absent] = np.nan  # no sample of the class: no row to divide
+        return matrix_png(conf, rows, list(self.class_names),
+                          f"{split}: confusion matrix ({n} samples; each row / its count; grey: no sample)",
+                          xlabel="predicted class", ylabel="true class (samples)", vmax=1.0)
 
 
 __all__ = ["ClassificationTask", "ClassificationCollector", "Predictions"]

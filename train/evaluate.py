@@ -15,7 +15,6 @@ from sen12ms_common.inputs import STATS_CHOICES, ChannelTransform
 from sen12ms_common.names import ALL_SPLITS
 
 from .options import DEVICES
-
 from .progress import ProgressOptions, progress_options
 
 if TYPE_CHECKING:
@@ -96,6 +95,32 @@ def options_for(ckpt: Mapping[str, Any], checkpoint_path: str, config: str | Non
                        task_options=task_options(task, used))
 
 
+def _setup(ckpt: Mapping[str, Any], checkpoint: str, opts: EvalOptions, shards: str, split: str, device: str):
+    """The model of `ckpt` with its weights, for `split` of `shards`; one line when the shards lack
+    the split or the input, or the checkpoint was trained on another input."""
+    from sen12ms_common.bands import modalities_of, resolve_bands
+    from sen12ms_common.manifest import load_manifest
+
+    from .checkpoint import load_model_weights
+    from .data import DataError
+    from .inputfit import check_input
+    from .setup import check_modalities, has_split, make_setup
+
+    manifest = load_manifest(shards)
+    if not has_split(manifest, split):
+        raise DataError(f"{shards}: no {split} samples in this shard set")
+    bands = resolve_bands(opts.input)
+    needed = ",".join(m for m in ("s1", "s2") if m in modalities_of(bands))  # as convert's --modalities
+    check_modalities(manifest, bands, shards, split, f"{checkpoint} was trained on {opts.input} ({len(bands)} channels): "
+                                              f"score it on shards converted with --modalities {needed}")
+    setup = make_setup(shards=shards, model_name=opts.model, input_spec=opts.input, label_type=opts.label_type,
+                       igbp=opts.igbp, threshold=opts.threshold, stats=opts.stats, device=device,
+                       transform=opts.transform, manifest=manifest, task=opts.task, task_options=opts.task_options)
+    check_input(ckpt, setup.model, opts.input, checkpoint)
+    load_model_weights(setup.model, ckpt, strict=True, source=checkpoint)
+    return setup
+
+
 def default_out(checkpoint: str) -> str:
     """The run directory of a checkpoint in `<run>/checkpoints/` (local or s3://), else the current
     directory."""
@@ -115,15 +140,14 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
 
     `dist`: a `train.distributed.Dist` under torchrun (every rank reads the checkpoint, scores
     its part; the metrics are those of the gathered predictions; rank 0 writes and prints)."""
-    from sen12ms_common.manifest import load_manifest
-
-    from .checkpoint import load_checkpoint, load_model_weights, made_at
-    from .data import DataError, make_loader
+    from .checkpoint import load_checkpoint, made_at
+    from .data import make_loader
     from .distributed import Dist, gather_objects
     from .labelcheck import label_check
     from .outputs import output_folder
+    from .report import summary_lines
     from .scoring import predict_all
-    from .setup import has_split, loader_spec, make_setup
+    from .setup import loader_spec
 
     d = dist or Dist()
     if not d.is_main:
@@ -132,19 +156,15 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
     out_dir = output_folder(out, "--out") if out else None  # an unusable --out fails before the work
     ckpt = load_checkpoint(checkpoint)
     opts = options_for(ckpt, checkpoint, config, stats)
-    manifest = load_manifest(shards)
-    if not has_split(manifest, split):
-        raise DataError(f"{shards}: no {split} samples in this shard set")
-    setup = make_setup(shards=shards, model_name=opts.model, input_spec=opts.input, label_type=opts.label_type,
-                       igbp=opts.igbp, threshold=opts.threshold, stats=opts.stats, device=device,
-                       transform=opts.transform, manifest=manifest, task=opts.task, task_options=opts.task_options)
-    load_model_weights(setup.model, ckpt, strict=True, source=checkpoint)
+    setup = _setup(ckpt, checkpoint, opts, shards, split, device)
+    manifest = setup.manifest
     loader = make_loader("webdataset", loader_spec(setup, shards, split, batch_size=batch_size, train=False,
                                                    workers=workers, threads=threads, verify=verify,
                                                    skip_bad_shards=skip_bad_shards,
                                                    rank=d.rank, world_size=d.world_size))
     what = f"{opts.label_type} {opts.igbp}" if opts.task == "classification" else opts.task
-    echo(f"{checkpoint}: {opts.model} ({made_at(ckpt)}), input {opts.input}, {what}, stats {'as trained' if opts.transform is not None else opts.stats}; "
+    stats_used = "as trained" if opts.transform is not None else opts.stats
+    echo(f"{checkpoint}: {opts.model} ({made_at(ckpt)}), input {opts.input}, {what}, stats {stats_used}; "
          f"{split}: {manifest.samples(split)} samples" + (f" over {d.world_size} processes" if d.enabled else ""))
     result = predict_all(setup, loader, d, desc=split, labels=label_check(loader, shards, split, skip_bad_shards),
                          progress=progress or ProgressOptions())
@@ -154,6 +174,8 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
         return metrics
     written = setup.task.write(out_dir or default_out(checkpoint), split, metrics, result)
     echo(f"{split}: {setup.task.test_summary(metrics)} -> {', '.join(written)}")
+    for line in summary_lines(setup.task, None, (metrics, result.loss), split):
+        echo(line)
     if skipped:
         echo(f"skipped {len(skipped)} bad shard(s)/sample(s): " + "; ".join(skipped[:5]))
     return metrics

@@ -18,7 +18,7 @@ ORIGINAL_SCALAR_KEYS: tuple[str, ...] = (
     "HammingLoss", "subsetAcc", "macroAcc", "microAcc", "sampleAcc",
     "oneError", "coverageError", "rankLoss", "labelAvgPrec",
 )
-SCALAR_KEYS: tuple[str, ...] = ORIGINAL_SCALAR_KEYS + ("AverageAcc", "OverallAcc")
+SCALAR_KEYS: tuple[str, ...] = ORIGINAL_SCALAR_KEYS + ("AverageAcc", "AverageAccPresent", "OverallAcc")
 
 __all__ = ["predict", "compute_metrics", "scalar_metrics", "ORIGINAL_SCALAR_KEYS", "SCALAR_KEYS"]
 
@@ -140,6 +140,8 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, label_type: str,
             conf = np.divide(counts, rows, out=np.zeros_like(counts), where=rows != 0)
             out["conf_mat"] = conf.tolist()
             out["AverageAcc"] = float(np.trace(conf) / c)
+            present = rows[:, 0] > 0
+            out["AverageAccPresent"] = float(np.diag(conf)[present].mean())
         else:
             mcm = skm.multilabel_confusion_matrix(y, pred, labels=np.arange(c))
             out["multilabel_conf_mat"] = mcm.astype(int).tolist()

@@ -13,6 +13,7 @@ from sen12ms_common import storage
 from .checkpoint import TIMESTAMP, CheckpointError, check_resume_state, load_model_weights, restore_rng_state
 from .config import DATA_ORDER_KEYS, TrainConfig
 from .distributed import Dist, rank_seed
+from .inputfit import check_input
 
 if TYPE_CHECKING:
     from .setup import Setup
@@ -27,6 +28,7 @@ def restore(checkpoint: Mapping[str, Any], cfg: TrainConfig, setup: Setup, optim
     field checked first: `checkpoint.check_resume_state`); returns the run's timestamp, if known."""
     source = cfg.resume or "checkpoint"
     check_resume_state(checkpoint, source)
+    check_input(checkpoint, setup.model, cfg.input, source)
     load_model_weights(setup.model, checkpoint, strict=True, source=source)
     for key, target in (("optimizer_state_dict", optimizer), ("scaler_state_dict", setup.precision.scaler)):
         if checkpoint.get(key):

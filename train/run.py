@@ -18,6 +18,9 @@ import numpy as np
 import torch
 
 from sen12ms_common import storage
+from sen12ms_common.bands import resolve_bands
+from sen12ms_common.manifest import load_manifest
+from sen12ms_common.outputs import writing
 
 from .checkpoint import load_checkpoint, load_model_weights, made_at
 from .config import TrainConfig
@@ -28,10 +31,11 @@ from .keytrace import KeyTrace
 from .labelcheck import LabelCheck, label_check
 from .outputs import RunDir, RunFiles, RunLog, close_outputs, open_run
 from .progress import Plan, ProgressMeter, ProgressOptions
+from .report import CURVES_PNG, METRICS_CSV, EpochRecord, MetricsTable, summary_lines
 from .resume import restore
 from .runsave import save_run_checkpoint
 from .scoring import predict_all
-from .setup import Setup, has_split, loader_spec, make_setup
+from .setup import Setup, check_modalities, has_split, loader_spec, make_setup
 from .signals import Interrupted, StopFlag
 from .steps import RunState, train_steps
 from .tasks import task_options
@@ -81,9 +85,11 @@ class TrainingRun:
     stop: StopFlag
     resumed: bool
     progress: ProgressOptions
+    table: MetricsTable       # the rows of metrics.csv (rank 0)
     saved_step: int = 0     # the step of the last checkpoint written
     skipped_seen: int = 0   # bad shards / samples already reported in an epoch line
     val_seconds: float = 0.0  # how long the last validation took (for the run's ETA)
+    test_loss: float | None = None
 
     @classmethod
     def open(cls, cfg: TrainConfig, checkpoint: Mapping[str, Any] | None = None, echo: Echo = print, *,
@@ -97,10 +103,12 @@ class TrainingRun:
         log = RunLog(echo if d.is_main else None)
         _seed_everything(cfg.seed)
         RunDir(cfg.resolved_run_dir())  # an unusable --run-dir fails before anything is loaded
+        manifest = load_manifest(cfg.shards)
+        check_modalities(manifest, resolve_bands(cfg.input), cfg.shards, "train", "choose another --input")
         setup = make_setup(shards=cfg.shards, model_name=cfg.model, input_spec=cfg.input, label_type=cfg.label_type,
                            igbp=cfg.igbp, threshold=cfg.threshold, stats=cfg.stats, device=device or cfg.device,
                            amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile, task=cfg.task,
-                           task_options=task_options(cfg.task, cfg.to_dict()))
+                           task_options=task_options(cfg.task, cfg.to_dict()), manifest=manifest)
         if d.rank > 0:  # same initial weights everywhere (seeded above), own dropout draws per rank
             torch.manual_seed(rank_seed(cfg.seed, d.rank))
         optimizer = torch.optim.Adam(setup.model.parameters(), lr=cfg.lr, weight_decay=cfg.decay)
@@ -116,8 +124,14 @@ class TrainingRun:
         checks = {name: label_check(loader, cfg.shards, name, cfg.skip_bad_shards)
                   for name, loader in (("train", train_loader), ("val", val_loader)) if loader is not None}
         files = open_run(cfg, ts, d, log)
+        table = MetricsTable(files.run.join(METRICS_CSV), files.ts)
+        if d.is_main and checkpoint is not None:
+            problem = table.carry_over(state.epoch)
+            if problem:
+                log(f"warning: {problem}")
         return cls(cfg, d, setup, optimizer, state, train_loader, val_loader, checks, files, log,
-                   KeyTrace(trace_keys, d.rank), StopFlag(), checkpoint is not None, progress, saved_step=state.step)
+                   KeyTrace(trace_keys, d.rank), StopFlag(), checkpoint is not None, progress, table,
+                   saved_step=state.step)
 
     # --- the run ---------------------------------------------------------------------------
 
@@ -132,6 +146,7 @@ class TrainingRun:
             with self.stop.installed():
                 self.train()
                 test_scores = self.test()
+                self.log_summary(test_scores)
                 finished = True
         finally:
             close_outputs(self.files, self.log, upload_errors=finished)
@@ -175,40 +190,43 @@ class TrainingRun:
 
     def run_epoch(self) -> str:
         """Train the rest of the current epoch, validate, checkpoint, log: 'done' or 'max_steps'."""
-        state, d, e = self.state, self.dist, self.state.epoch
+        state, e = self.state, self.state.epoch
         t0 = time.perf_counter()
-        status = "done"
-        if state.batch < len(self.train_loader):
-            meter = ProgressMeter(self.progress, f"epoch {e}/{self.cfg.epochs - 1}", self.epoch_plan(), main=d.is_main)
-            status = train_steps(self.setup, self.optimizer, self.train_loader, state, max_steps=self.cfg.max_steps,
-                                 stop=self.stop, dist=d, on_keys=self.trace.writer("train", e),
-                                 labels=self.checks["train"], meter=meter)
-        if status == "stopped":
-            self.save(False)
-            raise self.interrupted(f"in epoch {e} after step {state.step}")
+        status = self.train_part(e)
         seconds = time.perf_counter() - t0
         loss_sum, loss_count = self.sum_loss()
-        train_loss = loss_sum / max(loss_count, 1)
-        self.scalar("training", "loss", train_loss, e)
-        line = f"epoch {e}/{self.cfg.epochs - 1}: train loss {train_loss:.6f} ({int(loss_count)} samples, {seconds:.1f} s)"
-        is_best = True
+        record = EpochRecord(e, state.step, loss_sum / max(loss_count, 1), int(loss_count), seconds, best=True)
+        self.scalar("training", "loss", record.train_loss, e)
+        line = (f"epoch {e}/{self.cfg.epochs - 1}: train loss {record.train_loss:.6f} ({record.train_samples} samples, "
+                f"{seconds:.1f} s)")
         if self.val_loader is not None:
-            text, is_best = self.validate(e)
-            line += text
+            line += self.validate(e, record)
         # An epoch ends when its batches are done (fewer with --skip-bad-shards).
         if status == "done" or state.batch >= len(self.train_loader):
             state.epoch, state.batch = e + 1, 0
             state.loss_sum, state.loss_count = 0.0, 0
-        self.save(is_best)
+        self.save(record.best)
         self.saved_step = state.step
-        skipped = self.skipped(self.train_loader, self.val_loader)
-        if len(skipped) > self.skipped_seen:
-            line += f"; skipped so far: {len(skipped)} bad shard(s)/sample(s)"
-            self.skipped_seen = len(skipped)
-        self.log(line)
+        self.write_record(record)
+        self.log(line + self.skipped_note())
         self.sync()
-        if agree_max(d, [self.stop.requested])[0]:
+        if agree_max(self.dist, [self.stop.requested])[0]:
             raise self.interrupted(f"after epoch {e}")
+        return status
+
+    def train_part(self, e: int) -> str:
+        """The steps of epoch `e` not yet trained: 'done' or 'max_steps'; a stop request writes
+        the checkpoint and ends the run."""
+        if self.state.batch >= len(self.train_loader):
+            return "done"
+        meter = ProgressMeter(self.progress, f"epoch {e}/{self.cfg.epochs - 1}", self.epoch_plan(),
+                              main=self.dist.is_main)
+        status = train_steps(self.setup, self.optimizer, self.train_loader, self.state, max_steps=self.cfg.max_steps,
+                             stop=self.stop, dist=self.dist, on_keys=self.trace.writer("train", e),
+                             labels=self.checks["train"], meter=meter)
+        if status == "stopped":
+            self.save(False)
+            raise self.interrupted(f"in epoch {e} after step {self.state.step}")
         return status
 
     def epoch_plan(self) -> Plan:
@@ -224,8 +242,9 @@ class TrainingRun:
         return Plan(total=n, initial=s.batch, end=s.batch + now, later_batches=later,
                     later_seconds=validations * self.val_seconds, run_eta=True, unit="step")
 
-    def validate(self, e: int) -> tuple[str, bool]:
-        """Score the val split: the epoch line's part and whether this is the best state so far."""
+    def validate(self, e: int, record: EpochRecord) -> str:
+        """Score the val split into `record` (whether this is the best state so far, too); the
+        epoch line's part."""
         s, d, task = self.setup, self.dist, self.setup.task
         t0 = time.perf_counter()
         # DDP keeps BatchNorm statistics per rank; evaluate rank 0's, the ones saved.
@@ -234,15 +253,16 @@ class TrainingRun:
                              labels=self.checks["val"], progress=self.progress)
         self.val_seconds = time.perf_counter() - t0
         metrics = task.score(result)
-        for tag, value in task.scalars(metrics).items():
+        record.val_loss, record.val = result.loss, task.scalars(metrics)
+        for tag, value in record.val.items():
             self.scalar("val", tag, value, e)
         self.scalar("val", "loss", result.loss, e)
         value = float(metrics[task.best_metric])
         # As the original (strictly better), and the first validated state is kept even at 0, so
         # that a best checkpoint always exists. (Only rank 0's answer matters: it alone writes.)
-        is_best = value > self.state.best_prec or (d.is_main and not storage.exists(self.files.best))
+        record.best = value > self.state.best_prec or (d.is_main and not storage.exists(self.files.best))
         self.state.best_prec = max(self.state.best_prec, value)
-        return f"; val loss {result.loss:.6f} {task.val_summary(metrics)}" + (" (best)" if is_best else ""), is_best
+        return f"; val loss {result.loss:.6f} {task.val_summary(metrics)}" + (" (best)" if record.best else "")
 
     def test(self) -> dict[str, Any] | None:
         """Score the best checkpoint (the last one without a val split) on the test split."""
@@ -275,6 +295,7 @@ class TrainingRun:
                              labels=label_check(loader, self.cfg.shards, split, self.cfg.skip_bad_shards),
                              progress=self.progress)
         metrics = s.task.score(result)
+        self.test_loss = result.loss
         skipped = self.skipped(loader)
         if not d.is_main:
             return metrics
@@ -300,6 +321,40 @@ class TrainingRun:
         """The epoch's loss sum and sample count over every rank (collective)."""
         loss_sum, loss_count = sum_over_ranks(self.dist, [self.state.loss_sum, self.state.loss_count])
         return loss_sum, loss_count
+
+    def write_record(self, record: EpochRecord) -> None:
+        """metrics.csv and the training curves, rewritten after every epoch (rank 0)."""
+        if not self.dist.is_main:
+            return
+        self.table.add(record)
+        cfg, run = self.cfg, self.files.run
+        what = f"{cfg.label_type} {cfg.igbp}" if cfg.task == "classification" else cfg.task
+        title = f"{cfg.model}, input {cfg.input}, {what} ({self.files.ts})"
+        with writing(run.root):
+            self.table.write()
+            storage.write_bytes(run.join(CURVES_PNG), self.table.curves_png(self.setup.task.summary_metrics[:4], title))
+
+    def log_summary(self, test_scores: dict[str, Any] | None) -> None:
+        """The summary table at the end of the run (rank 0)."""
+        if not self.dist.is_main:
+            return
+        best, task = self.table.best(), self.setup.task
+        if best is not None and task.best_metric in best.val:
+            head = f"summary: best epoch {best.epoch} (val {task.best_metric} {best.val[task.best_metric]:.4f})"
+        else:
+            head = "summary: no validation (the last epoch's checkpoint counts as best)"
+        self.log(f"{head}; per epoch: {self.files.run.join(METRICS_CSV)}, {self.files.run.join(CURVES_PNG)}")
+        test = (test_scores, self.test_loss) if test_scores is not None and self.test_loss is not None else None
+        for line in summary_lines(task, best, test, self.cfg.test_split):
+            self.log(line)
+
+    def skipped_note(self) -> str:
+        """The epoch line's note of bad shards or samples skipped since the last one (collective)."""
+        skipped = self.skipped(self.train_loader, self.val_loader)
+        if len(skipped) <= self.skipped_seen:
+            return ""
+        self.skipped_seen = len(skipped)
+        return f"; skipped so far: {len(skipped)} bad shard(s)/sample(s)"
 
     def scalar(self, split: str, tag: str, value: float, epoch: int) -> None:
         if self.files.events is not None:

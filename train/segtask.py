@@ -116,6 +116,16 @@ class SegmentationTask:
         out.update({f"IoU/{name}": float(v) for name, v in zip(self.class_names, metrics["IoU"])})
         return out
 
+    summary_metrics = ("mIoU", "AA", "OA")
+
+    def notes(self, metrics: Mapping[str, Any], split: str) -> list[str]:
+        """Why mIoU may look low: absent classes count 0 in it, not in AA."""
+        present = int(metrics.get("classesPresent", self.num_classes))
+        if present >= self.num_classes:
+            return []
+        return [f"mIoU counts the {self.num_classes - present} classes absent from the {split} split as 0 (the "
+                f"DFC2020 baseline's definition); AA is the mean over the {present} classes present"]
+
     def val_summary(self, metrics: Mapping[str, Any]) -> str:
         return f"mIoU {metrics['mIoU']:.4f} AA {metrics['AA']:.4f} OA {metrics['OA']:.4f}"
 

@@ -9,12 +9,12 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from sen12ms_common.bands import BandRef, resolve_bands
+from sen12ms_common.bands import BandRef, modalities_of, resolve_bands
 from sen12ms_common.igbp import LabelRule
 from sen12ms_common.inputs import ChannelTransform, channel_transform
 from sen12ms_common.manifest import Manifest, load_manifest
 
-from .data import LoaderSpec
+from .data import DataError, LoaderSpec
 from .device import InputTransform, Precision, configure_backends, precision, prepare_model, resolve_device
 from .tasks import Task, make_task
 
@@ -77,8 +77,17 @@ def loader_spec(setup: Setup, root: str, split: str, *, batch_size: int, train: 
                       no_savanna=setup.task.targets == "mask" and not getattr(setup.task, "scheme").savanna)
 
 
+def check_modalities(manifest: Manifest, bands: tuple[BandRef, ...], root: str, split: str, advice: str) -> None:
+    """DataError naming `root` when the shards of `split` lack a modality the input needs;
+    `advice` says what the caller's user can do about it."""
+    held = manifest.layout_of(split).modalities
+    missing = [m for m in modalities_of(bands) if m not in held]
+    if missing:
+        raise DataError(f"{root}: these shards hold no {', '.join(missing)} (they hold {', '.join(held)}); {advice}")
+
+
 def has_split(manifest: Manifest, split: str) -> bool:
     return split in manifest.splits and manifest.samples(split) > 0
 
 
-__all__ = ["Setup", "make_setup", "loader_spec", "has_split"]
+__all__ = ["Setup", "make_setup", "loader_spec", "has_split", "check_modalities"]

@@ -57,12 +57,20 @@ class Task(Protocol):
     def scalars(self, metrics: Mapping[str, Any]) -> dict[str, float]:
         """The single-number metrics (TensorBoard, metrics.csv)."""
 
+    @property
+    def summary_metrics(self) -> tuple[str, ...]:
+        """Columns of the summary table; the training curves show the first ones."""
+
+    def notes(self, metrics: Mapping[str, Any], split: str) -> list[str]:
+        """Lines printed under the summary table (what a reader of the scores must know)."""
+
     def val_summary(self, metrics: Mapping[str, Any]) -> str: ...
 
     def test_summary(self, metrics: Mapping[str, Any]) -> str: ...
 
     def write(self, out_dir: str, split: str, metrics: Mapping[str, Any], result: Result) -> list[str]:
-        """Write `<split>_scores.json` and the task's other files; the paths written."""
+        """Write `<split>_scores.json` and the task's other files (a confusion-matrix PNG, say);
+        the paths written."""
 
 
 def task_names() -> list[str]:

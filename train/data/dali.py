@@ -92,7 +92,7 @@ class DaliLoader:
         missing = [m for m in modalities_of(spec.bands) if m not in layout.modalities]
         if missing:
             raise DataError(f"{spec.root}: these shards hold no {', '.join(missing)} "
-                            f"(they hold {', '.join(layout.modalities)}); choose another --input")
+                            f"(they hold {', '.join(layout.modalities)})")
         if storage.is_remote(spec.root):
             raise DataError(f"{spec.root}: the dali loader reads shards from a local folder (or a mounted file "
                             "system); use --loader webdataset for object storage, or copy the shards")

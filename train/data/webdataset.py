@@ -236,7 +236,7 @@ class WebDatasetLoader:
         missing = [m for m in modalities_of(spec.bands) if m not in layout.modalities]
         if missing:
             raise DataError(f"{spec.root}: these shards hold no {', '.join(missing)} "
-                            f"(they hold {', '.join(layout.modalities)}); choose another --input")
+                            f"(they hold {', '.join(layout.modalities)})")
         self.spec = spec
         self.src = ShardSource(spec.root, entries, layout, tuple(spec.bands), spec.rule,
                                spec.verify, spec.skip_bad_shards, mask_source(spec), not spec.no_savanna)
