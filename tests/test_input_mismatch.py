@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # training runs and checkpoints through the CLI
+
 REPO = Path(__file__).resolve().parents[1]
 S2_S1_BANDS = "B2,B3,B4,B5,B6,B7,B8,B8A,B11,B12,VH,VV"  # 12 channels like s1s2, VV and VH swapped
 

@@ -20,6 +20,8 @@ import pytest
 from sen12ms_common.manifest import load_manifest
 from train.progress import duration
 
+pytestmark = pytest.mark.slow  # training runs under a pipe and a pty
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_LINE = re.compile(r"^epoch (\d+)/(\d+): step (\d+)/(\d+) \((\d+)%\), ([\d.]+) samples/s, data wait (\d+)%, "
                         r"loss ([\d.]+), ETA epoch (\S+), run (\S+)$")

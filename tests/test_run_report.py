@@ -19,6 +19,8 @@ from sklearn.metrics import balanced_accuracy_score
 from sen12ms_common.manifest import load_manifest
 from train.metrics import compute_metrics
 
+pytestmark = pytest.mark.slow  # training runs through the CLI
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = ("--model", "SmallCNN", "--input", "rgb", "--label-type", "single_label", "--batch-size", "8",
          "--stats", "manifest", "--seed", "4", "--epochs", "2", "--no-progress")

@@ -30,6 +30,8 @@ from train.data.seggeotiff import SegGeoTiffDataset
 from train.data.webdataset import ShardError
 from train.device import InputTransform
 
+pytestmark = pytest.mark.slow  # conversions of generated trees
+
 INPUT = "s2hr+s2mr+s1"  # the baseline's published input: 12 channels
 
 

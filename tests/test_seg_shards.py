@@ -19,6 +19,8 @@ from sen12ms_common.patches import parse_any_patch
 from sen12ms_common.shardformat import LABEL_EXT, decode_sample, dequantize_s1
 from segdata import band1, convert_both, make_trees, read_all, run_convert
 
+pytestmark = pytest.mark.slow  # conversions of generated trees
+
 
 @pytest.fixture(scope="module")
 def trees(tmp_path_factory) -> tuple[Path, Path]:
