@@ -78,7 +78,7 @@ def convert_shards(opts: ShardsOptions, echo: Callable[[str], None] = lambda s: 
         state.check_other_conversion(opts.part)
         if not opts.resume:
             state.check_fresh(opts.part)
-        temporaries = _temporaries(state, opts.part, gone, lock.token)
+        temporaries = _temporaries(state, opts.part, gone, lock.token) + lock.orphans(state)
         planned = make_plan(opts.plan_options())
         part = opts.part
         if part is not None and not planned.part_meta["scenes"]:  # type: ignore[index]
@@ -96,7 +96,8 @@ def convert_shards(opts: ShardsOptions, echo: Callable[[str], None] = lambda s: 
 def _temporaries(state: OutState, part: Part | None, gone: list[Entry], token: str) -> list[Entry]:
     """The temporaries of this conversion's runs that are gone; refuses one whose run is unknown."""
     dead = {e.owner for e in gone}
-    # A lock's own temporary without its lock: a run killed while it took the lock; never in the way.
+    # A lock's own temporary without its lock: a run killed while it took the lock; never in the
+    # way, removed when its holder is gone (OutLock.orphans).
     strays = [e.path for e in state.of(part, "temp") if e.owner not in dead | {token} and not is_lock(e.target)]
     if strays:
         raise ConvertError(f"{state.out}: holds {strays[0]}, a temporary of a run whose lock is gone (or of another "

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from convert.errors import ConvertError
-from convert.outfolder import Entry, OutState, lock_name, part_count_of
+from convert.outfolder import LOCK_RE, Entry, OutState, lock_name, part_count_of
 from convert.plan import Part
 from sen12ms_common import storage
 
@@ -107,12 +107,15 @@ class OutLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _write(self) -> None:
-        storage.write_text(self.url, json.dumps(asdict(self._holder), sort_keys=True) + "\n", owner=self.token)
+    def _write(self, first: bool = False) -> None:
+        text = json.dumps(asdict(self._holder), sort_keys=True) + "\n"
+        # The first write leaves no temporary where it can (a kill then leaves nothing); a refresh
+        # replaces the lock, and its temporary beside the lock goes with the lock once its run is gone.
+        (storage.create_text if first else storage.write_text)(self.url, text, owner=self.token)
 
     def __enter__(self) -> OutLock:
         try:
-            self._write()
+            self._write(first=True)
         except storage.StorageError as exc:  # name the folder the user gave, not the lock in it
             raise type(exc)(exc.message.replace(self.url, self.out), self.out) from exc
         except OSError as exc:
@@ -151,15 +154,41 @@ class OutLock:
             holder = self._holder_of(state, e)
             if holder is None:  # its run ended since the listing
                 continue
-            status = holder.gone()
-            age = time.time() - holder.refreshed
-            if status is None and self.break_lock and age > STALE_AFTER:
-                status = True
+            status, age = self._status(holder)
             if status and e.tag == me:
                 gone.append(e)
             elif not status:
                 raise ConvertError(self._refusal(holder, status, age))
         return gone
+
+    def _status(self, holder: Holder) -> tuple[bool | None, float]:
+        """Whether a holder is gone for this run (a stale one of another machine with --break-lock), and its age."""
+        status = holder.gone()
+        age = time.time() - holder.refreshed
+        if status is None and self.break_lock and age > STALE_AFTER:
+            status = True
+        return status, age
+
+    def orphans(self, state: OutState) -> list[Entry]:
+        """Temporaries of this conversion's locks without their lock (a run killed while it wrote
+        its lock) whose holder, read from the temporary, is gone by the rules of `check`. One that
+        cannot be read as a lock, or whose name is not that of its lock's own write, stays."""
+        locks = {e.owner for e in state.entries if e.kind == "lock"}
+        orphans = []
+        for e in state.of(self.part, "temp"):
+            m = LOCK_RE.match(e.target)
+            if m is None or e.owner != m["token"] or e.owner in locks or e.owner == self.token:
+                continue
+            try:
+                doc: Any = json.loads(storage.read_text(state.url(e.path)))
+                gone = self._status(Holder(**{k: doc[k] for k in Holder.__dataclass_fields__}))[0]
+            except FileNotFoundError:  # renamed into place since the listing: a lock this run did not see
+                continue
+            except (ValueError, TypeError, KeyError):  # empty or half-written: whose it is cannot be told
+                continue
+            if gone:
+                orphans.append(e)
+        return orphans
 
     def _holder_of(self, state: OutState, e: Entry) -> Holder | None:
         url = state.url(e.path)

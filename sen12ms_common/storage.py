@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
@@ -374,3 +375,28 @@ def write_bytes(url: str, data: bytes, owner: str | None = None) -> None:
 
 def write_text(url: str, text: str, owner: str | None = None) -> None:
     write_bytes(url, text.encode("utf-8"), owner)
+
+
+def create_text(url: str, text: str, owner: str | None = None) -> None:
+    """Write a file of a new name (no file has it), complete or not at all, and locally without a
+    visible temporary where the system has unnamed files (Linux O_TMPFILE): a kill half-way leaves
+    nothing. Elsewhere (and on object stores, which need none) as `write_text`."""
+    if is_remote(url) or not hasattr(os, "O_TMPFILE") or not os.path.isdir("/proc/self/fd"):
+        return write_text(url, text, owner)
+    target = Path(_local(url))
+    folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fd = os.open(".", os.O_TMPFILE | os.O_WRONLY, 0o666, dir_fd=folder)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+            return write_text(url, text, owner)  # a file system without unnamed files
+        with open(fd, "wb") as f:
+            f.write(text.encode("utf-8"))
+            f.flush()
+            os.fsync(fd)
+            # With a folder fd, os.link is linkat(AT_SYMLINK_FOLLOW): it links the file behind the fd.
+            os.link(f"/proc/self/fd/{fd}", target.name, dst_dir_fd=folder)
+    finally:
+        os.close(folder)
