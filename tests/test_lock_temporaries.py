@@ -21,8 +21,8 @@ from convert.cli import cli
 from convert.outfolder import lock_name
 from sen12ms_common import storage
 
-
 pytestmark = pytest.mark.slow  # conversions and a converter killed while it writes its lock
+
 REPO = Path(__file__).resolve().parents[1]
 HELD = Path(__file__).resolve().parent / "heldlockwrite.py"
 SHARD_SIZE = "2MB"
