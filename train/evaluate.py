@@ -56,6 +56,18 @@ def _saved_transform(ckpt: Mapping[str, Any], input_spec: str, source: str) -> C
     return ChannelTransform(scale, offset, clip)
 
 
+def _typed(key: str, value: Any) -> Any:
+    """An option of ours as an arguments file holds it (text: `False`, `16`) in its TrainConfig type."""
+    from .config import TrainConfig
+
+    default = getattr(TrainConfig(), key, None)
+    if isinstance(value, str) and isinstance(default, bool):
+        return {"True": True, "False": False}.get(value, value)
+    if isinstance(value, str) and isinstance(default, int) and value.isdigit():
+        return int(value)
+    return value
+
+
 def options_for(ckpt: Mapping[str, Any], checkpoint_path: str, config: str | None, stats: str | None) -> EvalOptions:
     """What to build, from the arguments file or our checkpoint's stored configuration."""
     from .argsfile import original_to_options, read_arguments_file
@@ -64,7 +76,7 @@ def options_for(ckpt: Mapping[str, Any], checkpoint_path: str, config: str | Non
     from .tasks import task_options
 
     if config:
-        opts: dict[str, Any] = original_to_options(read_arguments_file(config))
+        opts: dict[str, Any] = {k: _typed(k, v) for k, v in original_to_options(read_arguments_file(config)).items()}
         source = config
     elif isinstance(ckpt.get("config"), Mapping):
         opts = dict(ckpt["config"])
