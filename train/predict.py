@@ -82,7 +82,8 @@ def shard_items(root: str, split: str, bands, savanna: bool, verify: bool) -> tu
     problems = check_shards(root, entries, verify)
     if problems:
         raise DataError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-    src = AllMembers(root, entries, layout, bands, None, verify, False)  # type: ignore[arg-type]
+    src = AllMembers(root=root, entries=entries, layout=layout, bands=tuple(bands), rule=None,  # type: ignore[arg-type]
+                     verify=verify, skip_bad=False)
 
     def items() -> Iterator[Item]:
         for key, members, shard in read_split(src):
