@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from bench.run import CODECS, BenchConfig, quick_config
+from sen12ms_common.errors import report_errors
 
 
 def _codecs(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
@@ -60,12 +61,12 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars while preparing.")
 @click.option("--render-only", is_flag=True,
               help="Measure nothing: write the table and plot again from the last run's SCRATCH/results.json.")
+@report_errors
 def main(quick: bool, repeats: int | None, data: Path, scratch: Path, doc: Path, scenes: int, patches_per_scene: int,
          subset: int, codecs: tuple[str, ...], batch_size: int, train_model: str, train_batch_size: int,
          train_steps: int | None, device: str, gpu_rate: float, s3: bool, dali: bool, progress: bool,
          render_only: bool) -> None:
     """Measure loaders, codecs, conversion, training and S3 side by side with the original's way."""
-    from bench.dataset import BenchDataError
     from bench.report import build_rows, markdown, plot
     from bench.results import Results
     from bench.run import run_bench
@@ -92,10 +93,7 @@ def main(quick: bool, repeats: int | None, data: Path, scratch: Path, doc: Path,
         if scenes * patches_per_scene < 1000:
             click.echo(f"note: about {scenes * patches_per_scene} triplets (the published figures use 1,000 or more)",
                        err=True)
-        try:
-            res = run_bench(cfg)
-        except BenchDataError as exc:  # e.g. the reference patches are missing: one line
-            raise click.ClickException(str(exc)) from exc
+        res = run_bench(cfg)
         scratch.mkdir(parents=True, exist_ok=True)
         results_path.write_text(res.dumps())
     codec_list = tuple(res.extra.get("config", {}).get("codecs", codecs))

@@ -11,10 +11,12 @@ from pathlib import Path
 from bench.loaders import LoaderSettings
 from bench.measure import Repeat
 
+from sen12ms_common.errors import Sen12msError
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-class DaliUnavailable(RuntimeError):
+class DaliUnavailable(RuntimeError, Sen12msError):
     """DALI cannot run here; the message says why (for the table's "not available" rows)."""
 
 
@@ -63,3 +65,64 @@ class DaliWorker:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+# --- in this process (tests) ----------------------------------------------------------------
+
+def _reader(root: str, split: str, loader: str, input_spec: str, batch_size: int, threads: int, device: str,
+            normalise: bool, train: bool, stats: str):
+    """(loader, uint16 -> model input or None) of `throughput`."""
+    from sen12ms_common.bands import resolve_bands
+    from sen12ms_common.igbp import LabelRule
+    from sen12ms_common.inputs import channel_transform
+    from sen12ms_common.manifest import load_manifest
+    from train.data import LoaderSpec, make_loader
+    from train.device import InputTransform
+
+    manifest = load_manifest(root)
+    bands = resolve_bands(input_spec)
+    transform = channel_transform(bands, stats, manifest.stats)
+    spec = LoaderSpec(root=root, manifest=manifest, split=split, bands=bands, rule=LabelRule("multi_label"),
+                      batch_size=batch_size, transform=transform, train=train, workers=threads, device=device,
+                      verify=False)
+    if loader == "dali":
+        from train.data.dali import DaliLoader
+
+        return DaliLoader(spec, normalise=normalise, num_threads=max(1, threads)), None
+    import torch
+
+    return make_loader(loader, spec), InputTransform(transform, torch.device(device)) if normalise else None
+
+
+def throughput(root: str, split: str = "train", *, loader: str = "dali", input_spec: str = "s1s2",
+               batch_size: int = 32, threads: int = 1, device: str = "cpu", normalise: bool = True,
+               train: bool = False, epochs: int = 2, stats: str = "official", preread: bool = True) -> dict[str, float]:
+    """Samples/s of a loader over one split (in this process), into model input (`normalise`) or
+    uint16 batches: `dali` with `threads` DALI CPU threads, `webdataset` with `threads` workers
+    (its batches normalised on `device` as the training loop does). Shards pre-read (`preread`),
+    one untimed epoch, then `epochs` timed ones."""
+    import time
+
+    import torch
+
+    from sen12ms_common import storage
+    from sen12ms_common.manifest import load_manifest
+
+    ld, to_input = _reader(root, split, loader, input_spec, batch_size, threads, device, normalise, train, stats)
+    if preread:
+        for e in load_manifest(root).shards(split):
+            with open(storage.join(root, e.name), "rb") as f:
+                while f.read(1 << 22):
+                    pass
+    n, t0 = 0, time.perf_counter()
+    for e in range(epochs + 1):
+        if e == 1:
+            n, t0 = 0, time.perf_counter()
+        for batch in ld.epoch(e):
+            x = batch["image"] if to_input is None else to_input(batch["image"])
+            if x.is_cuda:
+                torch.cuda.synchronize(x.device)
+            n += len(batch["key"])
+    seconds = time.perf_counter() - t0
+    ld.close()
+    return {"samples_per_s": n / seconds, "samples": float(n), "seconds": seconds, "threads": float(threads)}

@@ -1,11 +1,4 @@
-"""`python -m bench.daliworker`: runs DALI loader repeats for the bench in a process of its own.
-
-DALI starts threads and compiles numba kernels once per process; keeping it out of the bench's
-main process keeps those threads away from the DataLoader workers the main process forks, and
-one long-lived worker compiles each kernel once for all repeats. Protocol: one JSON line per
-request on stdin, one JSON line per answer on the original stdout (everything else the process
-prints goes to stderr). The first line says whether DALI could be imported.
-"""
+"""`python -m bench.daliworker`: runs DALI loader repeats for the bench in a process of its own."""
 
 from __future__ import annotations
 

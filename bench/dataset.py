@@ -1,16 +1,5 @@
 """The bench dataset: a SEN12MS tree with the real reference patches in it, its labels and splits,
-and its shard sets (one per codec), generated once and reused while their parameters hold.
-
-Layout under the data folder (`bench/data/`, git-ignored):
-
-    sen12ms/                 the tree: `convert.synth` scenes + the real patches under SEN12MS names
-    labels/                  `convert labels` output (IGBP_probability_labels.json, ...)
-    splits/                  every triplet in train (val, test empty): all loaders read one split
-    splits-subset/           the first `subset` triplets in train: conversion timing and S3 rows
-    shards/<codec>/          `convert shards` of splits/ (the loader rows)
-    shards/<codec>-lc/       the same with lc stored (the segmentation rows)
-    dataset.json             the parameters the tree was made with (reuse check)
-"""
+and its shard sets (one per codec), generated once and reused while their parameters hold."""
 
 from __future__ import annotations
 
@@ -23,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from sen12ms_common.errors import Sen12msError
 from sen12ms_common.manifest import MANIFEST_NAME, load_manifest
 from sen12ms_common.patches import parse_patch
 
@@ -43,7 +33,7 @@ REAL_TRIPLETS: dict[str, dict[str, str]] = {
 }
 
 
-class BenchDataError(RuntimeError):
+class BenchDataError(RuntimeError, Sen12msError):
     """The bench dataset cannot be made (e.g. the reference patches are missing)."""
 
 

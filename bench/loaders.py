@@ -1,21 +1,4 @@
-"""The loader rows: one repeat of each way of turning stored patches into training batches.
-
-- the original's way: `train.data.geotiff` (rasterio per sample, float, normalisation) through a
-  torch DataLoader, shuffled, as the original toolbox trains;
-- our webdataset loader (`train.data.webdataset`, the training defaults: shuffled, 8 read
-  streams, checksums verified, decoding threads in the training process; or worker processes)
-  into uint16 batches, and into normalised float batches (`train.device.InputTransform` on the
-  CPU, as the training loop does on its device).
-
-"1 core" pins the whole process tree to one CPU with torch on one thread; "all cores" runs one
-decoding thread (or worker process) per CPU, unpinned. DALI runs in its own process
-(`bench.daliworker`), see `bench.dali`; the stock webdataset, floor and limit rows in `bench.stock`.
-
-Segmentation rows (image + mask batches): the DFC2020 baseline's way (`train.data.seggeotiff`:
-rasterio opening s2, s1 and lc per sample, its scaling, the lc mask mapped to DFC2020 classes)
-through the same DataLoader, against our loader with `targets="mask"` on shards holding lc,
-into float batches scaled as the baseline scales (`--stats dfc2020`).
-"""
+"""The loader rows: one repeat of each way of turning stored patches into training batches."""
 
 from __future__ import annotations
 

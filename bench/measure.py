@@ -1,12 +1,4 @@
-"""Timing primitives: one repeat of a rate, the statistics of repeats, CPU pinning.
-
-A loader's rate is its steady state: samples after the first batch divided by the time from the
-first batch to the last, so that worker start-up, pipeline construction and JIT compilation
-(one-off costs, negligible over a real epoch of 160,000 samples) do not count, for every loader
-alike. What was in flight when the first batch arrived (at most about one batch per worker) is
-counted as if read afterwards: an error of a few per cent at 32 batches per epoch, the same
-for all loaders.
-"""
+"""Timing primitives: one repeat of a rate, the statistics of repeats, CPU pinning."""
 
 from __future__ import annotations
 

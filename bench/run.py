@@ -1,11 +1,4 @@
-"""One bench run: every measurement, interleaved by round, into one `Results`.
-
-Order: dataset (made or reused) -> bytes per sample -> conversion rounds -> loader rounds (the
-original's way, our loader per codec and output, DALI per codec, the codec limits) -> training
-rounds -> S3 rounds. Within a block, round r measures every case once before round r + 1
-starts, so that the ratios taken within a round compare figures measured minutes apart, not
-the quiet start of the run with its busy end.
-"""
+"""One bench run: every measurement, interleaved by round, into one `Results`."""
 
 from __future__ import annotations
 
@@ -24,9 +17,9 @@ from bench.measure import Repeat, cores, one_cpu, pinned
 from bench.results import Results
 from bench.training import TrainingSettings
 from sen12ms_common.bands import resolve_bands
+from sen12ms_common.codecs import CODECS  # every codec of the shard format
 
 REPO = Path(__file__).resolve().parents[1]
-CODECS = ("zstd", "lz4", "none")
 OUTPUTS = ("uint16", "float", "uint16-noverify")
 SEG_CODEC = "zstd"  # the segmentation rows read shards of this codec that hold lc
 

@@ -1,13 +1,5 @@
 """The object-storage rows: a local SeaweedFS server (as the test suite starts it), the subset's
-zstd shards and its GeoTIFFs uploaded to it, then per repeat:
-
-- our webdataset loader streaming the shards from `s3://` (normalised float batches);
-- the original's way reading one GeoTIFF object per modality and sample from the same server;
-- the shard bytes alone streamed through `sen12ms_common.s3.read_throughput` (no decoding).
-
-The server runs on this machine and shares its cores with the loaders: the figures are samples/s
-of the whole machine, not per core.
-"""
+zstd shards and its GeoTIFFs uploaded to it, then per repeat:"""
 
 from __future__ import annotations
 
@@ -18,11 +10,12 @@ from pathlib import Path
 from typing import Iterator
 
 from bench.measure import Repeat
+from sen12ms_common.errors import Sen12msError
 
 BUCKET_PREFIX = "bench"
 
 
-class S3Unavailable(RuntimeError):
+class S3Unavailable(RuntimeError, Sen12msError):
     """The S3 rows cannot run here; the message says why."""
 
 
@@ -91,13 +84,26 @@ def upload_bench_data(server, shard_dir: Path, tree: Path, keys: list[str]) -> i
     return upload(server, files)
 
 
+def read_throughput(urls: list[str], chunk: int = 1 << 20) -> tuple[int, float]:
+    """(bytes, seconds) of streaming whole objects (local paths or URLs) through `storage.open_read`."""
+    import time
+
+    from sen12ms_common import storage
+
+    total, start = 0, time.perf_counter()
+    for url in urls:
+        with storage.open_read(url) as f:
+            while block := f.read(chunk):
+                total += len(block)
+    return total, time.perf_counter() - start
+
+
 def read_only_repeat(url: str) -> Repeat:
     """The shard objects streamed whole, nothing decoded: samples/s the store delivers."""
     from sen12ms_common import storage
     from sen12ms_common.manifest import load_manifest
-    from sen12ms_common.s3 import read_throughput
 
     manifest = load_manifest(url)
     entries = manifest.shards("train")
-    got = read_throughput([storage.join(url, e.name) for e in entries])
-    return Repeat(sum(e.samples for e in entries), got.seconds)
+    _, seconds = read_throughput([storage.join(url, e.name) for e in entries])
+    return Repeat(sum(e.samples for e in entries), seconds)

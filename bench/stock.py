@@ -1,14 +1,5 @@
 """Rows beside our loader: a stock webdataset pipeline over the same shards, the memory-copy
-floor of uncompressed shards, and the read + decode limit of a codec.
-
-- stock: `wds.WebDataset(urls)` shuffled, each sample decoded as docs/FORMAT.md shows (all
-  bands, then the input's bands picked), `.batched` into uint16 batches: the way a user of that
-  library would read the shards, with nothing of ours.
-- floor: every shard read into a reused buffer and every used pixel copied into a batch slot,
-  nothing decoded, nothing verified: the physical floor for uncompressed shards.
-- limit: every shard read into a reused buffer and every used band decoded into a batch slot by
-  the shard format's own band decoder, nothing else (no tar walk: the DALI index gives offsets).
-"""
+floor of uncompressed shards, and the read + decode limit of a codec."""
 
 from __future__ import annotations
 

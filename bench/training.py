@@ -1,18 +1,4 @@
-"""The training rows: seconds per optimisation step of a model on the device that is there.
-
-- synthetic: one batch held in memory (uint16, as a loader hands it over) fed again and again:
-  the step time of the model alone;
-- fed by our loader: batches streamed from the zstd shards by the webdataset loader with
-  `workers` worker processes, as `python -m train` trains;
-- fed by the original's way: float batches of `train.data.geotiff` through a DataLoader.
-
-Each repeat first draws the loader's start-up batches without training on them (worker start
-and, for our loader, the fill of every read stream's shuffle buffer: `streams` + 2 batches,
-a one-off per epoch that a 160,000-sample epoch does not notice but a few timed steps would),
-then runs `warmup` untimed steps and times `steps` steps including the wait for every batch.
-The data-stall fraction is 1 - synthetic / fed: the share of a step spent waiting for data
-(or, on a CPU, losing cores to the loader).
-"""
+"""The training rows: seconds per optimisation step of a model on the device that is there."""
 
 from __future__ import annotations
 

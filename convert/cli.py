@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from sen12ms_common.errors import report_errors
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def cli() -> None:
@@ -27,6 +29,7 @@ def cli() -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed; the tree is identical for a seed.")
 @click.option("--broken", is_flag=True,
               help="Also plant the known broken triplet ROIs1868_summer_s1_146_p202 (NaN in S1; sen12ms only).")
+@report_errors
 def synth(out: Path, layout: str, scenes: int, patches_per_scene: int, seed: int, broken: bool) -> None:
     """Write the sample dataset: a small, learnable SEN12MS (or DFC2020) tree in the real format."""
     if layout == "dfc2020":
@@ -44,13 +47,8 @@ def synth(out: Path, layout: str, scenes: int, patches_per_scene: int, seed: int
 
 
 def main() -> None:
-    from sen12ms_common.storage import StorageError
-
     try:
         cli(standalone_mode=True)
-    except StorageError as exc:  # object storage: one line naming the URL, no traceback
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)

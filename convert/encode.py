@@ -1,15 +1,4 @@
-"""Read one planned triplet, apply the input policy and encode it into its shard members.
-
-Runs in the worker processes; a pure function of the plan entry and the layout, so any number of
-workers yields the same bytes. Policy (docs/FORMAT.md, "What is rejected"):
-
-- a file that cannot be read or has the wrong band count, dtype or size: rejected;
-- S1 with more than 1 % non-finite pixels: rejected as broken (the known broken triplet holds
-  NaN in 3/4 of its pixels); fewer: converted with NaN and +inf -> 0 dB, -inf -> -25 dB, warned;
-- S2 above 10000 (bright clouds, snow): stored unchanged, warned (training clips at 10000);
-- lc (when stored): IGBP value 0 (no data) warned, values above 17 rejected;
-- dfc (DFC2020 masks): value 0 (no class) warned, values above 10 rejected.
-"""
+"""Read one planned triplet, apply the input policy and encode it into its shard members."""
 
 from __future__ import annotations
 

@@ -8,9 +8,10 @@ import numpy as np
 
 from sen12ms_common import storage
 from sen12ms_common.bands import MODALITY_BANDS, MODALITY_DTYPES, PATCH_SIZE
+from sen12ms_common.errors import Sen12msError
 
 
-class PatchReadError(ValueError):
+class PatchReadError(ValueError, Sen12msError):
     """A patch file that cannot be used; the message names the file and the problem."""
 
 

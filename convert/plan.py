@@ -20,6 +20,7 @@ import numpy as np
 from convert.scan import Problem, Triplet
 from sen12ms_common.igbp import LabelError, check_probability
 from sen12ms_common.manifest import ALL_SPLITS, SPLITS, Rejection
+from sen12ms_common.names import part_tag
 from sen12ms_common.patches import MODALITIES, PatchNameError, SceneId, parse_patch
 from sen12ms_common.shardformat import SampleLayout
 
@@ -63,7 +64,7 @@ class Part:
     @property
     def tag(self) -> str:
         """In shard names: `train-p0003of0016-000000.tar`."""
-        return f"p{self.index:04d}of{self.count:04d}"
+        return part_tag(self.index, self.count)
 
     @property
     def label(self) -> str:
@@ -139,6 +140,119 @@ def shuffle_order(keys: list[str], seed: int, split: str) -> list[str]:
     return [ordered[i] for i in rng.permutation(len(ordered))]
 
 
+@dataclass
+class _SplitLists:
+    """Where the split lists put each key, and the keys they put in more than one split."""
+
+    split_of: dict[str, str] = field(default_factory=dict)
+    scene_split: dict[SceneId, set[str]] = field(default_factory=lambda: defaultdict(set))
+    listed_twice: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    @classmethod
+    def read(cls, split_lists: Mapping[str, Iterable[str]], warnings: list[Rejection] | None) -> "_SplitLists":
+        """The lists' assignment; entries that are no patch name are warned about (where
+        `warnings` is given) and skipped."""
+        out = cls()
+        for split in SPLITS:
+            for name in split_lists.get(split, []):
+                try:
+                    pid = parse_patch(name)
+                except PatchNameError:
+                    if warnings is not None:
+                        warnings.append(Rejection(str(name), "split list entry is not a SEN12MS patch name",
+                                                  split=split))
+                    continue
+                key = pid.key
+                if key in out.split_of and out.split_of[key] != split:
+                    out.listed_twice[key].append(split)
+                    continue
+                out.split_of[key] = split
+                out.scene_split[pid.scene_id].add(split)
+        return out
+
+    def attributed(self, key: str, excluded: Mapping[str, str]) -> str:
+        """The split of an input; else, for one the split making left out, train (test in a hold-out
+        scene), as the original leaves the broken triplet out of its train list; else the split of
+        its scene's other patches."""
+        if key in self.split_of:
+            return self.split_of[key]
+        pid = parse_patch(key)
+        scenes = self.scene_split.get(pid.scene_id, set())
+        if pid.filename() in excluded or pid.is_known_broken:
+            return "test" if scenes == {"test"} else "train"
+        return next(iter(scenes)) if len(scenes) == 1 else UNASSIGNED
+
+
+def _problems_by_key(problems: list[Problem], label_problems: list[Problem], warnings: list[Rejection]
+                     ) -> tuple[dict[str, list[Problem]], dict[str, Problem]]:
+    """Scan and label problems by input key; those of no input become warnings."""
+    problems_of: dict[str, list[Problem]] = defaultdict(list)
+    for p in problems:
+        if p.id:
+            problems_of[p.id].append(p)
+        else:
+            warnings.append(Rejection("", p.reason, p.path))
+    for p in label_problems:
+        if not p.id:
+            warnings.append(Rejection("", p.reason, p.path))
+    return problems_of, {p.id: p for p in label_problems if p.id}
+
+
+def _label_reasons(t: Triplet, missing: list[str], prob: np.ndarray | None, label_problem: Problem | None,
+                   labels_source: str) -> tuple[list[str], str, tuple[float, ...]]:
+    """(reasons, path to name, label) of a triplet's siblings and label."""
+    path = t.paths.get("s2", "")
+    if missing:
+        # The label and split reasons of an incomplete triplet only repeat this one.
+        return ["missing sibling " + ", ".join(t.id.relpath(m) for m in missing)], path, ()
+    if prob is None:
+        if label_problem is None:
+            return [f"no label for {t.id.filename()} in {labels_source}"], path, ()
+        lp = label_problem
+        return [f"no label: {lp.path}: {lp.reason}" if lp.path else f"no label: {lp.reason}"], lp.path or path, ()
+    try:
+        return [], path, tuple(float(v) for v in check_probability(prob))
+    except LabelError as exc:
+        return [f"label in {labels_source}: {exc}"], path, ()
+
+
+def _split_reason(t: Triplet, lists: _SplitLists, excluded: Mapping[str, str]) -> str | None:
+    """Why a complete triplet is in no split, or None."""
+    key, filename = t.key, t.id.filename()
+    if key in lists.listed_twice:
+        return f"listed in more than one split list ({', '.join([lists.split_of[key]] + lists.listed_twice[key])})"
+    if key not in lists.split_of:
+        return excluded.get(filename) or excluded.get(key) or (
+            KNOWN_BROKEN_REASON if t.id.is_known_broken else "in no split list")
+    return None
+
+
+def _listed_not_found(split_lists: Mapping[str, Iterable[str]], lists: _SplitLists, tree_keys: set[str]
+                      ) -> list[Rejection]:
+    out = []
+    for split in SPLITS:
+        for name in split_lists.get(split, []):
+            try:
+                key = parse_patch(name).key
+            except PatchNameError:
+                continue
+            if key not in tree_keys and lists.split_of.get(key) == split:
+                out.append(Rejection(key, f"listed in the {split} split but not found in the tree", split=split))
+    return out
+
+
+def _in_shard_order(planned: Mapping[str, list[PlanEntry]], inputs: dict[str, int], seed: int
+                    ) -> tuple[dict[str, list[PlanEntry]], dict[str, int]]:
+    splits: dict[str, list[PlanEntry]] = {}
+    for split in SPLITS:
+        by_key = {e.key: e for e in planned.get(split, [])}
+        splits[split] = [by_key[k] for k in shuffle_order(list(by_key), seed, split)]
+    ordered_inputs = {s: inputs.get(s, 0) for s in SPLITS}
+    if inputs.get(UNASSIGNED):
+        ordered_inputs[UNASSIGNED] = inputs[UNASSIGNED]
+    return splits, ordered_inputs
+
+
 def build_plan(triplets: Iterable[Triplet], problems: Iterable[Problem],
                labels: Mapping[str, np.ndarray], label_problems: Iterable[Problem],
                split_lists: Mapping[str, Iterable[str]], excluded: Mapping[str, str],
@@ -165,113 +279,38 @@ def build_plan(triplets: Iterable[Triplet], problems: Iterable[Problem],
         label_problems = [p for p in label_problems if not p.id or keep(p.id)]
     rejected: list[Rejection] = []
     warnings: list[Rejection] = []
-
-    split_of: dict[str, str] = {}
-    scene_split: dict[SceneId, set[str]] = defaultdict(set)
-    listed_twice: dict[str, list[str]] = defaultdict(list)
-    for split in SPLITS:
-        for name in split_lists.get(split, []):
-            try:
-                pid = parse_patch(name)
-            except PatchNameError:
-                if tree_wide:
-                    warnings.append(Rejection(str(name), "split list entry is not a SEN12MS patch name", split=split))
-                continue
-            key = pid.key
-            if key in split_of and split_of[key] != split:
-                listed_twice[key].append(split)
-                continue
-            split_of[key] = split
-            scene_split[pid.scene_id].add(split)
-
-    def attributed_split(key: str) -> str:
-        """The split of an input; else, for one the split making left out, train (test in a hold-out
-        scene), as the original leaves the broken triplet out of its train list; else the split of
-        its scene's other patches."""
-        if key in split_of:
-            return split_of[key]
-        pid = parse_patch(key)
-        scenes = scene_split.get(pid.scene_id, set())
-        if pid.filename() in excluded or pid.is_known_broken:
-            return "test" if scenes == {"test"} else "train"
-        return next(iter(scenes)) if len(scenes) == 1 else UNASSIGNED
-
-    problems_of: dict[str, list[Problem]] = defaultdict(list)
-    for p in problems:
-        if p.id:
-            problems_of[p.id].append(p)
-        else:
-            warnings.append(Rejection("", p.reason, p.path))
-    label_problem_of = {p.id: p for p in label_problems if p.id}
-    for p in label_problems:
-        if not p.id:
-            warnings.append(Rejection("", p.reason, p.path))
+    lists = _SplitLists.read(split_lists, warnings if tree_wide else None)
+    problems_of, label_problem_of = _problems_by_key(problems, label_problems, warnings)
 
     inputs: dict[str, int] = defaultdict(int)
     keys = {t.key for t in triplets}
     # Inputs that did not become a triplet: the scan says why.
     for key in sorted(set(problems_of) - keys):
-        split = attributed_split(key)
+        split = lists.attributed(key, excluded)
         inputs[split] += 1
         ps = problems_of[key]
         rejected.append(Rejection(key, "; ".join(p.reason for p in ps), ps[0].path, split))
     # Scan problems of a triplet that still converts (e.g. an lc file in the wrong folder).
     for key in sorted(set(problems_of) & keys):
         for p in problems_of[key]:
-            warnings.append(Rejection(key, p.reason, p.path, attributed_split(key)))
+            warnings.append(Rejection(key, p.reason, p.path, lists.attributed(key, excluded)))
 
     planned: dict[str, list[PlanEntry]] = defaultdict(list)
     for t in triplets:
-        key, filename = t.key, t.id.filename()
-        split = attributed_split(key)
+        split = lists.attributed(t.key, excluded)
         inputs[split] += 1
-        reasons: list[str] = []
-        path = t.paths.get("s2", "")
         missing = [m for m in MODALITIES if (m in modalities or m in needed) and m not in t.paths]
-        prob = labels.get(filename)
-        label: tuple[float, ...] = ()
-        if missing:
-            # The label and split reasons of an incomplete triplet only repeat this one.
-            reasons.append("missing sibling " + ", ".join(t.id.relpath(m) for m in missing))
-        elif prob is None:
-            lp = label_problem_of.get(key)
-            if lp is not None:
-                reasons.append(f"no label: {lp.path}: {lp.reason}" if lp.path else f"no label: {lp.reason}")
-                path = lp.path or path
-            else:
-                reasons.append(f"no label for {filename} in {labels_source}")
-        else:
-            try:
-                label = tuple(float(v) for v in check_probability(prob))
-            except LabelError as exc:
-                reasons.append(f"label in {labels_source}: {exc}")
-        if missing:
-            pass
-        elif key in listed_twice:
-            reasons.append(f"listed in more than one split list ({', '.join([split_of[key]] + listed_twice[key])})")
-        elif key not in split_of:
-            reasons.append(excluded.get(filename) or excluded.get(key) or (
-                KNOWN_BROKEN_REASON if t.id.is_known_broken else "in no split list"))
+        reasons, path, label = _label_reasons(t, missing, labels.get(t.id.filename()),
+                                              label_problem_of.get(t.key), labels_source)
+        split_reason = None if missing else _split_reason(t, lists, excluded)
+        if split_reason:
+            reasons.append(split_reason)
         if reasons:
-            rejected.append(Rejection(key, "; ".join(reasons), path, split))
+            rejected.append(Rejection(t.key, "; ".join(reasons), path, split))
         else:
-            planned[split].append(PlanEntry(key, split, {m: t.paths[m] for m in modalities}, label))
+            planned[split].append(PlanEntry(t.key, split, {m: t.paths[m] for m in modalities}, label))
 
-    for split in SPLITS if tree_wide else ():
-        for name in split_lists.get(split, []):
-            try:
-                key = parse_patch(name).key
-            except PatchNameError:
-                continue
-            if key not in tree_keys and split_of.get(key) == split:
-                warnings.append(Rejection(key, f"listed in the {split} split but not found in the tree", split=split))
-
-    splits: dict[str, list[PlanEntry]] = {}
-    for split in SPLITS:
-        by_key = {e.key: e for e in planned.get(split, [])}
-        splits[split] = [by_key[k] for k in shuffle_order(list(by_key), seed, split)]
-        inputs.setdefault(split, 0)
-    ordered_inputs = {s: inputs[s] for s in SPLITS}
-    if inputs.get(UNASSIGNED):
-        ordered_inputs[UNASSIGNED] = inputs[UNASSIGNED]
+    if tree_wide:
+        warnings += _listed_not_found(split_lists, lists, tree_keys)
+    splits, ordered_inputs = _in_shard_order(planned, inputs, seed)
     return Plan(splits, rejected, warnings, ordered_inputs)

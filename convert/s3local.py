@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sen12ms_common.errors import Sen12msError
+
 BUCKET = "sen12ms"
 REGION = "us-east-1"
 CONFIG = "s3.json"  # the identity file in the server's folder; it keeps the keys across restarts
@@ -30,11 +32,11 @@ _PORT_FLAGS = (
 )
 
 
-class CannotStart(RuntimeError):
+class CannotStart(RuntimeError, Sen12msError):
     """Starting is pointless (no binary, the asked port is taken); the message is one line."""
 
 
-class NotReady(RuntimeError):
+class NotReady(RuntimeError, Sen12msError):
     """The server did not answer in time (or exited); `reason` is one line, the log tail follows."""
 
     def __init__(self, reason: str, log_tail: str) -> None:

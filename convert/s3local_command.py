@@ -19,7 +19,8 @@ from typing import Iterator
 
 import click
 
-from convert.s3local import BUCKET, INSTALL_HINT, CannotStart, NotReady, WeedServer, saved_keys, start_server, weed_binary
+from convert.s3local import BUCKET, INSTALL_HINT, NotReady, WeedServer, saved_keys, start_server, weed_binary
+from sen12ms_common.errors import report_errors
 
 DEFAULT_PORT = 8333  # SeaweedFS's own S3 port: a fixed one keeps the exports valid across restarts
 STOP_GRACE_S = 10.0  # SIGTERM lets weed flush its data folder; SIGKILL after this
@@ -104,6 +105,7 @@ def announce(server: WeedServer, kept: bool) -> None:
               help="Bucket to create (an existing one is kept).")
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
               help="S3 port on 127.0.0.1 (0: any free port). SeaweedFS's other ports are picked free.")
+@report_errors
 def s3_local(folder: Path | None, bucket: str, port: int) -> None:
     """Run a local S3 store (SeaweedFS on 127.0.0.1) with one bucket, and print the AWS variables
     that point the toolbox at it. Runs until Ctrl-C or SIGTERM."""
@@ -133,8 +135,6 @@ def start(root: Path, bucket: str, port: int) -> WeedServer:
         keys = saved_keys(root)
         options = {"access_key": keys[0], "secret_key": keys[1]} if keys else {}
         return start_server(root, own_folders=False, bucket=bucket, s3_port=port, **options)
-    except CannotStart as exc:
-        raise click.ClickException(str(exc)) from None
     except NotReady as exc:
         raise click.ClickException(f"SeaweedFS did not start ({exc.reason}); its log says: "
                                    f"{log_summary(exc.log_tail)}") from None

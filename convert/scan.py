@@ -75,7 +75,7 @@ def scan_tree(root: str, dfc2020: bool | None = False) -> ScanResult:
     the tree has such folders.
     """
     if not storage.is_remote(root) and not os.path.isdir(root):
-        raise FileNotFoundError(f"{root}: no such folder")
+        raise storage.StorageNotFoundError(f"{root}: no such folder", root)
     found: dict[PatchId, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     problems: list[Problem] = []
     unlisted: list[OSError] = []

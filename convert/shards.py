@@ -11,10 +11,10 @@ import click
 from click.core import ParameterSource
 
 from convert.conversion import ShardsOptions, convert_shards
-from convert.errors import ConvertError
 from convert.outlock import STALE_AFTER
 from convert.plan import Part, parse_part, parse_size
 from convert.summary import summary_lines
+from sen12ms_common.errors import report_errors
 from sen12ms_common.shardformat import CODECS, DEFAULT_LEVEL, SampleLayout
 
 
@@ -119,6 +119,7 @@ def resume_command(ctx: click.Context) -> str:
                    f"{STALE_AFTER / 60:.0f} minutes (a run on this machine that is gone needs no option).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @click.pass_context
+@report_errors
 def shards(ctx: click.Context, data: tuple[str, ...], out: str, labels: str | None, splits_dir: str | None, codec: str,
            level: int | None, shard_size: int, workers: int, modalities: tuple[str, ...], seed: int, resume: bool,
            val_fraction: float, part: Part | None, max_rejected: float, break_lock: bool, progress: bool) -> None:
@@ -131,8 +132,6 @@ def shards(ctx: click.Context, data: tuple[str, ...], out: str, labels: str | No
                          progress, part, max_rejected, break_lock)
     try:
         outcome = convert_shards(opts, echo=lambda s: click.echo(s, err=True))
-    except ConvertError as exc:
-        raise click.ClickException(str(exc)) from exc
     except KeyboardInterrupt:
         click.echo(f"Aborted! The finished shards are kept; continue with: {resume_command(ctx)}", err=True)
         sys.exit(1)

@@ -1,10 +1,4 @@
-"""Splits: the official hold-out scenes as test split, and a scene-grouped validation split.
-
-Test is every patch of the hold-out scenes (`SEN12MS_holdOutScenes.txt`); train is every other
-patch except the known broken triplet; validation is a deterministic set of whole train scenes
-(patches of one scene overlap, so a patch-level split would leak). The algorithm and the file
-formats are documented in splits/README.md.
-"""
+"""Splits: the official hold-out scenes as test split, and a scene-grouped validation split."""
 
 from __future__ import annotations
 
@@ -19,15 +13,14 @@ import click
 from sen12ms_common import storage
 from sen12ms_common.datafiles import SplitFileError, read_source, text_lines
 from sen12ms_common.datalimits import excerpt
+from sen12ms_common.errors import report_errors
+from sen12ms_common.official import HOLDOUT_NAME, OFFICIAL_HOLDOUT
 from sen12ms_common.outputs import output_folder, writing
 from sen12ms_common.storage import StorageError
 from sen12ms_common.patches import (
     MODALITIES, SEASONS, PatchId, PatchNameError, SceneId, parse_patch, parse_scene,
 )
 
-HOLDOUT_NAME = "SEN12MS_holdOutScenes.txt"
-# The official hold-out list of the original toolbox, shipped in the repository's splits/.
-OFFICIAL_HOLDOUT = Path(__file__).resolve().parents[1] / "splits" / HOLDOUT_NAME
 EXCLUDED_NAME = "excluded.txt"
 BROKEN_REASON = "known broken triplet (S1 holds NaN): left out of train as in the original"
 # The original's pickles are protocol 3 (Python 3.0+), which its Python 3.7 code reads.
@@ -194,7 +187,7 @@ def _summary(splits: Splits, holdout_path: str, holdout: list[SceneId]) -> list[
               help="Root of the SEN12MS tree (local folder or URL such as s3://bucket/sen12ms).")
 @click.option("--holdout", default=None, metavar="FILE",
               help=f"Hold-out scene list [default: {HOLDOUT_NAME} in the tree's root, else the official "
-                   "list shipped in splits/].")
+                   "list shipped with the toolbox].")
 @click.option("--val-fraction", default=0.1, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
               help="Share of each season's train patches to move to validation, as whole scenes (0: no val).")
 @click.option("--seed", default=0, show_default=True, type=int,
@@ -202,6 +195,7 @@ def _summary(splits: Splits, holdout_path: str, holdout: list[SceneId]) -> list[
 @click.option("--out", required=True, metavar="DIR|URL",
               help="Folder or s3://bucket/prefix to write {train,val,test}_list.{txt,pkl} into (created if "
                    "missing).")
+@report_errors
 def splits_command(data: str, holdout: str | None, val_fraction: float, seed: int, out: str) -> None:
     """Write train / val / test lists: test = the hold-out scenes, val = whole train scenes.
 
@@ -211,19 +205,13 @@ def splits_command(data: str, holdout: str | None, val_fraction: float, seed: in
     from convert.labels import expected_sibling, report_problems
     from convert.scan import Problem, scan_tree
 
-    try:
-        out = output_folder(out, "--out")
-    except StorageError as exc:
-        raise click.ClickException(str(exc)) from None
+    out = output_folder(out, "--out")
     if _is_shipped_folder(out):
         raise click.ClickException(f"{out}: holds the official lists shipped with the toolbox; "
                                    "write the splits of a tree to another folder")
-    try:
-        holdout_path = find_holdout(data, holdout)
-        scenes = load_holdout(holdout_path)
-        scan = scan_tree(data)
-    except (SplitFileError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
+    holdout_path = find_holdout(data, holdout)
+    scenes = load_holdout(holdout_path)
+    scan = scan_tree(data)
     problems = list(scan.problems)
     complete: list[PatchId] = []
     incomplete: dict[str, str] = {}

@@ -1,15 +1,4 @@
-"""Per-band mean and standard deviation, accumulated sample by sample in a fixed order.
-
-Each sample contributes (count, mean, M2) per band (M2 = sum of squared deviations), combined
-with Chan's pairwise formula: stable where sum-of-squares cancels, and, because the converter
-combines in planned order (samples within a shard, then shards), the same float64 bits for any
-worker count and for a resumed run.
-
-A conversion in parts (`--part I/N`) keeps each part's totals in its part manifest (JSON writes
-a float64 exactly), and `convert merge-manifest` combines them in part order with the same
-formula: deterministic, and equal to the one-run statistics up to float64 rounding (the samples
-are combined in another order).
-"""
+"""Per-band mean and standard deviation, accumulated sample by sample in a fixed order."""
 
 from __future__ import annotations
 

@@ -1,11 +1,4 @@
-"""The sample dataset: a small SEN12MS tree that tools cannot tell from the real one by format.
-
-Four season folders, `s1_/s2_/lc_` scene folders and real file names; s1 float32 x 2 (dB),
-s2 uint16 x 13, lc uint8 x 4, 256 x 256, uncompressed pixel-interleaved GeoTIFF in the scene's
-UTM zone at 10 m. The content is learnable: land-cover regions at MODIS scale (500 m cells) in
-the IGBP band drive class-typical S2 spectra and S1 backscatter, with speckle and noise.
-Patches of a scene lie on a 128 px stride grid and overlap, as in SEN12MS.
-"""
+"""The sample dataset: a small SEN12MS tree that tools cannot tell from the real one by format."""
 
 from __future__ import annotations
 
@@ -15,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sen12ms_common.official import HOLDOUT_NAME, OFFICIAL_HOLDOUT, OFFICIAL_TEST_LIST
 from sen12ms_common.patches import SEASONS, PatchId, parse_patch, parse_scene
 
 GRID_COLS = 28  # patches per scene row; patch n sits at ((n-1) // 28, (n-1) % 28) * 128 px
@@ -23,12 +17,9 @@ CELL = 50  # MODIS 500 m land cover resampled to 10 m: 50 px cells
 SIZE = 256
 BROKEN = "ROIs1868_summer_s1_146_p202"
 
-# Hold-out scenes of the official list (they hold real patch numbers in splits/test_list.txt),
+# Hold-out scenes of the official list (they hold real patch numbers in the official test list),
 # and scenes of the real dataset outside it (from the reference patches: spring 1 and 101,
 # summer 146, the scene of the broken triplet).
-_REPO = Path(__file__).resolve().parents[1]
-OFFICIAL_HOLDOUT = _REPO / "splits" / "SEN12MS_holdOutScenes.txt"
-OFFICIAL_TEST_LIST = _REPO / "splits" / "test_list.txt"
 KNOWN_TRAIN_SCENES = {"ROIs1158_spring": (1, 101), "ROIs1868_summer": (146,), "ROIs1970_fall": (), "ROIs2017_winter": ()}
 
 # Patch counts of the single labels over the whole dataset (SPEC.md): the prior for a scene's classes.
@@ -220,7 +211,7 @@ def synthesize(out: Path, scenes: int = 12, patches_per_scene: int = 24, seed: i
     out = Path(out)
     specs = plan_scenes(scenes, patches_per_scene, seed, broken)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "SEN12MS_holdOutScenes.txt").write_text(OFFICIAL_HOLDOUT.read_text())
+    (out / HOLDOUT_NAME).write_text(OFFICIAL_HOLDOUT.read_text())
     written: list[PatchId] = []
     total = sum(len(s.patches) for s in specs)
     with tqdm(total=total, desc="synth", unit="triplet", disable=not progress) as bar:

@@ -1,12 +1,4 @@
-"""`python -m convert verify OUT`: prove a shard set is whole and decodes.
-
-The manifest's structure is checked when it is loaded (`sen12ms_common.manifest.check_manifest`,
-the same checks as training). Every shard named by the manifest is streamed once (never
-extracted): its size, sha256 and xxh3-128 are compared with the manifest, every sample is
-decoded with the shard format's decoder, sample counts are compared with the manifest and the
-DALI index file is compared with the member offsets actually found. A member whose name is a path, or that is not a regular file, makes
-the shard bad; nothing is ever written.
-"""
+"""`python -m convert verify OUT`: prove a shard set is whole and decodes."""
 
 from __future__ import annotations
 
@@ -19,14 +11,11 @@ import click
 
 from sen12ms_common import storage, tarstream
 from sen12ms_common.checksums import Digests
+from sen12ms_common.errors import ShardError, report_errors
 from sen12ms_common.igbp import LabelError, check_probability
-from sen12ms_common.manifest import ALL_SPLITS, Manifest, ManifestError, ShardEntry, is_shard_name, load_manifest
+from sen12ms_common.manifest import ALL_SPLITS, Manifest, ShardEntry, is_shard_name, load_manifest
 from sen12ms_common.patches import PatchNameError, parse_any_patch
 from sen12ms_common.shardformat import SampleLayout, ShardFormatError, check_member_name, dali_index, decode_sample
-
-
-class ShardError(Exception):
-    """A bad shard; the message names the shard (and the sample where there is one)."""
 
 
 class _AllExts:
@@ -61,39 +50,26 @@ def _check_sample(key: str, members: dict[str, bytes], layout: SampleLayout, exp
         raise ShardFormatError("member .json does not name this patch")
 
 
-def verify_shard(root: str, entry: ShardEntry, layout: SampleLayout, seen: dict[str, str],
-                 on_bytes: Callable[[int], None] = lambda n: None) -> int:
-    """Check one shard; returns its sample count or raises ShardError naming shard and sample."""
-    # `load_manifest` checked the manifest's structure (sen12ms_common.manifest.check_manifest);
-    # an entry given directly is held to the same naming rule.
-    if not is_shard_name(entry.name, entry.name.split("-", 1)[0]):
-        raise ShardError(f"{entry.name!r}: the manifest names a shard that is not <split>-NNNNNN.tar in its folder")
-    url = storage.join(root, entry.name)
-    if not storage.exists(url):
-        raise ShardError(f"{entry.name}: missing")
+@dataclass
+class _Walk:
+    """What streaming one shard found: samples, the last key, digests and member offsets."""
+
+    samples: int = 0
+    last_key: str = ""
+    digests: Digests = field(default_factory=Digests)
+    index: list[list[tuple[str, int, int, str]]] = field(default_factory=list)
+
+
+def _walk_shard(url: str, entry: ShardEntry, layout: SampleLayout, seen: dict[str, str],
+                on_bytes: Callable[[int], None]) -> _Walk:
+    """Stream the shard once, decoding and checking every sample; raises ShardError naming it."""
+    walk = _Walk()
     expected = layout.member_exts()
-    index: list[list[tuple[str, int, int, str]]] = []
-    samples = 0
-    last_key = ""
-
-    def flush(key: str, members: dict[str, bytes]) -> None:
-        nonlocal samples, last_key
-        try:
-            _check_sample(key, members, layout, expected)
-        except ShardFormatError as exc:
-            raise ShardError(f"{entry.name}: sample {key}: {exc}") from None
-        if key in seen:
-            raise ShardError(f"{entry.name}: sample {key}: also in {seen[key]}")
-        seen[key] = entry.name
-        samples += 1
-        last_key = key
-
     offsets: dict[str, tuple[int, int]] = {}
-    digests = Digests()
     reading = ""  # the sample whose members are being read
 
     def seen_bytes(data: memoryview) -> None:
-        digests.update(data)
+        walk.digests.update(data)
         on_bytes(len(data))
 
     def seen_member(name: str, at: int, size: int) -> None:
@@ -106,28 +82,48 @@ def verify_shard(root: str, entry: ShardEntry, layout: SampleLayout, seen: dict[
             for key, members in tarstream.iter_samples(raw, _ALL, check_name=check_member_name, on_bytes=seen_bytes,
                                                        drain=True, strict=True, max_size=layout.member_limit(),
                                                        on_member=seen_member):
-                flush(key, members)
-                index.append([(ext, *offsets.pop(f"{key}.{ext}"), f"{key}.{ext}") for ext in members])
+                _count_sample(entry, key, members, layout, expected, seen, walk)
+                walk.index.append([(ext, *offsets.pop(f"{key}.{ext}"), f"{key}.{ext}") for ext in members])
     except ShardError:
         raise
     except tarstream.EndWithoutMarker:
-        pass  # cut between two samples: the sample count below names where
+        pass  # cut between two samples: the sample count names where
     except ValueError as exc:  # a member name that is a path, a member twice
         after = f" (after sample {reading})" if reading else ""
         raise ShardError(f"{entry.name}: {exc}{after}") from None
     except (tarfile.TarError, EOFError, OSError) as exc:
         where = f"sample {reading}" if reading else "first sample"
         raise ShardError(f"{entry.name}: {where}: damaged or truncated tar ({exc})") from None
+    return walk
 
-    if samples != entry.samples:
-        after = f"after sample {last_key}" if last_key else "before its first sample"
-        raise ShardError(f"{entry.name}: holds {samples} samples, the manifest says {entry.samples} "
+
+def _count_sample(entry: ShardEntry, key: str, members: dict[str, bytes], layout: SampleLayout,
+                  expected: tuple[str, ...], seen: dict[str, str], walk: _Walk) -> None:
+    try:
+        _check_sample(key, members, layout, expected)
+    except ShardFormatError as exc:
+        raise ShardError(f"{entry.name}: sample {key}: {exc}") from None
+    if key in seen:
+        raise ShardError(f"{entry.name}: sample {key}: also in {seen[key]}")
+    seen[key] = entry.name
+    walk.samples += 1
+    walk.last_key = key
+
+
+def _check_against_manifest(entry: ShardEntry, walk: _Walk) -> None:
+    if walk.samples != entry.samples:
+        after = f"after sample {walk.last_key}" if walk.last_key else "before its first sample"
+        raise ShardError(f"{entry.name}: holds {walk.samples} samples, the manifest says {entry.samples} "
                          f"(tar ends {after}: truncated or damaged)")
+    digests = walk.digests
     if digests.bytes != entry.bytes:
         raise ShardError(f"{entry.name}: {digests.bytes} bytes, the manifest says {entry.bytes}")
     for what, got, want in (("sha256", digests.sha256, entry.sha256), ("xxh3-128", digests.fast, entry.xxh3_128)):
         if got != want:
             raise ShardError(f"{entry.name}: {what} {got[:12]}... does not match the manifest ({want[:12]}...)")
+
+
+def _check_index(root: str, entry: ShardEntry, walk: _Walk) -> None:
     idx_url = storage.join(root, entry.index)
     if not storage.exists(idx_url):
         raise ShardError(f"{entry.index}: missing (the DALI index of {entry.name})")
@@ -135,11 +131,26 @@ def verify_shard(root: str, entry: ShardEntry, layout: SampleLayout, seen: dict[
     head = idx.split("\n", 1)[0].split()
     if len(head) != 2 or head[0] != "v1.2" or not head[1].isdigit():
         raise ShardError(f"{entry.index}: not a wds2idx v1.2 index")
-    if int(head[1]) != samples:
-        raise ShardError(f"{entry.index}: indexes {head[1]} samples, {entry.name} holds {samples}")
-    if idx != dali_index(index):
+    if int(head[1]) != walk.samples:
+        raise ShardError(f"{entry.index}: indexes {head[1]} samples, {entry.name} holds {walk.samples}")
+    if idx != dali_index(walk.index):
         raise ShardError(f"{entry.index}: member offsets or sizes do not match {entry.name}")
-    return samples
+
+
+def verify_shard(root: str, entry: ShardEntry, layout: SampleLayout, seen: dict[str, str],
+                 on_bytes: Callable[[int], None] = lambda n: None) -> int:
+    """Check one shard; returns its sample count or raises ShardError naming shard and sample."""
+    # `load_manifest` checked the manifest's structure (sen12ms_common.manifest.check_manifest);
+    # an entry given directly is held to the same naming rule.
+    if not is_shard_name(entry.name, entry.name.split("-", 1)[0]):
+        raise ShardError(f"{entry.name!r}: the manifest names a shard that is not <split>-NNNNNN.tar in its folder")
+    url = storage.join(root, entry.name)
+    if not storage.exists(url):
+        raise ShardError(f"{entry.name}: missing")
+    walk = _walk_shard(url, entry, layout, seen, on_bytes)
+    _check_against_manifest(entry, walk)
+    _check_index(root, entry, walk)
+    return walk.samples
 
 
 @dataclass
@@ -181,12 +192,10 @@ def verify_shards(root: str, progress: bool = False) -> VerifyResult:
 @click.command("verify")
 @click.argument("out")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@report_errors
 def verify(out: str, progress: bool) -> None:
     """Re-hash and decode every shard of the shard set in OUT and compare it with its manifest."""
-    try:
-        result = verify_shards(out, progress=progress)
-    except ManifestError as exc:
-        raise click.ClickException(str(exc)) from None
+    result = verify_shards(out, progress=progress)
     for name in result.extra:
         click.echo(f"warning: {name} is not named by the manifest (not verified)", err=True)
     if result.errors:

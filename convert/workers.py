@@ -1,17 +1,4 @@
-"""Worker processes for the converter's parallel steps: an ordered map that survives a dying worker.
-
-`WorkerPool(fn, workers)` starts the processes once; `pool.map(items, window)` yields `fn(item)`
-in input order (so the output does not depend on the number of workers) with at most `window`
-items in flight (bounded memory). Each worker has a pipe of its own: item k goes to worker
-k % n and its result comes back on that pipe. A worker that dies (the out-of-memory killer,
-kill -9), even half-way through sending a result, shows as the end of its pipe and raises
-`WorkerDied` at once. ProcessPoolExecutor and multiprocessing.Pool share one result queue and
-its lock between the workers: a worker killed while sending a large result (an encoded sample
-is megabytes) leaves that lock held and the parent waiting forever (seen here).
-
-Workers ignore SIGINT (Ctrl-C reaches the whole process group; the parent stops them without
-tracebacks of their own) and end with the parent, also after a kill -9 of it.
-"""
+"""Worker processes for the converter's parallel steps: an ordered map that survives a dying worker."""
 
 from __future__ import annotations
 
@@ -23,8 +10,10 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Iterable, Iterator
 
+from sen12ms_common.errors import Sen12msError
 
-class WorkerDied(RuntimeError):
+
+class WorkerDied(RuntimeError, Sen12msError):
     """A worker process ended while it still had work (killed by the system, out of memory?)."""
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import combinations
 
+from .errors import Sen12msError
+
 S1_BANDS: tuple[str, ...] = ("VV", "VH")
 S2_BANDS: tuple[str, ...] = (
     "B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12",
@@ -70,7 +72,7 @@ OFFICIAL_STD: dict[str, float] = dict(zip(_S2_10 + S1_BANDS, (
 )))
 
 
-class BandError(ValueError):
+class BandError(ValueError, Sen12msError):
     """An input set or band name that does not exist."""
 
 

@@ -12,11 +12,13 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import Sen12msError
+
 CODECS: tuple[str, ...] = ("zstd", "lz4", "none")
 CHUNKED: frozenset[str] = frozenset({"zstd", "lz4"})  # one chunk per band, sizes in a member
 
 
-class CodecError(ValueError):
+class CodecError(ValueError, Sen12msError):
     """A chunk that does not decode to exactly one band."""
 
 

@@ -1,12 +1,4 @@
-"""Reading the label and split files: ours (JSON, text) and the original toolbox's pickles.
-
-`load_labels` reads `IGBP_probability_labels.json` (ours) or `.pkl` (the original's);
-`read_split_list` one split list (`train_list.txt` or `.pkl`), `load_splits` a folder of them.
-Each reader can only produce the expected structure (names -> 17 finite numbers, lists of
-names), within the limits of `datalimits`: JSON goes through `labeljson`, pickles through
-`safepickle`, which interprets the pickle itself. Every problem raises an error whose one-line
-message names the file. The formats are described in labels/README.md and splits/README.md.
-"""
+"""Reading the label and split files: ours (JSON, text) and the original toolbox's pickles."""
 
 from __future__ import annotations
 
@@ -17,24 +9,24 @@ import numpy as np
 
 from . import labeljson, safepickle, storage
 from .datalimits import MAX_ENTRIES, MAX_FILE_BYTES, MAX_NAME_CHARS, MAX_STRING_CHARS, describe, excerpt
+from .errors import Sen12msError
 from .igbp import N_FULL
+from .names import REQUIRED_SPLITS, SPLITS
 from .patches import PatchNameError, parse_patch
 
 LABEL_JSON = "IGBP_probability_labels.json"
 LABEL_PKL = "IGBP_probability_labels.pkl"
 JSON_FORMAT = "sen12ms-igbp-probability-labels"
 JSON_VERSION = 1
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-REQUIRED_SPLITS: tuple[str, ...] = ("train", "test")
 _LINE = re.compile(r"[^\n]+")
 _LEADING_SPACE = re.compile(rb"(?:\xef\xbb\xbf)?[ \t\n\r]*")
 
 
-class LabelFileError(ValueError):
+class LabelFileError(ValueError, Sen12msError):
     """A label file that cannot be used; the message names the file."""
 
 
-class SplitFileError(ValueError):
+class SplitFileError(ValueError, Sen12msError):
     """A hold-out or split list that cannot be used; the message names the file."""
 
 

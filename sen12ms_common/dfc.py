@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import Sen12msError
 from .igbp import DFC2020_COLOURS, DFC2020_NAMES, DFC2020_OF_IGBP
 
 IGNORE_INDEX = 255
@@ -19,7 +20,7 @@ SAVANNA = 3  # the DFC2020 class that `--no-savanna` masks out
 IGNORE_COLOUR = "#ffffff"
 
 
-class DfcError(ValueError):
+class DfcError(ValueError, Sen12msError):
     """A mask that cannot be read in the DFC2020 scheme."""
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import Sen12msError
+
 IGBP_NAMES: tuple[str, ...] = (
     "Evergreen Needleleaf Forests", "Evergreen Broadleaf Forests", "Deciduous Needleleaf Forests",
     "Deciduous Broadleaf Forests", "Mixed Forests", "Closed (Dense) Shrublands",
@@ -50,7 +52,7 @@ SCHEMES = ("simple", "full")
 LABEL_TYPES = ("single_label", "multi_label")
 
 
-class LabelError(ValueError):
+class LabelError(ValueError, Sen12msError):
     """A land-cover patch or probability vector that cannot give a label."""
 
 

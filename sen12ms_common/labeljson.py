@@ -16,6 +16,7 @@ import numpy as np
 from .datalimits import (
     MAX_ENTRIES, MAX_HEADER_ITEMS, MAX_NAME_CHARS, MAX_NUMBER_DIGITS, MAX_STRING_CHARS, excerpt,
 )
+from .errors import Sen12msError
 
 _D = MAX_NUMBER_DIGITS
 _WS = re.compile(rb"[ \t\n\r]*")
@@ -31,7 +32,7 @@ _AFTER_NUMBER = frozenset(b"0123456789.eE+-"[i:i + 1] for i in range(15))
 _LITERALS = {b"true": True, b"false": False, b"null": None}
 
 
-class LabelJSONError(ValueError):
+class LabelJSONError(ValueError, Sen12msError):
     """A JSON label file that cannot be used (one line naming the file)."""
 
 

@@ -14,17 +14,14 @@ from typing import Any, Iterable
 
 from . import storage
 from .bands import OFFICIAL_MEAN, OFFICIAL_STD, PATCH_SIZE
+from .errors import Sen12msError
 from .igbp import IGBP_NAMES, SIMPLE_NAMES, SIMPLE_OF_FULL
+from .names import ALL_SPLITS, DFC2020_SPLIT_OF, DFC2020_SPLITS, SPLIT_NAME, SPLITS, index_name, is_shard_name, shard_name  # noqa: F401 (re-exported)
 from .checksums import FAST, digests_of
 from .shardformat import FORMAT_VERSION, SampleLayout, ShardFormatError, check_version
 
 MANIFEST_NAME = "manifest.json"
 REPORT_NAME = "report.json"
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-# The DFC2020 contest subsets -> the splits they are converted into (with dfc masks, no labels).
-DFC2020_SPLIT_OF: dict[str, str] = {"ROIs0000_validation": "dfc2020_val", "ROIs0000_test": "dfc2020_test"}
-DFC2020_SPLITS: tuple[str, ...] = tuple(DFC2020_SPLIT_OF.values())
-ALL_SPLITS: tuple[str, ...] = SPLITS + DFC2020_SPLITS
 # Bounds on what a manifest may declare, checked before anything is sized by it: SEN12MS holds
 # 180,662 patches of 256 x 256 pixels.
 MAX_SAMPLES = 2_000_000
@@ -33,25 +30,10 @@ MAX_PATCH_SIZE = PATCH_SIZE
 # (no member is empty).
 MIN_MEMBER_BYTES = 1024
 MAX_MANIFEST_BYTES = 64 << 20
-_SPLIT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-class ManifestError(ValueError):
+class ManifestError(ValueError, Sen12msError):
     """A manifest that is missing, unreadable or does not match its shards."""
-
-
-def shard_name(split: str, index: int) -> str:
-    return f"{split}-{index:06d}.tar"
-
-
-def is_shard_name(name: str, split: str) -> bool:
-    """`<split>-NNNNNN.tar`, or `<split>-pNNNNofNNNN-NNNNNN.tar` of a conversion in parts."""
-    return _SPLIT_NAME.match(split) is not None and re.fullmatch(rf"{re.escape(split)}-(?:p\d{{4,}}of\d{{4,}}-)?\d{{6}}\.tar", name) is not None
-
-
-def index_name(shard: str) -> str:
-    """The DALI index file of a shard: `train-000000.idx`."""
-    return shard[: -len(".tar")] + ".idx"
 
 
 @dataclass
@@ -164,7 +146,7 @@ def check_manifest(m: Manifest, declared: dict[str, Any] | None = None) -> None:
     seen: dict[str, str] = {}
     total = 0
     for split, entries in m.splits.items():
-        if not isinstance(split, str) or not _SPLIT_NAME.match(split):
+        if not isinstance(split, str) or not SPLIT_NAME.match(split):
             raise ManifestError(f"split name {_short(split)} is not a lower-case word such as train or dfc2020_val")
         per_sample = MIN_MEMBER_BYTES * len(m.layout_of(split).member_exts())
         for e in entries:

@@ -12,12 +12,14 @@ import os
 import threading
 from functools import lru_cache, wraps
 
+from .errors import Sen12msError
+
 # Decoding threads create their decoders at once; finding a module while another thread imports it
 # sees a half-initialised module (`__spec__ is None`), so the libraries are looked up one at a time.
 _LOOKUP = threading.RLock()
 
 
-class CodecLibraryError(ImportError):
+class CodecLibraryError(ImportError, Sen12msError):
     """A compression library that cannot be found."""
 
 

@@ -1,16 +1,12 @@
-"""SEN12MS patch identifiers: parse and format names, sibling paths, scene keys.
-
-A patch file is `<season>/<mod>_<scene>/<season>_<mod>_<scene>_p<patch>.tif`, e.g.
-`ROIs1158_spring/s2_1/ROIs1158_spring_s2_1_p30.tif`; its s1 and lc siblings swap the modality.
-The DFC2020 contest data names its subsets like seasons (`ROIs0000_validation`, `ROIs0000_test`,
-scene 0) with a `dfc` mask beside s1, s2 and lc; its validation folders are `<mod>_validation`.
-"""
+"""SEN12MS patch identifiers: parse and format names, sibling paths, scene keys."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
+
+from .errors import Sen12msError
 
 SEASONS: tuple[str, ...] = ("ROIs1158_spring", "ROIs1868_summer", "ROIs1970_fall", "ROIs2017_winter")
 MODALITIES: tuple[str, ...] = ("s1", "s2", "lc")
@@ -29,7 +25,7 @@ _DFC2020_RE = re.compile(r"^(?P<season>ROIs0000_validation|ROIs0000_test)_(?P<mo
 _SCENE_RE = re.compile(rf"^(?P<season>{_SEASON_RE})[/_](?:(?:s1|s2|lc)_)?(?P<scene>\d+)/?$")
 
 
-class PatchNameError(ValueError):
+class PatchNameError(ValueError, Sen12msError):
     """A name that is not a SEN12MS patch or scene name."""
 
 
@@ -152,11 +148,3 @@ def parse_scene(name: str) -> SceneId:
             f"not a SEN12MS scene name: {name!r} (expected e.g. ROIs1158_spring/s1_63)"
         )
     return SceneId(m["season"], int(m["scene"]))
-
-
-def is_patch_name(name: str) -> bool:
-    try:
-        parse_patch(name)
-    except PatchNameError:
-        return False
-    return True

@@ -17,6 +17,7 @@ from .datalimits import (
     MAX_NUMBER_DIGITS, MAX_PICKLE_DATA_BYTES, MAX_PICKLE_LINE, MAX_PICKLE_OBJECTS, MAX_PICKLE_STACK,
     MAX_STRING_CHARS, excerpt,
 )
+from .errors import Sen12msError
 
 REFUSED_GLOBAL = "which is not a container, string, number or numpy array"
 _MAX_INT_BYTES = MAX_NUMBER_DIGITS // 2
@@ -25,7 +26,7 @@ KEY_TYPES = (str, bytes, int, float, bool, type(None))
 Calls = dict[pn.Global, Callable[[tuple], Any]]
 
 
-class PickleProblem(Exception):
+class PickleProblem(Sen12msError):
     """Why a pickle is not loaded: refused (asks for more than data, over a limit) or broken."""
 
     def __init__(self, reason: str, broken: bool = False) -> None:

@@ -1,10 +1,4 @@
-"""numpy arrays in a pickle, rebuilt from their raw bytes with a whitelisted numeric dtype.
-
-The pickle machine (`safepickle`) hands over the exact patterns numpy writes; these functions
-check every part and make the array with `numpy.frombuffer`, never with numpy's own pickle
-reconstruction (which trusts the dtype, object fields included). The patterns are described in
-docs/datafiles.md.
-"""
+"""numpy arrays in a pickle, rebuilt from their raw bytes with a whitelisted numeric dtype."""
 
 from __future__ import annotations
 
@@ -14,6 +8,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .datalimits import MAX_ARRAY_VALUES, clip, describe, excerpt
+from .errors import Sen12msError
 
 # dtype codes as numpy pickles them: floats, signed and unsigned integers.
 NUMERIC_CODES = frozenset({"f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8"})
@@ -21,7 +16,7 @@ _BYTE_ORDERS = ("<", ">", "|", "=")
 _MAX_DIMS = 32
 
 
-class ArrayPatternError(ValueError):
+class ArrayPatternError(ValueError, Sen12msError):
     """Something in an array's or dtype's pickle is not what numpy writes for a numeric array."""
 
 

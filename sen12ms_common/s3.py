@@ -1,23 +1,4 @@
-"""Object storage (S3 protocol) mechanics behind `storage`: retries, resumable reads, errors.
-
-`storage` is the API; this module holds what only object stores need:
-
-- `classify(url, exc)`: is an error of botocore / aiohttp / s3fs transient (connection reset or
-  refused, timeout, a body that ends early, 5xx, throttling) or permanent (403, 404, no
-  credentials), and the one line that says so, naming the URL.
-- `retrying(url, fn, retry)`: calls `fn` again after transient errors, with exponential backoff.
-- `S3ReadStream`: a raw read stream that resumes with range requests where a transfer broke
-  off (pinned to the object's ETag, so a rewritten object is never spliced into the old one),
-  and raises when the object is not the size the caller expects.
-- `ShardOpener` / `gopen_s3` / `register_gopen`: the same stream for webdataset pipelines.
-- `read_throughput(urls)`: MiB/s of streaming whole objects (for `make bench`).
-
-Endpoint, region and credentials are never options of ours: s3fs builds its client through
-botocore, which reads `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_S3`, `AWS_ACCESS_KEY_ID`,
-`AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE`, `AWS_CONFIG_FILE`, `AWS_SHARED_CREDENTIALS_FILE`,
-`AWS_DEFAULT_REGION` by itself (checked with s3fs 2026.9 / botocore 1.43). fsspec, s3fs and
-botocore are imported only when a function needs them.
-"""
+"""Object storage (S3 protocol) behind `storage`: the one retry layer, resuming reads, retried multipart writes."""
 
 from __future__ import annotations
 
@@ -25,173 +6,13 @@ import io
 import random
 import sys
 import time
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, TypeVar
 
-from .storage import (
-    RetryPolicy,
-    ShardSizeError,
-    StorageAccessError,
-    StorageError,
-    StorageNotFoundError,
-    StorageUnavailableError,
-)
+from .s3errors import EndedEarly, Failure, classify, error_code, is_storage_failure  # noqa: F401 (storage's names)
+from .storage import RetryPolicy, ShardSizeError, StorageError, StorageUnavailableError
 
 T = TypeVar("T")
-
-# Error codes of S3 (and of its look-alikes) that a later attempt may not see again.
-_TRANSIENT_CODES = frozenset({
-    "InternalError", "ServiceUnavailable", "SlowDown", "Throttling", "ThrottlingException",
-    "RequestTimeout", "RequestLimitExceeded", "TooManyRequests",
-    "BadDigest", "XAmzContentSHA256Mismatch", "OperationAborted",
-})
-_CREDENTIALS = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
-
-
-class EndedEarly(Exception):
-    """A response body that stopped before the bytes it announced (transient)."""
-
-
-@dataclass(frozen=True)
-class Failure:
-    """What went wrong, in one line, and whether trying again may help."""
-
-    transient: bool
-    error: StorageError
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        yield e
-        e = e.__cause__ or e.__context__
-
-
-def _client_error(exc: BaseException):
-    """The botocore ClientError behind an exception (s3fs re-raises them as OSError)."""
-    try:
-        from botocore.exceptions import ClientError
-    except ImportError:  # pragma: no cover - s3fs needs botocore
-        return None
-    for e in _chain(exc):
-        if isinstance(e, ClientError):
-            return e
-    return None
-
-
-def error_code(exc: BaseException) -> str:
-    """The S3 error code behind an exception ("NoSuchBucket", "AccessDenied", ...), or ""."""
-    ce = _client_error(exc)
-    return str((ce.response.get("Error", {}) or {}).get("Code", "")) if ce is not None else ""
-
-
-def _first_line(exc: BaseException) -> str:
-    """The whole reason of an error on one line (botocore's validation errors span several)."""
-    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
-    if len(text) > 1000:
-        text = text[:997] + "..."
-    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
-
-
-@lru_cache(maxsize=1)
-def _network_errors() -> dict[str, tuple[type[BaseException], ...]]:
-    """Exception types of the HTTP stack by what they mean (imported on first use)."""
-    import asyncio
-    import socket
-
-    import aiohttp
-    from botocore import exceptions as bex
-    from botocore.parsers import ResponseParserError
-    from fsspec.exceptions import FSTimeoutError
-    from urllib3.exceptions import HTTPError as Urllib3Error
-
-    return {
-        "connect": (bex.EndpointConnectionError,),
-        "timeout": (bex.ConnectTimeoutError, bex.ReadTimeoutError, FSTimeoutError, socket.timeout, TimeoutError,
-                    asyncio.TimeoutError),
-        "broken": (bex.IncompleteReadError, bex.ResponseStreamingError, bex.ConnectionClosedError,
-                   aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError),
-        "other": (bex.HTTPClientError, bex.ConnectionError, ResponseParserError, Urllib3Error),
-    }
-
-
-def _network_reason(exc: BaseException) -> str | None:
-    """A short reason when exc is a network failure (transient), else None."""
-    kinds = _network_errors()
-    for e in _chain(exc):
-        if isinstance(e, EndedEarly):
-            return str(e)
-        if isinstance(e, kinds["connect"]):
-            endpoint = getattr(e, "kwargs", {}).get("endpoint_url", "the endpoint")
-            return f"cannot connect to {endpoint} (is the server at AWS_ENDPOINT_URL up?)"
-        if isinstance(e, kinds["timeout"]):
-            return "timed out"
-        if isinstance(e, kinds["broken"]):
-            return "the connection broke off during the transfer"
-        if isinstance(e, kinds["other"]):
-            return _first_line(e)
-    return None
-
-
-def classify(url: str, exc: BaseException) -> Failure:
-    """Turn any error of a request for `url` into a one-line StorageError, transient or not."""
-    if isinstance(exc, StorageError):
-        return Failure(isinstance(exc, StorageUnavailableError), exc)
-    ce = _client_error(exc)
-    if ce is not None:
-        err = ce.response.get("Error", {}) or {}
-        code = str(err.get("Code", ""))
-        status = int(ce.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        if code in _TRANSIENT_CODES or status >= 500 or status == 429:
-            return Failure(True, StorageUnavailableError(f"{url}: server error {status or ''} {code}".rstrip()
-                                                         + (f" ({err['Message']})" if err.get("Message") else ""),
-                                                         url))
-        if code == "SignatureDoesNotMatch":
-            return Failure(False, StorageAccessError(
-                f"{url}: access denied: the secret key does not match (check {_CREDENTIALS})", url))
-        if code == "InvalidAccessKeyId":
-            return Failure(False, StorageAccessError(
-                f"{url}: access denied: unknown access key (check {_CREDENTIALS})", url))
-        if status == 403 or code in ("AccessDenied", "Forbidden", "403"):
-            return Failure(False, StorageAccessError(f"{url}: access denied (check {_CREDENTIALS})", url))
-        if code == "NoSuchBucket":
-            bucket = err.get("BucketName") or url.split("://", 1)[-1].split("/", 1)[0]
-            return Failure(False, StorageNotFoundError(f"{url}: no such bucket {bucket!r}", url))
-        if status == 404 or code in ("NoSuchKey", "404", "NotFound"):
-            return Failure(False, StorageNotFoundError(f"{url}: no such object", url))
-        if status == 412 or code == "PreconditionFailed":
-            return Failure(False, StorageError(f"{url}: the object changed while it was being read "
-                                               f"(rewritten by another process?)", url))
-        return Failure(False, StorageError(f"{url}: {code or status}: {err.get('Message') or _first_line(ce)}", url))
-    reason = _network_reason(exc)
-    if reason is not None:
-        return Failure(True, StorageUnavailableError(f"{url}: {reason}", url))
-    try:
-        from botocore.exceptions import NoCredentialsError, PartialCredentialsError
-        if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
-            return Failure(False, StorageAccessError(
-                f"{url}: no S3 credentials (set {_CREDENTIALS}, or AWS_PROFILE)", url))
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(exc, FileNotFoundError):
-        return Failure(False, StorageNotFoundError(f"{url}: no such file or object", url))
-    if isinstance(exc, PermissionError):
-        return Failure(False, StorageAccessError(f"{url}: access denied (check {_CREDENTIALS})", url))
-    return Failure(False, StorageError(f"{url}: {_first_line(exc)}", url))
-
-
-def is_storage_failure(exc: BaseException) -> bool:
-    """True where exc (or its cause) comes from the storage stack, not from the caller's code."""
-    if _client_error(exc) is not None or _network_reason(exc) is not None:
-        return True
-    try:
-        from botocore.exceptions import BotoCoreError
-    except ImportError:  # pragma: no cover
-        return False
-    return any(isinstance(e, (StorageError, BotoCoreError)) for e in _chain(exc))
 
 
 def backoff_delay(retry: RetryPolicy, failures: int) -> float:
@@ -339,33 +160,30 @@ class S3ReadStream(io.RawIOBase):
         want = min(len(b), self.size - self._pos)
         if want <= 0:
             return 0
-        since, failures = time.monotonic(), 0
-        while True:
-            try:
-                if self._body is None:
-                    self._open_body()
-                data, error = self._sync(_read_up_to, self._body, want)
-                if data:
-                    n = len(data)
-                    memoryview(b)[:n] = data
-                    self._pos += n
-                    if error is not None or self._pos >= self.size:
-                        # Broken: the next read resumes here. Complete: hand the connection back
-                        # now rather than when the reader is collected.
-                        self._drop_body()
-                    return n
-                if error is not None:
-                    raise error
-                raise EndedEarly(f"the transfer ended after {self._pos} of {self.size} bytes")
-            except Exception as exc:
-                self._drop_body()
-                failure = classify(self.url, exc)
-                if not failure.transient:
-                    raise failure.error from exc
-                failures += 1
-                if failures >= self._retry.attempts:
-                    raise give_up(self.url, failure, failures, since) from exc
-                time.sleep(backoff_delay(self._retry, failures))
+        # Failures count only without progress in between: each call starts afresh.
+        return retrying(self.url, lambda: self._read_once(b, want), self._retry)
+
+    def _read_once(self, b: Any, want: int) -> int:
+        """One attempt: (re)open the body where the last one stopped and read up to `want` bytes."""
+        try:
+            if self._body is None:
+                self._open_body()
+            data, error = self._sync(_read_up_to, self._body, want)
+            if data:
+                n = len(data)
+                memoryview(b)[:n] = data
+                self._pos += n
+                if error is not None or self._pos >= self.size:
+                    # Broken: the next read resumes here. Complete: hand the connection back
+                    # now rather than when the reader is collected.
+                    self._drop_body()
+                return n
+            if error is not None:
+                raise error
+            raise EndedEarly(f"the transfer ended after {self._pos} of {self.size} bytes")
+        except Exception:
+            self._drop_body()
+            raise
 
     def readall(self) -> bytes:
         parts = []
@@ -381,82 +199,33 @@ class S3ReadStream(io.RawIOBase):
         super().close()
 
 
-# --- webdataset -------------------------------------------------------------------------------
+# --- writing ----------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ShardOpener:
-    """A webdataset pipeline stage: `{"url": ...}` dicts in, the same with an open `"stream"` out.
+@lru_cache(maxsize=1)
+def _retrying_file_class() -> type:
+    import s3fs
 
-    Stands in for webdataset's `url_opener` (which knows no s3://):
-    `wds.DataPipeline(wds.SimpleShardList(urls), ShardOpener(sizes),
-    wds.tariterators.tar_file_expander, wds.tariterators.group_by_keys, ...)`.
-    `sizes` maps URL -> bytes from the manifest (a source dict may carry `"size"` instead), so a
-    truncated shard raises instead of ending the epoch early. Picklable and connection-free,
-    so it can be built in the main process and run in loader workers.
-    """
+    class RetryingS3File(s3fs.S3File):
+        """s3fs's writer whose every request (a part, the completion, an abort) goes through `retrying`."""
 
-    sizes: Mapping[str, int] | None = None
-    retry: RetryPolicy | None = None
+        def __init__(self, url: str, *args: Any, **kwargs: Any) -> None:
+            self.url = url
+            super().__init__(*args, **kwargs)
 
-    def __call__(self, sources: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        from . import storage
+        def _call_s3(self, method: str, *args: Any, **kwargs: Any) -> Any:
+            request = super()._call_s3
+            if method == "abort_multipart_upload":
+                return request(method, *args, **kwargs)  # the error path: the upload stays invisible anyway
+            return retrying(self.url, lambda: request(method, *args, **kwargs))
 
-        for src in sources:
-            url = src["url"]
-            size = src.get("size", (self.sizes or {}).get(url))
-            yield {**src, "stream": storage.open_read(url, expected_size=size, retry=self.retry)}
+    return RetryingS3File
 
 
-def gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any):
-    """A handler for webdataset's `gopen_schemes["s3"]` (reads only; no size check)."""
-    from . import storage
-
-    if mode != "rb":
-        raise ValueError(f"{url}: gopen_s3 only reads; write shards with sen12ms_common.storage.atomic_open")
-    return storage.open_read(url)
-
-
-def register_gopen() -> None:
-    """Let plain `webdataset.WebDataset("s3://...")` read through us (process-wide).
-
-    Prefer passing `ShardOpener` explicitly; this exists for notebooks and third-party code.
-    """
-    import importlib
-
-    # `webdataset.gopen` the attribute is the function; the module holds the scheme table.
-    module = importlib.import_module("webdataset.gopen")
-    module.gopen_schemes["s3"] = gopen_s3
-
-
-# --- throughput -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Throughput:
-    objects: int
-    bytes: int
-    seconds: float
-
-    @property
-    def mib_s(self) -> float:
-        return self.bytes / (1 << 20) / self.seconds if self.seconds > 0 else float("inf")
-
-
-def read_throughput(urls: Iterable[str], chunk: int = 1 << 20, passes: int = 1) -> Throughput:
-    """Stream whole objects (local paths or URLs) `passes` times through `storage.open_read`.
-
-    For local files the page cache decides what is measured: pre-read them (passes=2 and time
-    only the second, or read once before) to compare warm disk with the object store.
-    """
-    from . import storage
-
-    urls = list(urls)
-    total, start = 0, time.perf_counter()
-    for _ in range(passes):
-        for url in urls:
-            with storage.open_read(url) as f:
-                while True:
-                    block = f.read(chunk)
-                    if not block:
-                        break
-                    total += len(block)
-    return Throughput(len(urls) * passes, total, time.perf_counter() - start)
+def open_write(url: str, fs: Any, path: str, part_size: int | None = None) -> Any:
+    """A writer for `path`: a multipart upload completed on close (one PUT if small), every
+    request of it retried by `retrying`."""
+    # S3 rejects parts under 5 MiB; s3fs's default part is 50 MiB.
+    block = max(part_size, 5 << 20) if part_size else fs.default_block_size
+    return _retrying_file_class()(url, fs, path, "wb", block_size=block,
+                                  s3_additional_kwargs=dict(fs.s3_additional_kwargs),
+                                  requester_pays=fs.requester_pays)

@@ -12,10 +12,11 @@ from typing import Any
 
 from . import picklenumpy as pn
 from .datalimits import MAX_DEPTH, MAX_FILE_BYTES, MAX_TREE_VALUES
+from .errors import Sen12msError
 from .picklemachine import KEY_TYPES, REFUSED_GLOBAL, Calls, PickleProblem, run
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(pickle.UnpicklingError, Sen12msError):
     """A pickle that cannot be loaded: it asks for more than data, is over a limit or is broken."""
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from .bands import MODALITY_BANDS, PATCH_SIZE
 from .checksums import HashingWriter
 from .codecs import CHUNKED, CODECS, BandDecoder, CodecError, chunk_offsets, encode_band
+from .errors import Sen12msError
 
 FORMAT_VERSION = 2
 CODEC_SUFFIX: dict[str, str] = {"zstd": "zst", "lz4": "lz4", "none": "raw"}
@@ -37,7 +38,7 @@ META_EXT = "json"
 N_LABEL = 17
 
 
-class ShardFormatError(ValueError):
+class ShardFormatError(ValueError, Sen12msError):
     """A sample or member that does not decode as this format says it must."""
 
 

@@ -1,16 +1,4 @@
-"""One storage layer for local paths and object storage URLs (`s3://...`), through fsspec.
-
-Everything that reads or writes shards, manifests and reports goes through here, so that a
-local folder and a bucket behave the same: files appear only complete (`atomic_open`), and a
-path is always a string (a local path or a URL).
-
-On object stores every call retries transient errors (connection refused or reset, timeouts,
-5xx, a body that ends early) with backoff (`RetryPolicy`), reads resume where a transfer
-broke off, and a failure raises a `StorageError` whose message is one line naming the URL
-(`s3://b/p/train-000001.tar: access denied (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)`).
-Endpoint and credentials come only from the standard AWS variables and files, read by botocore
-(see `sen12ms_common.s3`). fsspec and s3fs are imported when a function first needs them.
-"""
+"""One storage layer for local paths and object storage URLs (`s3://...`), through fsspec."""
 
 from __future__ import annotations
 
@@ -22,6 +10,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Mapping, TypeVar
+
+from .errors import Sen12msError
 
 T = TypeVar("T")
 
@@ -43,7 +33,7 @@ def refuse_credentials(url: str) -> None:
                                  "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) instead", str(url))
 
 
-class StorageError(OSError):
+class StorageError(OSError, Sen12msError):
     """A read or write that failed; `str()` is one line naming the URL (user info redacted)."""
 
     def __init__(self, message: str, url: str = "") -> None:
@@ -77,14 +67,9 @@ class ShardSizeError(StorageError):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how patiently object-store requests are tried again.
-
-    `attempts` counts consecutive failures without progress; waits grow from `backoff` seconds,
-    doubling up to `max_backoff` (0.5 + 1 + 2 + 4 + 8 s by default). botocore first retries each
-    request on its own (`AWS_MAX_ATTEMPTS`, `AWS_RETRY_MODE`; about 6 s against a server that
-    refuses connections), so by default an unreachable server is reported after about 50 s, or
-    about 15 s with AWS_MAX_ATTEMPTS=1.
-    """
+    """How often and how patiently object-store requests are tried again (the only retries:
+    botocore's and s3fs's own are off). `attempts` counts consecutive failures without progress;
+    waits grow from `backoff` seconds, doubling up to `max_backoff` (0.5 + 1 + 2 + 4 + 8 s)."""
 
     attempts: int = 6
     backoff: float = 0.5
@@ -105,11 +90,11 @@ def is_s3(url: str) -> bool:
     return str(url).startswith(("s3://", "s3a://"))
 
 
-# The standard variables that decide which store, which identity and how botocore retries.
+# The standard variables that decide which store and which identity.
 AWS_VARIABLES: tuple[str, ...] = (
     "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_CONFIG_FILE",
-    "AWS_SHARED_CREDENTIALS_FILE", "AWS_CA_BUNDLE", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE",
+    "AWS_SHARED_CREDENTIALS_FILE", "AWS_CA_BUNDLE",
 )
 
 # One S3 filesystem per (process, AWS variables). fsspec's own instance cache is cleared in a
@@ -128,8 +113,12 @@ def _s3_filesystem():
         import s3fs
 
         # No listing cache: another process (a converter, a resumed run) may have written
-        # since, and a stale listing would hide or resurrect shards.
-        fs = _S3_INSTANCES[key] = s3fs.S3FileSystem(use_listings_cache=False, skip_instance_cache=True)
+        # since, and a stale listing would hide or resurrect shards. No retries of botocore's
+        # (total_max_attempts 1) or of s3fs's (retries 1): `s3.retrying` is the one layer.
+        fs = s3fs.S3FileSystem(use_listings_cache=False, skip_instance_cache=True,
+                               config_kwargs={"retries": {"total_max_attempts": 1}})
+        fs.retries = 1
+        _S3_INSTANCES[key] = fs
     return fs
 
 
@@ -203,11 +192,6 @@ def open_read(url: str, expected_size: int | None = None, retry: RetryPolicy | N
         f.close()
         raise ShardSizeError(f"{url}: object is {f.size} bytes, expected {expected_size}", str(url))
     return f
-
-
-def open_shard_stream(url: str, expected_size: int | None = None, retry: RetryPolicy | None = None) -> BinaryIO:
-    """`open_read` under the name the shard readers use: sequential, size-checked, resuming."""
-    return open_read(url, expected_size, retry)
 
 
 def read_bytes(url: str) -> bytes:
@@ -353,8 +337,10 @@ def _atomic_open_remote(url: str, part_size: int | None) -> Iterator[BinaryIO]:
     from . import s3
 
     fs, path = filesystem(url)
-    kw = {"block_size": max(part_size, 5 << 20)} if part_size else {}  # S3 rejects parts < 5 MiB
-    f = s3.retrying(url, lambda: fs.open(path, "wb", **kw))
+    try:  # no request yet: the first part or the close sends one
+        f = s3.open_write(url, fs, path, part_size) if is_s3(url) else fs.open(path, "wb")
+    except Exception as exc:
+        raise s3.classify(url, exc).error from exc
     try:
         yield f
         f.close()  # uploads the rest, then completes the multipart upload (or one PUT if small)
@@ -381,18 +367,9 @@ def write_files(folder: str, contents: Mapping[str, bytes]) -> list[str]:
 
 
 def write_bytes(url: str, data: bytes, owner: str | None = None) -> None:
-    """Write a whole file atomically (on object stores retried as a whole)."""
-    if not is_s3(url):
-        with atomic_open(url, owner=owner) as f:
-            f.write(data)
-        return
-    from . import s3
-
-    def put() -> None:
-        with atomic_open(url) as f:
-            f.write(data)
-
-    s3.retrying(url, put)
+    """Write a whole file atomically (on object stores each request of the upload is retried)."""
+    with atomic_open(url, owner=owner) as f:
+        f.write(data)
 
 
 def write_text(url: str, text: str, owner: str | None = None) -> None:

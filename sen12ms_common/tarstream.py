@@ -1,12 +1,4 @@
-"""Walk the samples of a tar stream, with bounded memory.
-
-Each member is read straight into a buffer of the caller's (`alloc`: reused memory), every byte
-is handed to `on_bytes` once (to hash it), members come out as read-only memoryviews. Grouping
-follows webdataset's convention: the key of `a.b.c` is `a`, its extension `b.c` (lower-cased).
-Regular files of ustar, GNU and pax archives are read; other entries are skipped; a declared
-size above the caller's limit is refused before anything is allocated. Damage ends in
-`tarfile.ReadError` with the offset.
-"""
+"""Walk the samples of a tar stream, with bounded memory."""
 
 from __future__ import annotations
 
@@ -15,13 +7,15 @@ from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 
+from .errors import Sen12msError
+
 BLOCK = tarfile.BLOCKSIZE
 _FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
 EXTENDED_HEADER_LIMIT = 1 << 20  # a GNU long name or pax header larger than this is damage
 _CHKSUM = slice(148, 156)
 
 
-class EndWithoutMarker(tarfile.ReadError):
+class EndWithoutMarker(tarfile.ReadError, Sen12msError):
     """The stream ended between two members, without the end-of-archive blocks (a cut tar)."""
 
 

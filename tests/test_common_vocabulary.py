@@ -167,3 +167,60 @@ def test_real_test_list_pickle_loads_through_the_restricted_unpickler(toolbox_di
     names = safepickle.load(toolbox_dir / "test_list.pkl")
     txt = (toolbox_dir / "test_list.txt").read_text().split()
     assert isinstance(names, list) and names == txt and len(names) == 18106
+
+
+# --- each word of the vocabulary declared once ------------------------------------------------------
+
+def _choices(command, name: str) -> tuple[str, ...]:
+    return tuple(next(p for p in command.params if p.name == name).type.choices)
+
+
+def test_split_names_and_shard_names_are_declared_once():
+    from convert import outfolder, verify
+    from sen12ms_common import datafiles, manifest, names
+
+    assert manifest.SPLITS is names.SPLITS and datafiles.SPLITS is names.SPLITS
+    assert names.SPLITS == ("train", "val", "test") and names.REQUIRED_SPLITS == ("train", "test")
+    assert outfolder.SHARD_FILE_RE is names.SHARD_FILE_RE and verify.is_shard_name is names.is_shard_name
+    whole = names.shard_name("val", 12)
+    part = names.shard_name(f"train-{names.part_tag(3, 16)}", 0)
+    assert (whole, part) == ("val-000012.tar", "train-p0003of0016-000000.tar")
+    for name, split in ((whole, "val"), (part, "train")):
+        m = names.SHARD_FILE_RE.match(name)
+        assert m and m["split"] == split and names.is_shard_name(name, split)
+        assert names.SHARD_FILE_RE.match(names.index_name(name))["ext"] == "idx"
+    for bad in ("val-12.tar", "val-000012.tar.gz", "../val-000012.tar", "train-p3of16-000000.tar", "Val-000012.tar"):
+        assert not names.SHARD_FILE_RE.match(bad) and not names.is_shard_name(bad, bad.split("-")[0])
+    # A manifest may name other splits; the converter writes only these three.
+    assert names.is_shard_name("extra-000000.tar", "extra") and not names.SHARD_FILE_RE.match("extra-000000.tar")
+
+
+def test_label_types_schemes_devices_and_loaders_come_from_one_place():
+    import train.__main__ as train_cli
+    import train.evaluate as evaluate_cli
+    from sen12ms_common.names import ALL_SPLITS
+    from train import metrics, options
+    from train.data import LOADERS, loader_names
+
+    assert metrics.LABEL_TYPES is igbp.LABEL_TYPES
+    assert _choices(train_cli.main, "label_type") == igbp.LABEL_TYPES == ("single_label", "multi_label")
+    assert _choices(train_cli.main, "igbp") == igbp.SCHEMES == ("simple", "full")
+    assert _choices(train_cli.main, "loader") == tuple(loader_names()) == tuple(LOADERS)
+    assert _choices(train_cli.main, "device") == _choices(evaluate_cli.main, "device") == options.DEVICES
+    assert _choices(evaluate_cli.main, "split") == ALL_SPLITS
+    # The option check (checkpoints, arguments files) accepts exactly the same words.
+    for key, words in (("label_type", igbp.LABEL_TYPES), ("igbp", igbp.SCHEMES), ("device", options.DEVICES),
+                       ("loader", tuple(loader_names()))):
+        assert all(options.CHECKS[key](w) is None for w in words)
+        assert options.CHECKS[key]("nonsense") is not None
+
+
+def test_an_arguments_file_with_an_unknown_label_type_or_scheme_names_the_choices(tmp_path):
+    from train.argsfile import ArgumentsFileError, original_to_options
+
+    base = {"model": "ResNet50", "label_type": "multi_label", "input": "s1s2", "igbp": "simple"}
+    assert original_to_options(base)["igbp"] == "simple"
+    with pytest.raises(ArgumentsFileError, match="label_type must be one of single_label, multi_label, not 'x'"):
+        original_to_options({**base, "label_type": "x"})
+    with pytest.raises(ArgumentsFileError, match="igbp must be simple or full, not 'x'"):
+        original_to_options({**base, "igbp": "x"})

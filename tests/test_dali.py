@@ -24,7 +24,7 @@ from sen12ms_common.inputs import channel_transform  # noqa: E402
 from sen12ms_common.manifest import index_name, load_manifest  # noqa: E402
 from train.data import DataError, LoaderSpec, make_loader  # noqa: E402
 from train.data.dali import (DaliLoader, ShardError, channel_plan, define_pipeline, keys_of,  # noqa: E402
-                             shard_range, throughput)
+                             shard_range)
 from train.device import InputTransform  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -339,6 +339,8 @@ def test_train_cli_runs_end_to_end_with_the_dali_loader(shard_sets, tmp_path):
 
 
 def test_throughput_reports_samples_per_second(shard_sets):
+    from bench.dali import throughput
+
     for loader in ("dali", "webdataset"):
         res = throughput(str(shard_sets["none"]), "test", loader=loader, threads=1 if loader == "dali" else 0,
                          input_spec="rgb", batch_size=4, epochs=1)

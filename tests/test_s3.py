@@ -20,10 +20,11 @@ import numpy as np
 import pytest
 from s3server import (FaultProxy, WeedServer, apply_env, clear_s3_caches, fault_proxy,  # noqa: F401  (fixture)
                       start_server)
+from webdataset_s3 import ShardOpener, gopen_s3, register_gopen
 
+from bench.s3rows import read_throughput
 from sen12ms_common import storage
 from sen12ms_common.manifest import load_manifest
-from sen12ms_common.s3 import ShardOpener, read_throughput
 from sen12ms_common.storage import (
     RetryPolicy,
     ShardSizeError,
@@ -288,13 +289,11 @@ def test_shard_opener_feeds_webdataset(s3_prefix: str, s3_env: WeedServer) -> No
     wrong = {**sizes, urls[1]: sizes[urls[1]] + 512}
     with pytest.raises(ShardSizeError, match=f"^{urls[1]}: object is"):
         list(group_by_keys(tar_file_expander(ShardOpener(wrong)({"url": u} for u in urls))))
-    assert read_throughput(urls).bytes == sum(sizes.values())
+    assert read_throughput(urls)[0] == sum(sizes.values())
 
 
 def test_register_gopen_lets_plain_webdataset_read_s3(s3_prefix: str, s3_env: WeedServer) -> None:
     import importlib
-
-    from sen12ms_common.s3 import gopen_s3, register_gopen
 
     url = storage.join(s3_prefix, "blob.bin")
     storage.write_bytes(url, b"through gopen")

@@ -15,6 +15,7 @@ from convert.cli import cli
 from convert.scan import scan_tree
 from convert.synth import synthesize
 from sen12ms_common.igbp import probability_from_igbp, single_label, to_simple
+from sen12ms_common.official import OFFICIAL_HOLDOUT, OFFICIAL_TEST_LIST
 from sen12ms_common.patches import parse_patch, parse_scene
 
 REAL = {"s1": "ROIs1158_spring_s1_1_p30.tif", "lc": "ROIs1158_spring_lc_1_p30.tif",
@@ -105,7 +106,7 @@ def test_broken_triplet_has_nan_in_s1_only(sample_tree: Path):
 
 
 def test_holdout_scenes_and_list(sample_tree: Path):
-    official = (REPO / "splits" / "SEN12MS_holdOutScenes.txt").read_bytes()
+    official = OFFICIAL_HOLDOUT.read_bytes()
     assert (sample_tree / "SEN12MS_holdOutScenes.txt").read_bytes() == official
     holdout = {parse_scene(line) for line in official.decode().split()}
     s2 = [parse_patch(p.name) for p in sample_tree.glob("*/s2_*/*.tif")]
@@ -113,7 +114,7 @@ def test_holdout_scenes_and_list(sample_tree: Path):
     held = scenes & holdout
     assert held and scenes - holdout  # some hold-out scenes, some train scenes
     # Hold-out scenes use patch numbers of the official test list, so their names are real ones.
-    test_list = set((REPO / "splits" / "test_list.txt").read_text().split())
+    test_list = set(OFFICIAL_TEST_LIST.read_text().split())
     assert all(p.filename() in test_list for p in s2 if p.scene_id in holdout)
     assert {p.season for p in s2} == {"ROIs1158_spring", "ROIs1868_summer", "ROIs1970_fall", "ROIs2017_winter"}
 

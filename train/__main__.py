@@ -12,10 +12,14 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from sen12ms_common.errors import report_errors
+from sen12ms_common.igbp import LABEL_TYPES, SCHEMES
 from sen12ms_common.inputs import STATS_CHOICES
+from sen12ms_common.names import ALL_SPLITS
 
 from .config import TrainConfig
-from .options import MAX_STREAMS, MAX_THREADS, MAX_WORKERS
+from .data import loader_names
+from .options import DEVICES, MAX_STREAMS, MAX_THREADS, MAX_WORKERS
 from .tasks import task_names
 
 _D = TrainConfig()  # the defaults, in one place
@@ -35,10 +39,10 @@ _D = TrainConfig()  # the defaults, in one place
 @click.option("--input", "input", default=_D.input, show_default=True, metavar="SET|BANDS",
               help="Input channels: rgb (B2,B3,B4), s2 (10 bands), s1 (VV,VH), s1s2 (12), rgbs1 (5), "
                    "or band names such as B8,B4,B3,VV, in that channel order.")
-@click.option("--label-type", type=click.Choice(["single_label", "multi_label"]), default=_D.label_type,
+@click.option("--label-type", type=click.Choice(LABEL_TYPES), default=_D.label_type,
               show_default=True, help="single_label: argmax class, CrossEntropyLoss; multi_label: classes with "
                                       "probability >= --threshold, BCEWithLogitsLoss.")
-@click.option("--igbp", type=click.Choice(["simple", "full"]), default=_D.igbp, show_default=True,
+@click.option("--igbp", type=click.Choice(SCHEMES), default=_D.igbp, show_default=True,
               help="IGBP scheme: simple (10 classes) or full (17 classes).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=_D.threshold, show_default=True,
               help="Multi-label: a class is present where its share of the patch is >= this.")
@@ -56,10 +60,10 @@ _D = TrainConfig()  # the defaults, in one place
 @click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=_D.threads, show_default=True,
               help="Decoding threads per reading process (0: every CPU this process may use when --workers "
                    "is 0, else 1 per worker). Does not change the data order.")
-@click.option("--loader", type=click.Choice(["webdataset", "dali"]), default=_D.loader, show_default=True,
+@click.option("--loader", type=click.Choice(loader_names()), default=_D.loader, show_default=True,
               help="webdataset: CPU workers hand uint16 batches to the device; dali: NVIDIA DALI pipeline "
                    "(optional extra).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=_D.device, show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default=_D.device, show_default=True,
               help="auto: CUDA when available, else CPU.")
 @click.option("--amp", is_flag=True, help="Mixed precision: bfloat16 autocast (float16 + GradScaler on GPUs "
                                           "without bfloat16); on the CPU bfloat16 autocast.")
@@ -97,11 +101,12 @@ _D = TrainConfig()  # the defaults, in one place
               help="Segmentation: ignore savanna pixels, 9 classes (the DFC2020 baseline's --no_savanna).")
 @click.option("--output-stride", type=click.Choice(["8", "16"]), default=str(_D.output_stride), show_default=True,
               callback=lambda ctx, param, v: int(v), help="Segmentation: output stride of DeepLabV3Plus.")
-@click.option("--val-split", default=_D.val_split, show_default=True, metavar="SPLIT",
+@click.option("--val-split", default=_D.val_split, show_default=True, type=click.Choice(ALL_SPLITS),
               help="Split validated after every epoch (e.g. dfc2020_val, the DFC2020 validation set).")
-@click.option("--test-split", default=_D.test_split, show_default=True, metavar="SPLIT",
+@click.option("--test-split", default=_D.test_split, show_default=True, type=click.Choice(ALL_SPLITS),
               help="Split the best checkpoint is scored on (e.g. dfc2020_test); its files are RUN/test_*.")
 @click.pass_context
+@report_errors
 def main(ctx: click.Context, **params: Any) -> None:
     """Train a SEN12MS classifier on the train shards, validate every epoch on the val shards,
     keep the best checkpoint by validation micro-F1 and score it on the test shards.
@@ -113,10 +118,7 @@ def main(ctx: click.Context, **params: Any) -> None:
     Several GPUs or nodes: start it with `torchrun --nproc_per_node N -m train ...`
     (DistributedDataParallel; --batch-size is per process; rank 0 writes the run directory).
     """
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .distributed import Dist, DistributedError, init_from_env, shutdown
-    from .options import OptionError
+    from .distributed import Dist, init_from_env, shutdown
     from .run import fit
     from .signals import Interrupted
 
@@ -134,13 +136,6 @@ def main(ctx: click.Context, **params: Any) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         click.echo(str(exc), err=True)
         sys.exit(128 + int(exc.signum))
-    except (DataError, CheckpointError, DistributedError, OptionError) as exc:
-        raise click.ClickException(str(exc)) from None
-    except (ValueError, OSError, RuntimeError) as exc:
-        # Options that cannot work together (band not in the shards, missing statistics, device).
-        if _is_user_error(exc):
-            raise click.ClickException(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__) from None
-        raise
     finally:
         shutdown(d)
 
@@ -197,19 +192,6 @@ def _apply_checkpoint(checkpoint: dict, resume: str, given: dict, explicit: set[
     if checkpoint.get("arch") and str(checkpoint["arch"]) != given["model"]:
         raise click.ClickException(f"{resume}: a {str(checkpoint['arch'])[:100]} checkpoint, but --model is "
                                    f"{given['model']}")
-
-
-def _is_user_error(exc: BaseException) -> bool:
-    from sen12ms_common.bands import BandError
-    from sen12ms_common.igbp import LabelError
-    from sen12ms_common.inputs import StatsError
-    from sen12ms_common.manifest import ManifestError
-    from sen12ms_common.storage import StorageError
-
-    from .device import DeviceError
-
-    return isinstance(exc, (BandError, LabelError, StatsError, DeviceError, ManifestError, StorageError,
-                            FileNotFoundError))
 
 
 if __name__ == "__main__":

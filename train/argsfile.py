@@ -1,14 +1,4 @@
-"""The original toolbox's arguments file: one `key: value` line per option.
-
-The original's `main_train.py` writes every argparse option as `'%s: %s\\n' % (key, value)`
-to `logs/<YYYYmmdd_HHMMSS>_arguments.txt` (the caller picks that name), and its `test.py`
-reads the file back to rebuild the model and the data (`model`, `label_type`, `IGBP_simple`,
-`use_s1`, `use_s2`, `use_RGB`, `threshold`). We write the same format, with the original's
-keys and our extra ones (`input`, `igbp`, `stats`, ...), and read both kinds of file.
-
-The original's reader splits each line on whitespace, so it cannot read a value with spaces;
-our reader splits at the first colon.
-"""
+"""The original toolbox's arguments file: one `key: value` line per option."""
 
 from __future__ import annotations
 
@@ -18,6 +8,8 @@ from typing import Any, Iterable, Mapping
 from sen12ms_common import storage
 from sen12ms_common.bands import INPUT_SETS, BandError, resolve_bands
 from sen12ms_common.datafiles import read_source
+from sen12ms_common.errors import Sen12msError
+from sen12ms_common.igbp import LABEL_TYPES, SCHEMES
 
 # Every option of the original main_train.py, in its order.
 ORIGINAL_KEYS: tuple[str, ...] = (
@@ -28,8 +20,6 @@ ORIGINAL_KEYS: tuple[str, ...] = (
 # Original options that describe the original's machine or its file layout, not the model or
 # the data: dropped when mapping to our options.
 _DROPPED = ("exp_name", "data_dir", "label_split_dir", "num_workers", "resume")
-_LABEL_TYPES = ("single_label", "multi_label")
-_SCHEMES = ("simple", "full")
 
 _LINE = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_.-]*):(?:\s+(?P<value>.*))?$")
 
@@ -37,7 +27,7 @@ __all__ = ["ORIGINAL_KEYS", "ArgumentsFileError", "ArgumentsFile", "write_argume
            "read_arguments_file", "original_to_options", "options_to_original"]
 
 
-class ArgumentsFileError(ValueError):
+class ArgumentsFileError(ValueError, Sen12msError):
     """An arguments file that cannot be read or mapped (one line naming the file and line)."""
 
 
@@ -146,14 +136,37 @@ def original_to_options(d: Mapping[str, str], known_extra: Iterable[str] | None 
     dropped. With `known_extra`, a key that is neither the original's, one of those above nor
     in `known_extra` raises `ArgumentsFileError`.
     """
-    out: dict[str, Any] = {}
     mapped = set(ORIGINAL_KEYS) | {"input", "igbp"}
+    _check_keys(d, mapped, known_extra)
+    out: dict[str, Any] = {"model": d["model"].strip(), "label_type": d["label_type"].strip()}
+    if out["label_type"] not in LABEL_TYPES:
+        raise ArgumentsFileError(f"{_where(d, 'label_type')}: label_type must be one of "
+                                 f"{', '.join(LABEL_TYPES)}, not {out['label_type']!r}")
+    if "igbp" in d:
+        out["igbp"] = d["igbp"].strip()
+        if out["igbp"] not in SCHEMES:
+            raise ArgumentsFileError(f"{_where(d, 'igbp')}: igbp must be {' or '.join(SCHEMES)}, "
+                                     f"not {out['igbp']!r}")
+    else:
+        out["igbp"] = "simple" if _bool(d, "IGBP_simple") else "full"
+    out["input"] = _input_of(d)
+    for key, kind in (("threshold", float), ("lr", float), ("decay", float),
+                      ("batch_size", int), ("epochs", int)):
+        if key in d:
+            out[key] = _number(d, key, kind)
+    for key, value in d.items():
+        if key not in mapped and key not in _DROPPED:
+            out[key] = value
+    return out
+
+
+def _check_keys(d: Mapping[str, str], mapped: set[str], known_extra: Iterable[str] | None) -> None:
+    """Unknown keys (with `known_extra`) and missing ones raise `ArgumentsFileError`."""
     if known_extra is not None:
         allowed = mapped | set(known_extra)
         for key in d:
             if key not in allowed:
                 raise ArgumentsFileError(f"{_where(d, key)}: unknown key {key!r}")
-
     missing = [k for k in ("model", "label_type") if k not in d]
     if "input" not in d and not any(k in d for k in ("use_s1", "use_s2", "use_RGB")):
         missing.append("input (or use_s1 / use_s2 / use_RGB)")
@@ -163,42 +176,22 @@ def original_to_options(d: Mapping[str, str], known_extra: Iterable[str] | None 
         source = d.source if isinstance(d, ArgumentsFile) else "arguments"
         raise ArgumentsFileError(f"{source}: missing {', '.join(missing)}")
 
-    out["model"] = d["model"].strip()
-    out["label_type"] = d["label_type"].strip()
-    if out["label_type"] not in _LABEL_TYPES:
-        raise ArgumentsFileError(f"{_where(d, 'label_type')}: label_type must be one of "
-                                 f"{', '.join(_LABEL_TYPES)}, not {out['label_type']!r}")
 
-    if "igbp" in d:
-        out["igbp"] = d["igbp"].strip()
-        if out["igbp"] not in _SCHEMES:
-            raise ArgumentsFileError(f"{_where(d, 'igbp')}: igbp must be simple or full, not {out['igbp']!r}")
-    else:
-        out["igbp"] = "simple" if _bool(d, "IGBP_simple") else "full"
-
+def _input_of(d: Mapping[str, str]) -> str:
+    """Our `input` (an input set name or a band list), else the original's use_* flags."""
     if "input" in d:
         spec = d["input"].strip()
         try:
             resolve_bands(spec)
         except BandError as exc:
             raise ArgumentsFileError(f"{_where(d, 'input')}: {exc}") from None
-        out["input"] = spec.lower() if spec.lower() in INPUT_SETS else spec
-    else:
-        flags = {k: _bool(d, k) if k in d else False for k in ("use_s1", "use_s2", "use_RGB")}
-        name = _input_set(flags["use_s1"], flags["use_s2"], flags["use_RGB"])
-        if name is None:
-            source = d.source if isinstance(d, ArgumentsFile) else "arguments"
-            raise ArgumentsFileError(f"{source}: no input: use_s1, use_s2 and use_RGB are all False")
-        out["input"] = name
-
-    for key, kind in (("threshold", float), ("lr", float), ("decay", float),
-                      ("batch_size", int), ("epochs", int)):
-        if key in d:
-            out[key] = _number(d, key, kind)
-    for key, value in d.items():
-        if key not in mapped and key not in _DROPPED:
-            out[key] = value
-    return out
+        return spec.lower() if spec.lower() in INPUT_SETS else spec
+    flags = {k: _bool(d, k) if k in d else False for k in ("use_s1", "use_s2", "use_RGB")}
+    name = _input_set(flags["use_s1"], flags["use_s2"], flags["use_RGB"])
+    if name is None:
+        source = d.source if isinstance(d, ArgumentsFile) else "arguments"
+        raise ArgumentsFileError(f"{source}: no input: use_s1, use_s2 and use_RGB are all False")
+    return name
 
 
 def options_to_original(options: Mapping[str, Any]) -> dict[str, Any]:

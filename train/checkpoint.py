@@ -1,17 +1,4 @@
-"""Checkpoints: the original's format, safe loading, and what exact resume needs.
-
-A checkpoint is a dict with the original's keys `epoch`, `arch`, `model_state_dict`,
-`optimizer_state_dict`, `best_prec`, plus our keys for exact resume (scheduler, RNG states,
-AMP scaler, step, config). The original stores `epoch` as the 0-based index of the epoch just
-finished (so a resumed run starts at `epoch + 1`) and `best_prec` as the best validation
-micro-F1 so far.
-
-Loading never runs code from the file: `torch.load(weights_only=True)` accepts tensors,
-numbers, strings and containers. The original's checkpoints also hold a numpy float64
-(`best_prec`, sklearn's micro-F1), so numpy's scalar reconstructor and the float dtypes are
-allow-listed for the duration of the load, under numpy 1.x and 2.x names; nothing else is.
-Everything we save loads without that allow-list.
-"""
+"""Checkpoints: the original's format, safe loading, and what exact resume needs."""
 
 from __future__ import annotations
 
@@ -26,6 +13,7 @@ import torch
 from torch import nn
 
 from sen12ms_common import storage
+from sen12ms_common.errors import Sen12msError
 
 ORIGINAL_KEYS: tuple[str, ...] = ("epoch", "arch", "model_state_dict", "optimizer_state_dict", "best_prec")
 # A run's timestamp (`YYYYmmdd_HHMMSS`): it names the run's files, so nothing else may stand there.
@@ -37,7 +25,7 @@ __all__ = ["ORIGINAL_KEYS", "TIMESTAMP", "CheckpointError", "save_checkpoint", "
            "load_model_weights", "unwrap_model", "capture_rng_state", "restore_rng_state", "check_resume_state"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ValueError, Sen12msError):
     """A checkpoint that cannot be read, is unsafe, or does not fit the model (one line)."""
 
 

@@ -1,10 +1,5 @@
 """The training device: placement, stored uint16 -> normalised float input, AMP, channels_last,
-torch.compile.
-
-Batches arrive as uint16 (half the bytes of float32); `InputTransform` moves them to the device
-and applies the per-channel `min(x, clip) * scale + offset` of `sen12ms_common.inputs` there, on
-the whole batch at once, so the CPU never touches a float pixel.
-"""
+torch.compile."""
 
 from __future__ import annotations
 
@@ -17,14 +12,14 @@ from typing import Any, ContextManager
 import torch
 from torch import nn
 
+from sen12ms_common.errors import Sen12msError
 from sen12ms_common.inputs import ChannelTransform
 
 log = logging.getLogger(__name__)
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
-class DeviceError(RuntimeError):
+class DeviceError(RuntimeError, Sen12msError):
     """A device or device feature that is not available here."""
 
 

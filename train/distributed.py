@@ -1,21 +1,5 @@
 """Several processes under torchrun: the process group, DistributedDataParallel, and the few
-collectives the training loop needs to keep every rank in step.
-
-`torchrun --nproc_per_node N [--nnodes M ...] -m train ...` starts one process per device and
-sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; `init_from_env` reads them and
-joins the process group: NCCL on CUDA (device cuda:LOCAL_RANK), gloo on the CPU. Without those
-variables (or WORLD_SIZE=1) everything here is a no-op for one process, so the training loop
-has one code path.
-
-Control messages (stop flags, loss sums, predictions, error texts) travel over a gloo group on
-the CPU, also when the gradients go through NCCL: they are small, and a CPU collective does not
-wait for the GPU's queue to drain.
-
-Loader workers of a process in a group start from a fork server instead of forking the process
-itself: gloo and NCCL run threads of their own, which take Python's thread-state lock when they
-release a tensor; a fork at that moment leaves the worker dead-locked before it runs a line
-(CPython gh-112275, Python <= 3.11; seen here about once in 500 worker starts).
-"""
+collectives the training loop needs to keep every rank in step."""
 
 from __future__ import annotations
 
@@ -27,12 +11,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from sen12ms_common.errors import Sen12msError
+
 from .device import DeviceError, resolve_device
 
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
-class DistributedError(RuntimeError):
+class DistributedError(RuntimeError, Sen12msError):
     """A torchrun environment that cannot work (one line)."""
 
 

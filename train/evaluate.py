@@ -1,13 +1,4 @@
-"""`python -m train.evaluate`: score a checkpoint (ours or the original toolbox's) on a split.
-
-The model, input set and label rule come from `--config` (an arguments file: the original's
-`<ts>_arguments.txt` or ours) or, for our checkpoints, from the checkpoint itself. The
-original's runs used the official normalisation statistics; ours store the exact per-channel
-transform they trained with, which is used unless `--stats` says otherwise.
-
-Under torchrun each rank scores its part of the split (every sample exactly once) and the
-predictions of all ranks are gathered before the metrics are computed; rank 0 writes the files.
-"""
+"""`python -m train.evaluate`: score a checkpoint (ours or the original toolbox's) on a split."""
 
 from __future__ import annotations
 
@@ -19,7 +10,11 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import click
 import numpy as np
 
+from sen12ms_common.errors import report_errors
 from sen12ms_common.inputs import STATS_CHOICES, ChannelTransform
+from sen12ms_common.names import ALL_SPLITS
+
+from .options import DEVICES
 
 if TYPE_CHECKING:
     from .distributed import Dist
@@ -167,8 +162,8 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
 @click.option("--config", default=None, metavar="ARGS.txt",
               help="Arguments file of the run (the original's <ts>_arguments.txt or ours): model, input, label "
                    "rule. [default: the configuration stored in our checkpoints; required for the original's]")
-@click.option("--split", default="test", show_default=True, metavar="SPLIT",
-              help="Split of the shard set to score (test, val, train; dfc2020_val, dfc2020_test for segmentation).")
+@click.option("--split", default="test", show_default=True, type=click.Choice(ALL_SPLITS),
+              help="Split of the shard set to score (dfc2020_val, dfc2020_test: segmentation checkpoints).")
 @click.option("--out", default=None, metavar="DIR|URL",
               help="Folder or s3://bucket/prefix for <split>_scores.json and <split>_predictions.npz. "
                    "[default: the checkpoint's run directory, else the current directory]")
@@ -177,12 +172,13 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
               help="Loader worker processes (0: this process reads, with --threads decoding threads).")
 @click.option("--threads", type=click.IntRange(0, 256), default=0, show_default=True,
               help="Decoding threads per reading process (0: every CPU here when --workers is 0, else 1 per worker).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="auto: CUDA when available, else CPU.")
 @click.option("--stats", type=click.Choice(list(STATS_CHOICES)), default=None,
               help="Normalisation. [default: as the checkpoint was trained; official for the original's runs]")
 @click.option("--no-verify", is_flag=True, help="Do not check shard sizes and checksums against the manifest.")
 @click.option("--skip-bad-shards", is_flag=True, help="Report and skip missing or damaged shards instead of stopping.")
+@report_errors
 def main(shards, checkpoint, config, split, out, batch_size, workers, threads, device, stats, no_verify,
          skip_bad_shards) -> None:
     """Score a checkpoint on the test (or another) split with the original's metric set.
@@ -190,15 +186,7 @@ def main(shards, checkpoint, config, split, out, batch_size, workers, threads, d
     Also under `torchrun --nproc_per_node N -m train.evaluate ...`: each process scores its part
     of the split, the metrics are computed on the gathered predictions, rank 0 writes the files.
     """
-    from sen12ms_common.manifest import ManifestError
-    from sen12ms_common.storage import StorageError
-
-    from .argsfile import ArgumentsFileError
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .device import DeviceError
-    from .distributed import Dist, DistributedError, init_from_env, shutdown
-    from .options import OptionError
+    from .distributed import Dist, init_from_env, shutdown
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     d = Dist()
@@ -207,11 +195,6 @@ def main(shards, checkpoint, config, split, out, batch_size, workers, threads, d
         evaluate_checkpoint(shards=shards, checkpoint=checkpoint, config=config, split=split, out=out,
                             batch_size=batch_size, workers=workers, threads=threads, device=str(dev), stats=stats,
                             verify=not no_verify, skip_bad_shards=skip_bad_shards, echo=click.echo, dist=d)
-    except (DataError, CheckpointError, ArgumentsFileError, ManifestError, DeviceError, DistributedError,
-            StorageError, OptionError) as exc:
-        raise click.ClickException(str(exc)) from None
-    except ValueError as exc:  # band / label / statistics errors of the configuration
-        raise click.ClickException(str(exc).splitlines()[0]) from None
     finally:
         shutdown(d)
 

@@ -1,41 +1,4 @@
-"""The original toolbox's metric set, with sklearn's definitions.
-
-Every metric is computed on 0/1 indicator rows (N samples x C classes), as the original does:
-single-label targets and predictions are one-hot rows, so "macro" averages over all C classes
-(a class that is neither true nor predicted anywhere counts as 0), "micro" over all cells,
-"sample" over samples.
-
-Keys of `compute_metrics` are the original's (`test.py` / `main_train.py`), so scripts written
-for its `test_scores.pkl` read our `test_scores.json` unchanged:
-
-- `macroPrec microPrec samplePrec macroRec microRec sampleRec macroF1 microF1 sampleF1
-  macroF2 microF2 sampleF2`: sklearn precision / recall / F1 / F-beta(2), averages
-  macro / micro / samples.
-- `HammingLoss` (sklearn `hamming_loss`), `subsetAcc` (`accuracy_score`: exact row match).
-- `macroAcc microAcc sampleAcc` (the original's `Accuracy_score`): per class
-  (TP + TN) / N averaged over classes; (TP + TN) / (N C) over all cells (= 1 - HammingLoss);
-  per sample |pred AND true| / |pred OR true| averaged over samples.
-- `oneError`: share of samples whose top-scored class (first on ties) is not a true class;
-  `coverageError`, `rankLoss`, `labelAvgPrec`: sklearn `coverage_error`,
-  `label_ranking_loss`, `label_ranking_average_precision_score` on the probabilities.
-  (The original computes these for single-label too; so do we.)
-- `clsReport`: sklearn `classification_report(..., output_dict=True)` keyed by class name.
-- single-label: `conf_mat` (C x C, rows = true class, each row divided by its count) and
-  `AverageAcc` = mean of its diagonal over all C classes (mean per-class recall; a class
-  without samples counts as 0).
-- multi-label: `multilabel_conf_mat` (C x 2 x 2, sklearn `multilabel_confusion_matrix`:
-  [[TN, FP], [FN, TP]] per class), `class-wise Acc` ((TN + TP) / N per class), `AverageAcc`
-  (their mean) and `OverallAcc` = mean over samples of |pred AND true| / |pred OR true|
-  (sklearn `jaccard_score(average="samples")`).
-- `numSamples`: N (ours).
-
-Zero divisions give 0 everywhere (sklearn `zero_division=0`; the value the original got from
-sklearn's default with a warning). Deliberate differences from the original, all where it gave
-no usable number: a sample with no true and no predicted class scores 0 in `sampleAcc` and
-`OverallAcc` (the original asserted / returned NaN); a class without samples has an all-zero
-row in `conf_mat` (the original left those cells uninitialised); `class-wise Acc` is a flat
-list (the original's was C x 1); all values are plain floats / ints / lists (JSON).
-"""
+"""The original toolbox's metric set, with sklearn's definitions."""
 
 from __future__ import annotations
 
@@ -45,7 +8,8 @@ from typing import Any, Sequence
 import numpy as np
 from sklearn import metrics as skm
 
-LABEL_TYPES = ("single_label", "multi_label")
+from sen12ms_common.igbp import LABEL_TYPES
+
 
 # The original's scalar metrics, in its order.
 ORIGINAL_SCALAR_KEYS: tuple[str, ...] = (

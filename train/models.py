@@ -1,28 +1,5 @@
 """The model registry: the original toolbox's nine networks, plus two small ones; and, by task,
-the segmentation networks of `segmodels.py` (UNet, DeepLabV3Plus).
-
-The layouts follow the original exactly (module names, Sequential indices, layer sizes), so
-that its published checkpoints load with `load_state_dict(strict=True)` and give the same
-logits:
-
-- ResNet: `conv1` (the new n-channel convolution) and `encoder` = Sequential(conv1, bn1, relu,
-  maxpool, layer1..layer4, avgpool), head `FC`. `conv1` is registered twice, so the state
-  dict holds both `conv1.weight` and `encoder.0.weight` (the same tensor).
-- DenseNet: `encoder` = Sequential(new conv, torchvision `features[1:]`), ending with the
-  final BatchNorm: no ReLU and no global pooling; the 8 x 8 map of a 256 x 256 patch is
-  flattened (channel-major, as `view` on NCHW) into `classifier` = Linear(C * 64, classes).
-- VGG: `encoder` = Sequential(new 3x3 conv with bias, torchvision `features[1:]`),
-  `classifier` = Linear(8*8*512, 4096), ReLU, Dropout, Linear(4096, 4096), ReLU, Dropout,
-  Linear(4096, classes).
-
-All convolutions and linear layers get `kaiming_normal_` with PyTorch's defaults (fan_in,
-leaky_relu gain with a = 0), biases and BatchNorm keep their defaults, as in the original.
-torchvision backbones are built with `weights=None`: nothing is ever downloaded.
-
-DenseNet and VGG need 256 x 256 input (their classifier size depends on it); ResNet and the
-small models take any size. Every model accepts NCHW float input in either memory format
-(`channels_last` included).
-"""
+the segmentation networks of `segmodels.py` (UNet, DeepLabV3Plus)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
 """The one check of a run's options, wherever they come from: the command line, a checkpoint's
 stored configuration or an arguments file. Each value must have its type and lie in its range;
-a bad one is a one-line `OptionError` naming where it came from.
-
-A checkpoint's configuration is data from a file: it may only fill options the command line left
-at their defaults, and never the paths the run writes to (`NEVER_STORED`).
-"""
+a bad one is a one-line `OptionError` naming where it came from."""
 
 from __future__ import annotations
 
@@ -12,7 +8,11 @@ import math
 from typing import Any, Callable, Mapping
 
 from sen12ms_common.bands import BandError
+from sen12ms_common.errors import Sen12msError
+from sen12ms_common.igbp import LABEL_TYPES, SCHEMES
 from sen12ms_common.inputs import STATS_CHOICES
+
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")  # auto: CUDA when available, else the CPU
 
 # Bounds that keep a run from hanging or allocating without end (documented in --help).
 MAX_STREAMS = 1024
@@ -25,7 +25,7 @@ MAX_SEED = 2**63 - 1
 NEVER_STORED: tuple[str, ...] = ("run_dir", "resume")
 
 
-class OptionError(ValueError):
+class OptionError(ValueError, Sen12msError):
     """An option of the wrong type or out of its range (one line naming its source)."""
 
 
@@ -71,10 +71,9 @@ def _model(v: Any) -> str | None:
 
 
 def _split(v: Any) -> str | None:
-    from sen12ms_common.manifest import is_shard_name
+    from sen12ms_common.names import ALL_SPLITS
 
-    ok = isinstance(v, str) and 0 < len(v) <= 64 and is_shard_name(f"{v}-000000.tar", v)
-    return None if ok else "a split name (lower-case letters, digits and _)"
+    return _choice(*ALL_SPLITS)(v)
 
 
 def _task_model(values: Mapping[str, Any], where: Callable[[str], str]) -> None:
@@ -118,8 +117,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "task": _task,
     "model": _model,
     "input": _input,
-    "label_type": _choice("single_label", "multi_label"),
-    "igbp": _choice("simple", "full"),
+    "label_type": _choice(*LABEL_TYPES),
+    "igbp": _choice(*SCHEMES),
     "threshold": _real(0.0, 1.0),
     "epochs": _int(1, MAX_INT),
     "batch_size": _int(1, MAX_INT),
@@ -128,7 +127,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "workers": _int(0, MAX_WORKERS),
     "threads": _int(0, MAX_THREADS),
     "loader": _loader,
-    "device": _choice("auto", "cpu", "cuda"),
+    "device": _choice(*DEVICES),
     "amp": _bool,
     "channels_last": _bool,
     "compile": _bool,

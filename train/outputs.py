@@ -1,10 +1,6 @@
 """Where a run or an evaluation writes: a local folder or an s3:// prefix, always through
 `sen12ms_common.storage` (each file appears whole or not at all), every failure one line: the
-run folder, its log, TensorBoard files, checkpoints and scores.
-
-For a run in a bucket the log and the TensorBoard event files are kept locally and uploaded at the
-end of every epoch and of the run (event files in a local staging folder, removed at the end).
-"""
+run folder, its log, TensorBoard files, checkpoints and scores."""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ import torch
 from sen12ms_common import storage
 from sen12ms_common.dfc import DfcScheme, train_to_dfc
 from sen12ms_common.inputs import STATS_CHOICES
+from sen12ms_common.names import ALL_SPLITS
 
 from .segfiles import (Georef, PreviewRow, colourise, geotiff_bytes, prediction_name, preview_png, s2_rgb,
                        write_bytes)
@@ -214,8 +215,8 @@ def predict(*, checkpoint: str, out: str, shards: str | None = None, split: str 
 @click.option("--checkpoint", required=True, metavar="CKPT",
               help="Checkpoint of `python -m train --task segmentation` (<ts>_model_best.pth).")
 @click.option("--shards", default=None, metavar="DIR|URL", help="Shard set written by `python -m convert shards`.")
-@click.option("--split", default="test", show_default=True, metavar="SPLIT",
-              help="Split of --shards to predict (test, val, train, dfc2020_val, dfc2020_test, ...).")
+@click.option("--split", default="test", show_default=True, type=click.Choice(ALL_SPLITS),
+              help="Split of --shards to predict.")
 @click.option("--data", default=None, metavar="DIR",
               help="Folder of S1/S2 GeoTIFFs instead of shards, never converted (names with _s1_/_s2_ tokens or "
                    "s1/ s2/ folders; _lc_/_dfc_ files beside them are ground truth for the previews).")

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models as tvm
 
+from sen12ms_common.errors import Sen12msError
+
 __all__ = ["UNet", "DeepLabV3Plus", "SEGMENTATION_MODELS", "BackboneWeightsError", "imagenet_weights_file"]
 
 # torchvision's file names of the ImageNet ResNet-101 weights the baseline starts from (the older
@@ -26,7 +28,7 @@ IMAGENET_FILES = ("resnet101-5d3b4d8f.pth", "resnet101-63fe2227.pth")
 SMALL_UNET_WIDTH = 8  # SmallUNet: the UNet at 1/8 of the width, 1/64 of the work
 
 
-class BackboneWeightsError(ValueError):
+class BackboneWeightsError(ValueError, Sen12msError):
     """Backbone weights that are missing or do not fit ResNet-101."""
 
 

@@ -35,13 +35,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol
 
 from sen12ms_common.bands import BandRef
+from sen12ms_common.errors import DataError
 from sen12ms_common.igbp import LabelRule
 from sen12ms_common.inputs import ChannelTransform
 from sen12ms_common.manifest import Manifest
-
-
-class DataError(Exception):
-    """A shard set that cannot be read as asked: one line naming the shard (and sample)."""
 
 
 class LoaderUnavailable(DataError):

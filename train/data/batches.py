@@ -1,12 +1,5 @@
 """Raw samples -> one uint16 batch: each used band decoded straight into its channel of a
-preallocated batch, the samples of a batch spread over decoding threads; for segmentation also
-a uint8 mask per sample, decoded through the same symmetry as its image.
-
-Compression libraries and numpy release the GIL while they work, so threads share the cores
-without batches crossing a process boundary. In the main process batch buffers are reused once
-nobody holds them (a fresh 50 MB buffer costs its page faults on every batch); in a worker
-process they are allocated in shared memory, so that handing them over copies nothing.
-"""
+preallocated batch, the samples of a batch spread over decoding threads."""
 
 from __future__ import annotations
 

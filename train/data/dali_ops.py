@@ -1,16 +1,4 @@
-"""CPU decoders for the DALI pipeline: numba kernels that call libzstd / liblz4 through ctypes.
-
-DALI has no zstd decoder, and its LZ4 `inflate` runs only on a GPU, so the CPU side of the
-pipeline decompresses with these kernels (`fn.numba_function`, compiled to native code: no
-Python per sample). A decoding kernel writes the chosen bands of one modality as a uint16
-(k, H, W) array and a status (0 = fine, else `STATUS_*` bits), because a numba kernel cannot
-raise: the loader checks the statuses of every batch and names the bad sample.
-`channels_kernel` is the CPU pipeline's band selection + normalisation in one pass.
-
-The factories return plain Python functions; DALI compiles them with numba when an operator is
-made (about a second each, so `train.data.dali` keeps one operator per kernel); `numba.njit`
-compiles them for numpy arrays too (debugging).
-"""
+"""CPU decoders for the DALI pipeline: numba kernels that call libzstd / liblz4 through ctypes."""
 
 from __future__ import annotations
 

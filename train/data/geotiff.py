@@ -1,27 +1,4 @@
-"""The original toolbox's data path, re-implemented: one sample = open its GeoTIFFs with rasterio.
-
-Per sample, as the original's `classification/dataset.py` does it: open the S2 GeoTIFF and read
-the bands of the input (1-based indices into the 13-band file), convert to float32; open the S1
-GeoTIFF, read both bands, float32, NaN -> 0, clip to [-25, 0] dB; concatenate S2 then S1;
-`torch.tensor` (a copy, as the original's ToTensor); normalise channel by channel in place
-(`sub_(mean).div_(std)` with the original's training-set statistics), or without
-normalisation scale S2 as clip(0, 10000) / 10000 and S1 as dB / 25 + 1. The label is the
-original's too: the probability vector (simplified scheme: summed class groups), then
-`>= threshold` (multi-label) or the one-hot vector of the argmax (single-label), float32.
-
-It serves two purposes: `make bench` measures "the original's way" with it, on the same patches
-as the shard loaders, and users can train on a GeoTIFF tree with the original's label and split
-files without converting (slowly: the whole point of the shards is not to do this).
-
-Paths may be local or URLs (`s3://bucket/prefix`): a remote GeoTIFF is fetched whole as one
-object per modality through `sen12ms_common.storage` and opened from memory, which is how the
-original's way reads an object store.
-
-    ds = GeoTiffDataset("/sen12ms", "splits/train_list.txt", "labels/IGBP_probability_labels.json",
-                        input_spec="s1s2", label_type="multi_label")
-    loader = original_loader(ds, batch_size=64, workers=4)   # torch DataLoader, shuffled
-    for batch in loader: batch["image"], batch["label"], batch["id"]
-"""
+"""The original toolbox's data path, re-implemented: one sample = open its GeoTIFFs with rasterio."""
 
 from __future__ import annotations
 
@@ -34,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from sen12ms_common import storage
 from sen12ms_common.bands import OFFICIAL_MEAN, OFFICIAL_STD, BandRef, resolve_bands
 from sen12ms_common.datafiles import load_labels, read_split_list
+from sen12ms_common.errors import Sen12msError
 from sen12ms_common.igbp import LabelRule
 from sen12ms_common.patches import KNOWN_BROKEN, PatchNameError, parse_patch
 from sen12ms_common.shardformat import S1_MAX_DB, S1_MIN_DB
@@ -41,7 +19,7 @@ from sen12ms_common.shardformat import S1_MAX_DB, S1_MIN_DB
 S2_MAX = 10000.0
 
 
-class GeoTiffDataError(ValueError):
+class GeoTiffDataError(ValueError, Sen12msError):
     """A patch that cannot be used or has no label; the message names it. (Label files and split
     lists that cannot be read raise `LabelFileError` / `SplitFileError` of `sen12ms_common.datafiles`.)"""
 

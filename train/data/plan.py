@@ -1,24 +1,4 @@
-"""Which samples an epoch reads, in which order, on which rank and in which read stream.
-
-A pure function of the shard list and (seed, epoch, batch size, streams, rank, world size):
-every loader (webdataset, DALI, several ranks under torchrun) can compute the same plan
-without talking to the others, and a resumed run recomputes exactly the plan it left.
-
-Policy
-- The split's shards are concatenated in manifest order; for training the shard order is
-  permuted by (seed, epoch). Positions in that concatenation are global sample numbers.
-- Rank r of W takes a contiguous range of positions. Training: every rank takes exactly
-  N // W samples (the N % W < W left over, which change with the epoch, are not seen that epoch;
-  with one process nothing is left over), so every rank runs the same number of batches.
-  Evaluation: the ranges cover all N positions (ranks differ by at most one sample), so every
-  sample is evaluated exactly once.
-- A rank's range is cut into `streams` contiguous read streams whose lengths are whole
-  multiples of the batch size, except the last non-empty one: every batch is full except the
-  rank's very last one, and the number of batches is ceil(samples / batch_size).
-- Batch j of stream v has the canonical position (j, v); a rank's batches come in the order
-  (0, 0), (0, 1), ..., (1, 0), (1, 1), ... whatever the number of worker processes, which only
-  decides who reads which stream (stream v is read by worker v % workers).
-"""
+"""Which samples an epoch reads, in which order, on which rank and in which read stream."""
 
 from __future__ import annotations
 

@@ -14,18 +14,14 @@ from typing import Callable, Iterable, Iterator
 from sen12ms_common import storage, tarstream
 from sen12ms_common.bands import BandRef, modalities_of
 from sen12ms_common.checksums import Digests
+from sen12ms_common.errors import ShardError
 from sen12ms_common.igbp import LabelRule
 from sen12ms_common.manifest import ShardEntry
 from sen12ms_common.shardformat import LABEL_EXT, SampleLayout, check_member_name
 
-from . import DataError
 from .plan import ShardSlice
 
 RawSample = tuple[str, dict, str]  # (key, members ext -> bytes, shard name)
-
-
-class ShardError(DataError):
-    """A shard (or a sample in it) that is missing, damaged or not what the manifest says."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +58,7 @@ class ShardSource:
 def _open(url: str, expected_size: int | None):
     try:
         # With verification a file of another size fails here, before a byte is read.
-        return storage.open_shard_stream(url, expected_size=expected_size)
+        return storage.open_read(url, expected_size=expected_size)
     except storage.StorageError as exc:
         raise ShardError(str(exc)) from exc
     except FileNotFoundError as exc:

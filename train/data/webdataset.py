@@ -1,19 +1,5 @@
 """The webdataset loader: shards -> uint16 batches on the CPU, decoded by threads in this
-process (`workers` = 0, the default) or in worker processes.
-
-Per read stream (see `train.data.plan`) the shards of its slices are read in large reads
-(`shardread`), the still-compressed samples shuffled through a buffer (deterministic per seed,
-epoch, rank, stream) and each batch decoded straight into a uint16 batch (`batches`); the
-targets of the whole batch come from the `LabelRule`. Batches are delivered in the canonical
-order of the plan, whatever the number of processes or threads. Float conversion and
-normalisation happen later, on the training device.
-
-Integrity: before an epoch every shard must exist (and, when verifying, have the manifest's
-size); while streaming, each shard's xxh3-128 and sample count are compared with the manifest
-at its end. A decode error names shard and sample; with `skip_bad_shards` such a shard (or
-sample) is reported, counted in `Loader.skipped` and the stream goes on; otherwise the epoch
-stops with a `ShardError`.
-"""
+process (`workers` = 0, the default) or in worker processes."""
 
 from __future__ import annotations
 
