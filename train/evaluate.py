@@ -141,7 +141,8 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
                                                    skip_bad_shards=skip_bad_shards,
                                                    rank=d.rank, world_size=d.world_size))
     what = f"{opts.label_type} {opts.igbp}" if opts.task == "classification" else opts.task
-    echo(f"{checkpoint}: {opts.model} ({made_at(ckpt)}), input {opts.input}, {what}, stats {'as trained' if opts.transform is not None else opts.stats}; "
+    stats_used = "as trained" if opts.transform is not None else opts.stats
+    echo(f"{checkpoint}: {opts.model} ({made_at(ckpt)}), input {opts.input}, {what}, stats {stats_used}; "
          f"{split}: {manifest.samples(split)} samples" + (f" over {d.world_size} processes" if d.enabled else ""))
     result = predict_all(setup, loader, d, desc=split, labels=label_check(loader, shards, split, skip_bad_shards))
     metrics = setup.task.score(result)

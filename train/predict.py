@@ -1,11 +1,6 @@
-"""`python -m train.predict`: land-cover maps from a segmentation checkpoint, one GeoTIFF per patch.
-
-From a split of a shard set (`--shards DIR --split S`: the CRS and transform come from each
-sample's metadata, which the converter stores) or from a folder of S1/S2 GeoTIFFs that were
-never converted (`--data`). Each map is a single-band uint8 GeoTIFF of DFC2020 values 1..10 with
-the input patch's CRS and transform and the baseline's colour table; preview pages show S2 RGB,
-prediction and ground truth where there is one.
-"""
+"""`python -m train.predict`: land-cover maps from a segmentation checkpoint, one georeferenced
+GeoTIFF per patch of a shard split or of a folder of S1/S2 GeoTIFFs never converted, and preview
+pages; details in docs/segmentation.md ("Land-cover maps")."""
 
 from __future__ import annotations
 
@@ -114,9 +109,13 @@ def _georef(meta: dict[str, Any]) -> Georef | None:
 # --- the loop --------------------------------------------------------------------------------------
 
 def _input(items: list[Item], bands) -> torch.Tensor:
-    from sen12ms_common.inputs import select_channels
-
-    return torch.from_numpy(np.stack([select_channels(it.stored, bands) for it in items]))
+    """The model's channels of a batch as stored values (uint16 (B, C, H, W))."""
+    h, w = next(iter(items[0].stored.values())).shape[1:]
+    out = np.empty((len(items), len(bands), h, w), dtype=np.uint16)
+    for k, it in enumerate(items):
+        for i, b in enumerate(bands):
+            out[k, i] = it.stored[b.modality][b.index]
+    return torch.from_numpy(out)
 
 
 def _batches(items: Iterator[Item], batch_size: int) -> Iterator[list[Item]]:
