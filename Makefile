@@ -10,11 +10,12 @@ DEMO ?= demo
 TEST_ARGS ?= -n 2
 S3_DIR ?=
 
-.PHONY: install test demo shards s3-local bench clean help
+.PHONY: install test test-fast demo shards s3-local bench clean help
 
 help:
 	@echo "make install        create .venv with every pinned dependency"
 	@echo "make test           install, then run the whole test suite"
+	@echo "make test-fast      the unit tests only (pytest -m 'not slow'), about a minute and a half"
 	@echo "make demo           sample dataset -> labels, splits -> shards -> short training + evaluation"
 	@echo "make shards DATA=/sen12ms [OUT=out/]   convert a SEN12MS tree (train, val, test shards)"
 	@echo "make s3-local [S3_DIR=store/]   a local S3 store (SeaweedFS), prints the AWS variables; Ctrl-C stops it"
@@ -29,6 +30,9 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 
 test: install
 	$(PY) -m pytest $(TEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(TEST_ARGS)
 
 demo: install
 	rm -rf $(DEMO)

@@ -76,3 +76,15 @@ def channel_transform(bands: tuple[BandRef, ...], stats: str = "official",
         clip.append(hi)
     f32 = lambda v: np.asarray(v, dtype=np.float32)  # noqa: E731
     return ChannelTransform(f32(scale), f32(offset), f32(clip))
+
+
+def select_channels(arrays: Mapping[str, np.ndarray], bands: tuple[BandRef, ...],
+                    out: np.ndarray | None = None) -> np.ndarray:
+    """Stack the chosen bands of decoded stored arrays into one uint16 (C, H, W) array (`out`,
+    when given: a batch slot is filled without an intermediate copy)."""
+    if out is None:
+        first = arrays[bands[0].modality]
+        out = np.empty((len(bands),) + first.shape[1:], dtype=np.uint16)
+    for i, b in enumerate(bands):
+        out[i] = arrays[b.modality][b.index]
+    return out

@@ -13,7 +13,8 @@ from typing import Any
 from . import picklenumpy as pn
 from .datalimits import MAX_DEPTH, MAX_FILE_BYTES, MAX_TREE_VALUES
 from .errors import Sen12msError
-from .picklemachine import KEY_TYPES, REFUSED_GLOBAL, Calls, PickleProblem, run
+from .picklemachine import KEY_TYPES, REFUSED_GLOBAL, Calls, PickleProblem
+from .pickleops import run
 
 
 class UnsafePickleError(pickle.UnpicklingError, Sen12msError):

@@ -40,6 +40,7 @@ class FaultProxy:
         self._fail: list[int] = []
         self._stall: list[int] = []
         self.stalled = threading.Event()  # set while a response is held by `stall`
+        self.unreachable = threading.Event()  # set when a client's connection finds the server gone
         self._release = threading.Event()
         self.cuts = 0
         self.failures = 0
@@ -88,6 +89,7 @@ class FaultProxy:
             upstream = socket.create_connection(self.target)
         except OSError:
             client.close()
+            self.unreachable.set()
             return
         budget: int | None = None  # bytes of the current response still allowed through
         hold: int | None = None  # bytes of the current response to pass before stalling

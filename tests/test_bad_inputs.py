@@ -21,6 +21,8 @@ from convert.scan import scan_tree
 from sen12ms_common.shardformat import SampleLayout, decode_sample
 from shardtools import decode_all, read_tif, run_shards
 
+pytestmark = pytest.mark.slow  # training runs on bad inputs, in subprocesses
+
 REPO = Path(__file__).resolve().parents[1]
 
 

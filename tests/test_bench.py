@@ -23,6 +23,8 @@ from train.data.geotiff import GeoTiffDataError, GeoTiffDataset, original_loader
 GEOTIFF_S2, GEOTIFF_S1, GEOTIFF_LC = 1_706_432, 525_172, 262_788  # bytes of an uncompressed SEN12MS patch
 
 
+pytestmark = pytest.mark.slow  # runs the bench (conversions, loaders, training steps)
+
 def parse_table(doc: str) -> list[dict[str, str]]:
     """The rows of the results table, the group carried down to every row."""
     part = doc.split("## Results", 1)[1]

@@ -38,6 +38,7 @@ def _logits(model: nn.Module, seed: int = 5, n_in: int = 10, size: int = 64) -> 
 
 # ----------------------------------------------------------------- the original's checkpoints
 
+@pytest.mark.slow
 def test_original_checkpoint_loads_weights_only_and_gives_identical_logits(tmp_path):
     model, opt = _trained_one_step("ResNet50", 10, 10)
     path = tmp_path / "20200101_120000_model_best.pth"
@@ -75,6 +76,7 @@ def test_legacy_format_with_numpy1_names_loads(tmp_path):
     assert torch.equal(_logits(fresh), _logits(model))
 
 
+@pytest.mark.slow
 def test_original_resume_key_variants_bare_state_dict_and_wrapper_prefixes(tmp_path):
     model, opt = _trained_one_step("SmallCNN", 10, 10)
     expected = _logits(model)
@@ -141,6 +143,7 @@ def test_unreadable_files_give_one_line_errors(tmp_path):
         assert str(path) in str(err.value) and words in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_weights_of_another_input_set_do_not_fit_and_say_why(tmp_path):
     with torch.device("meta"):
         ck = {"model_state_dict": build_model("ResNet50", 12, 10).state_dict()}

@@ -35,6 +35,7 @@ def layouts(modality: str | None = None):
 
 # --- lossless arrays -----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @PROPS
 @given(layout=layouts(), data=st.data(), byteorder=st.sampled_from("<>"), transposed=st.booleans())
 def test_any_stored_array_round_trips_through_every_codec(layout, data, byteorder, transposed):
@@ -52,6 +53,7 @@ def test_any_stored_array_round_trips_through_every_codec(layout, data, byteorde
 
 
 @PROPS
+@pytest.mark.slow
 @given(arr=hnp.arrays(np.uint16, hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=12)),
        level=st.integers(1, 19))
 def test_shuffle_and_compression_primitives_round_trip_any_shape(arr, level):
@@ -89,6 +91,7 @@ s1_floats = st.one_of(
 )
 
 
+@pytest.mark.slow
 @PROPS
 @given(x=hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=3, max_side=16), elements=s1_floats))
 @example(x=np.array([np.nan, np.inf, -np.inf, -25.0, 0.0, -25.5, 0.5, -1e30, 1e30], np.float32))
@@ -109,6 +112,7 @@ def test_any_s1_input_round_trips_within_half_a_step_of_its_cleaned_value(x):
     assert np.all(np.diff(qs[idx].astype(np.int64)) >= 0)
 
 
+@pytest.mark.slow
 @PROPS
 @given(x=hnp.arrays(np.float64, (2, 4, 4), elements=st.floats(allow_nan=True, allow_infinity=True)),
        codec=st.sampled_from(sf.CODECS))

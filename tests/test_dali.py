@@ -27,6 +27,8 @@ from train.data.dali import (DaliLoader, ShardError, channel_plan, define_pipeli
                              shard_range)
 from train.device import InputTransform  # noqa: E402
 
+pytestmark = pytest.mark.slow  # converts shard sets and compiles DALI pipelines
+
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 

@@ -21,6 +21,8 @@ import pytest
 
 from sen12ms_common.manifest import checksums_of, load_manifest
 
+pytestmark = pytest.mark.slow  # converts, trains and verifies in subprocesses
+
 REPO = Path(__file__).resolve().parents[1]
 ADDRESS_SPACE = 4 << 30  # enough for torch and a SmallCNN run; a 4 GiB band is not
 BOMB = 4 << 30

@@ -93,6 +93,7 @@ def test_masks_are_dfc_classes_consistent_with_lc(dfc_tree):
     assert seen <= set(range(1, 11)) - {3, 8} and len(seen) >= 3  # neither savanna nor snow, as DFC2020
 
 
+@pytest.mark.slow
 def test_the_scanner_recognises_the_layout(dfc_tree, sample_tree, tmp_path):
     scan = scan_tree(str(dfc_tree), dfc2020=True)
     assert scan.problems == [] and len(scan.triplets) == 16
@@ -122,6 +123,7 @@ def test_the_scanner_recognises_the_layout(dfc_tree, sample_tree, tmp_path):
     assert mixed.missing(incomplete, ("s1", "s2", "dfc")) == ["dfc"]
 
 
+@pytest.mark.slow
 def test_same_seed_same_tree_and_refusals(dfc_tree, tmp_path):
     again = tmp_path / "again"
     runner = CliRunner()
@@ -134,6 +136,7 @@ def test_same_seed_same_tree_and_refusals(dfc_tree, tmp_path):
     assert refused.exit_code == 2 and "not with --layout dfc2020" in refused.output
 
 
+@pytest.mark.slow
 def test_a_model_of_the_sample_trees_lc_scores_on_the_dfc_masks(sample_tree, dfc_tree):
     """A per-pixel nearest-centroid model fitted on the SEN12MS sample tree's lc (mapped to DFC2020
     classes) recognises, in the DFC2020 tree, each class it has seen."""

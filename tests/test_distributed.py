@@ -18,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,8 +25,11 @@ import numpy as np
 import pytest
 import torch
 
+from processwait import wait_exited
 from runstops import GatedTrace, stop_points
 from sen12ms_common.manifest import load_manifest
+
+pytestmark = pytest.mark.slow  # torchrun training runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -361,10 +363,8 @@ def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step(sample_shards: Pa
     ranks, tree = seen["ranks"], seen["tree"]
     assert proc.returncode != 0, log
     assert not any(alive(pid) for pid in ranks)  # every rank exited
-    deadline = time.monotonic() + 15  # helpers notice their parent's exit within a few seconds
-    while any(alive(pid) for pid in tree) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [pid for pid in tree if alive(pid)], "processes left behind"
+    # Helpers notice their parent's exit within a few seconds.
+    assert not wait_exited(tree, timeout=15), "processes left behind"
     n = load_manifest(str(sample_shards)).samples("train") // 2
     where = stop_point(err, n, 50, log)
     state = torch.load(final_checkpoint(tmp_path / "rank0" / "run", log), weights_only=True)

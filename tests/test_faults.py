@@ -24,8 +24,11 @@ from typing import Callable
 
 import pytest
 
+from processwait import wait_group_exited
 from runstops import GatedTrace
 from sen12ms_common.manifest import load_manifest
+
+pytestmark = pytest.mark.slow  # conversions and trainings killed and resumed in subprocesses
 
 REPO = Path(__file__).resolve().parents[1]
 HELD = Path(__file__).resolve().parent / "heldconvert.py"
@@ -45,13 +48,8 @@ def converter(data: Path, out: Path, *args: str, workers: int = 1, trace: Path |
 
 def wait_gone(pgid: int, timeout: float = 20) -> None:
     """Every process of a job (the converter and its workers) has ended."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.02)
+    if wait_group_exited(pgid, timeout):
+        return
     os.killpg(pgid, signal.SIGKILL)  # leave no orphan behind
     pytest.fail("worker processes outlived the converter")
 

@@ -33,6 +33,7 @@ def test_snippet_is_short_and_imports_nothing_of_ours():
         line for line in lines if line.startswith(("import", "from"))))
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the snippet leaves its tar open
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 def test_snippet_reads_the_first_train_sample_as_our_decoder_does(tmp_path, monkeypatch):

@@ -217,6 +217,7 @@ def test_an_object_dtype_label_pickle_is_refused_instead_of_crashing(tree, tmp_p
     assert_refused(proc, f"{path}: refused to load: numpy dtype 'O8' {NOT_NUMERIC}")
 
 
+@pytest.mark.slow
 def test_an_object_dtype_split_pickle_is_refused_instead_of_crashing(tree, tmp_path):
     content = b"\x80\x03]" + b"(" + text(NAME) + array_ops(dtype_ops("O8"), b"A" * 8) + b"e."
     proc, path = shards_with_split(tree, tmp_path, content)
@@ -240,6 +241,7 @@ def test_numpy_patterns_other_than_numerics_are_refused(tmp_path, ops, reason):
 
 # --- 2. memory bombs, huge values, deep nesting -----------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content, reason", [
     # bytes(2**33): 8 GiB from 63 bytes
     (label_pickle(glob("builtins", "bytes") + b"\x8a\x05\x00\x00\x00\x00\x02\x85R"),
@@ -275,12 +277,14 @@ def test_a_pickle_using_every_budget_to_the_full_stays_within_the_memory_limit(t
     assert_refused(proc, f"{path}: refused to load: the pickle creates more than {MAX_PICKLE_OBJECTS} objects")
 
 
+@pytest.mark.slow
 def test_a_split_pickle_bomb_is_refused(tree, tmp_path):
     content = b"\x80\x02]q\x00(" + text(NAME) + b"e" + glob("__builtin__", "bytes") + b"J\x00\x00\x00\x7f\x85R."
     proc, path = shards_with_split(tree, tmp_path, content)
     assert_refused(proc, f"{path}: refused to load: bytes is called with arguments (only bytes() is read)")
 
 
+@pytest.mark.slow
 def test_a_long_value_is_never_echoed_whole(tree, tmp_path):
     proc, path = shards_with_labels(tree, tmp_path / "p", label_pickle(text("a" * 4000)))
     assert_refused(proc, f"{path}: label of {NAME!r} is not a numeric vector ('{'a' * 60}'...)")
@@ -293,6 +297,7 @@ def test_a_long_value_is_never_echoed_whole(tree, tmp_path):
                          "(expected e.g. ROIs1158_spring_s2_1_p30.tif)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content, reason", [
     (b'{"labels": {"' + b"n" * 20_000_000 + b'": []}}', "line 1: a name is longer than 256 characters"),
     (b'{"' + NAME.encode() + b'": "' + b"z" * 20_000_000 + b'"}',
@@ -315,6 +320,7 @@ def test_json_bombs_and_deep_nesting_are_refused(tree, tmp_path, content, reason
     assert_refused(proc, f"{path}: {reason}")
 
 
+@pytest.mark.slow
 def test_a_file_over_the_size_limit_is_refused_without_reading_it_whole(tree, tmp_path):
     path = tmp_path / "labels.json"
     with open(path, "wb") as f:
@@ -324,6 +330,7 @@ def test_a_file_over_the_size_limit_is_refused_without_reading_it_whole(tree, tm
     assert_refused(proc, f"{path}: larger than {MAX_FILE_BYTES} bytes, the most a label file may hold")
 
 
+@pytest.mark.slow
 def test_hostile_holdout_lists_are_refused_in_one_line(tree, tmp_path):
     holdout = tmp_path / "holdout.txt"
     holdout.write_bytes(b"ROIs1158_spring/s1_1\n" + b"s" * 20_000_000 + b"\n")
@@ -453,6 +460,7 @@ def _one_line(exc: Exception) -> None:
 FUZZ = settings(max_examples=300, deadline=timedelta(seconds=2), suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.one_of(st.binary(max_size=300), mutated(LABEL_SEEDS)), name=st.sampled_from(["l.pkl", "l.json"]))
 def test_fuzz_label_reader(data, name):
@@ -465,6 +473,7 @@ def test_fuzz_label_reader(data, name):
         assert isinstance(key, str) and vec.dtype == np.float64 and vec.shape == (17,) and np.isfinite(vec).all()
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.one_of(st.binary(max_size=300), mutated(SPLIT_SEEDS), mutated([b"\n".join(n.encode() for n in
                                                                                   sorted(labels_of(3)))])),

@@ -128,6 +128,7 @@ def no_evil_file(tmp_path: Path, *targets: Path) -> None:
     assert [p for p in tmp_path.rglob("*") if "evil" in p.name] == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hostile", ["../../evil.txt", "ABSOLUTE", "dir/../evil.txt"])
 def test_a_member_named_like_a_path_is_refused_by_every_reader_and_nothing_is_written(clean_set, tmp_path,
                                                                                      monkeypatch, hostile):
@@ -197,6 +198,7 @@ def test_a_manifest_naming_a_path_as_shard_is_refused_by_every_reader(clean_set,
 
 # --- checkpoints -----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_checkpoint_that_would_run_code_is_refused_by_train_and_evaluate(sample_shards, tmp_path):
     import torch
 
@@ -244,6 +246,7 @@ def first_train_shard(shards: Path) -> tuple[int, object]:
     return i, entries[i]
 
 
+@pytest.mark.slow
 def test_shards_that_do_not_match_the_manifest_refuse_to_train_unless_no_verify(sample_shards, tmp_path):
     wrong_hash, wrong_size = tmp_path / "wrong_hash", tmp_path / "wrong_size"
     for shards in (wrong_hash, wrong_size):

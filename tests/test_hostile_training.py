@@ -26,6 +26,8 @@ from click.testing import CliRunner
 from sen12ms_common.manifest import ManifestError, checksums_of, load_manifest
 from sen12ms_common.shardformat import LABEL_EXT, SampleLayout
 
+pytestmark = pytest.mark.slow  # training and evaluation runs in subprocesses
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = ("--model", "SmallCNN", "--input", "rgb", "--batch-size", "8", "--workers", "0", "--streams", "1",
          "--stats", "manifest", "--seed", "5", "--device", "cpu")

@@ -236,6 +236,7 @@ def _bad_tree(root: Path) -> dict[str, str]:
     return bad
 
 
+@pytest.mark.slow
 def test_batch_lists_every_bad_input_and_keeps_the_good_ones(tmp_path: Path):
     root = tmp_path / "tree"
     bad = _bad_tree(root)

@@ -19,6 +19,8 @@ from sen12ms_common.shardformat import LABEL_EXT, decode_label
 from train.evaluate import evaluate_checkpoint
 from train.metrics import compute_metrics
 
+pytestmark = pytest.mark.slow  # trains until the models learn
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -330,6 +330,7 @@ print("received", len(received))
 """
 
 
+@pytest.mark.slow
 def test_loader_workers_survive_a_process_group_sigterm_while_they_start(shards):
     """torchrun (`killpg`), a batch scheduler and a terminal signal the whole process group. A
     worker hit while it starts must not die of it and take the run down before the trainer has

@@ -102,6 +102,7 @@ def test_unknown_model_names_every_choice():
         build_model("ResNet50", 0, 10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in ORIGINAL_NINE + ["ResNet18"]])
 @pytest.mark.parametrize("input_set, classes", CASES)
 def test_state_dict_keys_and_shapes_match_the_original_layout(name, input_set, classes):
@@ -179,6 +180,7 @@ def _resnet_reference(model: nn.Module, n_in: int, classes: int) -> nn.Module:
     return tv
 
 
+@pytest.mark.slow
 def test_resnet50_logits_equal_torchvision_forward_with_the_same_weights():
     torch.manual_seed(1)
     model = build_model("ResNet50", 10, 10).eval()
@@ -193,6 +195,7 @@ def test_resnet50_logits_equal_torchvision_forward_with_the_same_weights():
     assert (got - expected).abs().max().item() <= 1e-5 * scale
 
 
+@pytest.mark.slow
 def test_densenet121_flattens_the_8x8_map_without_relu_or_pooling_in_nchw_order():
     torch.manual_seed(2)
     model = build_model("DenseNet121", 3, 10).eval()
@@ -233,6 +236,7 @@ def test_small_models_take_any_size_and_channels_last(name):
     assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_smallcnn_learns_a_spectral_rule_in_a_few_steps():
     """Gradients reach every layer: four classes told apart by their mean spectrum only."""
     g = torch.Generator().manual_seed(4)

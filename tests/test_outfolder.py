@@ -111,6 +111,7 @@ def held_run(tree: Path, out: str, tmp_path: Path, act: Callable[[subprocess.Pop
 
 # --- one writer per OUT ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_second_converter_on_the_same_out_is_refused_naming_the_first_which_finishes(tree, clean, out, tmp_path):
     seen: dict = {}
 
@@ -138,6 +139,7 @@ def test_a_second_converter_on_the_same_out_is_refused_naming_the_first_which_fi
     assert files(out) == files(str(clean))  # the first finished as if alone; its lock is gone
 
 
+@pytest.mark.slow
 def test_a_converter_killed_holding_its_lock_is_taken_over_on_this_machine(tree, clean, tmp_path):
     out = tmp_path / "out"
     returncode, err = held_run(tree, str(out), tmp_path, lambda first: os.killpg(first.pid, signal.SIGKILL))
@@ -291,6 +293,7 @@ def test_data_pointing_at_a_season_or_scene_folder_names_the_folder_to_give(tree
     assert list((tmp_path / "out").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_resume_into_a_folder_of_another_conversion_names_the_option_that_differs(tree, clean, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(clean, out)

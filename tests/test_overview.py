@@ -59,6 +59,7 @@ def tree_report(sample_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return out
 
 
+@pytest.mark.slow
 def test_pixel_counts_equal_counts_computed_from_the_lc_files(sample_tree: Path, tree_report: Path):
     per_patch = independent_counts(sample_tree)
     assert len(per_patch) == len(list(sample_tree.glob("*/s2_*/*.tif"))) >= 40
@@ -95,6 +96,7 @@ def test_pixel_counts_equal_counts_computed_from_the_lc_files(sample_tree: Path,
     assert sum(int(r["patches"]) for r in season_rows) == len(per_patch)
 
 
+@pytest.mark.slow
 def test_single_label_counts_follow_the_label_rule(sample_tree: Path, tree_report: Path):
     per_patch = independent_counts(sample_tree)
     prob = np.stack([c / c.sum() for c in per_patch.values()])
@@ -121,6 +123,7 @@ def _rewrite_igbp(path: Path, igbp: np.ndarray) -> None:
         ds.write(data)
 
 
+@pytest.mark.slow
 def test_classes_16_and_17_land_in_their_own_bins(tmp_path: Path):
     """The original notebook's np.histogram(bins=17, range=(0, 17)) shifted classes and merged 16, 17."""
     from convert.synth import synthesize
@@ -171,6 +174,7 @@ def _is_real_picture(path: Path, min_w: int = 400, min_h: int = 250) -> tuple[in
     return w, h
 
 
+@pytest.mark.slow
 def test_charts_and_map_are_readable_pngs(tree_report: Path):
     for key in ("pixels_total_png", "pixels_season_png", "pixels_scene_png", "single_full_png", "single_simple_png"):
         _is_real_picture(tree_report / FILES[key])
@@ -199,6 +203,7 @@ def test_map_draws_without_coastlines(tmp_path: Path):
         _is_real_picture(tmp_path / name, min_w=1000, min_h=500)
 
 
+@pytest.mark.slow
 def test_geojson_has_one_point_per_scene_with_holdout_flags(sample_tree: Path, tree_report: Path):
     from convert.splits import load_holdout
 
@@ -219,6 +224,7 @@ def test_geojson_has_one_point_per_scene_with_holdout_flags(sample_tree: Path, t
     assert not all(f["properties"]["holdout"] for f in got.values())
 
 
+@pytest.mark.slow
 def test_real_patch_is_located_in_east_africa(real_dir: Path, tmp_path: Path):
     """The real lc patch (UTM 37S) placed under its SEN12MS path; its scene centre is its centre."""
     root = tmp_path / "tree"
@@ -263,6 +269,7 @@ class _Links(HTMLParser):
                 self.links.append(value)
 
 
+@pytest.mark.slow
 def test_index_html_shows_every_file_with_relative_links(tree_report: Path):
     text = (tree_report / FILES["index"]).read_text()
     parser = _Links()
@@ -278,6 +285,7 @@ def test_index_html_shows_every_file_with_relative_links(tree_report: Path):
         assert name in text
 
 
+@pytest.mark.slow
 def test_output_does_not_depend_on_the_worker_count(sample_tree: Path, tree_report: Path, tmp_path: Path):
     out = tmp_path / "one"
     run_overview("--data", str(sample_tree), "--out", str(out), "--workers", "1")
@@ -285,6 +293,7 @@ def test_output_does_not_depend_on_the_worker_count(sample_tree: Path, tree_repo
         assert (out / FILES[key]).read_bytes() == (tree_report / FILES[key]).read_bytes(), key
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_listed_and_the_rest_is_reported(tmp_path: Path):
     from convert.synth import synthesize
 
@@ -340,6 +349,7 @@ def test_counts_from_probability_restore_pixel_counts():
         assert np.abs(counts_from_probability(rounded, 65536) - counts).max() <= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("modalities, codec", [("s2", "zstd"), ("s2,lc", "lz4")])
 def test_overview_from_shards_agrees_with_the_geotiff_overview(tmp_path: Path, modalities: str, codec: str):
     from convert.shards import shards as shards_command

@@ -24,6 +24,8 @@ from outlocks import dead_pid, plant_lock
 from sen12ms_common.manifest import load_manifest
 from sen12ms_common.patches import SEASONS, SceneId, parse_patch
 
+pytestmark = pytest.mark.slow  # conversions in parts, in subprocesses
+
 REPO = Path(__file__).resolve().parents[1]
 SHARD_SIZE = "3MB"  # two samples per shard: several shards per part and split
 N = 3

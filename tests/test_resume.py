@@ -15,6 +15,8 @@ import torch
 from runstops import GatedTrace, stop_points
 from sen12ms_common.manifest import load_manifest
 
+pytestmark = pytest.mark.slow  # training runs stopped and resumed
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -33,6 +33,8 @@ from sen12ms_common.storage import (
     StorageUnavailableError,
 )
 
+pytestmark = pytest.mark.slow  # a real S3 server, conversions and training through it
+
 REPO = Path(__file__).resolve().parents[1]
 FAST = RetryPolicy(attempts=3, backoff=0.05, max_backoff=0.2)
 CREDENTIALS_HINT = "(check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
@@ -482,8 +484,9 @@ def test_train_from_s3_and_a_server_killed_mid_read(local_shards: Path, tmp_path
 
         # Killed mid-read and restarted while the reader waits: the run goes through.
         server.start()
+        proxy.unreachable.clear()
         job = train_and_kill_the_server_mid_read(tmp_path / "back")
-        time.sleep(1.0)
+        assert proxy.unreachable.wait(120), "the reader did not try the dead server"
         server.start()
         out, _ = job.communicate(timeout=180)
         assert job.returncode == 0, out

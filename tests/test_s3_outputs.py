@@ -16,6 +16,8 @@ from s3server import WeedServer
 
 from sen12ms_common import storage
 
+pytestmark = pytest.mark.slow  # a real S3 server, training and conversion outputs in it
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = ("--model", "SmallCNN", "--input", "rgb", "--batch-size", "8", "--workers", "0", "--streams", "1",
          "--stats", "manifest", "--seed", "5", "--device", "cpu")

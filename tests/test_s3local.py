@@ -20,6 +20,8 @@ from click.testing import CliRunner
 from convert.cli import cli
 from convert.s3local import free_ports, weed_binary
 
+pytestmark = pytest.mark.slow  # starts local S3 servers
+
 REPO = Path(__file__).resolve().parents[1]
 MARKER = "SEN12MS_S3LOCAL_TEST"  # in the environment of the command, so of the weed it starts
 

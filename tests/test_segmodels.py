@@ -92,6 +92,7 @@ def _random_state(layout: Layout) -> dict[str, torch.Tensor]:
             for k, s in layout.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, layout", [("UNet", baseline_unet), ("DeepLabV3Plus", baseline_deeplab)])
 def test_a_baseline_checkpoint_loads_unchanged(tmp_path, name, layout):
     """A file shaped as the baseline's export_model writes it (model_state_dict, step,
@@ -106,6 +107,7 @@ def test_a_baseline_checkpoint_loads_unchanged(tmp_path, name, layout):
         assert torch.equal(v, state[k]), k
 
 
+@pytest.mark.slow
 def test_forward_shapes_at_256():
     torch.manual_seed(0)
     x = torch.randn(1, 12, 256, 256)
@@ -120,6 +122,7 @@ def test_forward_shapes_at_256():
             assert seen == [(1, 2048, deep, deep), (1, 256, 64, 64)]
 
 
+@pytest.mark.slow
 def test_forward_in_either_memory_format_and_odd_sizes():
     torch.manual_seed(0)
     x = torch.randn(2, 4, 64, 64)
@@ -133,6 +136,7 @@ def test_forward_in_either_memory_format_and_odd_sizes():
         assert DeepLabV3Plus(4, 10).eval()(torch.randn(1, 4, 75, 93)).shape == (1, 10, 75, 93)
 
 
+@pytest.mark.slow
 def test_deeplab_trains_in_train_mode():
     net = DeepLabV3Plus(4, 10).train()
     x, y = torch.randn(2, 4, 32, 32), torch.randint(0, 10, (2, 32, 32))
@@ -191,6 +195,7 @@ def resnet101_file(tmp_path_factory) -> tuple:
     return path, state
 
 
+@pytest.mark.slow
 def test_backbone_weights_from_a_local_file(resnet101_file, tmp_path, monkeypatch):
     path, state = resnet101_file
     net = DeepLabV3Plus(12, 9, backbone_weights=path)
@@ -210,6 +215,7 @@ def test_backbone_weights_from_a_local_file(resnet101_file, tmp_path, monkeypatc
     assert torch.equal(net.backbone.layer1[0].conv1.weight, state["layer1.0.conv1.weight"].float())
 
 
+@pytest.mark.slow
 def test_backbone_weights_that_do_not_fit(tmp_path):
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "small.pth")
     with pytest.raises(BackboneWeightsError, match="small.pth: not a ResNet-101 state dict"):

@@ -66,6 +66,7 @@ def tree_paths(root: Path):
 
 # --- round trips ---------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("codec", ["zstd", "lz4", "none"])
 def test_sample_tree_round_trips_for_every_codec(sample_tree, tmp_path, codec):
     out = tmp_path / "out"
@@ -140,6 +141,7 @@ def test_real_patches_round_trip_for_every_codec(real_dir, tmp_path, codec):
 
 # --- content of the samples --------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_labels_and_meta_equal_the_labels_command_and_the_geotiffs(sample_tree, converted):
     scan = scan_tree(str(sample_tree))
     labels, problems = derive_labels(scan.triplets, workers=1, progress=False)
@@ -173,6 +175,7 @@ def test_samples_are_shuffled_across_the_shards_of_a_split(converted):
     assert len(train) >= 3 and all(e.bytes <= parse_size(SHARD_SIZE) or e.samples == 1 for e in train)
 
 
+@pytest.mark.slow
 def test_manifest_stats_equal_numpy_over_the_train_split(sample_tree, converted):
     manifest = load_manifest(str(converted))
     paths = tree_paths(sample_tree)
@@ -205,6 +208,7 @@ def test_report_accounts_for_every_input_and_rejects_the_broken_triplet(converte
         "reason": "known broken triplet (S1 holds NaN): left out of train as in the original"}]
 
 
+@pytest.mark.slow
 def test_files_of_the_labels_and_splits_commands_give_the_same_shards_and_report(sample_tree, converted, tmp_path):
     runner = CliRunner()
     for cmd in ("labels", "splits"):
@@ -223,6 +227,7 @@ def test_files_of_the_labels_and_splits_commands_give_the_same_shards_and_report
 
 # --- determinism, resume and faults --------------------------------------------------------------
 
+@pytest.mark.slow
 def test_output_is_byte_identical_for_any_worker_count(sample_tree, converted, tmp_path):
     out = tmp_path / "out"
     run_shards(sample_tree, out, "--workers", "2", "--shard-size", SHARD_SIZE)
@@ -231,6 +236,7 @@ def test_output_is_byte_identical_for_any_worker_count(sample_tree, converted, t
     assert all(a[n] == b[n] for n in a)
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_options_and_a_finished_set_resumes_to_the_same_bytes(sample_tree, converted, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(converted, out)

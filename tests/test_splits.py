@@ -56,6 +56,7 @@ def _train_ids(scenes: dict[tuple[str, int], int]) -> list[PatchId]:
 TRAIN_SCENES = {(SEASONS[i % 4], 200 + i): 40 + (i * 137) % 860 for i in range(60)}
 
 
+@pytest.mark.slow
 def test_real_scale_split_is_grouped_by_scene_and_deterministic(official):
     names, holdout = official
     ids = [parse_patch(n) for n in names] + _train_ids(TRAIN_SCENES)

@@ -83,6 +83,7 @@ def _tree_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_bytes(tmp_path: Path):
     a = synthesize(tmp_path / "a", scenes=3, patches_per_scene=2, seed=5, broken=True, progress=False)
     b = synthesize(tmp_path / "b", scenes=3, patches_per_scene=2, seed=5, broken=True, progress=False)
@@ -119,6 +120,7 @@ def test_holdout_scenes_and_list(sample_tree: Path):
     assert {p.season for p in s2} == {"ROIs1158_spring", "ROIs1868_summer", "ROIs1970_fall", "ROIs2017_winter"}
 
 
+@pytest.mark.slow
 def test_content_is_learnable_from_mean_spectra(sample_tree: Path):
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupKFold

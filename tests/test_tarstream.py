@@ -124,6 +124,7 @@ def test_a_repeated_member_is_an_error():
         list(iter_samples(io.BytesIO(data), {"json"}))
 
 
+@pytest.mark.slow
 def test_real_shards_read_as_webdataset_reads_them(sample_shards: Path):
     for shard in sorted(sample_shards.glob("*.tar"))[:3]:
         data = shard.read_bytes()

@@ -21,6 +21,8 @@ from sen12ms_common.manifest import load_manifest
 from train.argsfile import ORIGINAL_KEYS, read_arguments_file
 from train.metrics import compute_metrics, scalar_metrics
 
+pytestmark = pytest.mark.slow  # training and evaluation runs in subprocesses
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -69,6 +69,7 @@ def test_an_exception_in_a_worker_is_raised_in_the_parent_with_its_traceback():
     assert not any(_alive(p) for p in pids)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads process states from /proc")
 def test_a_worker_killed_while_sending_a_large_result_ends_the_map_at_once():
     start = time.monotonic()

@@ -14,6 +14,7 @@ import torch
 
 from sen12ms_common import storage
 from sen12ms_common.dfc import DfcScheme, train_to_dfc
+from sen12ms_common.errors import report_errors
 from sen12ms_common.inputs import STATS_CHOICES
 from sen12ms_common.names import ALL_SPLITS
 
@@ -231,25 +232,15 @@ def predict(*, checkpoint: str, out: str, shards: str | None = None, split: str 
 @click.option("--preview-rows", type=click.IntRange(1, 64), default=8, show_default=True,
               help="Patches per preview page.")
 @click.option("--no-verify", is_flag=True, help="Do not check shard sizes and checksums against the manifest.")
+@report_errors
 def main(checkpoint, shards, split, data, out, batch_size, device, stats, previews, preview_rows, no_verify) -> None:
     """Predict a land-cover map (DFC2020 classes) for every patch of a shard split or a GeoTIFF folder."""
-    from sen12ms_common.manifest import ManifestError
-    from sen12ms_common.storage import StorageError
-
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .data.tiffdir import TiffDirError
-    from .device import DeviceError
-
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     if (shards is None) == (data is None):
         raise click.UsageError("give either --shards DIR (with --split) or --data FOLDER_OF_GEOTIFFS")
-    try:
-        predict(checkpoint=checkpoint, out=out, shards=shards, split=split, data=data, batch_size=batch_size,
-                device=device, stats=stats, previews=previews, preview_rows=preview_rows, verify=not no_verify,
-                echo=click.echo)
-    except (CheckpointError, DataError, TiffDirError, ManifestError, StorageError, DeviceError) as exc:
-        raise click.ClickException(str(exc).splitlines()[0]) from None
+    predict(checkpoint=checkpoint, out=out, shards=shards, split=split, data=data, batch_size=batch_size,
+            device=device, stats=stats, previews=previews, preview_rows=preview_rows, verify=not no_verify,
+            echo=click.echo)
 
 
 if __name__ == "__main__":

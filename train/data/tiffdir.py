@@ -12,6 +12,7 @@ import numpy as np
 
 from sen12ms_common.bands import MODALITY_BANDS, BandRef, modalities_of
 from sen12ms_common.dfc import dfc_to_train, igbp_to_dfc
+from sen12ms_common.errors import Sen12msError
 from sen12ms_common.shardformat import quantize_s1
 
 from ..segfiles import Georef
@@ -22,7 +23,7 @@ _TOKEN = re.compile(r"(?:(?<=_)|^)(s1|s2|lc|dfc)(?=_|$)", re.IGNORECASE)
 _SUFFIXES = (".tif", ".tiff")
 
 
-class TiffDirError(ValueError):
+class TiffDirError(ValueError, Sen12msError):
     """A folder or file that cannot be predicted from; the message names it."""
 
 
