@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # training, evaluation and prediction runs in subprocesses
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["--task", "segmentation", "--model", "SmallUNet", "--input", "s2hr+s2mr+s1", "--stats", "dfc2020",
          "--no-savanna", "--batch-size", "2", "--augment", "--device", "cpu", "--val-split", "dfc2020_val",

@@ -7,12 +7,15 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from sen12ms_common.bands import resolve_bands
 from sen12ms_common.dfc import igbp_to_dfc
 from sen12ms_common.inputs import channel_transform
 from train.segtask import SegmentationTask
+
+pytestmark = pytest.mark.slow  # trains until the model learns
 
 # Measured (docs/segmentation.md, "Learnability"): mIoU 0.432, AA 0.831, OA 0.906 on these held-out
 # scenes (6 of the 10 classes present: mIoU counts the 4 absent ones as 0, as the baseline does,

@@ -111,12 +111,9 @@ def _georef(meta: dict[str, Any]) -> Georef | None:
 
 def _input(items: list[Item], bands) -> torch.Tensor:
     """The model's channels of a batch as stored values (uint16 (B, C, H, W))."""
-    h, w = next(iter(items[0].stored.values())).shape[1:]
-    out = np.empty((len(items), len(bands), h, w), dtype=np.uint16)
-    for k, it in enumerate(items):
-        for i, b in enumerate(bands):
-            out[k, i] = it.stored[b.modality][b.index]
-    return torch.from_numpy(out)
+    from sen12ms_common.inputs import select_channels
+
+    return torch.from_numpy(np.stack([select_channels(it.stored, bands) for it in items]))
 
 
 def _batches(items: Iterator[Item], batch_size: int) -> Iterator[list[Item]]:
