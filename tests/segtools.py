@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 from sen12ms_common.bands import resolve_bands
 from sen12ms_common.inputs import channel_transform

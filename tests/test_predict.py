@@ -15,7 +15,7 @@ from segtools import write_seg_checkpoint
 from sen12ms_common.dfc import DfcScheme
 from sen12ms_common.igbp import DFC2020_COLOURS
 
-pytestmark = pytest.mark.slow  # trained checkpoints and CLI runs
+pytestmark = pytest.mark.slow  # conversion and prediction runs in subprocesses
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_PAIR = ("sen12mscr_ROIs1158_spring_s2_101_p30.tif", "sen12mscr_ROIs1158_spring_s1_101_p30.tif")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow  # segmentation runs end to end
+pytestmark = pytest.mark.slow  # training, evaluation and prediction runs in subprocesses
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["--task", "segmentation", "--model", "SmallUNet", "--input", "s2hr+s2mr+s1", "--stats", "dfc2020",

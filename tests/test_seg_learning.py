@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from sen12ms_common.bands import resolve_bands
@@ -16,6 +17,8 @@ from train.segtask import SegmentationTask
 import pytest
 
 pytestmark = pytest.mark.slow  # a few hundred training steps
+
+pytestmark = pytest.mark.slow  # trains until the model learns
 
 # Measured (docs/segmentation.md, "Learnability"): mIoU 0.432, AA 0.831, OA 0.906 on these held-out
 # scenes (6 of the 10 classes present: mIoU counts the 4 absent ones as 0, as the baseline does,

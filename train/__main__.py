@@ -15,6 +15,7 @@ from click.core import ParameterSource
 from sen12ms_common.errors import report_errors
 from sen12ms_common.igbp import LABEL_TYPES, SCHEMES
 from sen12ms_common.inputs import STATS_CHOICES
+from sen12ms_common.names import ALL_SPLITS
 
 from .config import TrainConfig
 from .data import loader_names
@@ -101,9 +102,9 @@ _D = TrainConfig()  # the defaults, in one place
               help="Segmentation: ignore savanna pixels, 9 classes (the DFC2020 baseline's --no_savanna).")
 @click.option("--output-stride", type=click.Choice(["8", "16"]), default=str(_D.output_stride), show_default=True,
               callback=lambda ctx, param, v: int(v), help="Segmentation: output stride of DeepLabV3Plus.")
-@click.option("--val-split", default=_D.val_split, show_default=True, metavar="SPLIT",
+@click.option("--val-split", default=_D.val_split, show_default=True, type=click.Choice(ALL_SPLITS),
               help="Split validated after every epoch (e.g. dfc2020_val, the DFC2020 validation set).")
-@click.option("--test-split", default=_D.test_split, show_default=True, metavar="SPLIT",
+@click.option("--test-split", default=_D.test_split, show_default=True, type=click.Choice(ALL_SPLITS),
               help="Split the best checkpoint is scored on (e.g. dfc2020_test); its files are RUN/test_*.")
 @progress_options
 @click.pass_context

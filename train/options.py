@@ -71,10 +71,9 @@ def _model(v: Any) -> str | None:
 
 
 def _split(v: Any) -> str | None:
-    from sen12ms_common.manifest import is_shard_name
+    from sen12ms_common.names import ALL_SPLITS
 
-    ok = isinstance(v, str) and 0 < len(v) <= 64 and is_shard_name(f"{v}-000000.tar", v)
-    return None if ok else "a split name (lower-case letters, digits and _)"
+    return _choice(*ALL_SPLITS)(v)
 
 
 def _task_model(values: Mapping[str, Any], where: Callable[[str], str]) -> None:

@@ -1,11 +1,6 @@
-"""`python -m train.predict`: land-cover maps from a segmentation checkpoint, one GeoTIFF per patch.
-
-From a split of a shard set (`--shards DIR --split S`: the CRS and transform come from each
-sample's metadata, which the converter stores) or from a folder of S1/S2 GeoTIFFs that were
-never converted (`--data`). Each map is a single-band uint8 GeoTIFF of DFC2020 values 1..10 with
-the input patch's CRS and transform and the baseline's colour table; preview pages show S2 RGB,
-prediction and ground truth where there is one.
-"""
+"""`python -m train.predict`: land-cover maps from a segmentation checkpoint, one georeferenced
+GeoTIFF per patch of a shard split or of a folder of S1/S2 GeoTIFFs never converted, and preview
+pages; details in docs/segmentation.md ("Land-cover maps")."""
 
 from __future__ import annotations
 
@@ -21,6 +16,7 @@ from sen12ms_common import storage
 from sen12ms_common.dfc import DfcScheme, train_to_dfc
 from sen12ms_common.errors import report_errors
 from sen12ms_common.inputs import STATS_CHOICES
+from sen12ms_common.names import ALL_SPLITS
 
 from .segfiles import (Georef, PreviewRow, colourise, geotiff_bytes, prediction_name, preview_png, s2_rgb,
                        write_bytes)
@@ -83,7 +79,8 @@ def shard_items(root: str, split: str, bands, savanna: bool, verify: bool) -> tu
     problems = check_shards(root, entries, verify)
     if problems:
         raise DataError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-    src = AllMembers(root, entries, layout, bands, None, verify, False)  # type: ignore[arg-type]
+    src = AllMembers(root=root, entries=entries, layout=layout, bands=tuple(bands), rule=None,  # type: ignore[arg-type]
+                     verify=verify, skip_bad=False)
 
     def items() -> Iterator[Item]:
         for key, members, shard in read_split(src):
@@ -113,6 +110,7 @@ def _georef(meta: dict[str, Any]) -> Georef | None:
 # --- the loop --------------------------------------------------------------------------------------
 
 def _input(items: list[Item], bands) -> torch.Tensor:
+    """The model's channels of a batch as stored values (uint16 (B, C, H, W))."""
     from sen12ms_common.inputs import select_channels
 
     return torch.from_numpy(np.stack([select_channels(it.stored, bands) for it in items]))
@@ -214,8 +212,8 @@ def predict(*, checkpoint: str, out: str, shards: str | None = None, split: str 
 @click.option("--checkpoint", required=True, metavar="CKPT",
               help="Checkpoint of `python -m train --task segmentation` (<ts>_model_best.pth).")
 @click.option("--shards", default=None, metavar="DIR|URL", help="Shard set written by `python -m convert shards`.")
-@click.option("--split", default="test", show_default=True, metavar="SPLIT",
-              help="Split of --shards to predict (test, val, train, dfc2020_val, dfc2020_test, ...).")
+@click.option("--split", default="test", show_default=True, type=click.Choice(ALL_SPLITS),
+              help="Split of --shards to predict.")
 @click.option("--data", default=None, metavar="DIR",
               help="Folder of S1/S2 GeoTIFFs instead of shards, never converted (names with _s1_/_s2_ tokens or "
                    "s1/ s2/ folders; _lc_/_dfc_ files beside them are ground truth for the previews).")

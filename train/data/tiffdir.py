@@ -1,12 +1,6 @@
-"""S1/S2 GeoTIFFs that were never converted, as `python -m train.predict --data` reads them.
-
-Files are found anywhere under a folder and grouped into patches by name: a `s1`, `s2`, `lc` or
-`dfc` token in the file name (`..._s2_0_p12.tif`) or at the start of a folder name (`s2/`,
-`s2_7/`, `s2_validation/`) says the modality; the rest of the path, the same for all members of
-a patch, is its key. This covers the SEN12MS and DFC2020 trees and the baseline's `s1/` + `s2/`
-folders. Pixels become the shards' stored values (S2 as is, S1 dB quantised as the converter
-does), so a model sees the same input as from shards.
-"""
+"""S1/S2 GeoTIFFs never converted, as `python -m train.predict --data` reads them: grouped into
+patches by the `s1`/`s2`/`lc`/`dfc` part of their names, read into the shards' stored values
+(docs/segmentation.md, "Land-cover maps")."""
 
 from __future__ import annotations
 
