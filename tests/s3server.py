@@ -132,9 +132,9 @@ class FaultProxy:
                         hold -= len(data)
                     if budget is not None:
                         if len(data) >= budget:
-                            client.sendall(data[:budget])
-                            with self._lock:
+                            with self._lock:  # counted before the client can see the cut
                                 self.cuts += 1
+                            client.sendall(data[:budget])
                             return
                         budget -= len(data)
                     client.sendall(data)
@@ -151,9 +151,9 @@ class FaultProxy:
                 f"<Message>injected by the test proxy</Message></Error>").encode()
         head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-        client.sendall(head + body)
-        with self._lock:
+        with self._lock:  # counted before it is sent: the client may act on it before this thread runs again
             self.failures += 1
+        client.sendall(head + body)
 
 
 def apply_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
