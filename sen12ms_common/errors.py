@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 F = TypeVar("F", bound=Callable)
 
@@ -20,6 +20,16 @@ class DataError(Sen12msError):
 
 class ShardError(DataError):
     """A shard (or a sample in it) that is missing, damaged or not what the manifest says."""
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and the exceptions behind it (`__cause__`, else `__context__`), each once."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
 
 
 def one_line(exc: BaseException) -> str:

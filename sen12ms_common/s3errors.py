@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterator
 
+from .errors import exception_chain
 from .storage import StorageAccessError, StorageError, StorageNotFoundError, StorageUnavailableError
 
 # Error codes of S3 (and of its look-alikes) that a later attempt may not see again.
@@ -29,22 +29,13 @@ class Failure:
     error: StorageError
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        yield e
-        e = e.__cause__ or e.__context__
-
-
 def _client_error(exc: BaseException):
     """The botocore ClientError behind an exception (s3fs re-raises them as OSError)."""
     try:
         from botocore.exceptions import ClientError
     except ImportError:  # pragma: no cover - s3fs needs botocore
         return None
-    for e in _chain(exc):
+    for e in exception_chain(exc):
         if isinstance(e, ClientError):
             return e
     return None
@@ -89,7 +80,7 @@ def _network_errors() -> dict[str, tuple[type[BaseException], ...]]:
 def _network_reason(exc: BaseException) -> str | None:
     """A short reason when exc is a network failure (transient), else None."""
     kinds = _network_errors()
-    for e in _chain(exc):
+    for e in exception_chain(exc):
         if isinstance(e, EndedEarly):
             return str(e)
         if isinstance(e, kinds["connect"]):
@@ -159,4 +150,4 @@ def is_storage_failure(exc: BaseException) -> bool:
         from botocore.exceptions import BotoCoreError
     except ImportError:  # pragma: no cover
         return False
-    return any(isinstance(e, (StorageError, BotoCoreError)) for e in _chain(exc))
+    return any(isinstance(e, (StorageError, BotoCoreError)) for e in exception_chain(exc))

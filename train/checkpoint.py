@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from sen12ms_common import storage
-from sen12ms_common.errors import Sen12msError
+from sen12ms_common.errors import Sen12msError, exception_chain
 
 ORIGINAL_KEYS: tuple[str, ...] = ("epoch", "arch", "model_state_dict", "optimizer_state_dict", "best_prec")
 # A run's timestamp (`YYYYmmdd_HHMMSS`): it names the run's files, so nothing else may stand there.
@@ -247,22 +247,14 @@ def save_checkpoint(path: str, *, epoch: int, arch: str, model_state_dict: Mappi
         raise CheckpointError(f"{exc} (writing the checkpoint)") from None
     except (OSError, RuntimeError) as exc:
         # torch.save reports a failed write of its file object as a RuntimeError over the OSError.
-        cause = next((e for e in _chain(exc) if isinstance(e, OSError)), None)
+        cause = next((e for e in exception_chain(exc) if isinstance(e, OSError)), None)
         if cause is None:
             raise
         raise CheckpointError(f"{path}: cannot write the checkpoint ({cause.strerror or cause})") from None
 
 
-def _chain(exc: BaseException):
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        yield e
-        e = e.__cause__ or e.__context__
-
-
 # ----------------------------------------------------------------------------- resuming
+
 
 def _shown(value: Any) -> str:
     text = repr(value)

@@ -3,33 +3,16 @@
 
 from __future__ import annotations
 
-import io
 from typing import Mapping, Sequence
 
 import numpy as np
 
-DPI = 100
-
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
-    return buf.getvalue()
-
+from sen12ms_common.figures import figure, png_bytes
 
 def curves_png(epochs: Sequence[int], losses: Mapping[str, Sequence[float | None]],
                scores: Mapping[str, Sequence[float | None]], best_epoch: int | None, title: str) -> bytes:
     """Loss curves (left) and validation scores (right) per epoch; None values are gaps."""
-    fig = _figure(11, 4.2)
+    fig = figure(11, 4.2, constrained=True)
     left, right = fig.subplots(1, 2)
     x = np.asarray(epochs, dtype=np.float64)
     for ax, series, ylabel in ((left, losses, "loss"), (right, scores, "validation score")):
@@ -51,7 +34,7 @@ def curves_png(epochs: Sequence[int], losses: Mapping[str, Sequence[float | None
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     right.set_ylim(0, 1.02)
     fig.suptitle(title, fontsize=10)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def matrix_png(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, *,
@@ -60,7 +43,8 @@ def matrix_png(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], tit
     from matplotlib import colormaps
 
     v = np.asarray(values, dtype=np.float64)
-    fig = _figure(max(5.0, 1.0 + 0.55 * len(cols) + 1.5), max(4.0, 1.2 + 0.45 * len(rows)))
+    fig = figure(max(5.0, 1.0 + 0.55 * len(cols) + 1.5), max(4.0, 1.2 + 0.45 * len(rows)),
+                 constrained=True)
     ax = fig.subplots()
     finite = v[np.isfinite(v)]
     top = vmax if vmax is not None else (float(finite.max()) if finite.size and finite.max() > 0 else 1.0)
@@ -78,7 +62,7 @@ def matrix_png(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], tit
             ax.text(j, i, fmt.format(v[i, j]), ha="center", va="center", fontsize=7,
                     color="white" if v[i, j] > 0.6 * top else "black")
     ax.set_title(title, fontsize=10)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 __all__ = ["curves_png", "matrix_png"]

@@ -13,6 +13,7 @@ import numpy as np
 
 from sen12ms_common import storage
 from sen12ms_common.dfc import DfcScheme
+from sen12ms_common.figures import figure, png_bytes
 from sen12ms_common.outputs import writing
 
 CSV_COLUMNS = ("class", "dfc_value", "true_pixels", "predicted_pixels", "correct_pixels", "recall", "IoU")
@@ -42,15 +43,11 @@ def classes_csv(metrics: Mapping[str, Any], scheme: DfcScheme) -> str:
 
 def confusion_png(metrics: Mapping[str, Any], scheme: DfcScheme, title: str) -> bytes:
     """Rows = true class normalised to sum 1 (recall on the diagonal), pixel counts in the cells."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     cm = np.asarray(metrics["confusion"], dtype=np.float64)
     rows = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     n = len(scheme.names)
-    fig = Figure(figsize=(1.0 + 0.75 * n, 1.0 + 0.65 * n), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = figure(1.0 + 0.75 * n, 1.0 + 0.65 * n, constrained=True)
     ax = fig.add_subplot()
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), scheme.names, rotation=45, ha="right")
@@ -64,9 +61,7 @@ def confusion_png(metrics: Mapping[str, Any], scheme: DfcScheme, title: str) -> 
                         color="white" if share[i, j] > 0.5 else "black")
     aa, miou = metrics.get("AA"), metrics.get("mIoU")
     ax.set_title(f"{title}: AA {aa:.3f}, mIoU {miou:.3f}" if aa == aa and miou == miou else title)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", facecolor="white")
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def write_segmentation_scores(out_dir: str, split: str, metrics: Mapping[str, Any], scheme: DfcScheme) -> list[str]:
