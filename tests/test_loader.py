@@ -257,6 +257,12 @@ def test_damaged_sample_is_named_with_its_shard(shards, tmp_path):
     loader = make_loader("webdataset", spec(root, "test", verify=False, skip_bad_shards=True))
     keys = keys_of(loader)
     assert key not in keys and len(keys) == 10 and key in loader.skipped[0]
+    # Batches of one over two reading threads: the batch left empty is skipped in its place,
+    # and every other batch still comes in the order of one thread.
+    one = {n: make_loader("webdataset", spec(root, "test", verify=False, skip_bad_shards=True, batch_size=1,
+                                             streams=4, threads=n)) for n in (1, 2)}
+    assert keys_of(one[2]) == keys_of(one[1]) and sorted(keys_of(one[1])) == sorted(keys)
+    assert len(one[2]) == 11 and key in one[2].skipped[0]
 
 
 def test_truncated_shard_is_refused_before_training(shards, tmp_path):

@@ -70,11 +70,11 @@ def test_an_epoch_left_early_stops_its_threads(shards):
     before = {t.name for t in threading.enumerate()}
     it = loader.epoch(0)
     first = next(it)
-    assert "loader" in {t.name for t in threading.enumerate()}
+    assert "reader-0" in {t.name for t in threading.enumerate()}  # a reading thread per stream group
     it.close()
     assert {t.name for t in threading.enumerate()} - before <= {t.name for t in threading.enumerate()
                                                                 if t.name.startswith("decode")}
-    assert "loader" not in {t.name for t in threading.enumerate()}
+    assert not [t for t in threading.enumerate() if t.name.startswith(("reader", "loader"))]
     check_against_truth([first], truth)
     loader.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("decode")]

@@ -6,9 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import queue
 import signal
-import threading
 from collections import deque
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
@@ -23,6 +21,7 @@ from sen12ms_common.buffers import BufferPool
 
 from . import DataError, LoaderSpec, mask_source
 from .batches import SYMMETRIES, BatchDecoder
+from .feeds import prefetched, threaded_workers
 from .plan import EpochPlan, StreamPlan, buffer_shuffle, epoch_plan
 from .shardread import RawSample, ShardError, ShardSource, check_shards, read_slice
 
@@ -95,23 +94,27 @@ class EpochStreams(IterableDataset):
         self.bufsize = max(1, math.ceil(shuffle_buffer / streams))
         self.threads, self.pin_memory, self.augment = threads, pin_memory, augment
         self.epoch, self.start_batch = 0, 0
-        self._decoder: BatchDecoder | None = None
-        self._pools: dict[int, BufferPool] = {}  # per reading thread: members are read into reused memory
+        # Per reading thread (w): its decoder and the reused memory its members are read into.
+        self._decoders: dict[int, BatchDecoder] = {}
+        self._pools: dict[Any, BufferPool] = {}
 
-    def decoder(self) -> BatchDecoder:
+    def decoder(self, w: int, threads: int) -> BatchDecoder:
         # Made in the process (and after the fork) that decodes: a thread pool does not survive a fork.
-        if self._decoder is None:
-            self._decoder = BatchDecoder(self.src, self.threads, self.pin_memory)
-        return self._decoder
+        d = self._decoders.get(w)
+        if d is None or d.threads != max(1, threads):
+            if d is not None:
+                d.close()
+            d = self._decoders[w] = BatchDecoder(self.src, threads, self.pin_memory)
+        return d
 
     def close(self) -> None:
-        if self._decoder is not None:
-            self._decoder.close()
-            self._decoder = None
+        for d in self._decoders.values():
+            d.close()
+        self._decoders = {}
         self._pools = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_decoder": None, "_pools": {}}
+        return {**self.__dict__, "_decoders": {}, "_pools": {}}
 
     def plan(self) -> EpochPlan:
         return epoch_plan(self.counts, batch_size=self.batch_size, seed=self.seed, epoch=self.epoch,
@@ -120,6 +123,13 @@ class EpochStreams(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         w, k = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self.batches(w, k, self.threads)
+
+    def batches(self, w: int, k: int, threads: int) -> Iterator[dict[str, Any]]:
+        """The items of reader w of k (a worker process or a reading thread): batches of the
+        streams v with v % k == w in canonical order, "_skip" for a batch whose samples all
+        failed, "_end" for a stream that ended early (and at the end), "_error"; `threads`: its
+        decoding threads."""
         plan = self.plan()
         skips = skip_counts(plan, self.start_batch)
         mine = [s for s in plan.streams if s.index % k == w and s.batches > skips[s.index]]
@@ -133,8 +143,9 @@ class EpochStreams(IterableDataset):
         # Remote storage: every stream reads in a thread of its own, so that they wait on the network
         # together; local files: one thread reads them all.
         remote = storage.is_remote(self.src.root)
-        gens = {s.index: stream_batches(self.src, s, self.decoder, self._pools.setdefault(s.index if remote else 0,
-                                                                                          BufferPool()),
+        decoder = self.decoder(w, threads)
+        gens = {s.index: stream_batches(self.src, s, lambda: decoder, self._pools.setdefault(s.index if remote else (w,),
+                                                                                              BufferPool()),
                                         batch_size=self.batch_size, shuffle=self.shuffle, bufsize=self.bufsize,
                                         skip=skips[s.index], events=events,
                                         readahead=self.batch_size if remote else 0, augment=self.augment)
@@ -156,6 +167,7 @@ class EpochStreams(IterableDataset):
                     # its last shard happen only after its last sample was read.
                     next(gens[v], None)
                 if batch is None:
+                    yield {"_skip": (j, v), "_events": take()}
                     continue
                 batch["_slot"] = (j, v)
                 batch["_events"] = take()
@@ -174,6 +186,7 @@ def ordered(items: Iterable[dict[str, Any]], order: Iterable[tuple[int, int]],
     expected = deque(order)
     pending: dict[tuple[int, int], dict[str, Any]] = {}
     ended: set[int] = set()
+    skipped: set[tuple[int, int]] = set()  # batches whose samples all failed (skip_bad)
 
     def ready() -> Iterator[dict[str, Any]]:
         while expected:
@@ -181,7 +194,8 @@ def ordered(items: Iterable[dict[str, Any]], order: Iterable[tuple[int, int]],
             if key in pending:
                 expected.popleft()
                 yield pending.pop(key)
-            elif key[1] in ended:
+            elif key[1] in ended or key in skipped:
+                skipped.discard(key)
                 expected.popleft()
             else:
                 return
@@ -194,6 +208,9 @@ def ordered(items: Iterable[dict[str, Any]], order: Iterable[tuple[int, int]],
             raise ShardError(item["_error"])
         if "_end" in item:
             ended.add(int(item["_end"]))
+        elif "_skip" in item:
+            j, v = item["_skip"]
+            skipped.add((int(j), int(v)))
         else:
             j, v = item.pop("_slot")
             pending[(int(j), int(v))] = item
@@ -271,8 +288,18 @@ class WebDatasetLoader:
         skips = skip_counts(plan, start_batch)
         busy = sum(1 for s in plan.streams if s.batches > skips[s.index])
         workers = min(self.spec.workers, busy)
+        order = plan.order()[start_batch:]
         if workers == 0:
-            yield from prefetched(ordered(iter(ds), plan.order()[start_batch:], self._record))
+            # Reading threads, each with its own streams (as worker processes split them): the
+            # tar walk and shuffle of one run while the others read, hash and decode without
+            # the GIL. Threads beyond the streams decode the samples of a batch together.
+            threads = decode_threads(self.spec)
+            k = max(1, min(threads, busy))
+            if k == 1:
+                items = prefetched(ds.batches(0, 1, threads))
+            else:
+                items = threaded_workers(lambda w, k: ds.batches(w, k, threads // k), k, order)
+            yield from ordered(items, order, self._record)
             return
         loader = DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=self.spec.pin_memory,
                             worker_init_fn=_worker_init, prefetch_factor=2,
@@ -282,7 +309,7 @@ class WebDatasetLoader:
         with _forking_workers():
             it = iter(loader)
         try:
-            yield from ordered(it, plan.order()[start_batch:], self._record)
+            yield from ordered(it, order, self._record)
         finally:
             shutdown = getattr(it, "_shutdown_workers", None)
             if shutdown is not None:
@@ -303,49 +330,6 @@ def decode_threads(spec: LoaderSpec) -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-_END = object()
-
-
-def prefetched(items: Iterator[dict[str, Any]], depth: int = 2) -> Iterator[dict[str, Any]]:
-    """`items` produced by a thread up to `depth` ahead, so that reading and decoding overlap
-    the consumer's work (the training step releases the GIL)."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                q.put(item)
-                if stop.is_set():
-                    break
-        except BaseException as exc:  # handed to the consumer, raised there
-            q.put(_Failure(exc))
-        finally:
-            q.put(_END)
-
-    thread = threading.Thread(target=produce, name="loader", daemon=True)
-    thread.start()
-    item: Any = None
-    try:
-        while True:
-            item = q.get()
-            if item is _END:
-                return
-            if isinstance(item, _Failure):
-                raise item.exc
-            yield item
-    finally:
-        stop.set()
-        while item is not _END:  # let the producer finish its put, see `stop` and end
-            item = q.get()
-        thread.join()
-
-
-class _Failure:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
 
 
 def make_loader(spec: LoaderSpec) -> WebDatasetLoader:
