@@ -60,7 +60,7 @@ def webdataset_repeat(root: str, settings: LoaderSettings, workers: int, seed: i
     spec = webdataset_spec(root, settings, workers, seed, verify=verify, threads=threads, augment=augment)
     loader = make_loader("webdataset", spec)
     to_input = InputTransform(spec.transform, torch.device("cpu"))
-    consume = (lambda b: to_input(b["image"])) if to_float else (lambda b: None)
+    consume = (lambda b: to_input(b["image"], b.get("symmetry"))) if to_float else (lambda b: None)
     try:
         for _ in loader.epoch(seed):
             pass

@@ -170,7 +170,7 @@ def short_label(key: str) -> str:
     if parts[0] == "rgb":
         return "ours zstd, RGB input"
     if parts[0] == "aug":
-        return "ours zstd, --augment"
+        return f"ours zstd, {parts[2]}, --augment"
     if parts[0] == "floor":
         return "memory-copy floor, uncompressed"
     return key

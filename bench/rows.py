@@ -109,6 +109,9 @@ def _our_loader_rows(res: Results, codec: str) -> list[Row]:
         rows.append(_row(res, _LOADERS, "ours, zstd 3, uint16 batches, --augment (flips, 90-degree rotations)", "1",
                          "aug/zstd/uint16/1", "samples/s", per_core=1,
                          compared=fmt_ratio(res.ratio("aug/zstd/uint16/1", "wds/zstd/uint16/1"), "without --augment")))
+        rows.append(_row(res, _LOADERS, "ours, zstd 3, float batches, --augment (symmetries applied as the CPU converts)",
+                         "1", "aug/zstd/float/1", "samples/s", per_core=1,
+                         compared=fmt_ratio(res.ratio("aug/zstd/float/1", "wds/zstd/float/1"), "without --augment")))
     return rows
 
 

@@ -191,6 +191,8 @@ class Bench:
                      lambda r, root=root: webdataset_repeat(root, rgb, 0, seed=r, to_float=False, threads=1))
                 case("aug/zstd/uint16/1", files, one_cpu, lambda r, root=root: webdataset_repeat(
                     root, st, 0, seed=r, to_float=False, threads=1, augment=True))
+                case("aug/zstd/float/1", files, one_cpu, lambda r, root=root: webdataset_repeat(
+                    root, st, 0, seed=r, to_float=True, threads=1, augment=True))
             if codec == "none":
                 case("floor/none", files, one_cpu, lambda r, root=root: floor_repeat(root, st.input_spec,
                                                                                      st.batch_size))

@@ -24,9 +24,9 @@ from sen12ms_common.manifest import checksums_of, load_manifest
 from sen12ms_common.patches import parse_any_patch
 from segdata import band1, convert_both, make_trees, read_all, run_convert
 from train.data import DataError, LoaderSpec, make_loader
-from train.data.batches import symmetric_view
 from train.data.geotiff import original_loader
 from train.data.seggeotiff import SegGeoTiffDataset
+from train.data.symmetry import apply_symmetries, symmetric_view
 from train.data.webdataset import ShardError
 from train.device import InputTransform
 
@@ -61,7 +61,12 @@ def batches(s: LoaderSpec, epoch: int = 0) -> list[dict]:
 
 
 def by_key(bs: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    return {k: (b["image"][i].numpy(), b["mask"][i].numpy()) for b in bs for i, k in enumerate(b["key"])}
+    """Image and mask per key, as the training step sees them: moved by the batch's symmetry codes."""
+    out = {}
+    for b in bs:
+        image, mask = (apply_symmetries(b[k], b.get("symmetry")) for k in ("image", "mask"))
+        out.update({k: (image[i].numpy(), mask[i].numpy()) for i, k in enumerate(b["key"])})
+    return out
 
 
 def stored_image(tree: Path, key: str) -> np.ndarray:
@@ -117,9 +122,10 @@ def test_augmentation_moves_each_mask_with_its_image(setup):
     first = batches(s, epoch=1)
     assert [b["key"] for b in batches(s, epoch=1)] == [b["key"] for b in first]  # seeded
     codes = []
+    carried = {k: int(b["symmetry"][i]) for b in first for i, k in enumerate(b["key"])}
     for key, (image, mask) in by_key(first).items():
         found = [c for c in range(8) if np.array_equal(through(plain[key][0], c), image)]
-        assert len(found) == 1, key  # the sample images have no symmetry
+        assert found == [carried[key]], key  # the sample images have no symmetry
         codes.append(found[0])
         assert np.array_equal(through(plain[key][1][None], found[0])[0], mask), key
     assert len(set(codes)) > 1  # the symmetries were drawn, not all the identity
@@ -133,8 +139,8 @@ def test_worker_processes_give_the_same_mask_batches(setup):
     inline, workers = batches(s), batches(dataclasses.replace(s, workers=2))
     assert [b["key"] for b in inline] == [b["key"] for b in workers]
     for a, b in zip(inline, workers):
-        assert set(b) == {"image", "mask", "key", "shard"} and b["mask"].dtype == torch.uint8
-        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+        assert set(b) == {"image", "mask", "key", "shard", "symmetry"} and b["mask"].dtype == torch.uint8
+        assert all(torch.equal(a[k], b[k]) for k in ("image", "mask", "symmetry"))
 
 
 def test_the_baselines_way_gives_the_same_samples(setup):

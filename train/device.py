@@ -15,6 +15,8 @@ from torch import nn
 from sen12ms_common.errors import Sen12msError
 from sen12ms_common.inputs import ChannelTransform
 
+from .data.symmetry import apply_symmetries
+
 log = logging.getLogger(__name__)
 
 
@@ -47,8 +49,10 @@ class InputTransform:
         self.clip = (torch.as_tensor(transform.clip, dtype=torch.float32, device=device).reshape(shape)
                      if bool(finite.any()) else None)
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        x = image.to(self.device, non_blocking=True)
+    def __call__(self, image: torch.Tensor, symmetry: torch.Tensor | None = None) -> torch.Tensor:
+        """`symmetry`: the batch's `--augment` codes, applied here on the device (one copy per
+        sample before the conversion; the loader never pays for the strided moves)."""
+        x = apply_symmetries(image.to(self.device, non_blocking=True), symmetry)
         if not x.is_floating_point():  # stored values; a float batch is model input already
             # One float32 buffer, then in place: half the time of out-of-place ops on a CPU,
             # and the same float32 rounding as the numpy reference `ChannelTransform.apply`.

@@ -15,13 +15,16 @@ Every batch is a dict:
 - `prob`: float32 (B, 17) the stored IGBP probability vectors (metrics derive true labels).
 - `key`: list of B sample keys (the S2 stem, `ROIs1158_spring_s2_1_p30`).
 - `shard` (optional): list of B shard URLs the samples came from (error messages name them).
+- `symmetry` (with `augment`): uint8 (B,) codes of the symmetry of the square each sample is to
+  be moved by, applied where the batch becomes model input (`train.data.symmetry`); the image
+  itself is as stored. A loader that augments on its own (DALI) hands no codes.
 
 With `LoaderSpec(targets="mask")` (segmentation; webdataset loader only) a batch holds `image`,
 `mask`, `key` and `shard`, no `target` or `prob`:
 - `mask`: torch.uint8 (B, H, W), 0-based DFC2020 training classes, 255 = ignore: from a dfc
   member (DFC2020 splits) as `sen12ms_common.dfc.dfc_to_train` maps it, else from lc band 1
-  (IGBP) as `igbp_to_dfc` maps it; `no_savanna` folds savanna away (9 classes). Augmentation
-  moves the mask with its image (the same symmetry of the square).
+  (IGBP) as `igbp_to_dfc` maps it; `no_savanna` folds savanna away (9 classes). The `symmetry`
+  codes move the mask with its image.
 
 `epoch(e, start_batch=s)` yields batches s, s+1, ... of epoch e; the order of an epoch is a
 function of the spec (seed, batch size, streams, rank, world size) and e, not of the number of

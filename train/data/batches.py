@@ -49,21 +49,6 @@ def _shared(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return proto.new(storage_).view(shape)
 
 
-SYMMETRIES = 8  # of the square: transpose or not, then flip rows, flip columns
-
-
-def symmetric_view(slot: np.ndarray, code: int) -> np.ndarray:
-    """A view of a (C, H, W) slot through which data written lands transposed (bit 2), flipped
-    top-bottom (bit 1) and left-right (bit 0): the patch stored in it is that symmetry of the one
-    written."""
-    v = slot.transpose(0, 2, 1) if code & 4 else slot
-    if code & 2:
-        v = v[:, ::-1, :]
-    if code & 1:
-        v = v[:, :, ::-1]
-    return v
-
-
 class BatchDecoder:
     """Decodes lists of raw samples into batch dicts (see `train.data`) for one source."""
 
@@ -103,12 +88,11 @@ class BatchDecoder:
         buf = pool.take((full,) + shape[1:])
         return torch.from_numpy(buf[:shape[0]] if shape[0] < full else buf)
 
-    def _decode_one(self, sample: RawSample, out: np.ndarray, prob: np.ndarray | None, mask: np.ndarray | None,
-                    symmetry: int = 0) -> str | None:
-        """Fill one batch slot (seen through `symmetry`) and its label row, or its mask (through
-        the same symmetry); returns the problem ("url: sample key: reason") or None."""
+    def _decode_one(self, sample: RawSample, out: np.ndarray, prob: np.ndarray | None,
+                    mask: np.ndarray | None) -> str | None:
+        """Fill one batch slot and its label row, or its mask; returns the problem ("url: sample
+        key: reason") or None."""
         key, members, shard = sample
-        out = symmetric_view(out, symmetry)
         layout = self.src.layout
         try:
             decoder = self._band_decoder()
@@ -118,7 +102,7 @@ class BatchDecoder:
                 decode_bands_into(members, modality, layout, bands, out[first:first + len(bands)], decoder)
             if mask is not None:
                 assert self.lut is not None and self.src.mask is not None
-                decode_bands_into(members, self.src.mask, layout, [0], symmetric_view(mask[None], symmetry), decoder)
+                decode_bands_into(members, self.src.mask, layout, [0], mask[None], decoder)
                 mask[...] = self.lut[mask]
             else:
                 assert prob is not None
@@ -133,18 +117,18 @@ class BatchDecoder:
                symmetries: np.ndarray | None = None) -> dict[str, Any] | None:
         """One batch of `chunk` (a batch of `full` samples, or the shorter last one); None if
         every sample failed (with `skip_bad`). `symmetries`: per sample one of the 8 symmetries of
-        the square (`symmetric_view`), applied as the bands are decoded (no extra pass)."""
+        the square, handed on as the batch's `symmetry` codes (applied where the batch becomes
+        model input, `train.data.symmetry`)."""
         n, size = len(chunk), self.src.layout.size
         image = self._buffer((n, len(self.src.bands), size, size), full, self._pool, torch.uint16)
         out = image.numpy()
         masks = None if self.lut is None else self._buffer((n, size, size), full, self._masks, torch.uint8)
         mask = None if masks is None else masks.numpy()
         prob = np.empty((n, N_LABEL), dtype=np.float32) if mask is None else None
-        sym = [0] * n if symmetries is None else [int(v) for v in symmetries]
 
         def one(i: int) -> str | None:
             return self._decode_one(chunk[i], out[i], None if prob is None else prob[i],
-                                    None if mask is None else mask[i], sym[i])
+                                    None if mask is None else mask[i])
 
         if self._executor is None:
             problems = [one(i) for i in range(n)]
@@ -161,13 +145,15 @@ class BatchDecoder:
         if not good:
             return None
         keys = [chunk[i][0] for i in good]
-        shards = [storage.join(self.src.root, chunk[i][2]) for i in good]
+        extra: dict[str, Any] = {"key": keys, "shard": [storage.join(self.src.root, chunk[i][2]) for i in good]}
+        if symmetries is not None:
+            extra["symmetry"] = torch.from_numpy(np.asarray(symmetries, dtype=np.uint8)[good])
         if masks is not None:
             if len(good) < n:  # the rare path of a bad sample: copies
                 image, masks = image[good], masks[good]
-            return {"image": image, "mask": masks, "key": keys, "shard": shards}
+            return {"image": image, "mask": masks, **extra}
         assert prob is not None
         if len(good) < n:
             image, prob = image[good], prob[good]
         return {"image": image, "target": torch.from_numpy(self.src.rule.targets(prob)),
-                "prob": torch.from_numpy(prob), "key": keys, "shard": shards}
+                "prob": torch.from_numpy(prob), **extra}

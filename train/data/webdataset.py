@@ -20,10 +20,11 @@ from sen12ms_common.bands import modalities_of
 from sen12ms_common.buffers import BufferPool
 
 from . import DataError, LoaderSpec, mask_source
-from .batches import SYMMETRIES, BatchDecoder
+from .batches import BatchDecoder
 from .feeds import prefetched, threaded_workers
 from .plan import EpochPlan, StreamPlan, buffer_shuffle, epoch_plan
 from .shardread import RawSample, ShardError, ShardSource, check_shards, read_slice
+from .symmetry import SYMMETRIES
 
 log = logging.getLogger(__name__)
 
