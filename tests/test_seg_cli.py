@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow  # training, evaluation and prediction runs in sub
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["--task", "segmentation", "--model", "SmallUNet", "--input", "s2hr+s2mr+s1", "--stats", "dfc2020",
          "--no-savanna", "--batch-size", "2", "--augment", "--device", "cpu", "--val-split", "dfc2020_val",
-         "--test-split", "dfc2020_test"]
+         "--test-split", "dfc2020_test", "--optimizer", "rmsprop", "--lr", "0.0005", "--decay", "5e-4"]
 
 
 def _run(module: str, *args: str) -> subprocess.CompletedProcess:
@@ -64,6 +64,9 @@ def test_train_resume_evaluate_predict(seg_shards: tuple[Path, Path], tmp_path: 
     assert "resumed from" in resumed.stdout
     a, b = _weights(tmp_path / "whole"), _weights(part)
     assert a["config"]["task"] == "segmentation" and a["config"]["no_savanna"] is True
+    # The baseline's UNet optimiser, kept by the resumed run (its state restored: same weights).
+    assert a["config"]["optimizer"] == b["config"]["optimizer"] == "rmsprop"
+    assert "square_avg" in next(iter(b["optimizer_state_dict"]["state"].values()))
     assert a["step"] == b["step"] > 2  # two epochs of at least two steps
     for key, value in a["model_state_dict"].items():
         assert torch.equal(value, b["model_state_dict"][key]), key

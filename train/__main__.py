@@ -19,6 +19,7 @@ from sen12ms_common.names import ALL_SPLITS
 
 from .config import TrainConfig
 from .data import loader_names
+from .optimizers import OPTIMIZERS
 from .options import DEVICES, MAX_STREAMS, MAX_THREADS, MAX_WORKERS
 from .progress import ProgressOptions, progress_options
 from .tasks import task_names
@@ -52,15 +53,18 @@ _D = TrainConfig()  # the defaults, in one place
 @click.option("--batch-size", type=click.IntRange(1), default=_D.batch_size, show_default=True,
               help="Samples per batch (training and evaluation); per process under torchrun.")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=_D.lr, show_default=True,
-              help="Adam learning rate.")
+              help="Learning rate (of --optimizer; sgd trains a DeepLabV3Plus head at 10x it).")
 @click.option("--decay", type=click.FloatRange(0), default=_D.decay, show_default=True,
-              help="Adam weight decay.")
+              help="Weight decay (of --optimizer).")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_D.optimizer, show_default=True,
+              help="adam: the original classifier's. sgd (momentum 0.9, DeepLabV3Plus head at 10x --lr) and "
+                   "rmsprop: the DFC2020 baseline's for DeepLabv3+ and UNet (it used --lr 0.01 --decay 5e-4).")
 @click.option("--workers", type=click.IntRange(0, MAX_WORKERS), default=_D.workers, show_default=True,
               help="Loader worker processes (0: this process reads, with --threads decoding threads; per "
                    "process under torchrun). Does not change the data order.")
 @click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=_D.threads, show_default=True,
-              help="Decoding threads per reading process (0: every CPU this process may use when --workers "
-                   "is 0, else 1 per worker). Does not change the data order.")
+              help="Reading and decoding threads per reading process (0: every CPU this process may use "
+                   "when --workers is 0, else 1 per worker). Does not change the data order.")
 @click.option("--loader", type=click.Choice(loader_names()), default=_D.loader, show_default=True,
               help="webdataset: CPU workers hand uint16 batches to the device; dali: NVIDIA DALI pipeline "
                    "(optional extra).")

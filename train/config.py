@@ -28,6 +28,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 0.001
     decay: float = 1e-5
+    optimizer: str = "adam"        # adam (the original's) | sgd | rmsprop (the DFC2020 baseline's)
     workers: int = 0
     threads: int = 0
     loader: str = "webdataset"

@@ -12,6 +12,8 @@ from sen12ms_common.errors import Sen12msError
 from sen12ms_common.igbp import LABEL_TYPES, SCHEMES
 from sen12ms_common.inputs import STATS_CHOICES
 
+from .optimizers import OPTIMIZERS
+
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")  # auto: CUDA when available, else the CPU
 
 # Bounds that keep a run from hanging or allocating without end (documented in --help).
@@ -124,6 +126,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "batch_size": _int(1, MAX_INT),
     "lr": _real(0.0, math.inf, low_open=True),
     "decay": _real(0.0, math.inf),
+    "optimizer": _choice(*OPTIMIZERS),
     "workers": _int(0, MAX_WORKERS),
     "threads": _int(0, MAX_THREADS),
     "loader": _loader,

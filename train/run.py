@@ -29,6 +29,7 @@ from .distributed import (Dist, agree_max, broadcast_object, broadcast_state, ga
                           sum_over_ranks, wrap_model)
 from .keytrace import KeyTrace
 from .labelcheck import LabelCheck, label_check
+from .optimizers import make_optimizer
 from .outputs import RunDir, RunFiles, RunLog, close_outputs, open_run
 from .progress import Plan, ProgressMeter, ProgressOptions
 from .report import CURVES_PNG, METRICS_CSV, EpochRecord, MetricsTable, summary_lines
@@ -111,7 +112,7 @@ class TrainingRun:
                            task_options=task_options(cfg.task, cfg.to_dict()), manifest=manifest)
         if d.rank > 0:  # same initial weights everywhere (seeded above), own dropout draws per rank
             torch.manual_seed(rank_seed(cfg.seed, d.rank))
-        optimizer = torch.optim.Adam(setup.model.parameters(), lr=cfg.lr, weight_decay=cfg.decay)
+        optimizer = make_optimizer(cfg.optimizer, setup.model, cfg.lr, cfg.decay)
         state = RunState()
         ts = restore(checkpoint, cfg, setup, optimizer, state, d) if checkpoint is not None else None
         # After loading: DDP starts every rank from rank 0's weights.
