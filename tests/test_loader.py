@@ -82,7 +82,8 @@ def shards(tmp_path_factory) -> tuple[Path, dict]:
 @pytest.mark.parametrize("input_spec,stats", [("s1s2", "official"), ("rgbs1", "manifest"), ("B8,VH,B2", "none")])
 def test_channels_are_uint16_in_the_original_band_order_and_normalise_like_numpy(tmp_path, codec, input_spec, stats):
     truth = write_shards(tmp_path / codec, {"train": [3, 2]}, codec=codec, seed=1)
-    s = spec(tmp_path / codec, "train", input_spec=input_spec, stats=stats, batch_size=2)
+    # Batches of 3: the CPU conversion's chunks of 2 samples, and a part chunk, in every batch.
+    s = spec(tmp_path / codec, "train", input_spec=input_spec, stats=stats, batch_size=3)
     bands = s.bands
     transform = InputTransform(s.transform, torch.device("cpu"))
     seen = 0
