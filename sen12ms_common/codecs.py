@@ -7,6 +7,8 @@ Decoding never produces more bytes than a band holds, whatever a chunk declares.
 
 from __future__ import annotations
 
+import itertools
+import struct
 from functools import lru_cache
 from typing import Sequence
 
@@ -63,14 +65,15 @@ def encode_band(band: np.ndarray, codec: str, level: int, shuffle: bool = True) 
     raise CodecError(f"unknown codec {codec!r} (expected one of {CODECS})")
 
 
-def chunk_offsets(sizes_raw: bytes | memoryview, n_bands: int, total: int) -> np.ndarray:
-    """Start offsets (n_bands + 1,) of the chunks that a sizes member describes."""
+def chunk_offsets(sizes_raw: bytes | memoryview, n_bands: int, total: int) -> list[int]:
+    """Start offsets (n_bands + 1) of the chunks that a sizes member describes."""
     if len(sizes_raw) != 4 * n_bands:
         raise CodecError(f"its chunk sizes member holds {len(sizes_raw)} bytes, expected {4 * n_bands}")
-    sizes = np.frombuffer(sizes_raw, dtype="<i4").astype(np.int64)
-    if np.any(sizes <= 0) or int(sizes.sum()) != total:
+    # Plain ints: a dozen numbers, where numpy calls would cost more than the work (under the GIL).
+    sizes = struct.unpack(f"<{n_bands}i", sizes_raw)
+    if min(sizes, default=1) <= 0 or sum(sizes) != total:
         raise CodecError("its chunk sizes do not match its length")
-    return np.concatenate(([0], np.cumsum(sizes)))
+    return [0, *itertools.accumulate(sizes)]
 
 
 class BandDecoder:
@@ -96,7 +99,7 @@ class BandDecoder:
             self._lz4 = None
         self._scratch = np.empty(0, dtype=np.uint8)
 
-    def decode_run(self, data: bytes | memoryview, starts: np.ndarray, codec: str, bands: Sequence[int],
+    def decode_run(self, data: bytes | memoryview, starts: Sequence[int], codec: str, bands: Sequence[int],
                    out: np.ndarray, stored: np.dtype, shuffle: bool = True) -> None:
         """Decode the chunks of `bands` (chunk b spans data[starts[b]:starts[b + 1]]) into out[i]
         ((k, H, W)): one C call per band, one numpy pass per run for the byte shuffle."""

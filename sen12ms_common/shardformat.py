@@ -42,6 +42,11 @@ class ShardFormatError(ValueError, Sen12msError):
     """A sample or member that does not decode as this format says it must."""
 
 
+@lru_cache(maxsize=None)
+def _stored_dtype(modality: str) -> np.dtype:
+    return np.dtype(STORED_DTYPE[modality]).newbyteorder("<")
+
+
 @dataclass(frozen=True)
 class SampleLayout:
     """What a sample of a shard set holds and how it is encoded (stored in the manifest)."""
@@ -85,7 +90,7 @@ class SampleLayout:
         return (len(MODALITY_BANDS[modality]), self.size, self.size)
 
     def dtype(self, modality: str) -> np.dtype:
-        return np.dtype(STORED_DTYPE[modality]).newbyteorder("<")
+        return _stored_dtype(modality)
 
     def nbytes(self, modality: str) -> int:
         c, h, w = self.shape(modality)
@@ -205,7 +210,7 @@ def decode_bands_into(members: Mapping[str, bytes | memoryview], modality: str, 
         elif len(data) != n_bands * band_bytes:
             raise CodecError(f"holds {len(data)} bytes, expected {n_bands * band_bytes}")
         else:
-            starts = np.arange(n_bands + 1) * band_bytes
+            starts = [b * band_bytes for b in range(n_bands + 1)]
         decoder.decode_run(data, starts, layout.codec, bands, out, stored, layout.byte_shuffle)
     except CodecError as exc:
         raise ShardFormatError(f"member .{ext} {exc}") from None
