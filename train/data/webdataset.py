@@ -299,7 +299,10 @@ class WebDatasetLoader:
             if k == 1:
                 items = prefetched(ds.batches(0, 1, threads))
             else:
-                items = threaded_workers(lambda w, k: ds.batches(w, k, threads // k), k, order)
+                # Each thread holds its queued batches: two ahead keeps 2 threads busy, one
+                # ahead bounds what many threads hold (about 2 x threads batches in all).
+                items = threaded_workers(lambda w, k: ds.batches(w, k, threads // k), k, order,
+                                         depth=2 if k <= 2 else 1)
             yield from ordered(items, order, self._record)
             return
         loader = DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=self.spec.pin_memory,
