@@ -106,7 +106,7 @@ class BandDecoder:
         native = self._zstd if codec == "zstd" else self._lz4 if codec == "lz4" else None
         if codec != "none" and native is None or out.dtype not in (stored, np.uint16):
             for i, b in enumerate(bands):
-                self.decode_into(data[int(starts[b]):int(starts[b + 1])], codec, out[i], stored, shuffle)
+                self.decode_into(data[starts[b]:starts[b + 1]], codec, out[i], stored, shuffle)
             return
         plane = out[0].size
         nbytes = plane * stored.itemsize
@@ -122,7 +122,7 @@ class BandDecoder:
         target = out.reshape(-1).view(np.uint8) if direct else self._scratch_of(len(bands) * nbytes)
         base, src_at = target.__array_interface__["data"][0], src.__array_interface__["data"][0]
         for i, b in enumerate(bands):
-            a, e = int(starts[b]), int(starts[b + 1])
+            a, e = starts[b], starts[b + 1]
             if codec == "zstd":
                 self._check_frame(data[a:e], nbytes)
                 got = native(self._dctx, base + i * nbytes, nbytes, src_at + a, e - a)

@@ -3,6 +3,8 @@ SGD with momentum (DeepLabv3+, its head at 10x the learning rate) and RMSprop (U
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -21,9 +23,10 @@ def make_optimizer(name: str, model: nn.Module, lr: float, decay: float) -> torc
         return torch.optim.RMSprop(model.parameters(), lr=lr, weight_decay=decay)
     if name == "sgd":
         groups = getattr(model, "parameter_groups", None)
-        params: list = list(model.parameters())
         if callable(groups):
             backbone, head = groups()
-            params = [{"params": backbone, "lr": lr}, {"params": head, "lr": lr * HEAD_LR}]
+            params: Any = [{"params": backbone, "lr": lr}, {"params": head, "lr": lr * HEAD_LR}]
+        else:
+            params = model.parameters()
         return torch.optim.SGD(params, lr=lr, momentum=MOMENTUM, weight_decay=decay)
     raise ValueError(f"unknown optimizer {name!r} (choose one of: {', '.join(OPTIMIZERS)})")

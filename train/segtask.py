@@ -13,7 +13,7 @@ from torch import nn
 
 from sen12ms_common.dfc import IGNORE_INDEX, DfcScheme
 
-from .data.symmetry import apply_symmetries, batch_symmetries
+from .data.symmetry import apply_symmetries
 from .segmetrics import SCALAR_KEYS, ConfusionMatrix, segmentation_scores
 
 
@@ -37,7 +37,7 @@ def mask_target(batch: Mapping[str, Any], device: torch.device) -> torch.Tensor:
     mask = batch.get("mask")
     if mask is None:
         raise KeyError("the batch holds no mask: segmentation needs a loader that gives pixel masks")
-    return apply_symmetries(mask.to(device, non_blocking=True), batch_symmetries(batch)).long()
+    return apply_symmetries(mask.to(device, non_blocking=True), batch.get("symmetry")).long()
 
 
 class SegmentationCollector:

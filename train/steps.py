@@ -9,7 +9,6 @@ from typing import Any, Callable, Iterator
 import torch
 
 from .data import DataError, Loader
-from .data.symmetry import batch_symmetries
 from .distributed import Dist, agree_max, gather_objects
 from .labelcheck import LabelCheck
 from .progress import ProgressMeter
@@ -61,7 +60,7 @@ def _next_batch(it: Iterator[dict[str, Any]], stop: StopFlag, d: Dist, labels: L
 
 def _step(setup: Setup, optimizer: torch.optim.Optimizer, forward: torch.nn.Module,
           batch: dict[str, Any]) -> torch.Tensor:
-    x = setup.input_fn(batch["image"], batch_symmetries(batch))
+    x = setup.input_fn(batch["image"], batch.get("symmetry"))  # --augment's codes, if any
     y = setup.task.target(batch, setup.device)
     optimizer.zero_grad(set_to_none=True)
     with setup.precision.autocast():

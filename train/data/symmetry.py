@@ -3,8 +3,6 @@ codes a batch carries to its images and masks on the device where they become mo
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 import numpy as np
 import torch
 
@@ -44,8 +42,3 @@ def apply_symmetries(x: torch.Tensor, codes: torch.Tensor | None) -> torch.Tenso
     for i, code in enumerate(codes.tolist()):
         out[i].copy_(_moved(src[i], int(code)))
     return out.view(x.dtype) if bits is not None else out
-
-
-def batch_symmetries(batch: Mapping[str, Any]) -> torch.Tensor | None:
-    """The symmetry codes a training batch carries (`--augment`), None without augmentation."""
-    return batch.get("symmetry")

@@ -46,7 +46,7 @@ def _stream_raw(src: ShardSource, plan: StreamPlan, pool: BufferPool, events: li
             events.append(str(exc))
 
 
-def stream_batches(src: ShardSource, plan: StreamPlan, decoder: Callable[[], BatchDecoder], pool: BufferPool, *,
+def stream_batches(src: ShardSource, plan: StreamPlan, decoder: BatchDecoder, pool: BufferPool, *,
                    batch_size: int, shuffle: bool, bufsize: int, skip: int, events: list[str], readahead: int = 0,
                    augment: bool = False) -> Iterator[tuple[int, dict[str, Any] | None]]:
     """(j, batch) for batches j = skip, skip + 1, ... of one stream; skipped ones are not decoded.
@@ -70,7 +70,7 @@ def stream_batches(src: ShardSource, plan: StreamPlan, decoder: Callable[[], Bat
         # A function of (seed, epoch, rank, stream, batch): a resumed run draws the same ones.
         sym = (np.random.default_rng([*plan.seed, j, _AUGMENT]).integers(0, SYMMETRIES, len(chunk))
                if augment else None)
-        yield j, decoder().decode(chunk, batch_size, events, sym)
+        yield j, decoder.decode(chunk, batch_size, events, sym)
         j += 1
 
 
@@ -142,11 +142,11 @@ class EpochStreams(IterableDataset):
             return out
 
         # Remote storage: every stream reads in a thread of its own, so that they wait on the network
-        # together; local files: one thread reads them all.
+        # together, each with its own buffer pool; local files: this reader's streams share one pool.
         remote = storage.is_remote(self.src.root)
         decoder = self.decoder(w, threads)
-        gens = {s.index: stream_batches(self.src, s, lambda: decoder, self._pools.setdefault(s.index if remote else (w,),
-                                                                                              BufferPool()),
+        gens = {s.index: stream_batches(self.src, s, decoder, self._pools.setdefault(s.index if remote else (w,),
+                                                                                      BufferPool()),
                                         batch_size=self.batch_size, shuffle=self.shuffle, bufsize=self.bufsize,
                                         skip=skips[s.index], events=events,
                                         readahead=self.batch_size if remote else 0, augment=self.augment)
@@ -294,7 +294,7 @@ class WebDatasetLoader:
             # Reading threads, each with its own streams (as worker processes split them): the
             # tar walk and shuffle of one run while the others read, hash and decode without
             # the GIL. Threads beyond the streams decode the samples of a batch together.
-            threads = decode_threads(self.spec)
+            threads = ds.threads  # decode_threads(spec), fixed when the loader was made
             k = max(1, min(threads, busy))
             if k == 1:
                 items = prefetched(ds.batches(0, 1, threads))
