@@ -36,3 +36,4 @@ def test_every_optimizer_takes_the_rate_and_decay_over_all_parameters(name, kind
     with pytest.raises(ValueError, match="unknown optimizer 'lamb'"):
         make_optimizer("lamb", model, 0.1, 0.0)
     assert set(OPTIMIZERS) == {"adam", "sgd", "rmsprop"}
+

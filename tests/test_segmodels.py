@@ -223,3 +223,18 @@ def test_backbone_weights_that_do_not_fit(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(BackboneWeightsError, match="junk.pth: cannot read"):
         DeepLabV3Plus(4, 10, backbone_weights=tmp_path / "junk.pth")
+
+
+def test_deeplab_trains_on_a_last_batch_of_one_sample():
+    # A train split of 5 in batches of 2 ends with a batch of one: the image-pooling branch's
+    # BatchNorm has no batch statistics there and used to stop the run with a traceback.
+    model = DeepLabV3Plus(4, 3).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    bn = model.aspp.global_avg_pool[2]
+    before = bn.running_mean.clone()
+    loss = model(torch.randn(1, 4, 64, 64)).mean()
+    loss.backward()
+    opt.step()
+    assert bn.training and torch.equal(bn.running_mean, before)  # running statistics left alone
+    model(torch.randn(2, 4, 64, 64))
+    assert not torch.equal(bn.running_mean, before)  # a batch of two updates them as before

@@ -176,8 +176,20 @@ class ASPP(nn.Module):
         self.conv1, self.bn1, self.relu = _conv_bn_relu(5 * 256, 256, 1)
         self.dropout = nn.Dropout(0.5)
 
+    def _image_pool(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and x.shape[0] == 1):
+            return self.global_avg_pool(x)
+        # One sample pooled to 1 x 1 has no batch statistics (a last training batch of one):
+        # its BatchNorm normalises with the running ones for this call instead of failing.
+        bn = self.global_avg_pool[2]
+        bn.eval()
+        try:
+            return self.global_avg_pool(x)
+        finally:
+            bn.train()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = F.interpolate(self.global_avg_pool(x), size=x.shape[2:], mode="bilinear", align_corners=True)
+        pooled = F.interpolate(self._image_pool(x), size=x.shape[2:], mode="bilinear", align_corners=True)
         x = torch.cat([self.aspp1(x), self.aspp2(x), self.aspp3(x), self.aspp4(x), pooled], dim=1)
         return self.dropout(self.relu(self.bn1(self.conv1(x))))
 
