@@ -28,11 +28,12 @@ def _loader_lines(res: Results, codecs: tuple[str, ...], n: int) -> list[str]:
                        + ".")
     for codec in codecs:
         st = res.ratio(f"wds/{codec}/uint16/1", f"stock/{codec}/1")
-        pr = res.ratio(f"proc/{codec}/uint16/{n}", f"wds/{codec}/uint16/{n}")
+        pr = res.ratio(f"alt/{codec}/uint16/{n}", f"wds/{codec}/uint16/{n}")
         if st.values:
             out.append(f"Against a stock webdataset pipeline over the same {CODEC_SHORT[codec]} shards: "
-                       f"{st.median:.1f}x per core" + (f"; worker processes instead of threads: {pr.median:.2f}x "
-                                                       f"with {n} cores" if pr.values else "") + ".")
+                       f"{st.median:.1f}x per core" + (f"; reading threads instead of worker processes (the default "
+                                                       f"on {n} cores): {pr.median:.2f}x" if pr.values and n > 1
+                                                       else "") + ".")
     return out
 
 

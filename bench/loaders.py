@@ -35,19 +35,21 @@ def original_repeat(tree: str, names: list[str], labels: dict, settings: LoaderS
     return steady_rate(loader, lambda b: len(b["id"]))
 
 
-def webdataset_spec(root: str, settings: LoaderSettings, workers: int, seed: int, batch_size: int | None = None,
+def webdataset_spec(root: str, settings: LoaderSettings, workers: int | str, seed: int, batch_size: int | None = None,
                     verify: bool = True, threads: int = 0, augment: bool = False):
-    from train.data import LoaderSpec
+    """`workers`: a number, or auto (the training default, resolved for the CPUs this process may use)."""
+    from train.data import LoaderSpec, resolve_workers
 
     manifest = load_manifest(root)
     bands = resolve_bands(settings.input_spec)
     return LoaderSpec(root=root, manifest=manifest, split="train", bands=bands, rule=LabelRule(settings.label_type),
                       batch_size=batch_size or settings.batch_size, transform=channel_transform(bands, STATS),
-                      train=True, seed=seed, workers=workers, threads=threads, device="cpu", verify=verify,
+                      train=True, seed=seed, workers=resolve_workers(workers), threads=threads, device="cpu",
+                      verify=verify,
                       augment=augment)
 
 
-def webdataset_repeat(root: str, settings: LoaderSettings, workers: int, seed: int, to_float: bool,
+def webdataset_repeat(root: str, settings: LoaderSettings, workers: int | str, seed: int, to_float: bool,
                       verify: bool = True, threads: int = 0, augment: bool = False) -> Repeat:
     """The second epoch of our loader over the train split (the first warms its reused buffers,
     as the first thousand samples of a real epoch do); `to_float`: normalised float32 batches;
@@ -79,7 +81,7 @@ def seg_original_repeat(tree: str, keys: list[str], settings: LoaderSettings, wo
     return steady_rate(loader, lambda b: len(b["id"]))
 
 
-def seg_webdataset_repeat(root: str, settings: LoaderSettings, seed: int, threads: int) -> Repeat:
+def seg_webdataset_repeat(root: str, settings: LoaderSettings, seed: int) -> Repeat:
     """The second epoch of our loader's image + mask batches (as `webdataset_repeat`), the image
     turned into float model input as the baseline scales it."""
     import torch
@@ -87,7 +89,7 @@ def seg_webdataset_repeat(root: str, settings: LoaderSettings, seed: int, thread
     from train.data import make_loader
     from train.device import InputTransform
 
-    spec = dataclasses.replace(webdataset_spec(root, settings, 0, seed, threads=threads), targets="mask",
+    spec = dataclasses.replace(webdataset_spec(root, settings, "auto", seed), targets="mask",
                                transform=channel_transform(resolve_bands(settings.input_spec), "dfc2020"))
     loader = make_loader("webdataset", spec)
     to_input = InputTransform(spec.transform, torch.device("cpu"))

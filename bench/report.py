@@ -70,8 +70,9 @@ def method_lines(res: Results) -> list[str]:
         "Every triplet is in the train split, which all loaders read.",
         f"- Input `{c.get('input_spec')}` ({c.get('channels')} channels), batch {c.get('batch_size')}, {c.get('label_type')} "
         "targets, the original's normalisation statistics in both ways. Our loaders use the training defaults: "
-        "shuffled, 8 read streams, 1000-sample shuffle buffer, xxh3-128 verification on, decoding threads in the "
-        "reading process (the `worker process` rows: one thread in each of that many processes); shards of "
+        "shuffled, 8 read streams, 1000-sample shuffle buffer, xxh3-128 verification on, `--workers auto`: one "
+        "reading thread in the process on one core, a worker process per core on several (the `ours in` rows: "
+        "the other way); shards of "
         f"{c.get('shard_size', 0) / 1e6:.0f} MB (a read stream then spans many shards, as on the full dataset with "
         "256 MB shards).",
         "- Same input: the first batch of the shards through `InputTransform` against the original's way on the "
@@ -93,8 +94,8 @@ def method_lines(res: Results) -> list[str]:
         "- Float batches: our uint16 batches through `train.device.InputTransform` on the CPU, in the main "
         "process (the training loop does this on its device: on a GPU the CPU never touches a float pixel); "
         "the original's way makes float32 in its workers.",
-        f"- Cores: `1` = one decoding thread (or one worker process) with the main process, pinned together to "
-        f"one CPU, torch on one thread; `{cores()}` = one thread (worker process) per CPU, unpinned. Per core = "
+        f"- Cores: `1` = one reading thread (or one worker process) with the main process, pinned together to "
+        f"one CPU, torch on one thread; `{cores()}` = one worker process (reading thread) per CPU, unpinned. Per core = "
         "samples/s / cores. The stock, floor, RGB and limit rows run in one process on one CPU.",
         f"- Conversion: `convert shards` of {d.get('subset')} triplets with `--labels` and `--splits` given; "
         "the time of the whole command (scan, plan, read, encode, write, manifest).",
@@ -163,8 +164,8 @@ def short_label(key: str) -> str:
         return f"DALI CPU {codec}, float"
     if parts[0] == "limit":
         return f"limit {codec}: read + decode"
-    if parts[0] == "proc":
-        return f"ours {codec}, worker processes"
+    if parts[0] == "alt":
+        return f"ours {codec}, threads / processes"
     if parts[0] == "stock":
         return f"stock webdataset {codec}"
     if parts[0] == "rgb":

@@ -175,11 +175,13 @@ class Bench:
                     if output == "uint16-noverify" and label != "1":
                         continue  # the cost of verification shows on one core
                     case(f"wds/{codec}/{output}/{label}", files, cpu_of,
-                         lambda r, n=n, output=output, root=root: webdataset_repeat(
-                             root, st, 0, seed=r, to_float=output == "float", verify=output != "uint16-noverify",
-                             threads=n))
-                case(f"proc/{codec}/uint16/{label}", files, cpu_of,
-                     lambda r, n=n, root=root: webdataset_repeat(root, st, n, seed=r, to_float=False, threads=1))
+                         lambda r, output=output, root=root: webdataset_repeat(
+                             root, st, "auto", seed=r, to_float=output == "float", verify=output != "uint16-noverify"))
+                # The other way of using the cores than the default (--workers auto): one worker
+                # process on one core, reading threads on several.
+                case(f"alt/{codec}/uint16/{label}", files, cpu_of,
+                     lambda r, n=n, root=root: webdataset_repeat(root, st, 1 if n == 1 else 0, seed=r, to_float=False,
+                                                                 threads=1 if n == 1 else n))
                 if self.dali is not None:
                     cases.append((f"dali/{codec}/{label}", lambda r, root=root, n=n, cpu_of=cpu_of: self.dali.repeat(
                         root, st, n, seed=r, cpu=cpu_of(r)), files))
@@ -209,7 +211,7 @@ class Bench:
             case(f"seg/orig/{label}", tree_files, cpu_of,
                  lambda r, w=n: seg_original_repeat(str(ds.tree), ds.keys, st, w, seed=r))
             case(f"seg/wds/{label}", shard_files(seg_root), cpu_of,
-                 lambda r, n=n: seg_webdataset_repeat(str(seg_root), st, seed=r, threads=n))
+                 lambda r: seg_webdataset_repeat(str(seg_root), st, seed=r))
 
     def start_dali(self) -> None:
         self.dali = None

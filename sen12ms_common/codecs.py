@@ -114,7 +114,9 @@ class BandDecoder:
         if codec == "none":
             whole = src.view(stored.newbyteorder("<")).reshape((-1,) + out.shape[1:])
             if out.dtype == whole.dtype and out.flags.c_contiguous:
-                np.take(whole, list(bands), axis=0, out=out)
+                # "clip": the indices are the layout's own; "raise" would build the output in a
+                # fresh temporary first (page faults on every sample).
+                np.take(whole, list(bands), axis=0, out=out, mode="clip")
             else:
                 out[...] = whole[list(bands)]
             return

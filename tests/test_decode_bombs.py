@@ -133,8 +133,9 @@ def test_a_zstd_frame_declaring_4_gib_is_refused_by_every_reader(clean, tmp_path
     one_error_line(run("train", "--shards", str(out), "--run-dir", str(tmp_path / "run"), *TRAIN),
                    f"{out / shard}: sample {key}: {declared}")
     shard, key = bombed["test"]
+    # The default --workers auto: worker processes on a machine with several CPUs.
     one_error_line(run("train.evaluate", "--shards", str(out), "--checkpoint", str(ckpt), "--out",
-                       str(tmp_path / "eval"), "--threads", "1"), f"{out / shard}: sample {key}: {declared}")
+                       str(tmp_path / "eval"), "--batch-size", "8"), f"{out / shard}: sample {key}: {declared}")
     assert not (tmp_path / "eval").exists() or not list((tmp_path / "eval").iterdir())
 
 

@@ -320,8 +320,8 @@ from train.data import LoaderSpec, make_loader
 root, epochs = sys.argv[1], int(sys.argv[2])
 manifest = load_manifest(root)
 bands = resolve_bands("s1s2")
-loader = make_loader("webdataset", LoaderSpec(root, manifest, "val", bands, LabelRule("multi_label"), 4,
-                                              channel_transform(bands, "official", manifest.stats), workers=1))
+spec = LoaderSpec(root, manifest, "val", bands, LabelRule("multi_label"), 4,
+                  channel_transform(bands, "official", manifest.stats), workers=1)
 received = []
 signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
 # As torchrun or a scheduler stopping a job: SIGTERM to the whole process group, again and again.
@@ -329,8 +329,10 @@ killer = subprocess.Popen([sys.executable, "-c", "import os, signal, sys, time\n
                            "while True:\n    time.sleep(0.001)\n    os.killpg(int(sys.argv[1]), signal.SIGTERM)",
                            str(os.getpgrp())], start_new_session=True)
 try:
-    for e in range(epochs):  # every epoch starts a new worker
+    for e in range(epochs):  # a loader's worker starts at its first epoch: a new loader each time
+        loader = make_loader("webdataset", spec)
         print(e, sorted(k for b in loader.epoch(e) for k in b["key"]), flush=True)
+        loader.close()
 finally:
     killer.kill()
 print("received", len(received))

@@ -20,7 +20,7 @@ from sen12ms_common.names import ALL_SPLITS
 from .config import TrainConfig
 from .data import loader_names
 from .optimizers import OPTIMIZERS
-from .options import DEVICES, MAX_STREAMS, MAX_THREADS, MAX_WORKERS
+from .options import DEVICES, MAX_STREAMS, MAX_THREADS, WORKERS_HELP, WorkersParam
 from .progress import ProgressOptions, progress_options
 from .tasks import task_names
 
@@ -59,9 +59,7 @@ _D = TrainConfig()  # the defaults, in one place
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_D.optimizer, show_default=True,
               help="adam: the original classifier's. sgd (momentum 0.9, DeepLabV3Plus head at 10x --lr) and "
                    "rmsprop: the DFC2020 baseline's for DeepLabv3+ and UNet (it used --lr 0.01 --decay 5e-4).")
-@click.option("--workers", type=click.IntRange(0, MAX_WORKERS), default=_D.workers, show_default=True,
-              help="Loader worker processes (0: this process reads, with --threads decoding threads; per "
-                   "process under torchrun). Does not change the data order.")
+@click.option("--workers", type=WorkersParam(), default=_D.workers, show_default=True, help=WORKERS_HELP)
 @click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=_D.threads, show_default=True,
               help="Reading and decoding threads per reading process (0: every CPU this process may use "
                    "when --workers is 0, else 1 per worker). Does not change the data order.")

@@ -10,6 +10,7 @@ from sen12ms_common import storage
 from sen12ms_common.bands import INPUT_SETS, resolve_bands
 
 from .argsfile import ORIGINAL_KEYS, options_to_original
+from .data import resolve_workers
 
 # Options whose change makes a resumed run read its data in another order.
 DATA_ORDER_KEYS: tuple[str, ...] = ("seed", "batch_size", "streams", "shuffle_buffer", "augment")
@@ -29,7 +30,7 @@ class TrainConfig:
     lr: float = 0.001
     decay: float = 1e-5
     optimizer: str = "adam"        # adam (the original's) | sgd | rmsprop (the DFC2020 baseline's)
-    workers: int = 0
+    workers: int | str = "auto"    # worker processes, or auto (train.data.resolve_workers)
     threads: int = 0
     loader: str = "webdataset"
     device: str = "auto"
@@ -83,7 +84,7 @@ def arguments(cfg: TrainConfig, timestamp: str) -> dict[str, Any]:
         "exp_name": storage.basename(cfg.resolved_run_dir()),
         "data_dir": cfg.shards,
         "label_split_dir": cfg.shards,  # labels and splits travel inside the shards
-        "num_workers": cfg.workers,
+        "num_workers": resolve_workers(cfg.workers, cfg.streams),
         "resume": cfg.resume,
         **orig,
     }

@@ -95,8 +95,8 @@ def init_from_env(device: str = "auto", environ: Mapping[str, str] | None = None
 
 
 def use_fork_server() -> None:
-    """Start this process's worker processes (torch DataLoader) from a fork server with torch and
-    the loader preloaded, so that starting one costs a fork of that server, not an import."""
+    """Start this process's loader worker processes from a fork server with torch and the loader
+    preloaded, so that starting one costs a fork of that server, not an import."""
     import multiprocessing as mp
 
     if mp.get_start_method(allow_none=True) in (None, "fork"):

@@ -14,7 +14,7 @@ from sen12ms_common.errors import report_errors
 from sen12ms_common.inputs import STATS_CHOICES, ChannelTransform
 from sen12ms_common.names import ALL_SPLITS
 
-from .options import DEVICES
+from .options import DEVICES, WORKERS_HELP, WorkersParam
 from .progress import ProgressOptions, progress_options
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ def default_out(checkpoint: str) -> str:
 
 
 def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = None, split: str = "test",
-                        out: str | None = None, batch_size: int = 64, workers: int = 0, threads: int = 0,
+                        out: str | None = None, batch_size: int = 64, workers: int | str = "auto", threads: int = 0,
                         device: str = "auto",
                         stats: str | None = None, verify: bool = True, skip_bad_shards: bool = False,
                         echo: Callable[[str], None] = print, dist: Dist | None = None,
@@ -206,8 +206,7 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
               help="Folder or s3://bucket/prefix for <split>_scores.json and <split>_predictions.npz. "
                    "[default: the checkpoint's run directory, else the current directory]")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Samples per batch.")
-@click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
-              help="Loader worker processes (0: this process reads, with --threads decoding threads).")
+@click.option("--workers", type=WorkersParam(), default="auto", show_default=True, help=WORKERS_HELP)
 @click.option("--threads", type=click.IntRange(0, 256), default=0, show_default=True,
               help="Decoding threads per reading process (0: every CPU here when --workers is 0, else 1 per worker).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping
 
+import click
+
 from sen12ms_common.bands import BandError
 from sen12ms_common.errors import Sen12msError
 from sen12ms_common.igbp import LABEL_TYPES, SCHEMES
@@ -127,7 +129,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "lr": _real(0.0, math.inf, low_open=True),
     "decay": _real(0.0, math.inf),
     "optimizer": _choice(*OPTIMIZERS),
-    "workers": _int(0, MAX_WORKERS),
+    "workers": lambda v: None if v == "auto" or _int(0, MAX_WORKERS)(v) is None else f"auto or an integer in 0..{MAX_WORKERS}",
     "threads": _int(0, MAX_THREADS),
     "loader": _loader,
     "device": _choice(*DEVICES),
@@ -154,6 +156,31 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+class WorkersParam(click.ParamType):
+    """`--workers`: auto, or a number of worker processes (0: the process itself reads)."""
+
+    name = "auto|N"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        try:
+            n = int(text)
+        except ValueError:
+            self.fail(f"{value!r} is neither auto nor a number of processes", param, ctx)
+        if not 0 <= n <= MAX_WORKERS:
+            self.fail(f"{n} is not in the range 0<=x<={MAX_WORKERS}.", param, ctx)
+        return n
+
+
+WORKERS_HELP = ("Loader worker processes: auto (one per CPU here, shared among a node's ranks under torchrun, at "
+                "most --streams; none on a single CPU), or a number; 0: this process reads, with --threads "
+                "threads. Does not change the data order.")
 
 
 def check_options(values: Mapping[str, Any], where: Callable[[str], str]) -> None:

@@ -14,7 +14,7 @@ from sen12ms_common.igbp import LabelRule
 from sen12ms_common.inputs import ChannelTransform, channel_transform
 from sen12ms_common.manifest import Manifest, load_manifest
 
-from .data import DataError, LoaderSpec
+from .data import DataError, LoaderSpec, resolve_workers
 from .device import InputTransform, Precision, configure_backends, precision, prepare_model, resolve_device
 from .tasks import Task, make_task
 
@@ -64,13 +64,14 @@ def make_setup(*, shards: str, model_name: str, input_spec: str, label_type: str
 
 
 def loader_spec(setup: Setup, root: str, split: str, *, batch_size: int, train: bool, seed: int = 0,
-                workers: int = 0, threads: int = 0, streams: int = 8, shuffle_buffer: int = 1000,
+                workers: int | str = "auto", threads: int = 0, streams: int = 8, shuffle_buffer: int = 1000,
                 verify: bool = True,
                 skip_bad_shards: bool = False, rank: int = 0, world_size: int = 1,
                 augment: bool = False) -> LoaderSpec:
     return LoaderSpec(root=root, manifest=setup.manifest, split=split, bands=setup.bands, rule=setup.rule,
                       batch_size=batch_size, transform=setup.transform, train=train, seed=seed,
-                      workers=workers, threads=threads, streams=streams, shuffle_buffer=shuffle_buffer, rank=rank,
+                      workers=resolve_workers(workers, streams), threads=threads, streams=streams,
+                      shuffle_buffer=shuffle_buffer, rank=rank,
                       world_size=world_size, pin_memory=setup.device.type == "cuda", device=str(setup.device),
                       verify=verify, skip_bad_shards=skip_bad_shards, augment=augment and train,
                       targets=setup.task.targets,

@@ -34,6 +34,7 @@ worker processes (see `train.data.plan`).
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol
 
@@ -114,6 +115,24 @@ LOADERS: dict[str, str] = {
 INSTALL_HINT: dict[str, str] = {
     "dali": "pip install '.[dali]' (nvidia-dali-cuda130 for torch 2.14.1+cu130)",
 }
+
+
+AUTO = "auto"  # --workers auto: worker processes where there are cores for them
+
+
+def resolve_workers(workers: int | str, streams: int = 8) -> int:
+    """`auto`: a worker process per CPU this process may use (shared among a node's ranks under
+    torchrun), at most one per read stream; 0 (this process reads, with threads) where that
+    makes one or none: a lone worker would only add the crossing. Measured in
+    docs/performance.md (worker processes scale over cores, reading threads share one GIL)."""
+    if workers != AUTO:
+        return int(workers)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    n = min(cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)), streams)
+    return n if n > 1 else 0
 
 
 def loader_names() -> list[str]:

@@ -4,7 +4,6 @@ preallocated batch, the samples of a batch spread over decoding threads."""
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import get_worker_info
 
 from sen12ms_common import storage
 from sen12ms_common.codecs import BandDecoder
@@ -43,12 +41,6 @@ class BufferPool:
         return buf
 
 
-def _shared(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    proto = torch.empty(0, dtype=dtype)
-    storage_ = proto._typed_storage()._new_shared(math.prod(shape), device="cpu")
-    return proto.new(storage_).view(shape)
-
-
 class BatchDecoder:
     """Decodes lists of raw samples into batch dicts (see `train.data`) for one source."""
 
@@ -69,6 +61,7 @@ class BatchDecoder:
         self.lut = None if src.mask is None else scheme.dfc_lut() if src.mask == "dfc" else scheme.igbp_lut()
         self._local = threading.local()
         self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="decode") if self.threads > 1 else None
+        self.slots: Any = None  # in a worker process: its shared-memory slots (`procs.WorkerSlots`)
 
     def close(self) -> None:
         if self._executor is not None:
@@ -81,8 +74,6 @@ class BatchDecoder:
         return d
 
     def _buffer(self, shape: tuple[int, ...], full: int, pool: BufferPool, dtype: torch.dtype) -> torch.Tensor:
-        if get_worker_info() is not None:
-            return _shared(shape, dtype)
         if self.pin_memory and torch.cuda.is_available():
             return torch.empty(shape, dtype=dtype, pin_memory=True)  # torch's pinned cache reuses it
         buf = pool.take((full,) + shape[1:])
@@ -120,9 +111,14 @@ class BatchDecoder:
         the square, handed on as the batch's `symmetry` codes (applied where the batch becomes
         model input, `train.data.symmetry`)."""
         n, size = len(chunk), self.src.layout.size
-        image = self._buffer((n, len(self.src.bands), size, size), full, self._pool, torch.uint16)
+        slot = self.slots.take() if self.slots is not None else None
+        if slot is not None:
+            image = torch.from_numpy(slot[1][:n])
+            masks = None if self.lut is None else torch.from_numpy(slot[2][:n])
+        else:
+            image = self._buffer((n, len(self.src.bands), size, size), full, self._pool, torch.uint16)
+            masks = None if self.lut is None else self._buffer((n, size, size), full, self._masks, torch.uint8)
         out = image.numpy()
-        masks = None if self.lut is None else self._buffer((n, size, size), full, self._masks, torch.uint8)
         mask = None if masks is None else masks.numpy()
         prob = np.empty((n, N_LABEL), dtype=np.float32) if mask is None else None
 
@@ -143,9 +139,13 @@ class BatchDecoder:
             log.warning("skipping bad sample: %s", p)
             events.append(p)
         if not good:
+            if slot is not None:
+                self.slots.give(slot[0])
             return None
         keys = [chunk[i][0] for i in good]
         extra: dict[str, Any] = {"key": keys, "shard": [storage.join(self.src.root, chunk[i][2]) for i in good]}
+        if slot is not None:
+            extra["_shm"] = slot[0]
         if symmetries is not None:
             extra["symmetry"] = torch.from_numpy(np.asarray(symmetries, dtype=np.uint8)[good])
         if masks is not None:

@@ -68,8 +68,14 @@ def threaded_workers(worker: Callable[[int, int], Iterator[dict[str, Any]]], k: 
                      order: Sequence[tuple[int, int]], depth: int = 2) -> Iterator[dict[str, Any]]:
     """The items of `k` threads, thread w running `worker(w, k)` (the streams v with v % k == w,
     as worker processes split them), pulled in the canonical `order`: each thread runs at most
-    `depth` batches ahead, and the merge (`ordered`) never holds more than one batch."""
-    feeds = [prefetched(worker(w, k), depth, name=f"reader-{w}") for w in range(k)]
+    `depth` batches ahead."""
+    return merged([prefetched(worker(w, k), depth, name=f"reader-{w}") for w in range(k)], order)
+
+
+def merged(feeds: Sequence[Iterator[dict[str, Any]]], order: Sequence[tuple[int, int]]) -> Iterator[dict[str, Any]]:
+    """The items of readers (threads or worker processes; reader w reads the streams v with
+    v % len(feeds) == w) pulled in the canonical `order`, never more than one batch held here."""
+    k = len(feeds)
     ended: set[int] = set()
     try:
         for key in order:
@@ -79,7 +85,7 @@ def threaded_workers(worker: Callable[[int, int], Iterator[dict[str, Any]]], k: 
             while True:
                 item = next(feed, None)
                 if item is None:
-                    raise DataError(f"the loader's reading thread {key[1] % k} ended before batch {key} "
+                    raise DataError(f"the loader's reader {key[1] % k} ended before batch {key} "
                                     "(internal error)")
                 about, end = _about(item), item.get("_end")
                 yield item

@@ -6,14 +6,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 from collections import deque
-from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sen12ms_common import storage
 from sen12ms_common.bands import modalities_of
@@ -21,8 +19,9 @@ from sen12ms_common.buffers import BufferPool
 
 from . import DataError, LoaderSpec, mask_source
 from .batches import BatchDecoder
-from .feeds import prefetched, threaded_workers
+from .feeds import merged, prefetched, threaded_workers
 from .plan import EpochPlan, StreamPlan, buffer_shuffle, epoch_plan
+from .procs import SlotRing, SlotShape, WorkerFeeds
 from .shardread import RawSample, ShardError, ShardSource, check_shards, read_slice
 from .symmetry import SYMMETRIES
 
@@ -82,13 +81,12 @@ def skip_counts(plan: EpochPlan, start_batch: int) -> dict[int, int]:
     return counts
 
 
-class EpochStreams(IterableDataset):
-    """The read streams of one epoch; worker w of k reads streams v with v % k == w."""
+class EpochStreams:
+    """The read streams of one epoch; reader w of k reads streams v with v % k == w."""
 
     def __init__(self, src: ShardSource, counts: tuple[int, ...], *, batch_size: int, seed: int, shuffle: bool,
                  streams: int, rank: int, world_size: int, shuffle_buffer: int, threads: int = 1,
                  pin_memory: bool = False, augment: bool = False) -> None:
-        super().__init__()
         self.src, self.counts = src, counts
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.streams, self.rank, self.world_size = streams, rank, world_size
@@ -115,22 +113,18 @@ class EpochStreams(IterableDataset):
         self._pools = {}
 
     def __getstate__(self) -> dict[str, Any]:
+        # To a worker process started by a fork server: decoders and pools are made there.
         return {**self.__dict__, "_decoders": {}, "_pools": {}}
 
     def plan(self) -> EpochPlan:
         return epoch_plan(self.counts, batch_size=self.batch_size, seed=self.seed, epoch=self.epoch,
                           shuffle=self.shuffle, streams=self.streams, rank=self.rank, world_size=self.world_size)
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = get_worker_info()
-        w, k = (info.id, info.num_workers) if info is not None else (0, 1)
-        return self.batches(w, k, self.threads)
-
-    def batches(self, w: int, k: int, threads: int) -> Iterator[dict[str, Any]]:
+    def batches(self, w: int, k: int, threads: int, slots: Any = None) -> Iterator[dict[str, Any]]:
         """The items of reader w of k (a worker process or a reading thread): batches of the
         streams v with v % k == w in canonical order, "_skip" for a batch whose samples all
         failed, "_end" for a stream that ended early (and at the end), "_error"; `threads`: its
-        decoding threads."""
+        decoding threads; `slots`: a worker process's shared memory, its batches are made in."""
         plan = self.plan()
         skips = skip_counts(plan, self.start_batch)
         mine = [s for s in plan.streams if s.index % k == w and s.batches > skips[s.index]]
@@ -145,6 +139,7 @@ class EpochStreams(IterableDataset):
         # together, each with its own buffer pool; local files: this reader's streams share one pool.
         remote = storage.is_remote(self.src.root)
         decoder = self.decoder(w, threads)
+        decoder.slots = slots
         gens = {s.index: stream_batches(self.src, s, decoder, self._pools.setdefault(s.index if remote else (w,),
                                                                                       BufferPool()),
                                         batch_size=self.batch_size, shuffle=self.shuffle, bufsize=self.bufsize,
@@ -178,6 +173,18 @@ class EpochStreams(IterableDataset):
                     yield {"_end": v, "_events": take()}
         except ShardError as exc:
             yield {"_error": str(exc), "_events": take()}
+
+
+@dataclass(frozen=True)
+class EpochRunner:
+    """What a worker process runs: reader w of k over an epoch's streams, from a batch on."""
+
+    streams: EpochStreams
+
+    def __call__(self, w: int, k: int, epoch: int, start: int, slots: Any) -> Iterator[dict[str, Any]]:
+        ds = self.streams
+        ds.epoch, ds.start_batch = epoch, start
+        return ds.batches(w, k, ds.threads, slots)
 
 
 def ordered(items: Iterable[dict[str, Any]], order: Iterable[tuple[int, int]],
@@ -220,30 +227,6 @@ def ordered(items: Iterable[dict[str, Any]], order: Iterable[tuple[int, int]],
         raise DataError(f"the loader delivered no batch {expected[0]} of this epoch (internal error)")
 
 
-_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
-
-
-def _worker_init(_: int) -> None:
-    # Only the main process reacts to SIGTERM / Ctrl-C: it writes a checkpoint, then stops us.
-    # Both arrive blocked (see _forking_workers); one that came in meanwhile is dropped here.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-
-
-@contextmanager
-def _forking_workers() -> Iterator[None]:
-    """Start loader workers with SIGTERM / Ctrl-C blocked. A scheduler, torchrun (`killpg`) or
-    a terminal signals the whole process group; a worker hit before `_worker_init` would die of
-    torch's own SIGTERM handler, and the run with it, before writing its checkpoint. Signals
-    sent to this process meanwhile are delivered when the block ends."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 class WebDatasetLoader:
     """`Loader` over the shards of one split (see `train.data` for the batch dict)."""
 
@@ -266,6 +249,7 @@ class WebDatasetLoader:
         first = self.dataset.plan()  # sample and batch counts do not depend on the epoch
         self.samples, self._batches = first.samples, first.batches
         self.skipped: list[str] = []
+        self._feeds: WorkerFeeds | None = None
         problems = check_shards(spec.root, entries, spec.verify)
         if problems:
             if not spec.skip_bad_shards:
@@ -305,22 +289,29 @@ class WebDatasetLoader:
                                          depth=2 if k <= 2 else 1)
             yield from ordered(items, order, self._record)
             return
-        loader = DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=self.spec.pin_memory,
-                            worker_init_fn=_worker_init, prefetch_factor=2,
-                            # Its own generator: iterating must not draw from the global torch RNG,
-                            # or a run resumed mid-epoch would continue with another RNG state.
-                            generator=torch.Generator().manual_seed(self.spec.seed))
-        with _forking_workers():
-            it = iter(loader)
+        # Worker processes: each decodes its streams' batches into shared-memory slots of its own.
+        feeds = self._workers()
         try:
-            yield from ordered(it, order, self._record)
+            yield from ordered(merged(feeds.epoch(workers, epoch, start_batch), order), order, self._record)
         finally:
-            shutdown = getattr(it, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
+            feeds.end_epoch()
+
+    def _workers(self) -> WorkerFeeds:
+        """The worker processes, started at the first epoch that uses them and kept."""
+        if self._feeds is None:
+            spec = self.spec
+            size, full, k = self.src.layout.size, spec.batch_size, min(spec.workers, spec.streams)
+            mask = (full, size, size) if self.src.mask is not None else None
+            ring = SlotRing(SlotShape((full, len(self.src.bands), size, size), mask), k)
+            self._feeds = WorkerFeeds(EpochRunner(self.dataset), ring,
+                                      copy_out=spec.pin_memory and torch.cuda.is_available())
+        return self._feeds
 
     def close(self) -> None:
         self.dataset.close()
+        if self._feeds is not None:
+            self._feeds.close()
+            self._feeds = None
 
 
 def decode_threads(spec: LoaderSpec) -> int:
