@@ -45,9 +45,13 @@ class DaliWorker:
                                   + (f": {tail[0][:200]}" if tail else ""))
         return json.loads(line)
 
-    def repeat(self, root: str, settings: LoaderSettings, threads: int, seed: int, cpu: int | None) -> Repeat:
+    def repeat(self, root: str, settings: LoaderSettings, threads: int, seed: int, cpu: int | None,
+               normalise: bool = False) -> Repeat:
+        """One epoch; uint16 batches unless `normalise` (the CPU's part of a GPU pipeline, which
+        normalises on the GPU, as our loader's uint16 rows)."""
         assert self.proc.stdin is not None
-        req = {"root": root, "settings": asdict(settings), "threads": threads, "seed": seed, "cpu": cpu}
+        req = {"root": root, "settings": asdict(settings), "threads": threads, "seed": seed, "cpu": cpu,
+               "normalise": normalise}
         self.proc.stdin.write(json.dumps(req) + "\n")
         self.proc.stdin.flush()
         ans = self._read()

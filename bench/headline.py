@@ -54,8 +54,8 @@ def _input_lines(res: Results, codecs: tuple[str, ...]) -> list[str]:
     for codec in codecs:
         d = res.ratio(f"dali/{codec}/1", "orig/1")
         if d.values:
-            out.append(f"DALI loader (CPU-only), {CODEC_SHORT[codec]} shards: {d.median:.1f}x the original's "
-                       "samples/s per core (1 core).")
+            out.append(f"DALI loader (CPU-only, uint16 batches: the CPU's part of a GPU pipeline), "
+                       f"{CODEC_SHORT[codec]} shards: {d.median:.1f}x the original's samples/s per core (1 core).")
     return out
 
 

@@ -93,7 +93,8 @@ def method_lines(res: Results) -> list[str]:
         "samples/s divided by our loader's samples/s on one core.",
         "- Float batches: our uint16 batches through `train.device.InputTransform` on the CPU, in the main "
         "process (the training loop does this on its device: on a GPU the CPU never touches a float pixel); "
-        "the original's way makes float32 in its workers.",
+        "the original's way makes float32 in its workers. DALI rows: uint16 batches, the CPU's part of a GPU "
+        "pipeline (which normalises on the GPU): reader, decoders and the channel pass of the CPU-only graph.",
         f"- Cores: `1` = one reading thread (or one worker process) with the main process, pinned together to "
         f"one CPU, torch on one thread; `{cores()}` = one worker process (reading thread) per CPU, unpinned. Per core = "
         "samples/s / cores. The stock, floor, RGB and limit rows run in one process on one CPU.",
@@ -161,7 +162,7 @@ def short_label(key: str) -> str:
     if parts[0] == "wds":
         return f"ours {codec}, {parts[2].replace('-noverify', ' no verify')}"
     if parts[0] == "dali":
-        return f"DALI CPU {codec}, float"
+        return f"DALI CPU {codec}, uint16"
     if parts[0] == "limit":
         return f"limit {codec}: read + decode"
     if parts[0] == "alt":

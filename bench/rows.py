@@ -130,7 +130,7 @@ def loader_rows(res: Results, codecs: tuple[str, ...]) -> list[Row]:
                              fmt_ratio(res.ratio(f"wds/{codec}/uint16/1", key), "for ours (uint16, 1 core)")) if x)))
         for lab in _core_labels():
             key = f"dali/{codec}/{lab}"
-            rows.append(_row(res, _LOADERS, f"DALI CPU-only, {CODEC_NAMES[codec]}, normalised float batches", lab,
+            rows.append(_row(res, _LOADERS, f"DALI CPU-only, {CODEC_NAMES[codec]}, uint16 batches", lab,
                              key, "samples/s", per_core=int(lab),
                              compared=against_original_and_limit(res, key, codec, lab)))
     return rows
