@@ -235,7 +235,7 @@ class WorkerFeeds:
             if conn in ready:
                 try:
                     msg = conn.recv()
-                except EOFError:
+                except (EOFError, OSError):  # its end closed, maybe in the middle of a message
                     pass
                 else:
                     if "_failure" in msg:
