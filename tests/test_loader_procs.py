@@ -121,6 +121,7 @@ def test_the_workers_option_takes_auto_or_a_number():
     param = WorkersParam()
     assert param.convert("auto", None, None) == "auto" and param.convert("AUTO", None, None) == "auto"
     assert param.convert("4", None, None) == 4 and param.convert(0, None, None) == 0
-    for bad, says in (("lots", "neither auto nor a number"), (str(MAX_WORKERS + 1), "not in the range")):
+    for bad, says in (("lots", "neither auto nor a number"), (str(MAX_WORKERS + 1), "not in the range"),
+                      (MAX_WORKERS + 1, "not in the range"), (-1, "not in the range")):
         with pytest.raises(click.BadParameter, match=says):
             param.convert(bad, None, None)

@@ -104,6 +104,10 @@ def _input(v: Any) -> str | None:
     return None
 
 
+def _workers(v: Any) -> str | None:
+    return None if v == "auto" or _int(0, MAX_WORKERS)(v) is None else f"auto or an integer in 0..{MAX_WORKERS}"
+
+
 def _loader(v: Any) -> str | None:
     from .data import loader_names
 
@@ -129,7 +133,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "lr": _real(0.0, math.inf, low_open=True),
     "decay": _real(0.0, math.inf),
     "optimizer": _choice(*OPTIMIZERS),
-    "workers": lambda v: None if v == "auto" or _int(0, MAX_WORKERS)(v) is None else f"auto or an integer in 0..{MAX_WORKERS}",
+    "workers": _workers,
     "threads": _int(0, MAX_THREADS),
     "loader": _loader,
     "device": _choice(*DEVICES),
@@ -164,13 +168,11 @@ class WorkersParam(click.ParamType):
     name = "auto|N"
 
     def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
-        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)):
-            return value
         text = str(value).strip().lower()
         if text == "auto":
             return "auto"
         try:
-            n = int(text)
+            n = int(text) if not isinstance(value, bool) else -1
         except ValueError:
             self.fail(f"{value!r} is neither auto nor a number of processes", param, ctx)
         if not 0 <= n <= MAX_WORKERS:
