@@ -117,6 +117,14 @@ INSTALL_HINT: dict[str, str] = {
 }
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 AUTO = "auto"  # --workers auto: worker processes where there are cores for them
 
 
@@ -127,11 +135,7 @@ def resolve_workers(workers: int | str, streams: int = 8) -> int:
     docs/performance.md (worker processes scale over cores, reading threads share one GIL)."""
     if workers != AUTO:
         return int(workers)
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    n = min(cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)), streams)
+    n = min(usable_cpus() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)), streams)
     return n if n > 1 else 0
 
 

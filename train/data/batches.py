@@ -145,7 +145,10 @@ class BatchDecoder:
         keys = [chunk[i][0] for i in good]
         extra: dict[str, Any] = {"key": keys, "shard": [storage.join(self.src.root, chunk[i][2]) for i in good]}
         if slot is not None:
-            extra["_shm"] = slot[0]
+            if len(good) == n:
+                extra["_shm"] = slot[0]  # the batch is the slot's
+            else:
+                self.slots.give(slot[0])  # the good samples are copied out below
         if symmetries is not None:
             extra["symmetry"] = torch.from_numpy(np.asarray(symmetries, dtype=np.uint8)[good])
         if masks is not None:

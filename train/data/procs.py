@@ -111,24 +111,18 @@ class WorkerSlots:
         self.free.append(i)
 
 
-def _within(t: torch.Tensor, base: np.ndarray) -> bool:
-    start = base.__array_interface__["data"][0]
-    return start <= t.data_ptr() < start + base.nbytes
-
-
-def to_message(item: dict[str, Any], slots: WorkerSlots) -> dict[str, Any]:
-    """The item as it crosses to the loader: slot arrays by reference, the rest as numpy."""
+def to_message(item: dict[str, Any]) -> dict[str, Any]:
+    """The item as it crosses to the loader: a batch made in slot `_shm` by reference to it, the
+    rest as numpy."""
     i = item.pop("_shm", None)
     out: dict[str, Any] = {}
     for name, value in item.items():
-        if i is not None and name in ("image", "mask") and _within(value, slots.ring.slots[slots.w][i]):
+        if i is not None and name in ("image", "mask"):
             out[name] = ("slot", i, tuple(value.shape))
         elif isinstance(value, torch.Tensor):
             out[name] = value.numpy()
         else:
             out[name] = value
-    if i is not None and not any(isinstance(v, tuple) and v[:1] == ("slot",) for v in out.values()):
-        slots.give(i)  # a batch with bad samples left out was copied out of its slot
     return out
 
 
@@ -154,7 +148,7 @@ def _worker(run: Run, ring: SlotRing, w: int, control: Connection, out: Connecti
             slots.free = deque(free)
             try:
                 for item in run(w, k, epoch, start, slots):
-                    out.send(to_message(item, slots))
+                    out.send(to_message(item))
             except EpochStopped:
                 pass
             out.send({"_done": token})

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
@@ -17,7 +16,7 @@ from sen12ms_common import storage
 from sen12ms_common.bands import modalities_of
 from sen12ms_common.buffers import BufferPool
 
-from . import DataError, LoaderSpec, mask_source
+from . import DataError, LoaderSpec, mask_source, usable_cpus
 from .batches import BatchDecoder
 from .feeds import merged, prefetched, threaded_workers
 from .plan import EpochPlan, StreamPlan, buffer_shuffle, epoch_plan
@@ -319,12 +318,7 @@ def decode_threads(spec: LoaderSpec) -> int:
     use when it reads itself, one per worker process otherwise."""
     if spec.threads > 0:
         return spec.threads
-    if spec.workers > 0:
-        return 1
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return 1 if spec.workers > 0 else usable_cpus()
 
 
 def make_loader(spec: LoaderSpec) -> WebDatasetLoader:
