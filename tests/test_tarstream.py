@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sen12ms_common.tarstream import iter_members, iter_samples, split_name
+from sen12ms_common.tarstream import READ_STEP, iter_members, iter_samples, split_name
 
 
 def as_bytes(samples) -> list[tuple[str, dict[str, bytes]]]:
@@ -104,6 +104,24 @@ def test_every_byte_reaches_on_bytes_when_draining():
     samples = list(iter_samples(ShortReads(data, 700), {"json"}, on_bytes=h.update, drain=True))
     assert len(samples) == 5
     assert h.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_members_larger_than_a_read_step_are_read_and_hashed_whole():
+    # Shard members are ~100 KB to 2 MB: read in cache-sized steps, hashed step by step.
+    rng = np.random.default_rng(2)
+    members = [("k1.s2.npy", rng.bytes(READ_STEP * 5 + 3)), ("k1.s1.npy", rng.bytes((2 << 20) + 1)),
+               ("k1.json", b"{}"), ("k2.s2.npy", rng.bytes(READ_STEP - 1))]
+    data = make_tar(members)
+    h, pieces = hashlib.sha256(), []
+
+    def on_bytes(b):
+        pieces.append(len(b))
+        h.update(b)
+
+    ours = as_bytes(iter_samples(io.BytesIO(data), {"s2.npy", "json"}, on_bytes=on_bytes, drain=True))
+    assert ours == webdataset_samples(data, {"s2.npy", "json"})
+    assert h.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert max(pieces) <= READ_STEP
 
 
 def test_truncated_and_damaged_archives_raise_read_error_with_the_offset():
