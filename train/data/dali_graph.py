@@ -279,10 +279,12 @@ def define_pipeline(spec: GraphSpec, *, batch_size: int, num_threads: int, devic
         names.extend(out.names)
         return tuple(out.nodes)
 
-    # Conditionals (AutoGraph) only where the random symmetries need a per-sample `if`.
+    # Conditionals (AutoGraph) only where the random symmetries need a per-sample `if`. The
+    # dynamic executor's outputs are owned by what it returns, so the PyTorch iterator hands
+    # them over through DLPack instead of copying each batch.
     pipe = pipeline_def(define, enable_conditionals=spec.augment)(
         batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
-        prefetch_queue_depth=prefetch)
+        prefetch_queue_depth=prefetch, exec_dynamic=True)
     return pipe, names
 
 
