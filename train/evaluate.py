@@ -227,15 +227,16 @@ def main(shards, checkpoint, config, split, out, batch_size, workers, threads, d
     from .distributed import Dist, init_from_env, shutdown
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    d = Dist()
+    d, finished = Dist(), False
     try:
         d, dev = init_from_env(device)
         evaluate_checkpoint(shards=shards, checkpoint=checkpoint, config=config, split=split, out=out,
                             batch_size=batch_size, workers=workers, threads=threads, device=str(dev), stats=stats,
                             verify=not no_verify, skip_bad_shards=skip_bad_shards, echo=click.echo, dist=d,
                             progress=ProgressOptions(progress, progress_interval))
+        finished = True
     finally:
-        shutdown(d)
+        shutdown(d, finished)
 
 
 if __name__ == "__main__":
