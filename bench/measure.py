@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
+from sen12ms_common.cpus import usable_cpus
+
 
 @dataclass
 class Repeat:
@@ -66,11 +68,7 @@ def steady_rate(batches: Iterable[Any], count: Callable[[Any], int],
 
 
 def cores() -> int:
-    """The CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return usable_cpus()
 
 
 def one_cpu(repeat: int) -> int:

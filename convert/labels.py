@@ -16,6 +16,7 @@ from convert.scan import Problem, Triplet
 from sen12ms_common import storage
 from sen12ms_common.outputs import output_folder, writing
 from sen12ms_common.storage import StorageError
+from sen12ms_common.cpus import usable_cpus
 from sen12ms_common.errors import report_errors
 from sen12ms_common.datafiles import JSON_FORMAT, JSON_VERSION, LABEL_JSON, LABEL_PKL, LabelFileError
 from sen12ms_common.igbp import (
@@ -186,10 +187,6 @@ def write_label_files(labels: dict[str, np.ndarray], out_dir: str | Path) -> lis
 
 # --------------------------------------------------------------------------- command line
 
-def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-
-
 def report_problems(problems: list[Problem], what: str) -> None:
     """List every bad input at the end, one line each, then fail with a one-line summary."""
     if not problems:
@@ -205,7 +202,7 @@ def report_problems(problems: list[Problem], what: str) -> None:
               help="Root of the SEN12MS tree (local folder or URL such as s3://bucket/sen12ms).")
 @click.option("--out", required=True, metavar="DIR|URL",
               help="Folder or s3://bucket/prefix to write the label files into (created if missing).")
-@click.option("--workers", default=default_workers, show_default="all usable CPU cores",
+@click.option("--workers", default=usable_cpus, show_default="all usable CPU cores",
               type=click.IntRange(1, 1024), help="Processes reading lc patches in parallel.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @report_errors

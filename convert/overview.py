@@ -11,6 +11,7 @@ import click
 import numpy as np
 
 from sen12ms_common import storage, tarstream
+from sen12ms_common.cpus import usable_cpus
 from sen12ms_common.errors import report_errors
 from sen12ms_common.igbp import LabelError, check_probability, igbp_counts
 from sen12ms_common.manifest import load_manifest
@@ -238,7 +239,7 @@ def collect_shards(root: str, progress: bool = True) -> Collection:
 # --- the command ----------------------------------------------------------------------------------
 
 def default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
+    return min(8, usable_cpus())
 
 
 @click.command("overview")

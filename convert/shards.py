@@ -3,7 +3,6 @@ resumable (the command; the run is `convert.conversion`, the output folder `conv
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 
@@ -14,15 +13,9 @@ from convert.conversion import ShardsOptions, convert_shards
 from convert.outlock import STALE_AFTER
 from convert.plan import Part, parse_part, parse_size
 from convert.summary import summary_lines
+from sen12ms_common.cpus import usable_cpus
 from sen12ms_common.errors import report_errors
 from sen12ms_common.shardformat import CODECS, DEFAULT_LEVEL, SampleLayout
-
-
-def _default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def _parse_modalities(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
@@ -97,7 +90,7 @@ def resume_command(ctx: click.Context) -> str:
               help="zstd compression level (default 3; only for --codec zstd).")
 @click.option("--shard-size", default="256MB", show_default=True, callback=_parse_size,
               help="Target size of a shard: 256MB, 1GB, 500KiB or bytes (a shard holds at least one sample).")
-@click.option("--workers", type=click.IntRange(1, 512), default=_default_workers, show_default="all CPUs",
+@click.option("--workers", type=click.IntRange(1, 512), default=usable_cpus, show_default="all CPUs",
               help="Processes that read and encode; the output is the same for any number.")
 @click.option("--modalities", default="s1,s2", show_default=True, callback=_parse_modalities,
               help="Arrays to store per sample: a subset of s1,s2,lc.")

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol
 
 from sen12ms_common.bands import BandRef
+from sen12ms_common.cpus import usable_cpus  # noqa: F401  (part of this package's interface)
 from sen12ms_common.errors import DataError
 from sen12ms_common.igbp import LabelRule
 from sen12ms_common.inputs import ChannelTransform
@@ -115,14 +116,6 @@ LOADERS: dict[str, str] = {
 INSTALL_HINT: dict[str, str] = {
     "dali": "pip install '.[dali]' (nvidia-dali-cuda130 for torch 2.14.1+cu130)",
 }
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 AUTO = "auto"  # --workers auto: worker processes where there are cores for them
