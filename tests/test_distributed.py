@@ -40,7 +40,7 @@ OPTIONS = ("--model", "SmallCNN", "--input", "rgb", "--label-type", "multi_label
 
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-               OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")  # a rank that aborts shows its threads' stacks
     env.pop("SEN12MS_TRACE_KEYS", None)
     env.update(extra)
     return env

@@ -127,14 +127,13 @@ def main(ctx: click.Context, **params: Any) -> None:
     from .signals import Interrupted
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    d, finished = Dist(), False
+    d = Dist()
     try:
         cfg, checkpoint = _config(ctx, params)
         d, dev = init_from_env(cfg.device)
         fit(cfg, checkpoint, echo=click.echo, dist=d, device=str(dev),
             trace_keys=os.environ.get("SEN12MS_TRACE_KEYS") or None,
             progress=ProgressOptions(params["progress"], params["progress_interval"]))
-        finished = True
     except Interrupted as exc:
         # The checkpoint is written: ignore further SIGTERMs (torchrun sends them to the other
         # ranks once one has exited) so that none dies halfway through its exit. Python resets
@@ -143,7 +142,7 @@ def main(ctx: click.Context, **params: Any) -> None:
         click.echo(str(exc), err=True)
         sys.exit(128 + int(exc.signum))
     finally:
-        shutdown(d, finished)
+        shutdown(d)
 
 
 def _config(ctx: click.Context, params: dict[str, Any]) -> tuple[TrainConfig, dict | None]:

@@ -104,15 +104,10 @@ def use_fork_server() -> None:
         mp.set_start_method("forkserver", force=True)
 
 
-def shutdown(d: Dist, finished: bool = False) -> None:
-    """Leave the process group. `finished` (this rank got to its end, as every rank should):
-    wait for the others first, so that no rank tears its group down while another is still in
-    its last collective."""
+def shutdown(d: Dist) -> None:
     import torch.distributed as dist
 
     if d.enabled and dist.is_initialized():
-        if finished:
-            dist.barrier(group=d.control)
         dist.destroy_process_group()
 
 

@@ -178,8 +178,11 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
     stats_used = "as trained" if opts.transform is not None else opts.stats
     echo(f"{checkpoint}: {opts.model} ({made_at(ckpt)}), input {opts.input}, {what}, stats {stats_used}; "
          f"{split}: {manifest.samples(split)} samples" + (f" over {d.world_size} processes" if d.enabled else ""))
-    result = predict_all(setup, loader, d, desc=split, labels=label_check(loader, shards, split, skip_bad_shards),
-                         progress=progress or ProgressOptions())
+    try:
+        result = predict_all(setup, loader, d, desc=split, labels=label_check(loader, shards, split, skip_bad_shards),
+                             progress=progress or ProgressOptions())
+    finally:
+        loader.close()  # its threads or worker processes end here, not at interpreter exit
     metrics = setup.task.score(result)
     skipped = list(dict.fromkeys(s for part in gather_objects(d, loader.skipped) for s in part))
     if not d.is_main:
@@ -227,16 +230,15 @@ def main(shards, checkpoint, config, split, out, batch_size, workers, threads, d
     from .distributed import Dist, init_from_env, shutdown
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    d, finished = Dist(), False
+    d = Dist()
     try:
         d, dev = init_from_env(device)
         evaluate_checkpoint(shards=shards, checkpoint=checkpoint, config=config, split=split, out=out,
                             batch_size=batch_size, workers=workers, threads=threads, device=str(dev), stats=stats,
                             verify=not no_verify, skip_bad_shards=skip_bad_shards, echo=click.echo, dist=d,
                             progress=ProgressOptions(progress, progress_interval))
-        finished = True
     finally:
-        shutdown(d, finished)
+        shutdown(d)
 
 
 if __name__ == "__main__":
