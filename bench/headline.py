@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bench.measure import cores
 from bench.results import Results
 from bench.rows import stall
+from sen12ms_common.cpus import usable_cpus
 
 CODEC_SHORT = {"zstd": "zstd", "lz4": "lz4", "none": "uncompressed"}
 
@@ -88,5 +88,5 @@ def _system_lines(res: Results, codecs: tuple[str, ...], n: int) -> list[str]:
 
 def headline(res: Results, codecs: tuple[str, ...]) -> list[str]:
     """The ratios the README quotes (per core, medians of per-round ratios)."""
-    n = cores()
+    n = usable_cpus()
     return _loader_lines(res, codecs, n) + _input_lines(res, codecs) + _system_lines(res, codecs, n)

@@ -9,8 +9,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-from sen12ms_common.cpus import usable_cpus
-
 
 @dataclass
 class Repeat:
@@ -65,10 +63,6 @@ def steady_rate(batches: Iterable[Any], count: Callable[[Any], int],
     if n == n_first:  # a single batch: all we can say is the whole time
         return Repeat(n, end - t0, 0.0)
     return Repeat(n - n_first, end - first, first - t0)
-
-
-def cores() -> int:
-    return usable_cpus()
 
 
 def one_cpu(repeat: int) -> int:

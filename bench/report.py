@@ -7,9 +7,9 @@ import platform
 from pathlib import Path
 
 from bench.headline import headline
-from bench.measure import cores
 from bench.results import Results, Row, fmt, table
 from bench.rows import STEADY, build_rows
+from sen12ms_common.cpus import usable_cpus
 
 __all__ = ["build_rows", "headline", "markdown", "plot"]
 
@@ -46,7 +46,7 @@ def machine_info(extra: dict) -> list[str]:
     ls, le = extra.get("load_start"), extra.get("load_end")
     load = lambda v: ", ".join(f"{x:.2f}" for x in v) if v else "?"  # noqa: E731
     return [
-        f"- CPU: {cpu}; {cores()} cores usable ({os.cpu_count()} online); memory {mem}",
+        f"- CPU: {cpu}; {usable_cpus()} cores usable ({os.cpu_count()} online); memory {mem}",
         f"- Training device: {extra.get('train_device', '?')}",
         f"- Python {platform.python_version()} on {platform.system()} {platform.release()}",
         f"- Libraries: {', '.join(versions)}",
@@ -96,7 +96,7 @@ def method_lines(res: Results) -> list[str]:
         "the original's way makes float32 in its workers. DALI rows: uint16 batches, the CPU's part of a GPU "
         "pipeline (which normalises on the GPU): reader, decoders and the channel pass of the CPU-only graph.",
         f"- Cores: `1` = one reading thread (or one worker process) with the main process, pinned together to "
-        f"one CPU, torch on one thread; `{cores()}` = one worker process (reading thread) per CPU, unpinned. Per core = "
+        f"one CPU, torch on one thread; `{usable_cpus()}` = one worker process (reading thread) per CPU, unpinned. Per core = "
         "samples/s / cores. The stock, floor, RGB and limit rows run in one process on one CPU.",
         f"- Conversion: `convert shards` of {d.get('subset')} triplets with `--labels` and `--splits` given; "
         "the time of the whole command (scan, plan, read, encode, write, manifest).",
@@ -189,7 +189,7 @@ def plot(rows: list[Row], path: Path) -> None:
               and (r.group.startswith("Loader") or r.group.startswith("Limit"))]
     if not picked:
         return
-    n = cores()
+    n = usable_cpus()
     labels, med, lo, hi, colours = [], [], [], [], []
     for r in picked:
         labels.append(f"{short_label(r.key)} [{r.cores} core{'s' if r.cores != '1' else ''}]")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from bench.measure import Stat, cores
+from bench.measure import Stat
 from bench.results import Results, Row, fmt_ratio
+from sen12ms_common.cpus import usable_cpus
 
 CODEC_NAMES = {"zstd": "zstd 3, byte-shuffled", "lz4": "lz4 blocks", "none": "uncompressed"}
 OUTPUT_NAMES = {"uint16": "uint16 batches", "float": "normalised float batches",
@@ -67,7 +68,7 @@ def _stall_text(res: Results, key: str) -> str:
 
 
 def _core_labels() -> list[str]:
-    n = cores()
+    n = usable_cpus()
     return ["1"] if n == 1 else ["1", str(n)]
 
 

@@ -13,11 +13,12 @@ from bench.dataset import REAL_TRIPLETS, DatasetParams, ensure_shards, geotiff_b
     preread, reference_root, shard_files
 from bench.loaders import (LoaderSettings, first_batch_check, original_repeat, seg_original_repeat,
                            seg_webdataset_repeat, webdataset_repeat)
-from bench.measure import Repeat, cores, one_cpu, pinned
+from bench.measure import Repeat, one_cpu, pinned
 from bench.results import Results
 from bench.training import TrainingSettings
 from sen12ms_common.bands import resolve_bands
 from sen12ms_common.codecs import CODECS  # every codec of the shard format
+from sen12ms_common.cpus import usable_cpus
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUTS = ("uint16", "float", "uint16-noverify")
@@ -46,13 +47,9 @@ def quick_config(cfg: BenchConfig) -> BenchConfig:
     return replace(cfg, repeats=1, quick=True)
 
 
-def all_cores() -> int:
-    return cores()
-
-
 def _cores_configs() -> list[tuple[str, int, Callable[[int], int | None]]]:
     """(label, workers, cpu of round r): one worker pinned to one CPU, and one per CPU unpinned."""
-    n = all_cores()
+    n = usable_cpus()
     one = ("1", 1, one_cpu)
     return [one] if n == 1 else [one, (str(n), n, lambda r: None)]
 
@@ -79,9 +76,9 @@ class Bench:
         self.labels = load_labels(str(self.ds.labels))
         self.names = [k + ".tif" for k in self.ds.keys]
         for codec in cfg.codecs:
-            ensure_shards(self.ds, codec, cfg.shard_size, all_cores(), echo=self.say, progress=cfg.progress)
+            ensure_shards(self.ds, codec, cfg.shard_size, usable_cpus(), echo=self.say, progress=cfg.progress)
         if SEG_CODEC in cfg.codecs:
-            ensure_shards(self.ds, SEG_CODEC, cfg.shard_size, all_cores(), echo=self.say, progress=cfg.progress,
+            ensure_shards(self.ds, SEG_CODEC, cfg.shard_size, usable_cpus(), echo=self.say, progress=cfg.progress,
                           lc=True)
         res.extra["dataset"] = {"triplets": len(self.ds.keys), "subset": len(self.ds.subset_keys),
                                 "real": self.ds.real}
@@ -322,12 +319,12 @@ class Bench:
 
         cfg, res, ds = self.cfg, self.res, self.ds
         codec = "zstd"
-        shard_dir = cfg.scratch / "convert" / f"{codec}-{all_cores()}"
+        shard_dir = cfg.scratch / "convert" / f"{codec}-{usable_cpus()}"
         try:
             if not (shard_dir / "manifest.json").is_file():
                 from bench.conversion import conversion_repeat
 
-                conversion_repeat(ds, shard_dir, codec, all_cores(), None, cfg.shard_size)
+                conversion_repeat(ds, shard_dir, codec, usable_cpus(), None, cfg.shard_size)
             with local_server(cfg.scratch / "s3") as server:
                 t = time.perf_counter()
                 nbytes = upload_bench_data(server, shard_dir, ds.tree, ds.subset_keys)

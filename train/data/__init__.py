@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol
 
 from sen12ms_common.bands import BandRef
-from sen12ms_common.cpus import usable_cpus  # noqa: F401  (part of this package's interface)
+from sen12ms_common.cpus import usable_cpus
 from sen12ms_common.errors import DataError
 from sen12ms_common.igbp import LabelRule
 from sen12ms_common.inputs import ChannelTransform

@@ -15,8 +15,9 @@ import torch
 from sen12ms_common import storage
 from sen12ms_common.bands import modalities_of
 from sen12ms_common.buffers import BufferPool
+from sen12ms_common.cpus import usable_cpus
 
-from . import DataError, LoaderSpec, mask_source, usable_cpus
+from . import DataError, LoaderSpec, mask_source
 from .batches import BatchDecoder
 from .feeds import merged, prefetched, threaded_workers
 from .plan import EpochPlan, StreamPlan, buffer_shuffle, epoch_plan
