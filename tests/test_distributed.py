@@ -251,6 +251,22 @@ def test_metrics_equal_a_single_process_evaluation(ddp_run, sample_shards: Path,
         np.testing.assert_allclose(pred["probs"], ref_pred["probs"], rtol=1e-5, atol=1e-6)
 
 
+def test_shutdown_ends_the_gloo_threads_while_the_rank_still_holds_its_dist(tmp_path: Path):
+    # A gloo group that lived on into interpreter finalization let a worker thread release a
+    # collective's tensor there, which aborted rank 1 at exit ("terminate called without an
+    # active exception"); `shutdown` must end the group, and with it its threads.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "tests" / "pgteardown.py")]
+    proc = ok(run(cmd, _env()))
+    reports = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")),
+                     key=lambda r: r["rank"])
+    assert [r["rank"] for r in reports] == [0, 1], proc.stdout
+    for r in reports:
+        assert r["gathered"] == [{"rank": 0}, {"rank": 1}]
+        assert "pt_gloo_runloop" in r["during"]  # the check sees gloo's threads while they run
+        assert r["after"] == [], r
+
+
 def _rank_pid(torchrun_pid: int, local_rank: int) -> int:
     """The worker process of `local_rank` (a child of torchrun's `bash -c`, which execs python)."""
     for entry in Path("/proc").iterdir():

@@ -3,8 +3,10 @@ collectives the training loop needs to keep every rank in step."""
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -30,7 +32,14 @@ class Dist:
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None   # nccl | gloo; None for a single process
-    control: Any = None          # gloo ProcessGroup for CPU messages
+    # The process groups this process made besides the default one ({"control": gloo group for CPU
+    # messages under NCCL}); `shutdown` empties it, so that no reference outlives the job.
+    groups: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def control(self) -> Any:
+        """The group of CPU messages: None (the default group) under gloo."""
+        return self.groups.get("control")
 
     @property
     def enabled(self) -> bool:
@@ -87,11 +96,16 @@ def init_from_env(device: str = "auto", environ: Mapping[str, str] | None = None
     else:
         backend = "gloo"
     use_fork_server()
+    # Its functions bind `group.WORLD` as a default when imported: imported after the group exists
+    # (torchvision does), they would keep it alive into interpreter exit (see `shutdown`).
+    import torch.distributed.nn.functional  # noqa: F401
     if not dist.is_initialized():
         kwargs: dict[str, Any] = {"device_id": dev} if backend == "nccl" else {}
         dist.init_process_group(backend, rank=rank, world_size=world, **kwargs)
-    control = dist.new_group(backend="gloo") if backend == "nccl" else dist.group.WORLD
-    return Dist(rank, world, local, backend, control), dev
+    groups = {"control": dist.new_group(backend="gloo")} if backend == "nccl" else {}
+    d = Dist(rank, world, local, backend, groups)
+    atexit.register(shutdown, d)  # the error paths: their tracebacks held the groups until now
+    return d, dev
 
 
 def use_fork_server() -> None:
@@ -105,10 +119,16 @@ def use_fork_server() -> None:
 
 
 def shutdown(d: Dist) -> None:
+    """Destroy the process groups now, while the interpreter is whole (idempotent): a gloo group
+    that outlives it aborts the process at exit (docs/notes.md, "torchrun teardown")."""
     import torch.distributed as dist
 
     if d.enabled and dist.is_initialized():
         dist.destroy_process_group()
+    if d.groups:
+        d.groups.clear()
+    if d.enabled:
+        gc.collect()
 
 
 def wrap_model(module: nn.Module, device: torch.device, d: Dist) -> nn.Module:
