@@ -219,6 +219,7 @@ def _member(root: Path, shard: str, ext: str, sample: int = 1) -> tuple[str, int
 
 @pytest.mark.parametrize("codec,ext,damage", [
     ("zstd", "s2.zst", "flip"),         # zstd frame checksum / decompression error
+    ("zstd", "s1.zstsizes", "flip"),    # zstd chunk sizes that do not add up to the member
     ("lz4", "s1.lz4sizes", "flip"),     # chunk sizes that do not add up to the member
     ("none", "s2.raw", "short-index"),  # the index gives the raw member too few bytes
 ])
@@ -355,6 +356,43 @@ def test_channel_plan_decodes_each_band_once_in_first_use_order():
     assert plan.decode == {"s2": (7, 3, 4), "s1": (0, 1)}
     assert plan.runs == (("s2", 0, 1), ("s1", 0, 1), ("s2", 1, 3), ("s1", 1, 2))
     assert channel_plan(resolve_bands("s1s2")).runs == (("s2", 0, 10), ("s1", 0, 2))
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("normalised", [False, True])
+def test_zstd_channels_kernel_decodes_each_band_into_its_channel(shuffle, normalised):
+    # The CPU graph's zstd path, called directly: byte-shuffled or not (the manifest's
+    # `byte_shuffle`), uint16 or normalised, bands of two modalities interleaved and repeated.
+    from sen12ms_common.codecs import encode_band
+    from train.data.dali_ops import channel_params, zstd_channels_kernel
+
+    rng = np.random.default_rng(5)
+    arrays = {"s2": rng.integers(0, 4096, (13, 8, 8), dtype=np.uint16), "s1": rng.integers(0, 65535, (2, 8, 8),
+                                                                                          dtype=np.uint16)}
+    inputs = []
+    for m in ("s2", "s1"):
+        chunks = [encode_band(band, "zstd", 3, shuffle) for band in arrays[m]]
+        inputs += [np.frombuffer(b"".join(chunks), dtype=np.uint8), np.array([len(c) for c in chunks], np.int32)]
+    sources = [(0, 7), (1, 0), (0, 3), (0, 7), (1, 1)]
+    want = np.stack([arrays["s2" if i == 0 else "s1"][b] for i, b in sources])
+    scale, offset, clip = np.full(5, 0.5, np.float32), np.arange(5, dtype=np.float32), np.full(5, 3000, np.float32)
+    params = channel_params(sources, scale, offset, clip) if normalised else channel_params(sources)
+    if normalised:
+        want = np.minimum(want.astype(np.float32), clip[:, None, None]) * scale[:, None, None] + offset[:, None, None]
+    kernel = zstd_channels_kernel((13, 2), (8, 8), 5, normalised, shuffle)
+    out, status = np.empty(want.shape, dtype=want.dtype), np.empty(1, np.int32)
+    kernel.run_fn(out, status, *inputs, params)
+    assert status[0] == 0
+    np.testing.assert_array_equal(out, want)
+    wrong = list(inputs)
+    wrong[3] = inputs[3] + np.array([1, 0], np.int32)  # s1's chunk sizes no longer add up to its member
+    kernel.run_fn(out, status, *wrong, params)
+    assert status[0] == 2 and not out.any()
+    damaged = list(inputs)
+    damaged[0] = inputs[0].copy()
+    damaged[0][int(inputs[1][:7].sum()) + 20] ^= 0xFF  # inside band 7 of s2: its frame fails
+    kernel.run_fn(out, status, *damaged, params)
+    assert status[0] == 1 and not out.any()
 
 
 def test_keys_come_from_the_readers_source_info():

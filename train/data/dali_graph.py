@@ -16,7 +16,8 @@ from sen12ms_common.bands import BandRef, modalities_of
 from sen12ms_common.inputs import ChannelTransform
 from sen12ms_common.shardformat import LABEL_EXT, SampleLayout
 
-from .dali_ops import Kernel, channel_params, channels_kernel, chunks_kernel, lz4_kernel, zstd_kernel
+from .dali_ops import (Kernel, channel_params, channels_kernel, chunks_kernel, lz4_kernel, zstd_channels_kernel,
+                       zstd_kernel)
 
 READER = "reader"
 
@@ -199,6 +200,22 @@ def fused_channels(spec: GraphSpec, decoded: dict[str, Decoded]):
     return fn.reshape(image, layout="CHW"), status
 
 
+def fused_zstd_channels(spec: GraphSpec, members: dict[str, Any]):
+    """zstd members -> the input's channels in one numba pass per sample (the CPU graph): each
+    band decoded into its channel, normalised there when `spec.normalise`."""
+    layout, modalities = spec.layout, list(spec.plan.decode)
+    inputs = []
+    for m in modalities:
+        inputs += [members[layout.ext(m)], members[layout.sizes_ext(m)]]
+    sources = [(modalities.index(b.modality), b.index) for b in spec.bands]
+    t = spec.transform
+    params = channel_params(sources, t.scale, t.offset, t.clip) if spec.normalise else channel_params(sources)
+    kernel = zstd_channels_kernel(tuple(layout.shape(m)[0] for m in modalities), (layout.size, layout.size),
+                                  len(spec.bands), spec.normalise, layout.byte_shuffle)
+    image, status = _numba(kernel, *inputs, types.Constant(params, device="cpu"))
+    return fn.reshape(image, layout="CHW"), status
+
+
 def random_symmetry(x):
     """One of the 8 symmetries of the square per sample: transpose H/W or not, then flips.
 
@@ -240,11 +257,12 @@ def build_graph(spec: GraphSpec) -> GraphOutputs:
     """The whole graph (call inside a pipeline definition); outputs in iterator order:
     image, prob, key (+ status where a codec reports one)."""
     members = read_members(spec)
-    decoded = {m: decode_modality(spec, m, members) for m in modalities_of(spec.bands)}
+    fused_zstd = spec.fused and spec.layout.codec == "zstd"
+    decoded = {} if fused_zstd else {m: decode_modality(spec, m, members) for m in modalities_of(spec.bands)}
     statuses = [d.status for d in decoded.values() if d.status is not None]
     if spec.fused:
         # Normalised before the random symmetries: both commute (per-channel, per-pixel map).
-        image, status = fused_channels(spec, decoded)
+        image, status = fused_zstd_channels(spec, members) if fused_zstd else fused_channels(spec, decoded)
         statuses.append(status)
         if spec.augment:
             image = random_symmetry(image)

@@ -8,7 +8,8 @@ from typing import Callable
 
 import numpy as np
 
-from sen12ms_common.nativecodecs import CodecLibraryError, lz4_decompress_fn, zstd_decompress_fn  # noqa: F401
+from sen12ms_common.nativecodecs import (CodecLibraryError, lz4_decompress_fn, zstd_context_fns,  # noqa: F401
+                                         zstd_decompress_fn)
 
 try:  # DALI's AutoGraph must not rewrite the kernels these factories create (numba compiles them)
     from nvidia.dali.pipeline import do_not_convert
@@ -169,6 +170,100 @@ def lz4_kernel(chunk_shape: tuple[int, int]) -> Kernel:
     setup_fn = _planes_setup(h, w)
 
     return Kernel(run_fn, setup_fn, ("UINT8", "INT32", "INT32"), ("UINT16", "INT32"), (1, 1, 1), (3, 1))
+
+
+@lru_cache(maxsize=16)
+@do_not_convert
+def zstd_channels_kernel(n_bands: tuple[int, ...], chunk_shape: tuple[int, int], channels: int, normalised: bool,
+                         byte_shuffle: bool) -> Kernel:
+    """(zstd member, its int32 chunk sizes member) of one or two modalities (`n_bands` each), and
+    `channel_params` -> the input's (C, H, W) channels, each band decoded from its frame straight
+    into its channel (normalised as `channels_kernel` does, or uint16 as stored), and a status.
+
+    The CPU graph's zstd path in one pass: no (k, H, W) array per modality in between, one
+    decompression context per sample instead of one per band."""
+    from numba import njit
+
+    decompress, is_error, create, free = zstd_context_fns()
+    h, w = chunk_shape
+    plane = h * w
+    nbytes = 2 * plane
+    na, nb = n_bands[0], n_bands[-1]
+
+    @njit
+    def starts_of(sizes, n, total):
+        """Chunk start offsets (n + 1,); empty when the sizes do not describe the member."""
+        st = np.empty(n + 1, dtype=np.int64)
+        if sizes.shape[0] != n:
+            return st[:0]
+        st[0] = 0
+        for i in range(n):
+            if sizes[i] <= 0:
+                return st[:0]
+            st[i + 1] = st[i] + sizes[i]
+        return st if st[n] == total else st[:0]
+
+    @njit
+    def to_channel(y, lo, hi, s, o, hi_clip):
+        for i in range(plane):
+            x = np.uint16(lo[i]) | (np.uint16(hi[i]) << np.uint16(8))
+            if normalised:
+                v = np.float32(x)
+                if v > hi_clip:
+                    v = hi_clip
+                y[i] = v * s + o
+            else:
+                y[i] = x
+
+    if byte_shuffle:  # all low bytes, then all high bytes: contiguous slices (vectorised loops)
+        @njit
+        def unshuffle(y, buf, s, o, hi_clip):
+            to_channel(y, buf[:plane], buf[plane:nbytes], s, o, hi_clip)
+    else:
+        @njit
+        def unshuffle(y, buf, s, o, hi_clip):
+            to_channel(y, buf[0:nbytes:2], buf[1:nbytes:2], s, o, hi_clip)
+
+    @njit
+    def fill(out, status, a, asz, b, bsz, params):
+        status[0] = 0
+        flat_out = out.reshape(out.size)
+        sa, sb = starts_of(asz, na, a.shape[0]), starts_of(bsz, nb, b.shape[0])
+        if sa.shape[0] == 0 or sb.shape[0] == 0:
+            status[0] = 2
+            flat_out[:] = 0
+            return
+        buf = np.empty(nbytes, dtype=np.uint8)
+        dctx = create()
+        for ch in range(params.shape[1]):
+            first = params[0, ch] == 0
+            src, st = (a, sa) if first else (b, sb)
+            band = int(params[1, ch])
+            # At most `nbytes` are written, whatever the frame declares.
+            got = decompress(dctx, buf.ctypes.data, nbytes, src.ctypes.data + st[band], st[band + 1] - st[band])
+            if is_error(got) != 0 or got != nbytes:
+                status[0] = 1
+                flat_out[:] = 0
+                break
+            unshuffle(flat_out[ch * plane:(ch + 1) * plane], buf, params[2, ch], params[3, ch], params[4, ch])
+        free(dctx)
+
+    if len(n_bands) == 1:
+        def run_fn(out, status, a, asz, params):
+            fill(out, status, a, asz, a, asz, params)
+    else:
+        def run_fn(out, status, a, asz, b, bsz, params):
+            fill(out, status, a, asz, b, bsz, params)
+
+    def setup_fn(outs, ins):
+        for i in range(len(outs[0])):
+            outs[0][i][0] = channels
+            outs[0][i][1] = h
+            outs[0][i][2] = w
+            outs[1][i][0] = 1
+
+    return Kernel(run_fn, setup_fn, ("UINT8", "INT32") * len(n_bands) + ("FLOAT",),
+                  ("FLOAT" if normalised else "UINT16", "INT32"), (1, 1) * len(n_bands) + (2,), (3, 1))
 
 
 def channel_params(sources: list[tuple[int, int]], scale=None, offset=None, clip=None) -> np.ndarray:
