@@ -253,6 +253,22 @@ def _in_shard_order(planned: Mapping[str, list[PlanEntry]], inputs: dict[str, in
     return splits, ordered_inputs
 
 
+def _scan_outcomes(problems_of: Mapping[str, list[Problem]], keys: set[str], lists: _SplitLists,
+                   excluded: Mapping[str, str], inputs: dict[str, int], rejected: list[Rejection],
+                   warnings: list[Rejection]) -> None:
+    """Inputs that did not become a triplet are rejected (and counted in their split) for what
+    the scan found; scan problems of a triplet that still converts (e.g. an lc file in the wrong
+    folder) are warnings."""
+    for key in sorted(set(problems_of) - keys):
+        split = lists.attributed(key, excluded)
+        inputs[split] += 1
+        ps = problems_of[key]
+        rejected.append(Rejection(key, "; ".join(p.reason for p in ps), ps[0].path, split))
+    for key in sorted(set(problems_of) & keys):
+        for p in problems_of[key]:
+            warnings.append(Rejection(key, p.reason, p.path, lists.attributed(key, excluded)))
+
+
 def build_plan(triplets: Iterable[Triplet], problems: Iterable[Problem],
                labels: Mapping[str, np.ndarray], label_problems: Iterable[Problem],
                split_lists: Mapping[str, Iterable[str]], excluded: Mapping[str, str],
@@ -283,18 +299,7 @@ def build_plan(triplets: Iterable[Triplet], problems: Iterable[Problem],
     problems_of, label_problem_of = _problems_by_key(problems, label_problems, warnings)
 
     inputs: dict[str, int] = defaultdict(int)
-    keys = {t.key for t in triplets}
-    # Inputs that did not become a triplet: the scan says why.
-    for key in sorted(set(problems_of) - keys):
-        split = lists.attributed(key, excluded)
-        inputs[split] += 1
-        ps = problems_of[key]
-        rejected.append(Rejection(key, "; ".join(p.reason for p in ps), ps[0].path, split))
-    # Scan problems of a triplet that still converts (e.g. an lc file in the wrong folder).
-    for key in sorted(set(problems_of) & keys):
-        for p in problems_of[key]:
-            warnings.append(Rejection(key, p.reason, p.path, lists.attributed(key, excluded)))
-
+    _scan_outcomes(problems_of, {t.key for t in triplets}, lists, excluded, inputs, rejected, warnings)
     planned: dict[str, list[PlanEntry]] = defaultdict(list)
     for t in triplets:
         split = lists.attributed(t.key, excluded)
