@@ -87,8 +87,9 @@ def method_lines(res: Results) -> list[str]:
         "(a bench epoch is 1,012 samples; a real one 160,000).",
         "- Stock webdataset: `wds.WebDataset(urls, shardshuffle=...)`, `.shuffle(1000)`, each sample decoded as "
         "docs/FORMAT.md shows (all bands of a modality, then the input's bands), `.batched(32)`, in one process; "
-        "no checksums. Floor and limit: the shards read into a reused buffer, members found through the DALI "
-        "index (no tar walk), the input's bands copied (floor, uncompressed) or decoded (limit) into a batch.",
+        "no checksums. Floor and limit: the shards mapped (as our loader maps local shards), members found "
+        "through the DALI index (no tar walk), the input's bands copied (floor, uncompressed) or decoded (limit) "
+        "into a batch.",
         f"- Cores to feed one GPU: the model alone on the GPU ({res.extra.get('gpu', 'no figure')}), "
         "samples/s divided by our loader's samples/s on one core.",
         "- Float batches: our uint16 batches through `train.device.InputTransform` on the CPU, in the main "

@@ -13,6 +13,7 @@ from bench.measure import Repeat, steady_rate
 from sen12ms_common.bands import resolve_bands
 from sen12ms_common.codecs import BandDecoder
 from sen12ms_common.manifest import index_name, load_manifest
+from sen12ms_common.mapped import map_file
 from sen12ms_common.shardformat import SampleLayout, decode_bands_into
 
 
@@ -73,16 +74,14 @@ def _shards(root: str) -> list[tuple[Path, list[dict[str, tuple[int, int]]]]]:
 
 
 def _walk(root: str, batch_size: int, fill) -> Repeat:
-    """Read every train shard into a reused buffer and `fill(members, slot)` each sample into a
-    reused batch; times the whole pass."""
+    """Map every train shard (as the loader maps a local shard) and `fill(members, slot)` each
+    sample into a reused batch; times the whole pass."""
     shards = _shards(root)
-    buf = np.empty(max(p.stat().st_size for p, _ in shards), dtype=np.uint8)
     batch = None
     n, t0 = 0, time.perf_counter()
     for path, index in shards:
-        with open(path, "rb", buffering=0) as f:
-            size = f.readinto(buf)
-        data = memoryview(buf)[:size]
+        with open(path, "rb") as f:
+            data = map_file(f) or memoryview(f.read())
         for members in index:
             got = {ext: data[off:off + length] for ext, (off, length) in members.items()}
             batch = fill(got, n % batch_size)
@@ -94,7 +93,7 @@ def _walk(root: str, batch_size: int, fill) -> Repeat:
 
 
 def floor_repeat(root: str, input_spec: str, batch_size: int) -> Repeat:
-    """Uncompressed shards: bytes read, every used pixel copied into a batch slot."""
+    """Uncompressed shards: bytes mapped, every used pixel copied into a batch slot."""
     layout = load_manifest(root).layout
     if layout.codec != "none":
         raise ValueError("the memory-copy floor reads uncompressed shards")
@@ -112,7 +111,7 @@ def floor_repeat(root: str, input_spec: str, batch_size: int) -> Repeat:
 
 
 def limit_repeat(root: str, input_spec: str, batch_size: int) -> Repeat:
-    """Bytes read, every used band decoded into a batch slot by the format's band decoder."""
+    """Bytes mapped, every used band decoded into a batch slot by the format's band decoder."""
     layout = load_manifest(root).layout
     bands = resolve_bands(input_spec)
     batch = np.empty((batch_size, len(bands), layout.size, layout.size), dtype=np.uint16)

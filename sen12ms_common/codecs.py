@@ -48,6 +48,28 @@ def unshuffle_into(raw: bytes | memoryview | np.ndarray, dst: np.ndarray) -> Non
     np.bitwise_or(dst, planes[0], out=dst, dtype=np.uint16)
 
 
+@lru_cache(maxsize=1)
+def _compiled_unshuffle():
+    try:
+        from .jitunshuffle import unshuffle_planes
+    except ImportError:  # numba is missing: numpy's two passes
+        return None
+    return unshuffle_planes
+
+
+def unshuffle_run(raw: np.ndarray, out: np.ndarray, compiled: bool = True) -> None:
+    """k byte-shuffled bands back to back in `raw` (uint8) -> `out` (k, H, W) uint16, in one
+    compiled pass where numba is there (`compiled`), else in numpy's two."""
+    k = out.shape[0]
+    fn = _compiled_unshuffle() if compiled else None
+    if fn is not None and out.flags.c_contiguous and raw.flags.c_contiguous:
+        fn(raw.reshape(k, -1), out.reshape(k, -1))
+        return
+    planes = raw.reshape((k, 2) + out.shape[1:])
+    np.left_shift(planes[:, 1], 8, out=out, dtype=np.uint16)
+    np.bitwise_or(out, planes[:, 0], out=out, dtype=np.uint16)
+
+
 def encode_band(band: np.ndarray, codec: str, level: int, shuffle: bool = True) -> bytes:
     """One band (H, W), already in its stored dtype, as one chunk; `shuffle`: uint16 bands are
     byte-shuffled before zstd."""
@@ -102,7 +124,7 @@ class BandDecoder:
     def decode_run(self, data: bytes | memoryview, starts: Sequence[int], codec: str, bands: Sequence[int],
                    out: np.ndarray, stored: np.dtype, shuffle: bool = True) -> None:
         """Decode the chunks of `bands` (chunk b spans data[starts[b]:starts[b + 1]]) into out[i]
-        ((k, H, W)): one C call per band, one numpy pass per run for the byte shuffle."""
+        ((k, H, W)): one C call per band, and one compiled pass per band for the byte shuffle."""
         native = self._zstd if codec == "zstd" else self._lz4 if codec == "lz4" else None
         if codec != "none" and native is None or out.dtype not in (stored, np.uint16):
             for i, b in enumerate(bands):
@@ -120,27 +142,28 @@ class BandDecoder:
             else:
                 out[...] = whole[list(bands)]
             return
+        # Byte-shuffled bands pass through one band of scratch, still in the core's cache when
+        # the shuffle is undone; lz4 bands that the batch holds as stored are decoded in place.
+        shuffled = codec == "zstd" and shuffle and stored.itemsize == 2
         direct = codec == "lz4" and out.dtype == stored and out.flags.c_contiguous
-        target = out.reshape(-1).view(np.uint8) if direct else self._scratch_of(len(bands) * nbytes)
+        scratch = nbytes if shuffled else len(bands) * nbytes
+        target = out.reshape(-1).view(np.uint8) if direct else self._scratch_of(scratch)
         base, src_at = target.__array_interface__["data"][0], src.__array_interface__["data"][0]
         for i, b in enumerate(bands):
             a, e = starts[b], starts[b + 1]
+            at = base if shuffled else base + i * nbytes
             if codec == "zstd":
                 self._check_frame(data[a:e], nbytes)
-                got = native(self._dctx, base + i * nbytes, nbytes, src_at + a, e - a)
+                got = native(self._dctx, at, nbytes, src_at + a, e - a)
                 ok = not self._zstd_error(got) and got == nbytes
             else:
-                got = native(src_at + a, base + i * nbytes, e - a, nbytes)
+                got = native(src_at + a, at, e - a, nbytes)
                 ok = got == nbytes
             if not ok:
                 raise CodecError(f"does not decompress ({codec} reports a damaged chunk of band {b})")
-        if direct:
-            return
-        raw = target.reshape((len(bands), -1) + out.shape[1:])
-        if codec == "zstd" and shuffle and stored.itemsize == 2:
-            np.left_shift(raw[:, 1], 8, out=out, dtype=np.uint16)
-            np.bitwise_or(out, raw[:, 0], out=out, dtype=np.uint16)
-        else:
+            if shuffled:
+                unshuffle_run(target, out[i:i + 1])
+        if not (direct or shuffled):
             out[...] = target.view(stored.newbyteorder("<")).reshape(out.shape)
 
     def _check_frame(self, chunk: bytes | memoryview, nbytes: int) -> None:

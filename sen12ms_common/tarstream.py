@@ -105,6 +105,38 @@ class _Blocks:
             pass
 
 
+class _MappedBlocks:
+    """`_Blocks` over a mapped file (`sen12ms_common.mapped`): members are views of the mapping."""
+
+    def __init__(self, view: memoryview, on_bytes: Callable[[memoryview], None] | None) -> None:
+        self.view, self.on_bytes = view.toreadonly(), on_bytes
+        self.offset = 0
+
+    def _next(self, n: int) -> memoryview | None:
+        out = self.view[self.offset:self.offset + n]
+        self.offset += len(out)
+        if self.on_bytes is not None and len(out):
+            self.on_bytes(out)
+        return out if len(out) == n else None
+
+    def header(self) -> bytes | None:
+        out = self._next(BLOCK)
+        return None if out is None else out.tobytes()
+
+    def take(self, n: int) -> memoryview | None:
+        return self._next(n)
+
+    def skip(self, n: int) -> bool:
+        if self.on_bytes is None:
+            end = min(self.offset + n, len(self.view))
+            moved, self.offset = end - self.offset, end
+            return moved == n
+        return self._next(n) is not None
+
+    def drain(self) -> None:
+        self._next(len(self.view) - self.offset)
+
+
 def _pax_path(data: bytes) -> str | None:
     """The `path` record of a pax extended header, if any."""
     path = None
@@ -120,20 +152,21 @@ def _pax_path(data: bytes) -> str | None:
     return path
 
 
-def iter_members(f: BinaryIO, wanted: Callable[[str], bool], *, check_name: Callable[[str], None] | None = None,
+def iter_members(f: BinaryIO | memoryview, wanted: Callable[[str], bool], *,
+                 check_name: Callable[[str], None] | None = None,
                  alloc: Callable[[int], memoryview] | None = None,
                  on_bytes: Callable[[memoryview], None] | None = None,
                  drain: bool = False, max_size: int | None = None, strict: bool = False,
                  on_member: Callable[[str, int, int], None] | None = None) -> Iterator[tuple[str, memoryview | None]]:
     """(name, data) of every regular file in the archive; data (a read-only memoryview) is None
     where `wanted(name)` is false; `alloc(n)` gives the buffer a member is read into (default:
-    a fresh one).
+    a fresh one). `f`: a stream, or a view of a whole archive (members are views of it).
 
     `check_name` sees every entry name first (and may raise); a wanted member declaring more than
     `max_size` bytes is refused; `strict`: an entry that is not a regular file is an error, not
     skipped; `on_member(name, data offset, size)` sees every regular file. With `drain`, the
     stream is read to its end after the archive's end (so that `on_bytes` sees every byte)."""
-    blocks = _Blocks(f, alloc, on_bytes)
+    blocks = _MappedBlocks(f, on_bytes) if isinstance(f, memoryview) else _Blocks(f, alloc, on_bytes)
     long_name: str | None = None
     while True:
         at = blocks.offset
@@ -213,7 +246,7 @@ def split_name(name: str) -> tuple[str, str]:
     return name[:dot], name[dot + 1:].lower()
 
 
-def iter_samples(f: BinaryIO, wanted_exts: frozenset[str] | set[str], **kw
+def iter_samples(f: BinaryIO | memoryview, wanted_exts: frozenset[str] | set[str], **kw
                  ) -> Iterator[tuple[str, dict[str, memoryview]]]:
     """(key, {ext: data}) per sample, consecutive members of one key grouped; only wanted
     extensions are read into memory. A sample with none of them still counts (with an empty

@@ -74,6 +74,22 @@ def test_shuffle_and_compression_primitives_round_trip_any_shape(arr, level):
 
 
 @PROPS
+@given(arr=hnp.arrays(np.uint16, st.tuples(st.integers(1, 4), st.integers(1, 40), st.integers(1, 40))),
+       strided=st.booleans())
+def test_a_run_of_shuffled_bands_unshuffles_alike_compiled_and_in_numpy(arr, strided):
+    assert codecs._compiled_unshuffle() is not None  # numba is a dependency: the loader's fast path
+    raw = np.frombuffer(b"".join(codecs.shuffle_bytes(band) for band in arr), dtype=np.uint8)
+    for compiled in (True, False):
+        # A batch slot's channels, or every other column of a wider array (not contiguous:
+        # numpy's passes, which must leave the columns in between alone).
+        full = np.zeros(arr.shape[:2] + (arr.shape[2] * (2 if strided else 1),), dtype=np.uint16)
+        out = full[:, :, ::2] if strided else full
+        codecs.unshuffle_run(raw, out, compiled=compiled)
+        assert np.array_equal(out, arr)
+        assert not strided or not full[:, :, 1::2].any()
+
+
+@PROPS
 @given(layout=layouts("s2"), bad=st.tuples(st.integers(1, 14), st.integers(1, 21), st.integers(1, 21)))
 def test_an_array_of_another_shape_is_refused_with_the_expected_one(layout, bad):
     assume(bad != layout.shape("s2"))

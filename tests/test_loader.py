@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -222,6 +223,48 @@ def test_missing_shard_is_named_and_skipped_only_when_asked(shards, tmp_path):
     keys = keys_of(loader)
     assert len(keys) == 21 - 7 and len(set(keys)) == len(keys)
     assert len(loader.skipped) == 1 and "train-000001.tar" in loader.skipped[0]
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_local_shards_are_read_as_views_of_their_mapping_with_the_bytes_of_a_stream(shards, verify):
+    from sen12ms_common.tarstream import iter_samples
+    from train.data.plan import ShardSlice
+    from train.data.shardread import read_slice
+
+    root, _ = shards
+    src = make_loader("webdataset", spec(root, "train", verify=verify)).src
+    for i, entry in enumerate(src.entries):
+        got = list(read_slice(src, ShardSlice(i, 1, entry.samples)))
+        with open(root / entry.name, "rb") as f:
+            want = [(k, m) for k, m in iter_samples(f, src.wanted)][1:]
+        assert [(k, {e: bytes(v) for e, v in m.items()}) for k, m, _ in got] == \
+            [(k, {e: bytes(v) for e, v in m.items()}) for k, m in want]
+        assert {type(v.obj).__name__ for _, m, _ in got for v in m.values()} == {"mmap"}
+
+
+def test_a_shard_cut_short_in_place_after_it_was_read_is_named_not_a_crash(shards, tmp_path):
+    """Samples wait in the shuffle buffer as views of their mapped shard; a shard cut short in
+    place meanwhile (`cp` over it) must not be decoded (a page past its end would end the
+    process with SIGBUS)."""
+    from train.data.batches import BatchDecoder
+    from train.data.plan import ShardSlice
+    from train.data.shardread import read_slice
+
+    root = _copy(shards[0], tmp_path / "s")
+    for skip in (False, True):
+        src = make_loader("webdataset", spec(root, "train", workers=0, skip_bad_shards=skip)).src
+        entry = src.entries[skip]
+        raw = list(read_slice(src, ShardSlice(int(skip), 0, entry.samples)))
+        os.truncate(root / entry.name, 1024)
+        problem = (f"{root / entry.name}: sample {raw[0][0]}: the shard was cut short while it was read "
+                   f"(1024 bytes now, {entry.bytes} when opened; rewritten in place?)")
+        events: list[str] = []
+        if skip:
+            assert BatchDecoder(src).decode(raw, len(raw), events) is None and events[0] == problem
+        else:
+            with pytest.raises(ShardError) as err:
+                BatchDecoder(src).decode(raw, len(raw), events)
+            assert str(err.value) == problem
 
 
 def test_shard_deleted_under_a_running_epoch_is_reported_by_name(shards, tmp_path):

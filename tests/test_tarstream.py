@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sen12ms_common.mapped import map_file
 from sen12ms_common.tarstream import READ_STEP, iter_members, iter_samples, split_name
 
 
@@ -124,16 +125,59 @@ def test_members_larger_than_a_read_step_are_read_and_hashed_whole():
     assert max(pieces) <= READ_STEP
 
 
-def test_truncated_and_damaged_archives_raise_read_error_with_the_offset():
+def mapped(data: bytes, folder: Path) -> memoryview:
+    """`data` as a loader sees a local shard: a file, mapped."""
+    path = folder / f"{len(list(folder.iterdir()))}.tar"
+    path.write_bytes(data)
+    with open(path, "rb") as f:
+        view = map_file(f)
+    assert view is not None
+    return view
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_a_mapped_archive_gives_its_streams_members_as_views_of_the_mapping(fmt, tmp_path):
+    rng = np.random.default_rng(fmt)
+    long_name = "x" * (50 if fmt == tarfile.USTAR_FORMAT else 150)  # ustar names end at 100 bytes
+    members = random_members(rng, 6) + [(long_name + ".s2.zst", rng.bytes(READ_STEP + 5))]
+    data = make_tar(members, fmt) + b"\0" * 4096
+    wanted = {"s2.zst", "label.f32"}
+    h, pieces = hashlib.sha256(), []
+    samples = list(iter_samples(mapped(data, tmp_path), wanted, on_bytes=lambda b: (h.update(b), pieces.append(b)),
+                                drain=True))
+    assert as_bytes(samples) == as_bytes(iter_samples(io.BytesIO(data), wanted)) == webdataset_samples(data, wanted)
+    assert h.hexdigest() == hashlib.sha256(data).hexdigest()
+    # No copy: every member is a read-only view of the one mapping, as are the pieces hashed.
+    views = [v for _, m in samples for v in m.values()] + pieces
+    assert {type(v.obj).__name__ for v in views} == {"mmap"} and all(v.readonly for v in views)
+    assert len({id(v.obj) for v in views}) == 1
+    # Without a hash, members a reader does not want are passed over unread.
+    assert as_bytes(iter_samples(mapped(data, tmp_path), wanted)) == as_bytes(samples)
+
+
+def test_only_local_files_are_mapped(tmp_path):
+    assert map_file(io.BytesIO(b"x" * 1024)) is None  # a stream: read, not mapped
+    (tmp_path / "empty.tar").write_bytes(b"")
+    with open(tmp_path / "empty.tar", "rb") as f:
+        assert map_file(f) is None
+
+
+@pytest.mark.parametrize("source", ["stream", "mapped"])
+def test_truncated_and_damaged_archives_raise_read_error_with_the_offset(source, tmp_path):
+    def src(b: bytes):
+        return io.BytesIO(b) if source == "stream" else mapped(b, tmp_path)
+
     data = make_tar([("a.json", b"1" * 2000), ("b.json", b"2")])
     with pytest.raises(tarfile.ReadError, match=r"unexpected end of data in 'a.json' at byte 0"):
-        list(iter_members(io.BytesIO(data[:1500]), lambda n: True))
+        list(iter_members(src(data[:1500]), lambda n: True))
+    with pytest.raises(tarfile.ReadError, match=r"unexpected end of data in 'a.json' at byte 0"):
+        list(iter_members(src(data[:1500]), lambda n: n != "a.json"))  # passed over, not read
     with pytest.raises(tarfile.ReadError, match=r"unexpected end of data at byte 2560 \(no end-of-archive"):
-        list(iter_members(io.BytesIO(data[:2560]), lambda n: True))
+        list(iter_members(src(data[:2560]), lambda n: True))
     bad = bytearray(data)
     bad[2560 + 10] ^= 0xFF  # the second header's name: its checksum no longer matches
     with pytest.raises(tarfile.ReadError, match=r"bad tar header at byte 2560"):
-        list(iter_members(io.BytesIO(bytes(bad)), lambda n: True))
+        list(iter_members(src(bytes(bad)), lambda n: True))
 
 
 def test_a_repeated_member_is_an_error():
@@ -148,3 +192,6 @@ def test_real_shards_read_as_webdataset_reads_them(sample_shards: Path):
         data = shard.read_bytes()
         wanted = {"s2.zst", "s1.zst", "label.f32"}
         assert as_bytes(iter_samples(io.BytesIO(data), wanted)) == webdataset_samples(data, wanted)
+        with open(shard, "rb") as f:
+            view = map_file(f)
+        assert view is not None and as_bytes(iter_samples(view, wanted)) == webdataset_samples(data, wanted)

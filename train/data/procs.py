@@ -239,7 +239,9 @@ class WorkerFeeds:
             if not proc.is_alive():
                 code = proc.exitcode
                 how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
-                raise DataError(f"loader worker process {w} died ({how}; out of memory?): run again with "
+                why = ("a shard cut short in place while it was read?" if code == -signal.SIGBUS
+                       else "out of memory?")
+                raise DataError(f"loader worker process {w} died ({how}; {why}): run again with "
                                 "--resume, with fewer --workers or with --workers 0")
 
     def _item(self, w: int, msg: dict[str, Any]) -> dict[str, Any]:

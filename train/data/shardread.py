@@ -17,6 +17,7 @@ from sen12ms_common.checksums import Digests
 from sen12ms_common.errors import ShardError
 from sen12ms_common.igbp import LabelRule
 from sen12ms_common.manifest import ShardEntry
+from sen12ms_common.mapped import map_file
 from sen12ms_common.shardformat import LABEL_EXT, SampleLayout, check_member_name
 
 from .plan import ShardSlice
@@ -69,15 +70,17 @@ def _open(url: str, expected_size: int | None):
 
 def read_slice(src: ShardSource, sl: ShardSlice, alloc: Callable[[int], memoryview] | None = None
                ) -> Iterator[RawSample]:
-    """Raw samples [start, stop) of one shard, their members read into buffers from `alloc`;
-    the whole shard is read when verifying."""
+    """Raw samples [start, stop) of one shard, their members read into buffers from `alloc`
+    (a local shard is mapped instead: its members are views of the page cache); the whole shard
+    is read when verifying."""
     entry = src.entries[sl.shard]
     url = src.url(sl.shard)
     digests = Digests(sha256=False) if src.verify else None
     pos = 0
     with _open(url, entry.bytes if src.verify else None) as raw:
         try:
-            samples = tarstream.iter_samples(raw, src.wanted, check_name=check_member_name,
+            whole = src.verify or (sl.start == 0 and sl.stop >= entry.samples)
+            samples = tarstream.iter_samples(map_file(raw, whole) or raw, src.wanted, check_name=check_member_name,
                                              on_bytes=digests.update if digests else None, drain=src.verify,
                                              max_size=src.layout.member_limit(), alloc=alloc)
             for key, members in samples:
