@@ -101,20 +101,23 @@ def chunk_offsets(sizes_raw: bytes | memoryview, n_bands: int, total: int) -> li
 class BandDecoder:
     """Decodes chunks into bands through the C libraries (GIL released, straight into the band or
     into a reused scratch buffer); falls back to the Python packages where a library is not
-    found. Holds a zstd context and a scratch buffer: one per thread."""
+    found. Holds a zstd context and a scratch buffer: one per thread. `frame_checksums=False`:
+    zstd frames are not checked against their own checksums (for chunks of a shard whose
+    checksum has been checked as a whole)."""
 
-    def __init__(self) -> None:
+    def __init__(self, frame_checksums: bool = True) -> None:
         import zstandard
 
-        from .nativecodecs import CodecLibraryError, lz4_decompress_fn, zstd_context_fns
+        from .nativecodecs import CodecLibraryError, lz4_decompress_fn, zstd_context_fns, zstd_ignore_checksums
 
         self._frame_size = zstandard.frame_content_size
         self._zstd_py = zstandard.ZstdDecompressor()
         try:
             self._zstd, self._zstd_error, create, self._free = zstd_context_fns()
             self._dctx = create()  # a decompression context of this decoder's own, reused
+            self.frame_checksums = frame_checksums or not zstd_ignore_checksums(self._dctx)
         except CodecLibraryError:
-            self._zstd = None
+            self._zstd, self.frame_checksums = None, True
         try:
             self._lz4 = lz4_decompress_fn()
         except CodecLibraryError:

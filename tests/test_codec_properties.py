@@ -89,6 +89,19 @@ def test_a_run_of_shuffled_bands_unshuffles_alike_compiled_and_in_numpy(arr, str
         assert not strided or not full[:, :, 1::2].any()
 
 
+def test_frame_checksums_are_checked_unless_the_shard_was_checked_whole():
+    band = np.random.default_rng(3).integers(0, 4000, (16, 16), dtype=np.uint16)
+    frame = bytearray(codecs.encode_band(band, "zstd", 3))
+    frame[-1] ^= 0xFF  # the frame's own checksum (its last 4 bytes)
+    out = np.empty((1, 16, 16), dtype=np.uint16)
+    with pytest.raises(codecs.CodecError, match="does not decompress"):
+        codecs.BandDecoder().decode_run(bytes(frame), [0, len(frame)], "zstd", [0], out, np.dtype("<u2"))
+    skipping = codecs.BandDecoder(frame_checksums=False)
+    assert not skipping.frame_checksums
+    skipping.decode_run(bytes(frame), [0, len(frame)], "zstd", [0], out, np.dtype("<u2"))
+    assert np.array_equal(out[0], band)
+
+
 @PROPS
 @given(layout=layouts("s2"), bad=st.tuples(st.integers(1, 14), st.integers(1, 21), st.integers(1, 21)))
 def test_an_array_of_another_shape_is_refused_with_the_expected_one(layout, bad):

@@ -390,29 +390,28 @@ def test_a_shard_deleted_or_damaged_under_a_running_training_is_named_and_skippe
     out, err = results["damage"]
     assert runs["damage"].returncode == 1, out + err
     last = err.splitlines()[-1]
-    assert last.startswith(f"Error: {url_a['damage']}: sample {damaged_key[('damage', a)]}: member .s2.zst does not "
-                           "decompress (")
+    # Checked whole before any of its samples is used: none of the damaged shard is trained on.
+    assert last.startswith(f"Error: {url_a['damage']}: content does not match the manifest (xxh3-128 ")
     assert last.endswith(f" (checkpoint of step {pos_a} written to {ckpt('damage')}; continue with --resume "
                          f"{ckpt('damage')})")
     assert len(trained(tmp_path / "damage" / "trace" / "keys-rank0.txt")) == pos_a
 
-    # With --skip-bad-shards: the deleted shard, the damaged sample and the damaged shard's hash
-    # are reported and counted; every other sample is trained on.
+    # With --skip-bad-shards: the deleted shard and the damaged one are reported and counted;
+    # every sample of the other shards is trained on.
     out, err = results["skip"]
     assert runs["skip"].returncode == 0, out + err
     url_b = tmp_path / "skip" / "shards" / entries[b].name
     bad_key = damaged_key[("skip", b)]
     got = trained(tmp_path / "skip" / "trace" / "keys-rank0.txt")
-    a_keys = set(shard_keys(sample_shards / entries[a].name))
-    assert sorted(got) == sorted(k for e in entries for k in shard_keys(sample_shards / e.name)
-                                 if k not in a_keys and k != bad_key)
+    bad_keys = set(shard_keys(sample_shards / entries[a].name)) | set(shard_keys(sample_shards / entries[b].name))
+    assert bad_key in bad_keys
+    assert sorted(got) == sorted(k for e in entries for k in shard_keys(sample_shards / e.name) if k not in bad_keys)
     epoch_line = next(line for line in out.splitlines() if line.startswith("epoch 0/0:"))
     assert "train loss " in epoch_line and f"({len(got)} samples, " in epoch_line
-    assert epoch_line.endswith("; skipped so far: 3 bad shard(s)/sample(s)")
+    assert epoch_line.endswith("; skipped so far: 2 bad shard(s)/sample(s)")
     summary = next(line for line in out.splitlines() if line.startswith("train: skipped "))
-    assert summary.startswith(f"train: skipped 3 bad shard(s)/sample(s): {url_a['skip']}: shard is missing; "
-                              f"{url_b}: sample {bad_key}: member .s2.zst does not decompress (")
-    assert f"; {url_b}: content does not match the manifest (xxh3-128 " in summary
+    assert summary.startswith(f"train: skipped 2 bad shard(s)/sample(s): {url_a['skip']}: shard is missing; "
+                              f"{url_b}: content does not match the manifest (xxh3-128 ")
     assert (tmp_path / "skip" / "run" / "test_scores.json").exists()
     log = next((tmp_path / "skip" / "run" / "logs").glob("*_train.log")).read_text()
     assert epoch_line in log and summary in log

@@ -267,6 +267,27 @@ def test_a_shard_cut_short_in_place_after_it_was_read_is_named_not_a_crash(shard
             assert str(err.value) == problem
 
 
+def test_no_sample_of_a_verified_shard_comes_out_before_the_whole_shard_has_matched(shards, tmp_path):
+    from train.data.plan import ShardSlice
+    from train.data.shardread import read_slice
+
+    root = _copy(shards[0], tmp_path / "s")
+    entry = load_manifest(str(root)).shards("train")[0]
+    data = bytearray((root / entry.name).read_bytes())
+    data[-1] ^= 0xFF  # the tar's end padding: every sample reads well, the shard does not match
+    (root / entry.name).write_bytes(bytes(data))
+    for verify in (False, True):
+        src = make_loader("webdataset", spec(root, "train", verify=verify)).src
+        got = []
+        if verify:
+            with pytest.raises(ShardError, match=rf"{entry.name}: content does not match the manifest \(xxh3-128 "):
+                got.extend(read_slice(src, ShardSlice(0, 0, entry.samples)))
+            assert got == []
+        else:
+            got.extend(read_slice(src, ShardSlice(0, 0, entry.samples)))
+            assert len(got) == entry.samples
+
+
 def test_shard_deleted_under_a_running_epoch_is_reported_by_name(shards, tmp_path):
     root = _copy(shards[0], tmp_path / "s")
     loader = make_loader("webdataset", spec(root, "val", workers=0, streams=1, batch_size=2))

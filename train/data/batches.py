@@ -71,7 +71,9 @@ class BatchDecoder:
     def _band_decoder(self) -> BandDecoder:
         d = getattr(self._local, "decoder", None)
         if d is None:
-            d = self._local.decoder = BandDecoder()
+            # Verified shards are checked whole before a sample leaves them (`read_slice`): the
+            # frames' own checksums would check the same bytes again.
+            d = self._local.decoder = BandDecoder(frame_checksums=not self.src.verify)
         return d
 
     def _buffer(self, shape: tuple[int, ...], full: int, pool: BufferPool, dtype: torch.dtype) -> torch.Tensor:

@@ -71,11 +71,12 @@ def _open(url: str, expected_size: int | None):
 def read_slice(src: ShardSource, sl: ShardSlice, alloc: Callable[[int], memoryview] | None = None
                ) -> Iterator[RawSample]:
     """Raw samples [start, stop) of one shard, their members read into buffers from `alloc`
-    (a local shard is mapped instead: its members are views of the page cache); the whole shard
-    is read when verifying."""
+    (a local shard is mapped instead: its members are views of the page cache). Verifying, the
+    whole shard is read and its samples come out only once its checksum has matched."""
     entry = src.entries[sl.shard]
     url = src.url(sl.shard)
     digests = Digests(sha256=False) if src.verify else None
+    held: list[RawSample] = []
     pos = 0
     with _open(url, entry.bytes if src.verify else None) as raw:
         try:
@@ -87,7 +88,10 @@ def read_slice(src: ShardSource, sl: ShardSlice, alloc: Callable[[int], memoryvi
                 if pos >= sl.stop and digests is None:
                     break  # nothing left to check: stop reading early
                 if sl.start <= pos < sl.stop:
-                    yield key, members, entry.name
+                    if digests is None:
+                        yield key, members, entry.name
+                    else:
+                        held.append((key, members, entry.name))
                 pos += 1
         except storage.StorageError as exc:
             raise ShardError(f"{exc} (after {pos} samples)") from exc
@@ -102,6 +106,7 @@ def read_slice(src: ShardSource, sl: ShardSlice, alloc: Callable[[int], memoryvi
             raise ShardError(f"{url}: content does not match the manifest (xxh3-128 {digests.fast[:16]}..., "
                              f"{digests.bytes} bytes; expected {entry.xxh3_128[:16]}..., {entry.bytes} bytes); "
                              f"rebuild it or pass --no-verify")
+    yield from held
 
 
 def check_shards(root: str, entries: Iterable[ShardEntry], verify: bool) -> list[str]:
