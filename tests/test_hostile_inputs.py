@@ -265,13 +265,12 @@ def test_shards_that_do_not_match_the_manifest_refuse_to_train_unless_no_verify(
 
     (out, err), rc = done["strict"]
     assert rc == 1, out + err
-    ckpt = next((tmp_path / "strict" / "checkpoints").glob("*_checkpoint.pth"))
-    # The checksum is compared as the shard streams in: training stops at the end of the first
-    # shard that does not match (its samples were the steps so far), before any other shard.
+    # The checksum is compared as the shard streams in, and none of its samples is used before it
+    # matches: training stops at the end of the first shard read, before its first step.
     assert err.splitlines()[-1] == (
         f"Error: {wrong_hash / victim.name}: content does not match the manifest (xxh3-128 {victim.xxh3_128[:16]}..., "
-        f"{victim.bytes} bytes; expected 0000000000000000..., {victim.bytes} bytes); rebuild it or pass --no-verify "
-        f"(checkpoint of step {victim.samples} written to {ckpt}; continue with --resume {ckpt})")
+        f"{victim.bytes} bytes; expected 0000000000000000..., {victim.bytes} bytes); rebuild it or pass --no-verify")
+    assert not list((tmp_path / "strict").rglob("*.pth"))
     assert "epoch 0/0" not in out and not (tmp_path / "strict" / "test_scores.json").exists()
 
     (out, err), rc = done["size"]  # a size mismatch is found before the first step
