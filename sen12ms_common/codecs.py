@@ -41,11 +41,7 @@ def shuffle_bytes(band: np.ndarray) -> bytes:
 
 def unshuffle_into(raw: bytes | memoryview | np.ndarray, dst: np.ndarray) -> None:
     """Inverse of `shuffle_bytes`, written into the uint16 array `dst` (its size in values)."""
-    n = dst.size
-    planes = np.frombuffer(raw, dtype=np.uint8, count=2 * n).reshape(2, *dst.shape)
-    # Two vectorised passes (shift, or) beat a strided byte interleave by about 2x.
-    np.left_shift(planes[1], 8, out=dst, dtype=np.uint16)
-    np.bitwise_or(dst, planes[0], out=dst, dtype=np.uint16)
+    unshuffle_run(np.frombuffer(raw, dtype=np.uint8, count=2 * dst.size), dst[np.newaxis])
 
 
 @lru_cache(maxsize=1)
@@ -66,6 +62,7 @@ def unshuffle_run(raw: np.ndarray, out: np.ndarray, compiled: bool = True) -> No
         fn(raw.reshape(k, -1), out.reshape(k, -1))
         return
     planes = raw.reshape((k, 2) + out.shape[1:])
+    # Two vectorised passes (shift, or) beat a strided byte interleave by about 2x.
     np.left_shift(planes[:, 1], 8, out=out, dtype=np.uint16)
     np.bitwise_or(out, planes[:, 0], out=out, dtype=np.uint16)
 

@@ -91,13 +91,18 @@ def _zstd_lib() -> ctypes.CDLL:
     return _load(candidates + _dali_libs("libzstd*.so*"), "ZSTD_decompressDCtx", "zstd")
 
 
+@_once
+def _zstd_set_parameter():
+    fn = _zstd_lib().ZSTD_DCtx_setParameter
+    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int], ctypes.c_size_t
+    return fn
+
+
 def zstd_ignore_checksums(dctx: int) -> bool:
     """Make decompression context `dctx` skip the frames' own checksums (for bytes whose shard
     checksum has been checked already: about 11 % of the time a band takes); False if this
     libzstd cannot."""
-    fn = _zstd_lib().ZSTD_DCtx_setParameter
-    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int], ctypes.c_size_t
-    return not zstd_decompress_fn()[1](fn(dctx, ZSTD_D_FORCE_IGNORE_CHECKSUM, 1))
+    return not zstd_decompress_fn()[1](_zstd_set_parameter()(dctx, ZSTD_D_FORCE_IGNORE_CHECKSUM, 1))
 
 
 @_once
