@@ -395,6 +395,28 @@ def test_zstd_channels_kernel_decodes_each_band_into_its_channel(shuffle, normal
     assert status[0] == 1 and not out.any()
 
 
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_zstd_kernel_of_the_gpu_graph_decodes_the_frames_it_is_given(shuffle):
+    # The GPU graph's zstd path (CPU decompression, then bands to the GPU), called directly.
+    from sen12ms_common.codecs import encode_band
+    import numba
+
+    from train.data.dali_ops import zstd_kernel
+
+    bands = np.random.default_rng(6).integers(0, 65535, (3, 8, 8), dtype=np.uint16)
+    chunks = [encode_band(band, "zstd", 3, shuffle) for band in bands]
+    src = np.frombuffer(b"".join(chunks), dtype=np.uint8)
+    sizes = np.array([len(c) for c in chunks], np.int32)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32)
+    run = numba.njit(zstd_kernel((8, 8), shuffle).run_fn)  # compiled, as DALI compiles it
+    out, status = np.empty((2, 8, 8), np.uint16), np.empty(1, np.int32)
+    run(out, status, src, offsets[[2, 0]], sizes[[2, 0]])
+    assert status[0] == 0
+    np.testing.assert_array_equal(out, bands[[2, 0]])
+    run(out, status, src, offsets[[2, 0]] + 1, sizes[[2, 0]])  # not where the frames start
+    assert status[0] == 1 and not out.any()
+
+
 def test_keys_come_from_the_readers_source_info():
     rows = [b"/data/a:b/train-000001.tar:1536:ROIs1158_spring_s2_1_p30.label.f32", b"x.tar:0:k_2.json"]
     width = max(map(len, rows)) + 3

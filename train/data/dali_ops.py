@@ -64,6 +64,41 @@ def _planes_setup(h: int, w: int) -> Callable:
     return setup_fn
 
 
+@lru_cache(maxsize=16)
+@do_not_convert
+def _band_writer(plane: int, normalised: bool, byte_shuffle: bool) -> Callable:
+    """njit `write(y, buf, scale, offset, clip)`: one decoded band in `buf` (2 * plane bytes,
+    byte-shuffled or interleaved little-endian) into `y` (plane values), as uint16, or clipped at
+    `clip`, scaled and offset (`normalised`)."""
+    from numba import njit
+
+    nbytes = 2 * plane
+
+    # Loops over slices (not offsets into a whole array): numba vectorises these, about 15x the
+    # speed (docs/performance.md).
+    @njit
+    def to_channel(y, lo, hi, s, o, hi_clip):
+        for i in range(plane):
+            x = np.uint16(lo[i]) | (np.uint16(hi[i]) << np.uint16(8))
+            if normalised:
+                v = np.float32(x)
+                if v > hi_clip:
+                    v = hi_clip
+                y[i] = v * s + o
+            else:
+                y[i] = x
+
+    if byte_shuffle:  # all low bytes, then all high bytes: contiguous slices
+        @njit
+        def write(y, buf, s, o, hi_clip):
+            to_channel(y, buf[:plane], buf[plane:nbytes], s, o, hi_clip)
+    else:
+        @njit
+        def write(y, buf, s, o, hi_clip):
+            to_channel(y, buf[0:nbytes:2], buf[1:nbytes:2], s, o, hi_clip)
+    return write
+
+
 @lru_cache(maxsize=16)  # one Kernel per configuration: DALI compiles each once per process
 @do_not_convert
 def zstd_kernel(chunk_shape: tuple[int, int], byte_shuffle: bool) -> Kernel:
@@ -73,6 +108,7 @@ def zstd_kernel(chunk_shape: tuple[int, int], byte_shuffle: bool) -> Kernel:
     h, w = chunk_shape
     plane = h * w
     nbytes = 2 * plane
+    write = _band_writer(plane, False, byte_shuffle)
 
     def run_fn(out, status, src, offsets, sizes):
         status[0] = 0
@@ -89,16 +125,7 @@ def zstd_kernel(chunk_shape: tuple[int, int], byte_shuffle: bool) -> Kernel:
                 status[0] = 1
                 out[:] = 0
                 return
-            # Loops over slices (not offsets into the whole array): numba vectorises these,
-            # about 15x the speed (docs/performance.md).
-            seg = flat[j * plane:(j + 1) * plane]
-            if byte_shuffle:
-                lo, hi = buf[:plane], buf[plane:2 * plane]
-                for i in range(plane):
-                    seg[i] = np.uint16(lo[i]) | (np.uint16(hi[i]) << np.uint16(8))
-            else:
-                for i in range(plane):
-                    seg[i] = np.uint16(buf[2 * i]) | (np.uint16(buf[2 * i + 1]) << np.uint16(8))
+            write(flat[j * plane:(j + 1) * plane], buf, 1.0, 0.0, 0.0)
 
     setup_fn = _planes_setup(h, w)
 
@@ -203,26 +230,7 @@ def zstd_channels_kernel(n_bands: tuple[int, ...], chunk_shape: tuple[int, int],
             st[i + 1] = st[i] + sizes[i]
         return st if st[n] == total else st[:0]
 
-    @njit
-    def to_channel(y, lo, hi, s, o, hi_clip):
-        for i in range(plane):
-            x = np.uint16(lo[i]) | (np.uint16(hi[i]) << np.uint16(8))
-            if normalised:
-                v = np.float32(x)
-                if v > hi_clip:
-                    v = hi_clip
-                y[i] = v * s + o
-            else:
-                y[i] = x
-
-    if byte_shuffle:  # all low bytes, then all high bytes: contiguous slices (vectorised loops)
-        @njit
-        def unshuffle(y, buf, s, o, hi_clip):
-            to_channel(y, buf[:plane], buf[plane:nbytes], s, o, hi_clip)
-    else:
-        @njit
-        def unshuffle(y, buf, s, o, hi_clip):
-            to_channel(y, buf[0:nbytes:2], buf[1:nbytes:2], s, o, hi_clip)
+    unshuffle = _band_writer(plane, normalised, byte_shuffle)
 
     @njit
     def fill(out, status, a, asz, b, bsz, params):
