@@ -53,6 +53,15 @@ def _compiled_unshuffle():
     return unshuffle_planes
 
 
+@lru_cache(maxsize=1)
+def _compiled_take():
+    try:
+        from .streamcopy import take_planes
+    except ImportError:  # numba is missing: numpy's copy
+        return None
+    return take_planes
+
+
 def unshuffle_run(raw: np.ndarray, out: np.ndarray, compiled: bool = True) -> None:
     """k byte-shuffled bands back to back in `raw` (uint8) -> `out` (k, H, W) uint16, in one
     compiled pass where numba is there (`compiled`), else in numpy's two."""
@@ -134,13 +143,12 @@ class BandDecoder:
         nbytes = plane * stored.itemsize
         src = np.frombuffer(data, dtype=np.uint8)
         if codec == "none":
+            take = _compiled_take()
+            if take is not None and out.dtype == stored.newbyteorder("<") and out.flags.c_contiguous:
+                take(src, bands, out)
+                return
             whole = src.view(stored.newbyteorder("<")).reshape((-1,) + out.shape[1:])
-            if out.dtype == whole.dtype and out.flags.c_contiguous:
-                # "clip": the indices are the layout's own; "raise" would build the output in a
-                # fresh temporary first (page faults on every sample).
-                np.take(whole, list(bands), axis=0, out=out, mode="clip")
-            else:
-                out[...] = whole[list(bands)]
+            out[...] = whole[list(bands)]
             return
         # Byte-shuffled bands pass through one band of scratch, still in the core's cache when
         # the shuffle is undone; lz4 bands that the batch holds as stored are decoded in place.
@@ -162,7 +170,8 @@ class BandDecoder:
             if not ok:
                 raise CodecError(f"does not decompress ({codec} reports a damaged chunk of band {b})")
             if shuffled:
-                unshuffle_run(target, out[i:i + 1])
+                from .streamcopy import stream_unshuffle
+                stream_unshuffle(out[i].reshape(-1).view(np.uint8), target)
         if not (direct or shuffled):
             out[...] = target.view(stored.newbyteorder("<")).reshape(out.shape)
 

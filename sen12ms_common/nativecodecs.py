@@ -92,7 +92,8 @@ def _zstd_lib() -> ctypes.CDLL:
 
 
 @_once
-def _zstd_set_parameter():
+def zstd_checksum_switch():
+    """`ZSTD_DCtx_setParameter` (for numba kernels: `fn(dctx, ZSTD_D_FORCE_IGNORE_CHECKSUM, 1)`)."""
     fn = _zstd_lib().ZSTD_DCtx_setParameter
     fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int], ctypes.c_size_t
     return fn
@@ -102,7 +103,7 @@ def zstd_ignore_checksums(dctx: int) -> bool:
     """Make decompression context `dctx` skip the frames' own checksums (for bytes whose shard
     checksum has been checked already: about 11 % of the time a band takes); False if this
     libzstd cannot."""
-    return not zstd_decompress_fn()[1](_zstd_set_parameter()(dctx, ZSTD_D_FORCE_IGNORE_CHECKSUM, 1))
+    return not zstd_decompress_fn()[1](zstd_checksum_switch()(dctx, ZSTD_D_FORCE_IGNORE_CHECKSUM, 1))
 
 
 @_once

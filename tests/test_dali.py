@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from sen12ms_common.bands import resolve_bands  # noqa: E402
 from sen12ms_common.igbp import LabelRule  # noqa: E402
 from sen12ms_common.inputs import channel_transform  # noqa: E402
 from sen12ms_common.manifest import index_name, load_manifest  # noqa: E402
+from sen12ms_common.shardformat import LABEL_EXT  # noqa: E402
 from train.data import DataError, LoaderSpec, make_loader  # noqa: E402
 from train.data.dali import (DaliLoader, ShardError, channel_plan, define_pipeline, keys_of,  # noqa: E402
                              shard_range)
@@ -224,6 +226,8 @@ def _member(root: Path, shard: str, ext: str, sample: int = 1) -> tuple[str, int
     ("none", "s2.raw", "short-index"),  # the index gives the raw member too few bytes
 ])
 def test_damaged_member_is_named_and_skipped_only_when_asked(shard_sets, tmp_path, codec, ext, damage):
+    """Without shard checksums (--no-verify) each sample's own damage is found: the frame's
+    checksum, chunk sizes, the member's length."""
     root = tmp_path / codec
     shutil.copytree(shard_sets[codec], root)
     manifest = load_manifest(str(root))
@@ -236,7 +240,7 @@ def test_damaged_member_is_named_and_skipped_only_when_asked(shard_sets, tmp_pat
     else:
         idx = root / index_name(shard)
         idx.write_text(idx.read_text().replace(f"{ext} {offset} {size} ", f"{ext} {offset} {size - 512} ", 1))
-    spec = make_spec(root, "test", input_spec="s1s2")
+    spec = make_spec(root, "test", input_spec="s1s2", verify=False)
     with pytest.raises(ShardError) as err:
         list(dali(spec).epoch(0))
     assert f"sample {key}" in str(err.value) and str(root) in str(err.value) and "\n" not in str(err.value)
@@ -244,6 +248,33 @@ def test_damaged_member_is_named_and_skipped_only_when_asked(shard_sets, tmp_pat
     got = keys(loader)
     assert key not in got and len(got) == manifest.samples("test") - 1
     assert len(loader.skipped) == 1 and key in loader.skipped[0]
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4", "none"])
+def test_a_shard_that_does_not_match_is_never_used_and_skipped_whole_only_when_asked(shard_sets, tmp_path, codec):
+    """Verifying (the default), no batch holds a sample of a shard whose xxh3-128 differs from
+    the manifest's, whichever byte changed (here one in the middle of a member the input does
+    not even use, which no frame checksum or size would notice)."""
+    root = tmp_path / codec
+    shutil.copytree(shard_sets[codec], root)
+    manifest = load_manifest(str(root))
+    entries = manifest.shards("train")
+    entry = entries[len(entries) // 2]
+    _, offset, size = _member(root, entry.name, LABEL_EXT)
+    data = bytearray((root / entry.name).read_bytes())
+    data[offset + size + 100] ^= 0x01  # tar padding after the label: no decoder reads it
+    (root / entry.name).write_bytes(bytes(data))
+    spec = make_spec(root, "train", input_spec="rgb", train=True, seed=3)
+    with pytest.raises(ShardError, match="content does not match the manifest") as err:
+        list(dali(spec).epoch(0))
+    assert entry.name in str(err.value) and "\n" not in str(err.value)
+    loader = dali(dataclasses.replace(spec, skip_bad_shards=True))
+    got = keys(loader)
+    with tarfile.open(root / entry.name) as tar:
+        bad_keys = {m.name.split(".", 1)[0] for m in tar.getmembers()}
+    assert got and not bad_keys & set(got)
+    assert len(loader.skipped) == 1 and entry.name in loader.skipped[0]
+    assert keys(dali(dataclasses.replace(spec, verify=False))), "without verification the bytes are not checked"
 
 
 def test_missing_index_file_is_named_and_skipped_only_when_asked(shard_sets, tmp_path):

@@ -21,6 +21,7 @@ from . import DataError, LoaderSpec, LoaderUnavailable, mask_source
 from .dali_graph import (READER, ChannelPlan, GraphSpec, build_graph, channel_plan, define_pipeline,  # noqa: F401
                          make_pipeline)
 from .dali_ops import CodecLibraryError, lz4_decompress_fn, status_text, zstd_decompress_fn
+from .daligate import ShardGate, reading_order
 from .plan import shard_order
 from .shardread import ShardError, check_shards
 
@@ -50,13 +51,19 @@ def shard_range(total: int, rank: int, world_size: int) -> tuple[int, int]:
     return total * rank // world_size, total * (rank + 1) // world_size
 
 
-def keys_of(source_info: np.ndarray) -> list[str]:
-    """Sample keys from zero-padded `source_info` rows ("<tar>:<offset>:<key>.<ext>")."""
+def sources_of(source_info: np.ndarray) -> list[tuple[str, str]]:
+    """(shard path, sample key) from zero-padded `source_info` rows ("<tar>:<offset>:<key>.<ext>")."""
     out = []
     for row in source_info:
         text = bytes(row).rstrip(b"\0").decode("utf-8", "replace")
-        out.append(text.rsplit(":", 1)[-1].split(".", 1)[0])
+        shard, _, member = text.rsplit(":", 2) if text.count(":") >= 2 else ("", "", text)
+        out.append((shard, member.split(".", 1)[0]))
     return out
+
+
+def keys_of(source_info: np.ndarray) -> list[str]:
+    """Sample keys from zero-padded `source_info` rows ("<tar>:<offset>:<key>.<ext>")."""
+    return [key for _, key in sources_of(source_info)]
 
 
 def _error_line(exc: BaseException) -> str:
@@ -142,10 +149,26 @@ class DaliLoader:
     def __len__(self) -> int:
         return self._batches
 
+    def _ordered(self, epoch: int) -> list[ShardEntry]:
+        order = shard_order(len(self.entries), self.spec.seed, epoch, self.spec.train)
+        return [self.entries[int(i)] for i in order]
+
+    def _gate(self, gspec: GraphSpec, epoch: int) -> ShardGate | None:
+        """The checker of the shards this rank's reader reads (verifying), in its reading order."""
+        spec = self.spec
+        if not spec.verify:
+            return None
+        entries = self._ordered(epoch)
+        first = shard_range(sum(e.samples for e in entries), spec.rank, spec.world_size)[0]
+        order = reading_order(gspec.paths, [e.samples for e in entries], first)
+        per_shard = max(1, sum(e.samples for e in entries) // max(1, len(entries)))
+        held = spec.shuffle_buffer + (self.prefetch + 2) * spec.batch_size  # samples DALI reads ahead
+        return ShardGate([gspec.paths[i] for i in order], [entries[i] for i in order],
+                         ahead=-(-held // per_shard) + 1)
+
     def graph_spec(self, epoch: int) -> GraphSpec:
         spec = self.spec
-        order = shard_order(len(self.entries), spec.seed, epoch, spec.train)
-        entries = [self.entries[int(i)] for i in order]
+        entries = self._ordered(epoch)
         return GraphSpec(
             paths=tuple(storage.join(spec.root, e.name) for e in entries),
             index_paths=tuple(storage.join(spec.root, index_name(e.name)) for e in entries),
@@ -153,7 +176,7 @@ class DaliLoader:
             gpu=self.device_id is not None, normalise=self.normalise, augment=self.augment,
             shard_id=spec.rank, num_shards=spec.world_size, shuffle=spec.train,
             shuffle_buffer=spec.shuffle_buffer, reader_seed=_seed(spec.seed, epoch, spec.rank, _READER_SEED),
-            cpu_kernels=self.cpu_kernels)
+            cpu_kernels=self.cpu_kernels, frame_checksums=not spec.verify)
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, Any]]:
         """Batches start_batch, ... of `epoch`; earlier ones are read by DALI but not converted."""
@@ -181,6 +204,7 @@ class DaliLoader:
             raise ShardError(f"{spec.root} ({spec.split}): reading failed in batch 0 of epoch {epoch}: "
                              f"{_error_line(exc)}") from exc
         left, j = self.samples, 0
+        gate = self._gate(gspec, epoch)
         try:
             while left > 0:
                 try:
@@ -195,34 +219,47 @@ class DaliLoader:
                     continue  # a reader shard that is one sample shorter: all padding, cut off
                 left -= n
                 if j >= start_batch:
-                    batch = self._batch(out, n)
+                    batch = self._batch(out, n, gate)
                     if batch is not None:
                         yield batch
                 j += 1
         finally:
+            if gate is not None:
+                gate.close()
             del it
             del pipe
         if left > 0:
             raise ShardError(f"{spec.root} ({spec.split}): the DALI pipeline ended {left} samples early")
 
-    def _batch(self, out: dict[str, torch.Tensor], n: int) -> dict[str, Any] | None:
-        """The first `n` samples of a DALI batch as the batch dict of `train.data`; damaged
-        samples raise a `ShardError` naming them (or are left out with `skip_bad_shards`)."""
-        keys = keys_of(out["key"][:n].cpu().numpy())
+    def _unusable(self, msg: str, keep: np.ndarray, i: int) -> None:
+        """Sample i cannot be used because of `msg`: raise, or (`skip_bad_shards`) leave it out."""
+        if not self.spec.skip_bad_shards:
+            raise ShardError(msg)
+        if msg not in self.skipped:
+            log.warning("skipping bad %s: %s", "sample" if "sample " in msg else "shard", msg)
+            self.skipped.append(msg)
+        keep[i] = False
+
+    def _batch(self, out: dict[str, torch.Tensor], n: int, gate: ShardGate | None = None) -> dict[str, Any] | None:
+        """The first `n` samples of a DALI batch as the batch dict of `train.data`, once `gate`
+        has checked their shards; samples of a shard that does not match or damaged samples
+        raise a `ShardError` naming them (or are left out with `skip_bad_shards`)."""
+        sources = sources_of(out["key"][:n].cpu().numpy())
+        keys = [k for _, k in sources]
+        keep = np.ones(n, dtype=bool)
+        bad_shards = gate.problems(s for s, _ in sources) if gate is not None else {}
+        for i, (shard, _) in enumerate(sources):
+            if shard in bad_shards:
+                self._unusable(bad_shards[shard], keep, i)
         prob = out["prob"][:n].cpu().numpy().astype(np.float32, copy=True)
         image = out["image"][:n]
         if not self.normalise:
             image = image.view(torch.uint16)
-        keep = np.ones(n, dtype=bool)
         if "status" in out:
             status = out["status"][:n].cpu().numpy().reshape(n, -1).max(axis=1)
-            for i in np.flatnonzero(status):
-                msg = f"{self.spec.root}: sample {keys[i]} ({self.spec.split}): {status_text(int(status[i]))}"
-                if not self.spec.skip_bad_shards:
-                    raise ShardError(msg)
-                log.warning("skipping bad sample: %s", msg)
-                self.skipped.append(msg)
-                keep[i] = False
+            for i in np.flatnonzero((status != 0) & keep):
+                self._unusable(f"{self.spec.root}: sample {keys[i]} ({self.spec.split}): "
+                               f"{status_text(int(status[i]))}", keep, i)
         if not keep.all():
             if not keep.any():
                 return None

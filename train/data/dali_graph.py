@@ -84,6 +84,8 @@ class GraphSpec:
     # CPU-only: True fuses band selection and normalisation into one numba pass; False uses the
     # DALI operators of the GPU graph (slices, cat, cast, arithmetic) on the CPU (tests).
     cpu_kernels: bool = True
+    # False where the loader checks each shard's checksum before its batches are handed out.
+    frame_checksums: bool = True
 
     @property
     def plan(self) -> ChannelPlan:
@@ -169,7 +171,8 @@ def decode_modality(spec: GraphSpec, modality: str, members: dict[str, Any]) -> 
     chosen = types.Constant(np.asarray(bands, dtype=np.int32), device="cpu")
     offsets, sizes, status = _numba(chunks_kernel(shape[0]), data, members[layout.sizes_ext(modality)], chosen)
     if layout.codec == "zstd":
-        x, status2 = _numba(zstd_kernel(shape[1:], layout.byte_shuffle), data, offsets, sizes)
+        x, status2 = _numba(zstd_kernel(shape[1:], layout.byte_shuffle, spec.frame_checksums), data, offsets,
+                                  sizes)
         return Decoded(x.gpu() if spec.gpu else x, planned, status | status2)
     if spec.gpu:
         return Decoded(_inflate(data, offsets, sizes, shape[1:]), planned, status)
@@ -211,7 +214,7 @@ def fused_zstd_channels(spec: GraphSpec, members: dict[str, Any]):
     t = spec.transform
     params = channel_params(sources, t.scale, t.offset, t.clip) if spec.normalise else channel_params(sources)
     kernel = zstd_channels_kernel(tuple(layout.shape(m)[0] for m in modalities), (layout.size, layout.size),
-                                  len(spec.bands), spec.normalise, layout.byte_shuffle)
+                                  len(spec.bands), spec.normalise, layout.byte_shuffle, spec.frame_checksums)
     image, status = _numba(kernel, *inputs, types.Constant(params, device="cpu"))
     return fn.reshape(image, layout="CHW"), status
 

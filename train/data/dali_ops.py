@@ -8,7 +8,8 @@ from typing import Callable
 
 import numpy as np
 
-from sen12ms_common.nativecodecs import (CodecLibraryError, lz4_decompress_fn, zstd_context_fns,  # noqa: F401
+from sen12ms_common.nativecodecs import (ZSTD_D_FORCE_IGNORE_CHECKSUM, CodecLibraryError,  # noqa: F401
+                                         lz4_decompress_fn, zstd_checksum_switch, zstd_context_fns,
                                          zstd_decompress_fn)
 
 try:  # DALI's AutoGraph must not rewrite the kernels these factories create (numba compiles them)
@@ -88,7 +89,15 @@ def _band_writer(plane: int, normalised: bool, byte_shuffle: bool) -> Callable:
             else:
                 y[i] = x
 
-    if byte_shuffle:  # all low bytes, then all high bytes: contiguous slices
+    if not normalised:  # as stored: written past the caches (the batch is read elsewhere next)
+        from sen12ms_common.streamcopy import stream_copy, stream_unshuffle
+
+        place = stream_unshuffle if byte_shuffle else stream_copy
+
+        @njit
+        def write(y, buf, s, o, hi_clip):
+            place(y.view(np.uint8), buf[:nbytes])
+    elif byte_shuffle:  # all low bytes, then all high bytes: contiguous slices
         @njit
         def write(y, buf, s, o, hi_clip):
             to_channel(y, buf[:plane], buf[plane:nbytes], s, o, hi_clip)
@@ -101,10 +110,12 @@ def _band_writer(plane: int, normalised: bool, byte_shuffle: bool) -> Callable:
 
 @lru_cache(maxsize=16)  # one Kernel per configuration: DALI compiles each once per process
 @do_not_convert
-def zstd_kernel(chunk_shape: tuple[int, int], byte_shuffle: bool) -> Kernel:
+def zstd_kernel(chunk_shape: tuple[int, int], byte_shuffle: bool, frame_checksums: bool = True) -> Kernel:
     """(member, int32 offsets (k,), int32 sizes (k,)) -> the zstd frames there (one uint16 band
-    each, byte-shuffled when `byte_shuffle`) decoded as (k, H, W), and a status."""
-    decompress, is_error = zstd_decompress_fn()
+    each, byte-shuffled when `byte_shuffle`) decoded as (k, H, W), and a status. Without
+    `frame_checksums` the frames' own checksums are not checked (their shard's has been)."""
+    decompress, is_error, create, free = zstd_context_fns()
+    ignore = zstd_checksum_switch()
     h, w = chunk_shape
     plane = h * w
     nbytes = 2 * plane
@@ -114,18 +125,22 @@ def zstd_kernel(chunk_shape: tuple[int, int], byte_shuffle: bool) -> Kernel:
         status[0] = 0
         buf = np.empty(nbytes, dtype=np.uint8)
         flat = out.reshape(out.size)
+        dctx = create()
+        if not frame_checksums:
+            ignore(dctx, ZSTD_D_FORCE_IGNORE_CHECKSUM, 1)
         for j in range(offsets.shape[0]):
             if offsets[j] < 0 or sizes[j] <= 0 or offsets[j] + sizes[j] > src.shape[0]:
                 status[0] = 1
                 out[:] = 0
-                return
+                break
             # At most `nbytes` are written, whatever the frame declares.
-            got = decompress(buf.ctypes.data, nbytes, src.ctypes.data + offsets[j], sizes[j])
+            got = decompress(dctx, buf.ctypes.data, nbytes, src.ctypes.data + offsets[j], sizes[j])
             if is_error(got) != 0 or got != nbytes:
                 status[0] = 1
                 out[:] = 0
-                return
+                break
             write(flat[j * plane:(j + 1) * plane], buf, 1.0, 0.0, 0.0)
+        free(dctx)
 
     setup_fn = _planes_setup(h, w)
 
@@ -202,16 +217,18 @@ def lz4_kernel(chunk_shape: tuple[int, int]) -> Kernel:
 @lru_cache(maxsize=16)
 @do_not_convert
 def zstd_channels_kernel(n_bands: tuple[int, ...], chunk_shape: tuple[int, int], channels: int, normalised: bool,
-                         byte_shuffle: bool) -> Kernel:
+                         byte_shuffle: bool, frame_checksums: bool = True) -> Kernel:
     """(zstd member, its int32 chunk sizes member) of one or two modalities (`n_bands` each), and
     `channel_params` -> the input's (C, H, W) channels, each band decoded from its frame straight
     into its channel (normalised as `channels_kernel` does, or uint16 as stored), and a status.
 
     The CPU graph's zstd path in one pass: no (k, H, W) array per modality in between, one
-    decompression context per sample instead of one per band."""
+    decompression context per sample instead of one per band. Without `frame_checksums` the
+    frames' own checksums are not checked (their shard's has been)."""
     from numba import njit
 
     decompress, is_error, create, free = zstd_context_fns()
+    ignore = zstd_checksum_switch()
     h, w = chunk_shape
     plane = h * w
     nbytes = 2 * plane
@@ -243,6 +260,8 @@ def zstd_channels_kernel(n_bands: tuple[int, ...], chunk_shape: tuple[int, int],
             return
         buf = np.empty(nbytes, dtype=np.uint8)
         dctx = create()
+        if not frame_checksums:
+            ignore(dctx, ZSTD_D_FORCE_IGNORE_CHECKSUM, 1)
         for ch in range(params.shape[1]):
             first = params[0, ch] == 0
             src, st = (a, sa) if first else (b, sb)

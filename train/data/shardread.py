@@ -102,11 +102,38 @@ def read_slice(src: ShardSource, sl: ShardSlice, alloc: Callable[[int], memoryvi
     if digests is not None:
         if pos != entry.samples:
             raise ShardError(f"{url}: holds {pos} samples; the manifest says {entry.samples}")
-        if digests.bytes != entry.bytes or digests.fast != entry.xxh3_128:
-            raise ShardError(f"{url}: content does not match the manifest (xxh3-128 {digests.fast[:16]}..., "
-                             f"{digests.bytes} bytes; expected {entry.xxh3_128[:16]}..., {entry.bytes} bytes); "
-                             f"rebuild it or pass --no-verify")
+        problem = mismatch(url, entry, digests)
+        if problem:
+            raise ShardError(problem)
     yield from held
+
+
+def mismatch(url: str, entry: ShardEntry, digests: Digests) -> str | None:
+    """Why a shard whose bytes gave `digests` is not the one the manifest lists, or None."""
+    if digests.bytes == entry.bytes and digests.fast == entry.xxh3_128:
+        return None
+    return (f"{url}: content does not match the manifest (xxh3-128 {digests.fast[:16]}..., {digests.bytes} bytes; "
+            f"expected {entry.xxh3_128[:16]}..., {entry.bytes} bytes); rebuild it or pass --no-verify")
+
+
+def check_whole(url: str, entry: ShardEntry) -> str | None:
+    """Why the local shard at `url` cannot be used as the manifest lists it (missing, unreadable,
+    other bytes), or None: its xxh3-128 over the whole file (mapped where it can be)."""
+    digests = Digests(sha256=False)
+    try:
+        with open(url, "rb") as f:
+            view = map_file(f)
+            if view is None:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    digests.update(block)
+            else:
+                digests.update(view)
+                view.release()
+    except FileNotFoundError:
+        return f"{url}: shard is missing"
+    except OSError as exc:
+        return f"{url}: cannot read ({exc})"
+    return mismatch(url, entry, digests)
 
 
 def check_shards(root: str, entries: Iterable[ShardEntry], verify: bool) -> list[str]:
