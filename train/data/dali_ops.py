@@ -214,6 +214,28 @@ def lz4_kernel(chunk_shape: tuple[int, int]) -> Kernel:
     return Kernel(run_fn, setup_fn, ("UINT8", "INT32", "INT32"), ("UINT16", "INT32"), (1, 1, 1), (3, 1))
 
 
+@lru_cache(maxsize=1)
+@do_not_convert
+def _chunk_starts() -> Callable:
+    """njit `starts_of(sizes, n, total)`: chunk start offsets (n + 1,) of a member of `total`
+    bytes from its n chunk sizes; empty when the sizes do not describe the member."""
+    from numba import njit
+
+    @njit
+    def starts_of(sizes, n, total):
+        st = np.empty(n + 1, dtype=np.int64)
+        if sizes.shape[0] != n:
+            return st[:0]
+        st[0] = 0
+        for i in range(n):
+            if sizes[i] <= 0:
+                return st[:0]
+            st[i + 1] = st[i] + sizes[i]
+        return st if st[n] == total else st[:0]
+
+    return starts_of
+
+
 @lru_cache(maxsize=16)
 @do_not_convert
 def zstd_channels_kernel(n_bands: tuple[int, ...], chunk_shape: tuple[int, int], channels: int, normalised: bool,
@@ -233,20 +255,7 @@ def zstd_channels_kernel(n_bands: tuple[int, ...], chunk_shape: tuple[int, int],
     plane = h * w
     nbytes = 2 * plane
     na, nb = n_bands[0], n_bands[-1]
-
-    @njit
-    def starts_of(sizes, n, total):
-        """Chunk start offsets (n + 1,); empty when the sizes do not describe the member."""
-        st = np.empty(n + 1, dtype=np.int64)
-        if sizes.shape[0] != n:
-            return st[:0]
-        st[0] = 0
-        for i in range(n):
-            if sizes[i] <= 0:
-                return st[:0]
-            st[i + 1] = st[i] + sizes[i]
-        return st if st[n] == total else st[:0]
-
+    starts_of = _chunk_starts()
     unshuffle = _band_writer(plane, normalised, byte_shuffle)
 
     @njit
