@@ -69,7 +69,7 @@ class LoaderSpec:
     world_size: int = 1
     pin_memory: bool = False
     device: str = "cpu"
-    verify: bool = True            # check sizes up front and sha256 while streaming
+    verify: bool = True            # check sizes up front and each shard's xxh3-128 while streaming
     skip_bad_shards: bool = False  # report unreadable shards / samples and go on
     augment: bool = False          # random flips / 90-degree rotations of training batches
     targets: str = "labels"        # labels: scene labels (target, prob); mask: pixel masks (segmentation)
