@@ -54,12 +54,13 @@ def _compiled_unshuffle():
 
 
 @lru_cache(maxsize=1)
-def _compiled_take():
+def _streaming():
+    """`sen12ms_common.streamcopy` (the batch writers that bypass the caches), or None without numba."""
     try:
-        from .streamcopy import take_planes
-    except ImportError:  # numba is missing: numpy's copy
+        from . import streamcopy
+    except ImportError:  # numba is missing: numpy's copies
         return None
-    return take_planes
+    return streamcopy
 
 
 def unshuffle_run(raw: np.ndarray, out: np.ndarray, compiled: bool = True) -> None:
@@ -142,10 +143,11 @@ class BandDecoder:
         plane = out[0].size
         nbytes = plane * stored.itemsize
         src = np.frombuffer(data, dtype=np.uint8)
+        # The streaming writers take a contiguous batch slot (as the loaders hand over).
+        streaming = _streaming() if out.flags.c_contiguous else None
         if codec == "none":
-            take = _compiled_take()
-            if take is not None and out.dtype == stored.newbyteorder("<") and out.flags.c_contiguous:
-                take(src, bands, out)
+            if streaming is not None and out.dtype == stored.newbyteorder("<"):
+                streaming.take_planes(src, bands, out)
                 return
             whole = src.view(stored.newbyteorder("<")).reshape((-1,) + out.shape[1:])
             out[...] = whole[list(bands)]
@@ -169,9 +171,10 @@ class BandDecoder:
                 ok = got == nbytes
             if not ok:
                 raise CodecError(f"does not decompress ({codec} reports a damaged chunk of band {b})")
-            if shuffled:
-                from .streamcopy import stream_unshuffle
-                stream_unshuffle(out[i].reshape(-1).view(np.uint8), target)
+            if shuffled and streaming is not None:
+                streaming.stream_unshuffle(out[i].reshape(-1).view(np.uint8), target)
+            elif shuffled:
+                unshuffle_run(target, out[i:i + 1])
         if not (direct or shuffled):
             out[...] = target.view(stored.newbyteorder("<")).reshape(out.shape)
 

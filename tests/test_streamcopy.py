@@ -93,3 +93,15 @@ def test_uncompressed_bands_of_a_real_patch_are_taken_as_numpy_takes_them(real):
     again = np.zeros_like(out)
     sf.decode_bands_into({layout.ext("s2"): memoryview(raw)}, "s2", layout, bands, again, codecs.BandDecoder())
     assert np.array_equal(again, s2[bands])
+
+
+def test_zstd_bands_decode_into_a_strided_batch_too():
+    """A destination that is not contiguous (every other column of a wider array) gets the band
+    values, and the columns in between stay as they were."""
+    bands = np.random.default_rng(5).integers(0, 65536, (3, 16, 16), dtype=np.uint16)
+    frames = [codecs.encode_band(b, "zstd", 3) for b in bands]
+    data = b"".join(frames)
+    starts = np.concatenate([[0], np.cumsum([len(f) for f in frames])]).tolist()
+    full = np.zeros((2, 16, 32), dtype=np.uint16)
+    codecs.BandDecoder().decode_run(data, starts, "zstd", [2, 0], full[:, :, ::2], np.dtype("<u2"))
+    assert np.array_equal(full[:, :, ::2], bands[[2, 0]]) and not full[:, :, 1::2].any()
