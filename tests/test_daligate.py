@@ -34,5 +34,8 @@ def test_shards_are_checked_in_order_and_never_far_ahead(sample_shards: Path, tm
         problems = gate.problems([urls[0], urls[1]])
         assert list(problems) == [urls[1]] and "content does not match the manifest" in problems[urls[1]]
         assert gate.problems(["/elsewhere.tar"])["/elsewhere.tar"].endswith("not in the manifest's split")
+        # A batch with a stranger and a shard not checked yet: both answered, after the check.
+        mixed = gate.problems(["/elsewhere.tar", urls[3]])
+        assert set(mixed) == {"/elsewhere.tar"} and urls[3] in gate._done
     finally:
         gate.close()

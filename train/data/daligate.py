@@ -55,14 +55,14 @@ class ShardGate:
     def problems(self, urls: Iterable[str]) -> dict[str, str]:
         """The problems (url -> one line) of shards `urls`, once each has been checked."""
         wanted = set(urls)
-        unknown = wanted - self._pos.keys()
-        if unknown:
-            return {u: f"{u}: the reader read a shard that is not in the manifest's split" for u in unknown}
+        known = wanted & self._pos.keys()
+        found = {u: f"{u}: the reader read a shard that is not in the manifest's split" for u in wanted - known}
         with self._cond:
-            self._horizon = max(self._horizon, max((self._pos[u] for u in wanted), default=-1) + 1 + self._ahead)
+            self._horizon = max(self._horizon, max((self._pos[u] for u in known), default=-1) + 1 + self._ahead)
             self._cond.notify_all()
-            self._cond.wait_for(lambda: wanted <= self._done.keys())
-            return {u: p for u in wanted if (p := self._done[u]) is not None}
+            self._cond.wait_for(lambda: known <= self._done.keys())
+            found.update({u: p for u in known if (p := self._done[u]) is not None})
+        return found
 
     def close(self) -> None:
         with self._cond:
