@@ -448,6 +448,25 @@ def test_zstd_kernel_of_the_gpu_graph_decodes_the_frames_it_is_given(shuffle):
     assert status[0] == 1 and not out.any()
 
 
+def test_zstd_kernels_check_frame_checksums_unless_the_shard_was_checked():
+    from sen12ms_common.codecs import encode_band
+    import numba
+
+    from train.data.dali_ops import zstd_kernel
+
+    band = np.random.default_rng(7).integers(0, 65535, (8, 8), dtype=np.uint16)
+    frame = bytearray(encode_band(band, "zstd", 3, True))
+    frame[-1] ^= 0xFF  # the frame's own checksum (its last 4 bytes)
+    src = np.frombuffer(bytes(frame), dtype=np.uint8)
+    offsets, sizes = np.zeros(1, np.int32), np.array([len(frame)], np.int32)
+    out, status = np.empty((1, 8, 8), np.uint16), np.empty(1, np.int32)
+    numba.njit(zstd_kernel((8, 8), True).run_fn)(out, status, src, offsets, sizes)
+    assert status[0] == 1 and not out.any()
+    numba.njit(zstd_kernel((8, 8), True, frame_checksums=False).run_fn)(out, status, src, offsets, sizes)
+    assert status[0] == 0
+    np.testing.assert_array_equal(out[0], band)
+
+
 def test_keys_come_from_the_readers_source_info():
     rows = [b"/data/a:b/train-000001.tar:1536:ROIs1158_spring_s2_1_p30.label.f32", b"x.tar:0:k_2.json"]
     width = max(map(len, rows)) + 3

@@ -108,14 +108,33 @@ def _band_writer(plane: int, normalised: bool, byte_shuffle: bool) -> Callable:
     return write
 
 
+@lru_cache(maxsize=2)
+@do_not_convert
+def _context_maker(frame_checksums: bool) -> Callable:
+    """njit `new()`: a libzstd decompression context (free it with `ZSTD_freeDCtx`) that checks
+    the frames' own checksums, or (not `frame_checksums`: their shard's has been) skips them."""
+    from numba import njit
+
+    create, ignore = zstd_context_fns()[2], zstd_checksum_switch()
+
+    @njit
+    def new():
+        dctx = create()
+        if not frame_checksums:
+            ignore(dctx, ZSTD_D_FORCE_IGNORE_CHECKSUM, 1)
+        return dctx
+
+    return new
+
+
 @lru_cache(maxsize=16)  # one Kernel per configuration: DALI compiles each once per process
 @do_not_convert
 def zstd_kernel(chunk_shape: tuple[int, int], byte_shuffle: bool, frame_checksums: bool = True) -> Kernel:
     """(member, int32 offsets (k,), int32 sizes (k,)) -> the zstd frames there (one uint16 band
     each, byte-shuffled when `byte_shuffle`) decoded as (k, H, W), and a status. Without
     `frame_checksums` the frames' own checksums are not checked (their shard's has been)."""
-    decompress, is_error, create, free = zstd_context_fns()
-    ignore = zstd_checksum_switch()
+    decompress, is_error, _, free = zstd_context_fns()
+    new_context = _context_maker(frame_checksums)
     h, w = chunk_shape
     plane = h * w
     nbytes = 2 * plane
@@ -125,9 +144,7 @@ def zstd_kernel(chunk_shape: tuple[int, int], byte_shuffle: bool, frame_checksum
         status[0] = 0
         buf = np.empty(nbytes, dtype=np.uint8)
         flat = out.reshape(out.size)
-        dctx = create()
-        if not frame_checksums:
-            ignore(dctx, ZSTD_D_FORCE_IGNORE_CHECKSUM, 1)
+        dctx = new_context()
         for j in range(offsets.shape[0]):
             if offsets[j] < 0 or sizes[j] <= 0 or offsets[j] + sizes[j] > src.shape[0]:
                 status[0] = 1
@@ -249,8 +266,8 @@ def zstd_channels_kernel(n_bands: tuple[int, ...], chunk_shape: tuple[int, int],
     frames' own checksums are not checked (their shard's has been)."""
     from numba import njit
 
-    decompress, is_error, create, free = zstd_context_fns()
-    ignore = zstd_checksum_switch()
+    decompress, is_error, _, free = zstd_context_fns()
+    new_context = _context_maker(frame_checksums)
     h, w = chunk_shape
     plane = h * w
     nbytes = 2 * plane
@@ -268,9 +285,7 @@ def zstd_channels_kernel(n_bands: tuple[int, ...], chunk_shape: tuple[int, int],
             flat_out[:] = 0
             return
         buf = np.empty(nbytes, dtype=np.uint8)
-        dctx = create()
-        if not frame_checksums:
-            ignore(dctx, ZSTD_D_FORCE_IGNORE_CHECKSUM, 1)
+        dctx = new_context()
         for ch in range(params.shape[1]):
             first = params[0, ch] == 0
             src, st = (a, sa) if first else (b, sb)
