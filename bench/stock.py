@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.measure import Repeat, steady_rate
-from sen12ms_common.bands import resolve_bands
+from sen12ms_common.bands import modality_runs, resolve_bands
 from sen12ms_common.codecs import BandDecoder
 from sen12ms_common.manifest import index_name, load_manifest
 from sen12ms_common.mapped import map_file
@@ -93,17 +93,6 @@ def _walk(root: str, batch_size: int, fill) -> Repeat:
     return Repeat(n, seconds)
 
 
-def _runs(input_spec: str) -> list[tuple[str, list[int], int]]:
-    """(modality, band indices, first channel) of each run of channels of one modality."""
-    runs: list[tuple[str, list[int], int]] = []
-    for c, b in enumerate(resolve_bands(input_spec)):
-        if runs and runs[-1][0] == b.modality:
-            runs[-1][1].append(b.index)
-        else:
-            runs.append((b.modality, [b.index], c))
-    return runs
-
-
 def _warm() -> None:
     """Load the compiled writers before the clock starts (numba's cache, read once per process)."""
     take_planes(np.frombuffer(bytes(128), np.uint8), [1], np.empty((1, 32), dtype=np.uint16))
@@ -116,7 +105,7 @@ def floor_repeat(root: str, input_spec: str, batch_size: int) -> Repeat:
     layout = load_manifest(root).layout
     if layout.codec != "none":
         raise ValueError("the memory-copy floor reads uncompressed shards")
-    runs = _runs(input_spec)
+    runs = modality_runs(resolve_bands(input_spec))
     batch = np.empty((batch_size, sum(len(r[1]) for r in runs), layout.size, layout.size), dtype=np.uint16)
 
     _warm()
@@ -133,7 +122,7 @@ def floor_repeat(root: str, input_spec: str, batch_size: int) -> Repeat:
 def limit_repeat(root: str, input_spec: str, batch_size: int) -> Repeat:
     """Bytes mapped, every used band decoded into a batch slot by the format's band decoder."""
     layout = load_manifest(root).layout
-    runs = _runs(input_spec)
+    runs = modality_runs(resolve_bands(input_spec))
     batch = np.empty((batch_size, sum(len(r[1]) for r in runs), layout.size, layout.size), dtype=np.uint16)
     decoder = BandDecoder(frame_checksums=False)  # as the loader decodes verified shards
     _warm()

@@ -131,3 +131,15 @@ def _group_set_name(key: str) -> str:
 def modalities_of(bands: tuple[BandRef, ...]) -> tuple[str, ...]:
     """The modalities a set of channels needs, in a fixed order (s2 before s1)."""
     return tuple(m for m in ("s2", "s1") if any(b.modality == m for b in bands))
+
+
+def modality_runs(bands: tuple[BandRef, ...] | list[BandRef]) -> list[tuple[str, list[int], int]]:
+    """(modality, band indices, first channel) of each run of consecutive channels of one
+    modality: what a decoder decodes into a batch, a run at a time."""
+    runs: list[tuple[str, list[int], int]] = []
+    for channel, band in enumerate(bands):
+        if runs and runs[-1][0] == band.modality:
+            runs[-1][1].append(band.index)
+        else:
+            runs.append((band.modality, [band.index], channel))
+    return runs

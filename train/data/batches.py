@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from sen12ms_common import storage
+from sen12ms_common.bands import modality_runs
 from sen12ms_common.codecs import BandDecoder
 from sen12ms_common.dfc import DfcScheme
 from sen12ms_common.mapped import cut_short
@@ -47,14 +48,8 @@ class BatchDecoder:
 
     def __init__(self, src: ShardSource, threads: int = 1, pin_memory: bool = False) -> None:
         self.src, self.threads, self.pin_memory = src, max(1, threads), pin_memory
-        # (modality, band indices, first channel) of each run of consecutive channels of one
-        # modality: only these bands are ever decoded, a run at a time.
-        self.runs: list[tuple[str, list[int], int]] = []
-        for channel, band in enumerate(src.bands):
-            if self.runs and self.runs[-1][0] == band.modality:
-                self.runs[-1][1].append(band.index)
-            else:
-                self.runs.append((band.modality, [band.index], channel))
+        # Only these bands are ever decoded, a run at a time.
+        self.runs = modality_runs(src.bands)
         self._pool = BufferPool()
         self._masks = BufferPool(dtype=np.uint8)
         # Stored mask value -> 0-based training class (255 = ignore), for the mask's member.
