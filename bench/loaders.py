@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.measure import Repeat, steady_rate
+from bench.measure import Repeat, steady_rate, warm_up
 from sen12ms_common.bands import resolve_bands
 from sen12ms_common.igbp import LabelRule
 from sen12ms_common.inputs import channel_transform
@@ -64,8 +64,7 @@ def webdataset_repeat(root: str, settings: LoaderSettings, workers: int | str, s
     to_input = InputTransform(spec.transform, torch.device("cpu"))
     consume = (lambda b: to_input(b["image"], b.get("symmetry"))) if to_float else (lambda b: None)
     try:
-        for _ in loader.epoch(seed):
-            pass
+        warm_up(loader.epoch(seed))
         return steady_rate(loader.epoch(seed + 1), lambda b: len(b["key"]), consume)
     finally:
         loader.close()
@@ -94,8 +93,7 @@ def seg_webdataset_repeat(root: str, settings: LoaderSettings, seed: int) -> Rep
     loader = make_loader("webdataset", spec)
     to_input = InputTransform(spec.transform, torch.device("cpu"))
     try:
-        for _ in loader.epoch(seed):
-            pass
+        warm_up(loader.epoch(seed))
         return steady_rate(loader.epoch(seed + 1), lambda b: len(b["key"]), lambda b: to_input(b["image"]))
     finally:
         loader.close()

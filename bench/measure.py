@@ -45,6 +45,13 @@ class Stat:
         return Stat([v * factor for v in self.values])
 
 
+def warm_up(batches: Iterable[Any]) -> None:
+    """Run through a warm-up epoch keeping none of its batches, so that the timed epoch finds
+    every reused batch buffer of the loader free (docs/notes.md)."""
+    for _ in batches:
+        pass
+
+
 def steady_rate(batches: Iterable[Any], count: Callable[[Any], int],
                 consume: Callable[[Any], Any] = lambda b: None) -> Repeat:
     """Iterate a loader's batches (after `consume`, e.g. the float conversion) and time them."""
