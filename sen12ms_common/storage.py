@@ -5,65 +5,17 @@ from __future__ import annotations
 import errno
 import io
 import os
-import re
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Mapping, TypeVar
 
-from .errors import Sen12msError
+# The errors are named storage.<Error> wherever storage is used; they live in their own module.
+from .storageerrors import (ShardSizeError, StorageAccessError, StorageError, StorageNotFoundError,
+                            StorageUnavailableError, redact, refuse_credentials)
 
 T = TypeVar("T")
-
-
-# The user info of a URL (`s3://KEY:SECRET@bucket/...`); a secret may hold '/', a bucket never ':'.
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?:[^\s/@:]*:[^\s@]*|[^\s/@]*)@")
-
-
-def redact(text: str) -> str:
-    """`text` with the user info of every URL in it (`KEY:SECRET@`) replaced by `***@`."""
-    return _USERINFO.sub(r"\g<scheme>***@", str(text))
-
-
-def refuse_credentials(url: str) -> None:
-    """Credentials belong in the environment or the AWS files, never in a URL (they would end up in
-    logs, shell histories and arguments files): a URL with user info is refused."""
-    if redact(url) != str(url):
-        raise StorageAccessError(f"{redact(url)}: credentials in a URL are refused; set AWS_ACCESS_KEY_ID / "
-                                 "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) instead", str(url))
-
-
-class StorageError(OSError, Sen12msError):
-    """A read or write that failed; `str()` is one line naming the URL (user info redacted)."""
-
-    def __init__(self, message: str, url: str = "") -> None:
-        message, url = redact(message), redact(url)
-        super().__init__(message)
-        self.message, self.url = message, url
-
-    def __str__(self) -> str:
-        # webdataset appends the stream and URL to an exception's args; keep the one line.
-        return self.message
-
-    def __reduce__(self):  # loader workers pickle exceptions to the main process
-        return (self.__class__, (self.message, self.url))
-
-
-class StorageAccessError(StorageError, PermissionError):
-    """403, a wrong key or secret, no credentials."""
-
-
-class StorageNotFoundError(StorageError, FileNotFoundError):
-    """No such object, file or bucket."""
-
-
-class StorageUnavailableError(StorageError):
-    """Transient errors (unreachable server, 5xx, broken transfers) that outlasted the retries."""
-
-
-class ShardSizeError(StorageError):
-    """An object or file that is not the size its manifest says (truncated or replaced)."""
 
 
 @dataclass(frozen=True)

@@ -186,19 +186,7 @@ def iter_members(f: BinaryIO | memoryview, wanted: Callable[[str], bool], *,
             raise tarfile.ReadError(f"bad tar header at byte {at} ({exc})") from None
         padded = -(-info.size // BLOCK) * BLOCK
         if info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE, tarfile.XGLTYPE):
-            if info.size > EXTENDED_HEADER_LIMIT:
-                raise tarfile.ReadError(f"extended header of {info.size} bytes at byte {at} "
-                                        f"(more than {EXTENDED_HEADER_LIMIT})")
-            data = blocks.take(padded)
-            if data is None:
-                raise tarfile.ReadError(f"unexpected end of data in the extended header at byte {at}")
-            if info.type == tarfile.GNUTYPE_LONGNAME:
-                long_name = data[:info.size].tobytes().rstrip(b"\0").decode("utf-8", "surrogateescape")
-            elif info.type == tarfile.XHDTYPE:
-                try:
-                    long_name = _pax_path(data[:info.size].tobytes()) or long_name
-                except ValueError:
-                    raise tarfile.ReadError(f"bad pax header at byte {at}") from None
+            long_name = _extended_name(blocks, info, at, long_name)
             continue
         name = long_name if long_name is not None else info.name
         long_name = None
@@ -213,6 +201,24 @@ def iter_members(f: BinaryIO | memoryview, wanted: Callable[[str], bool], *,
         yield from _member(blocks, name, info.size, at, wanted, check_name, max_size, on_member)
     if drain:
         blocks.drain()
+
+
+def _extended_name(blocks: _Blocks | _MappedBlocks, info: tarfile.TarInfo, at: int, name: str | None) -> str | None:
+    """Read the extended header `info` (at byte `at`): the name it gives the next member (a GNU
+    long name, a pax `path`), else `name`."""
+    if info.size > EXTENDED_HEADER_LIMIT:
+        raise tarfile.ReadError(f"extended header of {info.size} bytes at byte {at} (more than {EXTENDED_HEADER_LIMIT})")
+    data = blocks.take(-(-info.size // BLOCK) * BLOCK)
+    if data is None:
+        raise tarfile.ReadError(f"unexpected end of data in the extended header at byte {at}")
+    if info.type == tarfile.GNUTYPE_LONGNAME:
+        return data[:info.size].tobytes().rstrip(b"\0").decode("utf-8", "surrogateescape")
+    if info.type == tarfile.XHDTYPE:
+        try:
+            return _pax_path(data[:info.size].tobytes()) or name
+        except ValueError:
+            raise tarfile.ReadError(f"bad pax header at byte {at}") from None
+    return name
 
 
 def _member(blocks: _Blocks, name: str, size: int, at: int, wanted: Callable[[str], bool],

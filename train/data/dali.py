@@ -153,12 +153,13 @@ class DaliLoader:
         order = shard_order(len(self.entries), self.spec.seed, epoch, self.spec.train)
         return [self.entries[int(i)] for i in order]
 
-    def _gate(self, gspec: GraphSpec, epoch: int) -> ShardGate | None:
+    def _gate(self, gspec: GraphSpec) -> ShardGate | None:
         """The checker of the shards this rank's reader reads (verifying), in its reading order."""
         spec = self.spec
         if not spec.verify:
             return None
-        entries = self._ordered(epoch)
+        by_path = {storage.join(spec.root, e.name): e for e in self.entries}
+        entries = [by_path[p] for p in gspec.paths]  # the epoch's shard order, as the graph reads them
         first = shard_range(sum(e.samples for e in entries), spec.rank, spec.world_size)[0]
         order = reading_order(gspec.paths, [e.samples for e in entries], first)
         per_shard = max(1, sum(e.samples for e in entries) // max(1, len(entries)))
@@ -204,7 +205,7 @@ class DaliLoader:
             raise ShardError(f"{spec.root} ({spec.split}): reading failed in batch 0 of epoch {epoch}: "
                              f"{_error_line(exc)}") from exc
         left, j = self.samples, 0
-        gate = self._gate(gspec, epoch)
+        gate = self._gate(gspec)
         try:
             while left > 0:
                 try:
