@@ -45,11 +45,13 @@ class Stat:
         return Stat([v * factor for v in self.values])
 
 
-def warm_up(batches: Iterable[Any]) -> None:
+def warm_up(batches: Iterable[Any], settle: float = 0.2) -> None:
     """Run through a warm-up epoch keeping none of its batches, so that the timed epoch finds
-    every reused batch buffer of the loader free (docs/notes.md)."""
-    for _ in batches:
-        pass
+    every reused batch buffer of the loader free; after the first batch, wait `settle` seconds
+    so that the loader fills everything it holds in flight (docs/notes.md)."""
+    for i, _ in enumerate(batches):
+        if i == 0:
+            time.sleep(settle)
 
 
 def steady_rate(batches: Iterable[Any], count: Callable[[Any], int],
