@@ -153,13 +153,12 @@ class DaliLoader:
         order = shard_order(len(self.entries), self.spec.seed, epoch, self.spec.train)
         return [self.entries[int(i)] for i in order]
 
-    def _gate(self, gspec: GraphSpec) -> ShardGate | None:
-        """The checker of the shards this rank's reader reads (verifying), in its reading order."""
+    def _gate(self, gspec: GraphSpec, entries: list[ShardEntry]) -> ShardGate | None:
+        """The checker of the shards this rank's reader reads (verifying), in its reading order;
+        `entries`: the epoch's shards, those of `gspec.paths`."""
         spec = self.spec
         if not spec.verify:
             return None
-        by_path = {storage.join(spec.root, e.name): e for e in self.entries}
-        entries = [by_path[p] for p in gspec.paths]  # the epoch's shard order, as the graph reads them
         first = shard_range(sum(e.samples for e in entries), spec.rank, spec.world_size)[0]
         order = reading_order(gspec.paths, [e.samples for e in entries], first)
         per_shard = max(1, sum(e.samples for e in entries) // max(1, len(entries)))
@@ -168,8 +167,10 @@ class DaliLoader:
                          ahead=-(-held // per_shard) + 1)
 
     def graph_spec(self, epoch: int) -> GraphSpec:
+        return self._graph_spec(epoch, self._ordered(epoch))
+
+    def _graph_spec(self, epoch: int, entries: list[ShardEntry]) -> GraphSpec:
         spec = self.spec
-        entries = self._ordered(epoch)
         return GraphSpec(
             paths=tuple(storage.join(spec.root, e.name) for e in entries),
             index_paths=tuple(storage.join(spec.root, index_name(e.name)) for e in entries),
@@ -184,7 +185,8 @@ class DaliLoader:
         spec = self.spec
         if self.samples == 0 or start_batch >= self._batches:
             return
-        gspec = self.graph_spec(epoch)
+        entries = self._ordered(epoch)
+        gspec = self._graph_spec(epoch, entries)
         try:
             pipe, names = make_pipeline(gspec, batch_size=spec.batch_size, num_threads=self.num_threads,
                                         device_id=self.device_id, seed=_seed(spec.seed, epoch, spec.rank, _PIPE_SEED),
@@ -205,7 +207,7 @@ class DaliLoader:
             raise ShardError(f"{spec.root} ({spec.split}): reading failed in batch 0 of epoch {epoch}: "
                              f"{_error_line(exc)}") from exc
         left, j = self.samples, 0
-        gate = self._gate(gspec)
+        gate = self._gate(gspec, entries)
         try:
             while left > 0:
                 try:
