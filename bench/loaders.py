@@ -28,7 +28,7 @@ class LoaderSettings:
 def original_repeat(tree: str, names: list[str], labels: dict, settings: LoaderSettings, workers: int,
                     seed: int) -> Repeat:
     """One shuffled epoch of the original's way over `names` (S2 file names)."""
-    from train.data.geotiff import GeoTiffDataset, original_loader
+    from bench.geotiff import GeoTiffDataset, original_loader
 
     ds = GeoTiffDataset(tree, names, labels, input_spec=settings.input_spec, label_type=settings.label_type)
     loader = original_loader(ds, batch_size=settings.batch_size, workers=workers, shuffle=True, seed=seed)
@@ -72,8 +72,8 @@ def webdataset_repeat(root: str, settings: LoaderSettings, workers: int | str, s
 
 def seg_original_repeat(tree: str, keys: list[str], settings: LoaderSettings, workers: int, seed: int) -> Repeat:
     """One shuffled epoch of the baseline's way: image + mask per sample from GeoTIFFs."""
-    from train.data.geotiff import original_loader
-    from train.data.seggeotiff import SegGeoTiffDataset
+    from bench.geotiff import original_loader
+    from bench.seggeotiff import SegGeoTiffDataset
 
     ds = SegGeoTiffDataset(tree, keys, input_spec=settings.input_spec)
     loader = original_loader(ds, batch_size=settings.batch_size, workers=workers, shuffle=True, seed=seed)  # type: ignore[arg-type]
@@ -106,7 +106,7 @@ def first_batch_check(tree: str, names: list[str], labels: dict, shard_root: str
     import torch
 
     from train.data import make_loader
-    from train.data.geotiff import GeoTiffDataset
+    from bench.geotiff import GeoTiffDataset
     from train.device import InputTransform
 
     spec = dataclasses.replace(webdataset_spec(shard_root, settings, 0, 0, batch_size=4), train=False)

@@ -110,7 +110,7 @@ class StepBench:
             it.close()
 
     def fed_by_original(self, tree: str, names: list[str], labels: dict, seed: int) -> float:
-        from train.data.geotiff import GeoTiffDataset, original_loader
+        from bench.geotiff import GeoTiffDataset, original_loader
 
         ls = self.loader_settings
         ds = GeoTiffDataset(tree, names, labels, input_spec=ls.input_spec, label_type=ls.label_type)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import tarfile
-from dataclasses import dataclass, field
 
 import click
 import numpy as np
@@ -20,42 +19,7 @@ from sen12ms_common.shardformat import (
     LABEL_EXT, META_EXT, SampleLayout, ShardFormatError, check_member_name, decode_array, decode_label,
 )
 
-# Where the pixel counts come from (written into every pixel-count CSV).
-FROM_LC = "lc_igbp_band"
-
-
-def from_label(pixels: int) -> str:
-    return f"probability_label_x_{pixels}"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """An input that could not be counted, and why."""
-
-    path: str
-    reason: str
-
-
-@dataclass
-class PatchInfo:
-    """What the overview needs of one patch."""
-
-    id: PatchId  # the S2 id: season, scene, patch
-    counts: np.ndarray  # int64 (17,): pixels of IGBP classes 1..17
-    prob: np.ndarray  # float64 (17,): the probability label
-    crs: str
-    centre: tuple[float, float]  # patch centre in its CRS
-
-
-@dataclass
-class Collection:
-    """Every patch of a dataset with what it holds, and the inputs that could not be used."""
-
-    patches: list[PatchInfo]
-    problems: list[Problem] = field(default_factory=list)
-    source: str = ""  # the tree or shard folder
-    kind: str = "geotiff"  # "geotiff" | "shards"
-    pixels_from: str = FROM_LC
+from convert.overview_data import FROM_LC, Collection, PatchInfo, Problem, from_label
 
 
 def patch_centre(transform: tuple[float, ...] | list[float], size: int) -> tuple[float, float]:

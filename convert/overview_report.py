@@ -22,7 +22,7 @@ from sen12ms_common.igbp import (
 )
 from sen12ms_common.patches import SEASONS, SceneId
 
-from convert.overview import FROM_LC, Collection, PatchInfo
+from convert.overview_data import FROM_LC, Collection, PatchInfo
 from convert import overview_plots as plots
 
 WGS84 = "EPSG:4326"

@@ -6,13 +6,25 @@ import io
 import random
 import sys
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, TypeVar
 
 from .s3errors import EndedEarly, Failure, classify, error_code, is_storage_failure  # noqa: F401 (storage's names)
-from .storage import RetryPolicy, ShardSizeError, StorageError, StorageUnavailableError
+from .storageerrors import ShardSizeError, StorageError, StorageUnavailableError
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently object-store requests are tried again (the only retries:
+    botocore's and s3fs's own are off). `attempts` counts consecutive failures without progress;
+    waits grow from `backoff` seconds, doubling up to `max_backoff` (0.5 + 1 + 2 + 4 + 8 s)."""
+
+    attempts: int = 6
+    backoff: float = 0.5
+    max_backoff: float = 8.0
 
 
 def backoff_delay(retry: RetryPolicy, failures: int) -> float:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from .errors import exception_chain
-from .storage import StorageAccessError, StorageError, StorageNotFoundError, StorageUnavailableError
+from .storageerrors import StorageAccessError, StorageError, StorageNotFoundError, StorageUnavailableError
 
 # Error codes of S3 (and of its look-alikes) that a later attempt may not see again.
 _TRANSIENT_CODES = frozenset({

@@ -7,26 +7,16 @@ import io
 import os
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Mapping, TypeVar
 
 # The errors are named storage.<Error> wherever storage is used; they live in their own module.
 from .storageerrors import (ShardSizeError, StorageAccessError, StorageError, StorageNotFoundError,
                             StorageUnavailableError, redact, refuse_credentials)
+from . import s3
+from .s3 import RetryPolicy, S3ReadStream  # noqa: F401 (RetryPolicy: storage's name)
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how patiently object-store requests are tried again (the only retries:
-    botocore's and s3fs's own are off). `attempts` counts consecutive failures without progress;
-    waits grow from `backoff` seconds, doubling up to `max_backoff` (0.5 + 1 + 2 + 4 + 8 s)."""
-
-    attempts: int = 6
-    backoff: float = 0.5
-    max_backoff: float = 8.0
 
 
 def is_remote(url: str) -> bool:
@@ -88,8 +78,6 @@ def filesystem(url: str):
 
 def _remote(url: str, fn: Callable[[Any, str], T], retry: RetryPolicy | None = None) -> T:
     """fn(fs, path) for a URL, with retries and one-line errors on object stores."""
-    from . import s3
-
     fs, path = filesystem(url)
     return s3.retrying(str(url), lambda: fn(fs, path), retry)
 
@@ -136,8 +124,6 @@ def open_read(url: str, expected_size: int | None = None, retry: RetryPolicy | N
                                      f"rewritten or damaged?)", str(url))
         return f
     if is_s3(url):
-        from .s3 import S3ReadStream
-
         fs, path = filesystem(url)
         return io.BufferedReader(S3ReadStream(str(url), fs, path, expected_size, retry), buffer_size=1 << 20)
     f = _remote(url, lambda fs, path: fs.open(path, "rb"), retry)
@@ -166,8 +152,6 @@ def sizes(url: str) -> dict[str, int]:
     if not is_remote(url):
         p = Path(_local(url))
         return {c.name: c.stat().st_size for c in p.iterdir() if c.is_file()} if p.is_dir() else {}
-
-    from . import s3
 
     def ls(fs, path: str) -> dict[str, int]:
         try:
@@ -287,8 +271,6 @@ def atomic_open(url: str, part_size: int | None = None, owner: str | None = None
 
 
 def _atomic_open_remote(url: str, part_size: int | None) -> Iterator[BinaryIO]:
-    from . import s3
-
     fs, path = filesystem(url)
     try:  # no request yet: the first part or the close sends one
         f = s3.open_write(url, fs, path, part_size) if is_s3(url) else fs.open(path, "wb")

@@ -45,7 +45,7 @@ def stop_points(stderr: str, steps_per_epoch: int, epochs: int) -> list[StopPoin
 
 
 class GatedTrace:
-    """Makes a rank's key trace (SEN12MS_TRACE_KEYS) a FIFO read by a thread, so that the run
+    """Makes a rank's key trace (tests/tracedtrain.py) a FIFO read by a thread, so that the run
     cannot move past the trace line a test waits for: the rank writes its keys after every
     step and waits there until they are read. When a chunk matches `when`, `act` (send a
     signal, damage a shard) runs before the next chunk is read, so it always reaches a running

@@ -1,5 +1,5 @@
 """`python -m bench` on a tiny dataset with one round: every row of the table, sane numbers; and
-`train.data.geotiff` (the original's way) against the original's preprocessing written out."""
+`bench.geotiff` (the original's way) against the original's preprocessing written out."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from bench.dataset import REAL_TRIPLETS, add_real_patches
 from sen12ms_common.bands import OFFICIAL_MEAN, OFFICIAL_STD, INPUT_SETS
 from sen12ms_common.igbp import probability_from_igbp, to_simple
 from sen12ms_common.patches import parse_patch
-from train.data.geotiff import GeoTiffDataError, GeoTiffDataset, original_loader
+from bench.geotiff import GeoTiffDataError, GeoTiffDataset, original_loader
 
 GEOTIFF_S2, GEOTIFF_S1, GEOTIFF_LC = 1_706_432, 525_172, 262_788  # bytes of an uncompressed SEN12MS patch
 

@@ -32,6 +32,7 @@ from sen12ms_common.manifest import load_manifest
 pytestmark = pytest.mark.slow  # torchrun training runs
 
 REPO = Path(__file__).resolve().parents[1]
+TRACED = REPO / "tests" / "tracedtrain.py"  # python -m train that writes the keys each rank used
 
 # Batch size 1: 14 steps per epoch and rank, long enough to signal one in the middle of an epoch.
 OPTIONS = ("--model", "SmallCNN", "--input", "rgb", "--label-type", "multi_label", "--batch-size", "1",
@@ -41,19 +42,20 @@ OPTIONS = ("--model", "SmallCNN", "--input", "rgb", "--label-type", "multi_label
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
                OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")  # a rank that aborts shows its threads' stacks
-    env.pop("SEN12MS_TRACE_KEYS", None)
     env.update(extra)
     return env
 
 
-def torchrun_cmd(base: Path, module: str, *args: str) -> list[str]:
+def torchrun_cmd(base: Path, module: str, *args: str, trace: Path | None = None) -> list[str]:
     """2 processes on one node (--standalone: a free port); rank R runs in `base/rankR`, so
-    relative paths (the run directory) show which rank wrote what."""
+    relative paths (the run directory) show which rank wrote what. `trace`: `train` through
+    tests/tracedtrain.py, which writes the keys each rank used into that folder."""
     for r in (0, 1):
         (base / f"rank{r}").mkdir(parents=True, exist_ok=True)
-    script = 'cd "$0/rank$LOCAL_RANK" && exec "$1" -m "$2" "${@:3}"'
+    script = 'cd "$0/rank$LOCAL_RANK" && exec "$1" "${@:2}"'
+    program = ["-m", module] if trace is None else [str(TRACED), str(trace)]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--no-python",
-            "bash", "-c", script, str(base), sys.executable, module, *args]
+            "bash", "-c", script, str(base), sys.executable, *program, *args]
 
 
 def descendants(pid: int) -> list[int]:
@@ -152,7 +154,7 @@ def assert_same_weights(a: Path, b: Path) -> None:
 def ddp_run(sample_shards: Path, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     base = tmp_path_factory.mktemp("ddp")
     proc = ok(run(torchrun_cmd(base, "train", "--shards", str(sample_shards), *OPTIONS, "--workers", "1",
-                               "--run-dir", "run"), _env(SEN12MS_TRACE_KEYS=str(base / "trace"))))
+                               "--run-dir", "run", trace=base / "trace"), _env()))
     return base, proc
 
 
@@ -311,11 +313,11 @@ def test_sigterm_to_one_rank_checkpoints_and_the_resumed_run_matches(ddp_run, sa
     base, _ = ddp_run
     trace = tmp_path / "trace"
     cmd = torchrun_cmd(tmp_path, "train", "--shards", str(sample_shards), *OPTIONS, "--workers", "0",
-                       "--run-dir", "run")
+                       "--run-dir", "run", trace=trace)
     # Signal rank 1 (only) once it has trained its first batch of epoch 1 (it waits for the trace to be read).
     gate = GatedTrace(trace / "keys-rank1.txt", when=lambda text: "train 1 " in text,
                       act=lambda: os.kill(_rank_pid(proc.pid, 1), signal.SIGTERM))
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(SEN12MS_TRACE_KEYS=str(trace)), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=240)
@@ -353,7 +355,7 @@ def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step(sample_shards: Pa
     trace = tmp_path / "trace"
     # Many epochs: torchrun passes the signal on while the run goes on, which must not end first.
     cmd = torchrun_cmd(tmp_path, "train", "--shards", str(sample_shards), *OPTIONS[:-2], "--epochs", "50",
-                       "--workers", "1", "--run-dir", "run")
+                       "--workers", "1", "--run-dir", "run", trace=trace)
     seen: dict[str, list[int]] = {}
 
     def stop_job() -> None:
@@ -365,7 +367,7 @@ def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step(sample_shards: Pa
 
     # Once rank 0 has trained a step (it waits for the trace to be read).
     gate = GatedTrace(trace / "keys-rank0.txt", when=lambda text: "train 0 " in text, act=stop_job)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(SEN12MS_TRACE_KEYS=str(trace)), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=240)
@@ -410,8 +412,7 @@ def test_skip_bad_shards_keeps_the_ranks_in_step(sample_shards: Path, tmp_path: 
     (shards / lost.name).unlink()
     trace = tmp_path / "trace"
     proc = ok(run(torchrun_cmd(tmp_path, "train", "--shards", str(shards), *OPTIONS[:-2], "--epochs", "1",
-                               "--workers", "0", "--skip-bad-shards", "--run-dir", "run"),
-                  _env(SEN12MS_TRACE_KEYS=str(trace))))
+                               "--workers", "0", "--skip-bad-shards", "--run-dir", "run", trace=trace), _env()))
     seen = traced(trace)
     r0, r1 = seen[("train", "0")][0], seen[("train", "0")][1]
     n = manifest.samples("train") // 2

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.slow  # conversions and trainings killed and resumed in
 
 REPO = Path(__file__).resolve().parents[1]
 HELD = Path(__file__).resolve().parent / "heldconvert.py"
+TRACED = Path(__file__).resolve().parent / "tracedtrain.py"  # python -m train that writes the keys it used
 SHARD_SIZE = "2MB"  # about one sample per shard: many commit points
 
 
@@ -359,11 +360,10 @@ def test_a_shard_deleted_or_damaged_under_a_running_training_is_named_and_skippe
             run_dir = tmp_path / name / "run"
             gates[name] = GatedTrace(tmp_path / name / "trace" / "keys-rank0.txt",
                                      when=lambda text: "train " in text, act=lambda name=name: inject(name))
-            env = dict(os.environ, SEN12MS_TRACE_KEYS=str(tmp_path / name / "trace"))
             args = ["--skip-bad-shards"] if name == "skip" else []
             runs[name] = subprocess.Popen(
-                [sys.executable, "-m", "train", "--shards", str(shards), "--run-dir", str(run_dir), *TRAIN, *args],
-                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                [sys.executable, str(TRACED), str(tmp_path / name / "trace"), "--shards", str(shards), "--run-dir",
+                 str(run_dir), *TRAIN, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                 start_new_session=True)
         results = {name: proc.communicate(timeout=300) for name, proc in runs.items()}
     finally:

@@ -18,6 +18,7 @@ from sen12ms_common.manifest import load_manifest
 pytestmark = pytest.mark.slow  # training runs stopped and resumed
 
 REPO = Path(__file__).resolve().parents[1]
+TRACED = REPO / "tests" / "tracedtrain.py"  # python -m train that writes the keys it used
 
 
 def train(shards: Path, run_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -92,12 +93,12 @@ def test_sigterm_writes_a_checkpoint_and_the_resumed_run_matches(sample_shards, 
             "--epochs", "2", "--workers", "1")
     train(sample_shards, tmp_path / "full", *args)
     run_dir = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "train", "--shards", str(sample_shards), "--run-dir", str(run_dir), *args]
+    cmd = [sys.executable, str(TRACED), str(tmp_path / "trace"), "--shards", str(sample_shards), "--run-dir",
+           str(run_dir), *args]
     # Signal the run once it has trained its first batch of epoch 1 (it waits for the trace to be read).
     gate = GatedTrace(tmp_path / "trace" / "keys-rank0.txt", when=lambda text: "train 1 " in text,
                       act=lambda: os.kill(proc.pid, signal.SIGTERM))
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, SEN12MS_TRACE_KEYS=str(tmp_path / "trace")))
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=240)
     finally:

@@ -24,8 +24,8 @@ from sen12ms_common.manifest import checksums_of, load_manifest
 from sen12ms_common.patches import parse_any_patch
 from segdata import band1, convert_both, make_trees, read_all, run_convert
 from train.data import DataError, LoaderSpec, make_loader
-from train.data.geotiff import original_loader
-from train.data.seggeotiff import SegGeoTiffDataset
+from bench.geotiff import original_loader
+from bench.seggeotiff import SegGeoTiffDataset
 from train.data.symmetry import apply_symmetries, symmetric_view
 from train.data.webdataset import ShardError
 from train.device import InputTransform
@@ -144,7 +144,7 @@ def test_worker_processes_give_the_same_mask_batches(setup):
 
 
 def test_the_baselines_way_gives_the_same_samples(setup):
-    """`train.data.seggeotiff` (the bench's reference) and our loader: the same masks, and model
+    """`bench.seggeotiff` (the bench's reference) and our loader: the same masks, and model
     input within S1 quantisation."""
     sen, dfc, shards = setup
     for tree, split in ((sen, "train"), (dfc, "dfc2020_val")):

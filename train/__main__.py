@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 from dataclasses import fields
@@ -132,7 +131,6 @@ def main(ctx: click.Context, **params: Any) -> None:
         cfg, checkpoint = _config(ctx, params)
         d, dev = init_from_env(cfg.device)
         fit(cfg, checkpoint, echo=click.echo, dist=d, device=str(dev),
-            trace_keys=os.environ.get("SEN12MS_TRACE_KEYS") or None,
             progress=ProgressOptions(params["progress"], params["progress_interval"]))
     except Interrupted as exc:
         # The checkpoint is written: ignore further SIGTERMs (torchrun sends them to the other

@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 from sen12ms_common import storage
+from sen12ms_common.bands import resolve_bands
 from sen12ms_common.errors import Sen12msError, exception_chain
+from sen12ms_common.inputs import ChannelTransform
 
 ORIGINAL_KEYS: tuple[str, ...] = ("epoch", "arch", "model_state_dict", "optimizer_state_dict", "best_prec")
 # A run's timestamp (`YYYYmmdd_HHMMSS`): it names the run's files, so nothing else may stand there.
@@ -22,7 +24,8 @@ TIMESTAMP = re.compile(r"^\d{8}_\d{6}$")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 __all__ = ["ORIGINAL_KEYS", "TIMESTAMP", "CheckpointError", "save_checkpoint", "load_checkpoint",
-           "load_model_weights", "unwrap_model", "capture_rng_state", "restore_rng_state", "check_resume_state"]
+           "load_model_weights", "unwrap_model", "capture_rng_state", "restore_rng_state", "check_resume_state",
+           "stored_input_transform"]
 
 
 class CheckpointError(ValueError, Sen12msError):
@@ -326,3 +329,23 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
         else:
             for i, s in enumerate(cuda[: torch.cuda.device_count()]):
                 torch.cuda.set_rng_state(s, i)
+
+
+def stored_input_transform(ckpt: Mapping[str, Any], input_spec: str, source: str) -> ChannelTransform | None:
+    """The exact per-channel transform a checkpoint stores for the bands of `input_spec` (None if
+    it stores none, or one for other bands); a damaged one is a `CheckpointError`."""
+    t = ckpt.get("input_transform")
+    if not isinstance(t, Mapping):
+        return None
+    bands = [b.name for b in resolve_bands(input_spec)]
+    if not isinstance(t.get("bands"), (list, tuple)) or list(t["bands"]) != bands:
+        return None
+    try:
+        scale, offset, clip = (np.asarray(t[k], dtype=np.float32) for k in ("scale", "offset", "clip"))
+    except (KeyError, TypeError, ValueError):
+        scale = offset = clip = np.zeros(0, np.float32)
+    shapes_ok = scale.shape == offset.shape == clip.shape == (len(bands),)
+    if not shapes_ok or not (np.isfinite(scale).all() and np.isfinite(offset).all()) or np.isnan(clip).any():
+        raise CheckpointError(f"{source}: stored input_transform is not {len(bands)} finite scales and offsets "
+                              "and upper bounds")
+    return ChannelTransform(scale, offset, clip)

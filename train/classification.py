@@ -3,6 +3,8 @@ scored with the original's metric set."""
 
 from __future__ import annotations
 
+import io
+import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -10,9 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from sen12ms_common import storage
 from sen12ms_common.igbp import LabelRule
+from sen12ms_common.outputs import writing
 
-from .metrics import compute_metrics, scalar_metrics
+from .metrics import compute_metrics, predict as to_labels, scalar_metrics
 from .models import build_model
 
 
@@ -128,11 +132,6 @@ class ClassificationTask:
         return text
 
     def write(self, out_dir: str, split: str, metrics: Mapping[str, Any], result: Predictions) -> list[str]:
-        from sen12ms_common import storage
-        from sen12ms_common.outputs import writing
-
-        from .outputs import write_scores
-
         written = list(write_scores(out_dir, split, metrics, result, self.rule))
         png = storage.join(out_dir, f"{split}_confusion_matrix.png")
         with writing(out_dir):
@@ -161,4 +160,31 @@ class ClassificationTask:
                           xlabel="predicted class", ylabel="true class (samples)", vmax=1.0)
 
 
-__all__ = ["ClassificationTask", "ClassificationCollector", "Predictions"]
+def write_scores(out_dir: str, split: str, metrics: Mapping[str, Any], preds: Any,
+                 rule: LabelRule) -> tuple[str, str]:
+    """`<split>_scores.json` (every metric) and `<split>_predictions.npz` (ids, true labels,
+    predicted probabilities) in a local folder or an s3:// prefix, each written atomically."""
+    out_dir = str(out_dir)
+    p = preds.sorted()
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf,
+        ids=np.array([k + ".tif" for k in p.keys], dtype=str),  # the original's patch ids (S2 file names)
+        keys=np.array(p.keys, dtype=str),
+        y_true=p.y_true.astype(np.uint8),
+        probs=p.probs.astype(np.float32),
+        y_pred=to_labels(p.probs, rule.label_type) if len(p.keys) else np.zeros_like(p.y_true),
+        prob_igbp=p.prob_igbp.astype(np.float32),
+        class_names=np.array(rule.class_names, dtype=str),
+        label_type=np.array(rule.label_type),
+        threshold=np.array(rule.threshold, dtype=np.float64),
+    )
+    scores, npz = storage.join(out_dir, f"{split}_scores.json"), storage.join(out_dir, f"{split}_predictions.npz")
+    with writing(out_dir):
+        storage.makedirs(out_dir)
+        storage.write_text(scores, json.dumps(metrics, indent=2) + "\n")
+        storage.write_bytes(npz, buf.getvalue())
+    return scores, npz
+
+
+__all__ = ["ClassificationTask", "ClassificationCollector", "Predictions", "write_scores"]

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import click
-import numpy as np
 
 from sen12ms_common.errors import report_errors
 from sen12ms_common.inputs import STATS_CHOICES, ChannelTransform
@@ -34,28 +33,6 @@ class EvalOptions:
     task_options: dict[str, Any] = field(default_factory=dict)  # segmentation: savanna, output stride
 
 
-def _saved_transform(ckpt: Mapping[str, Any], input_spec: str, source: str) -> ChannelTransform | None:
-    from sen12ms_common.bands import resolve_bands
-
-    from .checkpoint import CheckpointError
-
-    t = ckpt.get("input_transform")
-    if not isinstance(t, Mapping):
-        return None
-    bands = [b.name for b in resolve_bands(input_spec)]
-    if not isinstance(t.get("bands"), (list, tuple)) or list(t["bands"]) != bands:
-        return None
-    try:
-        scale, offset, clip = (np.asarray(t[k], dtype=np.float32) for k in ("scale", "offset", "clip"))
-    except (KeyError, TypeError, ValueError):
-        scale = offset = clip = np.zeros(0, np.float32)
-    shapes_ok = scale.shape == offset.shape == clip.shape == (len(bands),)
-    if not shapes_ok or not (np.isfinite(scale).all() and np.isfinite(offset).all()) or np.isnan(clip).any():
-        raise CheckpointError(f"{source}: stored input_transform is not {len(bands)} finite scales and offsets "
-                              "and upper bounds")
-    return ChannelTransform(scale, offset, clip)
-
-
 def _typed(key: str, value: Any) -> Any:
     """An option of ours as an arguments file holds it (text: `False`, `16`) in its TrainConfig type."""
     from .config import TrainConfig
@@ -71,6 +48,7 @@ def _typed(key: str, value: Any) -> Any:
 def options_for(ckpt: Mapping[str, Any], checkpoint_path: str, config: str | None, stats: str | None) -> EvalOptions:
     """What to build, from the arguments file or our checkpoint's stored configuration."""
     from .argsfile import original_to_options, read_arguments_file
+    from .checkpoint import stored_input_transform
     from .config import canonical_input
     from .options import check_options
     from .tasks import task_options
@@ -99,7 +77,7 @@ def options_for(ckpt: Mapping[str, Any], checkpoint_path: str, config: str | Non
         raise click.ClickException(f"{checkpoint_path}: a {str(arch)[:100]} checkpoint, but the configuration says "
                                    f"{opts['model']}")
     input_spec = canonical_input(str(opts["input"]))
-    transform = None if stats else _saved_transform(ckpt, input_spec, checkpoint_path)
+    transform = None if stats else stored_input_transform(ckpt, input_spec, checkpoint_path)
     task = str(opts.get("task", "classification"))
     return EvalOptions(task=task, model=str(opts["model"]), input=input_spec,
                        label_type=str(opts.get("label_type", "multi_label")), igbp=str(opts.get("igbp", "simple")),

@@ -1,11 +1,9 @@
 """Where a run or an evaluation writes: a local folder or an s3:// prefix, always through
 `sen12ms_common.storage` (each file appears whole or not at all), every failure one line: the
-run folder, its log, TensorBoard files, checkpoints and scores."""
+run folder, its log, TensorBoard files, checkpoints."""
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import shutil
 import tempfile
@@ -13,9 +11,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
-
-import numpy as np
+from typing import Any, Callable
 
 from sen12ms_common import storage
 from sen12ms_common.outputs import output_folder, writing
@@ -25,9 +21,6 @@ from .argsfile import write_arguments_file
 from .checkpoint import CheckpointError
 from .config import TrainConfig, arguments
 from .distributed import Dist, broadcast_object
-
-if TYPE_CHECKING:
-    from sen12ms_common.igbp import LabelRule
 
 
 def run_dir_of(checkpoint: str) -> str | None:
@@ -139,35 +132,6 @@ class EventWriters:
                 shutil.rmtree(self._staging, ignore_errors=True)
 
 
-def write_scores(out_dir: str, split: str, metrics: Mapping[str, Any], preds: Any,
-                 rule: LabelRule) -> tuple[str, str]:
-    """`<split>_scores.json` (every metric) and `<split>_predictions.npz` (ids, true labels,
-    predicted probabilities) in a local folder or an s3:// prefix, each written atomically."""
-    from .metrics import predict as to_labels
-
-    out_dir = str(out_dir)
-    p = preds.sorted()
-    buf = io.BytesIO()
-    np.savez_compressed(
-        buf,
-        ids=np.array([k + ".tif" for k in p.keys], dtype=str),  # the original's patch ids (S2 file names)
-        keys=np.array(p.keys, dtype=str),
-        y_true=p.y_true.astype(np.uint8),
-        probs=p.probs.astype(np.float32),
-        y_pred=to_labels(p.probs, rule.label_type) if len(p.keys) else np.zeros_like(p.y_true),
-        prob_igbp=p.prob_igbp.astype(np.float32),
-        class_names=np.array(rule.class_names, dtype=str),
-        label_type=np.array(rule.label_type),
-        threshold=np.array(rule.threshold, dtype=np.float64),
-    )
-    scores, npz = storage.join(out_dir, f"{split}_scores.json"), storage.join(out_dir, f"{split}_predictions.npz")
-    with writing(out_dir):
-        storage.makedirs(out_dir)
-        storage.write_text(scores, json.dumps(metrics, indent=2) + "\n")
-        storage.write_bytes(npz, buf.getvalue())
-    return scores, npz
-
-
 @dataclass
 class RunFiles:
     """Where this launch of a run writes (rank 0; other ranks hold the names only)."""
@@ -231,4 +195,4 @@ def _timestamp(run: RunDir) -> str:
 
 
 __all__ = ["RunDir", "RunLog", "EventWriters", "RunFiles", "open_run", "write_checkpoint", "close_outputs",
-           "output_folder", "run_dir_of", "write_scores", "writing"]
+           "output_folder", "run_dir_of", "writing"]

@@ -27,7 +27,7 @@ from .config import TrainConfig
 from .data import DataError, Loader, make_loader
 from .distributed import (Dist, agree_max, broadcast_object, broadcast_state, gather_objects, rank_seed,
                           sum_over_ranks, wrap_model)
-from .keytrace import KeyTrace
+from .keylog import key_events
 from .labelcheck import LabelCheck, label_check
 from .optimizers import make_optimizer
 from .outputs import RunDir, RunFiles, RunLog, close_outputs, open_run
@@ -82,7 +82,6 @@ class TrainingRun:
     checks: dict[str, LabelCheck]
     files: RunFiles
     log: RunLog
-    trace: KeyTrace
     stop: StopFlag
     resumed: bool
     progress: ProgressOptions
@@ -94,12 +93,12 @@ class TrainingRun:
 
     @classmethod
     def open(cls, cfg: TrainConfig, checkpoint: Mapping[str, Any] | None = None, echo: Echo = print, *,
-             dist: Dist | None = None, device: str | None = None, trace_keys: str | None = None,
+             dist: Dist | None = None, device: str | None = None,
              progress: ProgressOptions = ProgressOptions()) -> "TrainingRun":
         """Everything a run needs, the run folder opened last: what fails before leaves nothing behind.
         `checkpoint`: the loaded `cfg.resume`; `dist`: this process's place under torchrun; `device`:
-        its device (default `cfg.device`); `trace_keys`: folder for `KeyTrace` files; `progress`:
-        how the passes show how far they are."""
+        its device (default `cfg.device`); `progress`: how the passes show how far they are. The
+        keys of every batch go to `keylog.KEYS_LOG`."""
         d = dist or Dist()
         log = RunLog(echo if d.is_main else None)
         _seed_everything(cfg.seed)
@@ -131,7 +130,7 @@ class TrainingRun:
             if problem:
                 log(f"warning: {problem}")
         return cls(cfg, d, setup, optimizer, state, train_loader, val_loader, checks, files, log,
-                   KeyTrace(trace_keys, d.rank), StopFlag(), checkpoint is not None, progress, table,
+                   StopFlag(), checkpoint is not None, progress, table,
                    saved_step=state.step)
 
     # --- the run ---------------------------------------------------------------------------
@@ -223,7 +222,7 @@ class TrainingRun:
         meter = ProgressMeter(self.progress, f"epoch {e}/{self.cfg.epochs - 1}", self.epoch_plan(),
                               main=self.dist.is_main)
         status = train_steps(self.setup, self.optimizer, self.train_loader, self.state, max_steps=self.cfg.max_steps,
-                             stop=self.stop, dist=self.dist, on_keys=self.trace.writer("train", e),
+                             stop=self.stop, dist=self.dist, on_keys=key_events(self.dist.rank, "train", e),
                              labels=self.checks["train"], meter=meter)
         if status == "stopped":
             self.save(False)
@@ -250,7 +249,7 @@ class TrainingRun:
         t0 = time.perf_counter()
         # DDP keeps BatchNorm statistics per rank; evaluate rank 0's, the ones saved.
         broadcast_state(d, s.model, buffers_only=True)
-        result = predict_all(s, self.val_loader, d, desc="validation", on_keys=self.trace.writer("val", e),
+        result = predict_all(s, self.val_loader, d, desc="validation", on_keys=key_events(self.dist.rank, "val", e),
                              labels=self.checks["val"], progress=self.progress)
         self.val_seconds = time.perf_counter() - t0
         metrics = task.score(result)
@@ -292,7 +291,7 @@ class TrainingRun:
         broadcast_state(d, s.model)
         split = self.cfg.test_split
         loader = split_loader(self.cfg, s, d, split)
-        result = predict_all(s, loader, d, desc=split, stop=self.stop, on_keys=self.trace.writer(split, "-"),
+        result = predict_all(s, loader, d, desc=split, stop=self.stop, on_keys=key_events(self.dist.rank, split, "-"),
                              labels=label_check(loader, self.cfg.shards, split, self.cfg.skip_bad_shards),
                              progress=self.progress)
         metrics = s.task.score(result)
@@ -382,10 +381,10 @@ class TrainingRun:
 
 
 def fit(cfg: TrainConfig, checkpoint: Mapping[str, Any] | None = None, echo: Echo = print, *,
-        dist: Dist | None = None, device: str | None = None, trace_keys: str | None = None,
+        dist: Dist | None = None, device: str | None = None,
         progress: ProgressOptions = ProgressOptions()) -> RunResult:
     """Train as `python -m train` does; returns where everything went (see `TrainingRun.open`)."""
-    return TrainingRun.open(cfg, checkpoint, echo, dist=dist, device=device, trace_keys=trace_keys,
+    return TrainingRun.open(cfg, checkpoint, echo, dist=dist, device=device,
                             progress=progress).run()
 
 

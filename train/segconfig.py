@@ -13,7 +13,7 @@ from sen12ms_common.bands import BandRef, resolve_bands
 from sen12ms_common.dfc import DfcScheme
 from sen12ms_common.inputs import ChannelTransform, channel_transform
 
-from .checkpoint import CheckpointError, load_model_weights
+from .checkpoint import CheckpointError, load_model_weights, stored_input_transform
 
 OUTPUT_STRIDES = (8, 16)
 
@@ -79,9 +79,7 @@ def spec_from_checkpoint(ckpt: Mapping[str, Any], source: str, stats: str | None
 
 def stored_transform(ckpt: Mapping[str, Any], bands: tuple[BandRef, ...], source: str) -> ChannelTransform | None:
     """The exact per-channel transform a checkpoint stores for `bands` (None if absent or for other bands)."""
-    from .evaluate import _saved_transform
-
-    return _saved_transform(ckpt, ",".join(b.name for b in bands), source)
+    return stored_input_transform(ckpt, ",".join(b.name for b in bands), source)
 
 
 def load_segmentation_model(ckpt: Mapping[str, Any], source: str, device: torch.device | str,
