@@ -10,7 +10,9 @@ from pathlib import Path
 
 import click
 
-from bench.run import CODECS, BenchConfig, quick_config
+from bench.report import build_rows, markdown, plot
+from bench.results import Results
+from bench.run import CODECS, BenchConfig, quick_config, run_bench
 from sen12ms_common.errors import report_errors
 
 
@@ -67,10 +69,6 @@ def main(quick: bool, repeats: int | None, data: Path, scratch: Path, doc: Path,
          train_steps: int | None, device: str, gpu_rate: float, s3: bool, dali: bool, progress: bool,
          render_only: bool) -> None:
     """Measure loaders, codecs, conversion, training and S3 side by side with the original's way."""
-    from bench.report import build_rows, markdown, plot
-    from bench.results import Results
-    from bench.run import run_bench
-
     results_path = scratch / "results.json"
     if render_only:
         if not results_path.is_file():

@@ -11,12 +11,11 @@ from pathlib import Path
 
 from bench.dataset import BenchDataset, preread, shard_options
 from bench.measure import Repeat, pinned
+from convert.conversion import convert_shards
 
 
 def conversion_repeat(ds: BenchDataset, out: Path, codec: str, workers: int, cpu: int | None,
                       shard_size: int) -> Repeat:
-    from convert.conversion import convert_shards
-
     if out.exists():
         shutil.rmtree(out)
     preread(ds.files(ds.subset_keys))

@@ -5,13 +5,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 from bench.loaders import LoaderSettings
 from bench.measure import Repeat
+from sen12ms_common import storage
+from sen12ms_common.bands import resolve_bands
 
 from sen12ms_common.errors import Sen12msError
+from sen12ms_common.igbp import LabelRule
+from sen12ms_common.inputs import channel_transform
+from sen12ms_common.manifest import load_manifest
+from train.data import LoaderSpec, make_loader
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,12 +83,7 @@ class DaliWorker:
 def _reader(root: str, split: str, loader: str, input_spec: str, batch_size: int, threads: int, device: str,
             normalise: bool, train: bool, stats: str):
     """(loader, uint16 -> model input or None) of `throughput`."""
-    from sen12ms_common.bands import resolve_bands
-    from sen12ms_common.igbp import LabelRule
-    from sen12ms_common.inputs import channel_transform
-    from sen12ms_common.manifest import load_manifest
-    from train.data import LoaderSpec, make_loader
-    from train.device import InputTransform
+    from train.device import InputTransform  # start-up time: torch only when used
 
     manifest = load_manifest(root)
     bands = resolve_bands(input_spec)
@@ -90,10 +92,10 @@ def _reader(root: str, split: str, loader: str, input_spec: str, batch_size: int
                       batch_size=batch_size, transform=transform, train=train, workers=threads, device=device,
                       verify=False)
     if loader == "dali":
-        from train.data.dali import DaliLoader
+        from train.data.dali import DaliLoader  # optional extra (dali): imported where it is used
 
         return DaliLoader(spec, normalise=normalise, num_threads=max(1, threads)), None
-    import torch
+    import torch  # start-up time: torch only when used
 
     return make_loader(loader, spec), InputTransform(transform, torch.device(device)) if normalise else None
 
@@ -105,12 +107,7 @@ def throughput(root: str, split: str = "train", *, loader: str = "dali", input_s
     uint16 batches: `dali` with `threads` DALI CPU threads, `webdataset` with `threads` workers
     (its batches normalised on `device` as the training loop does). Shards pre-read (`preread`),
     one untimed epoch, then `epochs` timed ones."""
-    import time
-
-    import torch
-
-    from sen12ms_common import storage
-    from sen12ms_common.manifest import load_manifest
+    import torch  # start-up time: torch only when used
 
     ld, to_input = _reader(root, split, loader, input_spec, batch_size, threads, device, normalise, train, stats)
     if preread:

@@ -7,6 +7,9 @@ import os
 import sys
 import traceback
 
+from bench.loaders import LoaderSettings, webdataset_spec
+from bench.measure import pinned, steady_rate
+
 
 def _answer(out, obj: dict) -> None:
     out.write(json.dumps(obj) + "\n")
@@ -14,9 +17,7 @@ def _answer(out, obj: dict) -> None:
 
 
 def run_request(req: dict) -> dict:
-    from bench.loaders import LoaderSettings, webdataset_spec
-    from bench.measure import pinned, steady_rate
-    from train.data.dali import DaliLoader
+    from train.data.dali import DaliLoader  # optional extra (dali): imported where it is used
 
     settings = LoaderSettings(**req["settings"])
     spec = webdataset_spec(req["root"], settings, req["threads"], req["seed"])
@@ -34,7 +35,7 @@ def main() -> None:
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     try:
-        import nvidia.dali as dali
+        import nvidia.dali as dali  # optional extra (dali): imported where it is used
 
         import train.data.dali  # noqa: F401  (the loader itself must import too)
     except Exception as exc:  # ImportError, or a broken installation

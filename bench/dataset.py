@@ -12,9 +12,14 @@ from typing import Callable
 
 import numpy as np
 
+from convert.conversion import ShardsOptions, convert_shards
+from convert.labels import derive_labels, write_label_files
+from convert.scan import scan_tree
+from convert.synth import SceneSpec, patch_arrays, scene_landcover, synthesize
 from sen12ms_common.errors import Sen12msError
 from sen12ms_common.manifest import MANIFEST_NAME, load_manifest
 from sen12ms_common.patches import parse_patch
+from sen12ms_common.shardformat import DEFAULT_LEVEL, SampleLayout
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET_VERSION = 1
@@ -85,7 +90,7 @@ class BenchDataset:
 
 def _write_like(src: Path, dst: Path, data: np.ndarray) -> None:
     """A generated member with the georeference of a real one, in the SEN12MS file layout."""
-    import rasterio
+    import rasterio  # start-up time: rasterio only when used
 
     with rasterio.open(src) as ds:
         crs, transform = ds.crs, ds.transform
@@ -102,8 +107,6 @@ def add_real_patches(tree: Path, real_dir: Path, seed: int) -> dict[str, list[st
     """Put the real patches into the tree under their SEN12MS names; members without a real file
     get generated content (the sample generator's class spectra), written with the real member's
     georeference. Returns modality -> keys with a real member."""
-    from convert.synth import SceneSpec, patch_arrays, scene_landcover
-
     missing = [f for files in REAL_TRIPLETS.values() for f in files.values() if not (real_dir / f).is_file()]
     if missing:
         raise BenchDataError(f"{real_dir}: the real reference patches are missing ({', '.join(missing)}); "
@@ -145,10 +148,6 @@ def _subset(keys: list[str], n: int, seed: int) -> list[str]:
 def prepare(root: Path, params: DatasetParams, echo: Callable[[str], None] = print,
             progress: bool = True) -> BenchDataset:
     """Make (or reuse) the tree, labels and split lists under `root`."""
-    from convert.labels import derive_labels, write_label_files
-    from convert.scan import scan_tree
-    from convert.synth import synthesize
-
     root = Path(root)
     stamp_path = root / STAMP
     wanted = asdict(params)
@@ -190,9 +189,6 @@ def prepare(root: Path, params: DatasetParams, echo: Callable[[str], None] = pri
 
 def shard_options(ds: BenchDataset, out: Path, codec: str, workers: int, *, subset: bool, shard_size: int,
                   progress: bool = False, lc: bool = False):
-    from convert.conversion import ShardsOptions
-    from sen12ms_common.shardformat import DEFAULT_LEVEL, SampleLayout
-
     modalities = ("s2", "s1", "lc") if lc else ("s2", "s1")
     layout = SampleLayout(codec=codec, level=DEFAULT_LEVEL[codec], modalities=modalities)
     splits = ds.subset_splits if subset else ds.splits
@@ -205,8 +201,6 @@ def ensure_shards(ds: BenchDataset, codec: str, shard_size: int, workers: int, e
                   progress: bool = True, lc: bool = False) -> Path:
     """The shard set of the whole dataset for one codec (converted once, reused while it matches);
     `lc`: with the lc member (segmentation)."""
-    from convert.conversion import convert_shards
-
     out = ds.shards(codec, lc)
     stamp = {"dataset": asdict(ds.params), "codec": codec, "shard_size": shard_size, "samples": len(ds.keys),
              **({"lc": True} if lc else {})}

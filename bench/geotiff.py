@@ -27,7 +27,7 @@ class GeoTiffDataError(ValueError, Sen12msError):
 # --- one sample, the original's way ----------------------------------------------------------------
 
 def _open_raster(url: str):
-    import rasterio
+    import rasterio  # start-up time: rasterio only when used
 
     if storage.is_remote(url):
         # One GET per object; GDAL then reads the pixels from memory.

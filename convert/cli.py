@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from convert.synth import synthesize
+from convert.synthdfc import synthesize_dfc2020
 from sen12ms_common.errors import report_errors
 
 
@@ -33,14 +35,11 @@ def cli() -> None:
 def synth(out: Path, layout: str, scenes: int, patches_per_scene: int, seed: int, broken: bool) -> None:
     """Write the sample dataset: a small, learnable SEN12MS (or DFC2020) tree in the real format."""
     if layout == "dfc2020":
-        from convert.synthdfc import synthesize_dfc2020
-
         if broken:
             raise click.UsageError("--broken plants a SEN12MS triplet: not with --layout dfc2020")
         ids = synthesize_dfc2020(out, regions=scenes, patches_per_region=patches_per_scene, seed=seed)
         click.echo(f"wrote {len(ids)} DFC2020 patches under {out}")
         return
-    from convert.synth import synthesize
 
     ids = synthesize(out, scenes=scenes, patches_per_scene=patches_per_scene, seed=seed, broken=broken)
     click.echo(f"wrote {len(ids)} triplets under {out}")

@@ -9,7 +9,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from tqdm import tqdm
+
 from convert.assembly import PlanOptions, Planned, make_plan, options_difference
+from convert.dfcplan import dfc2020_layout
 from convert.encode import Encoded, Failed, encode_entry
 from convert.errors import ConvertError
 from convert.interrupts import deferred_interrupt
@@ -137,8 +140,6 @@ def _resume(state: OutState, opts: ShardsOptions, planned: Planned, leftovers: l
 
 def split_layout(layout: SampleLayout, split: str) -> SampleLayout:
     """The layout of a split's samples (DFC2020 splits: dfc masks, no labels)."""
-    from convert.dfcplan import dfc2020_layout
-
     return dfc2020_layout(layout) if split in DFC2020_SPLITS else layout
 
 
@@ -149,8 +150,6 @@ def _encode_task(task: tuple[PlanEntry, SampleLayout, bool]) -> Encoded | Failed
 def _convert_splits(opts: ShardsOptions, planned: Planned, resume: Resume, lock: OutLock) -> tuple[Done, int]:
     """Write the splits that are not complete yet; returns every split's records and end, and the
     number of inputs this run read."""
-    from tqdm import tqdm
-
     plan, done = planned.plan, dict(resume.done)
     fingerprint = plan.fingerprint(opts.layout, opts.shard_size)
     total = sum(len(v) for v in plan.splits.values())

@@ -41,8 +41,8 @@ def _describe(exc: BaseException, url: str) -> str:
 
 def read_patch(url: str, modality: str) -> Patch:
     """Read a patch and check band count, dtype and size against the SEN12MS format."""
-    import rasterio
-    from rasterio.errors import RasterioError
+    import rasterio  # start-up time: rasterio only when used
+    from rasterio.errors import RasterioError  # start-up time: rasterio only when used
 
     try:
         if storage.is_remote(url):

@@ -11,8 +11,11 @@ from typing import Any, Callable, Iterable, Sequence
 
 import click
 import numpy as np
+from tqdm import tqdm
 
-from convert.scan import Problem, Triplet
+from convert.geotiff import PatchReadError, read_patch
+from convert.scan import Problem, Triplet, scan_tree
+from convert.workers import WorkerPool
 from sen12ms_common import storage
 from sen12ms_common.outputs import output_folder, writing
 from sen12ms_common.storage import StorageError
@@ -49,8 +52,6 @@ def _reason(exc: BaseException, path: str) -> str:
 def label_of(triplet: Triplet) -> tuple[str, np.ndarray | None, Problem | None, Problem | None]:
     """(S2 file name, probability vector or None, problem or None, warning or None) of one
     triplet; the warning notes no-data pixels (IGBP class 0) that the label leaves out."""
-    from convert.geotiff import PatchReadError, read_patch
-
     name = triplet.id.filename("s2")
     lc = triplet.paths.get("lc")
     if lc is None:
@@ -75,10 +76,6 @@ def label_of(triplet: Triplet) -> tuple[str, np.ndarray | None, Problem | None, 
 def _ordered_map(fn: Callable[[Triplet], Any], items: Sequence[Triplet], workers: int,
                  progress: bool, desc: str) -> Iterable[Any]:
     """fn over items, in input order (so the result does not depend on `workers`), with progress."""
-    from tqdm import tqdm
-
-    from convert.workers import WorkerPool
-
     # The workers fork before the progress bar starts its monitor thread.
     with WorkerPool(fn, min(workers, len(items))) as pool, \
             tqdm(total=len(items), desc=desc, unit="patch", disable=not progress) as bar:
@@ -213,8 +210,6 @@ def labels_command(data: str, out: str, workers: int, progress: bool) -> None:
     and single_label_IGBP{full,simple}_{ClsNum,OneHot}.{txt,pkl}, keyed by the S2 file name.
     Every bad input is listed at the end; the files are still written for the good patches.
     """
-    from convert.scan import scan_tree
-
     out = output_folder(out, "--out")
     scan = scan_tree(data)
     labels, problems = derive_labels(scan.triplets, workers=workers, progress=progress)

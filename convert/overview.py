@@ -8,7 +8,9 @@ import tarfile
 
 import click
 import numpy as np
+from tqdm import tqdm
 
+from convert.geotiff import PatchReadError, read_patch
 from sen12ms_common import storage, tarstream
 from sen12ms_common.cpus import usable_cpus
 from sen12ms_common.errors import report_errors
@@ -20,6 +22,10 @@ from sen12ms_common.shardformat import (
 )
 
 from convert.overview_data import FROM_LC, Collection, PatchInfo, Problem, from_label
+from convert.overview_report import write_report
+from convert.scan import scan_tree
+from convert.splits import OFFICIAL_HOLDOUT, SplitFileError, find_holdout, load_holdout
+from convert.workers import WorkerPool
 
 
 def patch_centre(transform: tuple[float, ...] | list[float], size: int) -> tuple[float, float]:
@@ -57,8 +63,6 @@ def counts_from_probability(prob: np.ndarray, pixels: int) -> np.ndarray:
 
 def holdout_scenes(data: str | None, holdout: str | None) -> tuple[str, set[SceneId]]:
     """(path, scenes) of the hold-out list: `holdout`, else the tree's own, else the official one."""
-    from convert.splits import OFFICIAL_HOLDOUT, SplitFileError, find_holdout, load_holdout
-
     path = find_holdout(data, holdout) if data is not None else str(holdout or OFFICIAL_HOLDOUT)
     if holdout and data is None and not storage.exists(path):
         raise SplitFileError(f"{path}: no such hold-out list")
@@ -69,8 +73,6 @@ def holdout_scenes(data: str | None, holdout: str | None) -> tuple[str, set[Scen
 
 def _read_lc(path: str) -> tuple[np.ndarray, str, tuple[float, float]] | str:
     """Counts, CRS and centre of one lc patch, or the reason it cannot be used (worker side)."""
-    from convert.geotiff import PatchReadError, read_patch
-
     try:
         patch = read_patch(path, "lc")
         counts = igbp_counts(patch.data[0])
@@ -85,11 +87,6 @@ def _read_lc(path: str) -> tuple[np.ndarray, str, tuple[float, float]] | str:
 
 def collect_tree(root: str, workers: int = 1, progress: bool = True) -> Collection:
     """Count the IGBP band of every lc patch of a SEN12MS tree (parallel over `workers`)."""
-    from tqdm import tqdm
-
-    from convert.scan import scan_tree
-    from convert.workers import WorkerPool
-
     scan = scan_tree(root)
     problems = [Problem(p.path, p.reason) for p in scan.problems]
     jobs: list[tuple[PatchId, str]] = []
@@ -158,8 +155,6 @@ def _sample_info(key: str, members: dict[str, bytes], layout: SampleLayout,
 
 def collect_shards(root: str, progress: bool = True) -> Collection:
     """Every sample of a shard set (all splits with labels) from its labels and metadata; no GeoTIFF."""
-    from tqdm import tqdm
-
     manifest = load_manifest(root)
     layout = manifest.layout
     use_lc = "lc" in layout.modalities
@@ -223,8 +218,6 @@ def default_workers() -> int:
 def overview(data: str | None, shards: str | None, out: str, holdout: str | None, workers: int,
              progress: bool) -> None:
     """Class distributions and a world map of the scenes, as CSV, PNG, GeoJSON and index.html."""
-    from convert.overview_report import write_report
-
     if (data is None) == (shards is None):
         raise click.UsageError("give exactly one of --data DIR or --shards OUT")
     holdout_path, held_out = holdout_scenes(data, holdout)

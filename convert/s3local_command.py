@@ -112,7 +112,7 @@ def s3_local(folder: Path | None, bucket: str, port: int) -> None:
     if weed_binary() is None:
         raise click.ClickException(f"no `weed` binary (SeaweedFS): {INSTALL_HINT}")
     try:
-        import boto3  # noqa: F401
+        import boto3  # noqa: F401 (optional extra s3: checked before the server starts)
     except ImportError:
         raise click.ClickException("boto3 is not installed: pip install -e '.[s3]'") from None
     root = folder if folder is not None else Path(tempfile.mkdtemp(prefix="sen12ms-s3-"))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from convert.labels import expected_sibling, report_problems
+from convert.scan import Problem, scan_tree
 from sen12ms_common import storage
 from sen12ms_common.datafiles import SplitFileError, read_source, text_lines
 from sen12ms_common.datalimits import excerpt
@@ -202,9 +204,6 @@ def splits_command(data: str, holdout: str | None, val_fraction: float, seed: in
     Incomplete triplets and files that are not SEN12MS patches are listed at the end (and
     left out of the lists); the lists are still written for the rest.
     """
-    from convert.labels import expected_sibling, report_problems
-    from convert.scan import Problem, scan_tree
-
     out = output_folder(out, "--out")
     if _is_shipped_folder(out):
         raise click.ClickException(f"{out}: holds the official lists shipped with the toolbox; "

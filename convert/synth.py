@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from sen12ms_common.official import HOLDOUT_NAME, OFFICIAL_HOLDOUT, OFFICIAL_TEST_LIST
 from sen12ms_common.patches import SEASONS, PatchId, parse_patch, parse_scene
@@ -190,8 +191,8 @@ def patch_arrays(spec: SceneSpec, patch: int, cells: np.ndarray, seed: int) -> d
 
 def write_geotiff(path: Path, data: np.ndarray, epsg: int, origin: tuple[float, float]) -> None:
     """Uncompressed, striped, pixel-interleaved GeoTIFF, as SEN12MS distributes its patches."""
-    import rasterio
-    from affine import Affine
+    import rasterio  # start-up time: rasterio only when used
+    from affine import Affine  # start-up time: affine only when used
 
     path.parent.mkdir(parents=True, exist_ok=True)
     profile = dict(driver="GTiff", width=SIZE, height=SIZE, count=data.shape[0], dtype=data.dtype.name,
@@ -206,8 +207,6 @@ def write_geotiff(path: Path, data: np.ndarray, epsg: int, origin: tuple[float, 
 def synthesize(out: Path, scenes: int = 12, patches_per_scene: int = 24, seed: int = 0,
                broken: bool = False, progress: bool = True) -> list[PatchId]:
     """Write the sample tree under `out`; returns the S2 ids of the triplets written."""
-    from tqdm import tqdm
-
     out = Path(out)
     specs = plan_scenes(scenes, patches_per_scene, seed, broken)
     out.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from convert.synth import (GRID_COLS, STRIDE, SceneSpec, patch_arrays, random_georeference, scene_landcover,
                            write_geotiff)
@@ -44,8 +45,6 @@ def synthesize_dfc2020(out: Path, regions: int = 4, patches_per_region: int = 24
                        progress: bool = True) -> list[PatchId]:
     """Write the DFC2020 sample tree under `out`; returns the S2 ids written. Patches are numbered
     from 0 in each subset, scene 0, as the contest numbers them."""
-    from tqdm import tqdm
-
     out = Path(out)
     plan = plan_regions(regions, patches_per_region, seed)
     numbers = dict.fromkeys(SUBSETS, 0)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import click
+from tqdm import tqdm
 
 from sen12ms_common import storage, tarstream
 from sen12ms_common.checksums import Digests
@@ -165,8 +166,6 @@ class VerifyResult:
 
 def verify_shards(root: str, progress: bool = False) -> VerifyResult:
     """Verify every shard of the manifest at `root`; bad shards are collected, not raised."""
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
     manifest: Manifest = load_manifest(root)
     order = [s for s in ALL_SPLITS if s in manifest.splits] + [s for s in manifest.splits if s not in ALL_SPLITS]

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import Sen12msError
+from .nativecodecs import CodecLibraryError, lz4_decompress_fn, zstd_context_fns, zstd_ignore_checksums
 
 CODECS: tuple[str, ...] = ("zstd", "lz4", "none")
 CHUNKED: frozenset[str] = frozenset({"zstd", "lz4"})  # one chunk per band, sizes in a member
@@ -26,7 +27,7 @@ class CodecError(ValueError, Sen12msError):
 
 @lru_cache(maxsize=8)
 def _zstd_compressor(level: int):
-    import zstandard
+    import zstandard  # sen12ms_common imports only numpy when imported
 
     # Single-threaded and with a frame checksum: the bytes are the same for any worker count and
     # a damaged chunk fails to decode instead of yielding wrong pixels.
@@ -47,7 +48,7 @@ def unshuffle_into(raw: bytes | memoryview | np.ndarray, dst: np.ndarray) -> Non
 @lru_cache(maxsize=1)
 def _compiled_unshuffle():
     try:
-        from .jitunshuffle import unshuffle_planes
+        from .jitunshuffle import unshuffle_planes  # start-up time: numba only when used
     except ImportError:  # numba is missing: numpy's two passes
         return None
     return unshuffle_planes
@@ -57,7 +58,7 @@ def _compiled_unshuffle():
 def _streaming():
     """`sen12ms_common.streamcopy` (the batch writers that bypass the caches), or None without numba."""
     try:
-        from . import streamcopy
+        from . import streamcopy  # start-up time: numba only when used
     except ImportError:  # numba is missing: numpy's copies
         return None
     return streamcopy
@@ -87,7 +88,7 @@ def encode_band(band: np.ndarray, codec: str, level: int, shuffle: bool = True) 
         raw = shuffle_bytes(a) if shuffle and a.dtype.itemsize == 2 else a.astype(a.dtype.newbyteorder("<")).tobytes()
         return _zstd_compressor(level).compress(raw)
     if codec == "lz4":
-        import lz4.block
+        import lz4.block  # sen12ms_common imports only numpy when imported
 
         return lz4.block.compress(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes(),
                                   mode="default", store_size=False)
@@ -113,9 +114,7 @@ class BandDecoder:
     checksum has been checked as a whole)."""
 
     def __init__(self, frame_checksums: bool = True) -> None:
-        import zstandard
-
-        from .nativecodecs import CodecLibraryError, lz4_decompress_fn, zstd_context_fns, zstd_ignore_checksums
+        import zstandard  # sen12ms_common imports only numpy when imported
 
         self._frame_size = zstandard.frame_content_size
         self._zstd_py = zstandard.ZstdDecompressor()
@@ -224,7 +223,7 @@ class BandDecoder:
             if codec == "zstd":
                 raw = self._zstd_py.decompress(chunk)
             else:
-                import lz4.block
+                import lz4.block  # sen12ms_common imports only numpy when imported
 
                 raw = lz4.block.decompress(chunk, uncompressed_size=nbytes)
         except Exception as exc:  # zstandard / lz4 raise their own error types on damaged input

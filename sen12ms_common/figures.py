@@ -10,8 +10,8 @@ DPI = 100
 
 def figure(width: float, height: float, constrained: bool = False):
     """A figure of `width` x `height` inches on its own Agg canvas."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # sen12ms_common imports only numpy when imported
+    from matplotlib.figure import Figure  # sen12ms_common imports only numpy when imported
 
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained" if constrained else None)
     FigureCanvasAgg(fig)

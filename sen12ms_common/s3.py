@@ -109,7 +109,7 @@ class S3ReadStream(io.RawIOBase):
                                  f"rewritten or damaged?)", url)
 
     def _sync(self, coro_fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        from fsspec.asyn import sync
+        from fsspec.asyn import sync  # sen12ms_common imports only numpy when imported
 
         return sync(self._fs.loop, coro_fn, *args, **kwargs)
 
@@ -215,7 +215,7 @@ class S3ReadStream(io.RawIOBase):
 
 @lru_cache(maxsize=1)
 def _retrying_file_class() -> type:
-    import s3fs
+    import s3fs  # optional extra (s3): imported where it is used
 
     class RetryingS3File(s3fs.S3File):
         """s3fs's writer whose every request (a part, the completion, an abort) goes through `retrying`."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -32,7 +34,7 @@ class Failure:
 def _client_error(exc: BaseException):
     """The botocore ClientError behind an exception (s3fs re-raises them as OSError)."""
     try:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError  # optional extra (s3): imported where it is used
     except ImportError:  # pragma: no cover - s3fs needs botocore
         return None
     for e in exception_chain(exc):
@@ -58,14 +60,11 @@ def _first_line(exc: BaseException) -> str:
 @lru_cache(maxsize=1)
 def _network_errors() -> dict[str, tuple[type[BaseException], ...]]:
     """Exception types of the HTTP stack by what they mean (imported on first use)."""
-    import asyncio
-    import socket
-
-    import aiohttp
-    from botocore import exceptions as bex
-    from botocore.parsers import ResponseParserError
-    from fsspec.exceptions import FSTimeoutError
-    from urllib3.exceptions import HTTPError as Urllib3Error
+    import aiohttp  # optional extra (s3): imported where it is used
+    from botocore import exceptions as bex  # optional extra (s3): imported where it is used
+    from botocore.parsers import ResponseParserError  # optional extra (s3): imported where it is used
+    from fsspec.exceptions import FSTimeoutError  # sen12ms_common imports only numpy when imported
+    from urllib3.exceptions import HTTPError as Urllib3Error  # optional extra (s3): imported where it is used
 
     return {
         "connect": (bex.EndpointConnectionError,),
@@ -129,6 +128,7 @@ def classify(url: str, exc: BaseException) -> Failure:
     if reason is not None:
         return Failure(True, StorageUnavailableError(f"{url}: {reason}", url))
     try:
+        # optional extra (s3): imported where it is used
         from botocore.exceptions import NoCredentialsError, PartialCredentialsError
         if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
             return Failure(False, StorageAccessError(
@@ -147,7 +147,7 @@ def is_storage_failure(exc: BaseException) -> bool:
     if _client_error(exc) is not None or _network_reason(exc) is not None:
         return True
     try:
-        from botocore.exceptions import BotoCoreError
+        from botocore.exceptions import BotoCoreError  # optional extra (s3): imported where it is used
     except ImportError:  # pragma: no cover
         return False
     return any(isinstance(e, (StorageError, BotoCoreError)) for e in exception_chain(exc))

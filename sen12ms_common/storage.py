@@ -53,7 +53,7 @@ def _s3_filesystem():
     key = (os.getpid(), tuple(os.environ.get(v) for v in AWS_VARIABLES))
     fs = _S3_INSTANCES.get(key)
     if fs is None:
-        import s3fs
+        import s3fs  # optional extra (s3): imported where it is used
 
         # No listing cache: another process (a converter, a resumed run) may have written
         # since, and a stale listing would hide or resurrect shards. No retries of botocore's
@@ -67,7 +67,7 @@ def _s3_filesystem():
 
 def filesystem(url: str):
     """(fsspec filesystem, path inside it) for a local path or a URL."""
-    import fsspec.core
+    import fsspec.core  # sen12ms_common imports only numpy when imported
 
     refuse_credentials(url)
 

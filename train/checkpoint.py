@@ -39,7 +39,7 @@ def _numpy_scalar_globals() -> list:
     try:
         from numpy._core.multiarray import scalar  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import scalar
+        from numpy.core.multiarray import scalar  # numpy 1.x names it so
     allowed: list = [(scalar, "numpy.core.multiarray.scalar"),
                      (scalar, "numpy._core.multiarray.scalar"), np.dtype]
     # Rebuilding a dtype instance needs its class (numpy.dtypes.Float64DType in numpy 2).

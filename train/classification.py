@@ -18,6 +18,7 @@ from sen12ms_common.outputs import writing
 
 from .metrics import compute_metrics, predict as to_labels, scalar_metrics
 from .models import build_model
+from .plots import matrix_png
 
 
 @dataclass
@@ -142,8 +143,6 @@ class ClassificationTask:
         """Single-label: rows = true class (with its count), each row divided by its count;
         multi-label: per class the counts of true negatives, false positives, false negatives
         and true positives."""
-        from .plots import matrix_png
-
         report = metrics.get("clsReport", {})
         rows = [f"{c} ({int(report[c]['support'])})" if isinstance(report.get(c), Mapping) else c
                 for c in self.class_names]

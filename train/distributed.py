@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import atexit
 import gc
+import multiprocessing as mp
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from sen12ms_common.errors import Sen12msError
 
@@ -82,8 +85,6 @@ def device_for(name: str, local_rank: int, world_size: int) -> torch.device:
 
 def init_from_env(device: str = "auto", environ: Mapping[str, str] | None = None) -> tuple[Dist, torch.device]:
     """Join torchrun's process group (if launched by it); returns (Dist, this process's device)."""
-    import torch.distributed as dist
-
     rank, world, local = ranks_from_env(environ)
     dev = device_for(device, local, world)
     if world == 1:
@@ -111,8 +112,6 @@ def init_from_env(device: str = "auto", environ: Mapping[str, str] | None = None
 def use_fork_server() -> None:
     """Start this process's loader worker processes from a fork server with torch and the loader
     preloaded, so that starting one costs a fork of that server, not an import."""
-    import multiprocessing as mp
-
     if mp.get_start_method(allow_none=True) in (None, "fork"):
         mp.set_forkserver_preload(["torch", "train.data.webdataset"])
         mp.set_start_method("forkserver", force=True)
@@ -120,9 +119,7 @@ def use_fork_server() -> None:
 
 def shutdown(d: Dist) -> None:
     """Destroy the process groups now, while the interpreter is whole (idempotent): a gloo group
-    that outlives it aborts the process at exit (docs/notes.md, "torchrun teardown")."""
-    import torch.distributed as dist
-
+    that outlives it aborts the process at exit (docs/DESIGN.md, "torchrun teardown")."""
     if d.enabled and dist.is_initialized():
         dist.destroy_process_group()
     if d.groups:
@@ -135,7 +132,6 @@ def wrap_model(module: nn.Module, device: torch.device, d: Dist) -> nn.Module:
     """DistributedDataParallel around `module` (the plain or compiled model) for training steps."""
     if not d.enabled:
         return module
-    from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=ids, output_device=ids[0] if ids else None)
@@ -145,8 +141,6 @@ def wrap_model(module: nn.Module, device: torch.device, d: Dist) -> nn.Module:
 
 def _all_reduce(d: Dist, values: Sequence[float], dtype: torch.dtype, op: str) -> list:
     """Element-wise reduction of `values` over all ranks on the control group (CPU tensors)."""
-    import torch.distributed as dist
-
     t = torch.tensor(values, dtype=dtype)
     dist.all_reduce(t, op=getattr(dist.ReduceOp, op), group=d.control)
     return t.tolist()
@@ -168,7 +162,6 @@ def gather_objects(d: Dist, obj: Any) -> list[Any]:
     """`obj` of every rank, in rank order, on every rank (pickled; keep it small)."""
     if not d.enabled:
         return [obj]
-    import torch.distributed as dist
 
     out: list[Any] = [None] * d.world_size
     dist.all_gather_object(out, obj, group=d.control)
@@ -179,7 +172,6 @@ def broadcast_object(d: Dist, obj: Any) -> Any:
     """Rank 0's `obj` on every rank."""
     if not d.enabled:
         return obj
-    import torch.distributed as dist
 
     box = [obj if d.is_main else None]
     dist.broadcast_object_list(box, src=0, group=d.control)
@@ -191,7 +183,6 @@ def broadcast_state(d: Dist, module: nn.Module, buffers_only: bool = False) -> N
     which DDP leaves per rank) into `module` on every rank."""
     if not d.enabled:
         return
-    import torch.distributed as dist
 
     tensors = list(module.buffers()) if buffers_only else list(module.state_dict(keep_vars=True).values())
     seen: set[int] = set()

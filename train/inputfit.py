@@ -11,6 +11,7 @@ from torch import nn
 from sen12ms_common.bands import BandError, resolve_bands
 
 from .checkpoint import CheckpointError, unwrap_model
+from .config import canonical_input
 
 
 def _first_conv_channels(tensors: Mapping[str, Any]) -> int | None:
@@ -23,8 +24,6 @@ def _first_conv_channels(tensors: Mapping[str, Any]) -> int | None:
 
 def trained_input(ckpt: Mapping[str, Any]) -> str | None:
     """The input our checkpoint stores in its configuration (canonical), else None."""
-    from .config import canonical_input
-
     config = ckpt.get("config")
     value = config.get("input") if isinstance(config, Mapping) else None
     if not isinstance(value, str):

@@ -14,6 +14,8 @@ import torch
 
 from sen12ms_common.shardformat import N_LABEL
 
+from .data import DataError
+
 log = logging.getLogger(__name__)
 
 SUM_TOLERANCE = 1e-3  # as sen12ms_common.igbp.check_probability
@@ -47,8 +49,6 @@ def checked_batch(batch: dict[str, Any], where: str, skip: bool, skipped: list[s
     (None if none is left), each reported in `skipped`; else a `DataError` naming the first bad
     sample (`where`: the shard set and split, or the batch's `shard` entries when the loader gives
     them)."""
-    from .data import DataError
-
     if "prob" not in batch:  # a mask batch: the loader's 256-entry table made every value a class or 255
         return batch
     keys = list(batch["key"])

@@ -97,7 +97,7 @@ class EventWriters:
             self.writer(name)
 
     def writer(self, name: str) -> Any:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # start-up time: tensorboard only when used
 
         if name not in self.writers:
             folder = os.path.join(self._base, "runs", self.ts, name)

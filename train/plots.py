@@ -28,7 +28,7 @@ def curves_png(epochs: Sequence[int], losses: Mapping[str, Sequence[float | None
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     if len(x):
-        from matplotlib.ticker import MaxNLocator
+        from matplotlib.ticker import MaxNLocator  # start-up time: matplotlib only when used
 
         for ax in (left, right):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -40,7 +40,7 @@ def curves_png(epochs: Sequence[int], losses: Mapping[str, Sequence[float | None
 def matrix_png(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, *,
                xlabel: str, ylabel: str, fmt: str = "{:.2f}", vmax: float | None = None) -> bytes:
     """A heat map with every cell's value written in it; NaN cells (no data) are grey and empty."""
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # start-up time: matplotlib only when used
 
     v = np.asarray(values, dtype=np.float64)
     fig = figure(max(5.0, 1.0 + 0.55 * len(cols) + 1.5), max(4.0, 1.2 + 0.45 * len(rows)),

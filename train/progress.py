@@ -8,6 +8,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable, TextIO
 
+import click
+from tqdm import tqdm
+
 DEFAULT_INTERVAL = 30.0
 
 
@@ -30,8 +33,6 @@ NO_PROGRESS = ProgressOptions(show=False)
 def progress_options(command: Callable) -> Callable:
     """`--progress/--no-progress` and `--progress-interval` of a command (parameters `progress`,
     `progress_interval`)."""
-    import click
-
     command = click.option(
         "--progress-interval", type=click.FloatRange(0, min_open=True), default=DEFAULT_INTERVAL,
         show_default=True, metavar="SECONDS",
@@ -79,8 +80,6 @@ class ProgressMeter:
         self.style = opts.style(main)
         self.bar = None
         if self.style == "bar":
-            from tqdm import tqdm
-
             self.bar = tqdm(total=plan.total, initial=plan.initial, desc=desc, unit="batch", leave=False)
         self.done = plan.initial
         self.start = self.last = time.monotonic()

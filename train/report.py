@@ -12,6 +12,8 @@ from typing import Any, Mapping, Sequence
 from sen12ms_common import storage
 from sen12ms_common.storage import StorageError
 
+from .plots import curves_png
+
 METRICS_CSV = "metrics.csv"
 CURVES_PNG = "training_curves.png"
 _FIXED = ("timestamp", "epoch", "step", "train_loss", "train_samples", "seconds", "val_loss", "best")
@@ -91,8 +93,6 @@ class MetricsTable:
         storage.write_text(self.url, self.text())
 
     def curves_png(self, score_keys: Sequence[str], title: str) -> bytes:
-        from .plots import curves_png
-
         rows = self.rows
         best = self.best()
         losses = {"train loss": [r.train_loss for r in rows], "val loss": [r.val_loss for r in rows]}

@@ -14,6 +14,7 @@ from sen12ms_common.dfc import DfcScheme
 from sen12ms_common.inputs import ChannelTransform, channel_transform
 
 from .checkpoint import CheckpointError, load_model_weights, stored_input_transform
+from .config import canonical_input
 
 OUTPUT_STRIDES = (8, 16)
 
@@ -36,7 +37,7 @@ class SegModelSpec:
         return DfcScheme(self.savanna)
 
     def build(self, device: torch.device | str = "cpu") -> nn.Module:
-        from .models import build_model
+        from .models import build_model  # start-up time: torchvision only when used
 
         net = build_model(self.model, len(self.bands), self.scheme.num_classes, task="segmentation",
                           **model_options(self.model, self.output_stride))
@@ -51,8 +52,7 @@ def model_options(model: str, output_stride: int) -> dict[str, Any]:
 def spec_from_checkpoint(ckpt: Mapping[str, Any], source: str, stats: str | None = None) -> SegModelSpec:
     """Read our checkpoint's `config` (task, model, input, no_savanna, output_stride, stats) and
     `input_transform`; `stats` replaces the stored transform. One-line `CheckpointError`s."""
-    from .config import canonical_input
-    from .models import model_names
+    from .models import model_names  # start-up time: torchvision only when used
 
     cfg = ckpt.get("config")
     if not isinstance(cfg, Mapping):

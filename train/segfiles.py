@@ -42,9 +42,9 @@ def prediction_name(key: str) -> str:
 def geotiff_bytes(dfc_values: np.ndarray, georef: Georef | None, scheme: DfcScheme) -> bytes:
     """One band, uint8, DFC2020 values 1..10, deflate-compressed, with the colour table of
     `scheme` and, when known, the input patch's CRS and transform."""
-    import rasterio
-    from affine import Affine
-    from rasterio.io import MemoryFile
+    import rasterio  # start-up time: rasterio only when used
+    from affine import Affine  # start-up time: affine only when used
+    from rasterio.io import MemoryFile  # start-up time: rasterio only when used
 
     values = np.ascontiguousarray(dfc_values, dtype=np.uint8)
     h, w = values.shape
@@ -102,7 +102,7 @@ class PreviewRow:
 
 def preview_png(rows: Sequence[PreviewRow], scheme: DfcScheme) -> bytes:
     """A page: one row per patch (S2 RGB | prediction | ground truth), a legend at the bottom."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw  # start-up time: PIL only when used
 
     h, w = rows[0].prediction.shape[:2]
     cols = ("S2 RGB", "prediction", "ground truth")

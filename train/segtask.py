@@ -14,7 +14,9 @@ from torch import nn
 from sen12ms_common.dfc import IGNORE_INDEX, DfcScheme
 
 from .data.symmetry import apply_symmetries
+from .segconfig import model_options
 from .segmetrics import SCALAR_KEYS, ConfusionMatrix, segmentation_scores
+from .segreport import write_segmentation_scores
 
 
 class MaskedCrossEntropy(nn.Module):
@@ -86,8 +88,7 @@ class SegmentationTask:
         self.loss_fn: nn.Module = MaskedCrossEntropy()
 
     def build_model(self, model_name: str, in_channels: int) -> nn.Module:
-        from .models import build_model
-        from .segconfig import model_options
+        from .models import build_model  # start-up time: torchvision only when used
 
         return build_model(model_name, in_channels, self.num_classes, task="segmentation",
                            **model_options(model_name, self.output_stride))
@@ -136,8 +137,6 @@ class SegmentationTask:
 
     def write(self, out_dir: str, split: str, metrics: Mapping[str, Any], result: SegResult) -> list[str]:
         """`<split>_scores.json`, `<split>_classes.csv` and `<split>_confusion.png`."""
-        from .segreport import write_segmentation_scores
-
         return write_segmentation_scores(out_dir, split, metrics, self.scheme)
 
 

@@ -1,5 +1,5 @@
 """The DALI loader: shards -> normalised batches in an NVIDIA DALI pipeline (GPU or CPU-only);
-the graph is in `dali_graph`, the CPU decoders in `dali_ops` (docs/notes.md: how it reads and shards)."""
+the graph is in `dali_graph`, the CPU decoders in `dali_ops` (docs/DESIGN.md: how it reads and shards)."""
 
 from __future__ import annotations
 

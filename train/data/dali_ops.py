@@ -71,7 +71,7 @@ def _band_writer(plane: int, normalised: bool, byte_shuffle: bool) -> Callable:
     """njit `write(y, buf, scale, offset, clip)`: one decoded band in `buf` (2 * plane bytes,
     byte-shuffled or interleaved little-endian) into `y` (plane values), as uint16, or clipped at
     `clip`, scaled and offset (`normalised`)."""
-    from numba import njit
+    from numba import njit  # start-up time: numba only when used
 
     nbytes = 2 * plane
 
@@ -90,7 +90,7 @@ def _band_writer(plane: int, normalised: bool, byte_shuffle: bool) -> Callable:
                 y[i] = x
 
     if not normalised:  # as stored: written past the caches (the batch is read elsewhere next)
-        from sen12ms_common.streamcopy import stream_copy, stream_unshuffle
+        from sen12ms_common.streamcopy import stream_copy, stream_unshuffle  # start-up time: numba only when used
 
         place = stream_unshuffle if byte_shuffle else stream_copy
 
@@ -113,7 +113,7 @@ def _band_writer(plane: int, normalised: bool, byte_shuffle: bool) -> Callable:
 def _context_maker(frame_checksums: bool) -> Callable:
     """njit `new()`: a libzstd decompression context (free it with `ZSTD_freeDCtx`) that checks
     the frames' own checksums, or (not `frame_checksums`: their shard's has been) skips them."""
-    from numba import njit
+    from numba import njit  # start-up time: numba only when used
 
     create, ignore = zstd_context_fns()[2], zstd_checksum_switch()
 
@@ -236,7 +236,7 @@ def lz4_kernel(chunk_shape: tuple[int, int]) -> Kernel:
 def _chunk_starts() -> Callable:
     """njit `starts_of(sizes, n, total)`: chunk start offsets (n + 1,) of a member of `total`
     bytes from its n chunk sizes; empty when the sizes do not describe the member."""
-    from numba import njit
+    from numba import njit  # start-up time: numba only when used
 
     @njit
     def starts_of(sizes, n, total):
@@ -264,7 +264,7 @@ def zstd_channels_kernel(n_bands: tuple[int, ...], chunk_shape: tuple[int, int],
     The CPU graph's zstd path in one pass: no (k, H, W) array per modality in between, one
     decompression context per sample instead of one per band. Without `frame_checksums` the
     frames' own checksums are not checked (their shard's has been)."""
-    from numba import njit
+    from numba import njit  # start-up time: numba only when used
 
     decompress, is_error, _, free = zstd_context_fns()
     new_context = _context_maker(frame_checksums)
@@ -342,7 +342,7 @@ def channels_kernel(ins_ndim: tuple[int, ...], chunk_shape: tuple[int, int], cha
     One pass replaces DALI's slice, concatenate, cast, min, multiply and add operators, which
     each walk the whole array on the CPU.
     """
-    from numba import njit
+    from numba import njit  # start-up time: numba only when used
 
     h, w = chunk_shape
     plane = h * w

@@ -91,8 +91,8 @@ class TiffSample:
 
 
 def _read(path: Path, modality: str) -> tuple[np.ndarray, Georef]:
-    import rasterio
-    from rasterio.errors import RasterioError
+    import rasterio  # start-up time: rasterio only when used
+    from rasterio.errors import RasterioError  # start-up time: rasterio only when used
 
     try:
         with rasterio.open(path) as ds:
