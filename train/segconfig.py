@@ -81,7 +81,7 @@ def stored_transform(ckpt: Mapping[str, Any], bands: tuple[BandRef, ...], source
     """The exact per-channel transform a checkpoint stores for `bands` (None if absent or for other bands)."""
     from .evaluate import _saved_transform
 
-    return _saved_transform(ckpt, ",".join(b.name for b in bands), source)
+    return _saved_transform(ckpt, bands, source)
 
 
 def load_segmentation_model(ckpt: Mapping[str, Any], source: str, device: torch.device | str,

@@ -33,7 +33,6 @@ worker processes (see `train.data.plan`).
 
 from __future__ import annotations
 
-import importlib
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol
@@ -107,15 +106,25 @@ class Loader(Protocol):
     def close(self) -> None: ...
 
 
-# name -> "module:factory"; modules are imported only when chosen (DALI is an optional extra).
-LOADERS: dict[str, str] = {
-    "webdataset": "train.data.webdataset:make_loader",
-    "dali": "train.data.dali:make_loader",
-}
+def _webdataset(spec: LoaderSpec) -> Loader:
+    # Here, not at the top: the loader imports torch, and this registry is read by --help; it
+    # also imports this package back.
+    from .webdataset import make_loader as webdataset_loader
 
-INSTALL_HINT: dict[str, str] = {
-    "dali": "pip install '.[dali]' (nvidia-dali-cuda130 for torch 2.14.1+cu130)",
-}
+    return webdataset_loader(spec)
+
+
+def _dali(spec: LoaderSpec) -> Loader:
+    try:  # here, not at the top: DALI is an optional extra (and takes a second to import)
+        from .dali import make_loader as dali_loader
+    except ImportError as exc:
+        raise LoaderUnavailable(f"the dali loader is not available ({exc}); install it: "
+                                "pip install '.[dali]' (nvidia-dali-cuda130 for torch 2.14.1+cu130)") from exc
+    return dali_loader(spec)
+
+
+# --loader NAME -> the factory that makes it.
+LOADERS: dict[str, Callable[[LoaderSpec], Loader]] = {"webdataset": _webdataset, "dali": _dali}
 
 
 AUTO = "auto"  # --workers auto: worker processes where there are cores for them
@@ -139,13 +148,7 @@ def loader_names() -> list[str]:
 def get_factory(name: str) -> Callable[[LoaderSpec], Loader]:
     if name not in LOADERS:
         raise DataError(f"unknown loader {name!r} (choose one of: {', '.join(LOADERS)})")
-    module_name, attr = LOADERS[name].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        hint = INSTALL_HINT.get(name, "")
-        raise LoaderUnavailable(f"the {name} loader is not available ({exc})" + (f"; install it: {hint}" if hint else "")) from exc
-    return getattr(module, attr)
+    return LOADERS[name]
 
 
 def make_loader(name: str, spec: LoaderSpec) -> Loader:
