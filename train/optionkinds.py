@@ -217,6 +217,11 @@ class Option:
         first = spelled[0]
         return "--" + first.split("/--")[1] if "/--" in first else first
 
+    @property
+    def command_default(self) -> Any:
+        """The default click starts from."""
+        return self.default if self.cli_default is _SAME else self.cli_default
+
     def but(self, **changes: Any) -> "Option":
         """This option as another command declares it (another default or help text)."""
         return replace(self, **changes)
@@ -225,8 +230,7 @@ class Option:
         decls = self.decls or ("--" + self.name.replace("_", "-"),)
         if len(decls) == 1 and decls[0].lstrip("-").replace("-", "_") != self.name:
             decls = (*decls, self.name)
-        kwargs: dict[str, Any] = {"help": self.help, "default": self.default if self.cli_default is _SAME
-                                  else self.cli_default}
+        kwargs: dict[str, Any] = {"help": self.help, "default": self.command_default}
         if self.is_flag:
             kwargs["is_flag"] = True
         else:

@@ -9,12 +9,12 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from sen12ms_common.bands import BandRef, modalities_of, resolve_bands
+from sen12ms_common.bands import BandRef, resolve_bands
 from sen12ms_common.igbp import LabelRule
 from sen12ms_common.inputs import ChannelTransform, channel_transform
 from sen12ms_common.manifest import Manifest, load_manifest
 
-from .data import DataError, LoaderSpec, resolve_workers
+from .data import LoaderSpec, check_modalities, resolve_workers
 from .device import InputTransform, Precision, configure_backends, precision, prepare_model, resolve_device
 from .tasks import Task, make_task
 
@@ -77,15 +77,6 @@ def loader_spec(setup: Setup, root: str, split: str, *, train: bool, workers: in
                       rank=rank, world_size=world_size, pin_memory=setup.device.type == "cuda",
                       device=str(setup.device), targets=task.targets,
                       no_savanna=task.targets == "mask" and not getattr(task, "scheme").savanna, **reading)
-
-
-def check_modalities(manifest: Manifest, bands: tuple[BandRef, ...], root: str, split: str, advice: str) -> None:
-    """DataError naming `root` when the shards of `split` lack a modality the input needs;
-    `advice` says what the caller's user can do about it."""
-    held = manifest.layout_of(split).modalities
-    missing = [m for m in modalities_of(bands) if m not in held]
-    if missing:
-        raise DataError(f"{root}: these shards hold no {', '.join(missing)} (they hold {', '.join(held)}); {advice}")
 
 
 def has_split(manifest: Manifest, split: str) -> bool:

@@ -37,7 +37,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol
 
-from sen12ms_common.bands import BandRef
+from sen12ms_common.bands import BandRef, modalities_of
 from sen12ms_common.cpus import usable_cpus
 from sen12ms_common.errors import DataError
 from sen12ms_common.igbp import LabelRule
@@ -93,6 +93,16 @@ def mask_source(spec: LoaderSpec) -> str | None:
         raise DataError(f"{spec.root}: the {spec.split} split holds no scene labels (DFC2020 samples carry dfc "
                         "masks only): use it for segmentation")
     return None
+
+
+def check_modalities(manifest: Manifest, bands: tuple[BandRef, ...], root: str, split: str, advice: str = "") -> None:
+    """DataError naming `root` when the shards of `split` lack a modality the input needs (the one
+    check, for every loader and command); `advice` says what the caller's user can do about it."""
+    held = manifest.layout_of(split).modalities
+    missing = [m for m in modalities_of(bands) if m not in held]
+    if missing:
+        raise DataError(f"{root}: these shards hold no {', '.join(missing)} (they hold {', '.join(held)})"
+                        + (f"; {advice}" if advice else ""))
 
 
 class Loader(Protocol):
