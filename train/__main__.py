@@ -5,108 +5,22 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from dataclasses import fields
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
 from sen12ms_common.errors import report_errors
-from sen12ms_common.igbp import LABEL_TYPES, SCHEMES
-from sen12ms_common.inputs import STATS_CHOICES
-from sen12ms_common.names import ALL_SPLITS
 
-from .config import TrainConfig
-from .data import loader_names
-from .optimizers import OPTIMIZERS
-from .options import DEVICES, MAX_STREAMS, MAX_THREADS, WORKERS_HELP, WorkersParam
+from .optionkinds import click_options
 from .progress import ProgressOptions, progress_options
-from .tasks import task_names
+from .schema import TRAIN
 
-_D = TrainConfig()  # the defaults, in one place
+# --help builds from the declarations alone: what the run needs (torch) is imported when it runs.
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--shards", default=None, metavar="DIR|URL",
-              help="Shard set written by `python -m convert shards` (a folder or s3://bucket/prefix). "
-                   "Required unless --resume names a checkpoint of ours, whose options are the defaults then.")
-@click.option("--task", type=click.Choice(task_names()), default=_D.task, show_default=True,
-              help="What is learnt: classification (the original's: IGBP classes of a patch) or segmentation "
-                   "(a DFC2020 class per pixel from lc/dfc masks; needs shards with masks, see docs/segmentation.md).")
-@click.option("--model", default=_D.model, show_default=True, metavar="NAME",
-              help="Network. Classification: VGG16, VGG19, ResNet50, ResNet101, ResNet152, DenseNet121/161/169/201 "
-                   "(the original's), ResNet18 or SmallCNN (small, for tests and demos). Segmentation: UNet (the "
-                   "default there), DeepLabV3Plus (ResNet-101) or SmallUNet (small, for tests and demos).")
-@click.option("--input", "input", default=_D.input, show_default=True, metavar="SET|BANDS",
-              help="Input channels: rgb (B2,B3,B4), s2 (10 bands), s1 (VV,VH), s1s2 (12), rgbs1 (5), "
-                   "or band names such as B8,B4,B3,VV, in that channel order.")
-@click.option("--label-type", type=click.Choice(LABEL_TYPES), default=_D.label_type,
-              show_default=True, help="single_label: argmax class, CrossEntropyLoss; multi_label: classes with "
-                                      "probability >= --threshold, BCEWithLogitsLoss.")
-@click.option("--igbp", type=click.Choice(SCHEMES), default=_D.igbp, show_default=True,
-              help="IGBP scheme: simple (10 classes) or full (17 classes).")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=_D.threshold, show_default=True,
-              help="Multi-label: a class is present where its share of the patch is >= this.")
-@click.option("--epochs", type=click.IntRange(1), default=_D.epochs, show_default=True,
-              help="Epochs; an epoch reads every train sample once (see the README for the policy).")
-@click.option("--batch-size", type=click.IntRange(1), default=_D.batch_size, show_default=True,
-              help="Samples per batch (training and evaluation); per process under torchrun.")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=_D.lr, show_default=True,
-              help="Learning rate (of --optimizer; sgd trains a DeepLabV3Plus head at 10x it).")
-@click.option("--decay", type=click.FloatRange(0), default=_D.decay, show_default=True,
-              help="Weight decay (of --optimizer).")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_D.optimizer, show_default=True,
-              help="adam: the original classifier's. sgd (momentum 0.9, DeepLabV3Plus head at 10x --lr) and "
-                   "rmsprop: the DFC2020 baseline's for DeepLabv3+ and UNet (it used --lr 0.01 --decay 5e-4).")
-@click.option("--workers", type=WorkersParam(), default=_D.workers, show_default=True, help=WORKERS_HELP)
-@click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=_D.threads, show_default=True,
-              help="Reading and decoding threads per reading process (0: every CPU this process may use "
-                   "when --workers is 0, else 1 per worker). Does not change the data order.")
-@click.option("--loader", type=click.Choice(loader_names()), default=_D.loader, show_default=True,
-              help="webdataset: CPU workers hand uint16 batches to the device; dali: NVIDIA DALI pipeline "
-                   "(optional extra).")
-@click.option("--device", type=click.Choice(DEVICES), default=_D.device, show_default=True,
-              help="auto: CUDA when available, else CPU.")
-@click.option("--amp", is_flag=True, help="Mixed precision: bfloat16 autocast (float16 + GradScaler on GPUs "
-                                          "without bfloat16); on the CPU bfloat16 autocast.")
-@click.option("--channels-last", is_flag=True, help="channels_last memory format for model and input.")
-@click.option("--compile", is_flag=True, help="torch.compile the model (needs a C++ compiler on CPU).")
-@click.option("--run-dir", default=None, metavar="DIR|URL",
-              help="Run directory for logs/, checkpoints/ and test scores: a folder or s3://bucket/prefix "
-                   "(log and TensorBoard files are uploaded after every epoch). [default: runs/<model>, or the "
-                   "run of the --resume checkpoint]")
-@click.option("--resume", default=None, metavar="CKPT",
-              help="Continue from a checkpoint (ours: exactly where it stopped; the original's: after its epoch).")
-@click.option("--max-steps", type=click.IntRange(0), default=None,
-              help="Stop after this many optimizer steps in all (counting those before a resume), validate, "
-                   "checkpoint and test; 0: no limit (to lift a resumed run's). [default: no limit]")
-@click.option("--stats", type=click.Choice(list(STATS_CHOICES)), default=_D.stats, show_default=True,
-              help="Normalisation: official (the original's training-set mean/std), manifest (computed by the "
-                   "converter over this train split), none (the original's unnormalised scaling), dfc2020 (the "
-                   "DFC2020 baseline's: S2 clip 0..10000 / 10000, S1 clip -25..0 dB / 25 + 1).")
-@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=_D.seed, show_default=True,
-              help="Seed of model initialisation and of the data order (a function of seed and epoch).")
-@click.option("--shuffle-buffer", type=click.IntRange(1), default=_D.shuffle_buffer, show_default=True,
-              help="Samples held (still compressed) for shuffling, per process, split over the streams.")
-@click.option("--streams", type=click.IntRange(1, MAX_STREAMS), default=_D.streams, show_default=True,
-              help=f"Independent read streams per process, at most {MAX_STREAMS} (workers share them out; more "
-                   "workers than streams idle).")
-@click.option("--verify/--no-verify", default=_D.verify, show_default=True,
-              help="Check shard sizes and xxh3-128 checksums against the manifest (--no-verify: trust the shards).")
-@click.option("--skip-bad-shards", is_flag=True,
-              help="Report a missing or damaged shard or sample, skip it and go on (counted in the log) "
-                   "instead of stopping.")
-@click.option("--augment", is_flag=True,
-              help="Random flips and 90-degree rotations of the training patches, seeded (a resumed run draws "
-                   "the same ones); the original trained without augmentation.")
-@click.option("--no-savanna", is_flag=True,
-              help="Segmentation: ignore savanna pixels, 9 classes (the DFC2020 baseline's --no_savanna).")
-@click.option("--output-stride", type=click.Choice(["8", "16"]), default=str(_D.output_stride), show_default=True,
-              callback=lambda ctx, param, v: int(v), help="Segmentation: output stride of DeepLabV3Plus.")
-@click.option("--val-split", default=_D.val_split, show_default=True, type=click.Choice(ALL_SPLITS),
-              help="Split validated after every epoch (e.g. dfc2020_val, the DFC2020 validation set).")
-@click.option("--test-split", default=_D.test_split, show_default=True, type=click.Choice(ALL_SPLITS),
-              help="Split the best checkpoint is scored on (e.g. dfc2020_test); its files are RUN/test_*.")
+@click_options(list(TRAIN.values()))
 @progress_options
 @click.pass_context
 @report_errors
@@ -121,6 +35,7 @@ def main(ctx: click.Context, **params: Any) -> None:
     Several GPUs or nodes: start it with `torchrun --nproc_per_node N -m train ...`
     (DistributedDataParallel; --batch-size is per process; rank 0 writes the run directory).
     """
+    # Here, not at the top: they import torch, which --help does not need (1 s against 10 s).
     from .distributed import Dist, init_from_env, shutdown
     from .run import fit
     from .signals import Interrupted
@@ -143,27 +58,30 @@ def main(ctx: click.Context, **params: Any) -> None:
         shutdown(d)
 
 
-def _config(ctx: click.Context, params: dict[str, Any]) -> tuple[TrainConfig, dict | None]:
-    """The run's options: the command line, where it left an option at its default the stored
-    options of our --resume checkpoint, each checked; and the loaded checkpoint."""
+def _config(ctx: click.Context, params: dict[str, Any]) -> tuple[Any, dict | None]:
+    """The run's options (a TrainConfig): the command line, where it left an option at its
+    default the stored options of our --resume checkpoint, each read and checked; and the loaded
+    checkpoint."""
     from .checkpoint import load_checkpoint
+    from .config import TrainConfig
     from .distributed import ranks_from_env
-    from .options import check_options, cli_name
+    from .options import cli_name, read_options
     from .resume import check_resume_order
 
-    given = {f.name: params[f.name] for f in fields(TrainConfig)}
+    given = {name: params[name] for name, option in TRAIN.items() if option.in_config}
     explicit = {k for k in given if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, None)}
     rank, world_size, _ = ranks_from_env()
     checkpoint = None
     if given["resume"]:
         checkpoint = load_checkpoint(given["resume"])
         _apply_checkpoint(checkpoint, given["resume"], given, explicit)
-    if given["task"] == "segmentation" and "model" not in explicit and given["model"] == _D.model:
+    if given["task"] == "segmentation" and "model" not in explicit and given["model"] == TRAIN["model"].default:
         given["model"] = "UNet"  # the classification default cannot segment
     if not given["shards"]:
         raise click.ClickException("--shards is required (the output folder of `python -m convert shards`)")
-    # The one check of every option, whichever the source (click's types come first on the command line).
-    check_options(given, cli_name)
+    # The one check of every option, whichever the source (click's types come first on the command
+    # line); --input becomes its bands here, once.
+    given = read_options(given, cli_name)
     if given["max_steps"] == 0:
         given["max_steps"] = None
     cfg = TrainConfig(**given)

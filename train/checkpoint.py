@@ -6,14 +6,14 @@ import math
 import pickle
 import random
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from sen12ms_common import storage
-from sen12ms_common.bands import resolve_bands
+from sen12ms_common.bands import BandRef
 from sen12ms_common.errors import Sen12msError, exception_chain
 from sen12ms_common.inputs import ChannelTransform
 
@@ -331,13 +331,13 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
                 torch.cuda.set_rng_state(s, i)
 
 
-def stored_input_transform(ckpt: Mapping[str, Any], input_spec: str, source: str) -> ChannelTransform | None:
-    """The exact per-channel transform a checkpoint stores for the bands of `input_spec` (None if
-    it stores none, or one for other bands); a damaged one is a `CheckpointError`."""
+def stored_input_transform(ckpt: Mapping[str, Any], input_bands: Sequence[BandRef], source: str) -> ChannelTransform | None:
+    """The exact per-channel transform a checkpoint stores for `input_bands` (None if it stores
+    none, or one for other bands); a damaged one is a `CheckpointError`."""
     t = ckpt.get("input_transform")
     if not isinstance(t, Mapping):
         return None
-    bands = [b.name for b in resolve_bands(input_spec)]
+    bands = [b.name for b in input_bands]
     if not isinstance(t.get("bands"), (list, tuple)) or list(t["bands"]) != bands:
         return None
     try:

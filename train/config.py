@@ -1,80 +1,65 @@
-"""The options of a training run (a plain dataclass) and their arguments-file form."""
+"""The options of a training run (a plain dataclass made from `train.schema`) and their
+arguments-file form."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import field, make_dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from sen12ms_common import storage
-from sen12ms_common.bands import INPUT_SETS, resolve_bands
+from sen12ms_common.bands import BandRef  # noqa: F401  (the annotation of TrainConfig.bands)
 
 from .argsfile import ORIGINAL_KEYS, options_to_original
 from .data import resolve_workers
+from .schema import TRAIN, read_input
 
 # Options whose change makes a resumed run read its data in another order.
 DATA_ORDER_KEYS: tuple[str, ...] = ("seed", "batch_size", "streams", "shuffle_buffer", "augment")
 
 
-@dataclass
-class TrainConfig:
-    shards: str = ""
-    task: str = "classification"
-    model: str = "ResNet50"
-    input: str = "s2"
-    label_type: str = "multi_label"
-    igbp: str = "simple"
-    threshold: float = 0.1
-    epochs: int = 100
-    batch_size: int = 64
-    lr: float = 0.001
-    decay: float = 1e-5
-    optimizer: str = "adam"        # adam (the original's) | sgd | rmsprop (the DFC2020 baseline's)
-    workers: int | str = "auto"    # worker processes, or auto (train.data.resolve_workers)
-    threads: int = 0
-    loader: str = "webdataset"
-    device: str = "auto"
-    amp: bool = False
-    channels_last: bool = False
-    compile: bool = False
-    run_dir: str | None = None
-    resume: str | None = None
-    max_steps: int | None = None
-    stats: str = "official"
-    seed: int = 0
-    shuffle_buffer: int = 1000
-    streams: int = 8
-    verify: bool = True
-    skip_bad_shards: bool = False
-    augment: bool = False
-    no_savanna: bool = False       # segmentation: savanna ignored, 9 classes (the baseline's --no_savanna)
-    output_stride: int = 16        # segmentation: DeepLabV3Plus output stride (8 or 16)
-    val_split: str = "val"         # split validated every epoch (dfc2020_val: the DFC2020 validation set)
-    test_split: str = "test"       # split the best checkpoint is scored on
+class _Run:
+    """What every TrainConfig can do; its fields come from `train.schema.TRAIN`."""
 
     def __post_init__(self) -> None:
-        self.input = canonical_input(self.input)
+        read = read_input(self.input)  # a text, or the bands the command line's edge already read
+        self.input, self.bands = read.text, read.bands
 
     def resolved_run_dir(self) -> str:
         """--run-dir (a local path or an s3:// URL), else runs/<model>."""
         return str(self.run_dir) if self.run_dir else str(Path("runs") / self.model)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The options (not the bands read from `input`): a checkpoint's stored configuration."""
+        return {name: getattr(self, name) for name in OPTION_NAMES}
+
+    def loader_options(self) -> dict[str, Any]:
+        """The options that are LoaderSpec fields (`train.setup.loader_spec`)."""
+        return {name: getattr(self, name) for name in LOADER_OPTIONS}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{k: v for k, v in d.items() if k in OPTION_NAMES})
+
+
+OPTION_NAMES: tuple[str, ...] = tuple(name for name, o in TRAIN.items() if o.in_config)
+LOADER_OPTIONS: tuple[str, ...] = tuple(name for name, o in TRAIN.items() if o.in_config and o.loader)
+
+# The options of a run, one field per declaration in train.schema (in its order), plus `bands`:
+# what `input` names, read once (an arguments file and a checkpoint keep the text).
+TrainConfig = make_dataclass(
+    "TrainConfig",
+    [(o.name, o.field_type or type(o.default).__name__, field(default=o.default))
+     for o in TRAIN.values() if o.in_config]
+    + [("bands", "tuple[BandRef, ...]", field(init=False, default=(), repr=False, compare=False))],
+    bases=(_Run,), namespace={"__doc__": "The options of a training run (train.schema.TRAIN)."})
+TrainConfig.__module__ = __name__  # pickles and reprs as train.config.TrainConfig
 
 
 def canonical_input(spec: str) -> str:
     """A set name in lower case, or the band names joined by commas (no spaces: the original's
     reader splits arguments-file lines on whitespace)."""
-    key = str(spec).strip().lower()
-    if key in INPUT_SETS:
-        return key
-    return ",".join(b.name for b in resolve_bands(spec))
+    return read_input(spec).text
 
 
 def arguments(cfg: TrainConfig, timestamp: str) -> dict[str, Any]:

@@ -10,14 +10,18 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import click
 
 from sen12ms_common.errors import report_errors
-from sen12ms_common.inputs import STATS_CHOICES, ChannelTransform
-from sen12ms_common.names import ALL_SPLITS
+from sen12ms_common.inputs import ChannelTransform
 
-from .options import DEVICES, WORKERS_HELP, WorkersParam
+from .optionkinds import click_options
 from .progress import ProgressOptions, progress_options
+from .schema import EVALUATE, TRAIN
 
 if TYPE_CHECKING:
+    from sen12ms_common.bands import BandRef
+
     from .distributed import Dist
+
+# --help builds from the declarations alone: what scoring needs (torch) is imported when it runs.
 
 
 @dataclass
@@ -31,13 +35,12 @@ class EvalOptions:
     stats: str
     transform: ChannelTransform | None  # exact transform stored in our checkpoints
     task_options: dict[str, Any] = field(default_factory=dict)  # segmentation: savanna, output stride
+    bands: tuple[BandRef, ...] = ()     # what `input` names
 
 
 def _typed(key: str, value: Any) -> Any:
     """An option of ours as an arguments file holds it (text: `False`, `16`) in its TrainConfig type."""
-    from .config import TrainConfig
-
-    default = getattr(TrainConfig(), key, None)
+    default = TRAIN[key].default if key in TRAIN else None
     if isinstance(value, str) and isinstance(default, bool):
         return {"True": True, "False": False}.get(value, value)
     if isinstance(value, str) and isinstance(default, int) and value.isdigit():
@@ -49,8 +52,7 @@ def options_for(ckpt: Mapping[str, Any], checkpoint_path: str, config: str | Non
     """What to build, from the arguments file or our checkpoint's stored configuration."""
     from .argsfile import original_to_options, read_arguments_file
     from .checkpoint import stored_input_transform
-    from .config import canonical_input
-    from .options import check_options
+    from .options import read_options
     from .tasks import task_options
 
     if config:
@@ -70,16 +72,16 @@ def options_for(ckpt: Mapping[str, Any], checkpoint_path: str, config: str | Non
     missing = [k for k in needed if k not in used]
     if missing:
         raise click.ClickException(f"{source}: the configuration lacks {', '.join(missing)}")
-    check_options(used, lambda k: f"{source}: option {k!r}")
+    read = read_options(used, lambda k: f"{source}: option {k!r}")
     default_stats = str(opts.get("stats", "official"))  # the original always used the official ones
     arch = ckpt.get("arch")
     if arch and str(arch) != str(opts["model"]):
         raise click.ClickException(f"{checkpoint_path}: a {str(arch)[:100]} checkpoint, but the configuration says "
                                    f"{opts['model']}")
-    input_spec = canonical_input(str(opts["input"]))
-    transform = None if stats else stored_input_transform(ckpt, input_spec, checkpoint_path)
+    input_read = read["input"]  # the configuration's input, read once
+    transform = None if stats else stored_input_transform(ckpt, input_read.bands, checkpoint_path)
     task = str(opts.get("task", "classification"))
-    return EvalOptions(task=task, model=str(opts["model"]), input=input_spec,
+    return EvalOptions(task=task, model=str(opts["model"]), input=input_read.text, bands=input_read.bands,
                        label_type=str(opts.get("label_type", "multi_label")), igbp=str(opts.get("igbp", "simple")),
                        threshold=float(opts.get("threshold", 0.1)), stats=stats or default_stats, transform=transform,
                        task_options=task_options(task, used))
@@ -88,7 +90,7 @@ def options_for(ckpt: Mapping[str, Any], checkpoint_path: str, config: str | Non
 def _setup(ckpt: Mapping[str, Any], checkpoint: str, opts: EvalOptions, shards: str, split: str, device: str):
     """The model of `ckpt` with its weights, for `split` of `shards`; one line when the shards lack
     the split or the input, or the checkpoint was trained on another input."""
-    from sen12ms_common.bands import modalities_of, resolve_bands
+    from sen12ms_common.bands import modalities_of
     from sen12ms_common.manifest import load_manifest
 
     from .checkpoint import load_model_weights
@@ -99,14 +101,14 @@ def _setup(ckpt: Mapping[str, Any], checkpoint: str, opts: EvalOptions, shards: 
     manifest = load_manifest(shards)
     if not has_split(manifest, split):
         raise DataError(f"{shards}: no {split} samples in this shard set")
-    bands = resolve_bands(opts.input)
+    bands = opts.bands
     needed = ",".join(m for m in ("s1", "s2") if m in modalities_of(bands))  # as convert's --modalities
     check_modalities(manifest, bands, shards, split, f"{checkpoint} was trained on {opts.input} ({len(bands)} channels): "
                                               f"score it on shards converted with --modalities {needed}")
-    setup = make_setup(shards=shards, model_name=opts.model, input_spec=opts.input, label_type=opts.label_type,
+    setup = make_setup(shards=shards, model_name=opts.model, input_spec=bands, label_type=opts.label_type,
                        igbp=opts.igbp, threshold=opts.threshold, stats=opts.stats, device=device,
                        transform=opts.transform, manifest=manifest, task=opts.task, task_options=opts.task_options)
-    check_input(ckpt, setup.model, opts.input, checkpoint)
+    check_input(ckpt, setup.model, opts.input, checkpoint, bands)
     load_model_weights(setup.model, ckpt, strict=True, source=checkpoint)
     return setup
 
@@ -148,10 +150,10 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
     opts = options_for(ckpt, checkpoint, config, stats)
     setup = _setup(ckpt, checkpoint, opts, shards, split, device)
     manifest = setup.manifest
-    loader = make_loader("webdataset", loader_spec(setup, shards, split, batch_size=batch_size, train=False,
+    loader = make_loader("webdataset", loader_spec(setup, shards, split, train=False, batch_size=batch_size,
                                                    workers=workers, threads=threads, verify=verify,
-                                                   skip_bad_shards=skip_bad_shards,
-                                                   rank=d.rank, world_size=d.world_size))
+                                                   skip_bad_shards=skip_bad_shards, rank=d.rank,
+                                                   world_size=d.world_size))
     what = f"{opts.label_type} {opts.igbp}" if opts.task == "classification" else opts.task
     stats_used = "as trained" if opts.transform is not None else opts.stats
     echo(f"{checkpoint}: {opts.model} ({made_at(ckpt)}), input {opts.input}, {what}, stats {stats_used}; "
@@ -175,27 +177,7 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--shards", required=True, metavar="DIR|URL", help="Shard set written by `python -m convert shards`.")
-@click.option("--checkpoint", required=True, metavar="CKPT",
-              help="Checkpoint: ours (<ts>_model_best.pth) or the original toolbox's (dict with model_state_dict).")
-@click.option("--config", default=None, metavar="ARGS.txt",
-              help="Arguments file of the run (the original's <ts>_arguments.txt or ours): model, input, label "
-                   "rule. [default: the configuration stored in our checkpoints; required for the original's]")
-@click.option("--split", default="test", show_default=True, type=click.Choice(ALL_SPLITS),
-              help="Split of the shard set to score (dfc2020_val, dfc2020_test: segmentation checkpoints).")
-@click.option("--out", default=None, metavar="DIR|URL",
-              help="Folder or s3://bucket/prefix for <split>_scores.json and <split>_predictions.npz. "
-                   "[default: the checkpoint's run directory, else the current directory]")
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Samples per batch.")
-@click.option("--workers", type=WorkersParam(), default="auto", show_default=True, help=WORKERS_HELP)
-@click.option("--threads", type=click.IntRange(0, 256), default=0, show_default=True,
-              help="Decoding threads per reading process (0: every CPU here when --workers is 0, else 1 per worker).")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-              help="auto: CUDA when available, else CPU.")
-@click.option("--stats", type=click.Choice(list(STATS_CHOICES)), default=None,
-              help="Normalisation. [default: as the checkpoint was trained; official for the original's runs]")
-@click.option("--no-verify", is_flag=True, help="Do not check shard sizes and checksums against the manifest.")
-@click.option("--skip-bad-shards", is_flag=True, help="Report and skip missing or damaged shards instead of stopping.")
+@click_options(EVALUATE)
 @progress_options
 @report_errors
 def main(shards, checkpoint, config, split, out, batch_size, workers, threads, device, stats, no_verify,
@@ -205,7 +187,7 @@ def main(shards, checkpoint, config, split, out, batch_size, workers, threads, d
     Also under `torchrun --nproc_per_node N -m train.evaluate ...`: each process scores its part
     of the split, the metrics are computed on the gathered predictions, rank 0 writes the files.
     """
-    from .distributed import Dist, init_from_env, shutdown
+    from .distributed import Dist, init_from_env, shutdown  # imports torch: here, so that --help does not
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     d = Dist()

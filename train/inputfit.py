@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from sen12ms_common.bands import BandError, resolve_bands
+from sen12ms_common.bands import BandError, BandRef, resolve_bands
 
 from .checkpoint import CheckpointError, unwrap_model
 from .config import canonical_input
@@ -44,20 +44,22 @@ def _described(name: str | None, channels: int | None) -> str:
     return f"{name} ({channels if channels is not None else len(resolve_bands(name))} channels)"
 
 
-def check_input(ckpt: Mapping[str, Any], model: nn.Module, asked: str, source: str) -> None:
+def check_input(ckpt: Mapping[str, Any], model: nn.Module, asked: str, source: str,
+                bands: tuple[BandRef, ...] | None = None) -> None:
     """CheckpointError naming `source` when the checkpoint was trained on another input than
-    `asked` (canonical): other bands by its stored configuration, or another channel count by
-    its first convolution."""
+    `asked` (canonical; `bands`: what it names, where already read): other bands by its stored
+    configuration, or another channel count by its first convolution."""
+    asked_bands = bands if bands is not None else resolve_bands(asked)
     state = ckpt.get("model_state_dict")
     theirs = _first_conv_channels(state) if isinstance(state, Mapping) else None
     ours = _first_conv_channels(unwrap_model(model).state_dict())
     name = trained_input(ckpt)
     if name is not None and theirs is not None and len(resolve_bands(name)) != theirs:
         name = None  # a stored configuration that its weights contradict: trust the weights
-    other_bands = name is not None and _band_names(name) != _band_names(asked)
+    other_bands = name is not None and _band_names(name) != [b.name for b in asked_bands]
     if other_bands or (theirs is not None and ours is not None and theirs != ours):
         raise CheckpointError(f"{source}: trained on {_described(name, theirs)}, asked for {asked} "
-                              f"({len(resolve_bands(asked))})")
+                              f"({len(asked_bands)})")
 
 
 __all__ = ["check_input", "trained_input"]

@@ -3,10 +3,11 @@ SGD with momentum (DeepLabv3+, its head at 10x the learning rate) and RMSprop (U
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # OPTIMIZERS is read by --help, which must not load torch
+    import torch
+    from torch import nn
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd", "rmsprop")
 MOMENTUM = 0.9  # the baseline's SGD momentum
@@ -17,6 +18,8 @@ def make_optimizer(name: str, model: nn.Module, lr: float, decay: float) -> torc
     """Optimizer `name` over the model's parameters, learning rate `lr`, weight decay `decay`. For
     sgd, a model with `parameter_groups()` ((backbone, head) parameters) trains its head at
     `HEAD_LR` x lr, as the baseline's DeepLabv3+ does."""
+    import torch  # here, not at the top: buys --help its start-up time (OPTIMIZERS is read there)
+
     if name == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=decay)
     if name == "rmsprop":

@@ -6,20 +6,24 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import click
 import numpy as np
-import torch
 
 from sen12ms_common import storage
 from sen12ms_common.dfc import DfcScheme, train_to_dfc
 from sen12ms_common.errors import report_errors
-from sen12ms_common.inputs import STATS_CHOICES
-from sen12ms_common.names import ALL_SPLITS
 
+from .optionkinds import click_options
+from .schema import PREDICT
 from .segfiles import (Georef, PreviewRow, colourise, geotiff_bytes, prediction_name, preview_png, s2_rgb,
                        write_bytes)
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by the functions that use it, not at the top: --help builds without it.
 
 Echo = Callable[[str], None]
 S2_RGB = (3, 2, 1)  # B4, B3, B2 in the 13-band file
@@ -111,6 +115,7 @@ def _georef(meta: dict[str, Any]) -> Georef | None:
 
 def _input(items: list[Item], bands) -> torch.Tensor:
     """The model's channels of a batch as stored values (uint16 (B, C, H, W))."""
+    import torch  # not at the top: --help builds without it
     from sen12ms_common.inputs import select_channels
 
     return torch.from_numpy(np.stack([select_channels(it.stored, bands) for it in items]))
@@ -140,6 +145,7 @@ def run_prediction(net: torch.nn.Module, spec, items: Iterator[Item], out: str, 
                    device: torch.device, previews: int, preview_rows: int, total: int,
                    echo: Echo = print) -> PredictResult:
     """Predict every item, write its GeoTIFF, and preview pages of the first `previews` items."""
+    import torch  # not at the top: --help builds without it
     from tqdm import tqdm
 
     from .device import InputTransform
@@ -209,26 +215,7 @@ def predict(*, checkpoint: str, out: str, shards: str | None = None, split: str 
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--checkpoint", required=True, metavar="CKPT",
-              help="Checkpoint of `python -m train --task segmentation` (<ts>_model_best.pth).")
-@click.option("--shards", default=None, metavar="DIR|URL", help="Shard set written by `python -m convert shards`.")
-@click.option("--split", default="test", show_default=True, type=click.Choice(ALL_SPLITS),
-              help="Split of --shards to predict.")
-@click.option("--data", default=None, metavar="DIR",
-              help="Folder of S1/S2 GeoTIFFs instead of shards, never converted (names with _s1_/_s2_ tokens or "
-                   "s1/ s2/ folders; _lc_/_dfc_ files beside them are ground truth for the previews).")
-@click.option("--out", required=True, metavar="DIR|URL",
-              help="Folder or s3://bucket/prefix for <name>_pred_<...>.tif maps and previews/.")
-@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True, help="Patches per forward pass.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="auto: CUDA when available, else CPU.")
-@click.option("--stats", type=click.Choice(list(STATS_CHOICES)), default=None,
-              help="Normalisation. [default: as the checkpoint was trained]")
-@click.option("--previews", type=click.IntRange(0), default=32, show_default=True,
-              help="Patches shown in preview pages (S2 RGB | prediction | ground truth); 0: none.")
-@click.option("--preview-rows", type=click.IntRange(1, 64), default=8, show_default=True,
-              help="Patches per preview page.")
-@click.option("--no-verify", is_flag=True, help="Do not check shard sizes and checksums against the manifest.")
+@click_options(PREDICT)
 @report_errors
 def main(checkpoint, shards, split, data, out, batch_size, device, stats, previews, preview_rows, no_verify) -> None:
     """Predict a land-cover map (DFC2020 classes) for every patch of a shard split or a GeoTIFF folder."""

@@ -28,7 +28,7 @@ def restore(checkpoint: Mapping[str, Any], cfg: TrainConfig, setup: Setup, optim
     field checked first: `checkpoint.check_resume_state`); returns the run's timestamp, if known."""
     source = cfg.resume or "checkpoint"
     check_resume_state(checkpoint, source)
-    check_input(checkpoint, setup.model, cfg.input, source)
+    check_input(checkpoint, setup.model, cfg.input, source, cfg.bands)
     load_model_weights(setup.model, checkpoint, strict=True, source=source)
     for key, target in (("optimizer_state_dict", optimizer), ("scaler_state_dict", setup.precision.scaler)):
         if checkpoint.get(key):

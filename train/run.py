@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from sen12ms_common import storage
-from sen12ms_common.bands import resolve_bands
 from sen12ms_common.manifest import load_manifest
 from sen12ms_common.outputs import writing
 
@@ -56,12 +55,8 @@ class RunResult:
 
 def split_loader(cfg: TrainConfig, setup: Setup, d: Dist, split: str) -> Loader:
     """The loader of `split` on this rank, as the run's options say."""
-    train = split == "train"
-    return make_loader(cfg.loader, loader_spec(
-        setup, cfg.shards, split, train=train, augment=cfg.augment and train, batch_size=cfg.batch_size,
-        seed=cfg.seed, workers=cfg.workers, threads=cfg.threads, streams=cfg.streams,
-        shuffle_buffer=cfg.shuffle_buffer, verify=cfg.verify, skip_bad_shards=cfg.skip_bad_shards,
-        rank=d.rank, world_size=d.world_size))
+    return make_loader(cfg.loader, loader_spec(setup, cfg.shards, split, train=split == "train", rank=d.rank,
+                                               world_size=d.world_size, **cfg.loader_options()))
 
 
 def _seed_everything(seed: int) -> None:
@@ -104,8 +99,8 @@ class TrainingRun:
         _seed_everything(cfg.seed)
         RunDir(cfg.resolved_run_dir())  # an unusable --run-dir fails before anything is loaded
         manifest = load_manifest(cfg.shards)
-        check_modalities(manifest, resolve_bands(cfg.input), cfg.shards, "train", "choose another --input")
-        setup = make_setup(shards=cfg.shards, model_name=cfg.model, input_spec=cfg.input, label_type=cfg.label_type,
+        check_modalities(manifest, cfg.bands, cfg.shards, "train", "choose another --input")
+        setup = make_setup(shards=cfg.shards, model_name=cfg.model, input_spec=cfg.bands, label_type=cfg.label_type,
                            igbp=cfg.igbp, threshold=cfg.threshold, stats=cfg.stats, device=device or cfg.device,
                            amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile, task=cfg.task,
                            task_options=task_options(cfg.task, cfg.to_dict()), manifest=manifest)

@@ -9,12 +9,11 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from sen12ms_common.bands import BandRef, resolve_bands
+from sen12ms_common.bands import BandRef
 from sen12ms_common.dfc import DfcScheme
 from sen12ms_common.inputs import ChannelTransform, channel_transform
 
 from .checkpoint import CheckpointError, load_model_weights, stored_input_transform
-from .config import canonical_input
 
 OUTPUT_STRIDES = (8, 16)
 
@@ -27,10 +26,7 @@ class SegModelSpec:
     output_stride: int
     stats: str
     transform: ChannelTransform
-
-    @property
-    def bands(self) -> tuple[BandRef, ...]:
-        return resolve_bands(self.input)
+    bands: tuple[BandRef, ...]  # what `input` names
 
     @property
     def scheme(self) -> DfcScheme:
@@ -53,6 +49,7 @@ def spec_from_checkpoint(ckpt: Mapping[str, Any], source: str, stats: str | None
     """Read our checkpoint's `config` (task, model, input, no_savanna, output_stride, stats) and
     `input_transform`; `stats` replaces the stored transform. One-line `CheckpointError`s."""
     from .models import model_names  # start-up time: torchvision only when used
+    from .schema import read_input
 
     cfg = ckpt.get("config")
     if not isinstance(cfg, Mapping):
@@ -68,18 +65,19 @@ def spec_from_checkpoint(ckpt: Mapping[str, Any], source: str, stats: str | None
     if stride not in OUTPUT_STRIDES:
         raise CheckpointError(f"{source}: output_stride {str(stride)[:20]} is not 8 or 16")
     try:
-        input_spec = canonical_input(str(cfg.get("input", "")))
-        bands = resolve_bands(input_spec)
+        read = read_input(str(cfg.get("input", "")))
+        input_spec, bands = read.text, read.bands
         chosen = stats or str(cfg.get("stats", "dfc2020"))
         transform = (None if stats else stored_transform(ckpt, bands, source)) or channel_transform(bands, chosen)
     except ValueError as exc:
         raise CheckpointError(f"{source}: {str(exc).splitlines()[0]}") from None
-    return SegModelSpec(model, input_spec, not bool(cfg.get("no_savanna", False)), int(stride), chosen, transform)
+    return SegModelSpec(model, input_spec, not bool(cfg.get("no_savanna", False)), int(stride), chosen, transform,
+                        bands)
 
 
 def stored_transform(ckpt: Mapping[str, Any], bands: tuple[BandRef, ...], source: str) -> ChannelTransform | None:
     """The exact per-channel transform a checkpoint stores for `bands` (None if absent or for other bands)."""
-    return stored_input_transform(ckpt, ",".join(b.name for b in bands), source)
+    return stored_input_transform(ckpt, bands, source)
 
 
 def load_segmentation_model(ckpt: Mapping[str, Any], source: str, device: torch.device | str,

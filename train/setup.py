@@ -9,12 +9,12 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from sen12ms_common.bands import BandRef, modalities_of, resolve_bands
+from sen12ms_common.bands import BandRef, resolve_bands
 from sen12ms_common.igbp import LabelRule
 from sen12ms_common.inputs import ChannelTransform, channel_transform
 from sen12ms_common.manifest import Manifest, load_manifest
 
-from .data import DataError, LoaderSpec, resolve_workers
+from .data import LoaderSpec, check_modalities, resolve_workers
 from .device import InputTransform, Precision, configure_backends, precision, prepare_model, resolve_device
 from .tasks import Task, make_task
 
@@ -44,13 +44,14 @@ class Setup:
         return self.train_forward if self.train_forward is not None else self.forward
 
 
-def make_setup(*, shards: str, model_name: str, input_spec: str, label_type: str, igbp: str,
+def make_setup(*, shards: str, model_name: str, input_spec: str | tuple[BandRef, ...], label_type: str, igbp: str,
                threshold: float, stats: str, device: str = "auto", amp: bool = False,
                channels_last: bool = False, compile: bool = False, task: str = "classification",
                task_options: Mapping[str, Any] | None = None,
                transform: ChannelTransform | None = None, manifest: Manifest | None = None) -> Setup:
+    """`input_spec`: an input set or band list, or the bands already read from one."""
     manifest = manifest or load_manifest(shards)
-    bands = resolve_bands(input_spec)
+    bands = input_spec if isinstance(input_spec, tuple) else resolve_bands(input_spec)
     rule = LabelRule(label_type, igbp, threshold)
     the_task = make_task(task, rule, **(task_options or {}))
     if transform is None:
@@ -63,28 +64,19 @@ def make_setup(*, shards: str, model_name: str, input_spec: str, label_type: str
                  InputTransform(transform, dev, channels_last), the_task)
 
 
-def loader_spec(setup: Setup, root: str, split: str, *, batch_size: int, train: bool, seed: int = 0,
-                workers: int | str = "auto", threads: int = 0, streams: int = 8, shuffle_buffer: int = 1000,
-                verify: bool = True,
-                skip_bad_shards: bool = False, rank: int = 0, world_size: int = 1,
-                augment: bool = False) -> LoaderSpec:
+def loader_spec(setup: Setup, root: str, split: str, *, train: bool, workers: int | str = "auto",
+                augment: bool = False, rank: int = 0, world_size: int = 1, **reading: Any) -> LoaderSpec:
+    """The LoaderSpec of `split`: what the setup fixes (manifest, bands, label rule, transform,
+    device, targets), and `reading`, the options of the same names (`TrainConfig.loader_options()`:
+    batch_size, seed, threads, streams, shuffle_buffer, verify, skip_bad_shards). `workers` may be
+    auto; `augment` applies to training only."""
+    task = setup.task
     return LoaderSpec(root=root, manifest=setup.manifest, split=split, bands=setup.bands, rule=setup.rule,
-                      batch_size=batch_size, transform=setup.transform, train=train, seed=seed,
-                      workers=resolve_workers(workers, streams), threads=threads, streams=streams,
-                      shuffle_buffer=shuffle_buffer, rank=rank,
-                      world_size=world_size, pin_memory=setup.device.type == "cuda", device=str(setup.device),
-                      verify=verify, skip_bad_shards=skip_bad_shards, augment=augment and train,
-                      targets=setup.task.targets,
-                      no_savanna=setup.task.targets == "mask" and not getattr(setup.task, "scheme").savanna)
-
-
-def check_modalities(manifest: Manifest, bands: tuple[BandRef, ...], root: str, split: str, advice: str) -> None:
-    """DataError naming `root` when the shards of `split` lack a modality the input needs;
-    `advice` says what the caller's user can do about it."""
-    held = manifest.layout_of(split).modalities
-    missing = [m for m in modalities_of(bands) if m not in held]
-    if missing:
-        raise DataError(f"{root}: these shards hold no {', '.join(missing)} (they hold {', '.join(held)}); {advice}")
+                      transform=setup.transform, train=train, augment=augment and train,
+                      workers=resolve_workers(workers, reading.get("streams", LoaderSpec.streams)),
+                      rank=rank, world_size=world_size, pin_memory=setup.device.type == "cuda",
+                      device=str(setup.device), targets=task.targets,
+                      no_savanna=task.targets == "mask" and not getattr(task, "scheme").savanna, **reading)
 
 
 def has_split(manifest: Manifest, split: str) -> bool:

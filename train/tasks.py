@@ -7,12 +7,13 @@ new task is a class with these members, registered in `TASKS`.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Mapping, Protocol, Sequence
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 
 from sen12ms_common.igbp import LabelRule
+
+if TYPE_CHECKING:  # annotations only: the task names are read by --help, which must not load torch
+    import torch
+    from torch import nn
 
 # name -> "module:class"; the default first.
 TASKS: dict[str, str] = {"classification": "train.classification:ClassificationTask",

@@ -33,12 +33,11 @@ worker processes (see `train.data.plan`).
 
 from __future__ import annotations
 
-import importlib
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol
 
-from sen12ms_common.bands import BandRef
+from sen12ms_common.bands import BandRef, modalities_of
 from sen12ms_common.cpus import usable_cpus
 from sen12ms_common.errors import DataError
 from sen12ms_common.igbp import LabelRule
@@ -96,6 +95,16 @@ def mask_source(spec: LoaderSpec) -> str | None:
     return None
 
 
+def check_modalities(manifest: Manifest, bands: tuple[BandRef, ...], root: str, split: str, advice: str = "") -> None:
+    """DataError naming `root` when the shards of `split` lack a modality the input needs (the one
+    check, for every loader and command); `advice` says what the caller's user can do about it."""
+    held = manifest.layout_of(split).modalities
+    missing = [m for m in modalities_of(bands) if m not in held]
+    if missing:
+        raise DataError(f"{root}: these shards hold no {', '.join(missing)} (they hold {', '.join(held)})"
+                        + (f"; {advice}" if advice else ""))
+
+
 class Loader(Protocol):
     samples: int
     skipped: list[str]             # "shard: reason" of everything skipped so far
@@ -107,15 +116,25 @@ class Loader(Protocol):
     def close(self) -> None: ...
 
 
-# name -> "module:factory"; modules are imported only when chosen (DALI is an optional extra).
-LOADERS: dict[str, str] = {
-    "webdataset": "train.data.webdataset:make_loader",
-    "dali": "train.data.dali:make_loader",
-}
+def _webdataset(spec: LoaderSpec) -> Loader:
+    # Here, not at the top: the loader imports torch, and this registry is read by --help; it
+    # also imports this package back.
+    from .webdataset import make_loader as webdataset_loader
 
-INSTALL_HINT: dict[str, str] = {
-    "dali": "pip install '.[dali]' (nvidia-dali-cuda130 for torch 2.14.1+cu130)",
-}
+    return webdataset_loader(spec)
+
+
+def _dali(spec: LoaderSpec) -> Loader:
+    try:  # here, not at the top: DALI is an optional extra (and takes a second to import)
+        from .dali import make_loader as dali_loader
+    except ImportError as exc:
+        raise LoaderUnavailable(f"the dali loader is not available ({exc}); install it: "
+                                "pip install '.[dali]' (nvidia-dali-cuda130 for torch 2.14.1+cu130)") from exc
+    return dali_loader(spec)
+
+
+# --loader NAME -> the factory that makes it.
+LOADERS: dict[str, Callable[[LoaderSpec], Loader]] = {"webdataset": _webdataset, "dali": _dali}
 
 
 AUTO = "auto"  # --workers auto: worker processes where there are cores for them
@@ -139,13 +158,7 @@ def loader_names() -> list[str]:
 def get_factory(name: str) -> Callable[[LoaderSpec], Loader]:
     if name not in LOADERS:
         raise DataError(f"unknown loader {name!r} (choose one of: {', '.join(LOADERS)})")
-    module_name, attr = LOADERS[name].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        hint = INSTALL_HINT.get(name, "")
-        raise LoaderUnavailable(f"the {name} loader is not available ({exc})" + (f"; install it: {hint}" if hint else "")) from exc
-    return getattr(module, attr)
+    return LOADERS[name]
 
 
 def make_loader(name: str, spec: LoaderSpec) -> Loader:

@@ -14,10 +14,9 @@ from nvidia.dali import fn  # noqa: F401  (first: without DALI the ImportError n
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from sen12ms_common import storage
-from sen12ms_common.bands import modalities_of
 from sen12ms_common.manifest import ShardEntry, index_name
 
-from . import DataError, LoaderSpec, LoaderUnavailable, mask_source
+from . import DataError, LoaderSpec, LoaderUnavailable, check_modalities, mask_source
 from .dali_graph import (READER, ChannelPlan, GraphSpec, build_graph, channel_plan, define_pipeline,  # noqa: F401
                          make_pipeline)
 from .dali_ops import CodecLibraryError, lz4_decompress_fn, status_text, zstd_decompress_fn
@@ -96,10 +95,7 @@ class DaliLoader:
         layout = manifest.layout_of(spec.split)
         if mask_source(spec) is not None:
             raise DataError("the dali loader makes no segmentation masks: use --loader webdataset for segmentation")
-        missing = [m for m in modalities_of(spec.bands) if m not in layout.modalities]
-        if missing:
-            raise DataError(f"{spec.root}: these shards hold no {', '.join(missing)} "
-                            f"(they hold {', '.join(layout.modalities)})")
+        check_modalities(manifest, spec.bands, spec.root, spec.split)
         if storage.is_remote(spec.root):
             raise DataError(f"{spec.root}: the dali loader reads shards from a local folder (or a mounted file "
                             "system); use --loader webdataset for object storage, or copy the shards")

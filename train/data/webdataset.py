@@ -13,11 +13,10 @@ import numpy as np
 import torch
 
 from sen12ms_common import storage
-from sen12ms_common.bands import modalities_of
 from sen12ms_common.buffers import BufferPool
 from sen12ms_common.cpus import usable_cpus
 
-from . import DataError, LoaderSpec, mask_source
+from . import DataError, LoaderSpec, check_modalities, mask_source
 from .batches import BatchDecoder
 from .feeds import merged, prefetched, threaded_workers
 from .plan import EpochPlan, StreamPlan, buffer_shuffle, epoch_plan
@@ -234,10 +233,7 @@ class WebDatasetLoader:
         manifest = spec.manifest
         entries = tuple(manifest.shards(spec.split))
         layout = manifest.layout_of(spec.split)
-        missing = [m for m in modalities_of(spec.bands) if m not in layout.modalities]
-        if missing:
-            raise DataError(f"{spec.root}: these shards hold no {', '.join(missing)} "
-                            f"(they hold {', '.join(layout.modalities)})")
+        check_modalities(manifest, spec.bands, spec.root, spec.split)
         self.spec = spec
         self.src = ShardSource(spec.root, entries, layout, tuple(spec.bands), spec.rule,
                                spec.verify, spec.skip_bad_shards, mask_source(spec), not spec.no_savanna)
