@@ -18,7 +18,7 @@ from sen12ms_common.inputs import STATS_CHOICES
 from sen12ms_common.names import ALL_SPLITS
 
 from .config import TrainConfig
-from .data import loader_names
+from .data import RENAMED, loader_names
 from .optimizers import OPTIMIZERS
 from .options import DEVICES, MAX_STREAMS, MAX_THREADS, WORKERS_HELP, WorkersParam
 from .progress import ProgressOptions, progress_options
@@ -63,9 +63,9 @@ _D = TrainConfig()  # the defaults, in one place
 @click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=_D.threads, show_default=True,
               help="Reading and decoding threads per reading process (0: every CPU this process may use "
                    "when --workers is 0, else 1 per worker). Does not change the data order.")
-@click.option("--loader", type=click.Choice(loader_names()), default=_D.loader, show_default=True,
-              help="webdataset: CPU workers hand uint16 batches to the device; dali: NVIDIA DALI pipeline "
-                   "(optional extra).")
+@click.option("--loader", type=click.Choice(loader_names() + list(RENAMED)), default=_D.loader, show_default=True,
+              help="shards: the ShardDataset of docs/api.md, CPU readers hand uint16 batches to the device "
+                   "(webdataset: its old name); dali: NVIDIA DALI pipeline (optional extra).")
 @click.option("--device", type=click.Choice(DEVICES), default=_D.device, show_default=True,
               help="auto: CUDA when available, else CPU.")
 @click.option("--amp", is_flag=True, help="Mixed precision: bfloat16 autocast (float16 + GradScaler on GPUs "

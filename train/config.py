@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -10,10 +11,12 @@ from sen12ms_common import storage
 from sen12ms_common.bands import INPUT_SETS, resolve_bands
 
 from .argsfile import ORIGINAL_KEYS, options_to_original
-from .data import resolve_workers
+from .data import canonical_loader, resolve_workers
 
 # Options whose change makes a resumed run read its data in another order.
 DATA_ORDER_KEYS: tuple[str, ...] = ("seed", "batch_size", "streams", "shuffle_buffer", "augment")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,7 +35,7 @@ class TrainConfig:
     optimizer: str = "adam"        # adam (the original's) | sgd | rmsprop (the DFC2020 baseline's)
     workers: int | str = "auto"    # worker processes, or auto (train.data.resolve_workers)
     threads: int = 0
-    loader: str = "webdataset"
+    loader: str = "shards"
     device: str = "auto"
     amp: bool = False
     channels_last: bool = False
@@ -54,6 +57,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.input = canonical_input(self.input)
+        self.loader = renamed_loader(self.loader)
 
     def resolved_run_dir(self) -> str:
         """--run-dir (a local path or an s3:// URL), else runs/<model>."""
@@ -66,6 +70,15 @@ class TrainConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def renamed_loader(name: str) -> str:
+    """`webdataset` -> `shards` (the loader's old name, from an old command line or arguments
+    file), said once per run configuration."""
+    now = canonical_loader(name)
+    if now != name:
+        log.warning("--loader %s is now called --loader %s (same loader; the old name still works)", name, now)
+    return now
 
 
 def canonical_input(spec: str) -> str:

@@ -109,9 +109,9 @@ def _workers(v: Any) -> str | None:
 
 
 def _loader(v: Any) -> str | None:
-    from .data import loader_names
+    from .data import RENAMED, loader_names
 
-    return _choice(*loader_names())(v)
+    return _choice(*loader_names(), *RENAMED)(v)
 
 
 def _task(v: Any) -> str | None:

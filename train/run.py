@@ -24,7 +24,7 @@ from sen12ms_common.outputs import writing
 
 from .checkpoint import load_checkpoint, load_model_weights, made_at
 from .config import TrainConfig
-from .data import DataError, Loader, make_loader
+from .data import DataError, Loader
 from .distributed import (Dist, agree_max, broadcast_object, broadcast_state, gather_objects, rank_seed,
                           sum_over_ranks, wrap_model)
 from .keytrace import KeyTrace
@@ -36,7 +36,7 @@ from .report import CURVES_PNG, METRICS_CSV, EpochRecord, MetricsTable, summary_
 from .resume import restore
 from .runsave import save_run_checkpoint
 from .scoring import predict_all
-from .setup import Setup, check_modalities, has_split, loader_spec, make_setup
+from .setup import Setup, check_modalities, has_split, make_setup, split_loader_of
 from .signals import Interrupted, StopFlag
 from .steps import RunState, train_steps
 from .tasks import task_options
@@ -57,11 +57,11 @@ class RunResult:
 def split_loader(cfg: TrainConfig, setup: Setup, d: Dist, split: str) -> Loader:
     """The loader of `split` on this rank, as the run's options say."""
     train = split == "train"
-    return make_loader(cfg.loader, loader_spec(
-        setup, cfg.shards, split, train=train, augment=cfg.augment and train, batch_size=cfg.batch_size,
+    return split_loader_of(
+        setup, cfg.loader, cfg.shards, split, train=train, augment=cfg.augment and train, batch_size=cfg.batch_size,
         seed=cfg.seed, workers=cfg.workers, threads=cfg.threads, streams=cfg.streams,
         shuffle_buffer=cfg.shuffle_buffer, verify=cfg.verify, skip_bad_shards=cfg.skip_bad_shards,
-        rank=d.rank, world_size=d.world_size))
+        rank=d.rank, world_size=d.world_size)
 
 
 def _seed_everything(seed: int) -> None:

@@ -14,7 +14,7 @@ from sen12ms_common.igbp import LabelRule
 from sen12ms_common.inputs import ChannelTransform, channel_transform
 from sen12ms_common.manifest import Manifest, load_manifest
 
-from .data import DataError, LoaderSpec, resolve_workers
+from .data import DataError, Loader, LoaderSpec, canonical_loader, make_loader, resolve_workers
 from .device import InputTransform, Precision, configure_backends, precision, prepare_model, resolve_device
 from .tasks import Task, make_task
 
@@ -78,6 +78,30 @@ def loader_spec(setup: Setup, root: str, split: str, *, batch_size: int, train: 
                       no_savanna=setup.task.targets == "mask" and not getattr(setup.task, "scheme").savanna)
 
 
+def split_loader_of(setup: Setup, loader: str, root: str, split: str, *, batch_size: int, train: bool,
+                    seed: int = 0, workers: int | str = "auto", threads: int = 0, streams: int = 8,
+                    shuffle_buffer: int = 1000, verify: bool = True, skip_bad_shards: bool = False, rank: int = 0,
+                    world_size: int = 1, augment: bool = False) -> Loader:
+    """The loader of `split` as `--loader` names it: `shards` is the public `ShardDataset` (its
+    native uint16 batches, `ShardDataset.epoch`), other loaders (dali) come from `make_loader`."""
+    if canonical_loader(loader) != "shards":
+        return make_loader(loader, loader_spec(
+            setup, root, split, batch_size=batch_size, train=train, seed=seed, workers=workers, threads=threads,
+            streams=streams, shuffle_buffer=shuffle_buffer, verify=verify, skip_bad_shards=skip_bad_shards,
+            rank=rank, world_size=world_size, augment=augment))
+    from .data.dataset import ShardDataset
+
+    segmentation = setup.task.targets == "mask"
+    return ShardDataset(root, split, input=tuple(b.name for b in setup.bands), label_type=setup.rule.label_type,
+                        igbp=setup.rule.scheme, threshold=setup.rule.threshold,
+                        task="segmentation" if segmentation else "classification",
+                        no_savanna=segmentation and not getattr(setup.task, "scheme").savanna, normalize=None,
+                        batch_size=batch_size, shuffle=train, seed=seed, augment=augment and train, verify=verify,
+                        skip_bad_shards=skip_bad_shards, workers=workers, threads=threads, streams=streams,
+                        shuffle_buffer=shuffle_buffer, rank=rank, world_size=world_size, manifest=setup.manifest,
+                        pin_memory=setup.device.type == "cuda")
+
+
 def check_modalities(manifest: Manifest, bands: tuple[BandRef, ...], root: str, split: str, advice: str) -> None:
     """DataError naming `root` when the shards of `split` lack a modality the input needs;
     `advice` says what the caller's user can do about it."""
@@ -91,4 +115,4 @@ def has_split(manifest: Manifest, split: str) -> bool:
     return split in manifest.splits and manifest.samples(split) > 0
 
 
-__all__ = ["Setup", "make_setup", "loader_spec", "has_split", "check_modalities"]
+__all__ = ["Setup", "make_setup", "loader_spec", "split_loader_of", "has_split", "check_modalities"]

@@ -2,7 +2,7 @@
 
 A factory takes a `LoaderSpec` and returns a `Loader`:
 
-    loader = make_loader("webdataset", spec)
+    loader = make_loader("shards", spec)
     len(loader)                # batches per epoch on this rank (defined before reading)
     loader.samples             # samples per epoch on this rank
     for batch in loader.epoch(epoch, start_batch=0): ...
@@ -19,7 +19,7 @@ Every batch is a dict:
   be moved by, applied where the batch becomes model input (`train.data.symmetry`); the image
   itself is as stored. A loader that augments on its own (DALI) hands no codes.
 
-With `LoaderSpec(targets="mask")` (segmentation; webdataset loader only) a batch holds `image`,
+With `LoaderSpec(targets="mask")` (segmentation; shards loader only) a batch holds `image`,
 `mask`, `key` and `shard`, no `target` or `prob`:
 - `mask`: torch.uint8 (B, H, W), 0-based DFC2020 training classes, 255 = ignore: from a dfc
   member (DFC2020 splits) as `sen12ms_common.dfc.dfc_to_train` maps it, else from lc band 1
@@ -74,6 +74,8 @@ class LoaderSpec:
     augment: bool = False          # random flips / 90-degree rotations of training batches
     targets: str = "labels"        # labels: scene labels (target, prob); mask: pixel masks (segmentation)
     no_savanna: bool = False       # masks: savanna ignored (255), the classes above it shift down (9 classes)
+    part: int = 0                  # this reader's block of the rank's batches (DataLoader worker id) ...
+    parts: int = 1                 # ... of this many (`plan.part_range`; 1: the rank's every batch)
 
 
 TARGETS: tuple[str, ...] = ("labels", "mask")
@@ -109,9 +111,18 @@ class Loader(Protocol):
 
 # name -> "module:factory"; modules are imported only when chosen (DALI is an optional extra).
 LOADERS: dict[str, str] = {
-    "webdataset": "train.data.webdataset:make_loader",
+    "shards": "train.data.webdataset:make_loader",
     "dali": "train.data.dali:make_loader",
 }
+
+# Old name -> its name now: `--loader webdataset` still works (it never used the webdataset
+# library; the CLI says so once, `train.options`).
+RENAMED: dict[str, str] = {"webdataset": "shards"}
+
+
+def canonical_loader(name: str) -> str:
+    """The loader's name now (`webdataset` -> `shards`); any other name as given."""
+    return RENAMED.get(name, name)
 
 INSTALL_HINT: dict[str, str] = {
     "dali": "pip install '.[dali]' (nvidia-dali-cuda130 for torch 2.14.1+cu130)",
@@ -137,6 +148,7 @@ def loader_names() -> list[str]:
 
 
 def get_factory(name: str) -> Callable[[LoaderSpec], Loader]:
+    name = canonical_loader(name)
     if name not in LOADERS:
         raise DataError(f"unknown loader {name!r} (choose one of: {', '.join(LOADERS)})")
     module_name, attr = LOADERS[name].split(":")
@@ -150,3 +162,17 @@ def get_factory(name: str) -> Callable[[LoaderSpec], Loader]:
 
 def make_loader(name: str, spec: LoaderSpec) -> Loader:
     return get_factory(name)(spec)
+
+
+def __getattr__(name: str) -> Any:
+    # The front door (docs/api.md), imported when first used: `import train.data` needs neither
+    # the readers nor Lightning.
+    if name in ("ShardDataset", "ShardDatasetError"):
+        from . import dataset
+
+        return getattr(dataset, name)
+    if name == "ShardDataModule":
+        from .datamodule import ShardDataModule
+
+        return ShardDataModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
