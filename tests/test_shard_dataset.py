@@ -61,7 +61,8 @@ def test_batch_contract_uint16_is_the_stored_sample(small):
         assert b["image"].dtype == torch.float32
         want = ref.apply(raw["image"].numpy().astype(np.float32))
         np.testing.assert_allclose(b["image"].numpy(), want, rtol=1e-6, atol=1e-5)
-        assert b["label"].dtype == torch.float32 and b["label"].shape[1] == 10  # multi_label, simple
+        assert b["label"].dtype == torch.int64 and b["label"].shape[1] == 10  # multi_label, simple
+        assert set(b["label"].unique().tolist()) <= {0, 1}
 
 
 @pytest.mark.parametrize("workers", [0, 1, 3])

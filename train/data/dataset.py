@@ -84,7 +84,7 @@ class ShardDataset(IterableDataset):
 
     Each item is a dict: `image` (B, C, H, W) float32 normalised (`normalize` names the
     statistics) or uint16 stored values (`normalize=None`); `label` (classification: int64 (B,)
-    0-based classes, or float32 (B, classes) 0/1 for multi_label) or `mask` (segmentation:
+    0-based classes, or int64 (B, classes) 0/1 for multi_label) or `mask` (segmentation:
     int64 (B, H, W), 255 = ignore); `key`: the B sample keys.
     """
 
@@ -240,7 +240,9 @@ class ShardDataset(IterableDataset):
         if "mask" in batch:
             out["mask"] = apply_symmetries(batch["mask"], sym).long()
         else:
-            out["label"] = batch["target"]
+            # Multi-label 0/1 rows as int64, as TorchGeo's multi-label datasets (BigEarthNet) give
+            # them: its metrics count them; its BCE loss (and yours) takes `.float()`.
+            out["label"] = batch["target"].to(torch.int64)
         out["key"] = batch["key"]
         return out
 
