@@ -216,3 +216,15 @@ def test_a_shard_damaged_after_creation_fails_in_one_line(small, tmp_path):
     with pytest.raises(DataError) as e:
         list(DataLoader(ds, batch_size=None, num_workers=2))
     assert str(shard) in one_line(e.value) and "does not match the manifest" in str(e.value)
+
+
+def test_native_worker_processes_under_a_dataloader_without_workers(small):
+    """`workers=2` (the loader's own processes, batches in a reused shared-memory ring) read the
+    same epoch as reading in this process."""
+    root, _ = small
+    ds = ShardDataset(root, "train", batch_size=3, seed=4, workers=2, streams=3)
+    try:
+        with_procs = [b["key"] for b in DataLoader(ds, batch_size=None, num_workers=0)]
+    finally:
+        ds.close()
+    assert with_procs == [b["key"] for b in ShardDataset(root, "train", batch_size=3, seed=4, streams=3)]

@@ -76,6 +76,7 @@ class LoaderSpec:
     no_savanna: bool = False       # masks: savanna ignored (255), the classes above it shift down (9 classes)
     part: int = 0                  # this reader's block of the rank's batches (DataLoader worker id) ...
     parts: int = 1                 # ... of this many (`plan.part_range`; 1: the rank's every batch)
+    shared_memory: bool = False    # batches in shared memory of their own (a DataLoader worker sends them as they are)
 
 
 TARGETS: tuple[str, ...] = ("labels", "mask")

@@ -190,7 +190,10 @@ class ShardDataset(IterableDataset):
             spec = dataclasses.replace(self.spec, part=part, parts=parts, rank=rank, world_size=world)
             if in_worker:
                 # A DataLoader worker reads in its own process, its share of the CPUs as threads.
-                spec = dataclasses.replace(spec, workers=0, threads=spec.threads or max(1, usable_cpus() // parts))
+                # Its batches are made in shared memory, which the DataLoader sends without a copy
+                # (as torch's default_collate does in a worker).
+                spec = dataclasses.replace(spec, workers=0, threads=spec.threads or max(1, usable_cpus() // parts),
+                                           shared_memory=True)
             self._loaders[key] = make_loader("shards", spec)
         return self._loaders[key]
 

@@ -86,8 +86,10 @@ class EpochStreams:
 
     def __init__(self, src: ShardSource, counts: tuple[int, ...], *, batch_size: int, seed: int, shuffle: bool,
                  streams: int, rank: int, world_size: int, shuffle_buffer: int, threads: int = 1,
-                 pin_memory: bool = False, augment: bool = False, part: int = 0, parts: int = 1) -> None:
+                 pin_memory: bool = False, augment: bool = False, part: int = 0, parts: int = 1,
+                 shared: bool = False) -> None:
         self.src, self.counts = src, counts
+        self.shared = shared
         self.part, self.parts = part, parts
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.streams, self.rank, self.world_size = streams, rank, world_size
@@ -104,7 +106,7 @@ class EpochStreams:
         if d is None or d.threads != max(1, threads):
             if d is not None:
                 d.close()
-            d = self._decoders[w] = BatchDecoder(self.src, threads, self.pin_memory)
+            d = self._decoders[w] = BatchDecoder(self.src, threads, self.pin_memory, self.shared)
         return d
 
     def close(self) -> None:
@@ -247,7 +249,8 @@ class WebDatasetLoader:
                                     seed=spec.seed, shuffle=spec.train, streams=spec.streams, rank=spec.rank,
                                     world_size=spec.world_size, shuffle_buffer=spec.shuffle_buffer,
                                     threads=decode_threads(spec), pin_memory=spec.pin_memory,
-                                    augment=spec.augment and spec.train, part=spec.part, parts=spec.parts)
+                                    augment=spec.augment and spec.train, part=spec.part, parts=spec.parts,
+                                    shared=spec.shared_memory)
         first = self.dataset.plan()  # sample and batch counts do not depend on the epoch
         self.samples, self._batches = first.samples, first.batches
         self.skipped: list[str] = []
