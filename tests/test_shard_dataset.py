@@ -63,6 +63,8 @@ def test_batch_contract_uint16_is_the_stored_sample(small):
         np.testing.assert_allclose(b["image"].numpy(), want, rtol=1e-6, atol=1e-5)
         assert b["label"].dtype == torch.int64 and b["label"].shape[1] == 10  # multi_label, simple
         assert set(b["label"].unique().tolist()) <= {0, 1}
+        # The same conversion, done where the user moves uint16 batches (a GPU; here the CPU).
+        assert torch.equal(ds.input_transform()(raw["image"]), b["image"])
 
 
 @pytest.mark.parametrize("workers", [0, 1, 3])

@@ -1,5 +1,8 @@
 """Loaders: name -> factory, so that `--loader NAME` picks one and the training loop stays the same.
 
+The public front door is `ShardDataset` (a torch IterableDataset over the `shards` loader, in
+`train.data.dataset`) and `ShardDataModule` (Lightning, `train.data.datamodule`): docs/api.md.
+
 A factory takes a `LoaderSpec` and returns a `Loader`:
 
     loader = make_loader("shards", spec)

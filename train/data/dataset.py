@@ -147,6 +147,15 @@ class ShardDataset(IterableDataset):
         mask_source(spec)  # a split that cannot give the task's targets fails here
         return spec
 
+    def input_transform(self, device: str | torch.device = "cpu", stats: str | None = None):
+        """Stored uint16 batches (`normalize=None`) -> normalised float32 model input on `device`,
+        with the statistics named by `stats` (default: `normalize`, else official): call it on a
+        GPU after moving the batch there, the cheapest place to convert."""
+        from ..device import InputTransform
+
+        transform = channel_transform(self.spec.bands, stats or self.normalize or "official", self.manifest.stats)
+        return InputTransform(transform, torch.device(device))
+
     # --- epochs and resuming ----------------------------------------------------------------
 
     def set_epoch(self, epoch: int) -> None:
