@@ -110,12 +110,13 @@ def test_resume_mid_epoch_in_process(small):
     ds = ShardDataset(root, "train", batch_size=3, seed=2, augment=True, normalize=None)
     ds.set_epoch(3)
     full = list(ds)
-    ds.set_epoch(3)
-    it = iter(ds)
+    it = iter(ds)  # a new pass starts at its first batch
     for _ in range(4):
         next(it)
     state = ds.state_dict()
     assert state == {"epoch": 3, "batch": 4}
+    it.close()
+    assert [b["key"] for b in ds][0] == full[0]["key"]
     again = ShardDataset(root, "train", batch_size=3, seed=2, augment=True, normalize=None)
     again.load_state_dict(state)
     rest = list(again)
@@ -230,3 +231,17 @@ def test_native_worker_processes_under_a_dataloader_without_workers(small):
     finally:
         ds.close()
     assert with_procs == [b["key"] for b in ShardDataset(root, "train", batch_size=3, seed=4, streams=3)]
+
+
+def test_part_range_blocks_of_whole_batches():
+    import math
+
+    from train.data.plan import part_range
+
+    for n, b, parts in [(21, 3, 2), (21, 2, 3), (5, 4, 3), (0, 2, 2), (64, 32, 4)]:
+        ranges = [part_range(10, 10 + n, b, p, parts) for p in range(parts)]
+        assert ranges[0][0] == 10 and ranges[-1][1] == 10 + n
+        assert all(a[1] == c[0] for a, c in zip(ranges, ranges[1:]))  # contiguous: each sample once
+        assert all((hi - lo) % b == 0 for lo, hi in ranges[:-1])  # only the last block ends short
+        batches = [math.ceil((hi - lo) / b) for lo, hi in ranges]
+        assert max(batches) - min(batches) <= 1 and sum(batches) == math.ceil(n / b)

@@ -110,7 +110,8 @@ class ShardDataset(IterableDataset):
         self.normalize = normalize or None
         self.rank, self.world_size = rank, world_size
         self.shards = len(self.manifest.shards(split))
-        self._epoch, self._batch = 0, 0
+        self._epoch, self._batch = 0, 0  # the pass's epoch and the batches it handed out
+        self._resume = 0  # the batch the next pass starts at (load_state_dict)
         self._loaders: dict[tuple[Any, ...], Loader] = {}
         self._input = None
         if self.normalize:
@@ -160,7 +161,7 @@ class ShardDataset(IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch the next pass reads (its shuffle and augmentation), from its first batch."""
-        self._epoch, self._batch = int(epoch), 0
+        self._epoch, self._batch, self._resume = int(epoch), 0, 0
 
     def state_dict(self) -> dict[str, int]:
         """Where this pass stands: its epoch and the batches this process has handed out of it."""
@@ -168,8 +169,10 @@ class ShardDataset(IterableDataset):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Resume: the next pass reads epoch `state["epoch"]` from batch `state["batch"]` on (the
-        batches a DataLoader delivered so far, with any number of workers)."""
-        self._epoch, self._batch = int(state["epoch"]), int(state.get("batch", 0))
+        batches a DataLoader delivered so far, with any number of workers); later passes start
+        at their first batch."""
+        self._epoch, self._resume = int(state["epoch"]), int(state.get("batch", 0))
+        self._batch = self._resume
 
     # --- sizes ----------------------------------------------------------------------------------
 
@@ -227,7 +230,8 @@ class ShardDataset(IterableDataset):
         if parts > self.shards:
             raise ShardDatasetError(f"{self.root}: {parts} DataLoader workers for the {self.shards} shard(s) of "
                                     f"the {self.spec.split} split: use num_workers={self.shards} or fewer")
-        epoch, start = self._epoch, self._batch
+        epoch, start = self._epoch, self._resume
+        self._resume, self._batch = 0, start
         if start:
             part, start = resumed_part([self._plan(p, parts).batches for p in range(parts)], start, part)
         try:
@@ -238,7 +242,6 @@ class ShardDataset(IterableDataset):
             if info is None:
                 raise
             raise ShardDatasetError(str(exc).splitlines()[0]) from None
-        self._batch = 0  # a finished pass: the next one reads this epoch again unless set_epoch
 
     def _view(self, batch: dict[str, Any]) -> dict[str, Any]:
         """A native batch in TorchGeo's keys, augmented and (with `normalize`) model input."""
