@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bench.frontdoor import front_door_rows
 from bench.measure import Stat
 from bench.results import Results, Row, fmt_ratio
 from sen12ms_common.cpus import usable_cpus
@@ -123,6 +124,7 @@ def loader_rows(res: Results, codecs: tuple[str, ...]) -> list[Row]:
                  f"orig/{lab}", "samples/s", per_core=int(lab), compared="reference") for lab in _core_labels()]
     for codec in codecs:
         rows += _our_loader_rows(res, codec)
+        rows += front_door_rows(res, codec, CODEC_NAMES[codec], lambda *a, **k: _row(res, *a, **k))
         key = f"stock/{codec}/1"
         rows.append(_row(res, _LOADERS, f"stock webdataset pipeline, {CODEC_NAMES[codec]}: FORMAT.md decode, .batched",
                          "1", key, "samples/s", per_core=1,

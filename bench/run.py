@@ -149,6 +149,9 @@ class Bench:
 
     def loader_cases(self) -> list[tuple[str, Callable[[int], Repeat], list[Path]]]:
         """(key, run(round) -> Repeat, files to pre-read) of every loader row."""
+        from bench.frontdoor import WORKERS as door_workers  # start-up time: torch only when used
+        from bench.frontdoor import dataset_repeat  # start-up time: torch only when used
+        from bench.frontdoor import key as door_key  # start-up time: torch only when used
         from bench.stock import floor_repeat, limit_repeat, stock_repeat  # start-up time: numba only when used
 
         cfg, ds = self.cfg, self.ds
@@ -185,6 +188,9 @@ class Bench:
                 if self.dali is not None:
                     cases.append((f"dali/{codec}/{label}", lambda r, root=root, n=n, cpu_of=cpu_of: self.dali.repeat(
                         root, st, n, seed=r, cpu=cpu_of(r)), files))
+            for w in door_workers:
+                case(door_key(codec, w), files, one_cpu,
+                     lambda r, w=w, root=root: dataset_repeat(root, st, w, seed=r))
             case(f"stock/{codec}/1", files, one_cpu, lambda r, root=root: stock_repeat(root, st.input_spec,
                                                                                        st.batch_size, r))
             if codec == "zstd":

@@ -478,6 +478,6 @@ def test_keys_come_from_the_readers_source_info():
 
 def test_remote_roots_are_refused_with_a_hint(shard_sets):
     spec = dataclasses.replace(make_spec(shard_sets["zstd"], "test"), root="s3://bucket/shards")
-    with pytest.raises(DataError, match="--loader webdataset"):
+    with pytest.raises(DataError, match="--loader shards"):
         DaliLoader(spec, device_id=None)
 

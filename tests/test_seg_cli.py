@@ -103,7 +103,7 @@ def test_train_resume_evaluate_predict(seg_shards: tuple[Path, Path], tmp_path: 
 
 @pytest.mark.parametrize("args, message", [
     (["--loader", "dali", "--model", "SmallUNet"],
-     "Error: the dali loader makes no segmentation masks: use --loader webdataset for segmentation"),
+     "Error: the dali loader makes no segmentation masks: use --loader shards for segmentation"),
     (["--model", "ResNet50"],
      "Error: --model: 'ResNet50' is not a segmentation model; choose one of: UNet, DeepLabV3Plus, SmallUNet"),
 ])

@@ -187,7 +187,7 @@ def test_dali_refuses_masks_in_one_line(setup):
     _, _, shards = setup
     with pytest.raises(DataError) as info:
         make_loader("dali", spec(shards, "train"))
-    assert str(info.value) == "the dali loader makes no segmentation masks: use --loader webdataset for segmentation"
+    assert str(info.value) == "the dali loader makes no segmentation masks: use --loader shards for segmentation"
 
 
 def test_real_lc_patch_masks_and_augmentation(real_dir, tmp_path):

@@ -239,3 +239,18 @@ def test_amp_channels_last_and_compile_run_on_cpu(sample_shards: Path, tmp_path)
     assert all(torch.isfinite(v).all() for v in ckpt["model_state_dict"].values() if v.is_floating_point())
     n_test = load_manifest(str(sample_shards)).samples("test")
     assert json.loads((tmp_path / "r" / "test_scores.json").read_text())["numSamples"] == n_test
+
+
+def test_old_loader_name_trains_the_same_and_says_so_once(sample_shards: Path, tmp_path):
+    """`--loader webdataset` (the old name) is `--loader shards`: the same weights after two
+    steps, and one line saying it was renamed."""
+    weights = {}
+    for name in ("shards", "webdataset"):
+        proc = run_cli("train", "--shards", str(sample_shards), "--model", "SmallCNN", "--input", "rgb",
+                       "--epochs", "1", "--batch-size", "8", "--workers", "0", "--max-steps", "2", "--seed", "5",
+                       "--loader", name, "--run-dir", str(tmp_path / name))
+        said = (proc.stdout + proc.stderr).count("--loader webdataset is now called --loader shards")
+        assert said == (1 if name == "webdataset" else 0), proc.stdout + proc.stderr
+        ckpt = torch.load(next((tmp_path / name / "checkpoints").glob("*_checkpoint.pth")), weights_only=True)
+        weights[name] = ckpt["model_state_dict"]
+    assert all(torch.equal(weights["shards"][k], weights["webdataset"][k]) for k in weights["shards"])

@@ -3,6 +3,7 @@ arguments-file form."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import field, make_dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -11,11 +12,13 @@ from sen12ms_common import storage
 from sen12ms_common.bands import BandRef  # noqa: F401  (the annotation of TrainConfig.bands)
 
 from .argsfile import ORIGINAL_KEYS, options_to_original
-from .data import resolve_workers
+from .data import canonical_loader, resolve_workers
 from .schema import TRAIN, read_input
 
 # Options whose change makes a resumed run read its data in another order.
 DATA_ORDER_KEYS: tuple[str, ...] = ("seed", "batch_size", "streams", "shuffle_buffer", "augment")
+
+log = logging.getLogger(__name__)
 
 
 class _Run:
@@ -24,6 +27,7 @@ class _Run:
     def __post_init__(self) -> None:
         read = read_input(self.input)  # a text, or the bands the command line's edge already read
         self.input, self.bands = read.text, read.bands
+        self.loader = renamed_loader(self.loader)
 
     def resolved_run_dir(self) -> str:
         """--run-dir (a local path or an s3:// URL), else runs/<model>."""
@@ -54,6 +58,15 @@ TrainConfig = make_dataclass(
     + [("bands", "tuple[BandRef, ...]", field(init=False, default=(), repr=False, compare=False))],
     bases=(_Run,), namespace={"__doc__": "The options of a training run (train.schema.TRAIN)."})
 TrainConfig.__module__ = __name__  # pickles and reprs as train.config.TrainConfig
+
+
+def renamed_loader(name: str) -> str:
+    """`webdataset` -> `shards` (the loader's old name, from an old command line or arguments
+    file), said once per run configuration."""
+    now = canonical_loader(name)
+    if now != name:
+        log.warning("--loader %s is now called --loader %s (same loader; the old name still works)", name, now)
+    return now
 
 
 def canonical_input(spec: str) -> str:

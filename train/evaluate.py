@@ -133,13 +133,12 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
     `dist`: a `train.distributed.Dist` under torchrun (every rank reads the checkpoint, scores
     its part; the metrics are those of the gathered predictions; rank 0 writes and prints)."""
     from .checkpoint import load_checkpoint, made_at
-    from .data import make_loader
     from .distributed import Dist, gather_objects
     from .labelcheck import label_check
     from .outputs import output_folder
     from .report import summary_lines
     from .scoring import predict_all
-    from .setup import loader_spec
+    from .setup import split_loader_of
 
     d = dist or Dist()
     if not d.is_main:
@@ -150,10 +149,9 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
     opts = options_for(ckpt, checkpoint, config, stats)
     setup = _setup(ckpt, checkpoint, opts, shards, split, device)
     manifest = setup.manifest
-    loader = make_loader("webdataset", loader_spec(setup, shards, split, train=False, batch_size=batch_size,
-                                                   workers=workers, threads=threads, verify=verify,
-                                                   skip_bad_shards=skip_bad_shards, rank=d.rank,
-                                                   world_size=d.world_size))
+    loader = split_loader_of(setup, "shards", shards, split, train=False, batch_size=batch_size, workers=workers,
+                             threads=threads, verify=verify, skip_bad_shards=skip_bad_shards,
+                             rank=d.rank, world_size=d.world_size)
     what = f"{opts.label_type} {opts.igbp}" if opts.task == "classification" else opts.task
     stats_used = "as trained" if opts.transform is not None else opts.stats
     echo(f"{checkpoint}: {opts.model} ({made_at(ckpt)}), input {opts.input}, {what}, stats {stats_used}; "

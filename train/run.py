@@ -23,7 +23,7 @@ from sen12ms_common.outputs import writing
 
 from .checkpoint import load_checkpoint, load_model_weights, made_at
 from .config import TrainConfig
-from .data import DataError, Loader, make_loader
+from .data import DataError, Loader
 from .distributed import (Dist, agree_max, broadcast_object, broadcast_state, gather_objects, rank_seed,
                           sum_over_ranks, wrap_model)
 from .keylog import key_events
@@ -35,7 +35,7 @@ from .report import CURVES_PNG, METRICS_CSV, EpochRecord, MetricsTable, summary_
 from .resume import restore
 from .runsave import save_run_checkpoint
 from .scoring import predict_all
-from .setup import Setup, check_modalities, has_split, loader_spec, make_setup
+from .setup import Setup, check_modalities, has_split, make_setup, split_loader_of
 from .signals import Interrupted, StopFlag
 from .steps import RunState, train_steps
 from .tasks import task_options
@@ -55,8 +55,8 @@ class RunResult:
 
 def split_loader(cfg: TrainConfig, setup: Setup, d: Dist, split: str) -> Loader:
     """The loader of `split` on this rank, as the run's options say."""
-    return make_loader(cfg.loader, loader_spec(setup, cfg.shards, split, train=split == "train", rank=d.rank,
-                                               world_size=d.world_size, **cfg.loader_options()))
+    return split_loader_of(setup, cfg.loader, cfg.shards, split, train=split == "train", rank=d.rank,
+                           world_size=d.world_size, **cfg.loader_options())
 
 
 def _seed_everything(seed: int) -> None:

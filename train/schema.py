@@ -18,7 +18,7 @@ from sen12ms_common.igbp import LABEL_TYPES, SCHEMES
 from sen12ms_common.inputs import STATS_CHOICES
 from sen12ms_common.names import ALL_SPLITS
 
-from .data import loader_names
+from .data import RENAMED, loader_names
 from .optimizers import OPTIMIZERS
 from .optionkinds import Bad, Choice, Custom, Flag, Int, IntChoice, Option, Optional, Real, Text, shown
 from .tasks import task_names
@@ -141,9 +141,9 @@ _TRAIN: list[Option] = [
     Option("threads", Int(0, MAX_THREADS), 0, loader=True,
            help="Reading and decoding threads per reading process (0: every CPU this process may use "
                 "when --workers is 0, else 1 per worker). Does not change the data order."),
-    Option("loader", Choice(tuple(loader_names())), "webdataset",
-           help="webdataset: CPU workers hand uint16 batches to the device; dali: NVIDIA DALI pipeline "
-                "(optional extra)."),
+    Option("loader", Choice(tuple(loader_names()) + tuple(RENAMED)), "shards",
+           help="shards: the ShardDataset of docs/api.md, CPU readers hand uint16 batches to the device "
+                "(webdataset: its old name); dali: NVIDIA DALI pipeline (optional extra)."),
     Option("device", Choice(DEVICES), "auto", help="auto: CUDA when available, else CPU."),
     Option("amp", FLAG, False, is_flag=True,
            help="Mixed precision: bfloat16 autocast (float16 + GradScaler on GPUs without bfloat16); on the "

@@ -14,7 +14,8 @@ from sen12ms_common.igbp import LabelRule
 from sen12ms_common.inputs import ChannelTransform, channel_transform
 from sen12ms_common.manifest import Manifest, load_manifest
 
-from .data import LoaderSpec, check_modalities, resolve_workers
+from .data import Loader, LoaderSpec, canonical_loader, check_modalities, make_loader, resolve_workers
+from .data.dataset import ShardDataset
 from .device import InputTransform, Precision, configure_backends, precision, prepare_model, resolve_device
 from .tasks import Task, make_task
 
@@ -79,8 +80,24 @@ def loader_spec(setup: Setup, root: str, split: str, *, train: bool, workers: in
                       no_savanna=task.targets == "mask" and not getattr(task, "scheme").savanna, **reading)
 
 
+def split_loader_of(setup: Setup, loader: str, root: str, split: str, *, train: bool, workers: int | str = "auto",
+                    augment: bool = False, rank: int = 0, world_size: int = 1, **reading: Any) -> Loader:
+    """The loader of `split` as `--loader` names it: `shards` is the public `ShardDataset` (its
+    native uint16 batches, `ShardDataset.epoch`), other loaders (dali) come from `make_loader`.
+    `reading` as for `loader_spec`."""
+    if canonical_loader(loader) != "shards":
+        return make_loader(loader, loader_spec(setup, root, split, train=train, workers=workers, augment=augment,
+                                               rank=rank, world_size=world_size, **reading))
+    segmentation = setup.task.targets == "mask"
+    return ShardDataset(root, split, input=tuple(b.name for b in setup.bands), label_type=setup.rule.label_type,
+                        igbp=setup.rule.scheme, threshold=setup.rule.threshold,
+                        task="segmentation" if segmentation else "classification",
+                        no_savanna=segmentation and not getattr(setup.task, "scheme").savanna, normalize=None,
+                        shuffle=train, augment=augment and train, workers=workers, rank=rank, world_size=world_size,
+                        manifest=setup.manifest, pin_memory=setup.device.type == "cuda", **reading)
+
 def has_split(manifest: Manifest, split: str) -> bool:
     return split in manifest.splits and manifest.samples(split) > 0
 
 
-__all__ = ["Setup", "make_setup", "loader_spec", "has_split", "check_modalities"]
+__all__ = ["Setup", "make_setup", "loader_spec", "split_loader_of", "has_split", "check_modalities"]

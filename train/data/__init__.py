@@ -1,8 +1,11 @@
 """Loaders: name -> factory, so that `--loader NAME` picks one and the training loop stays the same.
 
+The public front door is `ShardDataset` (a torch IterableDataset over the `shards` loader, in
+`train.data.dataset`) and `ShardDataModule` (Lightning, `train.data.datamodule`): docs/api.md.
+
 A factory takes a `LoaderSpec` and returns a `Loader`:
 
-    loader = make_loader("webdataset", spec)
+    loader = make_loader("shards", spec)
     len(loader)                # batches per epoch on this rank (defined before reading)
     loader.samples             # samples per epoch on this rank
     for batch in loader.epoch(epoch, start_batch=0): ...
@@ -19,7 +22,7 @@ Every batch is a dict:
   be moved by, applied where the batch becomes model input (`train.data.symmetry`); the image
   itself is as stored. A loader that augments on its own (DALI) hands no codes.
 
-With `LoaderSpec(targets="mask")` (segmentation; webdataset loader only) a batch holds `image`,
+With `LoaderSpec(targets="mask")` (segmentation; shards loader only) a batch holds `image`,
 `mask`, `key` and `shard`, no `target` or `prob`:
 - `mask`: torch.uint8 (B, H, W), 0-based DFC2020 training classes, 255 = ignore: from a dfc
   member (DFC2020 splits) as `sen12ms_common.dfc.dfc_to_train` maps it, else from lc band 1
@@ -73,6 +76,9 @@ class LoaderSpec:
     augment: bool = False          # random flips / 90-degree rotations of training batches
     targets: str = "labels"        # labels: scene labels (target, prob); mask: pixel masks (segmentation)
     no_savanna: bool = False       # masks: savanna ignored (255), the classes above it shift down (9 classes)
+    part: int = 0                  # this reader's block of the rank's batches (DataLoader worker id) ...
+    parts: int = 1                 # ... of this many (`plan.part_range`; 1: the rank's every batch)
+    shared_memory: bool = False    # batches in shared memory of their own (a DataLoader worker sends them as they are)
 
 
 TARGETS: tuple[str, ...] = ("labels", "mask")
@@ -116,7 +122,7 @@ class Loader(Protocol):
     def close(self) -> None: ...
 
 
-def _webdataset(spec: LoaderSpec) -> Loader:
+def _shards(spec: LoaderSpec) -> Loader:
     # Here, not at the top: the loader imports torch, and this registry is read by --help; it
     # also imports this package back.
     from .webdataset import make_loader as webdataset_loader
@@ -134,7 +140,16 @@ def _dali(spec: LoaderSpec) -> Loader:
 
 
 # --loader NAME -> the factory that makes it.
-LOADERS: dict[str, Callable[[LoaderSpec], Loader]] = {"webdataset": _webdataset, "dali": _dali}
+LOADERS: dict[str, Callable[[LoaderSpec], Loader]] = {"shards": _shards, "dali": _dali}
+
+# Old name -> its name now: `--loader webdataset` still works (it never used the webdataset
+# library; the run configuration says so once, `train.config`).
+RENAMED: dict[str, str] = {"webdataset": "shards"}
+
+
+def canonical_loader(name: str) -> str:
+    """The loader's name now (`webdataset` -> `shards`); any other name as given."""
+    return RENAMED.get(name, name)
 
 
 AUTO = "auto"  # --workers auto: worker processes where there are cores for them
@@ -156,6 +171,7 @@ def loader_names() -> list[str]:
 
 
 def get_factory(name: str) -> Callable[[LoaderSpec], Loader]:
+    name = canonical_loader(name)
     if name not in LOADERS:
         raise DataError(f"unknown loader {name!r} (choose one of: {', '.join(LOADERS)})")
     return LOADERS[name]
@@ -163,3 +179,17 @@ def get_factory(name: str) -> Callable[[LoaderSpec], Loader]:
 
 def make_loader(name: str, spec: LoaderSpec) -> Loader:
     return get_factory(name)(spec)
+
+
+def __getattr__(name: str) -> Any:
+    # The front door (docs/api.md), imported when first used: `import train.data` needs neither
+    # the readers nor Lightning.
+    if name in ("ShardDataset", "ShardDatasetError"):
+        from . import dataset
+
+        return getattr(dataset, name)
+    if name == "ShardDataModule":
+        from .datamodule import ShardDataModule
+
+        return ShardDataModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

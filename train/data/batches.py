@@ -43,11 +43,23 @@ class BufferPool:
         return buf
 
 
+def shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A new tensor in shared memory, as torch's default_collate makes a batch in a DataLoader
+    worker: the DataLoader then hands it to the main process without copying it. Not reused:
+    the main process owns it once sent."""
+    numel = 1
+    for n in shape:
+        numel *= n
+    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel)
+    return torch.empty(0, dtype=dtype).new(storage).view(shape)
+
+
 class BatchDecoder:
     """Decodes lists of raw samples into batch dicts (see `train.data`) for one source."""
 
-    def __init__(self, src: ShardSource, threads: int = 1, pin_memory: bool = False) -> None:
+    def __init__(self, src: ShardSource, threads: int = 1, pin_memory: bool = False, shared: bool = False) -> None:
         self.src, self.threads, self.pin_memory = src, max(1, threads), pin_memory
+        self.shared = shared  # in a DataLoader worker: every batch in shared memory of its own
         # Only these bands are ever decoded, a run at a time.
         self.runs = modality_runs(src.bands)
         self._pool = BufferPool()
@@ -81,6 +93,8 @@ class BatchDecoder:
     def _buffer(self, shape: tuple[int, ...], full: int, pool: BufferPool, dtype: torch.dtype) -> torch.Tensor:
         if self.pin_memory and torch.cuda.is_available():
             return torch.empty(shape, dtype=dtype, pin_memory=True)  # torch's pinned cache reuses it
+        if self.shared:
+            return shared_empty(shape, dtype)
         buf = pool.take((full,) + shape[1:])
         return torch.from_numpy(buf[:shape[0]] if shape[0] < full else buf)
 

@@ -94,11 +94,11 @@ class DaliLoader:
         manifest = spec.manifest
         layout = manifest.layout_of(spec.split)
         if mask_source(spec) is not None:
-            raise DataError("the dali loader makes no segmentation masks: use --loader webdataset for segmentation")
+            raise DataError("the dali loader makes no segmentation masks: use --loader shards for segmentation")
         check_modalities(manifest, spec.bands, spec.root, spec.split)
         if storage.is_remote(spec.root):
             raise DataError(f"{spec.root}: the dali loader reads shards from a local folder (or a mounted file "
-                            "system); use --loader webdataset for object storage, or copy the shards")
+                            "system); use --loader shards for object storage, or copy the shards")
         self.spec = spec
         self.augment = bool(getattr(spec, "augment", False) if augment is None else augment) and spec.train
         self.normalise = normalise

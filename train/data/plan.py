@@ -69,6 +69,17 @@ def rank_range(total: int, rank: int, world_size: int, equal: bool) -> tuple[int
     return rank * total // world_size, (rank + 1) * total // world_size
 
 
+def part_range(begin: int, end: int, batch_size: int, part: int, parts: int) -> tuple[int, int]:
+    """[begin, end) of part `part` of `parts` of positions [begin, end): the batches of the range
+    split into contiguous blocks whose sizes differ by at most one batch, so that only the last
+    part can end with a short batch and the parts' batches add up to the range's."""
+    if not 0 <= part < parts:
+        raise ValueError(f"part {part} outside 0..{parts - 1}")
+    batches = math.ceil((end - begin) / batch_size)
+    lo, hi = part * batches // parts, (part + 1) * batches // parts
+    return min(begin + lo * batch_size, end), min(begin + hi * batch_size, end)
+
+
 def _slices(counts: Sequence[int], order: Sequence[int], begin: int, end: int) -> list[ShardSlice]:
     """The shard slices covering global positions [begin, end) of the ordered concatenation."""
     out, pos = [], 0
@@ -85,17 +96,21 @@ def _slices(counts: Sequence[int], order: Sequence[int], begin: int, end: int) -
 
 def epoch_plan(counts: Sequence[int], *, batch_size: int, seed: int = 0, epoch: int = 0,
                shuffle: bool = True, streams: int = 8, rank: int = 0, world_size: int = 1,
-               equal: bool | None = None) -> EpochPlan:
+               equal: bool | None = None, part: int = 0, parts: int = 1) -> EpochPlan:
     """Plan one epoch over shards holding `counts` samples each.
 
     `shuffle` (training) permutes the shards and the samples within each stream;
-    `equal` (default: same as `shuffle`) gives every rank the same number of samples.
+    `equal` (default: same as `shuffle`) gives every rank the same number of samples;
+    `part` of `parts` (DataLoader workers of one rank): a block of whole batches of the rank's
+    samples (`part_range`), so that the parts together read the rank's samples once.
     """
     if batch_size < 1 or streams < 1 or world_size < 1:
         raise ValueError("batch size, streams and world size must be at least 1")
     equal = shuffle if equal is None else equal
     order = shard_order(len(counts), seed, epoch, shuffle)
     begin, end = rank_range(int(sum(counts)), rank, world_size, equal)
+    if parts > 1:
+        begin, end = part_range(begin, end, batch_size, part, parts)
     n = end - begin
     per_stream = math.ceil(math.ceil(n / batch_size) / streams) * batch_size if n else 0
     plans = []
@@ -105,7 +120,7 @@ def epoch_plan(counts: Sequence[int], *, batch_size: int, seed: int = 0, epoch: 
         plans.append(StreamPlan(
             index=v, slices=tuple(_slices(counts, order, lo, hi)), samples=hi - lo,
             batches=math.ceil((hi - lo) / batch_size),
-            seed=(seed, epoch, rank, v, _SAMPLE_ORDER)))
+            seed=(seed, epoch, rank, v, _SAMPLE_ORDER) + ((part,) if parts > 1 else ())))
     return EpochPlan(tuple(plans), n, batch_size)
 
 

@@ -85,8 +85,11 @@ class EpochStreams:
 
     def __init__(self, src: ShardSource, counts: tuple[int, ...], *, batch_size: int, seed: int, shuffle: bool,
                  streams: int, rank: int, world_size: int, shuffle_buffer: int, threads: int = 1,
-                 pin_memory: bool = False, augment: bool = False) -> None:
+                 pin_memory: bool = False, augment: bool = False, part: int = 0, parts: int = 1,
+                 shared: bool = False) -> None:
         self.src, self.counts = src, counts
+        self.shared = shared
+        self.part, self.parts = part, parts
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.streams, self.rank, self.world_size = streams, rank, world_size
         self.bufsize = max(1, math.ceil(shuffle_buffer / streams))
@@ -102,7 +105,7 @@ class EpochStreams:
         if d is None or d.threads != max(1, threads):
             if d is not None:
                 d.close()
-            d = self._decoders[w] = BatchDecoder(self.src, threads, self.pin_memory)
+            d = self._decoders[w] = BatchDecoder(self.src, threads, self.pin_memory, self.shared)
         return d
 
     def close(self) -> None:
@@ -117,7 +120,8 @@ class EpochStreams:
 
     def plan(self) -> EpochPlan:
         return epoch_plan(self.counts, batch_size=self.batch_size, seed=self.seed, epoch=self.epoch,
-                          shuffle=self.shuffle, streams=self.streams, rank=self.rank, world_size=self.world_size)
+                          shuffle=self.shuffle, streams=self.streams, rank=self.rank, world_size=self.world_size,
+                          part=self.part, parts=self.parts)
 
     def batches(self, w: int, k: int, threads: int, slots: Any = None) -> Iterator[dict[str, Any]]:
         """The items of reader w of k (a worker process or a reading thread): batches of the
@@ -241,7 +245,8 @@ class WebDatasetLoader:
                                     seed=spec.seed, shuffle=spec.train, streams=spec.streams, rank=spec.rank,
                                     world_size=spec.world_size, shuffle_buffer=spec.shuffle_buffer,
                                     threads=decode_threads(spec), pin_memory=spec.pin_memory,
-                                    augment=spec.augment and spec.train)
+                                    augment=spec.augment and spec.train, part=spec.part, parts=spec.parts,
+                                    shared=spec.shared_memory)
         first = self.dataset.plan()  # sample and batch counts do not depend on the epoch
         self.samples, self._batches = first.samples, first.batches
         self.skipped: list[str] = []
