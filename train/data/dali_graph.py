@@ -251,7 +251,10 @@ def read_members(spec: GraphSpec) -> dict[str, Any]:
         paths=list(spec.paths), index_paths=list(spec.index_paths), ext=[e for e, _ in exts],
         dtypes=[t for _, t in exts], name=READER, shard_id=spec.shard_id, num_shards=spec.num_shards,
         pad_last_batch=True, stick_to_shard=False, random_shuffle=spec.shuffle,
-        initial_fill=max(1, spec.shuffle_buffer), seed=spec.reader_seed, missing_component_behavior="error")
+        initial_fill=max(1, spec.shuffle_buffer), seed=spec.reader_seed, missing_component_behavior="error",
+        # Read, not mapped: a shard cut short in place is a read error DALI reports, where a
+        # mapped page past the file's new end would end the process (SIGBUS).
+        dont_use_mmap=True)
     nodes = nodes if isinstance(nodes, (list, tuple)) else [nodes]
     return {e: n for (e, _), n in zip(exts, nodes)}
 

@@ -119,23 +119,6 @@ def mismatch(url: str, entry: ShardEntry, digests: Digests) -> str | None:
             f"expected {entry.xxh3_128[:16]}..., {entry.bytes} bytes); rebuild it or pass --no-verify")
 
 
-def check_whole(url: str, entry: ShardEntry) -> str | None:
-    """Why the local shard at `url` cannot be used as the manifest lists it (missing, unreadable,
-    other bytes), or None: its xxh3-128 over the whole file, read (never mapped: a file cut short
-    meanwhile is a short read, not a SIGBUS) into one reused buffer a piece at a time."""
-    digests = Digests(sha256=False)
-    buf = memoryview(bytearray(tarstream.READ_STEP))
-    try:
-        with open(url, "rb", buffering=0) as f:
-            while n := f.readinto(buf):
-                digests.update(buf[:n])
-    except FileNotFoundError:
-        return f"{url}: shard is missing"
-    except OSError as exc:
-        return f"{url}: cannot read ({exc})"
-    return mismatch(url, entry, digests)
-
-
 def check_shards(root: str, entries: Iterable[ShardEntry], verify: bool) -> list[str]:
     """Problems ("url: reason") of shards that are missing or (verify) of the wrong size."""
     entries = list(entries)
