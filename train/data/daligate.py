@@ -61,16 +61,20 @@ def check_for_dali(url: str, entry: ShardEntry) -> tuple[str | None, Stamp | Non
             walked = _walk(f, digests)
             if _stamp(os.fstat(f.fileno())) != before:
                 return f"{url}: the shard changed while it was checked (rewritten in place?)", None
-        with open(idx, encoding="utf-8", errors="replace") as f:
-            listed = f.read()
-    except FileNotFoundError as exc:
-        return f"{exc.filename or url}: missing", None
+    except FileNotFoundError:
+        return f"{url}: shard is missing", None
     except (OSError, tarfile.TarError, ValueError) as exc:
         return f"{url}: cannot be read whole ({exc.__class__.__name__}: {exc})", None
     problem = mismatch(url, entry, digests)
-    if problem is None and listed != walked:
-        problem = (f"{idx}: the index's members (offsets, sizes, order) do not match {entry.name}; "
-                   "rewrite it with `convert shards`")
+    if problem is None:
+        try:
+            with open(idx, encoding="utf-8", errors="replace") as f:
+                listed = f.read()
+        except OSError as exc:
+            return f"{idx}: cannot read the index file ({exc.strerror or exc})", None
+        if listed != walked:
+            problem = (f"{idx}: the index's members (offsets, sizes, order) do not match {entry.name}; "
+                       "rewrite it with `convert shards`")
     return problem, before
 
 
