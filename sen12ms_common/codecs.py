@@ -189,8 +189,10 @@ class BandDecoder:
         """A frame declaring another size than a band is refused before anything is decoded."""
         # The rule the DALI loader's kernels apply too (`memberchecks`): both accept the same frames.
         declared = self._frame_size(np.frombuffer(chunk, dtype=np.uint8))
+        if declared == -2:
+            raise CodecError("does not decompress (no zstd frame header)")
         if declared != nbytes:
-            what = f"{declared} bytes" if declared >= 0 else "no content size (or is no zstd frame)"
+            what = f"{declared} bytes" if declared >= 0 else "no content size"
             raise CodecError(f"declares {what} for a band of {nbytes}")
 
     def decode_into(self, chunk: bytes | memoryview, codec: str, dst: np.ndarray, stored: np.dtype,

@@ -16,13 +16,15 @@ _DICT_BYTES = (0, 1, 2, 4)  # by Dictionary_ID_flag
 
 def zstd_content_size(frame: np.ndarray) -> int:
     """The content size the zstd frame at the start of `frame` (uint8) declares in its header;
-    -1 where it declares none, is not a zstd frame (a skippable frame included) or its header
-    is cut short. A chunk is decoded only where this is the band's size."""
+    -1 where it declares none or its header is cut short, -2 where it is no zstd frame (a
+    skippable frame included). A chunk is decoded only where this is the band's size."""
     n = frame.shape[0]
-    if n < 6:
-        return -1
+    if n < 4:
+        return -2
     magic = int(frame[0]) | (int(frame[1]) << 8) | (int(frame[2]) << 16) | (int(frame[3]) << 24)
     if magic != ZSTD_MAGIC:
+        return -2
+    if n < 6:
         return -1
     fhd = int(frame[4])
     fcs_flag, single = fhd >> 6, (fhd >> 5) & 1
