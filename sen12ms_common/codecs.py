@@ -46,6 +46,13 @@ def unshuffle_into(raw: bytes | memoryview | np.ndarray, dst: np.ndarray) -> Non
 
 
 @lru_cache(maxsize=1)
+def _content_size():
+    from .memberchecks import content_size_fn
+
+    return content_size_fn()
+
+
+@lru_cache(maxsize=1)
 def _compiled_unshuffle():
     try:
         from .jitunshuffle import unshuffle_planes  # start-up time: numba only when used
@@ -116,7 +123,7 @@ class BandDecoder:
     def __init__(self, frame_checksums: bool = True) -> None:
         import zstandard  # sen12ms_common imports only numpy when imported
 
-        self._frame_size = zstandard.frame_content_size
+        self._frame_size = _content_size()
         self._zstd_py = zstandard.ZstdDecompressor()
         try:
             self._zstd, self._zstd_error, create, self._free = zstd_context_fns()
@@ -179,10 +186,10 @@ class BandDecoder:
 
     def _check_frame(self, chunk: bytes | memoryview, nbytes: int) -> None:
         """A frame declaring another size than a band is refused before anything is decoded."""
-        try:
-            declared = self._frame_size(chunk)
-        except Exception as exc:  # zstandard.ZstdError: no frame header
-            raise CodecError(f"does not decompress ({exc})") from None
+        # The rule the DALI loader's kernels apply too (`memberchecks`): both accept the same frames.
+        declared = self._frame_size(np.frombuffer(chunk, dtype=np.uint8))
+        if declared == -2:
+            raise CodecError("does not decompress (no zstd frame header)")
         if declared != nbytes:
             what = f"{declared} bytes" if declared >= 0 else "no content size"
             raise CodecError(f"declares {what} for a band of {nbytes}")

@@ -1,5 +1,6 @@
-"""Local shards mapped read-only: their members are views of the page cache, read with no copy
-and held by nothing but the samples that use them."""
+"""Files mapped read-only: views of the page cache, read with no copy. The loaders do not map
+shards (a shard cut short in place would end the process with SIGBUS, one rewritten in place
+would change under the decoder: docs/guarantees.md); the bench's limit rows and tests do."""
 
 from __future__ import annotations
 
@@ -17,8 +18,7 @@ def map_file(f: BinaryIO, whole: bool = True) -> memoryview | None:
     read (its pages are mapped at once).
 
     The mapping lives while any view of it does. Reading a page past the end of a file cut
-    short in place since ends the process (SIGBUS): `cut_short` tells before a sample is decoded;
-    the converter replaces files by renaming, which a mapping survives."""
+    short in place since ends the process (SIGBUS): map only files nobody changes meanwhile."""
     try:
         fd = f.fileno()
     except (AttributeError, OSError, io.UnsupportedOperation):
@@ -28,18 +28,3 @@ def map_file(f: BinaryIO, whole: bool = True) -> memoryview | None:
         return memoryview(mmap.mmap(fd, 0, flags=flags, prot=mmap.PROT_READ))
     except (OSError, ValueError):
         return None
-
-
-def cut_short(view: memoryview) -> str | None:
-    """Why the bytes of `view` can no longer be read, if it is a view of a mapping whose file has
-    been cut short in place since it was mapped; None otherwise (any other view as well)."""
-    m = view.obj
-    if not isinstance(m, mmap.mmap):
-        return None
-    try:
-        now = m.size()  # the file's size now, not the mapping's
-    except (OSError, ValueError):
-        return None
-    if now >= len(m):
-        return None
-    return f"the shard was cut short while it was read ({now} bytes now, {len(m)} when opened; rewritten in place?)"

@@ -334,14 +334,14 @@ def test_gpu_graph_decodes_and_normalises_on_the_gpu(shard_sets, codec, augment)
     inflates = [d for name, d in ops if name in ("decoders__Inflate", "experimental__Inflate")]
     assert inflates == (["gpu", "gpu"] if codec == "lz4" else [])
     numba = [d for name, d in ops if name == "NumbaFunction"]
-    # chunk tables of s2 and s1 (+ the zstd decoders)
-    assert numba == {"lz4": ["cpu"] * 2, "zstd": ["cpu"] * 4, "none": []}[codec]
+    # chunk tables of s2 and s1 (+ the zstd decoders), the label's length check
+    assert numba == {"lz4": ["cpu"] * 3, "zstd": ["cpu"] * 5, "none": ["cpu"]}[codec]
     # On the CPU: reading, the codec kernels and their constants, keys, random draws, statuses.
     cpu_side = {"readers__Webdataset", "NumbaFunction", "Constant", "GetProperty", "Pad", "random__CoinFlip"}
     on_cpu = [name for name, d in ops if d == "cpu"]
     assert set(on_cpu) <= cpu_side | {"_ArithmeticGenericOp"}
-    # s2 status | s1 status (zstd: each of them chunk table status | decoder status)
-    assert on_cpu.count("_ArithmeticGenericOp") == {"none": 0, "lz4": 1, "zstd": 3}[codec]
+    # s2 status | s1 status | label status (zstd: s2's and s1's each chunk table status | decoder status)
+    assert on_cpu.count("_ArithmeticGenericOp") == {"none": 0, "lz4": 2, "zstd": 4}[codec]
     assert [d for name, d in ops if name == "Cast"] == ["gpu"]  # float32 exists only on the GPU
     assert (("Flip", "gpu") in ops and ("Transpose", "gpu") in ops) == augment
 

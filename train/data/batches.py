@@ -16,7 +16,6 @@ from sen12ms_common import storage
 from sen12ms_common.bands import modality_runs
 from sen12ms_common.codecs import BandDecoder
 from sen12ms_common.dfc import DfcScheme
-from sen12ms_common.mapped import cut_short
 from sen12ms_common.shardformat import LABEL_EXT, N_LABEL, ShardFormatError, decode_bands_into, decode_label
 
 from .shardread import RawSample, ShardError, ShardSource
@@ -105,9 +104,6 @@ class BatchDecoder:
         key, members, shard = sample
         layout = self.src.layout
         try:
-            damage = next(map(cut_short, members.values()), None)  # one mapping per shard
-            if damage:
-                raise ShardFormatError(damage)
             decoder = self._band_decoder()
             for modality, bands, first in self.runs:
                 if modality not in layout.modalities:

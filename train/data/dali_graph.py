@@ -14,10 +14,10 @@ from nvidia.dali.plugin.numba.experimental import NumbaFunction
 
 from sen12ms_common.bands import BandRef, modalities_of
 from sen12ms_common.inputs import ChannelTransform
-from sen12ms_common.shardformat import LABEL_EXT, SampleLayout
+from sen12ms_common.shardformat import LABEL_EXT, N_LABEL, SampleLayout
 
-from .dali_ops import (Kernel, channel_params, channels_kernel, chunks_kernel, lz4_kernel, zstd_channels_kernel,
-                       zstd_kernel)
+from .dali_ops import (Kernel, channel_params, channels_kernel, chunks_kernel, label_kernel, lz4_kernel,
+                       zstd_channels_kernel, zstd_kernel)
 
 READER = "reader"
 
@@ -198,7 +198,10 @@ def fused_channels(spec: GraphSpec, decoded: dict[str, Decoded]):
     t = spec.transform
     params = (channel_params(sources, t.scale, t.offset, t.clip) if spec.normalise else channel_params(sources))
     ins_ndim = tuple(1 if spec.layout.codec == "none" else 3 for _ in modalities)
-    kernel = channels_kernel(ins_ndim, (spec.layout.size, spec.layout.size), len(spec.bands), spec.normalise)
+    plane = spec.layout.size * spec.layout.size
+    lengths = tuple(spec.layout.shape(m)[0] * plane if spec.layout.codec == "none" else 0 for m in modalities)
+    kernel = channels_kernel(ins_ndim, (spec.layout.size, spec.layout.size), len(spec.bands), spec.normalise,
+                             lengths)
     image, status = _numba(kernel, *[decoded[m].node for m in modalities], types.Constant(params, device="cpu"))
     return fn.reshape(image, layout="CHW"), status
 
@@ -251,7 +254,10 @@ def read_members(spec: GraphSpec) -> dict[str, Any]:
         paths=list(spec.paths), index_paths=list(spec.index_paths), ext=[e for e, _ in exts],
         dtypes=[t for _, t in exts], name=READER, shard_id=spec.shard_id, num_shards=spec.num_shards,
         pad_last_batch=True, stick_to_shard=False, random_shuffle=spec.shuffle,
-        initial_fill=max(1, spec.shuffle_buffer), seed=spec.reader_seed, missing_component_behavior="error")
+        initial_fill=max(1, spec.shuffle_buffer), seed=spec.reader_seed, missing_component_behavior="error",
+        # Read, not mapped: a shard cut short in place is a read error DALI reports, where a
+        # mapped page past the file's new end would end the process (SIGBUS).
+        dont_use_mmap=True)
     nodes = nodes if isinstance(nodes, (list, tuple)) else [nodes]
     return {e: n for (e, _), n in zip(exts, nodes)}
 
@@ -279,7 +285,10 @@ def build_graph(spec: GraphSpec) -> GraphOutputs:
     # DALIGenericIterator has no uint16: hand those bits over as int16, viewed back in torch.
     out.add("image", image if spec.normalise else fn.reinterpret(image, dtype=types.INT16))
     label = members[LABEL_EXT]
-    out.add("prob", label)
+    # Another number of values than N_LABEL is a status (as the webdataset loader refuses it).
+    prob, label_status = _numba(label_kernel(N_LABEL), label)
+    statuses.append(label_status)
+    out.add("prob", prob)
     # "<shard path>:<offset>:<member name>", zero-padded to the longest in the batch.
     out.add("key", fn.pad(fn.get_property(label, key="source_info"), fill_value=0))
     if statuses:

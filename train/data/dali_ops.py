@@ -8,6 +8,7 @@ from typing import Callable
 
 import numpy as np
 
+from sen12ms_common.memberchecks import content_size_fn
 from sen12ms_common.nativecodecs import (ZSTD_D_FORCE_IGNORE_CHECKSUM, CodecLibraryError,  # noqa: F401
                                          lz4_decompress_fn, zstd_checksum_switch, zstd_context_fns,
                                          zstd_decompress_fn)
@@ -22,12 +23,14 @@ except ImportError:  # pragma: no cover - the kernels are plain functions withou
 STATUS_OK = 0
 STATUS_DECOMPRESS = 1   # the codec reported an error or produced the wrong number of bytes
 STATUS_CHUNKS = 2       # chunk sizes that do not match the member
-STATUS_SIZE = 4         # a raw member that is too short for its bands
+STATUS_SIZE = 4         # a raw member of another size than its bands
+STATUS_LABEL = 8        # a label member that does not hold N_LABEL float32 values
 
 STATUS_TEXT: dict[int, str] = {
     STATUS_DECOMPRESS: "an array member does not decompress to its size",
     STATUS_CHUNKS: "the chunk sizes of an array member do not match its length",
-    STATUS_SIZE: "a raw array member is too short",
+    STATUS_SIZE: "a raw array member does not hold the layout's bands (another size)",
+    STATUS_LABEL: "the label member does not hold 17 float32 values",
 }
 
 
@@ -135,6 +138,7 @@ def zstd_kernel(chunk_shape: tuple[int, int], byte_shuffle: bool, frame_checksum
     `frame_checksums` the frames' own checksums are not checked (their shard's has been)."""
     decompress, is_error, _, free = zstd_context_fns()
     new_context = _context_maker(frame_checksums)
+    frame_size = content_size_fn()
     h, w = chunk_shape
     plane = h * w
     nbytes = 2 * plane
@@ -147,6 +151,11 @@ def zstd_kernel(chunk_shape: tuple[int, int], byte_shuffle: bool, frame_checksum
         dctx = new_context()
         for j in range(offsets.shape[0]):
             if offsets[j] < 0 or sizes[j] <= 0 or offsets[j] + sizes[j] > src.shape[0]:
+                status[0] = 1
+                out[:] = 0
+                break
+            # The webdataset loader's rule (`memberchecks`): a frame declaring the band's size.
+            if frame_size(src[offsets[j]:offsets[j] + sizes[j]]) != nbytes:
                 status[0] = 1
                 out[:] = 0
                 break
@@ -268,6 +277,7 @@ def zstd_channels_kernel(n_bands: tuple[int, ...], chunk_shape: tuple[int, int],
 
     decompress, is_error, _, free = zstd_context_fns()
     new_context = _context_maker(frame_checksums)
+    frame_size = content_size_fn()
     h, w = chunk_shape
     plane = h * w
     nbytes = 2 * plane
@@ -290,6 +300,11 @@ def zstd_channels_kernel(n_bands: tuple[int, ...], chunk_shape: tuple[int, int],
             first = params[0, ch] == 0
             src, st = (a, sa) if first else (b, sb)
             band = int(params[1, ch])
+            # The webdataset loader's rule (`memberchecks`): a frame declaring the band's size.
+            if frame_size(src[st[band]:st[band + 1]]) != nbytes:
+                status[0] = 1
+                flat_out[:] = 0
+                break
             # At most `nbytes` are written, whatever the frame declares.
             got = decompress(dctx, buf.ctypes.data, nbytes, src.ctypes.data + st[band], st[band + 1] - st[band])
             if is_error(got) != 0 or got != nbytes:
@@ -332,11 +347,13 @@ def channel_params(sources: list[tuple[int, int]], scale=None, offset=None, clip
 
 @lru_cache(maxsize=16)
 @do_not_convert
-def channels_kernel(ins_ndim: tuple[int, ...], chunk_shape: tuple[int, int], channels: int, normalised: bool) -> Kernel:
+def channels_kernel(ins_ndim: tuple[int, ...], chunk_shape: tuple[int, int], channels: int, normalised: bool,
+                    lengths: tuple[int, ...] = ()) -> Kernel:
     """(one or two uint16 arrays, `channel_params`) -> the input's (C, H, W) channels in one pass,
     and a status (`STATUS_SIZE` where an input is too short for a band it should hold).
 
-    Inputs are 1-D raw members (all bands) or 3-D decoded arrays. Normalised: float32
+    Inputs are 1-D raw members (all bands; `lengths`: the values each must hold, as the
+    webdataset loader requires, 0 or none given: not checked) or 3-D decoded arrays. Normalised: float32
     `min(x, clip) * scale + offset` with the same float32 operations in the same order as
     `ChannelTransform.apply` and the training loop, so the same values; else uint16 as stored.
     One pass replaces DALI's slice, concatenate, cast, min, multiply and add operators, which
@@ -346,6 +363,7 @@ def channels_kernel(ins_ndim: tuple[int, ...], chunk_shape: tuple[int, int], cha
 
     h, w = chunk_shape
     plane = h * w
+    la, lb = (tuple(lengths) + (0, 0))[:2] if len(ins_ndim) > 1 else ((tuple(lengths) + (0,))[0],) * 2
 
     @njit
     def fill(out, status, a, b, params):
@@ -353,6 +371,10 @@ def channels_kernel(ins_ndim: tuple[int, ...], chunk_shape: tuple[int, int], cha
         flat_out = out.reshape(out.size)
         fa = a.reshape(a.size)
         fb = b.reshape(b.size)
+        if (la > 0 and fa.shape[0] != la) or (lb > 0 and fb.shape[0] != lb):
+            status[0] = 4
+            flat_out[:] = 0
+            return
         for ch in range(params.shape[1]):
             src = fa if params[0, ch] == 0 else fb
             base = int(params[1, ch]) * plane
@@ -391,3 +413,25 @@ def channels_kernel(ins_ndim: tuple[int, ...], chunk_shape: tuple[int, int], cha
 
     return Kernel(run_fn, setup_fn, ("UINT16",) * len(ins_ndim) + ("FLOAT",),
                   ("FLOAT" if normalised else "UINT16", "INT32"), tuple(ins_ndim) + (2,), (3, 1))
+
+
+@lru_cache(maxsize=1)
+@do_not_convert
+def label_kernel(n_label: int) -> Kernel:
+    """A label member (float32 values) -> its `n_label` values and a status: `STATUS_LABEL` (and
+    zeros) where it holds another number of values, which the webdataset loader refuses too."""
+
+    def run_fn(out, status, label):
+        if label.shape[0] != n_label:
+            status[0] = 8
+            out[:] = 0
+            return
+        status[0] = 0
+        out[:] = label
+
+    def setup_fn(outs, ins):
+        for i in range(len(outs[0])):
+            outs[0][i][0] = n_label
+            outs[1][i][0] = 1
+
+    return Kernel(run_fn, setup_fn, ("FLOAT",), ("FLOAT", "INT32"), (1,), (1, 1))

@@ -3,6 +3,11 @@
 Only the members an input needs are kept; the shard's xxh3-128 and sample count are compared
 with the manifest at its end (the whole shard is read then), and no member larger than the
 layout allows is ever allocated.
+
+Local shards are read, not mapped: a member is copied into private memory and hashed there, so
+that the bytes a sample is decoded from are the bytes that were checked (a shard rewritten in
+place after its check changes nothing already read), and a shard cut short in place is a short
+read (one line naming it), never a page fault past its end (SIGBUS, the end of the process).
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ from sen12ms_common.checksums import Digests
 from sen12ms_common.errors import ShardError
 from sen12ms_common.igbp import LabelRule
 from sen12ms_common.manifest import ShardEntry
-from sen12ms_common.mapped import map_file
 from sen12ms_common.shardformat import LABEL_EXT, SampleLayout, check_member_name
 
 from .plan import ShardSlice
@@ -70,9 +74,9 @@ def _open(url: str, expected_size: int | None):
 
 def read_slice(src: ShardSource, sl: ShardSlice, alloc: Callable[[int], memoryview] | None = None
                ) -> Iterator[RawSample]:
-    """Raw samples [start, stop) of one shard, their members read into buffers from `alloc`
-    (a local shard is mapped instead: its members are views of the page cache). Verifying, the
-    whole shard is read and its samples come out only once its checksum has matched."""
+    """Raw samples [start, stop) of one shard, their members read into buffers from `alloc`.
+    Verifying, the whole shard is read (each piece hashed in the buffer it was read into) and its
+    samples come out only once its checksum has matched."""
     entry = src.entries[sl.shard]
     url = src.url(sl.shard)
     digests = Digests(sha256=False) if src.verify else None
@@ -80,8 +84,7 @@ def read_slice(src: ShardSource, sl: ShardSlice, alloc: Callable[[int], memoryvi
     pos = 0
     with _open(url, entry.bytes if src.verify else None) as raw:
         try:
-            whole = src.verify or (sl.start == 0 and sl.stop >= entry.samples)
-            samples = tarstream.iter_samples(map_file(raw, whole) or raw, src.wanted, check_name=check_member_name,
+            samples = tarstream.iter_samples(raw, src.wanted, check_name=check_member_name,
                                              on_bytes=digests.update if digests else None, drain=src.verify,
                                              max_size=src.layout.member_limit(), alloc=alloc)
             for key, members in samples:
@@ -114,26 +117,6 @@ def mismatch(url: str, entry: ShardEntry, digests: Digests) -> str | None:
         return None
     return (f"{url}: content does not match the manifest (xxh3-128 {digests.fast[:16]}..., {digests.bytes} bytes; "
             f"expected {entry.xxh3_128[:16]}..., {entry.bytes} bytes); rebuild it or pass --no-verify")
-
-
-def check_whole(url: str, entry: ShardEntry) -> str | None:
-    """Why the local shard at `url` cannot be used as the manifest lists it (missing, unreadable,
-    other bytes), or None: its xxh3-128 over the whole file (mapped where it can be)."""
-    digests = Digests(sha256=False)
-    try:
-        with open(url, "rb") as f:
-            view = map_file(f)
-            if view is None:
-                for block in iter(lambda: f.read(1 << 22), b""):
-                    digests.update(block)
-            else:
-                digests.update(view)
-                view.release()
-    except FileNotFoundError:
-        return f"{url}: shard is missing"
-    except OSError as exc:
-        return f"{url}: cannot read ({exc})"
-    return mismatch(url, entry, digests)
 
 
 def check_shards(root: str, entries: Iterable[ShardEntry], verify: bool) -> list[str]:
