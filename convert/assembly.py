@@ -16,6 +16,7 @@ from convert.plan import Part, Plan, assign_scenes, build_plan
 from sen12ms_common import storage
 from sen12ms_common.manifest import SPLITS, Rejection
 from sen12ms_common.patches import SEASONS, SceneId, parse_any_patch, parse_patch
+from sen12ms_common.redaction import redact
 from sen12ms_common.shardformat import SampleLayout
 
 _SCENE_FOLDER_RE = re.compile(r"^(?:s1|s2|lc)_\d+$")
@@ -90,7 +91,7 @@ def make_plan(opts: PlanOptions) -> Planned:
         raise ConvertError(f"{dfc.problems[0].path if dfc.problems else dfc.triplets[0].paths['s2']}: a DFC2020 "
                            "patch; a conversion in parts (--part) takes SEN12MS trees only: convert the DFC2020 "
                            "tree in one run")
-    source: dict[str, Any] = {"data": opts.data if isinstance(opts.data, str) else list(opts.data),
+    source: dict[str, Any] = {"data": redact(opts.data) if isinstance(opts.data, str) else [redact(d) for d in opts.data],
                               "seed": opts.seed}
     needed = opts.layout.modalities + (() if opts.labels else ("lc",))
     sizes = scene_sizes(scan)
@@ -148,7 +149,7 @@ def _labels(opts: PlanOptions, own_triplets: list, source: dict[str, Any]) -> tu
     """(labels, label problems, where they come from, no-data notes of derived labels)."""
     if opts.labels:
         labels = _load_labels(opts.labels)
-        source["labels"] = opts.labels
+        source["labels"] = redact(opts.labels)
         return labels, [], opts.labels, []
     from convert.labels import derive_labels
 
@@ -181,7 +182,7 @@ def _splits(opts: PlanOptions, scan: Any, needed: tuple[str, ...], source: dict[
     if opts.splits:
         from sen12ms_common.datafiles import load_splits
 
-        source["splits"] = opts.splits
+        source["splits"] = redact(opts.splits)
         return user_input(load_splits, opts.splits), excluded_of(opts.splits)
     from convert.splits import find_holdout, load_holdout, make_splits
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from sen12ms_common import storage
 from sen12ms_common.outputs import output_folder, writing
+from sen12ms_common.redaction import redact
 from sen12ms_common.storage import StorageError
 
 from .argsfile import write_arguments_file
@@ -77,6 +78,7 @@ class RunLog:
     def __call__(self, msg: str) -> None:
         if self.echo is None:
             return
+        msg = redact(msg)  # the screen and the log file alike
         self.echo(msg)
         if self.url is None:
             return

@@ -4,7 +4,6 @@ pages; details in docs/segmentation.md ("Land-cover maps")."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -15,6 +14,7 @@ import torch
 from sen12ms_common import storage
 from sen12ms_common.dfc import DfcScheme, train_to_dfc
 from sen12ms_common.errors import report_errors
+from sen12ms_common.redaction import log_warnings_to_stderr, redact, redacting
 from sen12ms_common.inputs import STATS_CHOICES
 from sen12ms_common.names import ALL_SPLITS
 
@@ -232,12 +232,12 @@ def predict(*, checkpoint: str, out: str, shards: str | None = None, split: str 
 @report_errors
 def main(checkpoint, shards, split, data, out, batch_size, device, stats, previews, preview_rows, no_verify) -> None:
     """Predict a land-cover map (DFC2020 classes) for every patch of a shard split or a GeoTIFF folder."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    log_warnings_to_stderr()
     if (shards is None) == (data is None):
         raise click.UsageError("give either --shards DIR (with --split) or --data FOLDER_OF_GEOTIFFS")
     predict(checkpoint=checkpoint, out=out, shards=shards, split=split, data=data, batch_size=batch_size,
             device=device, stats=stats, previews=previews, preview_rows=preview_rows, verify=not no_verify,
-            echo=click.echo)
+            echo=redacting(click.echo))
 
 
 if __name__ == "__main__":
