@@ -142,6 +142,8 @@ def run_prediction(net: torch.nn.Module, spec, items: Iterator[Item], out: str, 
     """Predict every item, write its GeoTIFF, and preview pages of the first `previews` items."""
     from tqdm import tqdm
 
+    from sen12ms_common.outputs import writing
+
     from .device import InputTransform
 
     scheme = spec.scheme
@@ -161,7 +163,11 @@ def run_prediction(net: torch.nn.Module, spec, items: Iterator[Item], out: str, 
             classes = net(to_input(_input(batch, spec.bands))).argmax(dim=1).to(torch.uint8).cpu().numpy()
             for it, pred in zip(batch, classes):
                 dfc = train_to_dfc(pred, scheme.savanna)
-                url = storage.join(out, prediction_name(it.key))
+                name = prediction_name(it.key)  # a key from a folder keeps its sub-folders
+                if "/" in name:
+                    with writing(out):
+                        storage.makedirs(storage.join(out, name.rpartition("/")[0]))
+                url = storage.join(out, name)
                 write_bytes(url, geotiff_bytes(dfc, it.georef, scheme))
                 result.written.append(url)
                 result.ungeoreferenced += it.georef is None or not it.georef.crs

@@ -32,7 +32,7 @@ class TiffDirError(ValueError, Sen12msError):
 
 @dataclass
 class TiffPatch:
-    key: str                                         # the S2 file name (or another member's)
+    key: str                                         # the S2 file's path under the folder (or another member's)
     files: dict[str, Path] = field(default_factory=dict)  # modality -> file
 
 
@@ -66,7 +66,7 @@ def find_patches(root: str | Path) -> list[TiffPatch]:
         patch.files[modality] = path
     for key, patch in groups.items():
         first = patch.files.get("s2") or patch.files.get("s1") or next(iter(patch.files.values()))
-        patch.key = first.name
+        patch.key = first.relative_to(root).as_posix()  # two folders may hold the same file name
     return sorted(groups.values(), key=lambda p: p.key)
 
 
@@ -105,12 +105,12 @@ def check_header(path: Path, ds, modality: str) -> None:
     want = len(MODALITY_BANDS[modality]) if modality in ("s1", "s2") else None  # lc has 4 bands, dfc 1
     if want is not None and ds.count != want:
         raise TiffDirError(f"{path}: {ds.count} bands, a {modality} patch has {want}")
-    if max(ds.width, ds.height) > MAX_SIDE:
-        raise TiffDirError(f"{path}: {ds.width} x {ds.height} pixels, more than train.predict reads (at most "
-                           f"{MAX_SIDE} pixels a side)")
     if min(ds.width, ds.height) < MIN_SIDE:
         raise TiffDirError(f"{path}: {ds.width} x {ds.height} pixels, fewer than the models take (at least "
                            f"{MIN_SIDE} pixels a side)")
+    if max(ds.width, ds.height) > MAX_SIDE:
+        raise TiffDirError(f"{path}: {ds.width} x {ds.height} pixels, more than train.predict reads (at most "
+                           f"{MAX_SIDE} pixels a side)")
 
 
 def _open_checked(path: Path, modality: str, use):
