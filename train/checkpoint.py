@@ -178,6 +178,11 @@ def load_model_weights(model: nn.Module, checkpoint: Mapping[str, Any], strict: 
     problems = _fit_problems(target, state, strict)
     if problems:
         raise CheckpointError(f"{source or 'checkpoint'} does not fit the model: {problems}")
+    bad = next((k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+                and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise CheckpointError(f"{source or 'checkpoint'}: weight {str(bad)[:100]} holds NaN or infinity (the "
+                              "checkpoint of a diverged run?)")
     try:
         return target.load_state_dict(state, strict=strict)
     except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as exc:  # values that are not tensors

@@ -34,6 +34,11 @@ class EvalOptions:
     task_options: dict[str, Any] = field(default_factory=dict)  # segmentation: savanna, output stride
 
 
+# The largest normalisation scale or offset a checkpoint may store: scale = 1 / std of values
+# stored as uint16, offset = -mean / std (the sample data's are about 0.005 and -6).
+MAX_TRANSFORM = 1e6
+
+
 def _saved_transform(ckpt: Mapping[str, Any], input_spec: str, source: str) -> ChannelTransform | None:
     from sen12ms_common.bands import resolve_bands
 
@@ -53,6 +58,10 @@ def _saved_transform(ckpt: Mapping[str, Any], input_spec: str, source: str) -> C
     if not shapes_ok or not (np.isfinite(scale).all() and np.isfinite(offset).all()) or np.isnan(clip).any():
         raise CheckpointError(f"{source}: stored input_transform is not {len(bands)} finite scales and offsets "
                               "and upper bounds")
+    if np.abs(scale).max() > MAX_TRANSFORM or np.abs(offset).max() > MAX_TRANSFORM:
+        raise CheckpointError(f"{source}: stored input_transform has a scale or offset beyond +-{MAX_TRANSFORM:g} "
+                              f"(largest {max(np.abs(scale).max(), np.abs(offset).max()):g}); a normalisation of "
+                              "stored values never needs one")
     return ChannelTransform(scale, offset, clip)
 
 
