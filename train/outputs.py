@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 
 from sen12ms_common import storage
+from sen12ms_common.folderlock import hold_folder_lock
 from sen12ms_common.outputs import output_folder, writing
 from sen12ms_common.redaction import redact
 from sen12ms_common.storage import StorageError
@@ -29,6 +30,9 @@ from .distributed import Dist, broadcast_object
 
 if TYPE_CHECKING:
     from sen12ms_common.igbp import LabelRule
+
+
+LOCK_NAME = ".train.lock"
 
 
 def run_dir_of(checkpoint: str) -> str | None:
@@ -47,9 +51,16 @@ class RunDir:
     def __init__(self, root: str) -> None:
         self.root = output_folder(root, "--run-dir")
         self.remote = storage.is_remote(self.root)
+        self._lock = None  # held while the run lasts: one training per local run folder
 
     def join(self, *parts: str) -> str:
         return storage.join(self.root, *parts)
+
+    def release(self) -> None:
+        """Let another training use the folder (the run's files are closed)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def prepare(self) -> None:
         """Create the local folders (object stores have none); a read-only place fails here."""
@@ -57,6 +68,9 @@ class RunDir:
             with writing(self.root):
                 for sub in ("logs", "checkpoints"):
                     os.makedirs(self.join(sub), exist_ok=True)
+                # Two runs sharing a folder would write each other's metrics.csv, scores and
+                # (started in the same second) checkpoints: the second is refused.
+                self._lock = hold_folder_lock(self.root, LOCK_NAME, "another training")
 
     def __str__(self) -> str:
         return self.root
@@ -222,6 +236,8 @@ def close_outputs(files: RunFiles, log: RunLog, upload_errors: bool) -> None:
     except (StorageError, OSError):
         if upload_errors:
             raise
+    finally:
+        files.run.release()
 
 
 def _timestamp(run: RunDir) -> str:
