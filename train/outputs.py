@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 
 from sen12ms_common import storage
-from sen12ms_common.folderlock import hold_folder_lock
+from sen12ms_common.folderlock import FolderLock
 from sen12ms_common.outputs import output_folder, writing
 from sen12ms_common.redaction import redact
 from sen12ms_common.storage import StorageError
@@ -30,9 +30,6 @@ from .distributed import Dist, broadcast_object
 
 if TYPE_CHECKING:
     from sen12ms_common.igbp import LabelRule
-
-
-LOCK_NAME = ".train.lock"
 
 
 def run_dir_of(checkpoint: str) -> str | None:
@@ -59,7 +56,7 @@ class RunDir:
     def release(self) -> None:
         """Let another training use the folder (the run's files are closed)."""
         if self._lock is not None:
-            self._lock.close()
+            self._lock.release()
             self._lock = None
 
     def prepare(self) -> None:
@@ -70,7 +67,7 @@ class RunDir:
                     os.makedirs(self.join(sub), exist_ok=True)
                 # Two runs sharing a folder would write each other's metrics.csv, scores and
                 # (started in the same second) checkpoints: the second is refused.
-                self._lock = hold_folder_lock(self.root, LOCK_NAME, "another training")
+                self._lock = FolderLock(self.root, "another training")
 
     def __str__(self) -> str:
         return self.root
