@@ -21,6 +21,7 @@ from sen12ms_common import storage
 from sen12ms_common.datafiles import load_labels, load_splits, read_excluded, read_split_list
 from sen12ms_common.manifest import SPLITS, Rejection
 from sen12ms_common.patches import SEASONS, SceneId, parse_any_patch, parse_patch
+from sen12ms_common.redaction import redact
 from sen12ms_common.shardformat import SampleLayout
 
 _SCENE_FOLDER_RE = re.compile(r"^(?:s1|s2|lc)_\d+$")
@@ -89,7 +90,7 @@ def make_plan(opts: PlanOptions) -> Planned:
         raise ConvertError(f"{dfc.problems[0].path if dfc.problems else dfc.triplets[0].paths['s2']}: a DFC2020 "
                            "patch; a conversion in parts (--part) takes SEN12MS trees only: convert the DFC2020 "
                            "tree in one run")
-    source: dict[str, Any] = {"data": opts.data if isinstance(opts.data, str) else list(opts.data),
+    source: dict[str, Any] = {"data": redact(opts.data) if isinstance(opts.data, str) else [redact(d) for d in opts.data],
                               "seed": opts.seed}
     needed = opts.layout.modalities + (() if opts.labels else ("lc",))
     sizes = scene_sizes(scan)
@@ -147,7 +148,7 @@ def _labels(opts: PlanOptions, own_triplets: list, source: dict[str, Any]) -> tu
     """(labels, label problems, where they come from, no-data notes of derived labels)."""
     if opts.labels:
         labels = _load_labels(opts.labels)
-        source["labels"] = opts.labels
+        source["labels"] = redact(opts.labels)
         return labels, [], opts.labels, []
 
     notes: list = []  # no-data pixels in lc patches that gave a label
@@ -175,7 +176,7 @@ def _splits(opts: PlanOptions, scan: Any, needed: tuple[str, ...], source: dict[
             ) -> tuple[dict[str, Any], dict[str, str]]:
     """(split lists, excluded file name -> why) from --splits, else made as `convert splits` makes them."""
     if opts.splits:
-        source["splits"] = opts.splits
+        source["splits"] = redact(opts.splits)
         return user_input(load_splits, opts.splits), excluded_of(opts.splits)
 
     holdout_path = user_input(lambda data: find_holdout(data, None), root)

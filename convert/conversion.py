@@ -236,12 +236,21 @@ def _finish(opts: ShardsOptions, planned: Planned, done: Done, token: str
         report_url = storage.join(out, PART_DIR, part_report_name(part))
         manifest_url = storage.join(out, PART_DIR, part_manifest_name(part))
         manifest_text = _part_manifest(opts, planned, manifest, totals)
-    storage.write_text(report_url, json.dumps(report, indent=2, sort_keys=True) + "\n", token)
+    _write_final(report_url, json.dumps(report, indent=2, sort_keys=True) + "\n", token)
     failed = verdict(report, opts.max_rejected, report_url)
     if failed:
         raise ConvertError(f"{out}: {failed}")
-    storage.write_text(manifest_url, manifest_text, token)  # last: marks the set (or part) complete
+    _write_final(manifest_url, manifest_text, token)  # last: marks the set (or part) complete
     return manifest, report, manifest_url, report_url
+
+
+def _write_final(url: str, text: str, token: str) -> None:
+    """Write the report or the manifest; a failure (a full disk) names that file."""
+    try:
+        storage.write_text(url, text, token)
+    except OSError as exc:
+        raise ConvertError(f"{url}: cannot write ({exc.strerror or exc}); the shards are complete: fix it and run "
+                           "again with --resume") from exc
 
 
 def _part_manifest(opts: ShardsOptions, planned: Planned, manifest: Manifest, totals: BandMoments) -> str:

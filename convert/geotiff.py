@@ -39,31 +39,46 @@ def _describe(exc: BaseException, url: str) -> str:
     return f"not a readable GeoTIFF ({text})"
 
 
+def check_header(url: str, ds, modality: str) -> None:
+    """The format, band count, dtype and size a file declares, checked before a pixel is read:
+    a few-KB sparse file may declare 100,000 x 100,000 pixels, which reading would allocate."""
+    if ds.driver != "GTiff":
+        raise PatchReadError(f"{url}: a {ds.driver} file, not a GeoTIFF")
+    want_bands, want_dtype = len(MODALITY_BANDS[modality]), MODALITY_DTYPES[modality]
+    if ds.count != want_bands:
+        raise PatchReadError(f"{url}: {ds.count} bands, a SEN12MS {modality} patch has {want_bands}")
+    if set(ds.dtypes) != {np.dtype(want_dtype).name}:
+        raise PatchReadError(f"{url}: dtype {ds.dtypes[0]}, a SEN12MS {modality} patch is {want_dtype}")
+    if (ds.height, ds.width) != (PATCH_SIZE, PATCH_SIZE):
+        raise PatchReadError(f"{url}: size {ds.width} x {ds.height}, expected {PATCH_SIZE} x {PATCH_SIZE}")
+
+
+def _read_checked(ds, url: str, modality: str):
+    check_header(url, ds, modality)
+    return ds.read(), ds.crs, ds.transform
+
+
 def read_patch(url: str, modality: str) -> Patch:
-    """Read a patch and check band count, dtype and size against the SEN12MS format."""
+    """Read a patch and check format, band count, dtype and size against the SEN12MS format
+    (from the header, before the pixels are read)."""
     import rasterio  # start-up time: rasterio only when used
     from rasterio.errors import RasterioError  # start-up time: rasterio only when used
 
     try:
         if storage.is_remote(url):
             with rasterio.MemoryFile(storage.read_bytes(url)) as mem, mem.open() as ds:
-                data, crs, transform = ds.read(), ds.crs, ds.transform
+                data, crs, transform = _read_checked(ds, url, modality)
         else:
             with rasterio.open(url) as ds:
-                data, crs, transform = ds.read(), ds.crs, ds.transform
+                data, crs, transform = _read_checked(ds, url, modality)
+    except PatchReadError:
+        raise
     except PermissionError as exc:
         raise PatchReadError(f"{url}: cannot read: permission denied") from exc
     except FileNotFoundError as exc:
         raise PatchReadError(f"{url}: file not found") from exc
-    except (RasterioError, OSError, ValueError) as exc:
+    except (RasterioError, OSError, ValueError, MemoryError) as exc:
         raise PatchReadError(f"{url}: {_describe(exc, url)}") from exc
-    want_bands, want_dtype = len(MODALITY_BANDS[modality]), MODALITY_DTYPES[modality]
-    if data.shape[0] != want_bands:
-        raise PatchReadError(f"{url}: {data.shape[0]} bands, a SEN12MS {modality} patch has {want_bands}")
-    if data.dtype != np.dtype(want_dtype):
-        raise PatchReadError(f"{url}: dtype {data.dtype}, a SEN12MS {modality} patch is {want_dtype}")
-    if data.shape[1:] != (PATCH_SIZE, PATCH_SIZE):
-        raise PatchReadError(f"{url}: size {data.shape[2]} x {data.shape[1]}, expected {PATCH_SIZE} x {PATCH_SIZE}")
     if crs is None:
         crs_text = ""
     else:

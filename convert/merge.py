@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import click
 
-from convert.outfolder import PART_DIR, PART_FILE_RE, part_count_of, part_manifest_name, part_shard_name, tag_of
+from convert.outfolder import (PART_DIR, PART_FILE_RE, TEMP_RE, part_count_of, part_manifest_name, part_shard_name,
+                               tag_of)
 from convert.plan import UNASSIGNED, Part
 from convert.stats import BandMoments, finish, merge
 from convert.summary import report_table
@@ -190,8 +192,36 @@ def merged(docs: list[PartDoc]) -> tuple[Manifest, dict[str, Any]]:
     return Manifest(layout, splits, finish(totals, band_order), source), report
 
 
+def remove_dead_temporaries(out: str) -> list[str]:
+    """The hidden temporaries of manifest.json / report.json that a merge killed at its rename
+    left (`.manifest.json.tmp-<pid>-<hex>`), removed where that process no longer runs."""
+    if storage.is_remote(out):
+        return []  # object stores write whole objects: nothing half-written is left there
+    removed = []
+    for name in storage.listdir(out):
+        m = TEMP_RE.match(name)
+        if m is None or m["target"] not in (MANIFEST_NAME, REPORT_NAME) or not m["owner"].isdigit():
+            continue
+        if _running(int(m["owner"])):
+            continue
+        storage.remove(storage.join(out, name))
+        removed.append(name)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid < 2**22  # another user's process (or no such pid at all)
+    return True
+
+
 def merge_parts(out: str, expect: int | None = None, force: bool = False) -> MergeOutcome:
     """Join the parts in OUT into OUT/manifest.json and OUT/report.json; raises MergeError."""
+    remove_dead_temporaries(out)
     count = part_count(out, expect)
     docs = load_parts(out, count)
     check_parts(out, docs)

@@ -15,6 +15,7 @@ from convert.plan import Part, parse_part, parse_size
 from convert.summary import summary_lines
 from sen12ms_common.cpus import usable_cpus
 from sen12ms_common.errors import report_errors
+from sen12ms_common.redaction import redact
 from sen12ms_common.shardformat import CODECS, DEFAULT_LEVEL, SampleLayout
 
 
@@ -124,11 +125,11 @@ def shards(ctx: click.Context, data: tuple[str, ...], out: str, labels: str | No
     opts = ShardsOptions(data[0] if len(data) == 1 else data, out, labels, splits_dir, layout, shard_size, workers, seed, resume, val_fraction,
                          progress, part, max_rejected, break_lock)
     try:
-        outcome = convert_shards(opts, echo=lambda s: click.echo(s, err=True))
+        outcome = convert_shards(opts, echo=lambda s: click.echo(redact(s), err=True))
     except KeyboardInterrupt:
-        click.echo(f"Aborted! The finished shards are kept; continue with: {resume_command(ctx)}", err=True)
+        click.echo(redact(f"Aborted! The finished shards are kept; continue with: {resume_command(ctx)}"), err=True)
         sys.exit(1)
     for line in summary_lines(outcome):
-        click.echo(line)
+        click.echo(redact(line))
     if part is not None:
         click.echo(f"part {part} done; once all {part.count} parts are: python -m convert merge-manifest {out}")

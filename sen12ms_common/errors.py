@@ -6,6 +6,8 @@ import functools
 import sys
 from typing import Callable, Iterator, TypeVar
 
+from .redaction import redact
+
 F = TypeVar("F", bound=Callable)
 
 
@@ -40,14 +42,14 @@ def one_line(exc: BaseException) -> str:
 
 def report_errors(command: F) -> F:
     """Wrap a command's function: a `Sen12msError` is printed as `Error: <message>` on one line
-    to stderr and the process exits with status 1 (click's own usage errors keep status 2)."""
+    to stderr (credentials in URLs redacted) and the process exits with status 1 (click's own usage errors keep status 2)."""
 
     @functools.wraps(command)
     def run(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except Sen12msError as exc:
-            sys.stderr.write(f"Error: {one_line(exc)}\n")
+            sys.stderr.write(f"Error: {redact(one_line(exc))}\n")
             sys.stderr.flush()
             raise SystemExit(1) from None
 

@@ -3,23 +3,14 @@ from every URL they name."""
 
 from __future__ import annotations
 
-import re
-
 from .errors import Sen12msError
-
-# The user info of a URL (`s3://KEY:SECRET@bucket/...`); a secret may hold '/', a bucket never ':'.
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?:[^\s/@:]*:[^\s@]*|[^\s/@]*)@")
-
-
-def redact(text: str) -> str:
-    """`text` with the user info of every URL in it (`KEY:SECRET@`) replaced by `***@`."""
-    return _USERINFO.sub(r"\g<scheme>***@", str(text))
+from .redaction import has_user_info, redact
 
 
 def refuse_credentials(url: str) -> None:
     """Credentials belong in the environment or the AWS files, never in a URL (they would end up in
     logs, shell histories and arguments files): a URL with user info is refused."""
-    if redact(url) != str(url):
+    if has_user_info(url):
         raise StorageAccessError(f"{redact(url)}: credentials in a URL are refused; set AWS_ACCESS_KEY_ID / "
                                  "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) instead", str(url))
 

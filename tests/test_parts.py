@@ -314,3 +314,27 @@ def test_assign_scenes_is_a_balanced_partition_independent_of_order(raw, count, 
     items = list(sizes.items())
     rnd.shuffle(items)
     assert assign_scenes(dict(items), count) == parts
+
+
+# A merge killed between writing its manifest's temporary and renaming it (issue 29 item 11).
+_KILLED_AT_RENAME = ("import os, sys; from sen12ms_common import storage\n"
+                     "with storage.atomic_open(sys.argv[1]) as f:\n"
+                     "    f.write(b'{\"half\": ')\n"
+                     "    f.flush()\n"
+                     "    os.kill(os.getpid(), 9)\n")
+
+
+def test_merge_removes_the_temporaries_of_a_killed_merge(merged, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(merged, out)
+    for name in ("manifest.json", "report.json"):
+        proc = subprocess.run([sys.executable, "-c", _KILLED_AT_RENAME, str(out / name)], cwd=REPO)
+        assert proc.returncode == -9
+    left = sorted(p.name for p in out.iterdir() if ".tmp-" in p.name)
+    assert [n.split(".tmp-")[0] for n in left] == [".manifest.json", ".report.json"]
+    live = out / f".manifest.json.tmp-{os.getpid()}-0123abcd"  # a merge still writing (this process)
+    live.write_text("in progress")
+    result = merge(out)
+    assert "unchanged" in result.output or "merged" in result.output
+    assert sorted(p.name for p in out.iterdir() if ".tmp-" in p.name) == [live.name]
+    assert load_manifest(str(out)).samples("train") == load_manifest(str(merged)).samples("train")

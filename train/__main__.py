@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 from typing import Any
@@ -11,6 +10,7 @@ import click
 from click.core import ParameterSource
 
 from sen12ms_common.errors import report_errors
+from sen12ms_common.redaction import log_warnings_to_stderr, redact, redacting
 
 from .optionkinds import click_options
 from .progress import ProgressOptions, progress_options
@@ -40,19 +40,19 @@ def main(ctx: click.Context, **params: Any) -> None:
     from .run import fit
     from .signals import Interrupted
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    log_warnings_to_stderr()
     d = Dist()
     try:
         cfg, checkpoint = _config(ctx, params)
         d, dev = init_from_env(cfg.device)
-        fit(cfg, checkpoint, echo=click.echo, dist=d, device=str(dev),
+        fit(cfg, checkpoint, echo=redacting(click.echo), dist=d, device=str(dev),
             progress=ProgressOptions(params["progress"], params["progress_interval"]))
     except Interrupted as exc:
         # The checkpoint is written: ignore further SIGTERMs (torchrun sends them to the other
         # ranks once one has exited) so that none dies halfway through its exit. Python resets
         # its own handlers while it shuts down, but not SIG_IGN.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        click.echo(str(exc), err=True)
+        click.echo(redact(str(exc)), err=True)
         sys.exit(128 + int(exc.signum))
     finally:
         shutdown(d)

@@ -10,6 +10,7 @@ from sen12ms_common.bands import INPUT_SETS, BandError, resolve_bands
 from sen12ms_common.datafiles import read_source
 from sen12ms_common.errors import Sen12msError
 from sen12ms_common.igbp import LABEL_TYPES, SCHEMES
+from sen12ms_common.redaction import redact
 
 # Every option of the original main_train.py, in its order.
 ORIGINAL_KEYS: tuple[str, ...] = (
@@ -50,7 +51,7 @@ def write_arguments_file(path: str, args: Mapping[str, Any]) -> None:
     """Write `key: value` lines (`str(value)`, as the original) atomically, in `args` order."""
     lines = []
     for key, value in args.items():
-        text = str(value)
+        text = redact(value)  # an option's URL is recorded without its credentials
         if not _LINE.match(f"{key}: x"):
             raise ValueError(f"arguments file key {key!r} is not a plain identifier")
         if "\n" in text or "\r" in text:

@@ -181,6 +181,11 @@ def load_model_weights(model: nn.Module, checkpoint: Mapping[str, Any], strict: 
     problems = _fit_problems(target, state, strict)
     if problems:
         raise CheckpointError(f"{source or 'checkpoint'} does not fit the model: {problems}")
+    bad = next((k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+                and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise CheckpointError(f"{source or 'checkpoint'}: weight {str(bad)[:100]} holds NaN or infinity (the "
+                              "checkpoint of a diverged run?)")
     try:
         return target.load_state_dict(state, strict=strict)
     except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as exc:  # values that are not tensors
@@ -331,6 +336,11 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
                 torch.cuda.set_rng_state(s, i)
 
 
+# The largest normalisation scale or offset a checkpoint may store: scale = 1 / std of values
+# stored as uint16, offset = -mean / std (the sample data's are about 0.005 and -6).
+MAX_TRANSFORM = 1e6
+
+
 def stored_input_transform(ckpt: Mapping[str, Any], input_bands: Sequence[BandRef], source: str) -> ChannelTransform | None:
     """The exact per-channel transform a checkpoint stores for `input_bands` (None if it stores
     none, or one for other bands); a damaged one is a `CheckpointError`."""
@@ -348,4 +358,8 @@ def stored_input_transform(ckpt: Mapping[str, Any], input_bands: Sequence[BandRe
     if not shapes_ok or not (np.isfinite(scale).all() and np.isfinite(offset).all()) or np.isnan(clip).any():
         raise CheckpointError(f"{source}: stored input_transform is not {len(bands)} finite scales and offsets "
                               "and upper bounds")
+    if np.abs(scale).max() > MAX_TRANSFORM or np.abs(offset).max() > MAX_TRANSFORM:
+        raise CheckpointError(f"{source}: stored input_transform has a scale or offset beyond +-{MAX_TRANSFORM:g} "
+                              f"(largest {max(np.abs(scale).max(), np.abs(offset).max()):g}); a normalisation of "
+                              "stored values never needs one")
     return ChannelTransform(scale, offset, clip)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -11,6 +10,7 @@ import click
 
 from sen12ms_common.errors import report_errors
 from sen12ms_common.inputs import ChannelTransform
+from sen12ms_common.redaction import log_warnings_to_stderr, redact, redacting
 
 from .optionkinds import click_options
 from .progress import ProgressOptions, progress_options
@@ -187,13 +187,13 @@ def main(shards, checkpoint, config, split, out, batch_size, workers, threads, d
     """
     from .distributed import Dist, init_from_env, shutdown  # imports torch: here, so that --help does not
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    log_warnings_to_stderr()
     d = Dist()
     try:
         d, dev = init_from_env(device)
         evaluate_checkpoint(shards=shards, checkpoint=checkpoint, config=config, split=split, out=out,
                             batch_size=batch_size, workers=workers, threads=threads, device=str(dev), stats=stats,
-                            verify=not no_verify, skip_bad_shards=skip_bad_shards, echo=click.echo, dist=d,
+                            verify=not no_verify, skip_bad_shards=skip_bad_shards, echo=redacting(click.echo), dist=d,
                             progress=ProgressOptions(progress, progress_interval))
     finally:
         shutdown(d)

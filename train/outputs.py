@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sen12ms_common import storage
+from sen12ms_common.folderlock import FolderLock
 from sen12ms_common.outputs import output_folder, writing
+from sen12ms_common.redaction import redact
 from sen12ms_common.storage import StorageError
 
 from .argsfile import write_arguments_file
@@ -39,9 +41,16 @@ class RunDir:
     def __init__(self, root: str) -> None:
         self.root = output_folder(root, "--run-dir")
         self.remote = storage.is_remote(self.root)
+        self._lock = None  # held while the run lasts: one training per local run folder
 
     def join(self, *parts: str) -> str:
         return storage.join(self.root, *parts)
+
+    def release(self) -> None:
+        """Let another training use the folder (the run's files are closed)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def prepare(self) -> None:
         """Create the local folders (object stores have none); a read-only place fails here."""
@@ -49,6 +58,9 @@ class RunDir:
             with writing(self.root):
                 for sub in ("logs", "checkpoints"):
                     os.makedirs(self.join(sub), exist_ok=True)
+                # Two runs sharing a folder would write each other's metrics.csv, scores and
+                # (started in the same second) checkpoints: the second is refused.
+                self._lock = FolderLock(self.root, "another training")
 
     def __str__(self) -> str:
         return self.root
@@ -70,6 +82,7 @@ class RunLog:
     def __call__(self, msg: str) -> None:
         if self.echo is None:
             return
+        msg = redact(msg)  # the screen and the log file alike
         self.echo(msg)
         if self.url is None:
             return
@@ -184,6 +197,8 @@ def close_outputs(files: RunFiles, log: RunLog, upload_errors: bool) -> None:
     except (StorageError, OSError):
         if upload_errors:
             raise
+    finally:
+        files.run.release()
 
 
 def _timestamp(run: RunDir) -> str:

@@ -4,7 +4,6 @@ pages; details in docs/segmentation.md ("Land-cover maps")."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -14,6 +13,7 @@ import numpy as np
 from sen12ms_common import storage
 from sen12ms_common.dfc import DfcScheme, train_to_dfc
 from sen12ms_common.errors import report_errors
+from sen12ms_common.redaction import log_warnings_to_stderr, redact, redacting
 
 from .optionkinds import click_options
 from .schema import PREDICT
@@ -148,6 +148,8 @@ def run_prediction(net: torch.nn.Module, spec, items: Iterator[Item], out: str, 
     import torch  # not at the top: --help builds without it
     from tqdm import tqdm
 
+    from sen12ms_common.outputs import writing
+
     from .device import InputTransform
 
     scheme = spec.scheme
@@ -167,7 +169,11 @@ def run_prediction(net: torch.nn.Module, spec, items: Iterator[Item], out: str, 
             classes = net(to_input(_input(batch, spec.bands))).argmax(dim=1).to(torch.uint8).cpu().numpy()
             for it, pred in zip(batch, classes):
                 dfc = train_to_dfc(pred, scheme.savanna)
-                url = storage.join(out, prediction_name(it.key))
+                name = prediction_name(it.key)  # a key from a folder keeps its sub-folders
+                if "/" in name:
+                    with writing(out):
+                        storage.makedirs(storage.join(out, name.rpartition("/")[0]))
+                url = storage.join(out, name)
                 write_bytes(url, geotiff_bytes(dfc, it.georef, scheme))
                 result.written.append(url)
                 result.ungeoreferenced += it.georef is None or not it.georef.crs
@@ -219,12 +225,12 @@ def predict(*, checkpoint: str, out: str, shards: str | None = None, split: str 
 @report_errors
 def main(checkpoint, shards, split, data, out, batch_size, device, stats, previews, preview_rows, no_verify) -> None:
     """Predict a land-cover map (DFC2020 classes) for every patch of a shard split or a GeoTIFF folder."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    log_warnings_to_stderr()
     if (shards is None) == (data is None):
         raise click.UsageError("give either --shards DIR (with --split) or --data FOLDER_OF_GEOTIFFS")
     predict(checkpoint=checkpoint, out=out, shards=shards, split=split, data=data, batch_size=batch_size,
             device=device, stats=stats, previews=previews, preview_rows=preview_rows, verify=not no_verify,
-            echo=click.echo)
+            echo=redacting(click.echo))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from sen12ms_common.outputs import writing
 from .checkpoint import load_checkpoint, load_model_weights, made_at
 from .config import TrainConfig
 from .data import DataError, Loader
+from .divergence import diverged, finite_state
 from .distributed import (Dist, agree_max, broadcast_object, broadcast_state, gather_objects, rank_seed,
                           sum_over_ranks, wrap_model)
 from .keylog import key_events
@@ -191,6 +192,8 @@ class TrainingRun:
         seconds = time.perf_counter() - t0
         loss_sum, loss_count = self.sum_loss()
         record = EpochRecord(e, state.step, loss_sum / max(loss_count, 1), int(loss_count), seconds, best=True)
+        if not finite_state(self.setup.model, record.train_loss):
+            raise self.diverged(e, record.train_loss)
         self.scalar("training", "loss", record.train_loss, e)
         line = (f"epoch {e}/{self.cfg.epochs - 1}: train loss {record.train_loss:.6f} ({record.train_samples} samples, "
                 f"{seconds:.1f} s)")
@@ -209,6 +212,9 @@ class TrainingRun:
             raise self.interrupted(f"after epoch {e}")
         return status
 
+    def diverged(self, e: int, loss: float) -> Exception:
+        return diverged(e, self.state.step, loss, self.cfg.lr, self.files.checkpoint, self.saved_step)
+
     def train_part(self, e: int) -> str:
         """The steps of epoch `e` not yet trained: 'done' or 'max_steps'; a stop request writes
         the checkpoint and ends the run."""
@@ -216,9 +222,15 @@ class TrainingRun:
             return "done"
         meter = ProgressMeter(self.progress, f"epoch {e}/{self.cfg.epochs - 1}", self.epoch_plan(),
                               main=self.dist.is_main)
-        status = train_steps(self.setup, self.optimizer, self.train_loader, self.state, max_steps=self.cfg.max_steps,
-                             stop=self.stop, dist=self.dist, on_keys=key_events(self.dist.rank, "train", e),
-                             labels=self.checks["train"], meter=meter)
+        try:
+            status = train_steps(self.setup, self.optimizer, self.train_loader, self.state,
+                                 max_steps=self.cfg.max_steps, stop=self.stop, dist=self.dist,
+                                 on_keys=key_events(self.dist.rank, "train", e), labels=self.checks["train"],
+                                 meter=meter)
+        except RuntimeError as exc:  # an optimizer's step past float32 ("cannot be converted ... overflow")
+            if "overflow" not in str(exc):
+                raise
+            raise self.diverged(e, math.inf) from exc
         if status == "stopped":
             self.save(False)
             raise self.interrupted(f"in epoch {e} after step {self.state.step}")
@@ -247,7 +259,10 @@ class TrainingRun:
         result = predict_all(s, self.val_loader, d, desc="validation", on_keys=key_events(self.dist.rank, "val", e),
                              labels=self.checks["val"], progress=self.progress)
         self.val_seconds = time.perf_counter() - t0
-        metrics = task.score(result)
+        try:
+            metrics = task.score(result)
+        except ValueError as exc:  # "probabilities hold NaN or infinity": outputs overflowed
+            raise self.diverged(e, result.loss) from exc
         record.val_loss, record.val = result.loss, task.scalars(metrics)
         for tag, value in record.val.items():
             self.scalar("val", tag, value, e)

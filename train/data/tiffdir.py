@@ -21,6 +21,9 @@ MODALITIES = ("s1", "s2", "lc", "dfc")
 # A modality token: a whole `_`-separated part of a name (`x_s2_1`, `s2_7`, `s2`).
 _TOKEN = re.compile(r"(?:(?<=_)|^)(s1|s2|lc|dfc)(?=_|$)", re.IGNORECASE)
 _SUFFIXES = (".tif", ".tiff")
+# The sides of a GeoTIFF predict reads: a model's downsampling needs 32 pixels (an 8-pixel
+# patch leaves nothing after its pooling); a model's activations at 2048 x 2048 take several GB.
+MIN_SIDE, MAX_SIDE = 32, 2048
 
 
 class TiffDirError(ValueError, Sen12msError):
@@ -29,7 +32,7 @@ class TiffDirError(ValueError, Sen12msError):
 
 @dataclass
 class TiffPatch:
-    key: str                                         # the S2 file name (or another member's)
+    key: str                                         # the S2 file's path under the folder (or another member's)
     files: dict[str, Path] = field(default_factory=dict)  # modality -> file
 
 
@@ -63,7 +66,7 @@ def find_patches(root: str | Path) -> list[TiffPatch]:
         patch.files[modality] = path
     for key, patch in groups.items():
         first = patch.files.get("s2") or patch.files.get("s1") or next(iter(patch.files.values()))
-        patch.key = first.name
+        patch.key = first.relative_to(root).as_posix()  # two folders may hold the same file name
     return sorted(groups.values(), key=lambda p: p.key)
 
 
@@ -80,6 +83,10 @@ def check_inputs(patches: list[TiffPatch], bands: tuple[BandRef, ...], root: str
             have = next(iter(p.files.values()))
             raise TiffDirError(f"{have}: no {' and '.join(missing)} file beside it (the model's input "
                                f"needs {', '.join(need)})")
+    for p in usable:
+        for m in ("s2", "s1"):
+            if m in p.files:
+                _open_checked(p.files[m], m, lambda ds: None)
     return usable
 
 
@@ -90,19 +97,38 @@ class TiffSample:
     georef: Georef
 
 
-def _read(path: Path, modality: str) -> tuple[np.ndarray, Georef]:
+def check_header(path: Path, ds, modality: str) -> None:
+    """What a file declares (format, bands, size), checked before a pixel is read: reading
+    allocates what the header says, and a few-KB sparse file may declare 100,000 pixels a side."""
+    if ds.driver != "GTiff":
+        raise TiffDirError(f"{path}: a {ds.driver} file, not a GeoTIFF")
+    want = len(MODALITY_BANDS[modality]) if modality in ("s1", "s2") else None  # lc has 4 bands, dfc 1
+    if want is not None and ds.count != want:
+        raise TiffDirError(f"{path}: {ds.count} bands, a {modality} patch has {want}")
+    if min(ds.width, ds.height) < MIN_SIDE:
+        raise TiffDirError(f"{path}: {ds.width} x {ds.height} pixels, fewer than the models take (at least "
+                           f"{MIN_SIDE} pixels a side)")
+    if max(ds.width, ds.height) > MAX_SIDE:
+        raise TiffDirError(f"{path}: {ds.width} x {ds.height} pixels, more than train.predict reads (at most "
+                           f"{MAX_SIDE} pixels a side)")
+
+
+def _open_checked(path: Path, modality: str, use):
+    """`use(ds)` on the opened file once its header passed `check_header`; one line on failure."""
     import rasterio  # start-up time: rasterio only when used
     from rasterio.errors import RasterioError  # start-up time: rasterio only when used
 
     try:
         with rasterio.open(path) as ds:
-            data, crs, transform = ds.read(), ds.crs, ds.transform
+            check_header(path, ds, modality)
+            return use(ds)
     except (RasterioError, OSError) as exc:
         text = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise TiffDirError(f"{path}: not a readable GeoTIFF ({text})") from None
-    want = len(MODALITY_BANDS[modality]) if modality in ("s1", "s2") else None
-    if want is not None and data.shape[0] != want:
-        raise TiffDirError(f"{path}: {data.shape[0]} bands, a {modality} patch has {want}")
+
+
+def _read(path: Path, modality: str) -> tuple[np.ndarray, Georef]:
+    data, crs, transform = _open_checked(path, modality, lambda ds: (ds.read(), ds.crs, ds.transform))
     if modality == "s2" and not np.issubdtype(data.dtype, np.integer):
         raise TiffDirError(f"{path}: dtype {data.dtype}, S2 reflectance x 10000 must be integers")
     crs_text = ""
