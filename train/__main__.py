@@ -20,6 +20,7 @@ from sen12ms_common.names import ALL_SPLITS
 from .config import TrainConfig
 from .data import loader_names
 from .optimizers import OPTIMIZERS
+from .presets import PRESET_HELP, PRESET_NAMES
 from .options import DEVICES, MAX_STREAMS, MAX_THREADS, WORKERS_HELP, WorkersParam
 from .progress import ProgressOptions, progress_options
 from .tasks import task_names
@@ -100,14 +101,34 @@ _D = TrainConfig()  # the defaults, in one place
 @click.option("--augment", is_flag=True,
               help="Random flips and 90-degree rotations of the training patches, seeded (a resumed run draws "
                    "the same ones); the original trained without augmentation.")
-@click.option("--no-savanna", is_flag=True,
-              help="Segmentation: ignore savanna pixels, 9 classes (the DFC2020 baseline's --no_savanna).")
+@click.option("--no-savanna/--savanna", default=_D.no_savanna,
+              help="Segmentation: ignore savanna pixels, 9 classes (the DFC2020 baseline's --no_savanna). [default: "
+                   "--no-savanna when --val-split or --test-split is a DFC2020 split (they hold no savanna), else "
+                   "--savanna]")
 @click.option("--output-stride", type=click.Choice(["8", "16"]), default=str(_D.output_stride), show_default=True,
               callback=lambda ctx, param, v: int(v), help="Segmentation: output stride of DeepLabV3Plus.")
 @click.option("--val-split", default=_D.val_split, show_default=True, type=click.Choice(ALL_SPLITS),
               help="Split validated after every epoch (e.g. dfc2020_val, the DFC2020 validation set).")
 @click.option("--test-split", default=_D.test_split, show_default=True, type=click.Choice(ALL_SPLITS),
               help="Split the best checkpoint is scored on (e.g. dfc2020_test); its files are RUN/test_*.")
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default=None, help=PRESET_HELP)
+@click.option("--init-from", default=None, metavar="CKPT",
+              help="Start a new run from these weights: a checkpoint of ours, the original toolbox's *_model_best.pth "
+                   "or the DFC2020 baseline's checkpoint_step_N.pth (every tensor must fit: see --init-partial). "
+                   "Not a resume: the optimizer, step and epoch start anew.")
+@click.option("--init-partial", is_flag=True,
+              help="--init-from loads only the tensors whose name and shape fit (a new head, other input bands) and "
+                   "prints the ones it did not load.")
+@click.option("--pretrained-backbone", default=None, metavar="imagenet|FILE",
+              help="Start the backbone from torchvision's ImageNet weights (ResNet, DenseNet, VGG, DeepLabV3Plus): "
+                   "imagenet reads torchvision's file from $TORCH_HOME/hub/checkpoints (never downloaded), or give "
+                   "the file. The input stem and the head keep their initialisation. [default: none]")
+@click.option("--val-every-steps", type=click.IntRange(0), default=_D.val_every_steps, show_default=True,
+              help="Also validate every N optimizer steps (scalars and images in TensorBoard at that step); the "
+                   "best checkpoint is still chosen after each epoch. 0: only after each epoch.")
+@click.option("--tb-images", type=click.IntRange(0, 64), default=_D.tb_images, show_default=True,
+              help="Segmentation: the first N validation patches shown in TensorBoard (input, prediction, ground "
+                   "truth) at each validation; 0: none.")
 @progress_options
 @click.pass_context
 @report_errors
@@ -160,6 +181,12 @@ def _config(ctx: click.Context, params: dict[str, Any]) -> tuple[TrainConfig, di
     if given["resume"]:
         checkpoint = load_checkpoint(given["resume"])
         _apply_checkpoint(checkpoint, given["resume"], given, explicit)
+    if checkpoint is None:  # a resumed run keeps the options it started with
+        from .presets import apply_preset, savanna_default
+
+        say = click.echo if rank == 0 else (lambda msg: None)
+        apply_preset(given["preset"], given, explicit, say)
+        savanna_default(given, explicit, say)
     if given["task"] == "segmentation" and "model" not in explicit and given["model"] == _D.model:
         given["model"] = "UNet"  # the classification default cannot segment
     if not given["shards"]:

@@ -51,6 +51,12 @@ class TrainConfig:
     output_stride: int = 16        # segmentation: DeepLabV3Plus output stride (8 or 16)
     val_split: str = "val"         # split validated every epoch (dfc2020_val: the DFC2020 validation set)
     test_split: str = "test"       # split the best checkpoint is scored on
+    preset: str | None = None      # a published recipe's settings under the explicit flags (train.presets)
+    init_from: str | None = None   # checkpoint a new run starts from (ours, the original's, the baseline's)
+    init_partial: bool = False     # --init-from loads the tensors that fit, reports the others
+    pretrained_backbone: str | None = None  # "imagenet" or a torchvision weights file (train.init_weights)
+    val_every_steps: int = 0       # also validate (TensorBoard only) every N steps; 0: once per epoch
+    tb_images: int = 4             # segmentation: validation patches shown in TensorBoard each validation
 
     def __post_init__(self) -> None:
         self.input = canonical_input(self.input)

@@ -15,6 +15,7 @@ from sen12ms_common.igbp import LABEL_TYPES, SCHEMES
 from sen12ms_common.inputs import STATS_CHOICES
 
 from .optimizers import OPTIMIZERS
+from .presets import PRESET_NAMES
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")  # auto: CUDA when available, else the CPU
 
@@ -24,9 +25,11 @@ MAX_WORKERS = 1024
 MAX_THREADS = 256
 MAX_INT = 2**31 - 1           # counts: epochs, steps, batch size, shuffle buffer
 MAX_SEED = 2**63 - 1
+MAX_TB_IMAGES = 64            # validation patches shown in TensorBoard
 # Options a checkpoint never sets: where the run writes comes from the command line (--run-dir)
-# or from where the checkpoint lies, and --resume is the checkpoint itself.
-NEVER_STORED: tuple[str, ...] = ("run_dir", "resume")
+# or from where the checkpoint lies, and --resume is the checkpoint itself; the preset and the
+# starting weights belong to the run's start, which a resumed run has behind it.
+NEVER_STORED: tuple[str, ...] = ("run_dir", "resume", "preset", "init_from", "init_partial", "pretrained_backbone")
 
 
 class OptionError(ValueError, Sen12msError):
@@ -154,6 +157,12 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "output_stride": lambda v: None if v in (8, 16) and not isinstance(v, bool) else "8 or 16",
     "val_split": _split,
     "test_split": _split,
+    "preset": _optional(_choice(*PRESET_NAMES)),
+    "init_from": _optional(_text),
+    "init_partial": _bool,
+    "pretrained_backbone": _optional(_text),
+    "val_every_steps": _int(0, MAX_INT),
+    "tb_images": _int(0, MAX_TB_IMAGES),
 }
 
 

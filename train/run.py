@@ -39,6 +39,7 @@ from .scoring import predict_all
 from .setup import Setup, check_modalities, has_split, loader_spec, make_setup
 from .signals import Interrupted, StopFlag
 from .steps import RunState, train_steps
+from .tblog_images import ValImages
 from .tasks import task_options
 
 Echo = Callable[[str], None]
@@ -91,6 +92,7 @@ class TrainingRun:
     skipped_seen: int = 0   # bad shards / samples already reported in an epoch line
     val_seconds: float = 0.0  # how long the last validation took (for the run's ETA)
     test_loss: float | None = None
+    images: ValImages | None = None  # the validation patches shown in TensorBoard (rank 0, segmentation)
 
     @classmethod
     def open(cls, cfg: TrainConfig, checkpoint: Mapping[str, Any] | None = None, echo: Echo = print, *,
@@ -110,6 +112,10 @@ class TrainingRun:
                            igbp=cfg.igbp, threshold=cfg.threshold, stats=cfg.stats, device=device or cfg.device,
                            amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile, task=cfg.task,
                            task_options=task_options(cfg.task, cfg.to_dict()), manifest=manifest)
+        if checkpoint is None:  # --pretrained-backbone, --init-from (a resumed run has its own weights)
+            from .init_weights import start_weights
+
+            start_weights(cfg, setup.model, log)
         if d.rank > 0:  # same initial weights everywhere (seeded above), own dropout draws per rank
             torch.manual_seed(rank_seed(cfg.seed, d.rank))
         optimizer = make_optimizer(cfg.optimizer, setup.model, cfg.lr, cfg.decay)
@@ -124,6 +130,8 @@ class TrainingRun:
         val_loader = split_loader(cfg, setup, d, cfg.val_split) if has_split(setup.manifest, cfg.val_split) else None
         checks = {name: label_check(loader, cfg.shards, name, cfg.skip_bad_shards)
                   for name, loader in (("train", train_loader), ("val", val_loader)) if loader is not None}
+        images = (ValImages.take(val_loader, cfg.tb_images) if d.is_main and val_loader is not None
+                  and cfg.tb_images > 0 and setup.task.targets == "mask" else None)
         files = open_run(cfg, ts, d, log)
         table = MetricsTable(files.run.join(METRICS_CSV), files.ts)
         if d.is_main and checkpoint is not None:
@@ -132,7 +140,7 @@ class TrainingRun:
                 log(f"warning: {problem}")
         return cls(cfg, d, setup, optimizer, state, train_loader, val_loader, checks, files, log,
                    KeyTrace(trace_keys, d.rank), StopFlag(), checkpoint is not None, progress, table,
-                   saved_step=state.step)
+                   saved_step=state.step, images=images)
 
     # --- the run ---------------------------------------------------------------------------
 
@@ -224,11 +232,40 @@ class TrainingRun:
                               main=self.dist.is_main)
         status = train_steps(self.setup, self.optimizer, self.train_loader, self.state, max_steps=self.cfg.max_steps,
                              stop=self.stop, dist=self.dist, on_keys=self.trace.writer("train", e),
-                             labels=self.checks["train"], meter=meter)
+                             labels=self.checks["train"], meter=meter, on_step=self.on_step)
         if status == "stopped":
             self.save(False)
             raise self.interrupted(f"in epoch {e} after step {self.state.step}")
         return status
+
+    def on_step(self, loss: float) -> None:
+        """After every optimizer step: its loss in TensorBoard; every --val-every-steps steps a
+        validation (collective: every rank reaches the same step)."""
+        step, n = self.state.step, self.cfg.val_every_steps
+        if self.files.events is not None:
+            self.files.events.writer("training").add_scalar("loss_step", loss, step)
+        if n and step % n == 0 and self.val_loader is not None and self.state.batch < len(self.train_loader):
+            self.step_validation(step)
+
+    def step_validation(self, step: int) -> None:
+        """Validation inside an epoch: scalars under `val_steps` and the images at `step`; the
+        best checkpoint is still chosen by the epoch's own validation."""
+        s, d = self.setup, self.dist
+        broadcast_state(d, s.model, buffers_only=True)
+        result = predict_all(s, self.val_loader, d, desc=f"validation at step {step}", labels=self.checks["val"],
+                             progress=self.progress)
+        metrics = s.task.score(result)
+        s.step_forward.train()
+        if self.files.events is not None:
+            w = self.files.events.writer("val_steps")
+            for tag, value in {**s.task.scalars(metrics), "loss": result.loss}.items():
+                w.add_scalar(tag, value, step)
+            self.write_images(step)
+        self.log(f"step {step}: val loss {result.loss:.6f} {s.task.val_summary(metrics)}")
+
+    def write_images(self, step: int) -> None:
+        if self.images is not None and self.files.events is not None:
+            self.images.write(self.files.events.writer("images"), self.setup, step)
 
     def epoch_plan(self) -> Plan:
         """The batches left in this epoch and the later ones (within --max-steps), and the
@@ -258,6 +295,7 @@ class TrainingRun:
         for tag, value in record.val.items():
             self.scalar("val", tag, value, e)
         self.scalar("val", "loss", result.loss, e)
+        self.write_images(self.state.step)
         value = float(metrics[task.best_metric])
         # As the original (strictly better), and the first validated state is kept even at 0, so
         # that a best checkpoint always exists. (Only rank 0's answer matters: it alone writes.)
