@@ -122,7 +122,8 @@ _D = TrainConfig()  # the defaults, in one place
 @click.option("--pretrained-backbone", default=None, metavar="imagenet|FILE",
               help="Start the backbone from torchvision's ImageNet weights (ResNet, DenseNet, VGG, DeepLabV3Plus): "
                    "imagenet reads torchvision's file from $TORCH_HOME/hub/checkpoints (never downloaded), or give "
-                   "the file. The input stem and the head keep their initialisation. [default: none]")
+                   "the file; none: no pretrained weights (to turn a preset's off). The input stem and the head keep "
+                   "their initialisation. [default: none]")
 @click.option("--val-every-steps", type=click.IntRange(0), default=_D.val_every_steps, show_default=True,
               help="Also validate every N optimizer steps (scalars and images in TensorBoard at that step); the "
                    "best checkpoint is still chosen after each epoch. 0: only after each epoch.")

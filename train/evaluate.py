@@ -166,7 +166,10 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
         echo = lambda msg: None  # noqa: E731  (one report, from rank 0)
 
     out_dir = output_folder(out, "--out") if out else None  # an unusable --out fails before the work
-    ckpt = load_checkpoint(checkpoint)
+    from .baseline_files import attach_config
+
+    # The DFC2020 baseline's args.pkl (given, or beside its checkpoint) becomes the checkpoint's configuration.
+    ckpt, config = attach_config(load_checkpoint(checkpoint), checkpoint, config, echo)
     opts = options_for(ckpt, checkpoint, config, stats)
     setup = _setup(ckpt, checkpoint, opts, shards, split, device)
     manifest = setup.manifest
@@ -200,9 +203,10 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
 @click.option("--shards", required=True, metavar="DIR|URL", help="Shard set written by `python -m convert shards`.")
 @click.option("--checkpoint", required=True, metavar="CKPT",
               help="Checkpoint: ours (<ts>_model_best.pth) or the original toolbox's (dict with model_state_dict).")
-@click.option("--config", default=None, metavar="ARGS.txt",
-              help="Arguments file of the run (the original's <ts>_arguments.txt or ours): model, input, label "
-                   "rule. [default: the configuration stored in our checkpoints; required for the original's]")
+@click.option("--config", default=None, metavar="ARGS.txt|args.pkl",
+              help="Arguments file of the run (the original's <ts>_arguments.txt or ours: model, input, label rule; "
+                   "or the DFC2020 baseline's args.pkl, read without running code). [default: the configuration "
+                   "stored in our checkpoints, else an args.pkl beside the checkpoint; required for the original's]")
 @click.option("--split", default="test", show_default=True, type=click.Choice(ALL_SPLITS),
               help="Split of the shard set to score (dfc2020_val, dfc2020_test: segmentation checkpoints).")
 @click.option("--out", default=None, metavar="DIR|URL",

@@ -137,8 +137,9 @@ def pretrained_backbone(model_name: str, model: nn.Module, source: str | os.Path
 
 def start_weights(cfg: Any, model: nn.Module, echo: Echo = print) -> None:
     """A new run's weights: --pretrained-backbone first, then --init-from over it."""
-    if getattr(cfg, "pretrained_backbone", None):
-        pretrained_backbone(cfg.model, model, cfg.pretrained_backbone, echo)
+    backbone = getattr(cfg, "pretrained_backbone", None)
+    if backbone and str(backbone).lower() != "none":  # none: a preset's backbone turned off
+        pretrained_backbone(cfg.model, model, backbone, echo)
     if getattr(cfg, "init_from", None):
         init_from(model, cfg.init_from, bool(getattr(cfg, "init_partial", False)), echo)
 
