@@ -39,7 +39,7 @@ from .scoring import predict_all
 from .setup import Setup, check_modalities, has_split, loader_spec, make_setup
 from .signals import Interrupted, StopFlag
 from .steps import RunState, train_steps
-from .tblog_images import ValImages
+from .tblog_images import ValImages, step_validation
 from .tasks import task_options
 
 Echo = Callable[[str], None]
@@ -245,23 +245,7 @@ class TrainingRun:
         if self.files.events is not None:
             self.files.events.writer("training").add_scalar("loss_step", loss, step)
         if n and step % n == 0 and self.val_loader is not None and self.state.batch < len(self.train_loader):
-            self.step_validation(step)
-
-    def step_validation(self, step: int) -> None:
-        """Validation inside an epoch: scalars under `val_steps` and the images at `step`; the
-        best checkpoint is still chosen by the epoch's own validation."""
-        s, d = self.setup, self.dist
-        broadcast_state(d, s.model, buffers_only=True)
-        result = predict_all(s, self.val_loader, d, desc=f"validation at step {step}", labels=self.checks["val"],
-                             progress=self.progress)
-        metrics = s.task.score(result)
-        s.step_forward.train()
-        if self.files.events is not None:
-            w = self.files.events.writer("val_steps")
-            for tag, value in {**s.task.scalars(metrics), "loss": result.loss}.items():
-                w.add_scalar(tag, value, step)
-            self.write_images(step)
-        self.log(f"step {step}: val loss {result.loss:.6f} {s.task.val_summary(metrics)}")
+            step_validation(self, step)
 
     def write_images(self, step: int) -> None:
         if self.images is not None and self.files.events is not None:

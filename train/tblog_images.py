@@ -68,6 +68,26 @@ class ValImages:
             writer.add_images(tag, pictures, step, dataformats="NHWC")
 
 
+def step_validation(run: Any, step: int) -> None:
+    """A `TrainingRun`'s validation inside an epoch (--val-every-steps; collective): scalars under
+    `val_steps` and the images at `step`; the best checkpoint is still chosen by the epoch's own."""
+    from .distributed import broadcast_state
+    from .scoring import predict_all
+
+    s = run.setup
+    broadcast_state(run.dist, s.model, buffers_only=True)  # rank 0's BatchNorm statistics, as validate()
+    result = predict_all(s, run.val_loader, run.dist, desc=f"validation at step {step}", labels=run.checks["val"],
+                         progress=run.progress)
+    metrics = s.task.score(result)
+    s.step_forward.train()
+    if run.files.events is not None:
+        w = run.files.events.writer("val_steps")
+        for tag, value in {**s.task.scalars(metrics), "loss": result.loss}.items():
+            w.add_scalar(tag, value, step)
+        run.write_images(step)
+    run.log(f"step {step}: val loss {result.loss:.6f} {s.task.val_summary(metrics)}")
+
+
 def _input_rgb(image: np.ndarray, bands) -> np.ndarray:
     """One patch's input as RGB: B4, B3, B2 when the model reads them, else its first channel grey,
     each stretched to the patch's 98th percentile."""
@@ -79,4 +99,4 @@ def _input_rgb(image: np.ndarray, bands) -> np.ndarray:
     return np.repeat((np.clip(grey / top, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1)
 
 
-__all__ = ["ValImages", "TAGS"]
+__all__ = ["ValImages", "TAGS", "step_validation"]
