@@ -110,7 +110,8 @@ def test_imagenet_backbone_from_the_torch_cache(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(BackboneWeightsError, match="SmallCNN has no ImageNet backbone"):
         pretrained_backbone("SmallCNN", _net("SmallCNN", 3, 10, 0), "imagenet")
     with pytest.raises(BackboneWeightsError, match="not torchvision's resnet50 weights"):
-        pretrained_backbone("ResNet50", _net("ResNet50", 3, 10, 0), tmp_path / "torch/hub/checkpoints/resnet18-f37072fd.pth")
+        pretrained_backbone("ResNet50", _net("ResNet50", 3, 10, 0),
+                            tmp_path / "torch/hub/checkpoints/resnet18-f37072fd.pth")
 
 
 def test_densenet_keys_of_torchvisions_old_files() -> None:
@@ -118,7 +119,8 @@ def test_densenet_keys_of_torchvisions_old_files() -> None:
     assert _our_key("DenseNet121", "features.denseblock1.denselayer1.norm.1.weight") == \
         "encoder.4.denselayer1.norm1.weight"
     assert _our_key("DenseNet121", "features.norm5.running_mean") == "encoder.11.running_mean"
-    assert _our_key("DenseNet121", "features.conv0.weight") is None and _our_key("DenseNet121", "classifier.weight") is None
+    assert _our_key("DenseNet121", "features.conv0.weight") is None
+    assert _our_key("DenseNet121", "classifier.weight") is None
     assert _our_key("VGG16", "features.2.weight") == "encoder.2.weight" and _our_key("VGG16", "features.0.bias") is None
 
 

@@ -20,8 +20,8 @@ from sen12ms_common.names import ALL_SPLITS
 from .config import TrainConfig
 from .data import loader_names
 from .optimizers import OPTIMIZERS
-from .presets import PRESET_HELP, PRESET_NAMES
 from .options import DEVICES, MAX_STREAMS, MAX_THREADS, WORKERS_HELP, WorkersParam
+from .presets import PRESET_HELP, PRESET_NAMES
 from .progress import ProgressOptions, progress_options
 from .tasks import task_names
 

@@ -27,7 +27,7 @@ BACKBONE_MODELS: tuple[str, ...] = (*_TORCHVISION, "DeepLabV3Plus")
 _DENSENET_PARTS = ("conv0", "norm0", "relu0", "pool0", "denseblock1", "transition1", "denseblock2", "transition2",
                    "denseblock3", "transition3", "denseblock4", "norm5")
 # torchvision's DenseNet files keep the old names `denselayerN.norm.1.weight` (torchvision renames on load).
-_OLD_DENSE = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_OLD_DENSE = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var))$")
 
 
 def _shown_keys(keys: list[str], n: int = 6) -> str:
