@@ -136,3 +136,13 @@ def test_baseline_run_files_in_evaluate_and_predict(seg_sample: Path, tmp_path: 
     assert evil.returncode == 1 and evil.stderr.strip().splitlines() == [
         f"Error: {tmp_path / 'evil.pkl'}: refused to load: the pickle asks for posix.system, which is not a "
         "container, string, number or numpy array"]
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"\x80\x02cargparse\nNamespace\n)R.", "argparse.Namespace is called with REDUCE"),
+    (b"\x80\x02cargparse\nNamespace\n)\x81}b}b.", "BUILD of argparse.Namespace without one dict of attributes"),
+    (b"\x80\x02cargparse\nNamespace\nK\x01\x85\x81}b.", "argparse.Namespace is built with arguments"),
+])
+def test_namespace_built_otherwise_is_refused(data: bytes, message: str) -> None:
+    with pytest.raises(UnsafePickleError, match=message):
+        loads_namespace(data, "args.pkl")
