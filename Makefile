@@ -7,16 +7,20 @@ EXTRAS ?= s3,dali,lightning,torchgeo,dev
 DATA ?= /sen12ms
 OUT ?= out/
 DEMO ?= demo
+DEMO_SEG ?= demo-seg
+SEG_SCENES ?= 12
+SEG_EPOCHS ?= 10
 TEST_ARGS ?= -n 2
 S3_DIR ?=
 
-.PHONY: install test test-fast demo shards s3-local bench clean help
+.PHONY: install test test-fast demo demo-seg shards s3-local bench clean help
 
 help:
 	@echo "make install        create .venv with every pinned dependency"
 	@echo "make test           install, then run the whole test suite"
 	@echo "make test-fast      the unit tests only (pytest -m 'not slow'), about a minute and a half"
 	@echo "make demo           sample dataset -> labels, splits -> shards -> short training + evaluation"
+	@echo "make demo-seg       sample SEN12MS + DFC2020 trees -> shards -> segmentation run scored on DFC2020 -> maps"
 	@echo "make shards DATA=/sen12ms [OUT=out/]   convert a SEN12MS tree (train, val, test shards)"
 	@echo "make s3-local [S3_DIR=store/]   a local S3 store (SeaweedFS), prints the AWS variables; Ctrl-C stops it"
 	@echo "make bench          loader / codec / training figures into docs/benchmarks.md"
@@ -52,6 +56,22 @@ demo: install
 	@echo "  overview         $(DEMO)/overview/index.html"
 	@echo "  training run     $(DEMO)/runs/smallcnn_s1s2 (logs/, checkpoints/, test_scores.json, test_predictions.npz, evaluate/)"
 
+# Segmentation as the DFC2020 baseline: trained on SEN12MS lc masks, validated and tested on DFC2020 (no
+# --no-savanna needed: DFC2020 splits leave savanna out by default). A few minutes on a CPU.
+demo-seg: install
+	rm -rf $(DEMO_SEG)
+	$(PY) -m convert synth --out $(DEMO_SEG)/sen12ms --scenes $(SEG_SCENES) --patches-per-scene 4 --seed 3
+	$(PY) -m convert synth --layout dfc2020 --out $(DEMO_SEG)/dfc2020 --scenes 4 --patches-per-scene 4 --seed 3
+	$(PY) -m convert shards --data $(DEMO_SEG)/sen12ms --data $(DEMO_SEG)/dfc2020 --out $(DEMO_SEG)/shards --modalities s1,s2,lc --no-progress
+	$(PY) -m train --task segmentation --model SmallUNet --input s2hr+s2mr+s1 --stats official --shards $(DEMO_SEG)/shards --val-split dfc2020_val --test-split dfc2020_test --epochs $(SEG_EPOCHS) --batch-size 4 --lr 0.003 --augment --workers 0 --run-dir $(DEMO_SEG)/runs/smallunet --no-progress
+	$(PY) -m train.predict --checkpoint $$(ls $(DEMO_SEG)/runs/smallunet/checkpoints/*_model_best.pth) --shards $(DEMO_SEG)/shards --split dfc2020_test --out $(DEMO_SEG)/maps
+	@echo
+	@echo "demo-seg outputs:"
+	@echo "  sample trees     $(DEMO_SEG)/sen12ms  $(DEMO_SEG)/dfc2020"
+	@echo "  shards           $(DEMO_SEG)/shards"
+	@echo "  training run     $(DEMO_SEG)/runs/smallunet (test_scores.json on dfc2020_test; TensorBoard: logs/runs/)"
+	@echo "  land-cover maps  $(DEMO_SEG)/maps (GeoTIFFs, previews/)"
+
 shards: install
 	$(PY) -m convert shards --data $(DATA) --out $(OUT)
 
@@ -62,4 +82,4 @@ bench: install
 	$(PY) -m bench
 
 clean:
-	rm -rf $(DEMO) out runs .pytest_cache
+	rm -rf $(DEMO) $(DEMO_SEG) out runs .pytest_cache

@@ -66,6 +66,7 @@ def _config(ctx: click.Context, params: dict[str, Any]) -> tuple[Any, dict | Non
     from .config import TrainConfig
     from .distributed import ranks_from_env
     from .options import cli_name, read_options
+    from .presets import apply_preset, savanna_default
     from .resume import check_resume_order
 
     given = {name: params[name] for name, option in TRAIN.items() if option.in_config}
@@ -75,6 +76,10 @@ def _config(ctx: click.Context, params: dict[str, Any]) -> tuple[Any, dict | Non
     if given["resume"]:
         checkpoint = load_checkpoint(given["resume"])
         _apply_checkpoint(checkpoint, given["resume"], given, explicit)
+    if checkpoint is None:  # a resumed run keeps the options it started with
+        say = click.echo if rank == 0 else (lambda msg: None)
+        apply_preset(given["preset"], given, explicit, say)
+        savanna_default(given, explicit, say)
     if given["task"] == "segmentation" and "model" not in explicit and given["model"] == TRAIN["model"].default:
         given["model"] = "UNet"  # the classification default cannot segment
     if not given["shards"]:

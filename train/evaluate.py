@@ -145,7 +145,10 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
         echo = lambda msg: None  # noqa: E731  (one report, from rank 0)
 
     out_dir = output_folder(out, "--out") if out else None  # an unusable --out fails before the work
-    ckpt = load_checkpoint(checkpoint)
+    from .baseline_files import attach_config
+
+    # The DFC2020 baseline's args.pkl (given, or beside its checkpoint) becomes the checkpoint's configuration.
+    ckpt, config = attach_config(load_checkpoint(checkpoint), checkpoint, config, echo)
     opts = options_for(ckpt, checkpoint, config, stats)
     setup = _setup(ckpt, checkpoint, opts, shards, split, device)
     manifest = setup.manifest

@@ -4,6 +4,7 @@ pages; details in docs/segmentation.md ("Land-cover maps")."""
 
 from __future__ import annotations
 
+from functools import partial
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -143,7 +144,7 @@ def _preview_row(it: Item, pred_dfc: np.ndarray, scheme: DfcScheme) -> PreviewRo
 
 def run_prediction(net: torch.nn.Module, spec, items: Iterator[Item], out: str, *, batch_size: int,
                    device: torch.device, previews: int, preview_rows: int, total: int,
-                   echo: Echo = print) -> PredictResult:
+                   echo: Echo = print, name: Callable[[str], str] = prediction_name) -> PredictResult:
     """Predict every item, write its GeoTIFF, and preview pages of the first `previews` items."""
     import torch  # not at the top: --help builds without it
     from tqdm import tqdm
@@ -169,11 +170,11 @@ def run_prediction(net: torch.nn.Module, spec, items: Iterator[Item], out: str, 
             classes = net(to_input(_input(batch, spec.bands))).argmax(dim=1).to(torch.uint8).cpu().numpy()
             for it, pred in zip(batch, classes):
                 dfc = train_to_dfc(pred, scheme.savanna)
-                name = prediction_name(it.key)  # a key from a folder keeps its sub-folders
-                if "/" in name:
+                map_name = name(it.key)  # a key from a folder keeps its sub-folders
+                if "/" in map_name:
                     with writing(out):
-                        storage.makedirs(storage.join(out, name.rpartition("/")[0]))
-                url = storage.join(out, name)
+                        storage.makedirs(storage.join(out, map_name.rpartition("/")[0]))
+                url = storage.join(out, map_name)
                 write_bytes(url, geotiff_bytes(dfc, it.georef, scheme))
                 result.written.append(url)
                 result.ungeoreferenced += it.georef is None or not it.georef.crs
@@ -188,18 +189,27 @@ def run_prediction(net: torch.nn.Module, spec, items: Iterator[Item], out: str, 
 
 def predict(*, checkpoint: str, out: str, shards: str | None = None, split: str = "test", data: str | None = None,
             batch_size: int = 8, device: str = "auto", stats: str | None = None, previews: int = 32,
-            preview_rows: int = 8, verify: bool = True, echo: Echo = print) -> PredictResult:
-    """Load the checkpoint, read the patches (every input checked first), write maps and previews."""
+            preview_rows: int = 8, verify: bool = True, echo: Echo = print, config: str | None = None,
+            names: str = "ours") -> PredictResult:
+    """Load the checkpoint, read the patches (every input checked first), write maps and previews.
+    `config`: the DFC2020 baseline's args.pkl for its checkpoints (default: one beside the checkpoint);
+    `names`: "baseline" names the maps as its predict.py (`_dfc_`, `_lc_`, `_pred_`)."""
     from sen12ms_common.outputs import output_folder, writing
 
+    from .argsfile import ArgumentsFileError
+    from .baseline_files import attach_config, baseline_prediction_name
     from .checkpoint import load_checkpoint
     from .device import resolve_device
     from .segconfig import load_segmentation_model
 
     out = output_folder(out, "--out")
     dev = resolve_device(device)
-    ckpt = load_checkpoint(checkpoint)
+    ckpt, text_config = attach_config(load_checkpoint(checkpoint), checkpoint, config, echo)
+    if text_config:
+        raise ArgumentsFileError(f"{text_config}: not the DFC2020 baseline's args.pkl (a pickle); our checkpoints "
+                                 "need no --config")
     spec, net = load_segmentation_model(ckpt, checkpoint, dev, stats)
+    name = prediction_name if names == "ours" else partial(baseline_prediction_name, split=None if data else split)
     if data is not None:
         total, items = tiff_items(data, spec.bands, spec.savanna)
         source = data
@@ -212,7 +222,7 @@ def predict(*, checkpoint: str, out: str, shards: str | None = None, split: str 
     echo(f"{checkpoint}: {spec.model}, input {spec.input}, {spec.scheme.num_classes} classes; "
          f"{total} patches from {source}")
     result = run_prediction(net, spec, items, out, batch_size=batch_size, device=dev, previews=previews,
-                            preview_rows=preview_rows, total=total, echo=echo)
+                            preview_rows=preview_rows, total=total, echo=echo, name=name)
     echo(f"wrote {len(result.written)} maps to {out}" + (f" and {len(result.previews)} preview pages to "
                                                          f"{storage.join(out, 'previews')}" if result.previews else ""))
     if result.ungeoreferenced:
@@ -223,14 +233,15 @@ def predict(*, checkpoint: str, out: str, shards: str | None = None, split: str 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click_options(PREDICT)
 @report_errors
-def main(checkpoint, shards, split, data, out, batch_size, device, stats, previews, preview_rows, no_verify) -> None:
+def main(checkpoint, shards, split, data, out, batch_size, device, stats, previews, preview_rows, no_verify, config,
+         names) -> None:
     """Predict a land-cover map (DFC2020 classes) for every patch of a shard split or a GeoTIFF folder."""
     log_warnings_to_stderr()
     if (shards is None) == (data is None):
         raise click.UsageError("give either --shards DIR (with --split) or --data FOLDER_OF_GEOTIFFS")
     predict(checkpoint=checkpoint, out=out, shards=shards, split=split, data=data, batch_size=batch_size,
             device=device, stats=stats, previews=previews, preview_rows=preview_rows, verify=not no_verify,
-            echo=redacting(click.echo))
+            echo=redacting(click.echo), config=config, names=names)
 
 
 if __name__ == "__main__":

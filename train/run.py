@@ -39,6 +39,7 @@ from .scoring import predict_all
 from .setup import Setup, check_modalities, has_split, make_setup, split_loader_of
 from .signals import Interrupted, StopFlag
 from .steps import RunState, train_steps
+from .tblog_images import ValImages, step_validation
 from .tasks import task_options
 
 Echo = Callable[[str], None]
@@ -86,6 +87,7 @@ class TrainingRun:
     skipped_seen: int = 0   # bad shards / samples already reported in an epoch line
     val_seconds: float = 0.0  # how long the last validation took (for the run's ETA)
     test_loss: float | None = None
+    images: ValImages | None = None  # the validation patches shown in TensorBoard (rank 0, segmentation)
 
     @classmethod
     def open(cls, cfg: TrainConfig, checkpoint: Mapping[str, Any] | None = None, echo: Echo = print, *,
@@ -105,6 +107,10 @@ class TrainingRun:
                            igbp=cfg.igbp, threshold=cfg.threshold, stats=cfg.stats, device=device or cfg.device,
                            amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile, task=cfg.task,
                            task_options=task_options(cfg.task, cfg.to_dict()), manifest=manifest)
+        if checkpoint is None:  # --pretrained-backbone, --init-from (a resumed run has its own weights)
+            from .init_weights import start_weights
+
+            start_weights(cfg, setup.model, log)
         if d.rank > 0:  # same initial weights everywhere (seeded above), own dropout draws per rank
             torch.manual_seed(rank_seed(cfg.seed, d.rank))
         optimizer = make_optimizer(cfg.optimizer, setup.model, cfg.lr, cfg.decay)
@@ -119,6 +125,8 @@ class TrainingRun:
         val_loader = split_loader(cfg, setup, d, cfg.val_split) if has_split(setup.manifest, cfg.val_split) else None
         checks = {name: label_check(loader, cfg.shards, name, cfg.skip_bad_shards)
                   for name, loader in (("train", train_loader), ("val", val_loader)) if loader is not None}
+        images = (ValImages.take(val_loader, cfg.tb_images) if d.is_main and val_loader is not None
+                  and cfg.tb_images > 0 and setup.task.targets == "mask" else None)
         files = open_run(cfg, ts, d, log)
         table = MetricsTable(files.run.join(METRICS_CSV), files.ts)
         if d.is_main and checkpoint is not None:
@@ -127,7 +135,7 @@ class TrainingRun:
                 log(f"warning: {problem}")
         return cls(cfg, d, setup, optimizer, state, train_loader, val_loader, checks, files, log,
                    StopFlag(), checkpoint is not None, progress, table,
-                   saved_step=state.step)
+                   saved_step=state.step, images=images)
 
     # --- the run ---------------------------------------------------------------------------
 
@@ -226,7 +234,7 @@ class TrainingRun:
             status = train_steps(self.setup, self.optimizer, self.train_loader, self.state,
                                  max_steps=self.cfg.max_steps, stop=self.stop, dist=self.dist,
                                  on_keys=key_events(self.dist.rank, "train", e), labels=self.checks["train"],
-                                 meter=meter)
+                                 meter=meter, on_step=self.on_step)
         except RuntimeError as exc:  # an optimizer's step past float32 ("cannot be converted ... overflow")
             if "overflow" not in str(exc):
                 raise
@@ -235,6 +243,19 @@ class TrainingRun:
             self.save(False)
             raise self.interrupted(f"in epoch {e} after step {self.state.step}")
         return status
+
+    def on_step(self, loss: float) -> None:
+        """After every optimizer step: its loss in TensorBoard; every --val-every-steps steps a
+        validation (collective: every rank reaches the same step)."""
+        step, n = self.state.step, self.cfg.val_every_steps
+        if self.files.events is not None:
+            self.files.events.writer("training").add_scalar("loss_step", loss, step)
+        if n and step % n == 0 and self.val_loader is not None and self.state.batch < len(self.train_loader):
+            step_validation(self, step)
+
+    def write_images(self, step: int) -> None:
+        if self.images is not None and self.files.events is not None:
+            self.images.write(self.files.events.writer("images"), self.setup, step)
 
     def epoch_plan(self) -> Plan:
         """The batches left in this epoch and the later ones (within --max-steps), and the
@@ -267,6 +288,7 @@ class TrainingRun:
         for tag, value in record.val.items():
             self.scalar("val", tag, value, e)
         self.scalar("val", "loss", result.loss, e)
+        self.write_images(self.state.step)
         value = float(metrics[task.best_metric])
         # As the original (strictly better), and the first validated state is kept even at 0, so
         # that a best checkpoint always exists. (Only rank 0's answer matters: it alone writes.)

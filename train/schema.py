@@ -21,6 +21,7 @@ from sen12ms_common.names import ALL_SPLITS
 from .data import RENAMED, loader_names
 from .optimizers import OPTIMIZERS
 from .optionkinds import Bad, Choice, Custom, Flag, Int, IntChoice, Option, Optional, Real, Text, shown
+from .presets import PRESET_HELP, PRESET_NAMES
 from .tasks import task_names
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")  # auto: CUDA when available, else the CPU
@@ -31,6 +32,7 @@ MAX_WORKERS = 1024
 MAX_THREADS = 256
 MAX_INT = 2**31 - 1           # counts: epochs, steps, batch size, shuffle buffer
 MAX_SEED = 2**63 - 1
+MAX_TB_IMAGES = 64            # validation patches shown in TensorBoard
 
 
 # --- the kinds that need more than a range ---------------------------------------------------------
@@ -181,14 +183,38 @@ _TRAIN: list[Option] = [
     Option("augment", FLAG, False, is_flag=True, loader=True,
            help="Random flips and 90-degree rotations of the training patches, seeded (a resumed run draws "
                 "the same ones); the original trained without augmentation."),
-    Option("no_savanna", FLAG, False, is_flag=True,
-           help="Segmentation: ignore savanna pixels, 9 classes (the DFC2020 baseline's --no_savanna)."),
+    Option("no_savanna", FLAG, False, decls=("--no-savanna/--savanna",), show_default=False,
+           help="Segmentation: ignore savanna pixels, 9 classes (the DFC2020 baseline's --no_savanna). [default: "
+                "--no-savanna when --val-split or --test-split is a DFC2020 split (they hold no savanna), else "
+                "--savanna]"),
     Option("output_stride", IntChoice((8, 16)), 16, cli_default="16", callback=lambda ctx, param, v: int(v),
            help="Segmentation: output stride of DeepLabV3Plus."),
     Option("val_split", SPLIT, "val",
            help="Split validated after every epoch (e.g. dfc2020_val, the DFC2020 validation set)."),
     Option("test_split", SPLIT, "test",
            help="Split the best checkpoint is scored on (e.g. dfc2020_test); its files are RUN/test_*."),
+    # The preset and the starting weights belong to the run's start, which a resumed run has behind it.
+    Option("preset", Optional(Choice(PRESET_NAMES)), None, show_default=False, stored=False,
+           field_type="str | None", help=PRESET_HELP),
+    Option("init_from", PATH, None, metavar="CKPT", show_default=False, stored=False, field_type="str | None",
+           help="Start a new run from these weights: a checkpoint of ours, the original toolbox's *_model_best.pth "
+                "or the DFC2020 baseline's checkpoint_step_N.pth (every tensor must fit: see --init-partial). "
+                "Not a resume: the optimizer, step and epoch start anew."),
+    Option("init_partial", FLAG, False, is_flag=True, stored=False,
+           help="--init-from loads only the tensors whose name and shape fit (a new head, other input bands) and "
+                "prints the ones it did not load."),
+    Option("pretrained_backbone", PATH, None, metavar="imagenet|FILE", show_default=False, stored=False,
+           field_type="str | None",
+           help="Start the backbone from torchvision's ImageNet weights (ResNet, DenseNet, VGG, DeepLabV3Plus): "
+                "imagenet reads torchvision's file from $TORCH_HOME/hub/checkpoints (never downloaded), or give "
+                "the file; none: no pretrained weights (to turn a preset's off). The input stem and the head keep "
+                "their initialisation. [default: none]"),
+    Option("val_every_steps", Int(0, MAX_INT, click_max=False), 0,
+           help="Also validate every N optimizer steps (scalars and images in TensorBoard at that step); the "
+                "best checkpoint is still chosen after each epoch. 0: only after each epoch."),
+    Option("tb_images", Int(0, MAX_TB_IMAGES), 4,
+           help="Segmentation: the first N validation patches shown in TensorBoard (input, prediction, ground "
+                "truth) at each validation; 0: none."),
 ]
 TRAIN: dict[str, Option] = {o.name: o for o in _TRAIN}
 
@@ -204,9 +230,10 @@ EVALUATE: list[Option] = [
     TRAIN["shards"].but(required=True, help="Shard set written by `python -m convert shards`."),
     _CHECKPOINT.but(help="Checkpoint: ours (<ts>_model_best.pth) or the original toolbox's (dict with "
                          "model_state_dict)."),
-    Option("config", PATH, None, metavar="ARGS.txt", in_config=False, show_default=False,
-           help="Arguments file of the run (the original's <ts>_arguments.txt or ours): model, input, label "
-                "rule. [default: the configuration stored in our checkpoints; required for the original's]"),
+    Option("config", PATH, None, metavar="ARGS.txt|args.pkl", in_config=False, show_default=False,
+           help="Arguments file of the run (the original's <ts>_arguments.txt or ours: model, input, label rule; "
+                "or the DFC2020 baseline's args.pkl, read without running code). [default: the configuration "
+                "stored in our checkpoints, else an args.pkl beside the checkpoint; required for the original's]"),
     TRAIN["test_split"].but(name="split", decls=("--split",),
                             help="Split of the shard set to score (dfc2020_val, dfc2020_test: segmentation "
                                  "checkpoints)."),
@@ -240,6 +267,12 @@ PREDICT: list[Option] = [
            help="Patches shown in preview pages (S2 RGB | prediction | ground truth); 0: none."),
     Option("preview_rows", Int(1, 64), 8, in_config=False, help="Patches per preview page."),
     _VERIFY_OFF,
+    Option("config", PATH, None, metavar="args.pkl", in_config=False, show_default=False,
+           help="The DFC2020 baseline's args.pkl for one of its checkpoints (read without running code). "
+                "[default: our checkpoint's stored configuration, else an args.pkl beside the checkpoint]"),
+    Option("names", Choice(("ours", "baseline")), "ours", in_config=False,
+           help="Map file names: ours (_s2_ -> _pred_) or the baseline's predict.py (_s2_ -> _dfc_ for DFC2020 "
+                "splits, _lc_ for SEN12MS splits, _pred_ for --data)."),
 ]
 
 

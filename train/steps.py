@@ -76,9 +76,10 @@ def _step(setup: Setup, optimizer: torch.optim.Optimizer, forward: torch.nn.Modu
 def train_steps(setup: Setup, optimizer: torch.optim.Optimizer, loader: Loader, state: RunState, *,
                 max_steps: int | None, stop: StopFlag, dist: Dist | None = None,
                 on_keys: Callable[[list[str]], None] | None = None, labels: LabelCheck | None = None,
-                meter: ProgressMeter | None = None) -> str:
+                meter: ProgressMeter | None = None, on_step: Callable[[float], None] | None = None) -> str:
     """Train the rest of epoch `state.epoch`: 'done', 'max_steps' or 'stopped'. `labels` checks
-    each batch's labels (default: stop at the first bad one); `meter` shows how far it is."""
+    each batch's labels (default: stop at the first bad one); `meter` shows how far it is;
+    `on_step(loss)` runs after every step (TensorBoard, validation every N steps)."""
     labels = labels or LabelCheck(skipped=loader.skipped)
     d = dist or Dist()
     forward = setup.step_forward
@@ -95,7 +96,8 @@ def train_steps(setup: Setup, optimizer: torch.optim.Optimizer, loader: Loader, 
                 return "done"
             loss = _step(setup, optimizer, forward, batch)
             n = len(batch["key"])
-            state.loss_sum += float(loss.detach()) * n
+            value = float(loss.detach())
+            state.loss_sum += value * n
             state.loss_count += n
             state.batch += 1
             state.step += 1
@@ -103,6 +105,8 @@ def train_steps(setup: Setup, optimizer: torch.optim.Optimizer, loader: Loader, 
                 meter.update(n, wait, state.loss_sum / max(state.loss_count, 1))
             if on_keys is not None:
                 on_keys(batch["key"])
+            if on_step is not None:
+                on_step(value)
             # One process stops right after the step; ranks learn of it at their next agreement.
             if not d.enabled and stop.requested:
                 return "stopped"
