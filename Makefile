@@ -10,7 +10,9 @@ DEMO ?= demo
 TEST_ARGS ?= -n 2
 S3_DIR ?=
 
-.PHONY: install test test-fast demo shards s3-local bench clean help
+GPU_CHECK_DIR ?= gpucheck
+
+.PHONY: install test test-fast demo shards s3-local bench gpu-check clean help
 
 help:
 	@echo "make install        create .venv with every pinned dependency"
@@ -20,6 +22,8 @@ help:
 	@echo "make shards DATA=/sen12ms [OUT=out/]   convert a SEN12MS tree (train, val, test shards)"
 	@echo "make s3-local [S3_DIR=store/]   a local S3 store (SeaweedFS), prints the AWS variables; Ctrl-C stops it"
 	@echo "make bench          loader / codec / training figures into docs/benchmarks.md"
+	@echo "make gpu-check      on a CUDA machine: DALI GPU pipeline, AMP + channels-last ResNet50 -> docs/gpu.md (under 5 min)"
+	@echo "make clean          remove what the Makefile made (demo/, bench/data, bench/out, gpucheck/); never out/ or runs/"
 
 install: $(STAMP)
 
@@ -35,6 +39,7 @@ test-fast: install
 	$(PY) -m pytest -m "not slow" $(TEST_ARGS)
 
 demo: install
+	@echo "make demo: sample data -> shards -> 20 epochs of a small CNN -> evaluation; about DEMO_MINUTES minutes on 2 CPU cores"
 	rm -rf $(DEMO)
 	$(PY) -m convert synth --out $(DEMO)/data
 	$(PY) -m convert labels --data $(DEMO)/data --out $(DEMO)/labels
@@ -50,7 +55,9 @@ demo: install
 	@echo "  labels, splits   $(DEMO)/labels  $(DEMO)/splits"
 	@echo "  shards           $(DEMO)/shards (manifest.json, report.json)"
 	@echo "  overview         $(DEMO)/overview/index.html"
-	@echo "  training run     $(DEMO)/runs/smallcnn_s1s2 (logs/, checkpoints/, test_scores.json, test_predictions.npz, evaluate/)"
+	@echo "  training run     $(DEMO)/runs/smallcnn_s1s2: metrics.csv (one row per epoch), training_curves.png,"
+	@echo "                   test_scores.json, test_confusion.png, test_predictions.npz, checkpoints/, evaluate/"
+	@echo "  TensorBoard      tensorboard --logdir $(DEMO)/runs/smallcnn_s1s2/logs"
 
 shards: install
 	$(PY) -m convert shards --data $(DATA) --out $(OUT)
@@ -61,5 +68,10 @@ s3-local: install
 bench: install
 	$(PY) -m bench
 
+gpu-check: install
+	$(PY) -m bench.gpucheck --scratch $(GPU_CHECK_DIR)
+
+# Only what the targets above made: out/ (the README's shards) and runs/ (the trainer's default
+# run folder) hold real work and are never touched.
 clean:
-	rm -rf $(DEMO) out runs .pytest_cache
+	rm -rf $(DEMO) bench/data bench/out $(GPU_CHECK_DIR) .pytest_cache
