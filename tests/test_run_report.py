@@ -139,3 +139,39 @@ def test_average_accuracy_over_present_classes_by_hand():
     m = compute_metrics(y, p, "single_label", ["a", "b", "c"])
     assert m["AverageAcc"] == pytest.approx((0.5 + 0.5 + 0) / 3)
     assert m["AverageAccPresent"] == pytest.approx((0.5 + 0.5) / 2)
+
+
+def test_scores_equal_in_every_epoch_are_one_curve_with_a_note():
+    from train.report import _merge_equal
+
+    same = [0.3, 0.5, None]
+    series, note = _merge_equal({"microF1": same, "sampleF1": list(same), "microPrec": list(same),
+                                 "macroF1": [0.1, 0.2, None]})
+    assert series == {"val microF1 = sampleF1 = microPrec": same, "val macroF1": [0.1, 0.2, None]}
+    assert note == ("sampleF1 and microPrec equal microF1 in every epoch (one label per sample: each is the "
+                    "accuracy): drawn as one line")
+    # Multi-label scores differ: a line each, no note.
+    series, note = _merge_equal({"microF1": [0.3, 0.5], "sampleF1": [0.31, 0.5]})
+    assert list(series) == ["val microF1", "val sampleF1"] and note == ""
+
+
+def test_segmentation_confusion_marks_absent_classes_and_has_a_colour_bar(tmp_path: Path):
+    from sen12ms_common.dfc import DfcScheme
+    from train.segreport import confusion_png
+
+    scheme = DfcScheme(savanna=False)
+    n = len(scheme.names)
+    cm = np.full((n, n), 5, dtype=np.int64)
+    path = tmp_path / "c.png"
+    path.write_bytes(confusion_png({"confusion": cm.tolist(), "AA": 0.1, "mIoU": 0.1}, scheme, "test"))
+    full = imread(path)
+    cm[2] = 0  # no pixel of the third class
+    path.write_bytes(confusion_png({"confusion": cm.tolist(), "AA": 0.1, "mIoU": 0.1}, scheme, "test"))
+    absent = imread(path)
+    def grey(image: np.ndarray) -> int:  # pixels of the "absent" row's #e6e6e6
+        return int(np.all(np.abs(image[..., :3] - 230 / 255) < 0.01, axis=-1).sum())
+
+    assert grey(absent) > grey(full) + 10_000
+    # The colour bar: a column of the Blues map's darkest blue (vmax 1) right of the matrix.
+    dark = np.all(np.abs(absent[..., :3] - np.array([8, 48, 107]) / 255) < 0.03, axis=-1)
+    assert dark[:, absent.shape[1] // 2:].any()
