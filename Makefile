@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-stamp
 EXTRAS ?= s3,dali,dev
+comma := ,
+# One stamp per set of extras: `make test` after `make demo EXTRAS=s3` installs the test tools.
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 DATA ?= /sen12ms
 OUT ?= out/
 DEMO ?= demo
@@ -39,7 +41,7 @@ test-fast: install
 	$(PY) -m pytest -m "not slow" $(TEST_ARGS)
 
 demo: install
-	@echo "make demo: sample data -> shards -> 20 epochs of a small CNN -> evaluation; about DEMO_MINUTES minutes on 2 CPU cores"
+	@echo "make demo: sample data -> shards -> 20 epochs of a small CNN -> evaluation; about 10 minutes on 2 idle CPU cores (more on a busy machine)"
 	rm -rf $(DEMO)
 	$(PY) -m convert synth --out $(DEMO)/data
 	$(PY) -m convert labels --data $(DEMO)/data --out $(DEMO)/labels
