@@ -83,7 +83,7 @@ def test_train_run_dir_in_a_bucket(sample_shards: Path, s3_prefix: str, s3_env: 
     assert storage.read_text(storage.join(run, "logs", f"{ts}_train.log")) == proc.stdout + again.stdout
     assert load_checkpoint(ckpt)["resume_epoch"] == 2
     rows = storage.read_text(storage.join(run, "metrics.csv")).splitlines()
-    assert [r.split(",")[:2] for r in rows[1:]] == [[ts, "0"], [ts, "1"]]  # the first launch's row carried over
+    assert [r.split(",")[:2] for r in rows[1:]] == [[ts, "1"], [ts, "2"]]  # the first launch's row carried over
     assert storage.read_bytes(storage.join(run, "training_curves.png")).startswith(b"\x89PNG")
     assert sum(1 for f in storage.find(run) if f.endswith("_arguments.txt")) == 2
 
