@@ -73,7 +73,8 @@ def _run(*args: str) -> None:
     proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
     if proc.returncode:
-        raise click.ClickException(f"python -m {' '.join(args)} failed: {proc.stdout.strip().splitlines()[-1:]}")
+        last = (proc.stdout.strip().splitlines() or ["no output"])[-1]
+        raise click.ClickException(f"python -m {' '.join(args)} failed: {last}")
 
 
 def run_check(sets: dict[str, Path], device: str, *, steps: int, batch_size: int, workers: int,
