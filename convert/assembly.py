@@ -21,7 +21,9 @@ from sen12ms_common import storage
 from sen12ms_common.datafiles import load_labels, load_splits, read_excluded, read_split_list
 from sen12ms_common.manifest import SPLITS, Rejection
 from sen12ms_common.patches import SEASONS, SceneId, parse_any_patch, parse_patch
+from sen12ms_common.progress import ProgressOptions
 from sen12ms_common.redaction import redact
+from sen12ms_common.synthetic import is_synthetic
 from sen12ms_common.shardformat import SampleLayout
 
 _SCENE_FOLDER_RE = re.compile(r"^(?:s1|s2|lc)_\d+$")
@@ -40,7 +42,7 @@ class PlanOptions:
     val_fraction: float
     part: Part | None
     workers: int = 1
-    progress: bool = False
+    progress: bool | ProgressOptions = False
 
 
 @dataclass
@@ -92,6 +94,8 @@ def make_plan(opts: PlanOptions) -> Planned:
                            "tree in one run")
     source: dict[str, Any] = {"data": redact(opts.data) if isinstance(opts.data, str) else [redact(d) for d in opts.data],
                               "seed": opts.seed}
+    if any(is_synthetic(root) for root in roots):
+        source["synthetic"] = True  # written by `convert synth`: the overview of the shards says so
     needed = opts.layout.modalities + (() if opts.labels else ("lc",))
     sizes = scene_sizes(scan)
     part, keep, own_triplets, mine = opts.part, None, scan.triplets, None

@@ -10,6 +10,7 @@ import click
 from convert.synth import synthesize
 from convert.synthdfc import synthesize_dfc2020
 from sen12ms_common.errors import report_errors
+from sen12ms_common.progress import ProgressOptions, progress_options
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -31,17 +32,20 @@ def cli() -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed; the tree is identical for a seed.")
 @click.option("--broken", is_flag=True,
               help="Also plant the known broken triplet ROIs1868_summer_s1_146_p202 (NaN in S1; sen12ms only).")
+@progress_options(counted=True)
 @report_errors
-def synth(out: Path, layout: str, scenes: int, patches_per_scene: int, seed: int, broken: bool) -> None:
+def synth(out: Path, layout: str, scenes: int, patches_per_scene: int, seed: int, broken: bool, progress: bool,
+          progress_interval: float) -> None:
     """Write the sample dataset: a small, learnable SEN12MS (or DFC2020) tree in the real format."""
+    shown = ProgressOptions(progress, progress_interval)
     if layout == "dfc2020":
         if broken:
             raise click.UsageError("--broken plants a SEN12MS triplet: not with --layout dfc2020")
-        ids = synthesize_dfc2020(out, regions=scenes, patches_per_region=patches_per_scene, seed=seed)
+        ids = synthesize_dfc2020(out, regions=scenes, patches_per_region=patches_per_scene, seed=seed, progress=shown)
         click.echo(f"wrote {len(ids)} DFC2020 patches under {out}")
         return
 
-    ids = synthesize(out, scenes=scenes, patches_per_scene=patches_per_scene, seed=seed, broken=broken)
+    ids = synthesize(out, scenes=scenes, patches_per_scene=patches_per_scene, seed=seed, broken=broken, progress=shown)
     click.echo(f"wrote {len(ids)} triplets under {out}")
 
 

@@ -29,6 +29,7 @@ from sen12ms_common import storage
 from sen12ms_common.bands import MODALITY_BANDS
 from sen12ms_common.manifest import (DFC2020_SPLITS, MANIFEST_NAME, REPORT_NAME, Manifest, Rejection, ShardEntry,
                                      report_dict)
+from sen12ms_common.progress import Counter, ProgressOptions, as_options, status
 from sen12ms_common.shardformat import SampleLayout
 
 Done = dict[str, tuple[list[ShardRecord], SplitEnd | None]]
@@ -46,7 +47,7 @@ class ShardsOptions:
     seed: int = 0
     resume: bool = False
     val_fraction: float = 0.1
-    progress: bool = True
+    progress: bool | ProgressOptions = True
     part: Part | None = None  # convert only this part of the scenes
     max_rejected: float = 0.05  # fail when more than this share of the inputs is rejected
     break_lock: bool = False  # take over the stale lock of a run on another machine
@@ -88,6 +89,8 @@ def convert_shards(opts: ShardsOptions, echo: Callable[[str], None] = lambda s: 
             echo(f"part {part}: no scenes (the tree has fewer scenes than {part.count} parts); writing an empty part")
         resume = _resume(state, opts, planned, gone + temporaries, lock.token, echo)
         done, processed = _convert_splits(opts, planned, resume, lock)
+        # On object storage this takes a while after the bar reached 100 %: say so.
+        status(as_options(opts.progress), f"shards: writing the report and the manifest to {opts.out}...")
         try:
             manifest, report, manifest_url, report_url = _finish(opts, planned, done, lock.token)
         except OSError as exc:
@@ -156,9 +159,8 @@ def _convert_splits(opts: ShardsOptions, planned: Planned, resume: Resume, lock:
     already = sum((recs[-1].end if recs else 0) if end is None else end.end for recs, end in done.values())
     processed = 0
     # The workers fork before the progress bar starts its monitor thread.
-    with WorkerPool(_encode_task, opts.workers) as pool, tqdm(total=total, initial=already, unit="sample",
-                                                              desc="shards", disable=not opts.progress,
-                                                              dynamic_ncols=True) as bar:
+    with WorkerPool(_encode_task, opts.workers) as pool, \
+            Counter(as_options(opts.progress), "shards", total, "sample", initial=already) as bar:
         for split in plan.splits:
             records, end = done[split]
             if end is not None:
@@ -166,7 +168,7 @@ def _convert_splits(opts: ShardsOptions, planned: Planned, resume: Resume, lock:
             start = records[-1].end if records else 0
             writer = SplitWriter(opts.out, split, len(records), start, fingerprint, opts.shard_size, opts.part,
                                  lock.token, opts.on_commit)
-            bar.set_postfix_str(split)
+            bar.note(split)
             layout = split_layout(opts.layout, split)
             tasks = ((e, layout, split == "train") for e in plan.splits[split][start:])
             try:
@@ -175,6 +177,7 @@ def _convert_splits(opts: ShardsOptions, planned: Planned, resume: Resume, lock:
                         writer.add(result)
                     processed += 1
                     bar.update(1)
+                bar.note(f"{split}: writing its last shard")
                 with deferred_interrupt():
                     end = writer.finish()
             except (WorkerDied, OSError) as exc:

@@ -11,13 +11,13 @@ from typing import Any, Callable, Iterable, Sequence
 
 import click
 import numpy as np
-from tqdm import tqdm
 
 from convert.geotiff import PatchReadError, read_patch
 from convert.scan import Problem, Triplet, scan_tree
 from convert.workers import WorkerPool
 from sen12ms_common import storage
 from sen12ms_common.outputs import output_folder, writing
+from sen12ms_common.progress import Counter, ProgressOptions, as_options, progress_options
 from sen12ms_common.storage import StorageError
 from sen12ms_common.cpus import usable_cpus
 from sen12ms_common.errors import report_errors
@@ -74,17 +74,17 @@ def label_of(triplet: Triplet) -> tuple[str, np.ndarray | None, Problem | None, 
 
 
 def _ordered_map(fn: Callable[[Triplet], Any], items: Sequence[Triplet], workers: int,
-                 progress: bool, desc: str) -> Iterable[Any]:
+                 progress: bool | ProgressOptions, desc: str) -> Iterable[Any]:
     """fn over items, in input order (so the result does not depend on `workers`), with progress."""
     # The workers fork before the progress bar starts its monitor thread.
     with WorkerPool(fn, min(workers, len(items))) as pool, \
-            tqdm(total=len(items), desc=desc, unit="patch", disable=not progress) as bar:
+            Counter(as_options(progress), desc, len(items), "patch") as bar:
         for result in pool.map(items):
             yield result
             bar.update(1)
 
 
-def derive_labels(triplets: list[Triplet], workers: int = 1, progress: bool = True,
+def derive_labels(triplets: list[Triplet], workers: int = 1, progress: bool | ProgressOptions = True,
                   warnings: list[Problem] | None = None) -> tuple[dict[str, np.ndarray], list[Problem]]:
     """Probability labels of the triplets' lc patches, keyed by S2 file name, and the problems.
 
@@ -201,9 +201,9 @@ def report_problems(problems: list[Problem], what: str) -> None:
               help="Folder or s3://bucket/prefix to write the label files into (created if missing).")
 @click.option("--workers", default=usable_cpus, show_default="all usable CPU cores",
               type=click.IntRange(1, 1024), help="Processes reading lc patches in parallel.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@progress_options(counted=True)
 @report_errors
-def labels_command(data: str, out: str, workers: int, progress: bool) -> None:
+def labels_command(data: str, out: str, workers: int, progress: bool, progress_interval: float) -> None:
     """Derive the IGBP probability labels from the lc patches and write the original's label files.
 
     Writes IGBP_probability_labels.json (what this toolbox reads), IGBP_probability_labels.pkl
@@ -212,7 +212,8 @@ def labels_command(data: str, out: str, workers: int, progress: bool) -> None:
     """
     out = output_folder(out, "--out")
     scan = scan_tree(data)
-    labels, problems = derive_labels(scan.triplets, workers=workers, progress=progress)
+    labels, problems = derive_labels(scan.triplets, workers=workers,
+                                     progress=ProgressOptions(progress, progress_interval))
     problems = list(scan.problems) + problems
     if not labels and not problems:
         raise click.ClickException(f"{data}: no SEN12MS patches found")

@@ -19,6 +19,7 @@ from sen12ms_common.bands import MODALITY_BANDS
 from sen12ms_common.errors import Sen12msError, report_errors
 from sen12ms_common.manifest import (MANIFEST_NAME, REPORT_NAME, SPLITS, Manifest, ManifestError, Rejection,
                                      ShardEntry, report_dict)
+from sen12ms_common.progress import no_progress_option
 
 _MAX_LISTED = 8
 
@@ -249,6 +250,7 @@ def merge_parts(out: str, expect: int | None = None, force: bool = False) -> Mer
                    "Default: what the parts say.")
 @click.option("--force", is_flag=True,
               help="Replace an OUT/manifest.json (and report.json) that differs from the merged one.")
+@no_progress_option
 @report_errors
 def merge_manifest(out: str, expect: int | None, force: bool) -> None:
     """Join the parts of `convert shards --part I/N` in OUT into OUT/manifest.json and OUT/report.json."""

@@ -8,7 +8,6 @@ import tarfile
 
 import click
 import numpy as np
-from tqdm import tqdm
 
 from convert.geotiff import PatchReadError, read_patch
 from sen12ms_common import storage, tarstream
@@ -17,9 +16,11 @@ from sen12ms_common.errors import report_errors
 from sen12ms_common.igbp import LabelError, check_probability, igbp_counts
 from sen12ms_common.manifest import load_manifest
 from sen12ms_common.patches import PatchId, PatchNameError, SceneId, parse_patch
+from sen12ms_common.progress import Counter, ProgressOptions, as_options, progress_options
 from sen12ms_common.shardformat import (
     LABEL_EXT, META_EXT, SampleLayout, ShardFormatError, check_member_name, decode_array, decode_label,
 )
+from sen12ms_common.synthetic import is_synthetic
 
 from convert.overview_data import FROM_LC, Collection, PatchInfo, Problem, from_label
 from convert.overview_report import write_report
@@ -85,7 +86,7 @@ def _read_lc(path: str) -> tuple[np.ndarray, str, tuple[float, float]] | str:
     return counts.astype(np.int64), patch.crs, patch_centre(patch.transform, patch.data.shape[-1])
 
 
-def collect_tree(root: str, workers: int = 1, progress: bool = True) -> Collection:
+def collect_tree(root: str, workers: int = 1, progress: bool | ProgressOptions = True) -> Collection:
     """Count the IGBP band of every lc patch of a SEN12MS tree (parallel over `workers`)."""
     scan = scan_tree(root)
     problems = [Problem(p.path, p.reason) for p in scan.problems]
@@ -99,15 +100,15 @@ def collect_tree(root: str, workers: int = 1, progress: bool = True) -> Collecti
     patches: list[PatchInfo] = []
     paths = [p for _, p in jobs]
     # The workers fork before the progress bar starts its monitor thread.
-    with WorkerPool(_read_lc, min(workers, len(jobs))) as pool:
-        bar = tqdm(pool.map(paths), total=len(jobs), desc="overview", unit="patch", disable=not progress)
-        for (pid, path), res in zip(jobs, bar):
+    with WorkerPool(_read_lc, min(workers, len(jobs))) as pool, \
+            Counter(as_options(progress), "overview", len(jobs), "patch") as bar:
+        for (pid, path), res in zip(jobs, bar.iterate(pool.map(paths))):
             if isinstance(res, str):
                 problems.append(Problem(path, res))
                 continue
             counts, crs, centre = res
             patches.append(PatchInfo(pid, counts, counts / counts.sum(), crs, centre))
-    return Collection(patches, problems, str(root), "geotiff", FROM_LC)
+    return Collection(patches, problems, str(root), "geotiff", FROM_LC, is_synthetic(root))
 
 
 # --- shards ---------------------------------------------------------------------------------------
@@ -153,7 +154,7 @@ def _sample_info(key: str, members: dict[str, bytes], layout: SampleLayout,
     return PatchInfo(pid, counts, prob, crs, patch_centre(transform, layout.size))
 
 
-def collect_shards(root: str, progress: bool = True) -> Collection:
+def collect_shards(root: str, progress: bool | ProgressOptions = True) -> Collection:
     """Every sample of a shard set (all splits with labels) from its labels and metadata; no GeoTIFF."""
     manifest = load_manifest(root)
     layout = manifest.layout
@@ -167,32 +168,40 @@ def collect_shards(root: str, progress: bool = True) -> Collection:
     patches: list[PatchInfo] = []
     problems: list[Problem] = []
     seen: dict[str, str] = {}
-    for split, entry in tqdm(shards, desc="overview", unit="shard", disable=not progress):
-        url = storage.join(root, entry.name)
-        try:
-            samples = _shard_samples(url, wanted)
-        except FileNotFoundError:
-            problems.append(Problem(url, "shard listed in the manifest is missing"))
-            continue
-        except (tarfile.TarError, OSError) as exc:
-            problems.append(Problem(url, f"not a readable tar ({exc})"))
-            continue
-        except ShardFormatError as exc:
-            problems.append(Problem(url, str(exc)))
-            continue
-        for key, members in samples:
-            where = f"{url}:{key}"
-            if key in seen:
-                problems.append(Problem(where, f"sample also in {seen[key]}"))
-                continue
-            seen[key] = url
-            try:
-                patches.append(_sample_info(key, members, layout, use_lc))
-            except (PatchNameError, ShardFormatError, LabelError) as exc:
-                problems.append(Problem(where, str(exc)))
+    with Counter(as_options(progress), "overview", len(shards), "shard") as bar:
+        for split, entry in bar.iterate(shards):
+            _collect_shard(root, entry, wanted, layout, use_lc, seen, patches, problems)
     patches.sort(key=lambda p: p.id)
     source = from_label(layout.size * layout.size) if not use_lc else FROM_LC
-    return Collection(patches, problems, str(root), "shards", source)
+    return Collection(patches, problems, str(root), "shards", source, bool(manifest.source.get("synthetic")))
+
+
+def _collect_shard(root: str, entry, wanted: tuple[str, ...], layout: SampleLayout, use_lc: bool,
+                   seen: dict[str, str], patches: list[PatchInfo], problems: list[Problem]) -> None:
+    """The samples of one shard into `patches`, what is wrong with it into `problems`."""
+    url = storage.join(root, entry.name)
+    try:
+        samples = _shard_samples(url, wanted)
+    except FileNotFoundError:
+        problems.append(Problem(url, "shard listed in the manifest is missing"))
+        return
+    except (tarfile.TarError, OSError) as exc:
+        problems.append(Problem(url, f"not a readable tar ({exc})"))
+        return
+    except ShardFormatError as exc:
+        problems.append(Problem(url, str(exc)))
+        return
+    for key, members in samples:
+        where = f"{url}:{key}"
+        if key in seen:
+            problems.append(Problem(where, f"sample also in {seen[key]}"))
+            continue
+        seen[key] = url
+        try:
+            patches.append(_sample_info(key, members, layout, use_lc))
+        except (PatchNameError, ShardFormatError, LabelError) as exc:
+            problems.append(Problem(where, str(exc)))
+
 
 
 # --- the command ----------------------------------------------------------------------------------
@@ -213,14 +222,15 @@ def default_workers() -> int:
                    "else the official list shipped with the toolbox].")
 @click.option("--workers", default=default_workers(), show_default=True, type=click.IntRange(1, 256),
               help="Processes reading lc patches (GeoTIFF path); the output is the same for any number.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@progress_options(counted=True)
 @report_errors
 def overview(data: str | None, shards: str | None, out: str, holdout: str | None, workers: int,
-             progress: bool) -> None:
+             progress: bool, progress_interval: float) -> None:
     """Class distributions and a world map of the scenes, as CSV, PNG, GeoJSON and index.html."""
     if (data is None) == (shards is None):
         raise click.UsageError("give exactly one of --data DIR or --shards OUT")
     holdout_path, held_out = holdout_scenes(data, holdout)
+    progress = ProgressOptions(progress, progress_interval)
     if data is not None:
         if not storage.is_remote(data) and not os.path.isdir(data):
             raise click.ClickException(f"{data}: no such folder")
@@ -233,7 +243,8 @@ def overview(data: str | None, shards: str | None, out: str, holdout: str | None
         raise click.ClickException(f"{data or shards}: no patch could be counted, no report written")
     written = write_report(collection, held_out, out, holdout_path)
     scenes = len({p.id.scene_id for p in collection.patches})
-    click.echo(f"overview of {len(collection.patches)} patches in {scenes} scenes: {len(written)} files "
+    kind = " (synthetic sample data)" if collection.synthetic else ""
+    click.echo(f"overview of {len(collection.patches)} patches in {scenes} scenes{kind}: {len(written)} files "
                f"in {out} (open {storage.join(out, 'index.html')})")
     if collection.problems:
         for p in collection.problems:

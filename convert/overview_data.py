@@ -45,3 +45,4 @@ class Collection:
     source: str = ""  # the tree or shard folder
     kind: str = "geotiff"  # "geotiff" | "shards"
     pixels_from: str = FROM_LC
+    synthetic: bool = False  # written by `convert synth` (its marker, or the manifest's source says so)

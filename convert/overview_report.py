@@ -276,6 +276,9 @@ def _intro(s: Summary, collection: Collection, holdout_source: str) -> list[str]
         f'<p class="note">{_e(source_note)} Each IGBP value 1..17 is counted in its own bin. '
         "Single label = argmax of the probability vector, lowest class on a tie.</p>",
     ]
+    if collection.synthetic:
+        parts.insert(5, '<p class="synthetic"><b>Synthetic sample data</b> (written by <code>python -m convert '
+                        'synth</code>): the class spectra and scenes are generated, not SEN12MS imagery.</p>')
     if collection.problems:
         parts.append(f'<p><b>{len(collection.problems)} inputs could not be counted</b>: see '
                      f'<a href="#problems">the list below</a> and <a href="{FILES["problems"]}">{FILES["problems"]}</a>.</p>')

@@ -21,6 +21,7 @@ import click
 
 from convert.s3local import BUCKET, INSTALL_HINT, NotReady, WeedServer, saved_keys, start_server, weed_binary
 from sen12ms_common.errors import report_errors
+from sen12ms_common.progress import no_progress_option
 
 DEFAULT_PORT = 8333  # SeaweedFS's own S3 port: a fixed one keeps the exports valid across restarts
 STOP_GRACE_S = 10.0  # SIGTERM lets weed flush its data folder; SIGKILL after this
@@ -105,6 +106,7 @@ def announce(server: WeedServer, kept: bool) -> None:
               help="Bucket to create (an existing one is kept).")
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
               help="S3 port on 127.0.0.1 (0: any free port). SeaweedFS's other ports are picked free.")
+@no_progress_option(why="a server: it prints its address and waits")
 @report_errors
 def s3_local(folder: Path | None, bucket: str, port: int) -> None:
     """Run a local S3 store (SeaweedFS on 127.0.0.1) with one bucket, and print the AWS variables

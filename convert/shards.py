@@ -15,6 +15,7 @@ from convert.plan import Part, parse_part, parse_size
 from convert.summary import summary_lines
 from sen12ms_common.cpus import usable_cpus
 from sen12ms_common.errors import report_errors
+from sen12ms_common.progress import ProgressOptions, progress_options
 from sen12ms_common.redaction import redact
 from sen12ms_common.shardformat import CODECS, DEFAULT_LEVEL, SampleLayout
 
@@ -111,19 +112,20 @@ def resume_command(ctx: click.Context) -> str:
 @click.option("--break-lock", is_flag=True,
               help=f"Take over OUT's lock from a run on another machine that has not refreshed it for "
                    f"{STALE_AFTER / 60:.0f} minutes (a run on this machine that is gone needs no option).")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@progress_options(counted=True)
 @click.pass_context
 @report_errors
 def shards(ctx: click.Context, data: tuple[str, ...], out: str, labels: str | None, splits_dir: str | None, codec: str,
            level: int | None, shard_size: int, workers: int, modalities: tuple[str, ...], seed: int, resume: bool,
-           val_fraction: float, part: Part | None, max_rejected: float, break_lock: bool, progress: bool) -> None:
+           val_fraction: float, part: Part | None, max_rejected: float, break_lock: bool, progress: bool,
+           progress_interval: float) -> None:
     """Convert a SEN12MS tree into sharded WebDataset (train, val, test; DFC2020: dfc2020_val, dfc2020_test)
     with manifest and report."""
     if level is not None and codec != "zstd":
         raise click.BadParameter("--level applies to --codec zstd only", param_hint="--level")
     layout = SampleLayout(codec=codec, level=DEFAULT_LEVEL[codec] if level is None else level, modalities=modalities)
     opts = ShardsOptions(data[0] if len(data) == 1 else data, out, labels, splits_dir, layout, shard_size, workers, seed, resume, val_fraction,
-                         progress, part, max_rejected, break_lock)
+                         ProgressOptions(progress, progress_interval), part, max_rejected, break_lock)
     try:
         outcome = convert_shards(opts, echo=lambda s: click.echo(redact(s), err=True))
     except KeyboardInterrupt:

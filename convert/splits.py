@@ -18,6 +18,7 @@ from sen12ms_common.datalimits import excerpt
 from sen12ms_common.errors import report_errors
 from sen12ms_common.official import HOLDOUT_NAME, OFFICIAL_HOLDOUT
 from sen12ms_common.outputs import output_folder, writing
+from sen12ms_common.progress import no_progress_option
 from sen12ms_common.storage import StorageError
 from sen12ms_common.patches import (
     MODALITIES, SEASONS, PatchId, PatchNameError, SceneId, parse_patch, parse_scene,
@@ -197,6 +198,7 @@ def _summary(splits: Splits, holdout_path: str, holdout: list[SceneId]) -> list[
 @click.option("--out", required=True, metavar="DIR|URL",
               help="Folder or s3://bucket/prefix to write {train,val,test}_list.{txt,pkl} into (created if "
                    "missing).")
+@no_progress_option
 @report_errors
 def splits_command(data: str, holdout: str | None, val_fraction: float, seed: int, out: str) -> None:
     """Write train / val / test lists: test = the hold-out scenes, val = whole train scenes.

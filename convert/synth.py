@@ -11,6 +11,8 @@ from tqdm import tqdm
 
 from sen12ms_common.official import HOLDOUT_NAME, OFFICIAL_HOLDOUT, OFFICIAL_TEST_LIST
 from sen12ms_common.patches import SEASONS, PatchId, parse_patch, parse_scene
+from sen12ms_common.progress import Counter, ProgressOptions, as_options
+from sen12ms_common.synthetic import MARKER_NAME, MARKER_TEXT
 
 GRID_COLS = 28  # patches per scene row; patch n sits at ((n-1) // 28, (n-1) % 28) * 128 px
 STRIDE = 128
@@ -205,15 +207,16 @@ def write_geotiff(path: Path, data: np.ndarray, epsg: int, origin: tuple[float, 
 
 
 def synthesize(out: Path, scenes: int = 12, patches_per_scene: int = 24, seed: int = 0,
-               broken: bool = False, progress: bool = True) -> list[PatchId]:
+               broken: bool = False, progress: bool | ProgressOptions = True) -> list[PatchId]:
     """Write the sample tree under `out`; returns the S2 ids of the triplets written."""
     out = Path(out)
     specs = plan_scenes(scenes, patches_per_scene, seed, broken)
     out.mkdir(parents=True, exist_ok=True)
     (out / HOLDOUT_NAME).write_text(OFFICIAL_HOLDOUT.read_text())
+    (out / MARKER_NAME).write_text(MARKER_TEXT.format(seed=seed))
     written: list[PatchId] = []
     total = sum(len(s.patches) for s in specs)
-    with tqdm(total=total, desc="synth", unit="triplet", disable=not progress) as bar:
+    with Counter(as_options(progress), "synth", total, "triplet") as bar:
         for spec in specs:
             cells = scene_landcover(spec, seed)
             for patch in spec.patches:

@@ -16,6 +16,8 @@ from convert.synth import (GRID_COLS, STRIDE, SceneSpec, patch_arrays, random_ge
                            write_geotiff)
 from sen12ms_common.igbp import DFC2020_OF_IGBP
 from sen12ms_common.patches import SEASONS, PatchId
+from sen12ms_common.progress import Counter, ProgressOptions, as_options
+from sen12ms_common.synthetic import MARKER_NAME, MARKER_TEXT
 
 SUBSETS = ("ROIs0000_validation", "ROIs0000_test")
 # Regions are generated as SEN12MS scenes numbered from here: no real or sample scene is.
@@ -42,14 +44,16 @@ def plan_regions(regions: int, patches_per_region: int, seed: int) -> list[tuple
 
 
 def synthesize_dfc2020(out: Path, regions: int = 4, patches_per_region: int = 24, seed: int = 0,
-                       progress: bool = True) -> list[PatchId]:
+                       progress: bool | ProgressOptions = True) -> list[PatchId]:
     """Write the DFC2020 sample tree under `out`; returns the S2 ids written. Patches are numbered
     from 0 in each subset, scene 0, as the contest numbers them."""
     out = Path(out)
     plan = plan_regions(regions, patches_per_region, seed)
     numbers = dict.fromkeys(SUBSETS, 0)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER_NAME).write_text(MARKER_TEXT.format(seed=seed))
     written: list[PatchId] = []
-    with tqdm(total=regions * patches_per_region, desc="synth dfc2020", unit="patch", disable=not progress) as bar:
+    with Counter(as_options(progress), "synth dfc2020", regions * patches_per_region, "patch") as bar:
         for subset, spec in plan:
             cells = _RECLASS[scene_landcover(spec, seed)]
             for patch in spec.patches:

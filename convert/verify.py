@@ -16,6 +16,7 @@ from sen12ms_common.errors import ShardError, report_errors
 from sen12ms_common.igbp import LabelError, check_probability
 from sen12ms_common.manifest import ALL_SPLITS, Manifest, ShardEntry, is_shard_name, load_manifest
 from sen12ms_common.patches import PatchNameError, parse_any_patch
+from sen12ms_common.progress import Counter, ProgressOptions, as_options, progress_options
 from sen12ms_common.shardformat import SampleLayout, ShardFormatError, check_member_name, dali_index, decode_sample
 
 
@@ -164,7 +165,7 @@ class VerifyResult:
     seconds: float = 0.0
 
 
-def verify_shards(root: str, progress: bool = False) -> VerifyResult:
+def verify_shards(root: str, progress: bool | ProgressOptions = False) -> VerifyResult:
     """Verify every shard of the manifest at `root`; bad shards are collected, not raised."""
     t0 = time.perf_counter()
     manifest: Manifest = load_manifest(root)
@@ -172,10 +173,9 @@ def verify_shards(root: str, progress: bool = False) -> VerifyResult:
     entries = [(split, e) for split in order for e in manifest.splits[split]]
     result = VerifyResult()
     seen: dict[str, str] = {}
-    with tqdm(total=sum(e.bytes for _, e in entries), unit="B", unit_scale=True, desc="verify",
-              disable=not progress) as bar:
+    with Counter(as_options(progress), "verify", sum(e.bytes for _, e in entries), "B", scaled=True) as bar:
         for split, entry in entries:
-            bar.set_postfix_str(entry.name)
+            bar.note(entry.name)
             try:
                 result.samples += verify_shard(root, entry, manifest.layout_of(split), seen, bar.update)
                 result.shards += 1
@@ -190,11 +190,11 @@ def verify_shards(root: str, progress: bool = False) -> VerifyResult:
 
 @click.command("verify")
 @click.argument("out")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@progress_options(counted=True)
 @report_errors
-def verify(out: str, progress: bool) -> None:
+def verify(out: str, progress: bool, progress_interval: float) -> None:
     """Re-hash and decode every shard of the shard set in OUT and compare it with its manifest."""
-    result = verify_shards(out, progress=progress)
+    result = verify_shards(out, progress=ProgressOptions(progress, progress_interval))
     for name in result.extra:
         click.echo(f"warning: {name} is not named by the manifest (not verified)", err=True)
     if result.errors:

@@ -35,11 +35,12 @@ def stop_points(stderr: str, steps_per_epoch: int, epochs: int) -> list[StopPoin
             continue
         signum, epoch, step, after, rest = m.groups()
         assert int(signum) == 15, line
+        # The message counts epochs from 1; a StopPoint from 0, as the checkpoint does.
         if epoch is not None:
-            e, s = int(epoch), int(step)
+            e, s = int(epoch) - 1, int(step)
             found.append(StopPoint(e, s - e * steps_per_epoch, s, rest))
         else:
-            e = int(after) + 1 if after is not None else epochs  # during the test: all epochs done
+            e = int(after) if after is not None else epochs  # during the test: all epochs done
             found.append(StopPoint(e, 0, e * steps_per_epoch, rest))
     return found
 

@@ -64,7 +64,7 @@ def test_names_and_paths_as_the_baseline_finds_them():
 
 
 def test_generated_tree_has_the_contest_layout_and_formats(dfc_tree):
-    assert sorted(p.name for p in dfc_tree.iterdir()) == sorted(FOLDERS)
+    assert sorted(p.name for p in dfc_tree.iterdir()) == sorted([*FOLDERS, "SYNTHETIC_SAMPLE_DATA.txt"])
     for season, folders in FOLDERS.items():
         assert sorted(p.name for p in (dfc_tree / season).iterdir()) == sorted(folders)
         for folder in folders:

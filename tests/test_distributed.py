@@ -223,7 +223,7 @@ def test_two_processes_split_every_epoch_and_only_rank_0_writes(ddp_run, sample_
     assert (run_dir / "test_scores.json").is_file() and (run_dir / "test_predictions.npz").is_file()
     (log,) = (run_dir / "logs").glob("*_train.log")
     for text in (log.read_text(), proc.stdout):  # one log line per epoch: rank 0's
-        assert text.count("epoch 0/1: train loss") == 1 and text.count("epoch 1/1: train loss") == 1
+        assert text.count("epoch 1/2: train loss") == 1 and text.count("epoch 2/2: train loss") == 1
         assert f"({2 * (n // 2)} samples" in text
     state = torch.load(final_checkpoint(run_dir), weights_only=True)
     assert (state["step"], state["resume_epoch"], state["data_order"]["world_size"]) == (2 * (n // 2), 2, 2)
@@ -344,7 +344,7 @@ def test_sigterm_to_one_rank_checkpoints_and_the_resumed_run_matches(ddp_run, sa
 
     # Resume under torchrun (every rank reads the checkpoint); the end equals the uninterrupted run.
     resumed = ok(run(torchrun_cmd(tmp_path, "train", "--resume", str(ckpt), "--workers", "0"), _env()))
-    assert f"resumed from {ckpt}: epoch {where[0]}, batch {where[1]}" in resumed.stdout
+    assert f"resumed from {ckpt}: epoch {where[0] + 1}, batch {where[1]}" in resumed.stdout  # shown from 1
     assert "change the data order" not in resumed.stderr
     assert_same_weights(ckpt, final_checkpoint(base / "rank0" / "run"))
     assert json.loads((run_dir / "test_scores.json").read_text()) == \

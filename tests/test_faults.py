@@ -406,7 +406,7 @@ def test_a_shard_deleted_or_damaged_under_a_running_training_is_named_and_skippe
     bad_keys = set(shard_keys(sample_shards / entries[a].name)) | set(shard_keys(sample_shards / entries[b].name))
     assert bad_key in bad_keys
     assert sorted(got) == sorted(k for e in entries for k in shard_keys(sample_shards / e.name) if k not in bad_keys)
-    epoch_line = next(line for line in out.splitlines() if line.startswith("epoch 0/0:"))
+    epoch_line = next(line for line in out.splitlines() if line.startswith("epoch 1/1:"))
     assert "train loss " in epoch_line and f"({len(got)} samples, " in epoch_line
     assert epoch_line.endswith("; skipped so far: 2 bad shard(s)/sample(s)")
     summary = next(line for line in out.splitlines() if line.startswith("train: skipped "))

@@ -271,7 +271,7 @@ def test_shards_that_do_not_match_the_manifest_refuse_to_train_unless_no_verify(
         f"Error: {wrong_hash / victim.name}: content does not match the manifest (xxh3-128 {victim.xxh3_128[:16]}..., "
         f"{victim.bytes} bytes; expected 0000000000000000..., {victim.bytes} bytes); rebuild it or pass --no-verify")
     assert not list((tmp_path / "strict").rglob("*.pth"))
-    assert "epoch 0/0" not in out and not (tmp_path / "strict" / "test_scores.json").exists()
+    assert "epoch 1/1" not in out and not (tmp_path / "strict" / "test_scores.json").exists()
 
     (out, err), rc = done["size"]  # a size mismatch is found before the first step
     assert rc == 1, out + err
@@ -281,5 +281,5 @@ def test_shards_that_do_not_match_the_manifest_refuse_to_train_unless_no_verify(
 
     (out, err), rc = done["trusted"]  # the user says the shards are fine
     assert rc == 0, out + err
-    assert "epoch 0/0: train loss" in out and "reached --max-steps 3" in out
+    assert "epoch 1/1: train loss" in out and "reached --max-steps 3" in out
     assert (tmp_path / "trusted" / "test_scores.json").exists()

@@ -118,7 +118,7 @@ def test_a_checkpoint_never_chooses_where_the_run_writes(base: Path, sample_shar
     code, out, err = finish(start("train", "--resume", str(path), "--epochs", "2", "--streams", "1"))
     assert code == 0, out + err
     assert not elsewhere.exists()
-    assert out.startswith(f"run {tmp_path / 'run'} (") and "epoch 1/1: train loss" in out
+    assert out.startswith(f"run {tmp_path / 'run'} (") and "epoch 2/2: train loss" in out
     written = files_under(tmp_path / "run")
     assert written[f"checkpoints/{base.name}"] != before and "test_scores.json" in written
     assert sum(1 for name in written if name.endswith("_arguments.txt")) == 1
@@ -347,7 +347,7 @@ def test_a_full_disk_at_the_checkpoint_keeps_the_last_one(base: Path, tmp_path: 
     assert {k: v for k, v in after.items() if k in kept} == kept  # nothing written over
     assert all(not Path(k).name.startswith(".") for k in after)  # no temporary left
     code, out, err = finish(start("train", "--resume", str(ckpt), "--epochs", "2"))
-    assert code == 0 and "epoch 1/1: train loss" in out, out + err
+    assert code == 0 and "epoch 2/2: train loss" in out, out + err
     assert torch.load(ckpt, weights_only=True)["resume_epoch"] == 2
 
 

@@ -50,14 +50,14 @@ def test_a_piped_run_logs_progress_lines_at_the_interval(piped_run, sample_shard
     lines = [m for m in map(TRAIN_LINE.match, proc.stderr.splitlines()) if m]
     assert len(lines) >= 4, proc.stderr  # steps of a few tenths of a second: several lines per epoch
     seen = {int(m[1]) for m in lines}
-    assert seen == {0, 1}, proc.stderr
+    assert seen == {1, 2}, proc.stderr  # counted from 1: `epoch 1/2`
     for m in lines:
         epoch, last, step, total, pct = (int(m[i]) for i in range(1, 6))
-        assert last == 1 and total == steps and 1 <= step <= steps and pct == round(100 * step / steps)
+        assert last == 2 and total == steps and 1 <= step <= steps and pct == round(100 * step / steps)
         assert float(m[6]) > 0 and 0 <= int(m[7]) <= 100 and 0 < float(m[8]) < 10
         assert DURATION.match(m[9]) and DURATION.match(m[10])
     # Within an epoch the step only grows; the lines are on stderr, not in the results on stdout or the log.
-    for e in (0, 1):
+    for e in (1, 2):
         got = [int(m[3]) for m in lines if int(m[1]) == e]
         assert got == sorted(set(got)), proc.stderr
     assert "samples/s" not in proc.stdout

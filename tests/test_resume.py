@@ -75,7 +75,7 @@ def test_resume_after_an_epoch_matches_an_uninterrupted_run(sample_shards, unint
     ckpt = last_checkpoint(tmp_path / "r")
     assert torch.load(ckpt, weights_only=True)["resume_epoch"] == 1
     out = resume(ckpt, "--epochs", "2", "--workers", "1")
-    assert "resumed from" in out.stdout and "epoch 1, batch 0" in out.stdout
+    assert "resumed from" in out.stdout and "epoch 2, batch 0" in out.stdout
     assert_same_state(ckpt, uninterrupted)
 
 

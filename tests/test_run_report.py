@@ -53,10 +53,12 @@ def test_metrics_csv_has_one_row_per_epoch_across_a_resume(resumed_run):
     run, first, second, steps = resumed_run
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     ts = sorted((run / "logs").glob("*_arguments.txt"))[0].name[:15]  # the first launch names the run
-    # The partial epoch 1 of the first launch is replaced by the whole epoch of the second.
-    assert [(r["timestamp"], int(r["epoch"]), int(r["step"])) for r in rows] == [(ts, 0, steps), (ts, 1, 2 * steps)]
-    lines = [ln for ln in (first + second).splitlines() if re.match(r"epoch \d/1: train loss", ln)]
-    assert len(lines) == 3  # epoch 0, epoch 1 (cut by --max-steps), epoch 1 (resumed)
+    # The partial epoch 2 of the first launch is replaced by the whole epoch of the second; epochs
+    # are counted from 1 in the file as in the log.
+    assert [(r["timestamp"], int(r["epoch"]), int(r["step"])) for r in rows] == [(ts, 1, steps), (ts, 2, 2 * steps)]
+    lines = [ln for ln in (first + second).splitlines() if re.match(r"epoch \d/2: train loss", ln)]
+    assert [ln.split(":")[0] for ln in lines] == ["epoch 1/2", "epoch 2/2", "epoch 2/2"]  # cut, then resumed
+    assert f"epoch 2, batch 1, step {steps + 1}" in second  # where the resumed run goes on
     for row, line in zip(rows, (lines[0], lines[2])):
         assert f"train loss {float(row['train_loss']):.6f}" in line
         assert f"val loss {float(row['val_loss']):.6f} microF1 {float(row['val_microF1']):.4f}" in line
@@ -84,8 +86,10 @@ def test_the_summary_table_ends_the_run_and_the_log(resumed_run):
                                                                            "AverageAccPresent")]
     absent = [c for c, r in scores["clsReport"].items() if isinstance(r, dict) and r.get("support") == 0]
     assert absent, "the sample test split lacks classes: the note must explain AverageAcc"
-    note = f"AverageAcc counts the {len(absent)} classes absent from the test split as 0"
-    assert summary[4].startswith(note) and f"over the {10 - len(absent)} classes present" in summary[4]
+    classes = "class" if len(absent) == 1 else "classes"
+    note = f"AverageAcc counts the {len(absent)} {classes} absent from the test split as 0"
+    present = "class" if len(absent) == 9 else "classes"
+    assert summary[4].startswith(note) and f"over the {10 - len(absent)} {present} present" in summary[4]
     log = next((run / "logs").glob("*_train.log")).read_text()
     assert log.endswith("\n".join(summary) + "\n")
 
@@ -99,7 +103,7 @@ def test_test_scores_give_average_accuracy_both_ways_and_a_confusion_png(resumed
     assert scores["AverageAcc"] == pytest.approx(np.trace(conf) / 10)  # the original's: absent classes count 0
     assert scores["AverageAccPresent"] == pytest.approx(balanced_accuracy_score(true_idx, pred_idx))
     assert scores["AverageAccPresent"] > scores["AverageAcc"]
-    height, width, _ = png_shape(run / "test_confusion_matrix.png")
+    height, width, _ = png_shape(run / "test_confusion.png")
     assert height > 300 and width > 300
 
 
@@ -109,10 +113,9 @@ def test_evaluate_out_writes_the_same_scores_and_pngs(resumed_run, sample_shards
     out = tmp_path / "eval"
     proc = cli("train.evaluate", "--shards", str(sample_shards), "--checkpoint", str(best), "--out", str(out),
                "--no-progress")
-    assert sorted(p.name for p in out.iterdir()) == ["test_confusion_matrix.png", "test_predictions.npz",
-                                                     "test_scores.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["test_confusion.png", "test_predictions.npz", "test_scores.json"]
     assert json.loads((out / "test_scores.json").read_text()) == json.loads((run / "test_scores.json").read_text())
-    assert (out / "test_confusion_matrix.png").read_bytes() == (run / "test_confusion_matrix.png").read_bytes()
+    assert (out / "test_confusion.png").read_bytes() == (run / "test_confusion.png").read_bytes()
     table = proc.stdout.splitlines()[2:]
     assert table[0].split()[-1] == "AverageAccPresent" and table[1].split()[0] == "test"
     assert table[2].startswith("AverageAcc counts the ")
@@ -126,7 +129,7 @@ def test_multi_label_runs_plot_per_class_outcomes(sample_shards: Path, tmp_path:
     assert "AverageAccPresent" not in scores and "OverallAcc" in scores
     assert proc.stdout.splitlines()[-3].split()[-1] == "OverallAcc"  # table header; no note under the table
     assert proc.stdout.splitlines()[-1].startswith("test ")
-    png_shape(run / "test_confusion_matrix.png")
+    png_shape(run / "test_confusion.png")
     assert len(list(csv.DictReader((run / "metrics.csv").open()))) == 1
 
 
@@ -136,3 +139,39 @@ def test_average_accuracy_over_present_classes_by_hand():
     m = compute_metrics(y, p, "single_label", ["a", "b", "c"])
     assert m["AverageAcc"] == pytest.approx((0.5 + 0.5 + 0) / 3)
     assert m["AverageAccPresent"] == pytest.approx((0.5 + 0.5) / 2)
+
+
+def test_scores_equal_in_every_epoch_are_one_curve_with_a_note():
+    from train.report import _merge_equal
+
+    same = [0.3, 0.5, None]
+    series, note = _merge_equal({"microF1": same, "sampleF1": list(same), "microPrec": list(same),
+                                 "macroF1": [0.1, 0.2, None]})
+    assert series == {"val microF1 = sampleF1 = microPrec": same, "val macroF1": [0.1, 0.2, None]}
+    assert note == ("sampleF1 and microPrec equal microF1 in every epoch (one label per sample: each is the "
+                    "accuracy): drawn as one line")
+    # Multi-label scores differ: a line each, no note.
+    series, note = _merge_equal({"microF1": [0.3, 0.5], "sampleF1": [0.31, 0.5]})
+    assert list(series) == ["val microF1", "val sampleF1"] and note == ""
+
+
+def test_segmentation_confusion_marks_absent_classes_and_has_a_colour_bar(tmp_path: Path):
+    from sen12ms_common.dfc import DfcScheme
+    from train.segreport import confusion_png
+
+    scheme = DfcScheme(savanna=False)
+    n = len(scheme.names)
+    cm = np.full((n, n), 5, dtype=np.int64)
+    path = tmp_path / "c.png"
+    path.write_bytes(confusion_png({"confusion": cm.tolist(), "AA": 0.1, "mIoU": 0.1}, scheme, "test"))
+    full = imread(path)
+    cm[2] = 0  # no pixel of the third class
+    path.write_bytes(confusion_png({"confusion": cm.tolist(), "AA": 0.1, "mIoU": 0.1}, scheme, "test"))
+    absent = imread(path)
+    def grey(image: np.ndarray) -> int:  # pixels of the "absent" row's #e6e6e6
+        return int(np.all(np.abs(image[..., :3] - 230 / 255) < 0.01, axis=-1).sum())
+
+    assert grey(absent) > grey(full) + 10_000
+    # The colour bar: a column of the Blues map's darkest blue (vmax 1) right of the matrix.
+    dark = np.all(np.abs(absent[..., :3] - np.array([8, 48, 107]) / 255) < 0.03, axis=-1)
+    assert dark[:, absent.shape[1] // 2:].any()

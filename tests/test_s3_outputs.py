@@ -57,7 +57,7 @@ def test_train_run_dir_in_a_bucket(sample_shards: Path, s3_prefix: str, s3_env: 
     ckpt = storage.join(run, "checkpoints", f"{ts}_checkpoint.pth")
     assert [f for f in files if not f.startswith("logs/runs/")] == sorted([
         f"logs/{ts}_arguments.txt", f"logs/{ts}_train.log", f"checkpoints/{ts}_checkpoint.pth",
-        f"checkpoints/{ts}_model_best.pth", "metrics.csv", "test_confusion_matrix.png", "test_predictions.npz",
+        f"checkpoints/{ts}_model_best.pth", "metrics.csv", "test_confusion.png", "test_predictions.npz",
         "test_scores.json", "training_curves.png"])
     assert {f.split("/")[3] for f in files if f.startswith("logs/runs/")} == {"training", "val", "test"}
     # What the run printed is its log; the checkpoint and the scores are whole.
@@ -79,11 +79,11 @@ def test_train_run_dir_in_a_bucket(sample_shards: Path, s3_prefix: str, s3_env: 
     again = tool("train", "--resume", ckpt, "--epochs", "2", cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     no_local_copy(tmp_path)
-    assert again.stdout.startswith(f"run {run} ({ts}):") and "epoch 1/1: train loss" in again.stdout
+    assert again.stdout.startswith(f"run {run} ({ts}):") and "epoch 2/2: train loss" in again.stdout
     assert storage.read_text(storage.join(run, "logs", f"{ts}_train.log")) == proc.stdout + again.stdout
     assert load_checkpoint(ckpt)["resume_epoch"] == 2
     rows = storage.read_text(storage.join(run, "metrics.csv")).splitlines()
-    assert [r.split(",")[:2] for r in rows[1:]] == [[ts, "0"], [ts, "1"]]  # the first launch's row carried over
+    assert [r.split(",")[:2] for r in rows[1:]] == [[ts, "1"], [ts, "2"]]  # the first launch's row carried over
     assert storage.read_bytes(storage.join(run, "training_curves.png")).startswith(b"\x89PNG")
     assert sum(1 for f in storage.find(run) if f.endswith("_arguments.txt")) == 2
 
@@ -105,7 +105,7 @@ def test_evaluate_out_in_a_bucket(local_run: Path, sample_shards: Path, s3_prefi
     assert remote.returncode == 0 and local.returncode == 0, remote.stderr + local.stderr
     no_local_copy(tmp_path)
     assert f"-> {out}/val_scores.json, {out}/val_predictions.npz" in remote.stdout
-    assert storage.listdir(out) == ["val_confusion_matrix.png", "val_predictions.npz", "val_scores.json"]
+    assert storage.listdir(out) == ["val_confusion.png", "val_predictions.npz", "val_scores.json"]
     for name in storage.listdir(out):
         assert storage.read_bytes(storage.join(out, name)) == (tmp_path / "local" / name).read_bytes()
 

@@ -89,7 +89,9 @@ def test_same_seed_gives_the_same_bytes(tmp_path: Path):
     b = synthesize(tmp_path / "b", scenes=3, patches_per_scene=2, seed=5, broken=True, progress=False)
     assert a == b
     bytes_a, bytes_b = _tree_bytes(tmp_path / "a"), _tree_bytes(tmp_path / "b")
-    assert len(bytes_a) == 3 * len(a) + 1 and bytes_a == bytes_b
+    # Three files per triplet, the hold-out list and the marker of synthetic data.
+    assert len(bytes_a) == 3 * len(a) + 2 and bytes_a == bytes_b
+    assert b"synthetic sample data" in bytes_a["SYNTHETIC_SAMPLE_DATA.txt"]
     synthesize(tmp_path / "c", scenes=3, patches_per_scene=2, seed=6, broken=True, progress=False)
     assert _tree_bytes(tmp_path / "c") != bytes_a
 

@@ -115,9 +115,12 @@ class ClassificationTask:
         absent = self.absent_classes(metrics)
         if self.multi_label or not absent:
             return []
-        return [f"AverageAcc counts the {len(absent)} classes absent from the {split} split as 0 (the original's "
-                f"definition: {', '.join(absent)}); AverageAccPresent is the mean over the "
-                f"{self.num_classes - len(absent)} classes present"]
+        from sen12ms_common.words import plural
+
+        present = self.num_classes - len(absent)
+        return [f"AverageAcc counts the {len(absent)} {plural('class', len(absent))} absent from the {split} split "
+                f"as 0 (the original's definition: {', '.join(absent)}); AverageAccPresent is the mean over the "
+                f"{present} {plural('class', present)} present"]
 
     def val_summary(self, metrics: Mapping[str, Any]) -> str:
         return (f"microF1 {metrics['microF1']:.4f} sampleF1 {metrics['sampleF1']:.4f} "
@@ -134,7 +137,7 @@ class ClassificationTask:
 
     def write(self, out_dir: str, split: str, metrics: Mapping[str, Any], result: Predictions) -> list[str]:
         written = list(write_scores(out_dir, split, metrics, result, self.rule))
-        png = storage.join(out_dir, f"{split}_confusion_matrix.png")
+        png = storage.join(out_dir, f"{split}_confusion.png")  # as the segmentation task names it
         with writing(out_dir):
             storage.write_bytes(png, self.confusion_png(metrics, split))
         return written + [png]

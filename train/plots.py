@@ -10,8 +10,10 @@ import numpy as np
 from sen12ms_common.figures import figure, png_bytes
 
 def curves_png(epochs: Sequence[int], losses: Mapping[str, Sequence[float | None]],
-               scores: Mapping[str, Sequence[float | None]], best_epoch: int | None, title: str) -> bytes:
-    """Loss curves (left) and validation scores (right) per epoch; None values are gaps."""
+               scores: Mapping[str, Sequence[float | None]], best_epoch: int | None, title: str,
+               note: str = "") -> bytes:
+    """Loss curves (left) and validation scores (right) per epoch; None values are gaps; `note`
+    under the scores (why fewer lines than scores are drawn)."""
     fig = figure(11, 4.2, constrained=True)
     left, right = fig.subplots(1, 2)
     x = np.asarray(epochs, dtype=np.float64)
@@ -33,6 +35,8 @@ def curves_png(epochs: Sequence[int], losses: Mapping[str, Sequence[float | None
         for ax in (left, right):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     right.set_ylim(0, 1.02)
+    if note:
+        right.set_title(note, fontsize=8, loc="left", wrap=True)
     fig.suptitle(title, fontsize=10)
     return png_bytes(fig)
 

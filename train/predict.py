@@ -14,7 +14,9 @@ import numpy as np
 from sen12ms_common import storage
 from sen12ms_common.dfc import DfcScheme, train_to_dfc
 from sen12ms_common.errors import report_errors
+from sen12ms_common.progress import Counter, ProgressOptions, progress_options
 from sen12ms_common.redaction import log_warnings_to_stderr, redact, redacting
+from sen12ms_common.words import plural
 
 from .optionkinds import click_options
 from .schema import PREDICT
@@ -144,10 +146,10 @@ def _preview_row(it: Item, pred_dfc: np.ndarray, scheme: DfcScheme) -> PreviewRo
 
 def run_prediction(net: torch.nn.Module, spec, items: Iterator[Item], out: str, *, batch_size: int,
                    device: torch.device, previews: int, preview_rows: int, total: int,
-                   echo: Echo = print, name: Callable[[str], str] = prediction_name) -> PredictResult:
+                   echo: Echo = print, name: Callable[[str], str] = prediction_name,
+                   progress: ProgressOptions = ProgressOptions()) -> PredictResult:
     """Predict every item, write its GeoTIFF, and preview pages of the first `previews` items."""
-    import torch  # not at the top: --help builds without it
-    from tqdm import tqdm
+    import torch  # start-up time: --help builds without it
 
     from sen12ms_common.outputs import writing
 
@@ -165,7 +167,7 @@ def run_prediction(net: torch.nn.Module, spec, items: Iterator[Item], out: str, 
             result.previews.append(url)
             rows.clear()
 
-    with torch.no_grad(), tqdm(total=total, desc="predict", unit="patch", leave=False) as bar:
+    with torch.no_grad(), Counter(progress, "predict", total, "patch") as bar:
         for batch in _batches(items, batch_size):
             classes = net(to_input(_input(batch, spec.bands))).argmax(dim=1).to(torch.uint8).cpu().numpy()
             for it, pred in zip(batch, classes):
@@ -190,7 +192,7 @@ def run_prediction(net: torch.nn.Module, spec, items: Iterator[Item], out: str, 
 def predict(*, checkpoint: str, out: str, shards: str | None = None, split: str = "test", data: str | None = None,
             batch_size: int = 8, device: str = "auto", stats: str | None = None, previews: int = 32,
             preview_rows: int = 8, verify: bool = True, echo: Echo = print, config: str | None = None,
-            names: str = "ours") -> PredictResult:
+            names: str = "ours", progress: ProgressOptions = ProgressOptions()) -> PredictResult:
     """Load the checkpoint, read the patches (every input checked first), write maps and previews.
     `config`: the DFC2020 baseline's args.pkl for its checkpoints (default: one beside the checkpoint);
     `names`: "baseline" names the maps as its predict.py (`_dfc_`, `_lc_`, `_pred_`)."""
@@ -222,26 +224,31 @@ def predict(*, checkpoint: str, out: str, shards: str | None = None, split: str 
     echo(f"{checkpoint}: {spec.model}, input {spec.input}, {spec.scheme.num_classes} classes; "
          f"{total} patches from {source}")
     result = run_prediction(net, spec, items, out, batch_size=batch_size, device=dev, previews=previews,
-                            preview_rows=preview_rows, total=total, echo=echo, name=name)
-    echo(f"wrote {len(result.written)} maps to {out}" + (f" and {len(result.previews)} preview pages to "
-                                                         f"{storage.join(out, 'previews')}" if result.previews else ""))
+                            preview_rows=preview_rows, total=total, echo=echo, name=name, progress=progress)
+    pages = len(result.previews)
+    echo(f"wrote {len(result.written)} {plural('map', len(result.written))} to {out}"
+         + (f" and {pages} preview {plural('page', pages)} to {storage.join(out, 'previews')}" if pages else ""))
     if result.ungeoreferenced:
-        echo(f"note: {result.ungeoreferenced} map(s) have no CRS/transform: their input had none")
+        n = result.ungeoreferenced
+        echo(f"note: {n} {plural('map', n)} {'has' if n == 1 else 'have'} no CRS/transform: "
+             f"{'its input' if n == 1 else 'their inputs'} had none")
     return result
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click_options(PREDICT)
+@progress_options(counted=True)
 @report_errors
 def main(checkpoint, shards, split, data, out, batch_size, device, stats, previews, preview_rows, no_verify, config,
-         names) -> None:
+         names, progress, progress_interval) -> None:
     """Predict a land-cover map (DFC2020 classes) for every patch of a shard split or a GeoTIFF folder."""
     log_warnings_to_stderr()
     if (shards is None) == (data is None):
         raise click.UsageError("give either --shards DIR (with --split) or --data FOLDER_OF_GEOTIFFS")
     predict(checkpoint=checkpoint, out=out, shards=shards, split=split, data=data, batch_size=batch_size,
             device=device, stats=stats, previews=previews, preview_rows=preview_rows, verify=not no_verify,
-            echo=redacting(click.echo), config=config, names=names)
+            echo=redacting(click.echo), config=config, names=names,
+            progress=ProgressOptions(progress, progress_interval))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """The record of a run: one row per epoch in `RUN/metrics.csv`, the training curves as
-`RUN/training_curves.png`, and the summary table printed at the end."""
+`RUN/training_curves.png`, and the summary table printed at the end. What a user reads counts
+epochs from 1 (the `epoch` column, the curves, the summary), as the log does; `EpochRecord.epoch`
+counts from 0, as the checkpoint does."""
 
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ def _number(text: str | None) -> float | None:
 def _record(row: Mapping[str, str]) -> EpochRecord:
     val = {k[4:]: v for k, v in ((k, _number(t)) for k, t in row.items() if k and k.startswith("val_")
                                  and k != "val_loss") if v is not None}
-    return EpochRecord(int(row["epoch"]), int(row["step"]), float(row["train_loss"]), int(row["train_samples"]),
+    return EpochRecord(int(row["epoch"]) - 1, int(row["step"]), float(row["train_loss"]), int(row["train_samples"]),
                        float(row["seconds"]), _number(row.get("val_loss")), row.get("best") == "1", val)
 
 
@@ -84,7 +86,7 @@ class MetricsTable:
         w = csv.writer(out, lineterminator="\n")
         w.writerow([*_FIXED, *(f"val_{k}" for k in keys)])
         for r in self.rows:
-            w.writerow([self.timestamp, r.epoch, r.step, repr(r.train_loss), r.train_samples, f"{r.seconds:.3f}",
+            w.writerow([self.timestamp, r.epoch + 1, r.step, repr(r.train_loss), r.train_samples, f"{r.seconds:.3f}",
                         "" if r.val_loss is None else repr(r.val_loss), int(r.best),
                         *("" if k not in r.val else repr(r.val[k]) for k in keys)])
         return out.getvalue()
@@ -96,8 +98,33 @@ class MetricsTable:
         rows = self.rows
         best = self.best()
         losses = {"train loss": [r.train_loss for r in rows], "val loss": [r.val_loss for r in rows]}
-        scores = {f"val {k}": [r.val.get(k) for r in rows] for k in score_keys}
-        return curves_png([r.epoch for r in rows], losses, scores, best.epoch if best else None, title)
+        scores, note = _merge_equal({k: [r.val.get(k) for r in rows] for k in score_keys})
+        return curves_png([r.epoch + 1 for r in rows], losses, scores, best.epoch + 1 if best else None, title,
+                          note=note)
+
+
+def _merge_equal(series: Mapping[str, list[float | None]]) -> tuple[dict[str, list[float | None]], str]:
+    """Scores equal in every epoch drawn once, named together (single-label classification:
+    microF1 = sampleF1 = microPrec = accuracy, whose three lines would hide each other), and a note
+    saying so; the note is empty when every score has its own line."""
+    merged: dict[str, list[float | None]] = {}
+    names: dict[str, list[str]] = {}
+    for key, values in series.items():
+        same = next((k for k, v in merged.items() if v == values and any(x is not None for x in values)), None)
+        if same is None:
+            merged[key], names[key] = values, [key]
+        else:
+            names[same].append(key)
+    out = {f"val {' = '.join(names[k])}": v for k, v in merged.items()}
+    alike = [n for n in names.values() if len(n) > 1]
+    note = "; ".join(f"{' and '.join(n[1:])} equal{'s' if len(n) == 2 else ''} {n[0]} in every epoch"
+                     f"{_SINGLE_LABEL_WHY if set(n) <= _ACCURACY_ALIKE else ''}: drawn as one line" for n in alike)
+    return out, note
+
+
+# With one label per sample, micro F1, sample F1 and micro precision are all the accuracy.
+_ACCURACY_ALIKE = {"microF1", "sampleF1", "microPrec", "microRec"}
+_SINGLE_LABEL_WHY = " (one label per sample: each is the accuracy)"
 
 
 def _cell(value: Any) -> str:
@@ -121,7 +148,7 @@ def summary_lines(task: Any, best: EpochRecord | None, test: tuple[Mapping[str, 
                if (best is not None and c in best.val) or (test is not None and c in test[0])]
     rows: list[tuple[str, float | None, Mapping[str, Any]]] = []
     if best is not None and best.val:
-        rows.append((f"val (epoch {best.epoch})", best.val_loss, best.val))
+        rows.append((f"val (epoch {best.epoch + 1})", best.val_loss, best.val))
     if test is not None:
         rows.append((split, test[1], test[0]))
     lines = summary_table(columns, rows) if rows else []

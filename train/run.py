@@ -145,7 +145,8 @@ class TrainingRun:
         try:
             self.log(self.start_line())
             if self.resumed:
-                self.log(f"resumed from {self.cfg.resume}: epoch {self.state.epoch}, batch {self.state.batch}, "
+                # Epochs are shown counted from 1 (`epoch 1/20`); the checkpoint counts from 0.
+                self.log(f"resumed from {self.cfg.resume}: epoch {self.state.epoch + 1}, batch {self.state.batch}, "
                          f"step {self.state.step}")
             with self.stop.installed():
                 self.train()
@@ -203,7 +204,7 @@ class TrainingRun:
         if not finite_state(self.setup.model, record.train_loss):
             raise self.diverged(e, record.train_loss)
         self.scalar("training", "loss", record.train_loss, e)
-        line = (f"epoch {e}/{self.cfg.epochs - 1}: train loss {record.train_loss:.6f} ({record.train_samples} samples, "
+        line = (f"epoch {e + 1}/{self.cfg.epochs}: train loss {record.train_loss:.6f} ({record.train_samples} samples, "
                 f"{seconds:.1f} s)")
         if self.val_loader is not None:
             line += self.validate(e, record)
@@ -217,7 +218,7 @@ class TrainingRun:
         self.log(line + self.skipped_note())
         self.sync()
         if agree_max(self.dist, [self.stop.requested])[0]:
-            raise self.interrupted(f"after epoch {e}")
+            raise self.interrupted(f"after epoch {e + 1}")
         return status
 
     def diverged(self, e: int, loss: float) -> Exception:
@@ -228,7 +229,7 @@ class TrainingRun:
         the checkpoint and ends the run."""
         if self.state.batch >= len(self.train_loader):
             return "done"
-        meter = ProgressMeter(self.progress, f"epoch {e}/{self.cfg.epochs - 1}", self.epoch_plan(),
+        meter = ProgressMeter(self.progress, f"epoch {e + 1}/{self.cfg.epochs}", self.epoch_plan(),
                               main=self.dist.is_main)
         try:
             status = train_steps(self.setup, self.optimizer, self.train_loader, self.state,
@@ -241,7 +242,7 @@ class TrainingRun:
             raise self.diverged(e, math.inf) from exc
         if status == "stopped":
             self.save(False)
-            raise self.interrupted(f"in epoch {e} after step {self.state.step}")
+            raise self.interrupted(f"in epoch {e + 1} after step {self.state.step}")
         return status
 
     def on_step(self, loss: float) -> None:
@@ -372,7 +373,7 @@ class TrainingRun:
             return
         best, task = self.table.best(), self.setup.task
         if best is not None and task.best_metric in best.val:
-            head = f"summary: best epoch {best.epoch} (val {task.best_metric} {best.val[task.best_metric]:.4f})"
+            head = f"summary: best epoch {best.epoch + 1} (val {task.best_metric} {best.val[task.best_metric]:.4f})"
         else:
             head = "summary: no validation (the last epoch's checkpoint counts as best)"
         self.log(f"{head}; per epoch: {self.files.run.join(METRICS_CSV)}, {self.files.run.join(CURVES_PNG)}")

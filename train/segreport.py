@@ -42,19 +42,29 @@ def classes_csv(metrics: Mapping[str, Any], scheme: DfcScheme) -> str:
 
 
 def confusion_png(metrics: Mapping[str, Any], scheme: DfcScheme, title: str) -> bytes:
-    """Rows = true class normalised to sum 1 (recall on the diagonal), pixel counts in the cells."""
+    """Rows = true class normalised to sum 1 (recall on the diagonal), with a colour bar; a class
+    without a pixel in the split is a grey row marked "absent" (no row to divide), not a blank one."""
+    from matplotlib import colormaps
+
     cm = np.asarray(metrics["confusion"], dtype=np.float64)
     rows = cm.sum(axis=1, keepdims=True)
-    share = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    share = np.divide(cm, rows, out=np.full_like(cm, np.nan), where=rows > 0)
+    absent = rows[:, 0] == 0
     n = len(scheme.names)
-    fig = figure(1.0 + 0.75 * n, 1.0 + 0.65 * n, constrained=True)
+    fig = figure(2.0 + 0.75 * n, 1.0 + 0.65 * n, constrained=True)
     ax = fig.add_subplot()
-    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    cmap = colormaps["Blues"].with_extremes(bad="#e6e6e6")
+    im = ax.imshow(np.ma.masked_invalid(share), cmap=cmap, vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="share of the true class's pixels")
     ax.set_xticks(range(n), scheme.names, rotation=45, ha="right")
-    ax.set_yticks(range(n), scheme.names)
+    ax.set_yticks(range(n), [f"{name} (absent)" if a else name for name, a in zip(scheme.names, absent)])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     for i in range(n):
+        if absent[i]:
+            ax.text((n - 1) / 2, i, "absent: no pixel of this class in the split", ha="center", va="center",
+                    fontsize=7, color="#555555")
+            continue
         for j in range(n):
             if cm[i, j]:
                 ax.text(j, i, f"{share[i, j]:.2f}", ha="center", va="center", fontsize=7,
