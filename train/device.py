@@ -36,12 +36,23 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 class InputTransform:
-    """Stored uint16 batch (B, C, H, W) -> model input on `device` (float32)."""
+    """Stored uint16 batch (B, C, H, W) -> model input on `device` (float32).
 
-    def __init__(self, transform: ChannelTransform, device: torch.device, channels_last: bool = False) -> None:
+    `reuse=True` (the training loop, evaluation, prediction, the bench): on the CPU the float batch
+    is written into one buffer that this transform keeps, so a returned batch is valid only until
+    the next call; a caller that keeps a batch must copy it (`.clone()`). Without it every call
+    returns a fresh tensor. Fresh batches cost their page faults: a new 100 MB tensor a batch is
+    mapped from the kernel page by page, about twice the time of the conversion itself
+    (docs/performance.md). On a GPU the batch is always a fresh tensor (the caching allocator
+    reuses the memory already)."""
+
+    def __init__(self, transform: ChannelTransform, device: torch.device, channels_last: bool = False,
+                 reuse: bool = False) -> None:
         shape = (1, -1, 1, 1)
         self.device = device
         self.channels_last = channels_last
+        self.reuse = reuse
+        self._buffer: torch.Tensor | None = None
         self.scale = torch.as_tensor(transform.scale, dtype=torch.float32, device=device).reshape(shape)
         self.offset = torch.as_tensor(transform.offset, dtype=torch.float32, device=device).reshape(shape)
         finite = torch.isfinite(torch.as_tensor(transform.clip))
@@ -66,12 +77,22 @@ class InputTransform:
             return out
         # On a CPU a few samples at a time, so that the float passes stay in cache: about 2x the
         # rate of whole-batch passes, which go to memory three times (docs/performance.md).
-        out = torch.empty(x.shape, dtype=torch.float32)
+        out = self._cpu_out(x.shape)
         for i in range(0, x.shape[0], CPU_CHUNK):
             part = out[i:i + CPU_CHUNK]
             part.copy_(x[i:i + CPU_CHUNK])  # exact: every uint16 is a float32
             self._affine(part)
         return out
+
+    def _cpu_out(self, shape: torch.Size) -> torch.Tensor:
+        """The float batch to write: the kept buffer (its first rows for a short last batch)."""
+        if not self.reuse:
+            return torch.empty(shape, dtype=torch.float32)
+        buf = self._buffer
+        if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
+            self._buffer = None  # the old one goes before the new one is mapped
+            self._buffer = buf = torch.empty(shape, dtype=torch.float32)
+        return buf[:shape[0]]
 
     def _affine(self, x: torch.Tensor) -> None:
         # In place: half the time of out-of-place ops on a CPU, and the same float32 rounding as

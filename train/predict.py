@@ -145,7 +145,7 @@ def run_prediction(net: torch.nn.Module, spec, items: Iterator[Item], out: str, 
     from .device import InputTransform
 
     scheme = spec.scheme
-    to_input = InputTransform(spec.transform, device)
+    to_input = InputTransform(spec.transform, device, reuse=True)  # each batch is consumed before the next
     result = PredictResult()
     rows: list[PreviewRow] = []
 
