@@ -19,7 +19,7 @@ PEER_ROWS = (("peer/litdata/zstd", "litdata", "zstd"), ("peer/litdata/none", "li
              ("peer/mds/zstd", "mds", "zstd"), ("peer/mds/none", "mds", "none"),
              ("peer/torchgeo/geotiff", "torchgeo", "none"))
 NAMES = {"litdata": "litdata StreamingDataset", "mds": "MosaicML streaming (MDS) StreamingDataset",
-         "torchgeo": "TorchGeo SEN12MS on the GeoTIFFs (rasterio per file, s1 + s2 + lc, int32)"}
+         "torchgeo": "TorchGeo SEN12MS on the GeoTIFFs (rasterio per file, s1 + s2 + lc; float32 image, its dtype)"}
 CODEC_TEXT = {"zstd": "its writer's zstd", "none": "uncompressed"}
 WORKERS = 1  # the DataLoader's worker processes; the row is pinned to one core as the original's
 

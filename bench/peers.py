@@ -183,8 +183,8 @@ def torchgeo_bands(input_spec: str) -> tuple[str, ...]:
 
 
 def torchgeo_repeat(root: Path, input_spec: str, batch_size: int, workers: int, seed: int) -> Repeat:
-    """One shuffled epoch of TorchGeo's SEN12MS (rasterio per file: s1, s2 and lc; its dtype,
-    int32) through a DataLoader, as its documentation uses it."""
+    """One shuffled epoch of TorchGeo's SEN12MS (rasterio per file: s1, s2 and lc; its image
+    dtype: S2's uint16 read as int32, joined to S1's float32 dB, float32) through a DataLoader."""
     import torch
     from torchgeo.datasets import SEN12MS
 
