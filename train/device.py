@@ -15,7 +15,7 @@ from torch import nn
 from sen12ms_common.errors import Sen12msError
 from sen12ms_common.inputs import ChannelTransform
 
-from .data.symmetry import apply_symmetries
+from .data.symmetry import apply_symmetries, check_symmetries, move_sample
 
 log = logging.getLogger(__name__)
 
@@ -61,26 +61,38 @@ class InputTransform:
                      if bool(finite.any()) else None)
 
     def __call__(self, image: torch.Tensor, symmetry: torch.Tensor | None = None) -> torch.Tensor:
-        """`symmetry`: the batch's `--augment` codes, applied here on the device (one copy per
-        sample before the conversion; the loader never pays for the strided moves)."""
-        x = apply_symmetries(image.to(self.device, non_blocking=True), symmetry)
-        if not x.is_floating_point():  # stored values; a float batch is model input already
-            x = self._normalised(x)
+        """`symmetry`: the batch's `--augment` codes, applied here on the device (the loader never
+        pays for the strided moves): on a GPU one copy per sample before the conversion, on a CPU
+        as each sample is converted."""
+        x = image.to(self.device, non_blocking=True)
+        if x.device.type == "cpu" and not x.is_floating_point():
+            x = self._cpu_normalised(x, symmetry)
+        else:
+            x = apply_symmetries(x, symmetry)
+            if not x.is_floating_point():  # stored values; a float batch is model input already
+                x = self._normalised(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
     def _normalised(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu":
-            out = uint16_to_float32(x)
-            self._affine(out)
-            return out
-        # On a CPU a few samples at a time, so that the float passes stay in cache: about 2x the
-        # rate of whole-batch passes, which go to memory three times (docs/performance.md).
+        out = uint16_to_float32(x)
+        self._affine(out)
+        return out
+
+    def _cpu_normalised(self, x: torch.Tensor, symmetry: torch.Tensor | None) -> torch.Tensor:
+        # A few samples at a time, so that the float passes stay in cache: about 2x the rate of
+        # whole-batch passes, which go to memory three times (docs/performance.md). A sample's
+        # symmetry is a strided view (or a flipped copy) read by the conversion's copy itself.
+        codes = None if symmetry is None else check_symmetries(x, symmetry).tolist()
         out = self._cpu_out(x.shape)
         for i in range(0, x.shape[0], CPU_CHUNK):
             part = out[i:i + CPU_CHUNK]
-            part.copy_(x[i:i + CPU_CHUNK])  # exact: every uint16 is a float32
+            if codes is None:
+                part.copy_(x[i:i + CPU_CHUNK])  # exact: every uint16 is a float32
+            else:
+                for j in range(part.shape[0]):
+                    part[j].copy_(move_sample(x[i + j], int(codes[i + j])))
             self._affine(part)
         return out
 
