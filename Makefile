@@ -87,7 +87,14 @@ shards: install
 s3-local: install
 	@$(PY) -m convert s3-local $(if $(S3_DIR),--dir $(S3_DIR))
 
-bench: install
+# The bench installs the peer libraries of its comparison rows too (the .[bench] extra).
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt -e ".[$(EXTRAS),bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) -m bench
 
 gpu-check: install

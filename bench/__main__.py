@@ -60,14 +60,20 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
                    "measure it (2600: ResNet-50 AMP training on one A100, timm's figure at 224 px).")
 @click.option("--s3/--no-s3", default=True, show_default=True, help="Measure the S3 rows (local SeaweedFS).")
 @click.option("--dali/--no-dali", default=True, show_default=True, help="Measure the DALI rows (CPU-only here).")
+@click.option("--peers/--no-peers", default=True, show_default=True,
+              help="Measure the peer libraries' rows (litdata, MosaicML streaming, TorchGeo: the .[bench] extra).")
+@click.option("--only", default="", metavar="KEYS",
+              help="Measure only the loader rows whose keys start with one of these comma-separated prefixes "
+                   "(e.g. peer,wds/zstd/float,orig/1; the keys are in SCRATCH/results.json); conversion, "
+                   "training, GPU and S3 rows are then not measured. Default: every row.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars while preparing.")
 @click.option("--render-only", is_flag=True,
               help="Measure nothing: write the table and plot again from the last run's SCRATCH/results.json.")
 @report_errors
 def main(quick: bool, repeats: int | None, data: Path, scratch: Path, doc: Path, scenes: int, patches_per_scene: int,
          subset: int, codecs: tuple[str, ...], batch_size: int, train_model: str, train_batch_size: int,
-         train_steps: int | None, device: str, gpu_rate: float, s3: bool, dali: bool, progress: bool,
-         render_only: bool) -> None:
+         train_steps: int | None, device: str, gpu_rate: float, s3: bool, dali: bool, peers: bool, only: str,
+         progress: bool, render_only: bool) -> None:
     """Measure loaders, codecs, conversion, training and S3 side by side with the original's way."""
     results_path = scratch / "results.json"
     if render_only:
@@ -81,7 +87,8 @@ def main(quick: bool, repeats: int | None, data: Path, scratch: Path, doc: Path,
                           codecs=codecs, loader=replace(_D.loader, batch_size=batch_size),
                           training=replace(_D.training, model=train_model, batch_size=train_batch_size,
                                            device=device),
-                          s3=s3, dali=dali, progress=progress, gpu_rate=gpu_rate)
+                          s3=s3, dali=dali, progress=progress, gpu_rate=gpu_rate, peers=peers,
+                          only=tuple(o.strip() for o in only.split(",") if o.strip()))
         if quick:
             cfg = quick_config(cfg)
         if repeats is not None:

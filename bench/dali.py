@@ -97,7 +97,7 @@ def _reader(root: str, split: str, loader: str, input_spec: str, batch_size: int
         return DaliLoader(spec, normalise=normalise, num_threads=max(1, threads)), None
     import torch  # start-up time: torch only when used
 
-    return make_loader(loader, spec), InputTransform(transform, torch.device(device)) if normalise else None
+    return make_loader(loader, spec), InputTransform(transform, torch.device(device), reuse=True) if normalise else None
 
 
 def throughput(root: str, split: str = "train", *, loader: str = "dali", input_spec: str = "s1s2",

@@ -240,3 +240,32 @@ def shard_files(root: Path) -> list[Path]:
 
 def geotiff_bytes(ds: BenchDataset, keys: list[str], modalities: tuple[str, ...]) -> int:
     return sum((ds.tree / parse_patch(k).relpath(m)).stat().st_size for k in keys for m in modalities)
+
+
+def real_patch_bytes(real_dir: Path, codecs: tuple[str, ...]) -> dict[str, float]:
+    """Bytes of the real S2 and S1 patches: GeoTIFF, and encoded per codec (mean per patch)."""
+    import rasterio  # start-up time: rasterio only when used
+
+    from sen12ms_common.shardformat import DEFAULT_LEVEL, SampleLayout, encode_array, quantize_s1
+
+    files: dict[str, list[Path]] = {"s2": [], "s1": []}
+    for triplet in REAL_TRIPLETS.values():
+        for m in ("s2", "s1"):
+            if m in triplet:
+                files[m].append(real_dir / triplet[m])
+    out: dict[str, float] = {}
+    arrays: dict[str, list] = {"s2": [], "s1": []}
+    for m, paths in files.items():
+        out[f"bytes/real/geotiff/{m}"] = sum(p.stat().st_size for p in paths) / len(paths)
+        for p in paths:
+            with rasterio.open(p) as src:
+                a = src.read()
+            arrays[m].append(quantize_s1(a) if m == "s1" else a)
+    for codec in codecs:
+        layout = SampleLayout(codec=codec, level=DEFAULT_LEVEL[codec], modalities=("s2", "s1"))
+        for m in ("s2", "s1"):
+            sizes = [sum(len(v) for v in encode_array(a, m, layout).values()) for a in arrays[m]]
+            out[f"bytes/real/{codec}/{m}"] = sum(sizes) / len(sizes)
+    out["bytes/real/count/s2"] = float(len(files["s2"]))
+    out["bytes/real/count/s1"] = float(len(files["s1"]))
+    return out

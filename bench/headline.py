@@ -34,7 +34,9 @@ def _loader_lines(res: Results, codecs: tuple[str, ...], n: int) -> list[str]:
                        f"{st.median:.1f}x per core" + (f"; reading threads instead of worker processes (the default "
                                                        f"on {n} cores): {pr.median:.2f}x" if pr.values and n > 1
                                                        else "") + ".")
-    return out
+    from bench.peercases import peer_headline
+
+    return out + peer_headline(res, codecs, CODEC_SHORT)
 
 
 def _input_lines(res: Results, codecs: tuple[str, ...]) -> list[str]:

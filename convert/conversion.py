@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from tqdm import tqdm
 
 from convert.assembly import PlanOptions, Planned, make_plan, options_difference
 from convert.dfcplan import dfc2020_layout

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from sen12ms_common.official import HOLDOUT_NAME, OFFICIAL_HOLDOUT, OFFICIAL_TEST_LIST
 from sen12ms_common.patches import SEASONS, PatchId, parse_patch, parse_scene

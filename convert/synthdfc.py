@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from convert.synth import (GRID_COLS, STRIDE, SceneSpec, patch_arrays, random_georeference, scene_landcover,
                            write_geotiff)

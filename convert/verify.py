@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import click
-from tqdm import tqdm
 
 from sen12ms_common import storage, tarstream
 from sen12ms_common.checksums import Digests

@@ -65,17 +65,25 @@ def test_bench_table_has_every_row_with_sane_figures(bench_doc: Path):
     # x 2, ShardDataset via a DataLoader (0 and 1 workers) x 1, and the RGB and two --augment rows;
     # limits per codec + the memory-copy floor; cores per GPU: the GPU + 3 codecs;
     # bytes: 2 GeoTIFF + 3 shards + 1 real GeoTIFF + 3 real encoded; training: 3; S3: read-only + 2 x 2;
-    # segmentation: the baseline's way and ours (image + mask) x (1 core, all cores).
+    # segmentation: the baseline's way and ours (image + mask) x (1 core, all cores); peers: litdata and MDS x
+    # (zstd, uncompressed) + TorchGeo.
     assert counts == {"Conversion (convert shards)": 6, "Loader (train split, shuffled)": 2 + 3 * 12 + 3,
+                      "Peer libraries (train split, shuffled, 1 core)": 5,
                       "Segmentation loader (train split, shuffled, image + mask)": 2 * 2,
                       "Limit (read + decode only)": 4, "Cores to feed one GPU": 4, "Bytes per sample on disk": 9,
                       "Training step": 3, "S3 (local SeaweedFS)": 5}, counts
     dali_missing = importlib.util.find_spec("nvidia.dali") is None
+    peer_missing = {p: importlib.util.find_spec(m) is None for p, m in
+                    (("litdata", "litdata"), ("MosaicML", "streaming"), ("TorchGeo", "torchgeo"))}
     for r in rows:
         median = r["Median"]
         if median.startswith("not available"):
             # Only what this machine lacks may be missing, and the row says so.
             assert (dali_missing and r["Measurement"].startswith("DALI")) or r["Group"].startswith("S3"), r
+            continue
+        if median.startswith("not installed"):  # a peer outside the .[bench] extra's reach here
+            assert r["Group"].startswith("Peer") and peer_missing[r["Measurement"].split()[0]], r
+            assert "pip install -e '.[bench]'" in median, r
             continue
         assert re.fullmatch(r"[0-9,]+(\.[0-9]+)?", median), r
         assert number(median) > 0, r
@@ -106,6 +114,12 @@ def test_bench_table_has_every_row_with_sane_figures(bench_doc: Path):
         start = max((k for k in compared if r["Measurement"].startswith(k)), key=len, default=None)
         if start and r["Median"][0].isdigit():
             assert re.search(compared[start], r["Compared (per round)"]), r
+    peers = [r for r in rows if r["Group"].startswith("Peer") and r["Median"][0].isdigit()]
+    assert len(peers) == sum(2 if p != "TorchGeo" else 1 for p, gone in peer_missing.items() if not gone)
+    assert all(re.fullmatch(r"[0-9.]+x original; [0-9.]+x for ours \(.*, uint16, 1 core\)", r["Compared (per round)"])
+               for r in peers), peers
+    if not peer_missing["litdata"]:  # the best peer per codec, in the headline
+        assert re.search(r"Against the peer libraries on zstd data, .*: ours [0-9.]+x the best of them", doc)
     seg = [r for r in rows if r["Group"].startswith("Segmentation loader") and r["Measurement"].startswith("ours")]
     assert len(seg) == 2 and all(re.fullmatch(r"[0-9.]+x baseline; [0-9.]+x the classification batches",
                                               r["Compared (per round)"]) for r in seg), seg

@@ -29,3 +29,14 @@ def test_the_warm_up_epoch_holds_no_batch_when_the_timed_epoch_starts(sample_sha
         assert [r for r in refs if r() is not None] == []
     finally:
         loader.close()
+
+
+def test_only_keeps_the_rows_under_its_prefixes_and_the_blocks_that_hold_them():
+    from bench.run import BenchConfig
+
+    every = BenchConfig()
+    assert all(every.wants(k) for k in ("conv", "peer/litdata/zstd/1", "wds/none/float/1", "s3"))
+    cfg = BenchConfig(only=("peer", "wds/zstd/float", "orig/1"))
+    assert cfg.wants("peer/mds/none/1") and cfg.wants("wds/zstd/float/1") and cfg.wants("orig/1")
+    assert cfg.wants("peer") and cfg.wants("wds")  # a block some wanted rows are in: prepared
+    assert not any(cfg.wants(k) for k in ("wds/zstd/uint16/1", "orig/2", "conv", "train", "s3", "dali", "gpu"))

@@ -15,7 +15,7 @@ from torch import nn
 from sen12ms_common.errors import Sen12msError
 from sen12ms_common.inputs import ChannelTransform
 
-from .data.symmetry import apply_symmetries
+from .data.symmetry import apply_symmetries, check_symmetries, move_sample
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,23 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 class InputTransform:
-    """Stored uint16 batch (B, C, H, W) -> model input on `device` (float32)."""
+    """Stored uint16 batch (B, C, H, W) -> model input on `device` (float32).
 
-    def __init__(self, transform: ChannelTransform, device: torch.device, channels_last: bool = False) -> None:
+    `reuse=True` (the training loop, evaluation, prediction, the bench): on the CPU the float batch
+    is written into one buffer that this transform keeps, so a returned batch is valid only until
+    the next call; a caller that keeps a batch must copy it (`.clone()`). Without it every call
+    returns a fresh tensor. Fresh batches cost their page faults: a new 100 MB tensor a batch is
+    mapped from the kernel page by page, about twice the time of the conversion itself
+    (docs/performance.md). On a GPU the batch is always a fresh tensor (the caching allocator
+    reuses the memory already)."""
+
+    def __init__(self, transform: ChannelTransform, device: torch.device, channels_last: bool = False,
+                 reuse: bool = False) -> None:
         shape = (1, -1, 1, 1)
         self.device = device
         self.channels_last = channels_last
+        self.reuse = reuse
+        self._buffer: torch.Tensor | None = None
         self.scale = torch.as_tensor(transform.scale, dtype=torch.float32, device=device).reshape(shape)
         self.offset = torch.as_tensor(transform.offset, dtype=torch.float32, device=device).reshape(shape)
         finite = torch.isfinite(torch.as_tensor(transform.clip))
@@ -50,28 +61,50 @@ class InputTransform:
                      if bool(finite.any()) else None)
 
     def __call__(self, image: torch.Tensor, symmetry: torch.Tensor | None = None) -> torch.Tensor:
-        """`symmetry`: the batch's `--augment` codes, applied here on the device (one copy per
-        sample before the conversion; the loader never pays for the strided moves)."""
-        x = apply_symmetries(image.to(self.device, non_blocking=True), symmetry)
-        if not x.is_floating_point():  # stored values; a float batch is model input already
-            x = self._normalised(x)
+        """`symmetry`: the batch's `--augment` codes, applied here on the device (the loader never
+        pays for the strided moves): on a GPU one copy per sample before the conversion, on a CPU
+        as each sample is converted."""
+        x = image.to(self.device, non_blocking=True)
+        if x.device.type == "cpu" and not x.is_floating_point():
+            x = self._cpu_normalised(x, symmetry)
+        else:
+            x = apply_symmetries(x, symmetry)
+            if not x.is_floating_point():  # stored values; a float batch is model input already
+                x = self._normalised(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
     def _normalised(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu":
-            out = uint16_to_float32(x)
-            self._affine(out)
-            return out
-        # On a CPU a few samples at a time, so that the float passes stay in cache: about 2x the
-        # rate of whole-batch passes, which go to memory three times (docs/performance.md).
-        out = torch.empty(x.shape, dtype=torch.float32)
+        out = uint16_to_float32(x)
+        self._affine(out)
+        return out
+
+    def _cpu_normalised(self, x: torch.Tensor, symmetry: torch.Tensor | None) -> torch.Tensor:
+        # A few samples at a time, so that the float passes stay in cache: about 2x the rate of
+        # whole-batch passes, which go to memory three times (docs/performance.md). A sample's
+        # symmetry is a strided view (or a flipped copy) read by the conversion's copy itself.
+        codes = None if symmetry is None else check_symmetries(x, symmetry).tolist()
+        out = self._cpu_out(x.shape)
         for i in range(0, x.shape[0], CPU_CHUNK):
             part = out[i:i + CPU_CHUNK]
-            part.copy_(x[i:i + CPU_CHUNK])  # exact: every uint16 is a float32
+            if codes is None:
+                part.copy_(x[i:i + CPU_CHUNK])  # exact: every uint16 is a float32
+            else:
+                for j in range(part.shape[0]):
+                    part[j].copy_(move_sample(x[i + j], int(codes[i + j])))
             self._affine(part)
         return out
+
+    def _cpu_out(self, shape: torch.Size) -> torch.Tensor:
+        """The float batch to write: the kept buffer (its first rows for a short last batch)."""
+        if not self.reuse:
+            return torch.empty(shape, dtype=torch.float32)
+        buf = self._buffer
+        if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
+            self._buffer = None  # the old one goes before the new one is mapped
+            self._buffer = buf = torch.empty(shape, dtype=torch.float32)
+        return buf[:shape[0]]
 
     def _affine(self, x: torch.Tensor) -> None:
         # In place: half the time of out-of-place ops on a CPU, and the same float32 rounding as

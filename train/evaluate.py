@@ -10,7 +10,7 @@ import click
 
 from sen12ms_common.errors import report_errors
 from sen12ms_common.inputs import ChannelTransform
-from sen12ms_common.redaction import log_warnings_to_stderr, redact, redacting
+from sen12ms_common.redaction import log_warnings_to_stderr, redacting
 
 from .optionkinds import click_options
 from .progress import ProgressOptions, progress_options

@@ -15,7 +15,7 @@ from sen12ms_common import storage
 from sen12ms_common.dfc import DfcScheme, train_to_dfc
 from sen12ms_common.errors import report_errors
 from sen12ms_common.progress import Counter, ProgressOptions, progress_options
-from sen12ms_common.redaction import log_warnings_to_stderr, redact, redacting
+from sen12ms_common.redaction import log_warnings_to_stderr, redacting
 from sen12ms_common.words import plural
 
 from .optionkinds import click_options
@@ -156,7 +156,7 @@ def run_prediction(net: torch.nn.Module, spec, items: Iterator[Item], out: str, 
     from .device import InputTransform
 
     scheme = spec.scheme
-    to_input = InputTransform(spec.transform, device)
+    to_input = InputTransform(spec.transform, device, reuse=True)  # each batch is consumed before the next
     result = PredictResult()
     rows: list[PreviewRow] = []
 

@@ -62,7 +62,7 @@ def make_setup(*, shards: str, model_name: str, input_spec: str | tuple[BandRef,
     model = the_task.build_model(model_name, len(bands))
     model, forward = prepare_model(model, dev, channels_last=channels_last, compile=compile)
     return Setup(manifest, bands, rule, transform, dev, model, forward, precision(dev, amp),
-                 InputTransform(transform, dev, channels_last), the_task)
+                 InputTransform(transform, dev, channels_last, reuse=True), the_task)
 
 
 def loader_spec(setup: Setup, root: str, split: str, *, train: bool, workers: int | str = "auto",

@@ -28,13 +28,24 @@ def _moved(x: torch.Tensor, code: int) -> torch.Tensor:
     return x.transpose(-2, -1) if code & 4 else x
 
 
+def move_sample(x: torch.Tensor, code: int) -> torch.Tensor:
+    """One sample (..., H, W) moved by symmetry `code`: a view for a transpose, a copy for a flip."""
+    return _moved(x, code)
+
+
+def check_symmetries(x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """`codes` for the batch x (B, ..., H, W), whose patches must be square."""
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"symmetries of the square need square patches, got {tuple(x.shape[-2:])}")
+    return codes
+
+
 def apply_symmetries(x: torch.Tensor, codes: torch.Tensor | None) -> torch.Tensor:
     """x (B, ..., H, W) with sample i moved by symmetry codes[i]: a new tensor on x's device
     (x itself when `codes` is None). One copy per sample; on a GPU it costs next to nothing."""
     if codes is None:
         return x
-    if x.shape[-1] != x.shape[-2]:
-        raise ValueError(f"symmetries of the square need square patches, got {tuple(x.shape[-2:])}")
+    check_symmetries(x, codes)
     # Same-size integer views: flips and transposes only move bits, on every device.
     bits = {torch.uint16: torch.int16, torch.uint32: torch.int32}.get(x.dtype)
     src = x.view(bits) if bits is not None else x
