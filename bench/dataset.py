@@ -246,7 +246,7 @@ def real_patch_bytes(real_dir: Path, codecs: tuple[str, ...]) -> dict[str, float
     """Bytes of the real S2 and S1 patches: GeoTIFF, and encoded per codec (mean per patch)."""
     import rasterio  # start-up time: rasterio only when used
 
-    from sen12ms_common.shardformat import DEFAULT_LEVEL, SampleLayout, encode_array, quantize_s1
+    from sen12ms_common.shardformat import DEFAULT_LEVEL, SampleLayout, encode_array, quantize_s1  # start-up time: only on this path
 
     files: dict[str, list[Path]] = {"s2": [], "s1": []}
     for triplet in REAL_TRIPLETS.values():

@@ -17,9 +17,9 @@ def dataset_repeat(root: str, settings, num_workers: int, seed: int) -> Repeat:
     """A shuffled epoch of the train split through `DataLoader(ShardDataset(...), batch_size=None)`
     after a warm-up epoch (the worker is persistent, so that it keeps its reused buffers as the
     native loader does; it reads the same epoch twice, which costs what any other epoch does)."""
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader  # start-up time: torch only when used
 
-    from train.data import ShardDataset
+    from train.data import ShardDataset  # start-up time: imports torch
 
     ds = ShardDataset(root, "train", input=settings.input_spec, label_type=settings.label_type, normalize=None,
                       batch_size=settings.batch_size, shuffle=True, seed=seed)

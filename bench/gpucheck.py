@@ -37,7 +37,7 @@ class CheckResult:
 
 def cuda_device() -> str | None:
     """The name of CUDA device 0, or None without CUDA (torch built without it, or no device)."""
-    import torch
+    import torch  # start-up time: torch only when used
 
     if not torch.cuda.is_available():
         return None
@@ -47,7 +47,7 @@ def cuda_device() -> str | None:
 def dali_missing() -> str | None:
     """Why DALI cannot run here, or None."""
     try:
-        import nvidia.dali  # noqa: F401
+        import nvidia.dali  # noqa: F401  (optional extra: DALI)
     except ImportError as exc:
         return f"DALI is not installed ({exc}): make install with the dali extra"
     return None
@@ -80,7 +80,7 @@ def _run(*args: str) -> None:
 def run_check(sets: dict[str, Path], device: str, *, steps: int, batch_size: int, workers: int,
               echo=click.echo) -> CheckResult:
     """Compare and train on CUDA device 0 (the measuring parts are bench.gpuloop's)."""
-    from bench.gpuloop import compare, train_rate
+    from bench.gpuloop import compare, train_rate  # start-up time: imports torch
 
     result = CheckResult(device)
     t0 = time.perf_counter()
@@ -105,11 +105,11 @@ def run_check(sets: dict[str, Path], device: str, *, steps: int, batch_size: int
 
 def render(result: CheckResult, *, steps: int, batch_size: int, workers: int, samples: dict[str, int]) -> str:
     """docs/gpu.md: what ran where, and the two tables."""
-    import torch
+    import torch  # start-up time: torch only when used
 
     dali = "not installed"
     try:
-        import nvidia.dali
+        import nvidia.dali  # optional extra: DALI
 
         dali = nvidia.dali.__version__
     except ImportError:
@@ -171,7 +171,7 @@ def main(scratch: Path, doc: Path, steps: int, batch_size: int, workers: int, sc
     echo = click.echo if progress else (lambda s: None)
     echo(f"gpu-check on {device}: sample shards in {scratch} ...")
     sets = make_shards(scratch, scenes, patches_per_scene, workers)
-    from sen12ms_common.manifest import load_manifest
+    from sen12ms_common.manifest import load_manifest  # start-up time: only on this path
 
     manifest = load_manifest(str(sets["zstd"]))
     samples = {s: manifest.samples(s) for s in manifest.splits}

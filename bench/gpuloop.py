@@ -37,11 +37,11 @@ class TrainRate:
 def loader_spec(root: Path, split: str, *, batch_size: int, device: str, train: bool, workers: int = 0,
                 input_spec: str = "s1s2"):
     """A LoaderSpec of the sample shards: s1s2 input, single labels (simple scheme), manifest stats."""
-    from sen12ms_common.bands import resolve_bands
-    from sen12ms_common.igbp import LabelRule
-    from sen12ms_common.inputs import channel_transform
-    from sen12ms_common.manifest import load_manifest
-    from train.data import LoaderSpec
+    from sen12ms_common.bands import resolve_bands  # start-up time: only on this path
+    from sen12ms_common.igbp import LabelRule  # start-up time: only on this path
+    from sen12ms_common.inputs import channel_transform  # start-up time: only on this path
+    from sen12ms_common.manifest import load_manifest  # start-up time: only on this path
+    from train.data import LoaderSpec  # start-up time: imports torch
 
     manifest = load_manifest(str(root))
     bands = resolve_bands(input_spec)
@@ -52,13 +52,13 @@ def loader_spec(root: Path, split: str, *, batch_size: int, device: str, train: 
 
 def make(loader: str, spec, device_id: int | None, threads: int):
     """(loader, uint16 batch -> model input) of a spec: `dali` normalises in its pipeline."""
-    import torch
+    import torch  # start-up time: torch only when used
 
-    from train.data import make_loader
-    from train.device import InputTransform
+    from train.data import make_loader  # start-up time: imports torch
+    from train.device import InputTransform  # start-up time: imports torch
 
     if loader == "dali":
-        from train.data.dali import DaliLoader
+        from train.data.dali import DaliLoader  # optional extra: DALI
 
         return DaliLoader(spec, device_id=device_id, num_threads=max(1, threads)), None
     return make_loader(loader, spec), InputTransform(spec.transform, torch.device(spec.device))
@@ -68,7 +68,7 @@ def compare(root: Path, codec: str, *, device: str = "cpu", device_id: int | Non
             batch_size: int = 16, threads: int = 2) -> Comparison:
     """Every batch of the compared split from the DALI pipeline (on `device_id`, None: its CPU
     pipeline) against the webdataset loader's, normalised on `device` as the training loop does."""
-    import torch
+    import torch  # start-up time: torch only when used
 
     spec = loader_spec(root, SPLIT_COMPARED, batch_size=batch_size, device=device, train=False)
     # The DALI reader reads a rank's part as one stream: so does the reference.
@@ -111,11 +111,11 @@ def train_rate(root: Path, codec: str, loader: str, *, device: str = "cpu", devi
     """`warmup` + `steps` optimizer steps of `model` on the training split fed by `loader`; the
     timed steps' samples/s and the share of their wall time spent waiting for a batch. Each step
     ends with the loss read back (as the trainer does), so that a wait is a wait for data."""
-    import torch
-    import torch.nn.functional as F
+    import torch  # start-up time: torch only when used
+    import torch.nn.functional as F  # start-up time: torch only when used
 
-    from train.device import precision
-    from train.models import build_model
+    from train.device import precision  # start-up time: imports torch
+    from train.models import build_model  # start-up time: imports torch
 
     dev = torch.device(device)
     spec = loader_spec(root, SPLIT_TRAINED, batch_size=batch_size, device=device, train=True,

@@ -69,10 +69,9 @@ def peer_cases(ds: BenchDataset, roots: dict[str, Path], input_spec: str, batch_
              lambda r, root=root, repeat=repeat, where=where: repeat(root, batch_size, WORKERS, r, where))
 
 
-def peer_rows(res: Results, codecs: tuple[str, ...], group: str, codec_names: dict[str, str]) -> list[Row]:
-    """A row per peer and codec (uint16 batches, one core), each against ours on that codec."""
-    from bench.rows import _row
-
+def peer_rows(res: Results, codecs: tuple[str, ...], group: str, codec_names: dict[str, str], make_row) -> list[Row]:
+    """A row per peer and codec (uint16 batches, one core), each against ours on that codec;
+    `make_row(group, what, cores, key, unit, per_core=, compared=)` as bench.rows builds rows."""
     rows = []
     for key, peer, codec in PEER_ROWS:
         ours = f"wds/{codec}/uint16/1"
@@ -80,8 +79,8 @@ def peer_rows(res: Results, codecs: tuple[str, ...], group: str, codec_names: di
         comp = "; ".join(x for x in (fmt_ratio(res.ratio(f"{key}/1", "orig/1"), "original"),
                                      fmt_ratio(res.ratio(ours, f"{key}/1"),
                                                f"for ours ({codec_names[codec]}, uint16, 1 core)")) if x)
-        rows.append(_row(res, group, f"{what}, DataLoader ({WORKERS} worker)", "1", f"{key}/1", "samples/s",
-                         per_core=1, compared=comp))
+        rows.append(make_row(group, f"{what}, DataLoader ({WORKERS} worker)", "1", f"{key}/1", "samples/s",
+                             per_core=1, compared=comp))
     return rows
 
 

@@ -89,7 +89,7 @@ def write_litdata(source: Path, out: Path, codec: str, input_spec: str, samples:
              "samples": samples, "source": str(source.name)}
     if _fresh(out, stamp):
         return out
-    import litdata
+    import litdata  # optional extra: the bench's peers
 
     litdata.optimize(fn=_litdata_fn, inputs=_shard_inputs(source, input_spec), output_dir=str(out), num_workers=1,
                      compression="zstd" if codec == "zstd" else None, chunk_bytes="64MB", verbose=False,
@@ -104,7 +104,7 @@ def write_mds(source: Path, out: Path, codec: str, input_spec: str, samples: int
              "samples": samples, "source": str(source.name)}
     if _fresh(out, stamp):
         return out
-    from streaming import MDSWriter
+    from streaming import MDSWriter  # optional extra: the bench's peers
 
     columns = {"image": "ndarray:uint16", "label": "ndarray:float32"}
     with MDSWriter(out=str(out), columns=columns, compression="zstd" if codec == "zstd" else None) as writer:
@@ -143,7 +143,7 @@ def peer_files(root: Path) -> list[Path]:
 # --- reading ------------------------------------------------------------------------------------
 
 def _loader(dataset: Any, batch_size: int, workers: int, **kw: Any):
-    import torch
+    import torch  # start-up time: torch only when used
 
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                                        persistent_workers=False, **kw)
@@ -151,7 +151,7 @@ def _loader(dataset: Any, batch_size: int, workers: int, **kw: Any):
 
 def litdata_repeat(root: Path, batch_size: int, workers: int, seed: int, cache: Path) -> Repeat:
     """One shuffled epoch of litdata's StreamingDataset over its set, through a DataLoader."""
-    import litdata
+    import litdata  # optional extra: the bench's peers
 
     ds = litdata.StreamingDataset(str(root), shuffle=True, seed=seed, cache_dir=str(cache))
     return steady_rate(_loader(ds, batch_size, workers), lambda b: len(b["image"]))
@@ -161,7 +161,7 @@ def mds_repeat(root: Path, batch_size: int, workers: int, seed: int, cache: Path
     """One shuffled epoch of MosaicML's StreamingDataset over its set, through a DataLoader.
     Compressed shards are MDS's remote: it decompresses each whole shard into its local cache
     (emptied first, so that every round pays for it); uncompressed ones are read in place."""
-    from streaming import StreamingDataset
+    from streaming import StreamingDataset  # optional extra: the bench's peers
 
     if (root / "index.json").is_file() and any(root.glob("*.zstd")):
         if cache.exists():
@@ -185,8 +185,8 @@ def torchgeo_bands(input_spec: str) -> tuple[str, ...]:
 def torchgeo_repeat(root: Path, input_spec: str, batch_size: int, workers: int, seed: int) -> Repeat:
     """One shuffled epoch of TorchGeo's SEN12MS (rasterio per file: s1, s2 and lc; its image
     dtype: S2's uint16 read as int32, joined to S1's float32 dB, float32) through a DataLoader."""
-    import torch
-    from torchgeo.datasets import SEN12MS
+    import torch  # start-up time: torch only when used
+    from torchgeo.datasets import SEN12MS  # start-up time: torch only when used
 
     ds = SEN12MS(root=str(root), split="train", bands=torchgeo_bands(input_spec))
     gen = torch.Generator().manual_seed(seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bench import peercases
 from bench.frontdoor import front_door_rows
 from bench.measure import Stat
 from bench.results import Results, Row, fmt_ratio
@@ -141,9 +142,8 @@ def loader_rows(res: Results, codecs: tuple[str, ...]) -> list[Row]:
 
 def peer_rows(res: Results, codecs: tuple[str, ...]) -> list[Row]:
     """litdata, MosaicML streaming and TorchGeo on the same arrays, one core, each against ours."""
-    from bench.peercases import peer_rows as rows
-
-    return rows(res, codecs, "Peer libraries (train split, shuffled, 1 core)", CODEC_NAMES)
+    return peercases.peer_rows(res, codecs, "Peer libraries (train split, shuffled, 1 core)", CODEC_NAMES,
+                               lambda *a, **k: _row(res, *a, **k))
 
 
 def segmentation_rows(res: Results, codecs: tuple[str, ...]) -> list[Row]:

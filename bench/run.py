@@ -102,7 +102,7 @@ class Bench:
             "train_batch_size": cfg.training.batch_size, "warmup": cfg.training.warmup, "steps": cfg.training.steps}
         self.peer_roots: dict[str, Path] = {}
         if cfg.peers and cfg.wants("peer"):
-            from bench.peercases import prepare_peers
+            from bench.peercases import prepare_peers  # start-up time: the peers' modules only when they are measured
 
             self.peer_roots = prepare_peers(self.ds, cfg.loader.input_spec, cfg.shard_size, usable_cpus(), res, self.say)
         elif not cfg.peers:
@@ -220,7 +220,7 @@ class Bench:
             case(f"limit/{codec}", files, one_cpu, lambda r, root=root: limit_repeat(root, st.input_spec,
                                                                                      st.batch_size))
         if self.peer_roots:
-            from bench.peercases import peer_cases
+            from bench.peercases import peer_cases  # start-up time: the peers' modules only when they are measured
 
             peer_cases(ds, self.peer_roots, st.input_spec, st.batch_size, cfg.scratch / "peer-cache", case)
         return [c for c in cases if cfg.wants(c[0])]

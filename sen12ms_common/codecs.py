@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import Sen12msError
+from .memberchecks import content_size_fn
 from .nativecodecs import CodecLibraryError, lz4_decompress_fn, zstd_context_fns, zstd_ignore_checksums
 
 CODECS: tuple[str, ...] = ("zstd", "lz4", "none")
@@ -47,8 +48,6 @@ def unshuffle_into(raw: bytes | memoryview | np.ndarray, dst: np.ndarray) -> Non
 
 @lru_cache(maxsize=1)
 def _content_size():
-    from .memberchecks import content_size_fn
-
     return content_size_fn()
 
 

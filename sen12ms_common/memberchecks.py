@@ -46,7 +46,7 @@ def content_size_fn():
     """`zstd_content_size` compiled by numba (a call costs well under a microsecond), or the
     plain function where numba is missing."""
     try:
-        from numba import njit
+        from numba import njit  # start-up time: numba (LLVM) only when used
     except ImportError:
         return zstd_content_size
     return njit(nogil=True, cache=True)(zstd_content_size)

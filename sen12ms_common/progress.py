@@ -52,7 +52,7 @@ def progress_options(command: Callable | None = None, *, counted: bool = False) 
     `progress_interval`); `counted=True` for a command whose lines are a `Counter`'s."""
     if command is None:
         return lambda c: progress_options(c, counted=counted)
-    import click
+    import click  # start-up time: click only when a command is built
 
     command = click.option(
         "--progress-interval", type=click.FloatRange(0, min_open=True), default=DEFAULT_INTERVAL,
@@ -67,7 +67,7 @@ def no_progress_option(command: Callable | None = None, *, why: str = "it takes 
     accepted so that a script may pass `--no-progress` to every command."""
     if command is None:
         return lambda c: no_progress_option(c, why=why)
-    import click
+    import click  # start-up time: click only when a command is built
 
     return click.option("--progress/--no-progress", default=True, expose_value=False,
                         help=f"Accepted as by every command; this one shows no progress ({why}).")(command)
@@ -110,7 +110,7 @@ class ProgressMeter:
         self.style = opts.style(main)
         self.bar = None
         if self.style == "bar":
-            from tqdm import tqdm
+            from tqdm import tqdm  # start-up time: tqdm only on a terminal
 
             self.bar = tqdm(total=plan.total, initial=plan.initial, desc=desc, unit="batch", leave=False)
         self.done = plan.initial
@@ -176,7 +176,7 @@ class Counter:
         self.postfix = ""
         self.bar = None
         if self.style == "bar":
-            from tqdm import tqdm
+            from tqdm import tqdm  # start-up time: tqdm only on a terminal
 
             self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=scaled,
                             dynamic_ncols=True)

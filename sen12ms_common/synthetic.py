@@ -3,6 +3,8 @@ what is made from it (shards, the overview) can say that the data is synthetic, 
 
 from __future__ import annotations
 
+from sen12ms_common import storage
+
 MARKER_NAME = "SYNTHETIC_SAMPLE_DATA.txt"
 MARKER_TEXT = ("This tree was written by `python -m convert synth` (seed {seed}): synthetic sample data in the "
                "SEN12MS format, not satellite imagery. Shards converted from it and their overview say so.\n")
@@ -10,8 +12,6 @@ MARKER_TEXT = ("This tree was written by `python -m convert synth` (seed {seed})
 
 def is_synthetic(root: str) -> bool:
     """Whether the tree at `root` (folder or URL) carries the marker of the sample generator."""
-    from sen12ms_common import storage
-
     try:
         return storage.exists(storage.join(root, MARKER_NAME))
     except OSError:

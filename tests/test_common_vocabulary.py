@@ -200,17 +200,19 @@ def test_label_types_schemes_devices_and_loaders_come_from_one_place():
     import train.evaluate as evaluate_cli
     from sen12ms_common.names import ALL_SPLITS
     from train import metrics, options
-    from train.data import LOADERS, loader_names
+    from train.data import LOADERS, RENAMED, loader_names
 
     assert metrics.LABEL_TYPES is igbp.LABEL_TYPES
     assert _choices(train_cli.main, "label_type") == igbp.LABEL_TYPES == ("single_label", "multi_label")
     assert _choices(train_cli.main, "igbp") == igbp.SCHEMES == ("simple", "full")
-    assert _choices(train_cli.main, "loader") == tuple(loader_names()) == tuple(LOADERS)
+    # The loaders by name, then their old names (`webdataset`, now `shards`), which still work.
+    assert _choices(train_cli.main, "loader") == tuple(loader_names()) + tuple(RENAMED)
+    assert tuple(loader_names()) == tuple(LOADERS)
     assert _choices(train_cli.main, "device") == _choices(evaluate_cli.main, "device") == options.DEVICES
     assert _choices(evaluate_cli.main, "split") == ALL_SPLITS
     # The option check (checkpoints, arguments files) accepts exactly the same words.
     for key, words in (("label_type", igbp.LABEL_TYPES), ("igbp", igbp.SCHEMES), ("device", options.DEVICES),
-                       ("loader", tuple(loader_names()))):
+                       ("loader", tuple(loader_names()) + tuple(RENAMED))):
         assert all(options.CHECKS[key](w) is None for w in words)
         assert options.CHECKS[key]("nonsense") is not None
 

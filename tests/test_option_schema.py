@@ -82,5 +82,5 @@ def test_loaders_are_factories():
 
     # No "module:factory" strings: the registry holds the callables (the DALI one imports its
     # optional extra when called: tests/test_dali.py, "without DALI").
-    assert list(LOADERS)[:2] == ["webdataset", "dali"]
+    assert list(LOADERS)[:2] == ["shards", "dali"]
     assert all(callable(f) and get_factory(name) is f for name, f in LOADERS.items())

@@ -15,6 +15,7 @@ from torch import nn
 from sen12ms_common import storage
 from sen12ms_common.igbp import LabelRule
 from sen12ms_common.outputs import writing
+from sen12ms_common.words import plural
 
 from .metrics import compute_metrics, predict as to_labels, scalar_metrics
 from .models import build_model
@@ -115,8 +116,6 @@ class ClassificationTask:
         absent = self.absent_classes(metrics)
         if self.multi_label or not absent:
             return []
-        from sen12ms_common.words import plural
-
         present = self.num_classes - len(absent)
         return [f"AverageAcc counts the {len(absent)} {plural('class', len(absent))} absent from the {split} split "
                 f"as 0 (the original's definition: {', '.join(absent)}); AverageAccPresent is the mean over the "

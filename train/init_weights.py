@@ -67,7 +67,7 @@ def imagenet_file(model_name: str) -> Path:
     (`$TORCH_HOME/hub/checkpoints`); BackboneWeightsError naming the folder and files when absent."""
     if model_name == "DeepLabV3Plus":
         return imagenet_weights_file()
-    from torchvision import models as tvm
+    from torchvision import models as tvm  # start-up time: torch only when used
 
     weights = tvm.get_model_weights(_TORCHVISION[model_name]).IMAGENET1K_V1
     folder = Path(torch.hub.get_dir()) / "checkpoints"

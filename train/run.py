@@ -108,7 +108,7 @@ class TrainingRun:
                            amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile, task=cfg.task,
                            task_options=task_options(cfg.task, cfg.to_dict()), manifest=manifest)
         if checkpoint is None:  # --pretrained-backbone, --init-from (a resumed run has its own weights)
-            from .init_weights import start_weights
+            from .init_weights import start_weights  # start-up time: imports torch
 
             start_weights(cfg, setup.model, log)
         if d.rank > 0:  # same initial weights everywhere (seeded above), own dropout draws per rank

@@ -49,7 +49,7 @@ def spec_from_checkpoint(ckpt: Mapping[str, Any], source: str, stats: str | None
     """Read our checkpoint's `config` (task, model, input, no_savanna, output_stride, stats) and
     `input_transform`; `stats` replaces the stored transform. One-line `CheckpointError`s."""
     from .models import model_names  # start-up time: torchvision only when used
-    from .schema import read_input
+    from .schema import read_input  # start-up time: the option schema only when a checkpoint is read
 
     cfg = ckpt.get("config")
     if not isinstance(cfg, Mapping):

@@ -44,7 +44,7 @@ def classes_csv(metrics: Mapping[str, Any], scheme: DfcScheme) -> str:
 def confusion_png(metrics: Mapping[str, Any], scheme: DfcScheme, title: str) -> bytes:
     """Rows = true class normalised to sum 1 (recall on the diagonal), with a colour bar; a class
     without a pixel in the split is a grey row marked "absent" (no row to divide), not a blank one."""
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # start-up time: matplotlib only when plotting
 
     cm = np.asarray(metrics["confusion"], dtype=np.float64)
     rows = cm.sum(axis=1, keepdims=True)

@@ -71,8 +71,8 @@ class ValImages:
 def step_validation(run: Any, step: int) -> None:
     """A `TrainingRun`'s validation inside an epoch (--val-every-steps; collective): scalars under
     `val_steps` and the images at `step`; the best checkpoint is still chosen by the epoch's own."""
-    from .distributed import broadcast_state
-    from .scoring import predict_all
+    from .distributed import broadcast_state  # start-up time: imports torch
+    from .scoring import predict_all  # start-up time: imports torch
 
     s = run.setup
     broadcast_state(run.dist, s.model, buffers_only=True)  # rank 0's BatchNorm statistics, as validate()

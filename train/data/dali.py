@@ -16,7 +16,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 from sen12ms_common import storage
 from sen12ms_common.manifest import ShardEntry, index_name
 
-from . import DataError, LoaderSpec, LoaderUnavailable, check_modalities, mask_source
+from .spec import DataError, LoaderSpec, LoaderUnavailable, check_modalities, mask_source
 from .dali_graph import (READER, ChannelPlan, GraphSpec, build_graph, channel_plan, define_pipeline,  # noqa: F401
                          make_pipeline)
 from .dali_ops import CodecLibraryError, lz4_decompress_fn, status_text, zstd_decompress_fn

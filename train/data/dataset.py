@@ -23,8 +23,10 @@ from sen12ms_common.igbp import LabelRule
 from sen12ms_common.inputs import channel_transform
 from sen12ms_common.manifest import Manifest, load_manifest
 
-from . import Loader, LoaderSpec, make_loader, resolve_workers
+from ..device import InputTransform
 from .plan import epoch_plan
+from .registry import make_loader
+from .spec import Loader, LoaderSpec, check_modalities, mask_source, resolve_workers
 from .symmetry import apply_symmetries
 
 TASK_TARGETS = {"classification": "labels", "segmentation": "mask"}
@@ -116,8 +118,6 @@ class ShardDataset(IterableDataset):
         self._input = None
         if self.normalize:
             # The training loop's CPU conversion (one implementation of it: train.device).
-            from ..device import InputTransform
-
             self._input = InputTransform(self.spec.transform, torch.device("cpu"))
         self.loader()  # missing or (verify) wrong-sized shards fail here, as one ShardError
 
@@ -125,8 +125,6 @@ class ShardDataset(IterableDataset):
               no_savanna: bool, normalize: str | None, batch_size: int, shuffle: bool, seed: int, augment: bool,
               verify: bool, skip_bad_shards: bool, workers: int | str, threads: int, streams: int,
               shuffle_buffer: int, pin_memory: bool) -> LoaderSpec:
-        from . import check_modalities  # the package imports this module back
-
         m = self.manifest
         if split not in m.splits:
             raise DataError(f"{self.root}: no {split!r} split in this shard set (it has: {', '.join(m.splits)})")
@@ -143,8 +141,6 @@ class ShardDataset(IterableDataset):
                           shuffle_buffer=shuffle_buffer, pin_memory=pin_memory, verify=verify, skip_bad_shards=skip_bad_shards,
                           augment=augment and shuffle, targets=TASK_TARGETS[task],
                           no_savanna=no_savanna and task == "segmentation")
-        from . import mask_source
-
         mask_source(spec)  # a split that cannot give the task's targets fails here
         return spec
 
@@ -152,8 +148,6 @@ class ShardDataset(IterableDataset):
         """Stored uint16 batches (`normalize=None`) -> normalised float32 model input on `device`,
         with the statistics named by `stats` (default: `normalize`, else official): call it on a
         GPU after moving the batch there, the cheapest place to convert."""
-        from ..device import InputTransform
-
         transform = channel_transform(self.spec.bands, stats or self.normalize or "official", self.manifest.stats)
         return InputTransform(transform, torch.device(device))
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from . import DataError
+from .spec import DataError
 
 SLOTS = 3  # per worker: the batch its consumer still holds, the one handed out, one being filled
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}

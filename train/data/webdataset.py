@@ -16,7 +16,7 @@ from sen12ms_common import storage
 from sen12ms_common.buffers import BufferPool
 from sen12ms_common.cpus import usable_cpus
 
-from . import DataError, LoaderSpec, check_modalities, mask_source
+from .spec import DataError, LoaderSpec, check_modalities, mask_source
 from .batches import BatchDecoder
 from .feeds import merged, prefetched, threaded_workers
 from .plan import EpochPlan, StreamPlan, buffer_shuffle, epoch_plan
