@@ -17,6 +17,7 @@ import rasterio
 from bench.dataset import DatasetParams, ensure_shards, prepare
 from bench.loaders import LoaderSettings, webdataset_spec
 from bench.peercases import PEER_ROWS, peer_rows, prepare_peers
+from bench.rows import _row
 from bench.peers import (PeerUnavailable, litdata_repeat, mds_repeat, peer_version, torchgeo_bands, torchgeo_repeat,
                          torchgeo_root, write_litdata, write_mds)
 from bench.results import Results
@@ -118,6 +119,6 @@ def test_a_peer_that_does_not_import_says_not_installed(tiny, monkeypatch: pytes
         peer_version("litdata")
     res = Results(1)
     assert prepare_peers(ds, "s1s2", 8_000_000, 1, res, lambda s: None) == {}
-    rows = peer_rows(res, ("zstd", "none"), "Peers", CODEC_NAMES)
+    rows = peer_rows(res, ("zstd", "none"), "Peers", CODEC_NAMES, lambda *a, **k: _row(res, *a, **k))
     assert len(rows) == len(PEER_ROWS)
     assert all(not r.ok and r.status.startswith("not installed: ") for r in rows), [r.status for r in rows]

@@ -37,8 +37,8 @@ def main(ctx: click.Context, **params: Any) -> None:
     """
     # Here, not at the top: they import torch, which --help does not need (1 s against 10 s).
     from .distributed import Dist, init_from_env, shutdown
-    from .run import fit
-    from .signals import Interrupted
+    from .run import fit  # start-up time: the command's work imports torch
+    from .signals import Interrupted  # start-up time: the command's work imports torch
 
     log_warnings_to_stderr()
     d = Dist()
@@ -62,12 +62,12 @@ def _config(ctx: click.Context, params: dict[str, Any]) -> tuple[Any, dict | Non
     """The run's options (a TrainConfig): the command line, where it left an option at its
     default the stored options of our --resume checkpoint, each read and checked; and the loaded
     checkpoint."""
-    from .checkpoint import load_checkpoint
-    from .config import TrainConfig
-    from .distributed import ranks_from_env
-    from .options import cli_name, read_options
-    from .presets import apply_preset, savanna_default
-    from .resume import check_resume_order
+    from .checkpoint import load_checkpoint  # start-up time: the command's work imports torch
+    from .config import TrainConfig  # start-up time: the command's work imports torch
+    from .distributed import ranks_from_env  # start-up time: the command's work imports torch
+    from .options import cli_name, read_options  # start-up time: the command's work imports torch
+    from .presets import apply_preset, savanna_default  # start-up time: the command's work imports torch
+    from .resume import check_resume_order  # start-up time: the command's work imports torch
 
     given = {name: params[name] for name, option in TRAIN.items() if option.in_config}
     explicit = {k for k in given if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, None)}
@@ -102,8 +102,8 @@ def _apply_checkpoint(checkpoint: dict, resume: str, given: dict, explicit: set[
     """Our checkpoint's stored options, each checked, fill what the command line left at its
     defaults; never where the run writes: that is --run-dir, else the run our checkpoint lies in,
     else runs/<model>."""
-    from .options import OptionError, stored_options
-    from .outputs import run_dir_of
+    from .options import OptionError, stored_options  # start-up time: the command's work imports torch
+    from .outputs import run_dir_of  # start-up time: the command's work imports torch
 
     saved = checkpoint.get("config")
     if isinstance(saved, dict):

@@ -50,10 +50,10 @@ def _typed(key: str, value: Any) -> Any:
 
 def options_for(ckpt: Mapping[str, Any], checkpoint_path: str, config: str | None, stats: str | None) -> EvalOptions:
     """What to build, from the arguments file or our checkpoint's stored configuration."""
-    from .argsfile import original_to_options, read_arguments_file
-    from .checkpoint import stored_input_transform
-    from .options import read_options
-    from .tasks import task_options
+    from .argsfile import original_to_options, read_arguments_file  # start-up time: the command's work imports torch
+    from .checkpoint import stored_input_transform  # start-up time: the command's work imports torch
+    from .options import read_options  # start-up time: the command's work imports torch
+    from .tasks import task_options  # start-up time: the command's work imports torch
 
     if config:
         opts: dict[str, Any] = {k: _typed(k, v) for k, v in original_to_options(read_arguments_file(config)).items()}
@@ -90,13 +90,13 @@ def options_for(ckpt: Mapping[str, Any], checkpoint_path: str, config: str | Non
 def _setup(ckpt: Mapping[str, Any], checkpoint: str, opts: EvalOptions, shards: str, split: str, device: str):
     """The model of `ckpt` with its weights, for `split` of `shards`; one line when the shards lack
     the split or the input, or the checkpoint was trained on another input."""
-    from sen12ms_common.bands import modalities_of
-    from sen12ms_common.manifest import load_manifest
+    from sen12ms_common.bands import modalities_of  # start-up time: the command's work imports torch
+    from sen12ms_common.manifest import load_manifest  # start-up time: the command's work imports torch
 
-    from .checkpoint import load_model_weights
-    from .data import DataError
-    from .inputfit import check_input
-    from .setup import check_modalities, has_split, make_setup
+    from .checkpoint import load_model_weights  # start-up time: the command's work imports torch
+    from .data import DataError  # start-up time: the command's work imports torch
+    from .inputfit import check_input  # start-up time: the command's work imports torch
+    from .setup import check_modalities, has_split, make_setup  # start-up time: the command's work imports torch
 
     manifest = load_manifest(shards)
     if not has_split(manifest, split):
@@ -116,7 +116,7 @@ def _setup(ckpt: Mapping[str, Any], checkpoint: str, opts: EvalOptions, shards: 
 def default_out(checkpoint: str) -> str:
     """The run directory of a checkpoint in `<run>/checkpoints/` (local or s3://), else the current
     directory."""
-    from .outputs import run_dir_of
+    from .outputs import run_dir_of  # start-up time: the command's work imports torch
 
     return run_dir_of(checkpoint) or str(Path.cwd())
 
@@ -132,20 +132,20 @@ def evaluate_checkpoint(*, shards: str, checkpoint: str, config: str | None = No
 
     `dist`: a `train.distributed.Dist` under torchrun (every rank reads the checkpoint, scores
     its part; the metrics are those of the gathered predictions; rank 0 writes and prints)."""
-    from .checkpoint import load_checkpoint, made_at
-    from .distributed import Dist, gather_objects
-    from .labelcheck import label_check
-    from .outputs import output_folder
-    from .report import summary_lines
-    from .scoring import predict_all
-    from .setup import split_loader_of
+    from .checkpoint import load_checkpoint, made_at  # start-up time: the command's work imports torch
+    from .distributed import Dist, gather_objects  # start-up time: the command's work imports torch
+    from .labelcheck import label_check  # start-up time: the command's work imports torch
+    from .outputs import output_folder  # start-up time: the command's work imports torch
+    from .report import summary_lines  # start-up time: the command's work imports torch
+    from .scoring import predict_all  # start-up time: the command's work imports torch
+    from .setup import split_loader_of  # start-up time: the command's work imports torch
 
     d = dist or Dist()
     if not d.is_main:
         echo = lambda msg: None  # noqa: E731  (one report, from rank 0)
 
     out_dir = output_folder(out, "--out") if out else None  # an unusable --out fails before the work
-    from .baseline_files import attach_config
+    from .baseline_files import attach_config  # start-up time: the command's work imports torch
 
     # The DFC2020 baseline's args.pkl (given, or beside its checkpoint) becomes the checkpoint's configuration.
     ckpt, config = attach_config(load_checkpoint(checkpoint), checkpoint, config, echo)

@@ -53,7 +53,7 @@ class PredictResult:
 
 def tiff_items(root: str, bands, savanna: bool) -> tuple[int, Iterator[Item]]:
     """Patches of a GeoTIFF folder; every missing input is reported before anything is written."""
-    from .data.tiffdir import check_inputs, find_patches, read_sample
+    from .data.tiffdir import check_inputs, find_patches, read_sample  # start-up time: the command's work imports torch
 
     patches = check_inputs(find_patches(root), bands, root)
 
@@ -66,13 +66,13 @@ def tiff_items(root: str, bands, savanna: bool) -> tuple[int, Iterator[Item]]:
 
 def shard_items(root: str, split: str, bands, savanna: bool, verify: bool) -> tuple[int, Iterator[Item]]:
     """Samples of one split of a shard set, in manifest order, with every member decoded."""
-    from sen12ms_common.dfc import dfc_to_train, igbp_to_dfc
-    from sen12ms_common.manifest import load_manifest
-    from sen12ms_common.shardformat import decode_sample
+    from sen12ms_common.dfc import dfc_to_train, igbp_to_dfc  # start-up time: the command's work imports torch
+    from sen12ms_common.manifest import load_manifest  # start-up time: the command's work imports torch
+    from sen12ms_common.shardformat import decode_sample  # start-up time: the command's work imports torch
 
-    from .data import DataError
-    from .data.shardread import check_shards
-    from .data.allmembers import AllMembers, read_split
+    from .data import DataError  # start-up time: the command's work imports torch
+    from .data.shardread import check_shards  # start-up time: the command's work imports torch
+    from .data.allmembers import AllMembers, read_split  # start-up time: the command's work imports torch
 
     manifest = load_manifest(root)
     entries = tuple(manifest.shards(split)) if split in manifest.splits else ()
@@ -119,7 +119,7 @@ def _georef(meta: dict[str, Any]) -> Georef | None:
 def _input(items: list[Item], bands) -> torch.Tensor:
     """The model's channels of a batch as stored values (uint16 (B, C, H, W))."""
     import torch  # not at the top: --help builds without it
-    from sen12ms_common.inputs import select_channels
+    from sen12ms_common.inputs import select_channels  # start-up time: the command's work imports torch
 
     return torch.from_numpy(np.stack([select_channels(it.stored, bands) for it in items]))
 
@@ -151,9 +151,9 @@ def run_prediction(net: torch.nn.Module, spec, items: Iterator[Item], out: str, 
     """Predict every item, write its GeoTIFF, and preview pages of the first `previews` items."""
     import torch  # start-up time: --help builds without it
 
-    from sen12ms_common.outputs import writing
+    from sen12ms_common.outputs import writing  # start-up time: the command's work imports torch
 
-    from .device import InputTransform
+    from .device import InputTransform  # start-up time: the command's work imports torch
 
     scheme = spec.scheme
     to_input = InputTransform(spec.transform, device, reuse=True)  # each batch is consumed before the next
@@ -196,13 +196,13 @@ def predict(*, checkpoint: str, out: str, shards: str | None = None, split: str 
     """Load the checkpoint, read the patches (every input checked first), write maps and previews.
     `config`: the DFC2020 baseline's args.pkl for its checkpoints (default: one beside the checkpoint);
     `names`: "baseline" names the maps as its predict.py (`_dfc_`, `_lc_`, `_pred_`)."""
-    from sen12ms_common.outputs import output_folder, writing
+    from sen12ms_common.outputs import output_folder, writing  # start-up time: the command's work imports torch
 
-    from .argsfile import ArgumentsFileError
-    from .baseline_files import attach_config, baseline_prediction_name
-    from .checkpoint import load_checkpoint
-    from .device import resolve_device
-    from .segconfig import load_segmentation_model
+    from .argsfile import ArgumentsFileError  # start-up time: the command's work imports torch
+    from .baseline_files import attach_config, baseline_prediction_name  # start-up time: the command's work imports torch
+    from .checkpoint import load_checkpoint  # start-up time: the command's work imports torch
+    from .device import resolve_device  # start-up time: the command's work imports torch
+    from .segconfig import load_segmentation_model  # start-up time: the command's work imports torch
 
     out = output_folder(out, "--out")
     dev = resolve_device(device)

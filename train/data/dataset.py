@@ -115,6 +115,7 @@ class ShardDataset(IterableDataset):
         self._epoch, self._batch = 0, 0  # the pass's epoch and the batches it handed out
         self._resume = 0  # the batch the next pass starts at (load_state_dict)
         self._loaders: dict[tuple[Any, ...], Loader] = {}
+        self._skipped: list[str] = []
         self._input = None
         if self.normalize:
             # The training loop's CPU conversion (one implementation of it: train.device).
@@ -210,10 +211,15 @@ class ShardDataset(IterableDataset):
 
     @property
     def skipped(self) -> list[str]:
-        """"shard: reason" of every shard or sample skipped so far (`skip_bad_shards`)."""
-        return [s for loader in self._loaders.values() for s in loader.skipped]
+        """"shard: reason" of every shard or sample skipped so far (`skip_bad_shards`), by every
+        reader of this dataset, closed ones too. One list for the dataset's life: a caller may
+        append what it skips itself (train.labelcheck does)."""
+        for loader in self._loaders.values():
+            self._skipped.extend(s for s in loader.skipped if s not in self._skipped)
+        return self._skipped
 
     def close(self) -> None:
+        self.skipped  # noqa: B018  (keeps what the readers skipped before they go)
         for loader in self._loaders.values():
             loader.close()
         self._loaders = {}
