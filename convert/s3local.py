@@ -171,7 +171,11 @@ class WeedServer:
         if not self.ports:  # a restart keeps the ports, so that clients find the same endpoint
             self.ports = weed_ports(self.s3_port)
         config = self._write_config()
-        write_security(self.root)  # found by weed in its working directory, the root
+        try:
+            write_security(self.root)  # found by weed in its working directory, the root
+        except ImportError:
+            raise CannotStart("cryptography is not installed (it closes SeaweedFS's ports other than "
+                              "S3's to other accounts): pip install -e '.[s3]'") from None
         args = [binary, f"-logdir={self.root}", "mini", f"-dir={data}", "-ip=127.0.0.1",
                 "-ip.bind=127.0.0.1", f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
                 "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
@@ -235,8 +239,10 @@ class WeedServer:
         self.kill()  # what SIGTERM left, and any process of the group besides weed itself
         for sock in ("s3.sock", "filer.sock"):
             (self.root / sock).unlink(missing_ok=True)
-        if self.root.is_dir():  # weed writes a few files 0644 whatever its umask (volume .vif)
+        try:  # weed writes a few files 0644 whatever its umask (a volume's .vif)
             make_private(self.root)
+        except OSError:  # gone (a failed start), or not ours: it stays inside the 0700 root
+            pass
         # The gRPC sockets go to /tmp whatever TMPDIR says, named after their ports.
         for port in self.ports.values():
             for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):

@@ -4,17 +4,17 @@
 (HTTP and gRPC each), none of which asks who is calling: any local account could read, overwrite
 or delete objects through them, or drop the whole bucket (`/col/delete` on the master). Each start
 therefore gets a fresh private CA and one certificate that every component presents and requires
-(mutual TLS on all of those HTTP and gRPC ports), random JWT keys besides, all in a
-`security.toml` in the store's folder, which weed reads from its working directory. Files the
-store writes are the owner's alone (umask 077, and existing ones are narrowed at start).
+(mutual TLS on all of those HTTP and gRPC ports), named in a `security.toml` in the store's folder,
+which weed reads from its working directory. Files the store writes are the owner's alone (umask
+077, and existing ones are narrowed at start and at exit).
 """
 
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import json
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -23,7 +23,6 @@ TLS_DIR = "tls"
 UMASK = 0o077
 _GRPC = ("master", "volume", "filer", "s3", "admin", "worker", "client")  # mTLS on every gRPC link
 _HTTPS = ("master", "volume", "filer", "admin")  # every HTTP port but S3's
-_JWT = ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
 
 
 def make_private(root: Path) -> None:
@@ -54,7 +53,6 @@ def make_certificates(folder: Path) -> dict[str, Path]:
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-    import ipaddress
 
     folder.mkdir(mode=0o700, exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -85,13 +83,12 @@ def make_certificates(folder: Path) -> dict[str, Path]:
 
 
 def write_security(root: Path) -> Path:
-    """`root/security.toml` (0600) with fresh keys and certificates; nothing stored depends on
-    them, so every start makes new ones. The S3 port keeps plain HTTP and its own key check."""
+    """`root/security.toml` (0600) naming fresh certificates; nothing stored depends on them, so
+    every start makes new ones. The S3 port keeps plain HTTP and its own key check."""
     tls = {k: json.dumps(str(v)) for k, v in make_certificates(root / TLS_DIR).items()}  # TOML strings
     pair = f"cert = {tls['cert']}\nkey = {tls['key']}\n"
-    lines = [f'[{section}]\nkey = "{secrets.token_hex(32)}"\n' for section in _JWT]
-    lines += ["[access]\nui = false\n", "[filer.expose_directory_metadata]\nenabled = false\n",
-              f"[grpc]\nca = {tls['ca']}\n"]
+    lines = ["[access]\nui = false\n", "[filer.expose_directory_metadata]\nenabled = false\n",
+             f"[grpc]\nca = {tls['ca']}\n"]
     lines += [f"[grpc.{component}]\n{pair}" for component in _GRPC]
     lines += [f"[https.{component}]\n{pair}ca = {tls['ca']}\n" for component in _HTTPS]
     lines.append(f"[https.client]\nenabled = true\n{pair}ca = {tls['ca']}\n")

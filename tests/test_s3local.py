@@ -320,6 +320,9 @@ def test_only_the_s3_port_serves_other_accounts(weed, marker: str, tmp_path: Pat
                     assert b"secret" not in answer
         for name in ("master", "volume", "filer", "s3", "admin"):
             assert not speaks_plain_grpc(ports[name + ".port.grpc"]), name
+        # weed's gRPC sockets in /tmp (named after their ports): no one else may connect.
+        sockets = [s for p in ports.values() for s in Path("/tmp").glob(f"seaweedfs-*-{p}.sock")]
+        assert sockets and all(s.stat().st_mode & 0o077 == 0 for s in sockets), sockets
         # Through S3 with the keys: the object is unchanged, nothing was planted, the bucket is there.
         assert s3.get_object(Bucket="sen12ms", Key="private/secret.txt")["Body"].read() == b"the owner's secret"
         assert [o["Key"] for o in s3.list_objects_v2(Bucket="sen12ms")["Contents"]] == ["private/secret.txt"]
