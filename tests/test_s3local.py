@@ -267,7 +267,10 @@ def unauthenticated(method: str, url: str, body: bytes | None = None) -> tuple[i
                                     context=context) as answer:
             return answer.status, answer.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+        try:
+            return exc.code, exc.read()
+        except OSError:  # the server closed the connection after its status line
+            return exc.code, b""
     except (OSError, ValueError) as exc:
         return type(exc).__name__, b""
 
