@@ -1,7 +1,8 @@
 """A local S3-compatible server: SeaweedFS `weed mini` on 127.0.0.1, one identity, one bucket.
 
 `convert s3-local` runs one for users to try `s3://` paths with; the test suite and the bench start
-theirs through `start_server`. boto3 is imported only when a server starts.
+theirs through `start_server`. boto3 is imported only when a server starts. Only the S3 port is
+open to other local accounts (see `convert.s3security`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from convert.s3security import UMASK, make_private, weed_environment, write_private, write_security
 from sen12ms_common.errors import Sen12msError
 
 BUCKET = "sen12ms"
@@ -152,12 +154,11 @@ class WeedServer:
 
     def _write_config(self) -> Path:
         config = self.root / CONFIG
-        config.write_text(json.dumps({"identities": [{
+        write_private(config, json.dumps({"identities": [{
             "name": "local",
             "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }]}))
-        config.chmod(0o600)  # it holds the secret key
+        }]}).encode())  # 0600 from the start: it holds the secret key
         return config
 
     def start(self, timeout: float = 60.0) -> None:
@@ -166,19 +167,26 @@ class WeedServer:
             raise CannotStart(f"no `weed` binary (SeaweedFS): {INSTALL_HINT}")
         data = self.root / "data"
         data.mkdir(parents=True, exist_ok=True)
+        make_private(self.root)
         if not self.ports:  # a restart keeps the ports, so that clients find the same endpoint
             self.ports = weed_ports(self.s3_port)
         config = self._write_config()
+        try:
+            write_security(self.root)  # found by weed in its working directory, the root
+        except ImportError:
+            raise CannotStart("cryptography is not installed (it closes SeaweedFS's ports other than "
+                              "S3's to other accounts): pip install -e '.[s3]'") from None
         args = [binary, f"-logdir={self.root}", "mini", f"-dir={data}", "-ip=127.0.0.1",
                 "-ip.bind=127.0.0.1", f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
                 "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
                 f"-s3.localSocket={self.root}/s3.sock", f"-filer.localSocket={self.root}/filer.sock"]
         args += [f"-{flag}={port}" for flag, port in self.ports.items()]
-        env = {**os.environ, "GOMEMLIMIT": self.mem_limit, "TMPDIR": str(self.root)}
-        log = open(self.root / "weed.out", "ab")
-        # Its own process group: stop() takes down every process weed may have started.
+        env = {**weed_environment(dict(os.environ)), "GOMEMLIMIT": self.mem_limit, "TMPDIR": str(self.root)}
+        log = os.fdopen(os.open(self.root / "weed.out", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+        # Its own process group: stop() takes down every process weed may have started. The umask
+        # keeps every file and folder it creates its owner's.
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     cwd=self.root, start_new_session=True)
+                                     cwd=self.root, start_new_session=True, umask=UMASK)
         log.close()
         self._wait_ready(timeout)
 
@@ -231,6 +239,10 @@ class WeedServer:
         self.kill()  # what SIGTERM left, and any process of the group besides weed itself
         for sock in ("s3.sock", "filer.sock"):
             (self.root / sock).unlink(missing_ok=True)
+        try:  # weed writes a few files 0644 whatever its umask (a volume's .vif)
+            make_private(self.root)
+        except OSError:  # gone (a failed start), or not ours: it stays inside the 0700 root
+            pass
         # The gRPC sockets go to /tmp whatever TMPDIR says, named after their ports.
         for port in self.ports.values():
             for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):

@@ -245,3 +245,98 @@ def test_a_taken_port_is_one_line(weed, tmp_path: Path) -> None:
     assert result.output.strip().splitlines() == [
         f"Error: port {port} on 127.0.0.1 is in use (Address already in use); choose another with --port "
         "(0 picks a free one)"]
+
+
+def weed_flag_ports(pid: int) -> dict[str, int]:
+    """The port flags of a running weed, by name (master.port, filer.port.grpc, ...)."""
+    args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    return {a[1:].split("=")[0]: int(a.split("=")[1]) for a in args if ".port" in a and "=" in a and a[1:2] != "-"}
+
+
+def unauthenticated(method: str, url: str, body: bytes | None = None) -> tuple[int | str, bytes]:
+    """A request with no key and no client certificate, as another local account can send it:
+    (status, body) of an HTTP answer, or the name of the error that stopped it."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # any server certificate
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body, method=method), timeout=10,
+                                    context=context) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, exc.read()
+        except OSError:  # the server closed the connection after its status line
+            return exc.code, b""
+    except (OSError, ValueError) as exc:
+        return type(exc).__name__, b""
+
+
+def speaks_plain_grpc(port: int) -> bool:
+    """Whether the port answers an HTTP/2 client preface with a SETTINGS frame, i.e. talks gRPC to
+    anyone, without TLS and a client certificate (what `weed shell` of another account needs)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+        head = b""
+        try:
+            while len(head) < 9:
+                data = conn.recv(9 - len(head))
+                if not data:
+                    break
+                head += data
+        except OSError:
+            return False
+    return len(head) == 9 and head[3] == 4
+
+
+def test_only_the_s3_port_serves_other_accounts(weed, marker: str, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "store"
+    (folder / "data").mkdir(parents=True)  # as a store of an older version left it: open to all
+    (folder / "data" / "old.dat").write_bytes(b"kept from before")
+    for path, mode in ((folder, 0o755), (folder / "data", 0o755), (folder / "data" / "old.dat", 0o644)):
+        path.chmod(mode)
+    store = start_store(marker, "--dir", str(folder), "--port", "0")
+    use_exports(store, monkeypatch)
+    s3 = client()
+    s3.put_object(Bucket="sen12ms", Key="private/secret.txt", Body=b"the owner's secret")
+    ports = weed_flag_ports(store.weed_pid)
+    assert ports["s3.port"] == int(store.exports["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
+    try:
+        for name in ("master", "volume", "filer", "admin"):
+            for scheme in ("http", "https"):
+                base = f"{scheme}://127.0.0.1:{ports[name + '.port']}"
+                for method, path, body in (
+                        ("GET", "/buckets/sen12ms/private/secret.txt", None),
+                        ("GET", "/buckets/sen12ms/private/?metadata=true", None),
+                        ("PUT", "/buckets/sen12ms/private/secret.txt", b"overwritten"),
+                        ("POST", "/buckets/sen12ms/private/planted.txt", b"planted"),
+                        ("DELETE", "/buckets/sen12ms/private/secret.txt", None),
+                        ("GET", "/col/delete?collection=sen12ms", None),  # the master drops a bucket
+                        ("GET", "/dir/assign", None),
+                        ("GET", "/1,01", None)):  # a volume server's first needle
+                    status, answer = unauthenticated(method, base + path, body)
+                    assert not (isinstance(status, int) and status < 400), (name, scheme, method, path, status)
+                    assert b"secret" not in answer
+        for name in ("master", "volume", "filer", "s3", "admin"):
+            assert not speaks_plain_grpc(ports[name + ".port.grpc"]), name
+        # weed's gRPC sockets in /tmp (named after their ports): no one else may connect.
+        sockets = [s for p in ports.values() for s in Path("/tmp").glob(f"seaweedfs-*-{p}.sock")]
+        assert sockets and all(s.stat().st_mode & 0o077 == 0 for s in sockets), sockets
+        # Through S3 with the keys: the object is unchanged, nothing was planted, the bucket is there.
+        assert s3.get_object(Bucket="sen12ms", Key="private/secret.txt")["Body"].read() == b"the owner's secret"
+        assert [o["Key"] for o in s3.list_objects_v2(Bucket="sen12ms")["Contents"]] == ["private/secret.txt"]
+        # And without the keys S3 refuses too.
+        assert unauthenticated("GET", f"{store.exports['AWS_ENDPOINT_URL']}/sen12ms/private/secret.txt")[0] == 403
+        for path in [folder, *folder.rglob("*")]:
+            if path.is_dir() and not path.is_symlink():
+                assert path.stat().st_mode & 0o777 == 0o700, path
+    finally:
+        stop_store(store, signal.SIGTERM)
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            assert path.stat().st_mode & 0o777 == (0o700 if path.is_dir() else 0o600), path
+    assert (folder / "data" / "old.dat").read_bytes() == b"kept from before"
