@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bench.dataset import BenchDataset, preread, shard_options
 from bench.measure import Repeat, pinned
-from convert.conversion import convert_shards
+from convert.shards.conversion import convert_shards
 
 
 def conversion_repeat(ds: BenchDataset, out: Path, codec: str, workers: int, cpu: int | None,

@@ -11,13 +11,13 @@ from pathlib import Path
 
 from bench.loaders import LoaderSettings
 from bench.measure import Repeat
-from sen12ms_common import storage
-from sen12ms_common.bands import resolve_bands
+from sen12ms_common.storage import files as storage
+from sen12ms_common.vocab.bands import resolve_bands
 
 from sen12ms_common.errors import Sen12msError
-from sen12ms_common.igbp import LabelRule
-from sen12ms_common.inputs import channel_transform
-from sen12ms_common.manifest import load_manifest
+from sen12ms_common.format.manifest import load_manifest
+from sen12ms_common.vocab.igbp import LabelRule
+from sen12ms_common.vocab.inputs import channel_transform
 from train.data import LoaderSpec, make_loader
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ class DaliWorker:
 def _reader(root: str, split: str, loader: str, input_spec: str, batch_size: int, threads: int, device: str,
             normalise: bool, train: bool, stats: str):
     """(loader, uint16 -> model input or None) of `throughput`."""
-    from train.device import InputTransform  # start-up time: torch only when used
+    from train.run.device import InputTransform  # start-up time: torch only when used
 
     manifest = load_manifest(root)
     bands = resolve_bands(input_spec)

@@ -12,14 +12,14 @@ from typing import Callable
 
 import numpy as np
 
-from convert.conversion import ShardsOptions, convert_shards
-from convert.labels import derive_labels, write_label_files
-from convert.scan import scan_tree
-from convert.synth import SceneSpec, patch_arrays, scene_landcover, synthesize
+from convert.datafiles.labels import derive_labels, write_label_files
+from convert.sample.sen12ms import SceneSpec, patch_arrays, scene_landcover, synthesize
+from convert.shards.conversion import ShardsOptions, convert_shards
+from convert.shards.scan import scan_tree
 from sen12ms_common.errors import Sen12msError
-from sen12ms_common.manifest import MANIFEST_NAME, load_manifest
-from sen12ms_common.patches import parse_patch
-from sen12ms_common.shardformat import DEFAULT_LEVEL, SampleLayout
+from sen12ms_common.format.manifest import MANIFEST_NAME, load_manifest
+from sen12ms_common.format.sample import DEFAULT_LEVEL, SampleLayout
+from sen12ms_common.vocab.patches import parse_patch
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET_VERSION = 1
@@ -246,7 +246,7 @@ def real_patch_bytes(real_dir: Path, codecs: tuple[str, ...]) -> dict[str, float
     """Bytes of the real S2 and S1 patches: GeoTIFF, and encoded per codec (mean per patch)."""
     import rasterio  # start-up time: rasterio only when used
 
-    from sen12ms_common.shardformat import DEFAULT_LEVEL, SampleLayout, encode_array, quantize_s1  # start-up time: only on this path
+    from sen12ms_common.format.sample import DEFAULT_LEVEL, SampleLayout, encode_array, quantize_s1  # start-up time: only on this path
 
     files: dict[str, list[Path]] = {"s2": [], "s1": []}
     for triplet in REAL_TRIPLETS.values():

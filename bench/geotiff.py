@@ -8,20 +8,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from sen12ms_common import storage
-from sen12ms_common.bands import OFFICIAL_MEAN, OFFICIAL_STD, BandRef, resolve_bands
-from sen12ms_common.datafiles import load_labels, read_split_list
+from sen12ms_common.datafiles.read import load_labels, read_split_list
 from sen12ms_common.errors import Sen12msError
-from sen12ms_common.igbp import LabelRule
-from sen12ms_common.patches import KNOWN_BROKEN, PatchNameError, parse_patch
-from sen12ms_common.shardformat import S1_MAX_DB, S1_MIN_DB
+from sen12ms_common.format.sample import S1_MAX_DB, S1_MIN_DB
+from sen12ms_common.storage import files as storage
+from sen12ms_common.vocab.bands import OFFICIAL_MEAN, OFFICIAL_STD, BandRef, resolve_bands
+from sen12ms_common.vocab.igbp import LabelRule
+from sen12ms_common.vocab.patches import KNOWN_BROKEN, PatchNameError, parse_patch
 
 S2_MAX = 10000.0
 
 
 class GeoTiffDataError(ValueError, Sen12msError):
     """A patch that cannot be used or has no label; the message names it. (Label files and split
-    lists that cannot be read raise `LabelFileError` / `SplitFileError` of `sen12ms_common.datafiles`.)"""
+    lists that cannot be read raise `LabelFileError` / `SplitFileError` of `sen12ms_common.datafiles.read`.)"""
 
 
 # --- one sample, the original's way ----------------------------------------------------------------

@@ -171,7 +171,7 @@ def main(scratch: Path, doc: Path, steps: int, batch_size: int, workers: int, sc
     echo = click.echo if progress else (lambda s: None)
     echo(f"gpu-check on {device}: sample shards in {scratch} ...")
     sets = make_shards(scratch, scenes, patches_per_scene, workers)
-    from sen12ms_common.manifest import load_manifest  # start-up time: only on this path
+    from sen12ms_common.format.manifest import load_manifest  # start-up time: only on this path
 
     manifest = load_manifest(str(sets["zstd"]))
     samples = {s: manifest.samples(s) for s in manifest.splits}

@@ -37,10 +37,10 @@ class TrainRate:
 def loader_spec(root: Path, split: str, *, batch_size: int, device: str, train: bool, workers: int = 0,
                 input_spec: str = "s1s2"):
     """A LoaderSpec of the sample shards: s1s2 input, single labels (simple scheme), manifest stats."""
-    from sen12ms_common.bands import resolve_bands  # start-up time: only on this path
-    from sen12ms_common.igbp import LabelRule  # start-up time: only on this path
-    from sen12ms_common.inputs import channel_transform  # start-up time: only on this path
-    from sen12ms_common.manifest import load_manifest  # start-up time: only on this path
+    from sen12ms_common.vocab.bands import resolve_bands  # start-up time: only on this path
+    from sen12ms_common.vocab.igbp import LabelRule  # start-up time: only on this path
+    from sen12ms_common.vocab.inputs import channel_transform  # start-up time: only on this path
+    from sen12ms_common.format.manifest import load_manifest  # start-up time: only on this path
     from train.data import LoaderSpec  # start-up time: imports torch
 
     manifest = load_manifest(str(root))
@@ -55,7 +55,7 @@ def make(loader: str, spec, device_id: int | None, threads: int):
     import torch  # start-up time: torch only when used
 
     from train.data import make_loader  # start-up time: imports torch
-    from train.device import InputTransform  # start-up time: imports torch
+    from train.run.device import InputTransform  # start-up time: imports torch
 
     if loader == "dali":
         from train.data.dali import DaliLoader  # optional extra: DALI
@@ -114,8 +114,8 @@ def train_rate(root: Path, codec: str, loader: str, *, device: str = "cpu", devi
     import torch  # start-up time: torch only when used
     import torch.nn.functional as F  # start-up time: torch only when used
 
-    from train.device import precision  # start-up time: imports torch
-    from train.models import build_model  # start-up time: imports torch
+    from train.run.device import precision  # start-up time: imports torch
+    from train.models.registry import build_model  # start-up time: imports torch
 
     dev = torch.device(device)
     spec = loader_spec(root, SPLIT_TRAINED, batch_size=batch_size, device=device, train=True,

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 
 from bench.measure import Repeat, steady_rate, warm_up
-from sen12ms_common.bands import resolve_bands
-from sen12ms_common.igbp import LabelRule
-from sen12ms_common.inputs import channel_transform
-from sen12ms_common.manifest import load_manifest
+from sen12ms_common.format.manifest import load_manifest
+from sen12ms_common.vocab.bands import resolve_bands
+from sen12ms_common.vocab.igbp import LabelRule
+from sen12ms_common.vocab.inputs import channel_transform
 from train.data import LoaderSpec, make_loader, resolve_workers
 
 STATS = "official"  # the original's statistics, in both ways, so that the float batches agree
@@ -54,7 +54,7 @@ def webdataset_repeat(root: str, settings: LoaderSettings, workers: int | str, s
     `verify`: checksums checked while streaming (the training default); `augment`: --augment."""
     import torch  # start-up time: torch only when used
 
-    from train.device import InputTransform  # start-up time: torch only when used
+    from train.run.device import InputTransform  # start-up time: torch only when used
 
     spec = webdataset_spec(root, settings, workers, seed, verify=verify, threads=threads, augment=augment)
     loader = make_loader("webdataset", spec)
@@ -82,7 +82,7 @@ def seg_webdataset_repeat(root: str, settings: LoaderSettings, seed: int) -> Rep
     turned into float model input as the baseline scales it."""
     import torch  # start-up time: torch only when used
 
-    from train.device import InputTransform  # start-up time: torch only when used
+    from train.run.device import InputTransform  # start-up time: torch only when used
 
     spec = dataclasses.replace(webdataset_spec(root, settings, "auto", seed), targets="mask",
                                transform=channel_transform(resolve_bands(settings.input_spec), "dfc2020"))
@@ -102,7 +102,7 @@ def first_batch_check(tree: str, names: list[str], labels: dict, shard_root: str
     import torch  # start-up time: torch only when used
 
     from bench.geotiff import GeoTiffDataset  # start-up time: torch only when used
-    from train.device import InputTransform  # start-up time: torch only when used
+    from train.run.device import InputTransform  # start-up time: torch only when used
 
     spec = dataclasses.replace(webdataset_spec(shard_root, settings, 0, 0, batch_size=4), train=False)
     loader = make_loader("webdataset", spec)

@@ -18,8 +18,8 @@ import numpy as np
 
 from bench.measure import Repeat, steady_rate
 from bench.stock import _stock_decode, read_index
-from sen12ms_common.bands import resolve_bands
-from sen12ms_common.manifest import index_name, load_manifest
+from sen12ms_common.format.manifest import index_name, load_manifest
+from sen12ms_common.vocab.bands import resolve_bands
 
 # The peer's package name to pip, the module to import, and the codecs its writer is asked for
 # (None: its writer's default, no compression). TorchGeo reads the GeoTIFFs as they are.

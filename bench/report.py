@@ -64,7 +64,7 @@ def method_lines(res: Results) -> list[str]:
                   "(S1 quantisation)" if isinstance(check, dict) else str(check))
     return [
         f"- Data: {d.get('triplets')} SEN12MS triplets in the original layout (`bench/data/`, made once by "
-        f"`convert.synth` and reused), among them the real reference patches ({len(real.get('s2', []))} S2, "
+        f"`convert.sample.sen12ms` and reused), among them the real reference patches ({len(real.get('s2', []))} S2, "
         f"{len(real.get('s1', []))} S1, {len(real.get('lc', []))} lc, completed with generated siblings). "
         "Every triplet is in the train split, which all loaders read.",
         f"- Input `{c.get('input_spec')}` ({c.get('channels')} channels), batch {c.get('batch_size')}, {c.get('label_type')} "
@@ -91,7 +91,7 @@ def method_lines(res: Results) -> list[str]:
         "into a batch.",
         f"- Cores to feed one GPU: the model alone on the GPU ({res.extra.get('gpu', 'no figure')}), "
         "samples/s divided by our loader's samples/s on one core.",
-        "- Float batches: our uint16 batches through `train.device.InputTransform` on the CPU, in the main "
+        "- Float batches: our uint16 batches through `train.run.device.InputTransform` on the CPU, in the main "
         "process, into one reused float buffer as the training loop converts (on a GPU the CPU never touches a "
         "float pixel); "
         "the original's way makes float32 in its workers. DALI rows: uint16 batches, the CPU's part of a GPU "

@@ -21,11 +21,11 @@ from bench.measure import Repeat, one_cpu, pinned
 from bench.results import Results
 from bench.s3rows import S3Unavailable, local_server, read_only_repeat, shards_url, tree_url, upload_bench_data
 from bench.training import StepBench, TrainingSettings, cuda_model_rate
-from sen12ms_common.bands import resolve_bands
-from sen12ms_common.codecs import CODECS  # every codec of the shard format
 from sen12ms_common.cpus import usable_cpus
-from sen12ms_common.datafiles import load_labels
-from sen12ms_common.manifest import load_manifest
+from sen12ms_common.datafiles.read import load_labels
+from sen12ms_common.format.codecs import CODECS  # every codec of the shard format
+from sen12ms_common.format.manifest import load_manifest
+from sen12ms_common.vocab.bands import resolve_bands
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUTS = ("uint16", "float", "uint16-noverify")

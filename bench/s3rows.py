@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Iterator
 
 from bench.measure import Repeat
-from sen12ms_common import storage
 from sen12ms_common.errors import Sen12msError
-from sen12ms_common.manifest import load_manifest
-from sen12ms_common.patches import parse_patch
+from sen12ms_common.format.manifest import load_manifest
+from sen12ms_common.storage import files as storage
+from sen12ms_common.vocab.patches import parse_patch
 
 BUCKET_PREFIX = "bench"
 
@@ -25,9 +25,9 @@ class S3Unavailable(RuntimeError, Sen12msError):
 
 @contextmanager
 def local_server(root: Path) -> Iterator[object]:
-    """A SeaweedFS `weed mini` on 127.0.0.1 (convert/s3local.py) with the AWS variables set."""
+    """A SeaweedFS `weed mini` on 127.0.0.1 (convert/s3local/server.py) with the AWS variables set."""
     try:
-        from convert.s3local import WeedServer, weed_binary  # optional extra (s3): reported as unavailable
+        from convert.s3local.server import WeedServer, weed_binary  # optional extra (s3): reported as unavailable
     except ImportError as exc:
         raise S3Unavailable(f"the local S3 server does not import ({exc})") from exc
     if weed_binary() is None:

@@ -5,7 +5,7 @@ Per sample, as the baseline's `code/datasets.py` does it: the chosen S2 bands as
 clip(0, 10000) / 10000; both S1 bands as float32, NaN -> 0, clip(-25, 0) dB, / 25 + 1; S2 then
 S1. The mask is band 1 of the lc patch mapped IGBP -> DFC2020 (a SEN12MS patch) or of the dfc
 patch as stored (a DFC2020 patch), 0-based, 255 = ignore, savanna folded away with
-`no_savanna` (`sen12ms_common.dfc`), as int64 like the baseline's. `make bench` measures "the
+`no_savanna` (`sen12ms_common.vocab.dfc`), as int64 like the baseline's. `make bench` measures "the
 baseline's way" with it, beside the shard loader's image + mask batches.
 
     ds = SegGeoTiffDataset("/sen12ms", keys, input_spec="s2hr+s2mr+s1", no_savanna=True)
@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sen12ms_common import storage
-from sen12ms_common.bands import BandRef, resolve_bands
-from sen12ms_common.dfc import dfc_to_train, igbp_to_dfc
-from sen12ms_common.patches import PatchNameError, is_dfc2020, parse_any_patch
+from sen12ms_common.storage import files as storage
+from sen12ms_common.vocab.bands import BandRef, resolve_bands
+from sen12ms_common.vocab.dfc import dfc_to_train, igbp_to_dfc
+from sen12ms_common.vocab.patches import PatchNameError, is_dfc2020, parse_any_patch
 
 from bench.geotiff import GeoTiffDataError, _open_raster, read_s1, read_s2
 

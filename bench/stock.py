@@ -12,12 +12,12 @@ import numpy as np
 import zstandard
 
 from bench.measure import Repeat, steady_rate
-from sen12ms_common.bands import modality_runs, resolve_bands
-from sen12ms_common.codecs import BandDecoder
-from sen12ms_common.manifest import index_name, load_manifest
-from sen12ms_common.mapped import map_file
-from sen12ms_common.shardformat import SampleLayout, decode_bands_into
-from sen12ms_common.streamcopy import stream_unshuffle, take_planes
+from sen12ms_common.format.codecs import BandDecoder
+from sen12ms_common.format.manifest import index_name, load_manifest
+from sen12ms_common.format.mapped import map_file
+from sen12ms_common.format.sample import SampleLayout, decode_bands_into
+from sen12ms_common.kernels.streamcopy import stream_unshuffle, take_planes
+from sen12ms_common.vocab.bands import modality_runs, resolve_bands
 
 
 def read_index(path: Path) -> list[dict[str, tuple[int, int]]]:

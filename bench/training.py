@@ -11,9 +11,9 @@ import torch
 
 from bench.geotiff import GeoTiffDataset, original_loader
 from bench.loaders import LoaderSettings, webdataset_spec
-from sen12ms_common.bands import resolve_bands
+from sen12ms_common.vocab.bands import resolve_bands
 from train.data import make_loader
-from train.setup import make_setup
+from train.run.setup import make_setup
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def cuda_model_rate(model: str, input_spec: str, batch_size: int = 128, steps: i
     channels_last, a batch held on the device): what one GPU consumes. (None, why) without one."""
     if not torch.cuda.is_available():
         return None, "no CUDA device"
-    from train.models import build_model  # start-up time: torchvision only when used
+    from train.models.registry import build_model  # start-up time: torchvision only when used
 
     dev = torch.device("cuda")
     net = build_model(model, len(resolve_bands(input_spec)), 10).to(dev).to(memory_format=torch.channels_last)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from convert.synth import synthesize
-from convert.synthdfc import synthesize_dfc2020
+from convert.sample.dfc2020 import synthesize_dfc2020
+from convert.sample.sen12ms import synthesize
 from sen12ms_common.errors import report_errors
 from sen12ms_common.progress import ProgressOptions, progress_options
 
@@ -57,24 +57,24 @@ def main() -> None:
         sys.exit(130)
 
 
-from convert.labels import labels_command  # noqa: E402
-from convert.splits import splits_command  # noqa: E402
-from convert.overview import overview as overview_command  # noqa: E402
+from convert.datafiles.labels import labels_command  # noqa: E402
+from convert.datafiles.splits import splits_command  # noqa: E402
+from convert.overview.command import overview as overview_command  # noqa: E402
 
 cli.add_command(labels_command)
 cli.add_command(splits_command)
 cli.add_command(overview_command)
 
-from convert.shards import shards as shards_command  # noqa: E402
-from convert.verify import verify as verify_command  # noqa: E402
+from convert.shards.command import shards as shards_command  # noqa: E402
+from convert.shards.verify import verify as verify_command  # noqa: E402
 
 cli.add_command(shards_command)
 cli.add_command(verify_command)
 
-from convert.merge import merge_manifest as merge_manifest_command  # noqa: E402
+from convert.shards.merge import merge_manifest as merge_manifest_command  # noqa: E402
 
 cli.add_command(merge_manifest_command)
 
-from convert.s3local_command import s3_local as s3_local_command  # noqa: E402
+from convert.s3local.command import s3_local as s3_local_command  # noqa: E402
 
 cli.add_command(s3_local_command)

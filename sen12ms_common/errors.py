@@ -6,7 +6,7 @@ import functools
 import sys
 from typing import Callable, Iterator, TypeVar
 
-from .redaction import redact
+from .storage.redaction import redact
 
 F = TypeVar("F", bound=Callable)
 

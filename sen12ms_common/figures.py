@@ -1,5 +1,5 @@
 """PNG figures on matplotlib's Agg canvas (no pyplot, no global backend switch), returned as bytes
-for `sen12ms_common.storage`; matplotlib is imported only when a figure is made."""
+for `sen12ms_common.storage.files`; matplotlib is imported only when a figure is made."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ def toolbox_dir(reference: Path) -> Path:
 @pytest.fixture(scope="session")
 def sample_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small sample tree (8 scenes x 6 patches, with the known broken triplet). Read-only."""
-    from convert.synth import synthesize
+    from convert.sample.sen12ms import synthesize
 
     root = tmp_path_factory.mktemp("sample") / "sen12ms"
     synthesize(root, scenes=8, patches_per_scene=6, seed=7, broken=True, progress=False)

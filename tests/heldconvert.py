@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import convert.shards as command  # noqa: E402
+import convert.shards.command as command  # noqa: E402
 from convert.cli import main  # noqa: E402
 
 

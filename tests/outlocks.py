@@ -1,5 +1,5 @@
 """Helpers of the tests of OUT's lock: a lock file as another run of `convert shards` leaves it
-(alive, dead, on another machine), written in the format of convert/outlock.py."""
+(alive, dead, on another machine), written in the format of convert/shards/outlock.py."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from convert.outfolder import lock_name
-from convert.outlock import Holder, start_ticks, this_machine
-from convert.plan import Part
+from convert.shards.outfolder import lock_name
+from convert.shards.outlock import Holder, start_ticks, this_machine
+from convert.shards.plan import Part
 
 
 def dead_pid() -> int:

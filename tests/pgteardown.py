@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 
-from train.distributed import agree_max, gather_objects, init_from_env, shutdown
+from train.run.distributed import agree_max, gather_objects, init_from_env, shutdown
 
 
 def gloo_threads() -> list[str]:
@@ -23,7 +23,7 @@ def gloo_threads() -> list[str]:
 
 if __name__ == "__main__":
     d, _ = init_from_env("cpu")
-    import train.models  # noqa: F401  (as the commands do once the group exists: torchvision, torch.distributed.nn)
+    import train.models.registry  # noqa: F401  (as the commands do once the group exists: torchvision, torch.distributed.nn)
 
     gathered = gather_objects(d, {"rank": d.rank})
     agree_max(d, [d.rank])

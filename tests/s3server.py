@@ -1,4 +1,4 @@
-"""The test suite's S3 fixtures: the real SeaweedFS server of `convert.s3local`, once per test
+"""The test suite's S3 fixtures: the real SeaweedFS server of `convert.s3local.server`, once per test
 session (per xdist worker), with its own folder, free ports, a memory cap and one identity whose
 access/secret key it checks on every request. Tests reach it only through the standard AWS
 variables (`s3_env` sets them), exactly as users reach their own store. `FaultProxy` breaks
@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from convert.s3local import WeedServer, start_server, weed_binary  # noqa: F401  (the tests import them from here)
+from convert.s3local.server import WeedServer, start_server, weed_binary  # noqa: F401  (the tests import them from here)
 
 _METHODS = (b"GET ", b"HEAD ", b"PUT ", b"POST ", b"DELETE ")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 
-from sen12ms_common.bands import resolve_bands
-from sen12ms_common.inputs import channel_transform
+from sen12ms_common.vocab.bands import resolve_bands
+from sen12ms_common.vocab.inputs import channel_transform
 
 
 def write_seg_checkpoint(path: Path, *, model: str = "SmallUNet", input_spec: str = "s2hr+s2mr+s1",
@@ -15,8 +15,8 @@ def write_seg_checkpoint(path: Path, *, model: str = "SmallUNet", input_spec: st
     """A checkpoint of our layout for a segmentation network (freshly initialised unless `net`)."""
     import torch
 
-    from train.checkpoint import save_checkpoint
-    from train.models import build_model
+    from train.run.checkpoint import save_checkpoint
+    from train.models.registry import build_model
 
     bands = resolve_bands(input_spec)
     t = channel_transform(bands, stats)

@@ -12,8 +12,8 @@ import rasterio
 from click.testing import CliRunner
 
 from convert.cli import cli
-from sen12ms_common.manifest import load_manifest
-from sen12ms_common.shardformat import decode_sample
+from sen12ms_common.format.manifest import load_manifest
+from sen12ms_common.format.sample import decode_sample
 
 
 def run_shards(data: Path, out: Path, *args: str, ok: bool = True):

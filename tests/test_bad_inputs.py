@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from convert.labels import derive_labels
-from convert.scan import scan_tree
-from sen12ms_common.shardformat import SampleLayout, decode_sample
+from convert.datafiles.labels import derive_labels
+from convert.shards.scan import scan_tree
+from sen12ms_common.format.sample import SampleLayout, decode_sample
 from shardtools import decode_all, read_tif, run_shards
 
 pytestmark = pytest.mark.slow  # training runs on bad inputs, in subprocesses
@@ -48,7 +48,7 @@ def check_bookkeeping(report: dict, n_inputs: int) -> None:
 @pytest.fixture(scope="module")
 def bad_tree(tmp_path_factory) -> dict:
     """18 generated triplets; 0-13 are damaged one way each, 14-17 are good. Converted once."""
-    from convert.synth import synthesize
+    from convert.sample.sen12ms import synthesize
 
     root = tmp_path_factory.mktemp("bad")
     data = root / "sen12ms"
@@ -174,7 +174,7 @@ def test_good_inputs_are_all_converted_and_nothing_is_lost(bad_tree):
 # --- label files ---------------------------------------------------------------------------------
 
 def test_a_label_file_missing_a_patch_or_with_a_vector_not_summing_to_1_rejects_those_samples(tmp_path):
-    from convert.synth import synthesize
+    from convert.sample.sen12ms import synthesize
 
     data = tmp_path / "sen12ms"
     synthesize(data, scenes=2, patches_per_scene=3, seed=4, progress=False)
@@ -211,9 +211,9 @@ def test_a_label_file_missing_a_patch_or_with_a_vector_not_summing_to_1_rejects_
 # --- the encoding policy per sample --------------------------------------------------------------
 
 def test_encode_policy_for_inf_s1_and_stored_lc(tmp_path):
-    from convert.encode import Encoded, Failed, encode_entry
-    from convert.plan import PlanEntry
-    from convert.synth import synthesize
+    from convert.shards.encode import Encoded, Failed, encode_entry
+    from convert.shards.plan import PlanEntry
+    from convert.sample.sen12ms import synthesize
 
     data = tmp_path / "sen12ms"
     pid = synthesize(data, scenes=1, patches_per_scene=1, seed=8, progress=False)[0]
@@ -264,7 +264,7 @@ def _unprivileged() -> list[str]:
 
 
 def test_unreadable_files_and_folders_are_reported_by_name_and_the_rest_converted():
-    from convert.synth import synthesize
+    from convert.sample.sen12ms import synthesize
 
     prefix = _unprivileged()
     # pytest's tmp_path sits in a folder only its owner may enter: use a world-readable one.

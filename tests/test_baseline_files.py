@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sen12ms_common.namespacepickle import loads_namespace
-from sen12ms_common.safepickle import UnsafePickleError
-from train.argsfile import ArgumentsFileError
-from train.baseline_files import baseline_prediction_name, read_baseline_args
+from sen12ms_common.datafiles.namespacepickle import loads_namespace
+from sen12ms_common.datafiles.safepickle import UnsafePickleError
+from train.config.argsfile import ArgumentsFileError
+from train.config.baseline_files import baseline_prediction_name, read_baseline_args
 from weightsdata import seg_sample  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def _run(module: str, *args: str) -> subprocess.CompletedProcess:
 def test_baseline_run_files_in_evaluate_and_predict(seg_sample: Path, tmp_path: Path) -> None:
     """The baseline's UNet checkpoint and args.pkl score exactly as the same weights in a checkpoint of ours."""
     from segtools import write_seg_checkpoint
-    from train.models import build_model
+    from train.models.registry import build_model
 
     torch.manual_seed(1)
     net = build_model("UNet", 12, 9, task="segmentation")

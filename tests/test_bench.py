@@ -15,10 +15,10 @@ from click.testing import CliRunner
 
 from bench.__main__ import main
 from bench.dataset import REAL_TRIPLETS, add_real_patches
-from sen12ms_common.bands import OFFICIAL_MEAN, OFFICIAL_STD, INPUT_SETS
-from sen12ms_common.igbp import probability_from_igbp, to_simple
-from sen12ms_common.patches import parse_patch
 from bench.geotiff import GeoTiffDataError, GeoTiffDataset, original_loader
+from sen12ms_common.vocab.bands import OFFICIAL_MEAN, OFFICIAL_STD, INPUT_SETS
+from sen12ms_common.vocab.igbp import probability_from_igbp, to_simple
+from sen12ms_common.vocab.patches import parse_patch
 
 GEOTIFF_S2, GEOTIFF_S1, GEOTIFF_LC = 1_706_432, 525_172, 262_788  # bytes of an uncompressed SEN12MS patch
 

@@ -17,13 +17,13 @@ import rasterio
 from bench.dataset import DatasetParams, ensure_shards, prepare
 from bench.loaders import LoaderSettings, webdataset_spec
 from bench.peercases import PEER_ROWS, peer_rows, prepare_peers
-from bench.rows import _row
 from bench.peers import (PeerUnavailable, litdata_repeat, mds_repeat, peer_version, torchgeo_bands, torchgeo_repeat,
                          torchgeo_root, write_litdata, write_mds)
 from bench.results import Results
+from bench.rows import _row
 from bench.rows import CODEC_NAMES
-from sen12ms_common.bands import resolve_bands
-from sen12ms_common.patches import parse_patch
+from sen12ms_common.vocab.bands import resolve_bands
+from sen12ms_common.vocab.patches import parse_patch
 
 pytestmark = pytest.mark.slow  # writes peer sets (litdata's writer runs in a process of its own)
 

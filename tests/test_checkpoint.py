@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from train.argsfile import (ORIGINAL_KEYS, ArgumentsFileError, options_to_original,
-                            original_to_options, read_arguments_file, write_arguments_file)
-from train.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint,
-                              load_model_weights, restore_rng_state, save_checkpoint, unwrap_model)
-from train.models import build_model
+from train.config.argsfile import (ORIGINAL_KEYS, ArgumentsFileError, options_to_original, original_to_options,
+                                   read_arguments_file, write_arguments_file)
+from train.models.registry import build_model
+from train.run.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, load_model_weights,
+                                  restore_rng_state, save_checkpoint, unwrap_model)
 
 
 def _trained_one_step(name: str, n_in: int, classes: int):

@@ -1,5 +1,5 @@
 """`--help` answers without loading the heavy libraries: every command's options are declared in
-modules that import none of them (train.schema), and a command imports what it runs on when it
+modules that import none of them (train.cli.schema), and a command imports what it runs on when it
 runs. Measured by the imports `python -X importtime` reports, not by the clock."""
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from sen12ms_common import codecs
-from sen12ms_common import shardformat as sf
+from sen12ms_common.format import codecs
+from sen12ms_common.format import sample as sf
 
 # Modest example counts (CI time); a deadline per example catches a decoder that hangs.
 PROPS = settings(max_examples=150, deadline=timedelta(seconds=5), database=None,
@@ -233,7 +233,7 @@ def test_damaged_members_give_a_format_error_or_the_right_shape_never_a_crash(co
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory) -> tuple[Path, bytes, object]:
     """A folder with a good two-sample shard (zstd), its manifest and index; returns the good bytes."""
-    from sen12ms_common.manifest import Manifest, ShardEntry
+    from sen12ms_common.format.manifest import Manifest, ShardEntry
 
     root = tmp_path_factory.mktemp("fuzz")
     layout = small_layout("zstd", ("s2", "s1"))
@@ -267,10 +267,10 @@ SHARDS = settings(PROPS, max_examples=60, suppress_health_check=list(HealthCheck
 # the sha256 check must still run after the stream's last batch (it once did not).
 @example(edits=[("flip", 512, 0)], random_bytes=None)
 def test_damaged_or_random_shards_give_a_shard_error_in_verify_and_the_loader(shard_dir, edits, random_bytes):
-    from convert.verify import ShardError as VerifyError, verify_shard
-    from sen12ms_common.bands import resolve_bands
-    from sen12ms_common.igbp import LabelRule
-    from sen12ms_common.inputs import channel_transform
+    from convert.shards.verify import ShardError as VerifyError, verify_shard
+    from sen12ms_common.vocab.bands import resolve_bands
+    from sen12ms_common.vocab.igbp import LabelRule
+    from sen12ms_common.vocab.inputs import channel_transform
     from train.data import DataError, LoaderSpec, make_loader
 
     root, good, manifest = shard_dir

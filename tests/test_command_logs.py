@@ -112,9 +112,9 @@ def test_predict_logs_interval_lines_and_counts_its_pages(real_dir: Path, tmp_pa
 
 def _commands() -> dict[str, click.Command]:
     from convert.cli import cli
-    from train.__main__ import main as train_main
-    from train.evaluate import main as evaluate_main
-    from train.predict import main as predict_main
+    from train.cli.train import main as train_main
+    from train.cli.evaluate import main as evaluate_main
+    from train.cli.predict import main as predict_main
 
     found = {f"convert {name}": cmd for name, cmd in cli.commands.items()}
     return {**found, "train": train_main, "train.evaluate": evaluate_main, "train.predict": predict_main}

@@ -10,13 +10,14 @@ import sys
 import numpy as np
 import pytest
 
-from sen12ms_common import bands, igbp, patches, safepickle
+from sen12ms_common.datafiles import safepickle
+from sen12ms_common.vocab import bands, igbp, patches
 
 
 def test_importing_common_does_not_import_torch_or_rasterio():
-    code = ("import sys, sen12ms_common.bands, sen12ms_common.igbp, sen12ms_common.patches, "
-            "sen12ms_common.shardformat, sen12ms_common.manifest, sen12ms_common.storage, "
-            "sen12ms_common.safepickle, sen12ms_common.inputs; "
+    code = ("import sys, sen12ms_common.vocab.bands, sen12ms_common.vocab.igbp, sen12ms_common.vocab.patches, "
+            "sen12ms_common.format.sample, sen12ms_common.format.manifest, sen12ms_common.storage.files, "
+            "sen12ms_common.datafiles.safepickle, sen12ms_common.vocab.inputs; "
             "print(sorted(m for m in ('torch', 'rasterio', 'fsspec', 'webdataset') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -176,8 +177,10 @@ def _choices(command, name: str) -> tuple[str, ...]:
 
 
 def test_split_names_and_shard_names_are_declared_once():
-    from convert import outfolder, verify
-    from sen12ms_common import datafiles, manifest, names
+    from convert.shards import outfolder, verify
+    from sen12ms_common.datafiles import read as datafiles
+    from sen12ms_common.format import manifest
+    from sen12ms_common.vocab import names
 
     assert manifest.SPLITS is names.SPLITS and datafiles.SPLITS is names.SPLITS
     assert names.SPLITS == ("train", "val", "test") and names.REQUIRED_SPLITS == ("train", "test")
@@ -196,10 +199,11 @@ def test_split_names_and_shard_names_are_declared_once():
 
 
 def test_label_types_schemes_devices_and_loaders_come_from_one_place():
-    import train.__main__ as train_cli
-    import train.evaluate as evaluate_cli
-    from sen12ms_common.names import ALL_SPLITS
-    from train import metrics, options
+    import train.cli.train as train_cli
+    import train.cli.evaluate as evaluate_cli
+    from sen12ms_common.vocab.names import ALL_SPLITS
+    from train.tasks import metrics
+    from train.cli import options
     from train.data import LOADERS, RENAMED, loader_names
 
     assert metrics.LABEL_TYPES is igbp.LABEL_TYPES
@@ -218,7 +222,7 @@ def test_label_types_schemes_devices_and_loaders_come_from_one_place():
 
 
 def test_an_arguments_file_with_an_unknown_label_type_or_scheme_names_the_choices(tmp_path):
-    from train.argsfile import ArgumentsFileError, original_to_options
+    from train.config.argsfile import ArgumentsFileError, original_to_options
 
     base = {"model": "ResNet50", "label_type": "multi_label", "input": "s1s2", "igbp": "simple"}
     assert original_to_options(base)["igbp"] == "simple"

@@ -19,15 +19,15 @@ import torch
 
 pytest.importorskip("nvidia.dali", reason="the dali extra is not installed")
 
-from sen12ms_common.bands import resolve_bands  # noqa: E402
-from sen12ms_common.igbp import LabelRule  # noqa: E402
-from sen12ms_common.inputs import channel_transform  # noqa: E402
-from sen12ms_common.manifest import index_name, load_manifest  # noqa: E402
-from sen12ms_common.shardformat import LABEL_EXT  # noqa: E402
+from sen12ms_common.format.manifest import index_name, load_manifest  # noqa: E402
+from sen12ms_common.format.sample import LABEL_EXT  # noqa: E402
+from sen12ms_common.vocab.bands import resolve_bands  # noqa: E402
+from sen12ms_common.vocab.igbp import LabelRule  # noqa: E402
+from sen12ms_common.vocab.inputs import channel_transform  # noqa: E402
 from train.data import DataError, LoaderSpec, make_loader  # noqa: E402
 from train.data.dali import (DaliLoader, ShardError, channel_plan, define_pipeline, keys_of,  # noqa: E402
                              shard_range)
-from train.device import InputTransform  # noqa: E402
+from train.run.device import InputTransform  # noqa: E402
 
 pytestmark = pytest.mark.slow  # converts shard sets and compiles DALI pipelines
 
@@ -394,7 +394,7 @@ def test_channel_plan_decodes_each_band_once_in_first_use_order():
 def test_zstd_channels_kernel_decodes_each_band_into_its_channel(shuffle, normalised):
     # The CPU graph's zstd path, called directly: byte-shuffled or not (the manifest's
     # `byte_shuffle`), uint16 or normalised, bands of two modalities interleaved and repeated.
-    from sen12ms_common.codecs import encode_band
+    from sen12ms_common.format.codecs import encode_band
     from train.data.dali_ops import channel_params, zstd_channels_kernel
 
     rng = np.random.default_rng(5)
@@ -429,7 +429,7 @@ def test_zstd_channels_kernel_decodes_each_band_into_its_channel(shuffle, normal
 @pytest.mark.parametrize("shuffle", [True, False])
 def test_zstd_kernel_of_the_gpu_graph_decodes_the_frames_it_is_given(shuffle):
     # The GPU graph's zstd path (CPU decompression, then bands to the GPU), called directly.
-    from sen12ms_common.codecs import encode_band
+    from sen12ms_common.format.codecs import encode_band
     import numba
 
     from train.data.dali_ops import zstd_kernel
@@ -449,7 +449,7 @@ def test_zstd_kernel_of_the_gpu_graph_decodes_the_frames_it_is_given(shuffle):
 
 
 def test_zstd_kernels_check_frame_checksums_unless_the_shard_was_checked():
-    from sen12ms_common.codecs import encode_band
+    from sen12ms_common.format.codecs import encode_band
     import numba
 
     from train.data.dali_ops import zstd_kernel

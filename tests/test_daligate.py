@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from sen12ms_common.manifest import load_manifest
+from sen12ms_common.format.manifest import load_manifest
 from train.data.daligate import ShardGate, reading_order
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torchgeo.trainers import ClassificationTask, SemanticSegmentationTask
 
-from sen12ms_common.manifest import load_manifest
+from sen12ms_common.format.manifest import load_manifest
 from shardtools import run_shards
 from train.data import ShardDataModule
 

@@ -52,7 +52,7 @@ def run_peak(*args: str) -> tuple[subprocess.CompletedProcess, int]:
 
 
 def test_declared_sizes_and_formats_are_checked_before_reading(tmp_path: Path) -> None:
-    from convert.synth import synthesize
+    from convert.sample.sen12ms import synthesize
 
     data = tmp_path / "sen12ms"
     ids = synthesize(data, scenes=1, patches_per_scene=6, seed=11, progress=False)

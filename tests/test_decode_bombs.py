@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sen12ms_common.manifest import checksums_of, load_manifest
+from sen12ms_common.format.manifest import checksums_of, load_manifest
 
 pytestmark = pytest.mark.slow  # converts, trains and verifies in subprocesses
 

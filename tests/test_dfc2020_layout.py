@@ -13,10 +13,10 @@ import torch
 from click.testing import CliRunner
 
 from convert.cli import cli
-from convert.scan import scan_tree
-from sen12ms_common.dfc import DfcScheme, dfc_to_train, igbp_to_dfc
-from sen12ms_common.patches import PatchId, PatchNameError, parse_dfc2020_patch, parse_patch
-from train.segmetrics import ConfusionMatrix
+from convert.shards.scan import scan_tree
+from sen12ms_common.vocab.dfc import DfcScheme, dfc_to_train, igbp_to_dfc
+from sen12ms_common.vocab.patches import PatchId, PatchNameError, parse_dfc2020_patch, parse_patch
+from train.tasks.segmetrics import ConfusionMatrix
 
 # The folders of the contest data as the baseline's README lists them.
 FOLDERS = {"ROIs0000_validation": ("s1_validation", "s2_validation", "lc_validation", "dfc_validation"),

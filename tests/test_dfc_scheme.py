@@ -12,9 +12,9 @@ import sys
 import numpy as np
 import pytest
 
-from sen12ms_common import bands, dfc, igbp
-from sen12ms_common.inputs import STATS_CHOICES, StatsError, channel_transform
-from sen12ms_common.shardformat import quantize_s1
+from sen12ms_common.format.sample import quantize_s1
+from sen12ms_common.vocab import bands, dfc, igbp
+from sen12ms_common.vocab.inputs import STATS_CHOICES, StatsError, channel_transform
 
 # code/datasets.py DFC2020_CLASSES: index = IGBP value, entry = DFC2020 class (0 = none).
 BASELINE_DFC2020_CLASSES = [0, 1, 1, 1, 1, 1, 2, 2, 3, 3, 4, 5, 6, 7, 6, 8, 9, 10]
@@ -49,7 +49,7 @@ def baseline_labels_to_dfc(pred: np.ndarray, no_savanna: bool) -> np.ndarray:
 
 
 def test_importing_dfc_does_not_import_torch_or_rasterio():
-    code = ("import sys, sen12ms_common.dfc, sen12ms_common.bands; "
+    code = ("import sys, sen12ms_common.vocab.dfc, sen12ms_common.vocab.bands; "
             "print(sorted(m for m in ('torch', 'rasterio') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

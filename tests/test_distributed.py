@@ -27,7 +27,7 @@ import torch
 
 from processwait import wait_exited
 from runstops import GatedTrace, stop_points
-from sen12ms_common.manifest import load_manifest
+from sen12ms_common.format.manifest import load_manifest
 
 pytestmark = pytest.mark.slow  # torchrun training runs
 
@@ -163,7 +163,7 @@ def ddp_run(sample_shards: Path, tmp_path_factory) -> tuple[Path, subprocess.Com
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_ranks_read_disjoint_parts_of_uneven_shards(sample_shards: Path, world_size: int):
     from train.data import make_loader
-    from train.setup import loader_spec, make_setup
+    from train.run.setup import loader_spec, make_setup
 
     manifest = load_manifest(str(sample_shards))
     counts = [e.samples for e in manifest.shards("train")]
@@ -391,7 +391,7 @@ def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step(sample_shards: Pa
 
 
 def test_torchrun_environment_is_read_and_checked():
-    from train.distributed import Dist, DistributedError, init_from_env, rank_seed, ranks_from_env
+    from train.run.distributed import Dist, DistributedError, init_from_env, rank_seed, ranks_from_env
 
     assert ranks_from_env({}) == (0, 1, 0)
     assert ranks_from_env({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}) == (5, 8, 1)

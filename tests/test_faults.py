@@ -26,7 +26,7 @@ import pytest
 
 from processwait import wait_group_exited
 from runstops import GatedTrace
-from sen12ms_common.manifest import load_manifest
+from sen12ms_common.format.manifest import load_manifest
 
 pytestmark = pytest.mark.slow  # conversions and trainings killed and resumed in subprocesses
 
@@ -76,7 +76,7 @@ def no_partial_shards(out: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
-    from convert.synth import synthesize
+    from convert.sample.sen12ms import synthesize
 
     data = tmp_path_factory.mktemp("faults") / "sen12ms"
     synthesize(data, scenes=3, patches_per_scene=5, seed=21, progress=False)

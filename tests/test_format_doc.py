@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from convert.cli import cli
-from sen12ms_common.manifest import load_manifest
-from sen12ms_common.shardformat import decode_sample, dequantize_s1
+from sen12ms_common.format.manifest import load_manifest
+from sen12ms_common.format.sample import decode_sample, dequantize_s1
 
 FORMAT_MD = Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md"
 
@@ -37,7 +37,7 @@ def test_snippet_is_short_and_imports_nothing_of_ours():
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the snippet leaves its tar open
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 def test_snippet_reads_the_first_train_sample_as_our_decoder_does(tmp_path, monkeypatch):
-    from convert.synth import synthesize
+    from convert.sample.sen12ms import synthesize
 
     synthesize(tmp_path / "data", scenes=3, patches_per_scene=2, seed=5, progress=False)
     r = CliRunner().invoke(cli, ["shards", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"),

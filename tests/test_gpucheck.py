@@ -13,7 +13,7 @@ import torch
 
 from bench.gpucheck import CheckResult, make_shards, render
 from bench.gpuloop import compare, train_rate
-from sen12ms_common.manifest import load_manifest
+from sen12ms_common.format.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -22,13 +22,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from convert.labels import LABEL_JSON, compat_pickle, label_file_contents
-from sen12ms_common import safepickle
-from sen12ms_common.datafiles import (
-    LabelFileError, SplitFileError, load_labels, parse_labels, parse_split_list, read_excluded, read_split_list,
-)
-from sen12ms_common.datalimits import MAX_FILE_BYTES, MAX_PICKLE_DATA_BYTES, MAX_PICKLE_OBJECTS, MAX_TREE_VALUES
-from sen12ms_common.patches import parse_patch
+from convert.datafiles.labels import LABEL_JSON, compat_pickle, label_file_contents
+from sen12ms_common.datafiles import safepickle
+from sen12ms_common.datafiles.limits import MAX_FILE_BYTES, MAX_PICKLE_DATA_BYTES, MAX_PICKLE_OBJECTS, MAX_TREE_VALUES
+from sen12ms_common.datafiles.read import (LabelFileError, SplitFileError, load_labels, parse_labels, parse_split_list,
+                                           read_excluded, read_split_list)
+from sen12ms_common.vocab.patches import parse_patch
 
 REPO = Path(__file__).resolve().parents[1]
 AS_LIMIT = 3 << 30  # enough for the interpreter, numpy and rasterio; not for a bomb
@@ -178,7 +177,7 @@ def assert_refused(proc: subprocess.CompletedProcess, message: str) -> None:
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
-    from convert.synth import synthesize
+    from convert.sample.sen12ms import synthesize
 
     root = tmp_path_factory.mktemp("hostile_datafiles") / "data"
     synthesize(root, scenes=1, patches_per_scene=2, seed=5, progress=False)
@@ -407,7 +406,7 @@ def test_our_compatibility_pickle_and_the_real_split_pickle_load(tmp_path, toolb
 @pytest.mark.slow
 def test_the_full_dataset_label_files_are_well_under_the_limits(tmp_path):
     labels = labels_of(180_662, seed=1)
-    from convert.labels import _json_text
+    from convert.datafiles.labels import _json_text
 
     names = sorted(labels)
     json_bytes = _json_text(names, np.stack([labels[n] for n in names])).encode()

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from convert.cli import cli
-from sen12ms_common.manifest import checksums_of, load_manifest
+from sen12ms_common.format.manifest import checksums_of, load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 REFUSED = "which is not a container, string, number or numpy array"
@@ -86,7 +86,7 @@ def test_a_split_pickle_that_would_run_code_is_refused_and_never_runs(sample_tre
 
 @pytest.fixture(scope="module")
 def clean_set(tmp_path_factory) -> Path:
-    from convert.synth import synthesize
+    from convert.sample.sen12ms import synthesize
 
     root = tmp_path_factory.mktemp("hostile")
     synthesize(root / "data", scenes=2, patches_per_scene=3, seed=11, progress=False)
@@ -132,9 +132,9 @@ def no_evil_file(tmp_path: Path, *targets: Path) -> None:
 @pytest.mark.parametrize("hostile", ["../../evil.txt", "ABSOLUTE", "dir/../evil.txt"])
 def test_a_member_named_like_a_path_is_refused_by_every_reader_and_nothing_is_written(clean_set, tmp_path,
                                                                                      monkeypatch, hostile):
-    from sen12ms_common.bands import resolve_bands
-    from sen12ms_common.igbp import LabelRule
-    from sen12ms_common.inputs import channel_transform
+    from sen12ms_common.vocab.bands import resolve_bands
+    from sen12ms_common.vocab.igbp import LabelRule
+    from sen12ms_common.vocab.inputs import channel_transform
     from train.data import LoaderSpec, make_loader
     from train.data.webdataset import ShardError
 
@@ -178,7 +178,7 @@ def test_a_member_named_like_a_path_is_refused_by_every_reader_and_nothing_is_wr
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd"])
 def test_a_manifest_naming_a_path_as_shard_is_refused_by_every_reader(clean_set, tmp_path, name):
-    from sen12ms_common.manifest import ManifestError
+    from sen12ms_common.format.manifest import ManifestError
 
     out = tmp_path / "set"
     shutil.copytree(clean_set, out)

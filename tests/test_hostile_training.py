@@ -23,8 +23,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from sen12ms_common.manifest import ManifestError, checksums_of, load_manifest
-from sen12ms_common.shardformat import LABEL_EXT, SampleLayout
+from sen12ms_common.format.manifest import ManifestError, checksums_of, load_manifest
+from sen12ms_common.format.sample import LABEL_EXT, SampleLayout
 
 pytestmark = pytest.mark.slow  # training and evaluation runs in subprocesses
 
@@ -125,7 +125,7 @@ def test_a_checkpoint_never_chooses_where_the_run_writes(base: Path, sample_shar
 
 
 def test_streams_are_bounded_on_the_command_line():
-    from train.__main__ import main
+    from train.cli.train import main
 
     for args, message in (
             (["--streams", "100000000"], "Error: Invalid value for '--streams': 100000000 is not in the range "
@@ -137,7 +137,7 @@ def test_streams_are_bounded_on_the_command_line():
 
 
 def test_options_check_is_one_function():
-    from train.options import OptionError, check_options, cli_name
+    from train.cli.options import OptionError, check_options, cli_name
 
     check_options({"streams": 1024, "lr": 1e-3, "threshold": 0.0, "max_steps": None, "input": "B8,B4"}, cli_name)
     for values, message in (({"streams": 1025}, "--streams: 1025 is not an integer in 1..1024"),
@@ -238,7 +238,7 @@ def test_every_reader_refuses_a_bad_manifest_in_one_line(case: str, sample_shard
 # --- item 7: labels in shards ------------------------------------------------------------------------
 
 def test_bad_labels_of_a_batch():
-    from train.labelcheck import bad_labels, checked_batch
+    from train.run.labelcheck import bad_labels, checked_batch
     from train.data import DataError
 
     good = np.zeros(17, np.float32)
@@ -418,7 +418,7 @@ def test_credentials_in_urls_are_refused_and_never_printed(base: Path, sample_sh
 
 
 def test_redact_removes_user_info_from_every_url():
-    from sen12ms_common.storage import StorageError, redact
+    from sen12ms_common.storage.files import StorageError, redact
 
     assert redact("s3://K:S@b/x and http://u@h/p, s3://b/key@2x.png, /data/a@b") == \
         "s3://***@b/x and http://***@h/p, s3://b/key@2x.png, /data/a@b"

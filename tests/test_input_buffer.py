@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sen12ms_common.bands import resolve_bands
-from sen12ms_common.inputs import channel_transform
-from train.device import InputTransform
+from sen12ms_common.vocab.bands import resolve_bands
+from sen12ms_common.vocab.inputs import channel_transform
+from train.run.device import InputTransform
 
 CPU = torch.device("cpu")
 
@@ -67,7 +67,7 @@ def test_symmetry_codes_and_a_reused_buffer_give_the_fresh_result():
 def test_the_training_setup_converts_into_a_reused_buffer(sample_shards):
     """The training loop (and evaluation) consume each batch before asking for the next, so
     make_setup's transform reuses its buffer on the CPU."""
-    from train.setup import make_setup
+    from train.run.setup import make_setup
 
     setup = make_setup(shards=str(sample_shards), model_name="SmallCNN", input_spec="s1s2", label_type="single_label",
                        igbp="simple", threshold=0.1, stats="official", device="cpu")

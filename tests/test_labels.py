@@ -15,12 +15,12 @@ import rasterio
 from click.testing import CliRunner
 
 from convert.cli import cli
-from convert.labels import derive_labels, write_label_files
-from convert.scan import Triplet, scan_tree
-from convert.synth import synthesize, write_geotiff
-from sen12ms_common import safepickle
-from sen12ms_common.datafiles import LABEL_JSON, LabelFileError, load_labels
-from sen12ms_common.patches import PatchId
+from convert.datafiles.labels import derive_labels, write_label_files
+from convert.sample.sen12ms import synthesize, write_geotiff
+from convert.shards.scan import Triplet, scan_tree
+from sen12ms_common.datafiles import safepickle
+from sen12ms_common.datafiles.read import LABEL_JSON, LabelFileError, load_labels
+from sen12ms_common.vocab.patches import PatchId
 
 LABEL_FILES = [
     "IGBP_probability_labels.json", "IGBP_probability_labels.pkl",

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sen12ms_common.igbp import LabelRule
-from sen12ms_common.manifest import load_manifest
-from sen12ms_common.shardformat import LABEL_EXT, decode_label
-from train.evaluate import evaluate_checkpoint
-from train.metrics import compute_metrics
+from sen12ms_common.format.manifest import load_manifest
+from sen12ms_common.format.sample import LABEL_EXT, decode_label
+from sen12ms_common.vocab.igbp import LabelRule
+from train.cli.evaluate import evaluate_checkpoint
+from train.tasks.metrics import compute_metrics
 
 pytestmark = pytest.mark.slow  # trains until the models learn
 
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def learn_shards(tmp_path_factory) -> Path:
     """20 scenes x 10 patches of the sample dataset through the real converter."""
-    from convert.synth import synthesize
+    from convert.sample.sen12ms import synthesize
 
     base = tmp_path_factory.mktemp("learn")
     synthesize(base / "data", scenes=20, patches_per_scene=10, seed=11, broken=False, progress=False)

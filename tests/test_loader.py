@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from sen12ms_common import shardformat as sf
-from sen12ms_common.bands import OFFICIAL_MEAN, OFFICIAL_STD, resolve_bands
-from sen12ms_common.igbp import LabelRule
-from sen12ms_common.inputs import channel_transform
-from sen12ms_common.manifest import Manifest, ShardEntry, load_manifest, official_stats, shard_name
+from sen12ms_common.format import sample as sf
+from sen12ms_common.format.manifest import Manifest, ShardEntry, load_manifest, official_stats, shard_name
+from sen12ms_common.vocab.bands import OFFICIAL_MEAN, OFFICIAL_STD, resolve_bands
+from sen12ms_common.vocab.igbp import LabelRule
+from sen12ms_common.vocab.inputs import channel_transform
 from train.data import DataError, LoaderSpec, get_factory, loader_names, make_loader
 from train.data.plan import epoch_plan
 from train.data.webdataset import ShardError
-from train.device import InputTransform
+from train.run.device import InputTransform
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32  # small patches keep the tests fast; the format stores the size in the layout
@@ -230,7 +230,7 @@ def test_local_shards_are_read_into_private_memory_with_the_bytes_of_a_stream(sh
     """Members are copies in the loader's own buffers, never views of a mapped file (issue 29)."""
     import mmap
 
-    from sen12ms_common.tarstream import iter_samples
+    from sen12ms_common.format.tarstream import iter_samples
     from train.data.plan import ShardSlice
     from train.data.shardread import read_slice
 
@@ -365,7 +365,7 @@ def test_loader_registry():
 
 
 def test_uint16_conversion_fallback_is_exact():
-    from train.device import _uint16_via_int32, uint16_to_float32
+    from train.run.device import _uint16_via_int32, uint16_to_float32
 
     x = torch.from_numpy(np.arange(0, 65536, 7, dtype=np.uint16).reshape(1, 1, -1, 1))
     want = torch.from_numpy(np.arange(0, 65536, 7).astype(np.float32).reshape(1, 1, -1, 1))
@@ -374,10 +374,10 @@ def test_uint16_conversion_fallback_is_exact():
 
 GROUP_SIGTERM_SCRIPT = r"""
 import os, signal, subprocess, sys
-from sen12ms_common.bands import resolve_bands
-from sen12ms_common.igbp import LabelRule
-from sen12ms_common.inputs import channel_transform
-from sen12ms_common.manifest import load_manifest
+from sen12ms_common.vocab.bands import resolve_bands
+from sen12ms_common.vocab.igbp import LabelRule
+from sen12ms_common.vocab.inputs import channel_transform
+from sen12ms_common.format.manifest import load_manifest
 from train.data import LoaderSpec, make_loader
 
 root, epochs = sys.argv[1], int(sys.argv[2])

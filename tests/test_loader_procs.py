@@ -116,7 +116,7 @@ def test_workers_auto_is_a_worker_process_per_cpu_where_there_are_several(monkey
 def test_the_workers_option_takes_auto_or_a_number():
     import click
 
-    from train.options import MAX_WORKERS, WorkersParam
+    from train.cli.options import MAX_WORKERS, WorkersParam
 
     param = WorkersParam()
     assert param.convert("auto", None, None) == "auto" and param.convert("AUTO", None, None) == "auto"

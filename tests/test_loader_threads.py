@@ -19,9 +19,9 @@ import torch
 import xxhash
 from click.testing import CliRunner
 
-from sen12ms_common import shardformat as sf
-from sen12ms_common.buffers import BufferPool
-from sen12ms_common.manifest import ManifestError, checksums_of, load_manifest
+from sen12ms_common.format import sample as sf
+from sen12ms_common.format.buffers import BufferPool
+from sen12ms_common.format.manifest import ManifestError, checksums_of, load_manifest
 from test_loader import keys_of, spec, write_shards
 from train.data import make_loader
 from train.data.webdataset import ShardError
@@ -182,7 +182,7 @@ def test_decoders_made_at_once_by_many_threads_in_a_fresh_process_all_find_the_n
     # Seen in CI: a thread looking up lz4's extension while another imported it got ValueError.
     script = """
 import threading
-from sen12ms_common.codecs import BandDecoder
+from sen12ms_common.format.codecs import BandDecoder
 n = 32
 start, made, failed = threading.Barrier(n), [], []
 def make():

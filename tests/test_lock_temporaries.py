@@ -18,8 +18,8 @@ from outlocks import dead_pid, lock_text, plant_lock
 from processwait import wait_group_exited
 
 from convert.cli import cli
-from convert.outfolder import lock_name
-from sen12ms_common import storage
+from convert.shards.outfolder import lock_name
+from sen12ms_common.storage import files as storage
 
 pytestmark = pytest.mark.slow  # conversions and a converter killed while it writes its lock
 
@@ -53,7 +53,7 @@ def lock_temporary(token: str) -> str:
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
-    from convert.synth import synthesize
+    from convert.sample.sen12ms import synthesize
 
     data = tmp_path_factory.mktemp("locktemps") / "sen12ms"
     synthesize(data, scenes=2, patches_per_scene=3, seed=7, progress=False)

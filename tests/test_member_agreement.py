@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import zstandard
 
-from sen12ms_common import shardformat as sf
-from sen12ms_common.codecs import shuffle_bytes
-from sen12ms_common.manifest import Manifest, ShardEntry, index_name, shard_name
+from sen12ms_common.format import sample as sf
+from sen12ms_common.format.codecs import shuffle_bytes
+from sen12ms_common.format.manifest import Manifest, ShardEntry, index_name, shard_name
 from test_loader import SIZE, spec
 from train.data import make_loader
 from train.data.webdataset import ShardError

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from sen12ms_common.igbp import IGBP_NAMES, SIMPLE_NAMES
-from train.metrics import ORIGINAL_SCALAR_KEYS, compute_metrics, predict, scalar_metrics
+from sen12ms_common.vocab.igbp import IGBP_NAMES, SIMPLE_NAMES
+from train.tasks.metrics import ORIGINAL_SCALAR_KEYS, compute_metrics, predict, scalar_metrics
 
 
 def _sk(fn, *args, **kwargs):

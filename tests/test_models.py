@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from sen12ms_common.bands import INPUT_SETS
-from train.models import MODELS, build_model, model_names
+from sen12ms_common.vocab.bands import INPUT_SETS
+from train.models.registry import MODELS, build_model, model_names
 
 ORIGINAL_NINE = ["VGG16", "VGG19", "ResNet50", "ResNet101", "ResNet152",
                  "DenseNet121", "DenseNet161", "DenseNet169", "DenseNet201"]

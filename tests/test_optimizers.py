@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from train.optimizers import HEAD_LR, MOMENTUM, OPTIMIZERS, make_optimizer
-from train.segmodels import DeepLabV3Plus, UNet
+from train.models.segmentation import DeepLabV3Plus, UNet
+from train.run.optimizers import HEAD_LR, MOMENTUM, OPTIMIZERS, make_optimizer
 
 
 def _covered(opt: torch.optim.Optimizer) -> list[int]:

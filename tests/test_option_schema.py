@@ -1,4 +1,4 @@
-"""One declaration per option (train.schema): the command line, TrainConfig and the checks of
+"""One declaration per option (train.cli.schema): the command line, TrainConfig and the checks of
 stored options all follow it, and `--input` is read into bands once, where it enters."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import dataclasses
 
 import pytest
 
-from sen12ms_common.bands import resolve_bands
-from train.config import TrainConfig
-from train.options import OptionError, read_options, stored_options
-from train.schema import EVALUATE, PREDICT, TRAIN, read_input
+from sen12ms_common.vocab.bands import resolve_bands
+from train.cli.options import OptionError, read_options, stored_options
+from train.cli.schema import EVALUATE, PREDICT, TRAIN, read_input
+from train.config.trainconfig import TrainConfig
 
 
 def _params(command) -> dict:
@@ -18,7 +18,7 @@ def _params(command) -> dict:
 
 
 def test_the_command_line_and_the_config_are_the_declarations():
-    from train.__main__ import main
+    from train.cli.train import main
 
     params = _params(main)
     fields = [f for f in dataclasses.fields(TrainConfig) if f.init]

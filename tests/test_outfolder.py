@@ -23,10 +23,10 @@ from outlocks import dead_pid, lock_text, plant_lock
 from runstops import GatedTrace
 
 from convert.cli import cli
-from convert.outfolder import lock_name
-from convert.plan import Part
-from convert.scan import scan_tree
-from sen12ms_common import storage
+from convert.shards.outfolder import lock_name
+from convert.shards.plan import Part
+from convert.shards.scan import scan_tree
+from sen12ms_common.storage import files as storage
 
 REPO = Path(__file__).resolve().parents[1]
 HELD = Path(__file__).resolve().parent / "heldconvert.py"
@@ -66,7 +66,7 @@ def when(started: float) -> str:
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
-    from convert.synth import synthesize
+    from convert.sample.sen12ms import synthesize
 
     data = tmp_path_factory.mktemp("outfolder") / "sen12ms"
     synthesize(data, scenes=3, patches_per_scene=4, seed=33, progress=False)

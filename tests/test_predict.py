@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from segtools import write_seg_checkpoint
 
-from sen12ms_common.dfc import DfcScheme
-from sen12ms_common.igbp import DFC2020_COLOURS
+from sen12ms_common.vocab.dfc import DfcScheme
+from sen12ms_common.vocab.igbp import DFC2020_COLOURS
 
 pytestmark = pytest.mark.slow  # conversion and prediction runs in subprocesses
 
@@ -76,8 +76,8 @@ def test_s2_only_model_needs_no_s1_and_missing_input_is_one_line(real_dir: Path,
 def test_classification_checkpoint_and_two_sources_refused(tmp_path: Path, real_dir: Path) -> None:
     import torch
 
-    from train.checkpoint import save_checkpoint
-    from train.models import build_model
+    from train.run.checkpoint import save_checkpoint
+    from train.models.registry import build_model
 
     cls = tmp_path / "cls.pth"
     save_checkpoint(str(cls), epoch=0, arch="SmallCNN", model_state_dict=build_model("SmallCNN", 3, 10).state_dict(),
@@ -94,7 +94,7 @@ def test_classification_checkpoint_and_two_sources_refused(tmp_path: Path, real_
 
 @pytest.fixture(scope="module")
 def lc_shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from convert.synth import synthesize
+    from convert.sample.sen12ms import synthesize
 
     root = tmp_path_factory.mktemp("lcsample")
     tree = root / "tree"
@@ -109,8 +109,8 @@ def lc_shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_maps_from_shards_keep_the_source_georeference(lc_shards: tuple[Path, Path], tmp_path: Path) -> None:
     rasterio = pytest.importorskip("rasterio")
-    from sen12ms_common.manifest import load_manifest
-    from sen12ms_common.patches import parse_patch
+    from sen12ms_common.format.manifest import load_manifest
+    from sen12ms_common.vocab.patches import parse_patch
 
     tree, shards = lc_shards
     split = max(("test", "val", "train"), key=load_manifest(str(shards)).samples)  # 3 patches at least

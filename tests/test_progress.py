@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from sen12ms_common.manifest import load_manifest
-from train.progress import duration
+from sen12ms_common.format.manifest import load_manifest
+from train.run.progress import duration
 
 pytestmark = pytest.mark.slow  # training runs under a pipe and a pty
 

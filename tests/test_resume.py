@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from runstops import GatedTrace, stop_points
-from sen12ms_common.manifest import load_manifest
+from sen12ms_common.format.manifest import load_manifest
 
 pytestmark = pytest.mark.slow  # training runs stopped and resumed
 

@@ -16,8 +16,8 @@ import pytest
 from matplotlib.image import imread
 from sklearn.metrics import balanced_accuracy_score
 
-from sen12ms_common.manifest import load_manifest
-from train.metrics import compute_metrics
+from sen12ms_common.format.manifest import load_manifest
+from train.tasks.metrics import compute_metrics
 
 pytestmark = pytest.mark.slow  # training runs through the CLI
 
@@ -142,7 +142,7 @@ def test_average_accuracy_over_present_classes_by_hand():
 
 
 def test_scores_equal_in_every_epoch_are_one_curve_with_a_note():
-    from train.report import _merge_equal
+    from train.run.report import _merge_equal
 
     same = [0.3, 0.5, None]
     series, note = _merge_equal({"microF1": same, "sampleF1": list(same), "microPrec": list(same),
@@ -156,8 +156,8 @@ def test_scores_equal_in_every_epoch_are_one_curve_with_a_note():
 
 
 def test_segmentation_confusion_marks_absent_classes_and_has_a_colour_bar(tmp_path: Path):
-    from sen12ms_common.dfc import DfcScheme
-    from train.segreport import confusion_png
+    from sen12ms_common.vocab.dfc import DfcScheme
+    from train.tasks.segreport import confusion_png
 
     scheme = DfcScheme(savanna=False)
     n = len(scheme.names)

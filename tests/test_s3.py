@@ -1,6 +1,6 @@
 """Object storage against a real S3 server (SeaweedFS, started by tests/s3server.py).
 
-Reads, writes, listings, errors and retries of `sen12ms_common.storage`, GeoTIFF trees in a
+Reads, writes, listings, errors and retries of `sen12ms_common.storage.files`, GeoTIFF trees in a
 bucket, and the converter / verifier / trainer round trip through `s3://`.
 """
 
@@ -23,15 +23,10 @@ from s3server import (FaultProxy, WeedServer, apply_env, clear_s3_caches, fault_
 from webdataset_s3 import ShardOpener, gopen_s3, register_gopen
 
 from bench.s3rows import read_throughput
-from sen12ms_common import storage
-from sen12ms_common.manifest import load_manifest
-from sen12ms_common.storage import (
-    RetryPolicy,
-    ShardSizeError,
-    StorageAccessError,
-    StorageNotFoundError,
-    StorageUnavailableError,
-)
+from sen12ms_common.format.manifest import load_manifest
+from sen12ms_common.storage import files as storage
+from sen12ms_common.storage.files import (RetryPolicy, ShardSizeError, StorageAccessError, StorageNotFoundError,
+                                          StorageUnavailableError)
 
 pytestmark = pytest.mark.slow  # a real S3 server, conversions and training through it
 
@@ -242,9 +237,9 @@ def test_server_errors_are_retried_then_reported(fault_proxy, s3_server: WeedSer
 
 
 def test_geotiff_tree_in_a_bucket_scans_and_reads(s3_prefix: str, s3_env: WeedServer, tmp_path: Path) -> None:
-    from convert.geotiff import read_patch
-    from convert.scan import scan_tree
-    from convert.synth import synthesize
+    from convert.shards.geotiff import read_patch
+    from convert.shards.scan import scan_tree
+    from convert.sample.sen12ms import synthesize
 
     local = tmp_path / "tree"
     synthesize(local, scenes=2, patches_per_scene=2, seed=3, broken=False, progress=False)
@@ -274,7 +269,7 @@ def upload_tree(local: Path, url: str) -> None:
 def test_shard_opener_feeds_webdataset(s3_prefix: str, s3_env: WeedServer) -> None:
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
-    from sen12ms_common.shardformat import TarShardWriter
+    from sen12ms_common.format.sample import TarShardWriter
 
     urls, sizes = [], {}
     for i in range(2):
@@ -381,7 +376,7 @@ def shard_hashes(root: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def small_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from convert.synth import synthesize
+    from convert.sample.sen12ms import synthesize
 
     root = tmp_path_factory.mktemp("s3-tree") / "sen12ms"
     synthesize(root, scenes=4, patches_per_scene=3, seed=5, broken=True, progress=False)

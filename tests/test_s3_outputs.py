@@ -1,4 +1,4 @@
-"""Every option that takes an output folder writes through `sen12ms_common.storage`, so that an
+"""Every option that takes an output folder writes through `sen12ms_common.storage.files`, so that an
 s3:// URL lands in the bucket (issue 15, item 1), against a real S3 server (tests/s3server.py):
 `python -m train --run-dir`, `python -m train.evaluate --out`, `convert labels --out`, `convert
 splits --out`. Other URL schemes are refused in one line; botocore's whole reason is given."""
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from s3server import WeedServer
 
-from sen12ms_common import storage
+from sen12ms_common.storage import files as storage
 
 pytestmark = pytest.mark.slow  # a real S3 server, training and conversion outputs in it
 
@@ -46,7 +46,7 @@ def local_run(sample_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def test_train_run_dir_in_a_bucket(sample_shards: Path, s3_prefix: str, s3_env: WeedServer, tmp_path: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from train.checkpoint import load_checkpoint
+    from train.run.checkpoint import load_checkpoint
 
     run = storage.join(s3_prefix, "runs", "x")
     proc = tool("train", "--shards", str(sample_shards), *TRAIN, "--epochs", "1", "--run-dir", run, cwd=tmp_path)

@@ -1,4 +1,4 @@
-"""One retry layer for object storage: ours (`sen12ms_common.s3.retrying`); botocore's and s3fs's own
+"""One retry layer for object storage: ours (`sen12ms_common.storage.s3.retrying`); botocore's and s3fs's own
 retries are off, so a request is tried exactly as often as the `RetryPolicy` says, whatever
 AWS_MAX_ATTEMPTS says."""
 
@@ -10,8 +10,8 @@ import time
 import pytest
 from s3server import FaultProxy, WeedServer, fault_proxy  # noqa: F401  (fixture)
 
-from sen12ms_common import storage
-from sen12ms_common.storage import RetryPolicy, StorageUnavailableError
+from sen12ms_common.storage import files as storage
+from sen12ms_common.storage.files import RetryPolicy, StorageUnavailableError
 
 pytestmark = pytest.mark.slow  # a real S3 server behind a fault-injecting proxy
 

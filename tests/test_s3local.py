@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from convert.cli import cli
-from convert.s3local import free_ports, weed_binary
+from convert.s3local.server import free_ports, weed_binary
 
 pytestmark = pytest.mark.slow  # starts local S3 servers
 
@@ -158,8 +158,8 @@ def temporary_folder(store: Store) -> Path:
 
 def test_exports_reach_the_bucket_and_sigterm_stops_everything(weed, marker: str, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from convert.scan import scan_tree
-    from convert.synth import synthesize
+    from convert.shards.scan import scan_tree
+    from convert.sample.sen12ms import synthesize
 
     store = start_store(marker, "--port", "0")
     folder = temporary_folder(store)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sen12ms_common.redaction import redact
+from sen12ms_common.storage.redaction import redact
 
 pytestmark = pytest.mark.slow  # subprocesses, each importing torch
 

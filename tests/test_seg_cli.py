@@ -29,8 +29,8 @@ def _run(module: str, *args: str) -> subprocess.CompletedProcess:
 def seg_shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A SEN12MS sample (4 scenes x 2 patches) and a DFC2020 sample (2 regions x 2 patches) in one
     shard set with lc masks: (DFC2020 tree, shards)."""
-    from convert.synth import synthesize
-    from convert.synthdfc import synthesize_dfc2020
+    from convert.sample.sen12ms import synthesize
+    from convert.sample.dfc2020 import synthesize_dfc2020
 
     root = tmp_path_factory.mktemp("segcli")
     synthesize(root / "sen12ms", scenes=4, patches_per_scene=2, seed=5, progress=False)

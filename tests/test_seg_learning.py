@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from sen12ms_common.bands import resolve_bands
-from sen12ms_common.dfc import igbp_to_dfc
-from sen12ms_common.inputs import channel_transform
-from train.segtask import SegmentationTask
+from sen12ms_common.vocab.bands import resolve_bands
+from sen12ms_common.vocab.dfc import igbp_to_dfc
+from sen12ms_common.vocab.inputs import channel_transform
+from train.tasks.segmentation import SegmentationTask
 import pytest
 
 pytestmark = pytest.mark.slow  # a few hundred training steps
@@ -31,7 +31,7 @@ STEPS, BATCH, CROP = 300, 8, 64
 def _scenes(seed: int):
     """(train images, train masks, held-out images, held-out masks) as tensors: S2 10 bands with the
     original's official normalisation, lc band 1 mapped to DFC2020 training classes."""
-    from convert.synth import patch_arrays, plan_scenes, scene_landcover
+    from convert.sample.sen12ms import patch_arrays, plan_scenes, scene_landcover
 
     bands = resolve_bands("s2")
     transform = channel_transform(bands, "official")

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import rasterio
 
-from convert.scan import scan_tree
-from sen12ms_common.manifest import load_manifest
-from sen12ms_common.patches import parse_any_patch
-from sen12ms_common.shardformat import LABEL_EXT, decode_sample, dequantize_s1
+from convert.shards.scan import scan_tree
 from segdata import band1, convert_both, make_trees, read_all, run_convert
+from sen12ms_common.format.manifest import load_manifest
+from sen12ms_common.format.sample import LABEL_EXT, decode_sample, dequantize_s1
+from sen12ms_common.vocab.patches import parse_any_patch
 
 pytestmark = pytest.mark.slow  # conversions of generated trees
 

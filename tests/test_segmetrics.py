@@ -14,8 +14,8 @@ import pytest
 import torch
 from sklearn.metrics import confusion_matrix
 
-from sen12ms_common.dfc import DfcScheme
-from train.segmetrics import ConfusionMatrix, segmentation_scores
+from sen12ms_common.vocab.dfc import DfcScheme
+from train.tasks.segmetrics import ConfusionMatrix, segmentation_scores
 
 
 def baseline_procedure(gts: np.ndarray, preds: np.ndarray, n: int) -> dict:

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from train.models import build_model, model_names
-from train.segmodels import BackboneWeightsError, DeepLabV3Plus, UNet, imagenet_weights_file
+from train.models.registry import build_model, model_names
+from train.models.segmentation import BackboneWeightsError, DeepLabV3Plus, UNet, imagenet_weights_file
 
 Layout = dict[str, tuple[int, ...]]
 # get_ninputs: S2 high 4, medium 6, low 3 bands, S1 2; classes 10, or 9 without savanna.

@@ -1,4 +1,4 @@
-"""The segmentation task of a run (train/segtask.py): loss, targets, confusion matrices merged over
+"""The segmentation task of a run (train/tasks/segmentation.py): loss, targets, confusion matrices merged over
 ranks, the baseline's scores, and the files of a split's score."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from sen12ms_common.dfc import DfcScheme, igbp_to_dfc
-from train.segtask import MaskedCrossEntropy, SegmentationTask
+from sen12ms_common.vocab.dfc import DfcScheme, igbp_to_dfc
+from train.tasks.segmentation import MaskedCrossEntropy, SegmentationTask
 
 
 def _batches(seed: int, n: int, classes: int, size: int = 16):

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from sen12ms_common.bands import resolve_bands
 from sen12ms_common.errors import DataError
-from sen12ms_common.igbp import LabelRule
-from sen12ms_common.inputs import channel_transform, select_channels
-from sen12ms_common.manifest import load_manifest
+from sen12ms_common.format.manifest import load_manifest
+from sen12ms_common.vocab.bands import resolve_bands
+from sen12ms_common.vocab.igbp import LabelRule
+from sen12ms_common.vocab.inputs import channel_transform, select_channels
 from shardtools import decode_all, run_shards
 from test_loader import write_shards
 from train.data import ShardDataset, ShardDatasetError

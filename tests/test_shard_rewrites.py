@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sen12ms_common.manifest import load_manifest
-from sen12ms_common.shardformat import LABEL_EXT
+from sen12ms_common.format.manifest import load_manifest
+from sen12ms_common.format.sample import LABEL_EXT
 from test_loader import spec, write_shards
 from train.data import make_loader
 

@@ -8,8 +8,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from sen12ms_common import codecs
-from sen12ms_common import shardformat as sf
+from sen12ms_common.format import codecs
+from sen12ms_common.format import sample as sf
 
 
 def _arrays(rng):

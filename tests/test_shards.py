@@ -20,11 +20,11 @@ from click.testing import CliRunner
 
 from bench.dataset import REAL_TRIPLETS
 from convert.cli import cli
-from convert.labels import derive_labels
-from convert.plan import parse_size, shuffle_order
-from convert.scan import scan_tree
-from sen12ms_common.manifest import load_manifest
-from sen12ms_common.shardformat import S1_STEP, SampleLayout, clean_s1, dequantize_s1
+from convert.datafiles.labels import derive_labels
+from convert.shards.plan import parse_size, shuffle_order
+from convert.shards.scan import scan_tree
+from sen12ms_common.format.manifest import load_manifest
+from sen12ms_common.format.sample import S1_STEP, SampleLayout, clean_s1, dequantize_s1
 from shardtools import decode_all, read_tif, run_shards
 
 SHARD_SIZE = "3MB"  # a few samples per shard: several shards per split on the sample tree
@@ -98,7 +98,7 @@ def real_tree(real_dir: Path, root: Path) -> dict[str, dict[str, str]]:
     """The real patches under SEN12MS names, completed with generated siblings; key -> origin of each member."""
     rng = np.random.default_rng(5)
     real = REAL_TRIPLETS  # S2 key -> the real files of that triplet
-    from sen12ms_common.patches import parse_patch
+    from sen12ms_common.vocab.patches import parse_patch
 
     origin = {}
     for key, files in real.items():

@@ -11,13 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from convert.cli import cli
-from convert.splits import (
-    BROKEN_REASON, HOLDOUT_NAME, OFFICIAL_HOLDOUT, SplitFileError, Splits, choose_val_scenes,
-    find_holdout, load_holdout, make_splits, scene_order_key, write_splits,
-)
-from sen12ms_common.datafiles import load_splits
-from sen12ms_common import safepickle
-from sen12ms_common.patches import SEASONS, PatchId, SceneId, parse_patch
+from convert.datafiles.splits import (BROKEN_REASON, HOLDOUT_NAME, OFFICIAL_HOLDOUT, SplitFileError, Splits,
+                                      choose_val_scenes, find_holdout, load_holdout, make_splits, scene_order_key,
+                                      write_splits)
+from sen12ms_common.datafiles import safepickle
+from sen12ms_common.datafiles.read import load_splits
+from sen12ms_common.vocab.patches import SEASONS, PatchId, SceneId, parse_patch
 
 OFFICIAL_SEASON_COUNTS = {"ROIs1158_spring": 4242, "ROIs1868_summer": 4529,
                           "ROIs1970_fall": 5989, "ROIs2017_winter": 3346}
@@ -240,7 +239,7 @@ def test_splits_command_on_the_sample_tree(sample_tree: Path, tmp_path: Path):
 
 
 def test_splits_command_lists_bad_inputs_and_still_writes(tmp_path: Path):
-    from convert.synth import synthesize
+    from convert.sample.sen12ms import synthesize
 
     root = tmp_path / "tree"
     synthesize(root, scenes=3, patches_per_scene=2, seed=5, progress=False)
@@ -264,13 +263,13 @@ def test_splits_command_lists_bad_inputs_and_still_writes(tmp_path: Path):
 
 def test_splits_command_refuses_the_shipped_folder_and_bad_holdout(tmp_path: Path, sample_tree: Path,
                                                                    monkeypatch: pytest.MonkeyPatch):
-    import convert.splits
+    import convert.datafiles.splits
 
     # A stand-in for the repository's splits/ folder, so that a broken guard cannot touch the real one.
     shipped = tmp_path / "shipped"
     shipped.mkdir()
     (shipped / "test_list.txt").write_bytes(b"official\r\n")
-    monkeypatch.setattr(convert.splits, "OFFICIAL_HOLDOUT", shipped / HOLDOUT_NAME)
+    monkeypatch.setattr(convert.datafiles.splits, "OFFICIAL_HOLDOUT", shipped / HOLDOUT_NAME)
     r = CliRunner().invoke(cli, ["splits", "--data", str(sample_tree), "--out", str(shipped / ".")])
     assert r.exit_code == 1 and "holds the official lists shipped with the toolbox" in r.stderr
     assert sorted(p.name for p in shipped.iterdir()) == ["test_list.txt"]

@@ -1,4 +1,4 @@
-"""The batch writers that bypass the caches (`sen12ms_common.streamcopy`): the same bytes as a
+"""The batch writers that bypass the caches (`sen12ms_common.kernels.streamcopy`): the same bytes as a
 plain copy or un-shuffle at every alignment and length, nothing written outside the destination,
 and sizes that do not match refused instead of read or written past an array."""
 
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sen12ms_common import codecs
-from sen12ms_common import shardformat as sf
-from sen12ms_common.streamcopy import copy_planes, stream_copy, stream_unshuffle, take_planes
+from sen12ms_common.format import codecs
+from sen12ms_common.format import sample as sf
+from sen12ms_common.kernels.streamcopy import copy_planes, stream_copy, stream_unshuffle, take_planes
 
 PROPS = settings(max_examples=120, deadline=timedelta(seconds=10), database=None)
 REAL = Path(__file__).resolve().parents[2] / "shared" / "reference" / "real"

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from sen12ms_common.bands import resolve_bands
-from sen12ms_common.inputs import channel_transform
+from sen12ms_common.vocab.bands import resolve_bands
+from sen12ms_common.vocab.inputs import channel_transform
 from train.data.symmetry import SYMMETRIES, apply_symmetries, symmetric_view
-from train.device import InputTransform
+from train.run.device import InputTransform
 
 
 def test_each_code_is_the_symmetry_its_view_writes_and_all_eight_differ():

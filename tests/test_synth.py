@@ -12,11 +12,11 @@ import rasterio
 from click.testing import CliRunner
 
 from convert.cli import cli
-from convert.scan import scan_tree
-from convert.synth import synthesize
-from sen12ms_common.igbp import probability_from_igbp, single_label, to_simple
-from sen12ms_common.official import OFFICIAL_HOLDOUT, OFFICIAL_TEST_LIST
-from sen12ms_common.patches import parse_patch, parse_scene
+from convert.sample.sen12ms import synthesize
+from convert.shards.scan import scan_tree
+from sen12ms_common.vocab.igbp import probability_from_igbp, single_label, to_simple
+from sen12ms_common.vocab.official import OFFICIAL_HOLDOUT, OFFICIAL_TEST_LIST
+from sen12ms_common.vocab.patches import parse_patch, parse_scene
 
 REAL = {"s1": "ROIs1158_spring_s1_1_p30.tif", "lc": "ROIs1158_spring_lc_1_p30.tif",
         "s2": "sen12mscr_ROIs1158_spring_s2_101_p30.tif"}

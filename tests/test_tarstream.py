@@ -1,4 +1,4 @@
-"""sen12ms_common.tarstream: the tar walker of the loaders and `verify` gives exactly what
+"""sen12ms_common.format.tarstream: the tar walker of the loaders and `verify` gives exactly what
 webdataset's tar iterator gives, for our shards and for archives of other writers (GNU long
 names, pax), from streams that return short reads (the network) and into reused buffers, hands
 every byte to the hash, names the offset of damage and never allocates what a header declares
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sen12ms_common.mapped import map_file
-from sen12ms_common.tarstream import READ_STEP, iter_members, iter_samples, split_name
+from sen12ms_common.format.mapped import map_file
+from sen12ms_common.format.tarstream import READ_STEP, iter_members, iter_samples, split_name
 
 
 def as_bytes(samples) -> list[tuple[str, dict[str, bytes]]]:

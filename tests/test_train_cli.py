@@ -13,13 +13,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from sen12ms_common import shardformat as sf
-from sen12ms_common.bands import resolve_bands
-from sen12ms_common.igbp import LabelRule
-from sen12ms_common.inputs import channel_transform
-from sen12ms_common.manifest import load_manifest
-from train.argsfile import ORIGINAL_KEYS, read_arguments_file
-from train.metrics import compute_metrics, scalar_metrics
+from sen12ms_common.format import sample as sf
+from sen12ms_common.format.manifest import load_manifest
+from sen12ms_common.vocab.bands import resolve_bands
+from sen12ms_common.vocab.igbp import LabelRule
+from sen12ms_common.vocab.inputs import channel_transform
+from train.config.argsfile import ORIGINAL_KEYS, read_arguments_file
+from train.tasks.metrics import compute_metrics, scalar_metrics
 
 pytestmark = pytest.mark.slow  # training and evaluation runs in subprocesses
 
@@ -143,7 +143,7 @@ resume: None
 
 
 def test_evaluate_accepts_the_original_checkpoint_and_arguments_file(sample_shards: Path, tmp_path):
-    from train.models import build_model
+    from train.models.registry import build_model
 
     torch.manual_seed(0)
     model = build_model("ResNet50", 3, 10)
@@ -183,13 +183,13 @@ def test_evaluate_accepts_the_original_checkpoint_and_arguments_file(sample_shar
 
 
 def _train_main():
-    from train.__main__ import main
+    from train.cli.train import main
 
     return main
 
 
 def _evaluate_main():
-    from train.evaluate import main
+    from train.cli.evaluate import main
 
     return main
 
@@ -225,7 +225,7 @@ def test_bad_options_give_one_line_errors(sample_shards: Path, tmp_path):
 
 
 def test_amp_channels_last_and_compile_run_on_cpu(sample_shards: Path, tmp_path):
-    from train.device import compile_available
+    from train.run.device import compile_available
 
     ok, why = compile_available()
     flags = ["--amp", "--channels-last"] + (["--compile"] if ok else [])

@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 from convert.cli import cli
-from sen12ms_common.manifest import load_manifest
+from sen12ms_common.format.manifest import load_manifest
 
 
 def _convert(tmp_path_factory, *args: str) -> Path:
-    from convert.synth import synthesize
+    from convert.sample.sen12ms import synthesize
 
     root = tmp_path_factory.mktemp("verify")
     synthesize(root / "data", scenes=3, patches_per_scene=4, seed=11, progress=False)

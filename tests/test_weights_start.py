@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from train.checkpoint import CheckpointError, save_checkpoint
-from train.init_weights import _our_key, init_from, pretrained_backbone, start_weights
-from train.models import build_model
-from train.presets import PRESETS, apply_preset, savanna_default
-from train.segmodels import BackboneWeightsError
+from train.config.presets import PRESETS, apply_preset, savanna_default
+from train.models.registry import build_model
+from train.models.segmentation import BackboneWeightsError
+from train.run.checkpoint import CheckpointError, save_checkpoint
+from train.run.init_weights import _our_key, init_from, pretrained_backbone, start_weights
 from weightsdata import seg_sample  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from convert.synth import synthesize
-from sen12ms_common.official import HOLDOUT_NAME, TEST_LIST_NAME
+from convert.sample.sen12ms import synthesize
+from sen12ms_common.vocab.official import HOLDOUT_NAME, TEST_LIST_NAME
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +70,7 @@ def test_a_wheel_installed_outside_the_checkout_runs_splits_and_train(tmp_path: 
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([str(python), *args], capture_output=True, text=True, cwd=home, env=_clean_env(home))
 
-    where = run("-c", "import convert, sen12ms_common.official as o; print(convert.__file__); "
+    where = run("-c", "import convert, sen12ms_common.vocab.official as o; print(convert.__file__); "
                       "print(o.OFFICIAL_HOLDOUT); print(o.OFFICIAL_TEST_LIST.stat().st_size)")
     assert where.returncode == 0, where.stderr
     module, holdout, test_list_bytes = where.stdout.split()

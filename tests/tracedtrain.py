@@ -1,6 +1,6 @@
 """`python tests/tracedtrain.py TRACE_DIR ARGS...`: `python -m train ARGS...` that appends
 `split epoch key` lines of every sample each rank used to `TRACE_DIR/keys-rank<R>.txt`, from the
-run's key log (`train.keylog`). The tests check with it that ranks read disjoint parts; the fault
+run's key log (`train.run.keylog`). The tests check with it that ranks read disjoint parts; the fault
 tests make the file a FIFO (runstops.GatedTrace): the run then waits after each step until the
 test has read it, so a signal reaches it mid-way however late the test is scheduled."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.keylog import KEYS_LOG  # noqa: E402
+from train.run.keylog import KEYS_LOG  # noqa: E402
 
 class KeyTrace(logging.Handler):
     """Writes each key record to its rank's file, opened and closed per batch (a FIFO holds the

@@ -7,8 +7,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping
 
-from sen12ms_common import storage
-from sen12ms_common.storage import RetryPolicy
+from sen12ms_common.storage import files as storage
+from sen12ms_common.storage.files import RetryPolicy
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def seg_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from convert.synth import synthesize
-    from convert.synthdfc import synthesize_dfc2020
+    from convert.sample.sen12ms import synthesize
+    from convert.sample.dfc2020 import synthesize_dfc2020
 
     root = tmp_path_factory.mktemp("weights")
     synthesize(root / "sen12ms", scenes=4, patches_per_scene=2, seed=5, progress=False)

@@ -25,7 +25,7 @@ Every batch is a dict:
 With `LoaderSpec(targets="mask")` (segmentation; shards loader only) a batch holds `image`,
 `mask`, `key` and `shard`, no `target` or `prob`:
 - `mask`: torch.uint8 (B, H, W), 0-based DFC2020 training classes, 255 = ignore: from a dfc
-  member (DFC2020 splits) as `sen12ms_common.dfc.dfc_to_train` maps it, else from lc band 1
+  member (DFC2020 splits) as `sen12ms_common.vocab.dfc.dfc_to_train` maps it, else from lc band 1
   (IGBP) as `igbp_to_dfc` maps it; `no_savanna` folds savanna away (9 classes). The `symmetry`
   codes move the mask with its image.
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
-from sen12ms_common.shardformat import META_EXT
+from sen12ms_common.format.sample import META_EXT
 
 from .plan import ShardSlice
 from .shardread import RawSample, ShardSource, read_slice

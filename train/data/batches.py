@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from sen12ms_common import storage
-from sen12ms_common.bands import modality_runs
-from sen12ms_common.codecs import BandDecoder
-from sen12ms_common.dfc import DfcScheme
-from sen12ms_common.shardformat import LABEL_EXT, N_LABEL, ShardFormatError, decode_bands_into, decode_label
+from sen12ms_common.format.codecs import BandDecoder
+from sen12ms_common.format.sample import LABEL_EXT, N_LABEL, ShardFormatError, decode_bands_into, decode_label
+from sen12ms_common.storage import files as storage
+from sen12ms_common.vocab.bands import modality_runs
+from sen12ms_common.vocab.dfc import DfcScheme
 
 from .shardread import RawSample, ShardError, ShardSource
 

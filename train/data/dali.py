@@ -13,16 +13,16 @@ import torch
 from nvidia.dali import fn  # noqa: F401  (first: without DALI the ImportError names nvidia.dali)
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from sen12ms_common import storage
-from sen12ms_common.manifest import ShardEntry, index_name
+from sen12ms_common.format.manifest import ShardEntry, index_name
+from sen12ms_common.storage import files as storage
 
-from .spec import DataError, LoaderSpec, LoaderUnavailable, check_modalities, mask_source
 from .dali_graph import (READER, ChannelPlan, GraphSpec, build_graph, channel_plan, define_pipeline,  # noqa: F401
                          make_pipeline)
 from .dali_ops import CodecLibraryError, lz4_decompress_fn, status_text, zstd_decompress_fn
 from .daligate import ShardGate, reading_order
 from .plan import shard_order
 from .shardread import ShardError, check_shards
+from .spec import DataError, LoaderSpec, LoaderUnavailable, check_modalities, mask_source
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import nvidia.dali.math as dmath
 from nvidia.dali.pipeline import Pipeline, pipeline_def
 from nvidia.dali.plugin.numba.experimental import NumbaFunction
 
-from sen12ms_common.bands import BandRef, modalities_of
-from sen12ms_common.inputs import ChannelTransform
-from sen12ms_common.shardformat import LABEL_EXT, N_LABEL, SampleLayout
+from sen12ms_common.format.sample import LABEL_EXT, N_LABEL, SampleLayout
+from sen12ms_common.vocab.bands import BandRef, modalities_of
+from sen12ms_common.vocab.inputs import ChannelTransform
 
 from .dali_ops import (Kernel, channel_params, channels_kernel, chunks_kernel, label_kernel, lz4_kernel,
                        zstd_channels_kernel, zstd_kernel)

@@ -8,10 +8,10 @@ from typing import Callable
 
 import numpy as np
 
-from sen12ms_common.memberchecks import content_size_fn
-from sen12ms_common.nativecodecs import (ZSTD_D_FORCE_IGNORE_CHECKSUM, CodecLibraryError,  # noqa: F401
-                                         lz4_decompress_fn, zstd_checksum_switch, zstd_context_fns,
-                                         zstd_decompress_fn)
+from sen12ms_common.format.memberchecks import content_size_fn
+from sen12ms_common.format.nativecodecs import (ZSTD_D_FORCE_IGNORE_CHECKSUM, CodecLibraryError,  # noqa: F401
+                                                lz4_decompress_fn, zstd_checksum_switch, zstd_context_fns,
+                                                zstd_decompress_fn)
 
 try:  # DALI's AutoGraph must not rewrite the kernels these factories create (numba compiles them)
     from nvidia.dali.pipeline import do_not_convert
@@ -93,7 +93,7 @@ def _band_writer(plane: int, normalised: bool, byte_shuffle: bool) -> Callable:
                 y[i] = x
 
     if not normalised:  # as stored: written past the caches (the batch is read elsewhere next)
-        from sen12ms_common.streamcopy import stream_copy, stream_unshuffle  # start-up time: numba only when used
+        from sen12ms_common.kernels.streamcopy import stream_copy, stream_unshuffle  # start-up time: numba only when used
 
         place = stream_unshuffle if byte_shuffle else stream_copy
 

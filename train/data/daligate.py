@@ -17,10 +17,10 @@ import tarfile
 import threading
 from typing import Iterable, Sequence
 
-from sen12ms_common import tarstream
-from sen12ms_common.checksums import Digests
-from sen12ms_common.manifest import ShardEntry, index_name
-from sen12ms_common.shardformat import dali_index
+from sen12ms_common.format import tarstream
+from sen12ms_common.format.checksums import Digests
+from sen12ms_common.format.manifest import ShardEntry, index_name
+from sen12ms_common.format.sample import dali_index
 
 from .shardread import mismatch
 

@@ -15,7 +15,7 @@ except ImportError as exc:  # one line for the user, not an import traceback
 
     raise DataError(f"ShardDataModule needs Lightning ({exc}): pip install '.[lightning]'") from None
 
-from sen12ms_common.manifest import Manifest, load_manifest
+from sen12ms_common.format.manifest import Manifest, load_manifest
 
 from .dataset import ShardDataset
 

@@ -16,14 +16,14 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from sen12ms_common.bands import resolve_bands
 from sen12ms_common.cpus import usable_cpus
 from sen12ms_common.errors import DataError, Sen12msError
-from sen12ms_common.igbp import LabelRule
-from sen12ms_common.inputs import channel_transform
-from sen12ms_common.manifest import Manifest, load_manifest
+from sen12ms_common.format.manifest import Manifest, load_manifest
+from sen12ms_common.vocab.bands import resolve_bands
+from sen12ms_common.vocab.igbp import LabelRule
+from sen12ms_common.vocab.inputs import channel_transform
 
-from ..device import InputTransform
+from ..run.device import InputTransform
 from .plan import epoch_plan
 from .registry import make_loader
 from .spec import Loader, LoaderSpec, check_modalities, mask_source, resolve_workers
@@ -118,7 +118,7 @@ class ShardDataset(IterableDataset):
         self._skipped: list[str] = []
         self._input = None
         if self.normalize:
-            # The training loop's CPU conversion (one implementation of it: train.device).
+            # The training loop's CPU conversion (one implementation of it: train.run.device).
             self._input = InputTransform(self.spec.transform, torch.device("cpu"))
         self.loader()  # missing or (verify) wrong-sized shards fail here, as one ShardError
 
@@ -213,7 +213,7 @@ class ShardDataset(IterableDataset):
     def skipped(self) -> list[str]:
         """"shard: reason" of every shard or sample skipped so far (`skip_bad_shards`), by every
         reader of this dataset, closed ones too. One list for the dataset's life: a caller may
-        append what it skips itself (train.labelcheck does)."""
+        append what it skips itself (train.run.labelcheck does)."""
         for loader in self._loaders.values():
             self._skipped.extend(s for s in loader.skipped if s not in self._skipped)
         return self._skipped

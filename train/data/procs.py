@@ -186,7 +186,7 @@ class WorkerFeeds:
         self.lent: list[set[int]] = [set() for _ in range(k)]
         self.token = 0
         self.running: dict[int, int] = {}  # worker -> the token of its unfinished epoch
-        # The default start method: fork, or (under torchrun, `train.distributed.use_fork_server`)
+        # The default start method: fork, or (under torchrun, `train.run.distributed.use_fork_server`)
         # a fork server, since the process group's threads make forking the process unsafe.
         ctx = multiprocessing.get_context()
         forked = ctx.get_start_method() == "fork"

@@ -28,7 +28,7 @@ def _dali(spec: LoaderSpec) -> Loader:
 LOADERS: dict[str, Callable[[LoaderSpec], Loader]] = {"shards": _shards, "dali": _dali}
 
 # Old name -> its name now: `--loader webdataset` still works (it never used the webdataset
-# library; the run configuration says so once, `train.config`).
+# library; the run configuration says so once, `train.config.trainconfig`).
 RENAMED: dict[str, str] = {"webdataset": "shards"}
 
 

@@ -16,13 +16,14 @@ import tarfile
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
-from sen12ms_common import storage, tarstream
-from sen12ms_common.bands import BandRef, modalities_of
-from sen12ms_common.checksums import Digests
 from sen12ms_common.errors import ShardError
-from sen12ms_common.igbp import LabelRule
-from sen12ms_common.manifest import ShardEntry
-from sen12ms_common.shardformat import LABEL_EXT, SampleLayout, check_member_name
+from sen12ms_common.format import tarstream
+from sen12ms_common.format.checksums import Digests
+from sen12ms_common.format.manifest import ShardEntry
+from sen12ms_common.format.sample import LABEL_EXT, SampleLayout, check_member_name
+from sen12ms_common.storage import files as storage
+from sen12ms_common.vocab.bands import BandRef, modalities_of
+from sen12ms_common.vocab.igbp import LabelRule
 
 from .plan import ShardSlice
 

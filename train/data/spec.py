@@ -7,12 +7,12 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol
 
-from sen12ms_common.bands import BandRef, modalities_of
 from sen12ms_common.cpus import usable_cpus
 from sen12ms_common.errors import DataError
-from sen12ms_common.igbp import LabelRule
-from sen12ms_common.inputs import ChannelTransform
-from sen12ms_common.manifest import Manifest
+from sen12ms_common.format.manifest import Manifest
+from sen12ms_common.vocab.bands import BandRef, modalities_of
+from sen12ms_common.vocab.igbp import LabelRule
+from sen12ms_common.vocab.inputs import ChannelTransform
 
 
 class LoaderUnavailable(DataError):

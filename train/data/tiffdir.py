@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sen12ms_common.bands import MODALITY_BANDS, BandRef, modalities_of
-from sen12ms_common.dfc import dfc_to_train, igbp_to_dfc
 from sen12ms_common.errors import Sen12msError
-from sen12ms_common.shardformat import quantize_s1
+from sen12ms_common.format.sample import quantize_s1
+from sen12ms_common.vocab.bands import MODALITY_BANDS, BandRef, modalities_of
+from sen12ms_common.vocab.dfc import dfc_to_train, igbp_to_dfc
 
-from ..segfiles import Georef
+from ..tasks.segfiles import Georef
 
 MODALITIES = ("s1", "s2", "lc", "dfc")
 # A modality token: a whole `_`-separated part of a name (`x_s2_1`, `s2_7`, `s2`).

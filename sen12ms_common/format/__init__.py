@@ -1,0 +1,2 @@
+"""The shard sample format: members and their codecs, the manifest, checksums, the one tar
+reader, mapped shards and reusable buffers."""

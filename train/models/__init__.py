@@ -1,0 +1,2 @@
+"""The model registry by task: the original toolbox's classification networks and the
+segmentation networks."""

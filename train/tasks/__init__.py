@@ -1,0 +1,2 @@
+"""The learning tasks: scene classification and segmentation, their losses, metrics, scores,
+report files and figures."""
