@@ -395,7 +395,7 @@ def test_zstd_channels_kernel_decodes_each_band_into_its_channel(shuffle, normal
     # The CPU graph's zstd path, called directly: byte-shuffled or not (the manifest's
     # `byte_shuffle`), uint16 or normalised, bands of two modalities interleaved and repeated.
     from sen12ms_common.format.codecs import encode_band
-    from train.data.dali_ops import channel_params, zstd_channels_kernel
+    from train.data.dali_fused import channel_params, zstd_channels_kernel
 
     rng = np.random.default_rng(5)
     arrays = {"s2": rng.integers(0, 4096, (13, 8, 8), dtype=np.uint16), "s1": rng.integers(0, 65535, (2, 8, 8),

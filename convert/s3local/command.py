@@ -15,7 +15,7 @@ import signal
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import click
 
@@ -36,27 +36,30 @@ class Stopped(BaseException):
 
 
 @contextmanager
+def _handling(signals: tuple[int, ...], handler: Any) -> Iterator[None]:
+    """`handler` for `signals` while the block runs, the previous handlers after it."""
+    old = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, previous in old.items():
+            signal.signal(s, previous)
+
+
+@contextmanager
 def stop_on_signals() -> Iterator[None]:
     def stop(signum, frame):
         raise Stopped(signum)
 
-    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
+    with _handling((signal.SIGTERM, signal.SIGHUP), stop):
         yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
 
 
 @contextmanager
 def deaf_to_signals() -> Iterator[None]:
     """While stopping: a second Ctrl-C or SIGTERM must not leave weed running."""
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
+    with _handling((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), signal.SIG_IGN):
         yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from . import picklenumpy as pn
 from .limits import MAX_FILE_BYTES
 from .picklemachine import Machine, PickleProblem, _broken
 from .pickleops import _OPS, _build
-from .safepickle import _CALLS, UnsafePickleError, _check_tree
+from .safepickle import _CALLS, _check_tree, refusals
 
 NAMESPACE = pn.Global("argparse", "Namespace")
 
@@ -58,7 +58,7 @@ _NS_CALLS = {**_CALLS, NAMESPACE: _no_reduce}
 def loads_namespace(data: bytes, source: str = "<bytes>") -> dict[str, Any]:
     """The attributes of a pickled argparse.Namespace as a dict; `UnsafePickleError` (one line
     naming `source`) for any other content, a broken pickle or one over the limits."""
-    try:
+    with refusals(source):
         if len(data) > MAX_FILE_BYTES:
             raise PickleProblem(f"the file is larger than {MAX_FILE_BYTES} bytes")
         result = Machine(data, _NS_CALLS, _NS_OPS).run()
@@ -66,12 +66,6 @@ def loads_namespace(data: bytes, source: str = "<bytes>") -> dict[str, Any]:
             raise PickleProblem(f"it holds a {type(result).__name__}, not an argparse.Namespace")
         _check_tree(dict(result))
         return dict(result)
-    except PickleProblem as exc:
-        if exc.broken:
-            raise UnsafePickleError(f"{source}: not a readable pickle ({exc.reason})") from None
-        raise UnsafePickleError(f"{source}: refused to load: {exc.reason}") from None
-    except pn.ArrayPatternError as exc:
-        raise UnsafePickleError(f"{source}: refused to load: {exc}") from None
 
 
 def load_namespace(path: str | Path) -> dict[str, Any]:

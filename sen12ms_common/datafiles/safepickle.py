@@ -7,8 +7,9 @@ allocating for it. The accepted opcodes and globals are listed in docs/datafiles
 from __future__ import annotations
 
 import pickle
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from . import picklenumpy as pn
 from ..errors import Sen12msError
@@ -85,24 +86,31 @@ def _check_tree(value: Any) -> None:
         todo.extend((child, depth + 1) for child in children)
 
 
-def loads(data: bytes, source: str = "<bytes>") -> Any:
-    """The data of a pickle: containers, strings, numbers and numeric numpy arrays.
-
-    Anything else, a file over the limits of `datalimits` or a broken pickle raises
-    `UnsafePickleError` with one line naming `source`; nothing the file names is imported or run.
-    """
+@contextmanager
+def refusals(source: str) -> Iterator[None]:
+    """A refused or broken pickle as one `UnsafePickleError` line naming `source`."""
     try:
-        if len(data) > MAX_FILE_BYTES:
-            raise PickleProblem(f"the file is larger than {MAX_FILE_BYTES} bytes")
-        result = run(data, _CALLS)
-        _check_tree(result)
-        return result
+        yield
     except PickleProblem as exc:
         if exc.broken:
             raise UnsafePickleError(f"{source}: not a readable pickle ({exc.reason})") from None
         raise UnsafePickleError(f"{source}: refused to load: {exc.reason}") from None
     except pn.ArrayPatternError as exc:
         raise UnsafePickleError(f"{source}: refused to load: {exc}") from None
+
+
+def loads(data: bytes, source: str = "<bytes>") -> Any:
+    """The data of a pickle: containers, strings, numbers and numeric numpy arrays.
+
+    Anything else, a file over the limits of `datalimits` or a broken pickle raises
+    `UnsafePickleError` with one line naming `source`; nothing the file names is imported or run.
+    """
+    with refusals(source):
+        if len(data) > MAX_FILE_BYTES:
+            raise PickleProblem(f"the file is larger than {MAX_FILE_BYTES} bytes")
+        result = run(data, _CALLS)
+        _check_tree(result)
+        return result
 
 
 def load(path: str | Path) -> Any:

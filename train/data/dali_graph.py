@@ -16,8 +16,8 @@ from sen12ms_common.format.sample import LABEL_EXT, N_LABEL, SampleLayout
 from sen12ms_common.vocab.bands import BandRef, modalities_of
 from sen12ms_common.vocab.inputs import ChannelTransform
 
-from .dali_ops import (Kernel, channel_params, channels_kernel, chunks_kernel, label_kernel, lz4_kernel,
-                       zstd_channels_kernel, zstd_kernel)
+from .dali_fused import channel_params, channels_kernel, label_kernel, zstd_channels_kernel
+from .dali_ops import Kernel, chunks_kernel, lz4_kernel, zstd_kernel
 
 READER = "reader"
 
