@@ -9,12 +9,10 @@ docs/training.md.
 from __future__ import annotations
 
 import math
-import random
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-import numpy as np
 import torch
 
 from sen12ms_common.format.manifest import load_manifest
@@ -28,6 +26,7 @@ from .checkpoint import load_checkpoint, load_model_weights, made_at
 from .distributed import (Dist, agree_max, broadcast_object, broadcast_state, gather_objects, rank_seed,
                           sum_over_ranks, wrap_model)
 from .divergence import diverged, finite_state
+from .init_weights import start_weights
 from .keylog import key_events
 from .labelcheck import LabelCheck, label_check
 from .optimizers import make_optimizer
@@ -37,7 +36,7 @@ from .report import CURVES_PNG, METRICS_CSV, EpochRecord, MetricsTable, summary_
 from .resume import restore
 from .save import save_run_checkpoint
 from .scoring import predict_all
-from .setup import Setup, check_modalities, has_split, make_setup, split_loader_of
+from .setup import Setup, check_modalities, has_split, make_setup, run_loader, seed_everything
 from .signals import Interrupted, StopFlag
 from .steps import RunState, train_steps
 from .tblog_images import ValImages, step_validation
@@ -53,18 +52,6 @@ class RunResult:
     best: str
     state: RunState
     test_scores: dict[str, Any] | None
-
-
-def split_loader(cfg: TrainConfig, setup: Setup, d: Dist, split: str) -> Loader:
-    """The loader of `split` on this rank, as the run's options say."""
-    return split_loader_of(setup, cfg.loader, cfg.shards, split, train=split == "train", rank=d.rank,
-                           world_size=d.world_size, **cfg.loader_options())
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 @dataclass
@@ -99,7 +86,7 @@ class TrainingRun:
         keys of every batch go to `keylog.KEYS_LOG`."""
         d = dist or Dist()
         log = RunLog(echo if d.is_main else None)
-        _seed_everything(cfg.seed)
+        seed_everything(cfg.seed)
         RunDir(cfg.resolved_run_dir())  # an unusable --run-dir fails before anything is loaded
         manifest = load_manifest(cfg.shards)
         check_modalities(manifest, cfg.bands, cfg.shards, "train", "choose another --input")
@@ -108,8 +95,6 @@ class TrainingRun:
                            amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile, task=cfg.task,
                            task_options=task_options(cfg.task, cfg.to_dict()), manifest=manifest)
         if checkpoint is None:  # --pretrained-backbone, --init-from (a resumed run has its own weights)
-            from .init_weights import start_weights  # start-up time: imports torch
-
             start_weights(cfg, setup.model, log)
         if d.rank > 0:  # same initial weights everywhere (seeded above), own dropout draws per rank
             torch.manual_seed(rank_seed(cfg.seed, d.rank))
@@ -118,11 +103,11 @@ class TrainingRun:
         ts = restore(checkpoint, cfg, setup, optimizer, state, d) if checkpoint is not None else None
         # After loading: DDP starts every rank from rank 0's weights.
         setup.train_forward = wrap_model(setup.forward, setup.device, d)
-        train_loader = split_loader(cfg, setup, d, "train")
+        train_loader = run_loader(cfg, setup, d, "train")
         if len(train_loader) == 0:
             raise DataError(f"{cfg.shards}: no train samples in this shard set"
                             + (f" for each of {d.world_size} processes" if d.enabled else ""))
-        val_loader = split_loader(cfg, setup, d, cfg.val_split) if has_split(setup.manifest, cfg.val_split) else None
+        val_loader = run_loader(cfg, setup, d, cfg.val_split) if has_split(setup.manifest, cfg.val_split) else None
         checks = {name: label_check(loader, cfg.shards, name, cfg.skip_bad_shards)
                   for name, loader in (("train", train_loader), ("val", val_loader)) if loader is not None}
         images = (ValImages.take(val_loader, cfg.tb_images) if d.is_main and val_loader is not None
@@ -323,7 +308,7 @@ class TrainingRun:
             epoch, made = ckpt.get("epoch"), made_at(ckpt)
         broadcast_state(d, s.model)
         split = self.cfg.test_split
-        loader = split_loader(self.cfg, s, d, split)
+        loader = run_loader(self.cfg, s, d, split)
         result = predict_all(s, loader, d, desc=split, stop=self.stop, on_keys=key_events(self.dist.rank, split, "-"),
                              labels=label_check(loader, self.cfg.shards, split, self.cfg.skip_bad_shards),
                              progress=self.progress)
@@ -421,4 +406,4 @@ def fit(cfg: TrainConfig, checkpoint: Mapping[str, Any] | None = None, echo: Ech
                             progress=progress).run()
 
 
-__all__ = ["TrainingRun", "RunResult", "fit", "split_loader"]
+__all__ = ["TrainingRun", "RunResult", "fit"]

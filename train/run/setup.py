@@ -3,9 +3,11 @@ and the task, and the loader of a split."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -18,6 +20,10 @@ from ..data import Loader, LoaderSpec, canonical_loader, check_modalities, make_
 from ..data.dataset import ShardDataset
 from ..tasks.registry import Task, make_task
 from .device import InputTransform, Precision, configure_backends, precision, prepare_model, resolve_device
+
+if TYPE_CHECKING:
+    from ..config.trainconfig import TrainConfig
+    from .distributed import Dist
 
 
 @dataclass
@@ -96,8 +102,21 @@ def split_loader_of(setup: Setup, loader: str, root: str, split: str, *, train: 
                         shuffle=train, augment=augment and train, workers=workers, rank=rank, world_size=world_size,
                         manifest=setup.manifest, pin_memory=setup.device.type == "cuda", **reading)
 
+def run_loader(cfg: TrainConfig, setup: Setup, d: Dist, split: str) -> Loader:
+    """The loader of `split` on this rank, as the run's options say."""
+    return split_loader_of(setup, cfg.loader, cfg.shards, split, train=split == "train", rank=d.rank,
+                           world_size=d.world_size, **cfg.loader_options())
+
+
+def seed_everything(seed: int) -> None:
+    """Python's, numpy's and torch's generators from one seed (model initialisation, dropout)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
 def has_split(manifest: Manifest, split: str) -> bool:
     return split in manifest.splits and manifest.samples(split) > 0
 
 
-__all__ = ["Setup", "make_setup", "loader_spec", "split_loader_of", "has_split", "check_modalities"]
+__all__ = ["Setup", "make_setup", "loader_spec", "split_loader_of", "run_loader", "seed_everything", "has_split",
+           "check_modalities"]
