@@ -1,7 +1,7 @@
-"""Loaders: name -> factory, so that `--loader NAME` picks one and the training loop stays the same.
+"""The front door and the loaders: `ShardDataset` (a torch IterableDataset over the `shards`
+loader) and `ShardDataModule` (Lightning), docs/api.md; `--loader NAME` -> a factory.
 
-The public front door is `ShardDataset` (a torch IterableDataset over the `shards` loader, in
-`train.data.dataset`) and `ShardDataModule` (Lightning, `train.data.datamodule`): docs/api.md.
+`python -m train` reads through the same `ShardDataset`; DALI is the other factory.
 
 A factory takes a `LoaderSpec` and returns a `Loader`:
 
