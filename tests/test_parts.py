@@ -317,7 +317,7 @@ def test_assign_scenes_is_a_balanced_partition_independent_of_order(raw, count, 
 
 
 # A merge killed between writing its manifest's temporary and renaming it (issue 29 item 11).
-_KILLED_AT_RENAME = ("import os, sys; from sen12ms_common import storage\n"
+_KILLED_AT_RENAME = ("import os, sys; from sen12ms_common.storage import files as storage\n"
                      "with storage.atomic_open(sys.argv[1]) as f:\n"
                      "    f.write(b'{\"half\": ')\n"
                      "    f.flush()\n"
