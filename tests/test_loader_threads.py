@@ -24,6 +24,7 @@ from sen12ms_common.format.buffers import BufferPool
 from sen12ms_common.format.manifest import ManifestError, checksums_of, load_manifest
 from test_loader import keys_of, spec, write_shards
 from train.data import make_loader
+from train.data.leases import lent_tensor
 from train.data.webdataset import ShardError
 
 
@@ -81,17 +82,27 @@ def test_an_epoch_left_early_stops_its_threads(shards):
     assert not [t for t in threading.enumerate() if t.name.startswith("decode")]
 
 
-def test_a_buffer_is_reused_only_when_nothing_refers_to_it():
+def test_a_buffer_is_handed_out_again_only_once_given_back():
     pool = BufferPool(smallest=16)
-    a = pool.get(100)
-    owner = id(a.obj)
-    held = np.frombuffer(a.toreadonly(), np.uint8)
-    del a
-    b = pool.get(100)
-    assert id(b.obj) != owner  # a numpy view still holds the first buffer
-    del held
-    assert id(pool.get(100).obj) == owner
-    assert len(b) == 100 and pool.get(1000).obj.size == 1024
+    a = pool.take_bytes(100)
+    owner = a.obj
+    assert pool.take_bytes(100).obj is not owner  # not given back: never handed out twice
+    pool.give_bytes(a[10:20])  # a view of it returns the whole buffer
+    pool.give_bytes(a)  # a second give keeps it once
+    assert pool.take_bytes(100).obj is owner
+    assert pool.take_bytes(100).obj is not owner
+    assert len(a) == 100 and pool.take_bytes(1000).obj.size == 1024
+
+
+def test_a_batch_buffer_goes_back_when_its_last_view_is_freed():
+    pool = BufferPool(np.uint16, keep=2)
+    batch = lent_tensor(pool, (4, 3))
+    first = batch[:2]  # a view keeps the batch's storage
+    owner = batch.untyped_storage().data_ptr()
+    del batch
+    assert lent_tensor(pool, (4, 3)).untyped_storage().data_ptr() != owner
+    del first
+    assert lent_tensor(pool, (4, 3)).untyped_storage().data_ptr() == owner
 
 
 def damage_band(root: Path, band: int) -> None:

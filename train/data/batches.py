@@ -4,7 +4,6 @@ preallocated batch, the samples of a batch spread over decoding threads."""
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -12,57 +11,33 @@ from typing import Any
 import numpy as np
 import torch
 
+from sen12ms_common.format.buffers import BufferPool
 from sen12ms_common.format.codecs import BandDecoder
 from sen12ms_common.format.sample import LABEL_EXT, N_LABEL, ShardFormatError, decode_bands_into, decode_label
 from sen12ms_common.storage import files as storage
 from sen12ms_common.vocab.bands import modality_runs
 from sen12ms_common.vocab.dfc import DfcScheme
 
+from .leases import lent_tensor
 from .shardread import RawSample, ShardError, ShardSource
+from .spec import BatchBuffers
 
 log = logging.getLogger(__name__)
 
-
-class BufferPool:
-    """Batch buffers (uint16 images, uint8 masks), handed out again once no tensor or array
-    refers to them."""
-
-    def __init__(self, keep: int = 6, dtype: type = np.uint16) -> None:
-        self.keep, self.dtype = keep, dtype
-        self._bufs: list[np.ndarray] = []
-
-    def take(self, shape: tuple[int, ...]) -> np.ndarray:
-        for buf in self._bufs:
-            # Referenced only by the list, `buf` and getrefcount's argument: nobody holds it.
-            if buf.shape == shape and sys.getrefcount(buf) == 3:
-                return buf
-        buf = np.empty(shape, dtype=self.dtype)
-        if len(self._bufs) < self.keep:
-            self._bufs.append(buf)
-        return buf
-
-
-def shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A new tensor in shared memory, as torch's default_collate makes a batch in a DataLoader
-    worker: the DataLoader then hands it to the main process without copying it. Not reused:
-    the main process owns it once sent."""
-    numel = 1
-    for n in shape:
-        numel *= n
-    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel)
-    return torch.empty(0, dtype=dtype).new(storage).view(shape)
+KEEP = 6  # free batch buffers kept per shape: those a training step and the loader's queue hold
 
 
 class BatchDecoder:
     """Decodes lists of raw samples into batch dicts (see `train.data`) for one source."""
 
-    def __init__(self, src: ShardSource, threads: int = 1, pin_memory: bool = False, shared: bool = False) -> None:
-        self.src, self.threads, self.pin_memory = src, max(1, threads), pin_memory
-        self.shared = shared  # in a DataLoader worker: every batch in shared memory of its own
+    def __init__(self, src: ShardSource, threads: int = 1, pin_memory: bool = False,
+                 buffers: BatchBuffers | None = None) -> None:
+        self.src, self.threads, self.pin_memory, self.buffers = src, max(1, threads), pin_memory, buffers
         # Only these bands are ever decoded, a run at a time.
         self.runs = modality_runs(src.bands)
-        self._pool = BufferPool()
-        self._masks = BufferPool(dtype=np.uint8)
+        # A batch's buffers go back to these pools when its tensors are freed (`leases`).
+        self._pool = BufferPool(np.uint16, keep=KEEP)
+        self._masks = BufferPool(np.uint8, keep=KEEP)
         # Stored mask value -> 0-based training class (255 = ignore), for the mask's member.
         scheme = DfcScheme(src.savanna)
         self.lut = None if src.mask is None else scheme.dfc_lut() if src.mask == "dfc" else scheme.igbp_lut()
@@ -92,10 +67,16 @@ class BatchDecoder:
     def _buffer(self, shape: tuple[int, ...], full: int, pool: BufferPool, dtype: torch.dtype) -> torch.Tensor:
         if self.pin_memory and torch.cuda.is_available():
             return torch.empty(shape, dtype=dtype, pin_memory=True)  # torch's pinned cache reuses it
-        if self.shared:
-            return shared_empty(shape, dtype)
-        buf = pool.take((full,) + shape[1:])
-        return torch.from_numpy(buf[:shape[0]] if shape[0] < full else buf)
+        if self.buffers is not None:
+            return self.buffers.place(shape, dtype)
+        tensor = lent_tensor(pool, (full,) + shape[1:])
+        return tensor[:shape[0]] if shape[0] < full else tensor
+
+    def _dropped(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """`new`, a copy of what `old` holds: `old`'s buffer goes back now if it is not ours."""
+        if self.buffers is not None:
+            self.buffers.drop(old)
+        return new
 
     def _decode_one(self, sample: RawSample, out: np.ndarray, prob: np.ndarray | None,
                     mask: np.ndarray | None) -> str | None:
@@ -128,6 +109,12 @@ class BatchDecoder:
         every sample failed (with `skip_bad`). `symmetries`: per sample one of the 8 symmetries of
         the square, handed on as the batch's `symmetry` codes (applied where the batch becomes
         model input, `train.data.symmetry`)."""
+        got = self.decode_slotted(chunk, full, events, symmetries)
+        return None if got is None else got[0]
+
+    def decode_slotted(self, chunk: list[RawSample], full: int, events: list[str],
+                       symmetries: np.ndarray | None = None) -> tuple[dict[str, Any], int | None] | None:
+        """`decode`, and the worker process's slot the batch's image (and mask) lie in, if any."""
         n, size = len(chunk), self.src.layout.size
         slot = self.slots.take() if self.slots is not None else None
         if slot is not None:
@@ -162,19 +149,20 @@ class BatchDecoder:
             return None
         keys = [chunk[i][0] for i in good]
         extra: dict[str, Any] = {"key": keys, "shard": [self._url(chunk[i][2]) for i in good]}
+        in_slot = None
         if slot is not None:
             if len(good) == n:
-                extra["_shm"] = slot[0]  # the batch is the slot's
+                in_slot = slot[0]  # the batch is the slot's
             else:
                 self.slots.give(slot[0])  # the good samples are copied out below
         if symmetries is not None:
             extra["symmetry"] = torch.from_numpy(np.asarray(symmetries, dtype=np.uint8)[good])
         if masks is not None:
             if len(good) < n:  # the rare path of a bad sample: copies
-                image, masks = image[good], masks[good]
-            return {"image": image, "mask": masks, **extra}
+                image, masks = self._dropped(image, image[good]), self._dropped(masks, masks[good])
+            return {"image": image, "mask": masks, **extra}, in_slot
         assert prob is not None
         if len(good) < n:
-            image, prob = image[good], prob[good]
+            image, prob = self._dropped(image, image[good]), prob[good]
         return {"image": image, "target": torch.from_numpy(self.src.rule.targets(prob)),
-                "prob": torch.from_numpy(prob), **extra}
+                "prob": torch.from_numpy(prob), **extra}, in_slot

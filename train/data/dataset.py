@@ -13,17 +13,21 @@ import dataclasses
 import os
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from sen12ms_common.cpus import usable_cpus
 from sen12ms_common.errors import DataError, Sen12msError
+from sen12ms_common.format.buffers import BufferPool
 from sen12ms_common.format.manifest import Manifest, load_manifest
 from sen12ms_common.vocab.bands import resolve_bands
 from sen12ms_common.vocab.igbp import LabelRule
 from sen12ms_common.vocab.inputs import channel_transform
 
 from ..run.device import InputTransform
+from .handover import Handover, new_flags
+from .leases import lent_tensor
 from .plan import epoch_plan
 from .registry import make_loader
 from .spec import Loader, LoaderSpec, check_modalities, mask_source, resolve_workers
@@ -117,6 +121,9 @@ class ShardDataset(IterableDataset):
         self._loaders: dict[tuple[Any, ...], Loader] = {}
         self._skipped: list[str] = []
         self._input = None
+        self._flags = new_flags()  # which batch slots of DataLoader workers the main process holds
+        self._handover: Handover | None = None
+        self._floats = BufferPool(np.float32, keep=4)  # model input batches, back once freed
         if self.normalize:
             # The training loop's CPU conversion (one implementation of it: train.run.device).
             self._input = InputTransform(self.spec.transform, torch.device("cpu"))
@@ -196,11 +203,11 @@ class ShardDataset(IterableDataset):
         if key not in self._loaders:
             spec = dataclasses.replace(self.spec, part=part, parts=parts, rank=rank, world_size=world)
             if in_worker:
-                # A DataLoader worker reads in its own process, its share of the CPUs as threads.
-                # Its batches are made in shared memory, which the DataLoader sends without a copy
-                # (as torch's default_collate does in a worker).
+                # A DataLoader worker reads in its own process, its share of the CPUs as threads;
+                # stored values go out as decoded: they are decoded into the slots they cross in.
+                as_decoded = self._input is None and not spec.augment
                 spec = dataclasses.replace(spec, workers=0, threads=spec.threads or max(1, usable_cpus() // parts),
-                                           shared_memory=True)
+                                           batch_buffers=self._handover if as_decoded else None)
             self._loaders[key] = make_loader("shards", spec)
         return self._loaders[key]
 
@@ -234,6 +241,11 @@ class ShardDataset(IterableDataset):
         self._resume, self._batch = 0, start
         if start:
             part, start = resumed_part([self._plan(p, parts).batches for p in range(parts)], start, part)
+        if info is not None:
+            if self._handover is None:
+                # Batches written into shared slots the DataLoader sends as they are (`handover`).
+                self._handover = Handover(self._flags, info.id, self.spec.batch_size)
+            self._handover.drop_unhanded()  # what a pass left early had decoded ahead
         try:
             for batch in self.loader(part, parts, info is not None).epoch(epoch, start):
                 self._batch += 1
@@ -244,26 +256,35 @@ class ShardDataset(IterableDataset):
             raise ShardDatasetError(str(exc).splitlines()[0]) from None
 
     def _view(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """A native batch in TorchGeo's keys, augmented and (with `normalize`) model input."""
-        sym = batch.get("symmetry")
-        image = batch["image"]
+        """A native batch in TorchGeo's keys, augmented and (with `normalize`) model input; in a
+        DataLoader worker its image and mask written into shared slots (`handover`)."""
+        sym, image, hand = batch.get("symmetry"), batch["image"], self._handover
         if self._input is not None:
-            image = self._input(image, sym)
-        elif sym is not None:
+            shape = tuple(image.shape)
+            into = hand.place(shape, torch.float32) if hand is not None else self._float_batch(shape)
+            image = self._input(image, sym, out=into)
+        else:
             image = apply_symmetries(image, sym)
+            image = image if hand is None else hand.lay(image)
         out: dict[str, Any] = {"image": image}
         if "mask" in batch:
-            out["mask"] = apply_symmetries(batch["mask"], sym).long()
+            mask = apply_symmetries(batch["mask"], sym)
+            out["mask"] = mask.long() if hand is None else hand.lay(mask, torch.int64)
         else:
             # Multi-label 0/1 rows as int64, as TorchGeo's multi-label datasets (BigEarthNet) give
             # them: its metrics count them; its BCE loss (and yours) takes `.float()`.
             out["label"] = batch["target"].to(torch.int64)
         out["key"] = batch["key"]
-        return out
+        return out if hand is None else hand.hand(out)
+
+    def _float_batch(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """A float32 batch of `shape` over a reused buffer (a fresh one is mapped page by page)."""
+        full = (max(shape[0], self.spec.batch_size), *shape[1:])
+        return lent_tensor(self._floats, full)[:shape[0]]
 
     def __getstate__(self) -> dict[str, Any]:
-        # To DataLoader workers (spawn, forkserver): each makes its own loader.
-        return {**self.__dict__, "_loaders": {}}
+        # To DataLoader workers (spawn, forkserver): each makes its own loader and buffers.
+        return {**self.__dict__, "_loaders": {}, "_handover": None, "_floats": BufferPool(np.float32, keep=4)}
 
 
 __all__ = ["ShardDataset", "ShardDatasetError"]

@@ -9,6 +9,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 from sen12ms_common.errors import DataError
 
+from .items import Ended, Failed, Item, position
+
 _END = object()
 
 
@@ -17,7 +19,7 @@ class _Failure:
         self.exc = exc
 
 
-def prefetched(items: Iterator[dict[str, Any]], depth: int = 2, name: str = "loader") -> Iterator[dict[str, Any]]:
+def prefetched(items: Iterator[Any], depth: int = 2, name: str = "loader") -> Iterator[Any]:
     """`items` produced by a thread up to `depth` ahead, so that reading and decoding overlap
     the consumer's work (the training step releases the GIL)."""
     q: queue.Queue = queue.Queue(maxsize=depth)
@@ -58,21 +60,15 @@ def prefetched(items: Iterator[dict[str, Any]], depth: int = 2, name: str = "loa
             thread.join()
 
 
-def _about(item: dict[str, Any]) -> tuple[int, int] | None:
-    """The (batch, stream) a worker's item stands for (a batch or a skipped batch)."""
-    key = item.get("_slot", item.get("_skip"))
-    return None if key is None else (int(key[0]), int(key[1]))
-
-
-def threaded_workers(worker: Callable[[int, int], Iterator[dict[str, Any]]], k: int,
-                     order: Sequence[tuple[int, int]], depth: int = 2) -> Iterator[dict[str, Any]]:
+def threaded_workers(worker: Callable[[int, int], Iterator[Item]], k: int,
+                     order: Sequence[tuple[int, int]], depth: int = 2) -> Iterator[Item]:
     """The items of `k` threads, thread w running `worker(w, k)` (the streams v with v % k == w,
     as worker processes split them), pulled in the canonical `order`: each thread runs at most
     `depth` batches ahead."""
     return merged([prefetched(worker(w, k), depth, name=f"reader-{w}") for w in range(k)], order)
 
 
-def merged(feeds: Sequence[Iterator[dict[str, Any]]], order: Sequence[tuple[int, int]]) -> Iterator[dict[str, Any]]:
+def merged(feeds: Sequence[Iterator[Item]], order: Sequence[tuple[int, int]]) -> Iterator[Item]:
     """The items of readers (threads or worker processes; reader w reads the streams v with
     v % len(feeds) == w) pulled in the canonical `order`, never more than one batch held here."""
     k = len(feeds)
@@ -87,13 +83,13 @@ def merged(feeds: Sequence[Iterator[dict[str, Any]]], order: Sequence[tuple[int,
                 if item is None:
                     raise DataError(f"the loader's reader {key[1] % k} ended before batch {key} "
                                     "(internal error)")
-                about, end = _about(item), item.get("_end")
                 yield item
-                if "_error" in item:
+                if isinstance(item, Failed):
                     return
+                end = item.stream if isinstance(item, Ended) else None
                 if end is not None:
-                    ended.add(int(end))
-                if about == key or end == key[1]:
+                    ended.add(end)
+                if position(item) == key or end == key[1]:
                     break
     finally:
         for feed in feeds:

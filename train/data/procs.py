@@ -1,14 +1,13 @@
 """Worker processes of the webdataset loader. They live as long as their loader; each decodes
 the batches of its read streams straight into a ring of shared-memory slots the loader made, and
-sends only a small message per batch; a slot goes back to its worker once no array or tensor
-refers to it."""
+sends only a small message per batch (`train.data.items`); a slot goes back to its worker once
+every tensor over it is freed (`leases`)."""
 
 from __future__ import annotations
 
 import math
 import multiprocessing
 import signal
-import sys
 import traceback
 from collections import deque
 from contextlib import contextmanager
@@ -20,6 +19,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from .items import Decoded, Done, Item, WorkerFailed
+from .leases import tensor_over
 from .spec import DataError
 
 SLOTS = 3  # per worker: the batch its consumer still holds, the one handed out, one being filled
@@ -60,10 +61,7 @@ class SlotRing:
         self._views()
 
     def _views(self) -> None:
-        # Every numpy view of a slot refers to its array here, so the array's reference count
-        # says whether a batch made from it is still alive.
         self.slots = [[t.numpy() for t in mine] for mine in self.tensors]
-        self.free_refs = sys.getrefcount(self.slots[0][0]) if self.slots else 0
 
     def __getstate__(self) -> dict[str, Any]:
         return {"shape": self.shape, "per_worker": self.per_worker, "tensors": self.tensors}
@@ -79,9 +77,12 @@ class SlotRing:
         mask = buf[s.image_bytes:].reshape(s.mask) if s.mask else None
         return image, mask
 
-    def held(self, w: int, i: int) -> bool:
-        """Whether a view of the slot is still alive (a batch of the consumer's, or ours)."""
-        return sys.getrefcount(self.slots[w][i]) > self.free_refs
+    def tensors_over(self, whole: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(image, mask) tensors over `whole`, a uint8 tensor over one slot (full batch shapes)."""
+        s = self.shape
+        image = whole[:s.image_bytes].view(torch.uint16).view(s.image)
+        mask = whole[s.image_bytes:].view(s.mask) if s.mask else None
+        return image, mask
 
 
 # --- in the worker ----------------------------------------------------------------------------
@@ -111,28 +112,25 @@ class WorkerSlots:
         self.free.append(i)
 
 
-def to_message(item: dict[str, Any]) -> dict[str, Any]:
-    """The item as it crosses to the loader: a batch made in slot `_shm` by reference to it, the
-    rest as numpy."""
-    i = item.pop("_shm", None)
-    out: dict[str, Any] = {}
-    for name, value in item.items():
-        if i is not None and name in ("image", "mask"):
-            out[name] = ("slot", i, tuple(value.shape))
-        elif isinstance(value, torch.Tensor):
-            out[name] = value.numpy()
-        else:
-            out[name] = value
-    return out
+def to_message(item: Item) -> Item:
+    """The item as it crosses to the loader: a batch made in its slot without the slot's
+    tensors (the loader makes them over the slot), the rest as numpy."""
+    if not isinstance(item, Decoded):
+        return item
+    batch = {name: value.numpy() if isinstance(value, torch.Tensor) else value for name, value in item.batch.items()
+             if item.slot is None or name not in ("image", "mask")}
+    if item.slot is not None:
+        batch["rows"] = len(item.batch["key"])
+    return Decoded(item.at, batch, item.events, item.slot)
 
 
-Run = Callable[[int, int, int, int, WorkerSlots], Iterator[dict[str, Any]]]  # (w, k, epoch, start, slots)
+Run = Callable[[int, int, int, int, WorkerSlots], Iterator[Item]]  # (w, k, epoch, start, slots)
 
 
 def _worker(run: Run, ring: SlotRing, w: int, control: Connection, out: Connection,
             inherited: list[Connection]) -> None:
     """Epochs on request ("epoch", token, k, epoch, start batch, free slots), until the loader
-    closes its end; each ends with {"_done": token}."""
+    closes its end; each ends with `Done(token)`."""
     for c in inherited:  # the loader's and other workers' pipe ends: theirs must close when they die
         c.close()
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the loader's process stops us
@@ -151,13 +149,13 @@ def _worker(run: Run, ring: SlotRing, w: int, control: Connection, out: Connecti
                     out.send(to_message(item))
             except EpochStopped:
                 pass
-            out.send({"_done": token})
+            out.send(Done(token))
     except (EOFError, BrokenPipeError):
         return  # the loader closed
     except BaseException as exc:
         last = traceback.format_exception_only(type(exc), exc)[-1].strip()
         try:
-            out.send({"_failure": last})
+            out.send(WorkerFailed(last))
         except OSError:
             pass
 
@@ -184,6 +182,7 @@ class WorkerFeeds:
         self.ring, self.copy_out = ring, copy_out
         k = len(ring.slots)
         self.lent: list[set[int]] = [set() for _ in range(k)]
+        self._freed: deque[tuple[int, int]] = deque()  # (worker, slot) whose tensors were freed
         self.token = 0
         self.running: dict[int, int] = {}  # worker -> the token of its unfinished epoch
         # The default start method: fork, or (under torchrun, `train.run.distributed.use_fork_server`)
@@ -217,12 +216,14 @@ class WorkerFeeds:
             pass  # a dead worker: `_receive` says so
 
     def _release(self) -> None:
-        for w, lent in enumerate(self.lent):
-            for i in [i for i in lent if not self.ring.held(w, i)]:
-                lent.discard(i)
+        """Send the slots whose tensors were freed back to their workers."""
+        while self._freed:
+            w, i = self._freed.popleft()
+            if i in self.lent[w]:
+                self.lent[w].discard(i)
                 self._send(w, i)
 
-    def _receive(self, w: int) -> dict[str, Any]:
+    def _receive(self, w: int) -> Item | Done:
         conn, proc = self.outs[w], self.procs[w]
         while True:
             ready = wait([conn, proc.sentinel])
@@ -232,8 +233,8 @@ class WorkerFeeds:
                 except (EOFError, OSError):  # its end closed, maybe in the middle of a message
                     pass
                 else:
-                    if "_failure" in msg:
-                        raise DataError(f"loader worker process {w} failed: {msg['_failure']}")
+                    if isinstance(msg, WorkerFailed):
+                        raise DataError(f"loader worker process {w} failed: {msg.message}")
                     return msg
             proc.join(timeout=1)
             if not proc.is_alive():
@@ -244,32 +245,33 @@ class WorkerFeeds:
                 raise DataError(f"loader worker process {w} died ({how}; {why}): run again with "
                                 "--resume, with fewer --workers or with --workers 0")
 
-    def _item(self, w: int, msg: dict[str, Any]) -> dict[str, Any]:
-        item: dict[str, Any] = {}
-        slot = None
-        for name, value in msg.items():
-            if isinstance(value, tuple) and value[:1] == ("slot",):
-                slot = value[1]
-                image, mask = self.ring.views(w, slot)
-                full = image if name == "image" else mask
-                assert full is not None
-                item[name] = torch.from_numpy(full[:value[2][0]])
-            elif isinstance(value, np.ndarray):
-                item[name] = torch.from_numpy(value)
-            else:
-                item[name] = value
+    def _item(self, w: int, item: Item) -> Item:
+        """A worker's item with its batch as tensors, the image (and mask) over its slot."""
+        if not isinstance(item, Decoded):
+            return item
+        batch = {name: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for name, v in item.batch.items()}
+        slot = item.slot
         if slot is not None:
+            rows = batch.pop("rows")
+            buf = self.ring.slots[w][slot]
             # A consumer holding every slot would leave the worker none to fill: hand a copy then.
-            if self.copy_out or len(self.lent[w]) + 1 >= self.ring.per_worker:
+            copy = self.copy_out or len(self.lent[w]) + 1 >= self.ring.per_worker
+            # Tensors over a storage of their own: the slot goes back when the batch is freed.
+            whole = torch.from_numpy(buf) if copy else tensor_over(buf, self._freed.append, (w, slot))
+            image, mask = self.ring.tensors_over(whole)
+            batch["image"] = image[:rows]
+            if mask is not None:
+                batch["mask"] = mask[:rows]
+            if copy:
                 for name in ("image", "mask"):
-                    if isinstance(item.get(name), torch.Tensor):
-                        item[name] = item[name].pin_memory() if self.copy_out else item[name].clone()
+                    if name in batch:
+                        batch[name] = batch[name].pin_memory() if self.copy_out else batch[name].clone()
                 self._send(w, slot)
             else:
                 self.lent[w].add(slot)
-        return item
+        return Decoded(item.at, batch, item.events)
 
-    def epoch(self, k: int, epoch: int, start: int) -> list[Iterator[dict[str, Any]]]:
+    def epoch(self, k: int, epoch: int, start: int) -> list[Iterator[Item]]:
         """Start an epoch in workers 0..k-1; their feeds. Call `end_epoch` when done with them."""
         self.end_epoch()
         self.token += 1
@@ -280,11 +282,11 @@ class WorkerFeeds:
             self._send(w, ("epoch", self.token, k, epoch, start, free))
         return [self._feed(w, self.token) for w in range(k)]
 
-    def _feed(self, w: int, token: int) -> Iterator[dict[str, Any]]:
+    def _feed(self, w: int, token: int) -> Iterator[Item]:
         while True:
             self._release()
             msg = self._receive(w)
-            if msg.get("_done") == token:
+            if msg == Done(token):
                 self.running.pop(w, None)
                 return
             yield self._item(w, msg)
@@ -298,7 +300,7 @@ class WorkerFeeds:
             self._send(w, ("stop", token))
         for w, token in list(self.running.items()):
             try:
-                while self._receive(w).get("_done") != token:
+                while self._receive(w) != Done(token):
                     pass
             except DataError:
                 pass  # it died or failed: its next epoch says so

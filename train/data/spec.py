@@ -19,6 +19,16 @@ class LoaderUnavailable(DataError):
     """A loader whose optional dependency is not installed."""
 
 
+class BatchBuffers(Protocol):
+    """Where a loader makes its batch tensors instead of its own pools (a DataLoader worker's
+    shared slots, `train.data.handover`): `place` takes one, `drop` gives back one whose batch
+    was copied elsewhere."""
+
+    def place(self, shape: tuple[int, ...], dtype: Any) -> Any: ...
+
+    def drop(self, tensor: Any) -> None: ...
+
+
 @dataclass(frozen=True)
 class LoaderSpec:
     root: str                      # shard set: local folder or URL (s3://bucket/prefix)
@@ -45,7 +55,7 @@ class LoaderSpec:
     no_savanna: bool = False       # masks: savanna ignored (255), the classes above it shift down (9 classes)
     part: int = 0                  # this reader's block of the rank's batches (DataLoader worker id) ...
     parts: int = 1                 # ... of this many (`plan.part_range`; 1: the rank's every batch)
-    shared_memory: bool = False    # batches in shared memory of their own (a DataLoader worker sends them as they are)
+    batch_buffers: BatchBuffers | None = None  # where batches are made (None: the loader's own pools)
 
 
 TARGETS: tuple[str, ...] = ("labels", "mask")

@@ -18,10 +18,11 @@ from sen12ms_common.storage import files as storage
 
 from .batches import BatchDecoder
 from .feeds import merged, prefetched, threaded_workers
+from .items import Decoded, Ended, Failed, Item, Skipped
 from .plan import EpochPlan, StreamPlan, buffer_shuffle, epoch_plan
 from .procs import SlotRing, SlotShape, WorkerFeeds
 from .shardread import RawSample, ShardError, ShardSource, check_shards, read_slice
-from .spec import DataError, LoaderSpec, check_modalities, mask_source
+from .spec import BatchBuffers, DataError, LoaderSpec, check_modalities, mask_source
 from .symmetry import SYMMETRIES
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ __all__ = ["ShardError", "WebDatasetLoader", "make_loader", "check_shards"]
 def _stream_raw(src: ShardSource, plan: StreamPlan, pool: BufferPool, events: list[str]) -> Iterator[RawSample]:
     for sl in plan.slices:
         try:
-            yield from read_slice(src, sl, pool.get)
+            yield from read_slice(src, sl, pool.take_bytes)
         except ShardError as exc:
             if not src.skip_bad:
                 raise
@@ -44,10 +45,19 @@ def _stream_raw(src: ShardSource, plan: StreamPlan, pool: BufferPool, events: li
             events.append(str(exc))
 
 
+def _give_back(pool: BufferPool, samples: Iterable[RawSample]) -> None:
+    """The members' buffers of samples decoded (or passed over) go back to their pool."""
+    for _, members, _ in samples:
+        for data in members.values():
+            if data is not None:
+                pool.give_bytes(data)
+
+
 def stream_batches(src: ShardSource, plan: StreamPlan, decoder: BatchDecoder, pool: BufferPool, *,
                    batch_size: int, shuffle: bool, bufsize: int, skip: int, events: list[str], readahead: int = 0,
-                   augment: bool = False) -> Iterator[tuple[int, dict[str, Any] | None]]:
-    """(j, batch) for batches j = skip, skip + 1, ... of one stream; skipped ones are not decoded.
+                   augment: bool = False) -> Iterator[tuple[int, tuple[dict[str, Any], int | None] | None]]:
+    """(j, (batch, slot) or None) for batches j = skip, skip + 1, ... of one stream (see
+    `BatchDecoder.decode`); skipped ones are not decoded.
     `readahead`: a thread of its own reads up to that many samples ahead (remote storage, where
     one stream waits on the network while the others are read); `augment`: a random symmetry of
     the square per sample (flips, 90-degree rotations)."""
@@ -58,8 +68,10 @@ def stream_batches(src: ShardSource, plan: StreamPlan, decoder: BatchDecoder, po
         items = buffer_shuffle(items, bufsize, np.random.default_rng(list(plan.seed)))
     it = iter(items)
     for _ in range(skip * batch_size):
-        if next(it, None) is None:
+        passed = next(it, None)
+        if passed is None:
             return
+        _give_back(pool, [passed])
     j = skip
     while True:
         chunk = [s for _, s in zip(range(batch_size), it)]
@@ -68,7 +80,9 @@ def stream_batches(src: ShardSource, plan: StreamPlan, decoder: BatchDecoder, po
         # A function of (seed, epoch, rank, stream, batch): a resumed run draws the same ones.
         sym = (np.random.default_rng([*plan.seed, j, _AUGMENT]).integers(0, SYMMETRIES, len(chunk))
                if augment else None)
-        yield j, decoder.decode(chunk, batch_size, events, sym)
+        got = decoder.decode_slotted(chunk, batch_size, events, sym)
+        _give_back(pool, chunk)
+        yield j, got
         j += 1
 
 
@@ -86,9 +100,8 @@ class EpochStreams:
     def __init__(self, src: ShardSource, counts: tuple[int, ...], *, batch_size: int, seed: int, shuffle: bool,
                  streams: int, rank: int, world_size: int, shuffle_buffer: int, threads: int = 1,
                  pin_memory: bool = False, augment: bool = False, part: int = 0, parts: int = 1,
-                 shared: bool = False) -> None:
-        self.src, self.counts = src, counts
-        self.shared = shared
+                 buffers: BatchBuffers | None = None) -> None:
+        self.src, self.counts, self.buffers = src, counts, buffers
         self.part, self.parts = part, parts
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.streams, self.rank, self.world_size = streams, rank, world_size
@@ -105,7 +118,7 @@ class EpochStreams:
         if d is None or d.threads != max(1, threads):
             if d is not None:
                 d.close()
-            d = self._decoders[w] = BatchDecoder(self.src, threads, self.pin_memory, self.shared)
+            d = self._decoders[w] = BatchDecoder(self.src, threads, self.pin_memory, self.buffers)
         return d
 
     def close(self) -> None:
@@ -123,11 +136,11 @@ class EpochStreams:
                           shuffle=self.shuffle, streams=self.streams, rank=self.rank, world_size=self.world_size,
                           part=self.part, parts=self.parts)
 
-    def batches(self, w: int, k: int, threads: int, slots: Any = None) -> Iterator[dict[str, Any]]:
-        """The items of reader w of k (a worker process or a reading thread): batches of the
-        streams v with v % k == w in canonical order, "_skip" for a batch whose samples all
-        failed, "_end" for a stream that ended early (and at the end), "_error"; `threads`: its
-        decoding threads; `slots`: a worker process's shared memory, its batches are made in."""
+    def batches(self, w: int, k: int, threads: int, slots: Any = None) -> Iterator[Item]:
+        """The items of reader w of k (a worker process or a reading thread, `train.data.items`):
+        the batches of the streams v with v % k == w in canonical order, `Ended` for each stream
+        (early: skipped shards); `threads`: its decoding threads; `slots`: a worker process's
+        shared memory, its batches are made in."""
         plan = self.plan()
         skips = skip_counts(plan, self.start_batch)
         mine = [s for s in plan.streams if s.index % k == w and s.batches > skips[s.index]]
@@ -158,24 +171,22 @@ class EpochStreams:
                 got = next(gens[v], None)
                 if got is None:
                     ended.add(v)
-                    yield {"_end": v, "_events": take()}
+                    yield Ended(v, take())
                     continue
-                batch = got[1]
+                decoded = got[1]
                 if j == last[v]:
                     # Run the stream to its end: the end-of-shard checks (sha256, sample count) of
                     # its last shard happen only after its last sample was read.
                     next(gens[v], None)
-                if batch is None:
-                    yield {"_skip": (j, v), "_events": take()}
+                if decoded is None:
+                    yield Skipped((j, v), take())
                     continue
-                batch["_slot"] = (j, v)
-                batch["_events"] = take()
-                yield batch
+                yield Decoded((j, v), decoded[0], take(), decoded[1])
             for v in gens:
                 if v not in ended:
-                    yield {"_end": v, "_events": take()}
+                    yield Ended(v, take())
         except ShardError as exc:
-            yield {"_error": str(exc), "_events": take()}
+            yield Failed(str(exc), take())
 
 
 @dataclass(frozen=True)
@@ -184,13 +195,13 @@ class EpochRunner:
 
     streams: EpochStreams
 
-    def __call__(self, w: int, k: int, epoch: int, start: int, slots: Any) -> Iterator[dict[str, Any]]:
+    def __call__(self, w: int, k: int, epoch: int, start: int, slots: Any) -> Iterator[Item]:
         ds = self.streams
         ds.epoch, ds.start_batch = epoch, start
         return ds.batches(w, k, ds.threads, slots)
 
 
-def ordered(items: Iterable[dict[str, Any]], order: Iterable[tuple[int, int]],
+def ordered(items: Iterable[Item], order: Iterable[tuple[int, int]],
             on_events: Callable[[list[str]], None]) -> Iterator[dict[str, Any]]:
     """Batches from several workers in the canonical `order`; batches of a stream that ended
     early (skipped shards) are left out."""
@@ -212,19 +223,16 @@ def ordered(items: Iterable[dict[str, Any]], order: Iterable[tuple[int, int]],
                 return
 
     for item in items:
-        events = item.pop("_events", None)
-        if events:
-            on_events(list(events))
-        if "_error" in item:
-            raise ShardError(item["_error"])
-        if "_end" in item:
-            ended.add(int(item["_end"]))
-        elif "_skip" in item:
-            j, v = item["_skip"]
-            skipped.add((int(j), int(v)))
+        if item.events:
+            on_events(list(item.events))
+        if isinstance(item, Failed):
+            raise ShardError(item.message)
+        if isinstance(item, Ended):
+            ended.add(item.stream)
+        elif isinstance(item, Skipped):
+            skipped.add(item.at)
         else:
-            j, v = item.pop("_slot")
-            pending[(int(j), int(v))] = item
+            pending[item.at] = item.batch
         yield from ready()
     if expected:
         raise DataError(f"the loader delivered no batch {expected[0]} of this epoch (internal error)")
@@ -246,7 +254,7 @@ class WebDatasetLoader:
                                     world_size=spec.world_size, shuffle_buffer=spec.shuffle_buffer,
                                     threads=decode_threads(spec), pin_memory=spec.pin_memory,
                                     augment=spec.augment and spec.train, part=spec.part, parts=spec.parts,
-                                    shared=spec.shared_memory)
+                                    buffers=spec.batch_buffers)
         first = self.dataset.plan()  # sample and batch counts do not depend on the epoch
         self.samples, self._batches = first.samples, first.batches
         self.skipped: list[str] = []

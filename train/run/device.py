@@ -60,13 +60,14 @@ class InputTransform:
         self.clip = (torch.as_tensor(transform.clip, dtype=torch.float32, device=device).reshape(shape)
                      if bool(finite.any()) else None)
 
-    def __call__(self, image: torch.Tensor, symmetry: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, image: torch.Tensor, symmetry: torch.Tensor | None = None,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
         """`symmetry`: the batch's `--augment` codes, applied here on the device (the loader never
         pays for the strided moves): on a GPU one copy per sample before the conversion, on a CPU
-        as each sample is converted."""
+        as each sample is converted. `out`: on a CPU, the float32 tensor to write the batch into."""
         x = image.to(self.device, non_blocking=True)
         if x.device.type == "cpu" and not x.is_floating_point():
-            x = self._cpu_normalised(x, symmetry)
+            x = self._cpu_normalised(x, symmetry, out)
         else:
             x = apply_symmetries(x, symmetry)
             if not x.is_floating_point():  # stored values; a float batch is model input already
@@ -80,12 +81,13 @@ class InputTransform:
         self._affine(out)
         return out
 
-    def _cpu_normalised(self, x: torch.Tensor, symmetry: torch.Tensor | None) -> torch.Tensor:
+    def _cpu_normalised(self, x: torch.Tensor, symmetry: torch.Tensor | None,
+                        out: torch.Tensor | None = None) -> torch.Tensor:
         # A few samples at a time, so that the float passes stay in cache: about 2x the rate of
         # whole-batch passes, which go to memory three times (docs/performance.md). A sample's
         # symmetry is a strided view (or a flipped copy) read by the conversion's copy itself.
         codes = None if symmetry is None else check_symmetries(x, symmetry).tolist()
-        out = self._cpu_out(x.shape)
+        out = self._cpu_out(x.shape) if out is None else out
         for i in range(0, x.shape[0], CPU_CHUNK):
             part = out[i:i + CPU_CHUNK]
             if codes is None:
