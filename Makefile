@@ -98,7 +98,7 @@ bench: $(BENCH_STAMP)
 	$(PY) -m bench
 
 gpu-check: install
-	$(PY) -m bench.gpucheck --scratch $(GPU_CHECK_DIR)
+	$(PY) -m bench.gpu.check --scratch $(GPU_CHECK_DIR)
 
 # Only what the targets above made: out/ (the README's shards) and runs/ (the trainer's default
 # run folder) hold real work and are never touched.

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import click
 
-from bench.report import build_rows, markdown, plot
-from bench.results import Results
-from bench.run import CODECS, BenchConfig, quick_config, run_bench
+from bench.measure.results import Results
+from bench.report.page import build_rows, markdown, plot
+from bench.run.config import BenchConfig, quick_config
+from bench.run.rounds import run_bench
 from sen12ms_common.errors import report_errors
+from sen12ms_common.format.codecs import CODECS
 
 
 def _codecs(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:

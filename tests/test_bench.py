@@ -1,5 +1,5 @@
 """`python -m bench` on a tiny dataset with one round: every row of the table, sane numbers; and
-`bench.geotiff` (the original's way) against the original's preprocessing written out."""
+`bench.originals.geotiff` (the original's way) against the original's preprocessing written out."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import torch
 from click.testing import CliRunner
 
 from bench.__main__ import main
-from bench.dataset import REAL_TRIPLETS, add_real_patches
-from bench.geotiff import GeoTiffDataError, GeoTiffDataset, original_loader
+from bench.inputs.dataset import REAL_TRIPLETS, add_real_patches
+from bench.originals.geotiff import GeoTiffDataError, GeoTiffDataset, original_loader
 from sen12ms_common.vocab.bands import OFFICIAL_MEAN, OFFICIAL_STD, INPUT_SETS
 from sen12ms_common.vocab.igbp import probability_from_igbp, to_simple
 from sen12ms_common.vocab.patches import parse_patch

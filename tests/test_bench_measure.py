@@ -7,8 +7,8 @@ import weakref
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from bench.loaders import LoaderSettings, webdataset_spec
-from bench.measure import warm_up
+from bench.cases.loaders import LoaderSettings, webdataset_spec
+from bench.measure.timing import warm_up
 from train.data import make_loader
 
 
@@ -32,7 +32,7 @@ def test_the_warm_up_epoch_holds_no_batch_when_the_timed_epoch_starts(sample_sha
 
 
 def test_only_keeps_the_rows_under_its_prefixes_and_the_blocks_that_hold_them():
-    from bench.run import BenchConfig
+    from bench.run.config import BenchConfig
 
     every = BenchConfig()
     assert all(every.wants(k) for k in ("conv", "peer/litdata/zstd/1", "wds/none/float/1", "s3"))

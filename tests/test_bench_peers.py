@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import rasterio
 
-from bench.dataset import DatasetParams, ensure_shards, prepare
-from bench.loaders import LoaderSettings, webdataset_spec
-from bench.peercases import PEER_ROWS, peer_rows, prepare_peers
-from bench.peers import (PeerUnavailable, litdata_repeat, mds_repeat, peer_version, torchgeo_bands, torchgeo_repeat,
-                         torchgeo_root, write_litdata, write_mds)
-from bench.results import Results
-from bench.rows import _row
-from bench.rows import CODEC_NAMES
+from bench.cases.loaders import LoaderSettings, webdataset_spec
+from bench.cases.peercases import PEER_ROWS, peer_rows, prepare_peers
+from bench.cases.peers import (PeerUnavailable, litdata_repeat, mds_repeat, peer_version, torchgeo_bands,
+                               torchgeo_repeat, torchgeo_root, write_litdata, write_mds)
+from bench.inputs.dataset import DatasetParams, ensure_shards, prepare
+from bench.measure.results import Results
+from bench.report.rows import _row
+from bench.report.rows import CODEC_NAMES
 from sen12ms_common.vocab.bands import resolve_bands
 from sen12ms_common.vocab.patches import parse_patch
 

@@ -373,7 +373,7 @@ def test_train_cli_runs_end_to_end_with_the_dali_loader(shard_sets, tmp_path):
 
 
 def test_throughput_reports_samples_per_second(shard_sets):
-    from bench.dali import throughput
+    from bench.cases.dali import throughput
 
     for loader in ("dali", "webdataset"):
         res = throughput(str(shard_sets["none"]), "test", loader=loader, threads=1 if loader == "dali" else 0,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.gpucheck import CheckResult, make_shards, render
-from bench.gpuloop import compare, train_rate
+from bench.gpu.check import CheckResult, make_shards, render
+from bench.gpu.loop import compare, train_rate
 from sen12ms_common.format.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the check would run")
 def test_without_cuda_one_line_and_exit_0(tmp_path: Path):
-    proc = subprocess.run([sys.executable, "-m", "bench.gpucheck", "--scratch", str(tmp_path / "scratch"), "--out",
+    proc = subprocess.run([sys.executable, "-m", "bench.gpu.check", "--scratch", str(tmp_path / "scratch"), "--out",
                            str(tmp_path / "gpu.md")], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["gpu-check: no CUDA device here (torch.cuda.is_available() is False): "
@@ -31,7 +31,7 @@ def test_without_cuda_one_line_and_exit_0(tmp_path: Path):
 
 def test_make_gpu_check_is_a_target():
     make = (REPO / "Makefile").read_text()
-    assert "\ngpu-check: install\n\t$(PY) -m bench.gpucheck --scratch $(GPU_CHECK_DIR)\n" in make
+    assert "\ngpu-check: install\n\t$(PY) -m bench.gpu.check --scratch $(GPU_CHECK_DIR)\n" in make
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_training_loop_measures_rate_and_stall(shard_sets: dict[str, Path], load
 
 
 def test_the_page_holds_both_tables():
-    from bench.gpuloop import Comparison, TrainRate
+    from bench.gpu.loop import Comparison, TrainRate
 
     result = CheckResult("NVIDIA H100 80GB HBM3", [Comparison("lz4", 4, 60, 2.4e-7, True)],
                          [TrainRate("lz4", "dali", 300, 2450.4, 0.031, "bfloat16", True)], seconds=201.0)

@@ -22,7 +22,7 @@ from s3server import (FaultProxy, WeedServer, apply_env, clear_s3_caches, fault_
                       start_server)
 from webdataset_s3 import ShardOpener, gopen_s3, register_gopen
 
-from bench.s3rows import read_throughput
+from bench.cases.s3rows import read_throughput
 from sen12ms_common.format.manifest import load_manifest
 from sen12ms_common.storage import files as storage
 from sen12ms_common.storage.files import (RetryPolicy, ShardSizeError, StorageAccessError, StorageNotFoundError,

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench.dataset import add_real_patches
-from bench.geotiff import original_loader
-from bench.seggeotiff import SegGeoTiffDataset
+from bench.inputs.dataset import add_real_patches
+from bench.originals.geotiff import original_loader
+from bench.originals.seggeotiff import SegGeoTiffDataset
 from segdata import band1, convert_both, make_trees, read_all, run_convert
 from sen12ms_common.format.manifest import checksums_of, load_manifest
 from sen12ms_common.vocab.bands import resolve_bands
@@ -144,7 +144,7 @@ def test_worker_processes_give_the_same_mask_batches(setup):
 
 
 def test_the_baselines_way_gives_the_same_samples(setup):
-    """`bench.seggeotiff` (the bench's reference) and our loader: the same masks, and model
+    """`bench.originals.seggeotiff` (the bench's reference) and our loader: the same masks, and model
     input within S1 quantisation."""
     sen, dfc, shards = setup
     for tree, split in ((sen, "train"), (dfc, "dfc2020_val")):

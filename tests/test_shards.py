@@ -18,7 +18,7 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 
-from bench.dataset import REAL_TRIPLETS
+from bench.inputs.dataset import REAL_TRIPLETS
 from convert.cli import cli
 from convert.datafiles.labels import derive_labels
 from convert.shards.plan import parse_size, shuffle_order

@@ -21,7 +21,7 @@ from sen12ms_common.format.manifest import MANIFEST_NAME, load_manifest
 from sen12ms_common.format.sample import DEFAULT_LEVEL, SampleLayout
 from sen12ms_common.vocab.patches import parse_patch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATASET_VERSION = 1
 STAMP = "dataset.json"
 SHARD_STAMP = "bench-shards.json"

@@ -1,4 +1,4 @@
-"""`python -m bench.daliworker`: runs DALI loader repeats for the bench in a process of its own."""
+"""`python -m bench.cases.daliworker`: runs DALI loader repeats for the bench in a process of its own."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 import sys
 import traceback
 
-from bench.loaders import LoaderSettings, webdataset_spec
-from bench.measure import pinned, steady_rate
+from bench.cases.loaders import LoaderSettings, webdataset_spec
+from bench.measure.timing import pinned, steady_rate
 
 
 def _answer(out, obj: dict) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from bench import peercases
-from bench.frontdoor import front_door_rows
-from bench.measure import Stat
-from bench.results import Results, Row, fmt_ratio
+from bench.cases import peercases
+from bench.cases.frontdoor import front_door_rows
+from bench.measure.results import Results, Row, fmt_ratio
+from bench.measure.timing import Stat
 from sen12ms_common.cpus import usable_cpus
 
 CODEC_NAMES = {"zstd": "zstd 3, byte-shuffled", "lz4": "lz4 blocks", "none": "uncompressed"}

@@ -11,7 +11,7 @@ import lz4.block
 import numpy as np
 import zstandard
 
-from bench.measure import Repeat, steady_rate
+from bench.measure.timing import Repeat, steady_rate
 from sen12ms_common.format.codecs import BandDecoder
 from sen12ms_common.format.manifest import index_name, load_manifest
 from sen12ms_common.format.mapped import map_file

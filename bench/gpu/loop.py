@@ -1,4 +1,4 @@
-"""The measuring parts of `make gpu-check` (bench.gpucheck): the DALI pipeline's batches against
+"""The measuring parts of `make gpu-check` (bench.gpu.check): the DALI pipeline's batches against
 the webdataset loader's, and a short training run fed by one loader with its data-stall share.
 Device-agnostic, so that the tests run them on the CPU (DALI's CPU pipeline, a small model)."""
 

@@ -12,12 +12,12 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from bench.measure import Repeat, steady_rate
-from bench.stock import _stock_decode, read_index
+from bench.cases.stock import _stock_decode, read_index
+from bench.measure.timing import Repeat, steady_rate
 from sen12ms_common.format.manifest import index_name, load_manifest
 from sen12ms_common.vocab.bands import resolve_bands
 
@@ -83,36 +83,42 @@ def _fresh(out: Path, stamp: dict) -> bool:
     return False
 
 
+def _peer_set(peer: str, source: Path, out: Path, codec: str, input_spec: str, samples: int,
+              write: Callable[[], None]) -> Path:
+    """The set of `peer` at `out`: reused while its stamp matches these parameters (and the peer's
+    version), else emptied, made by `write()` and stamped (the stamp last: a killed write is redone)."""
+    stamp = {"peer": peer, "version": peer_version(peer), "codec": codec, "input": input_spec,
+             "samples": samples, "source": str(source.name)}
+    if not _fresh(out, stamp):
+        write()
+        (out / STAMP).write_text(json.dumps(stamp) + "\n")
+    return out
+
+
 def write_litdata(source: Path, out: Path, codec: str, input_spec: str, samples: int) -> Path:
     """litdata's `optimize` (its writer, its defaults) over the arrays, zstd or uncompressed."""
-    stamp = {"peer": "litdata", "version": peer_version("litdata"), "codec": codec, "input": input_spec,
-             "samples": samples, "source": str(source.name)}
-    if _fresh(out, stamp):
-        return out
-    import litdata  # optional extra: the bench's peers
+    def write() -> None:
+        import litdata  # optional extra: the bench's peers
 
-    litdata.optimize(fn=_litdata_fn, inputs=_shard_inputs(source, input_spec), output_dir=str(out), num_workers=1,
-                     compression="zstd" if codec == "zstd" else None, chunk_bytes="64MB", verbose=False,
-                     mode="overwrite")
-    (out / STAMP).write_text(json.dumps(stamp) + "\n")
-    return out
+        litdata.optimize(fn=_litdata_fn, inputs=_shard_inputs(source, input_spec), output_dir=str(out),
+                         num_workers=1, compression="zstd" if codec == "zstd" else None, chunk_bytes="64MB",
+                         verbose=False, mode="overwrite")
+
+    return _peer_set("litdata", source, out, codec, input_spec, samples, write)
 
 
 def write_mds(source: Path, out: Path, codec: str, input_spec: str, samples: int) -> Path:
     """MosaicML streaming's `MDSWriter` over the arrays, zstd or uncompressed."""
-    stamp = {"peer": "mds", "version": peer_version("mds"), "codec": codec, "input": input_spec,
-             "samples": samples, "source": str(source.name)}
-    if _fresh(out, stamp):
-        return out
-    from streaming import MDSWriter  # optional extra: the bench's peers
+    def write() -> None:
+        from streaming import MDSWriter  # optional extra: the bench's peers
 
-    columns = {"image": "ndarray:uint16", "label": "ndarray:float32"}
-    with MDSWriter(out=str(out), columns=columns, compression="zstd" if codec == "zstd" else None) as writer:
-        for item in _shard_inputs(source, input_spec):
-            for sample in shard_samples(*item):
-                writer.write(sample)
-    (out / STAMP).write_text(json.dumps(stamp) + "\n")
-    return out
+        columns = {"image": "ndarray:uint16", "label": "ndarray:float32"}
+        with MDSWriter(out=str(out), columns=columns, compression="zstd" if codec == "zstd" else None) as writer:
+            for item in _shard_inputs(source, input_spec):
+                for sample in shard_samples(*item):
+                    writer.write(sample)
+
+    return _peer_set("mds", source, out, codec, input_spec, samples, write)
 
 
 def torchgeo_root(tree: Path, out: Path, keys: list[str]) -> Path:

@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from bench.dataset import BenchDataset, ensure_shards
-from bench.measure import Repeat, one_cpu
-from bench.peers import (PeerUnavailable, litdata_repeat, mds_repeat, peer_files, peer_version, torchgeo_repeat,
-                         torchgeo_root, write_litdata, write_mds)
-from bench.results import Results, Row, fmt_ratio
+from bench.cases.peers import (PeerUnavailable, litdata_repeat, mds_repeat, peer_files, peer_version,
+                               torchgeo_repeat, torchgeo_root, write_litdata, write_mds)
+from bench.inputs.dataset import BenchDataset, ensure_shards
+from bench.measure.results import Results, Row, fmt_ratio
+from bench.measure.timing import Repeat, one_cpu
 
 # (row key, peer, codec of its set): litdata and MDS write zstd or nothing (neither writes lz4);
 # TorchGeo reads the uncompressed GeoTIFFs.
@@ -71,7 +71,7 @@ def peer_cases(ds: BenchDataset, roots: dict[str, Path], input_spec: str, batch_
 
 def peer_rows(res: Results, codecs: tuple[str, ...], group: str, codec_names: dict[str, str], make_row) -> list[Row]:
     """A row per peer and codec (uint16 batches, one core), each against ours on that codec;
-    `make_row(group, what, cores, key, unit, per_core=, compared=)` as bench.rows builds rows."""
+    `make_row(group, what, cores, key, unit, per_core=, compared=)` as bench.report.rows builds rows."""
     rows = []
     for key, peer, codec in PEER_ROWS:
         ours = f"wds/{codec}/uint16/1"

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from bench.measure import Repeat
+from bench.measure.timing import Repeat
 from sen12ms_common.errors import Sen12msError
 from sen12ms_common.format.manifest import load_manifest
 from sen12ms_common.storage import files as storage

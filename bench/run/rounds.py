@@ -5,66 +5,29 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from bench.conversion import conversion_repeat
-from bench.dali import DaliUnavailable, DaliWorker
-from bench.dataset import DatasetParams, ensure_shards, geotiff_bytes, prepare, preread, real_patch_bytes, \
-    reference_root, shard_files
-from bench.loaders import (LoaderSettings, first_batch_check, original_repeat, seg_original_repeat,
-                           seg_webdataset_repeat, webdataset_repeat)
-from bench.measure import Repeat, one_cpu, pinned
-from bench.results import Results
-from bench.s3rows import S3Unavailable, local_server, read_only_repeat, shards_url, tree_url, upload_bench_data
-from bench.training import StepBench, TrainingSettings, cuda_model_rate
+from bench.cases.conversion import conversion_repeat
+from bench.cases.dali import DaliUnavailable, DaliWorker
+from bench.cases.loaders import (first_batch_check, original_repeat, seg_original_repeat, seg_webdataset_repeat,
+                                 webdataset_repeat)
+from bench.cases.s3rows import S3Unavailable, local_server, read_only_repeat, shards_url, tree_url, upload_bench_data
+from bench.cases.training import StepBench, cuda_model_rate
+from bench.inputs.dataset import (ensure_shards, geotiff_bytes, prepare, preread, real_patch_bytes, reference_root,
+                                  shard_files)
+from bench.measure.results import Results
+from bench.measure.timing import Repeat, one_cpu, pinned
+from bench.run.config import OUTPUTS, SEG_CODEC, BenchConfig, cores_configs
 from sen12ms_common.cpus import usable_cpus
 from sen12ms_common.datafiles.read import load_labels
-from sen12ms_common.format.codecs import CODECS  # every codec of the shard format
 from sen12ms_common.format.manifest import load_manifest
 from sen12ms_common.vocab.bands import resolve_bands
 
-REPO = Path(__file__).resolve().parents[1]
-OUTPUTS = ("uint16", "float", "uint16-noverify")
-SEG_CODEC = "zstd"  # the segmentation rows read shards of this codec that hold lc
-
-
-@dataclass
-class BenchConfig:
-    data: Path = REPO / "bench" / "data"
-    scratch: Path = REPO / "bench" / "out"
-    dataset: DatasetParams = field(default_factory=DatasetParams)
-    repeats: int = 3
-    codecs: tuple[str, ...] = CODECS
-    shard_size: int = 8_000_000
-    loader: LoaderSettings = field(default_factory=LoaderSettings)
-    training: TrainingSettings = field(default_factory=TrainingSettings)
-    s3: bool = True
-    dali: bool = True
-    progress: bool = True
-    quick: bool = False
-    gpu_rate: float | None = None  # model-alone samples/s of a GPU to plan for, where none is measured
-    peers: bool = True  # litdata, MosaicML streaming and TorchGeo rows (the `.[bench]` extra)
-    only: tuple[str, ...] = ()  # measure only the loader rows whose keys start with one of these
-
-    def wants(self, prefix: str) -> bool:
-        """Whether `--only` leaves a row key starting with `prefix` (or within it) measured."""
-        return not self.only or any(o.startswith(prefix) or prefix.startswith(o) for o in self.only)
-
-
-def quick_config(cfg: BenchConfig) -> BenchConfig:
-    """`--quick`: one round; the same dataset (reused)."""
-    return replace(cfg, repeats=1, quick=True)
-
-
-def _cores_configs() -> list[tuple[str, int, Callable[[int], int | None]]]:
-    """(label, workers, cpu of round r): one worker pinned to one CPU, and one per CPU unpinned."""
-    n = usable_cpus()
-    one = ("1", 1, one_cpu)
-    return [one] if n == 1 else [one, (str(n), n, lambda r: None)]
+Case = tuple[str, Callable[[int], Repeat], list[Path]]  # key, run(round), files to pre-read
 
 
 class Bench:
@@ -102,7 +65,7 @@ class Bench:
             "train_batch_size": cfg.training.batch_size, "warmup": cfg.training.warmup, "steps": cfg.training.steps}
         self.peer_roots: dict[str, Path] = {}
         if cfg.peers and cfg.wants("peer"):
-            from bench.peercases import prepare_peers  # start-up time: the peers' modules only when they are measured
+            from bench.cases.peercases import prepare_peers  # start-up time: the peers' modules only when measured
 
             self.peer_roots = prepare_peers(self.ds, cfg.loader.input_spec, cfg.shard_size, usable_cpus(), res, self.say)
         elif not cfg.peers:
@@ -146,7 +109,7 @@ class Bench:
         cfg, res = self.cfg, self.res
         for r in range(cfg.repeats):
             for codec in cfg.codecs:
-                for label, workers, cpu_of in _cores_configs():
+                for label, workers, cpu_of in cores_configs():
                     key = f"conv/{codec}/{label}"
                     out = cfg.scratch / "convert" / f"{codec}-{label}"
                     try:
@@ -160,17 +123,10 @@ class Bench:
 
     # --- loaders ----------------------------------------------------------------------------
 
-    def loader_cases(self) -> list[tuple[str, Callable[[int], Repeat], list[Path]]]:
+    def loader_cases(self) -> list[Case]:
         """(key, run(round) -> Repeat, files to pre-read) of every loader row."""
-        from bench.frontdoor import WORKERS as door_workers  # start-up time: torch only when used
-        from bench.frontdoor import dataset_repeat  # start-up time: torch only when used
-        from bench.frontdoor import key as door_key  # start-up time: torch only when used
-        from bench.stock import floor_repeat, limit_repeat, stock_repeat  # start-up time: numba only when used
-
-        cfg, ds = self.cfg, self.ds
-        st = cfg.loader
-        tree_files = ds.files(ds.keys)
-        cases: list[tuple[str, Callable[[int], Repeat], list[Path]]] = []
+        cfg, ds, st = self.cfg, self.ds, self.cfg.loader
+        cases: list[Case] = []
 
         def case(key: str, files: list[Path], cpu_of: Callable[[int], int | None], fn: Callable[[int], Repeat]) -> None:
             def run(r: int) -> Repeat:
@@ -178,59 +134,74 @@ class Bench:
                     return fn(r)
             cases.append((key, run, files))
 
-        for label, workers, cpu_of in _cores_configs():
-            case(f"orig/{label}", tree_files, cpu_of,
+        for label, workers, cpu_of in cores_configs():
+            case(f"orig/{label}", ds.files(ds.keys), cpu_of,
                  lambda r, w=workers: original_repeat(str(ds.tree), self.names, self.labels, st, w, seed=r))
         if SEG_CODEC in cfg.codecs:
             self.segmentation_cases(case)
         for codec in cfg.codecs:
-            root = str(ds.shards(codec))
-            files = shard_files(ds.shards(codec))
-            for label, n, cpu_of in _cores_configs():
-                for output in OUTPUTS:
-                    if output == "uint16-noverify" and label != "1":
-                        continue  # the cost of verification shows on one core
-                    case(f"wds/{codec}/{output}/{label}", files, cpu_of,
-                         lambda r, output=output, root=root: webdataset_repeat(
-                             root, st, "auto", seed=r, to_float=output == "float", verify=output != "uint16-noverify"))
-                # The other way of using the cores than the default (--workers auto): one worker
-                # process on one core, reading threads on several.
-                case(f"alt/{codec}/uint16/{label}", files, cpu_of,
-                     lambda r, n=n, root=root: webdataset_repeat(root, st, 1 if n == 1 else 0, seed=r, to_float=False,
-                                                                 threads=1 if n == 1 else n))
-                if self.dali is not None:
-                    cases.append((f"dali/{codec}/{label}", lambda r, root=root, n=n, cpu_of=cpu_of: self.dali.repeat(
-                        root, st, n, seed=r, cpu=cpu_of(r)), files))
-            for w in door_workers:
-                case(door_key(codec, w), files, one_cpu,
-                     lambda r, w=w, root=root: dataset_repeat(root, st, w, seed=r))
-            case(f"stock/{codec}/1", files, one_cpu, lambda r, root=root: stock_repeat(root, st.input_spec,
-                                                                                       st.batch_size, r))
-            if codec == "zstd":
-                rgb = replace(st, input_spec="rgb")
-                case("rgb/zstd/uint16/1", files, one_cpu,
-                     lambda r, root=root: webdataset_repeat(root, rgb, 0, seed=r, to_float=False, threads=1))
-                case("aug/zstd/uint16/1", files, one_cpu, lambda r, root=root: webdataset_repeat(
-                    root, st, 0, seed=r, to_float=False, threads=1, augment=True))
-                case("aug/zstd/float/1", files, one_cpu, lambda r, root=root: webdataset_repeat(
-                    root, st, 0, seed=r, to_float=True, threads=1, augment=True))
-            if codec == "none":
-                case("floor/none", files, one_cpu, lambda r, root=root: floor_repeat(root, st.input_spec,
-                                                                                     st.batch_size))
-            case(f"limit/{codec}", files, one_cpu, lambda r, root=root: limit_repeat(root, st.input_spec,
-                                                                                     st.batch_size))
+            self.codec_cases(codec, case, cases.append)
+            self.one_core_cases(codec, case)
         if self.peer_roots:
-            from bench.peercases import peer_cases  # start-up time: the peers' modules only when they are measured
+            from bench.cases.peercases import peer_cases  # start-up time: the peers' modules only when measured
 
             peer_cases(ds, self.peer_roots, st.input_spec, st.batch_size, cfg.scratch / "peer-cache", case)
         return [c for c in cases if cfg.wants(c[0])]
+
+    def codec_cases(self, codec: str, case: Callable, add: Callable[[Case], None]) -> None:
+        """Our loader on the shards of `codec` in each way of using the cores: each output, the other
+        way than the default, and DALI (pinned by its own process, so `add`ed as it is)."""
+        st = self.cfg.loader
+        root = str(self.ds.shards(codec))
+        files = shard_files(self.ds.shards(codec))
+        for label, n, cpu_of in cores_configs():
+            for output in OUTPUTS:
+                if output == "uint16-noverify" and label != "1":
+                    continue  # the cost of verification shows on one core
+                case(f"wds/{codec}/{output}/{label}", files, cpu_of,
+                     lambda r, output=output: webdataset_repeat(
+                         root, st, "auto", seed=r, to_float=output == "float", verify=output != "uint16-noverify"))
+            # The other way of using the cores than the default (--workers auto): one worker
+            # process on one core, reading threads on several.
+            case(f"alt/{codec}/uint16/{label}", files, cpu_of,
+                 lambda r, n=n: webdataset_repeat(root, st, 1 if n == 1 else 0, seed=r, to_float=False,
+                                                  threads=1 if n == 1 else n))
+            if self.dali is not None:
+                add((f"dali/{codec}/{label}", lambda r, n=n, cpu_of=cpu_of: self.dali.repeat(
+                    root, st, n, seed=r, cpu=cpu_of(r)), files))
+
+    def one_core_cases(self, codec: str, case: Callable) -> None:
+        """The rows on one core beside ours on `codec`: the front door, a stock webdataset pipeline,
+        rgb and augmented batches (zstd), the memory-copy floor (none) and the codec's limit."""
+        from bench.cases.frontdoor import WORKERS as door_workers  # start-up time: torch only when used
+        from bench.cases.frontdoor import dataset_repeat  # start-up time: torch only when used
+        from bench.cases.frontdoor import key as door_key  # start-up time: torch only when used
+        from bench.cases.stock import floor_repeat, limit_repeat, stock_repeat  # start-up time: numba only when used
+
+        st = self.cfg.loader
+        root = str(self.ds.shards(codec))
+        files = shard_files(self.ds.shards(codec))
+        for w in door_workers:
+            case(door_key(codec, w), files, one_cpu, lambda r, w=w: dataset_repeat(root, st, w, seed=r))
+        case(f"stock/{codec}/1", files, one_cpu, lambda r: stock_repeat(root, st.input_spec, st.batch_size, r))
+        if codec == "zstd":
+            rgb = replace(st, input_spec="rgb")
+            case("rgb/zstd/uint16/1", files, one_cpu,
+                 lambda r: webdataset_repeat(root, rgb, 0, seed=r, to_float=False, threads=1))
+            case("aug/zstd/uint16/1", files, one_cpu, lambda r: webdataset_repeat(
+                root, st, 0, seed=r, to_float=False, threads=1, augment=True))
+            case("aug/zstd/float/1", files, one_cpu, lambda r: webdataset_repeat(
+                root, st, 0, seed=r, to_float=True, threads=1, augment=True))
+        if codec == "none":
+            case("floor/none", files, one_cpu, lambda r: floor_repeat(root, st.input_spec, st.batch_size))
+        case(f"limit/{codec}", files, one_cpu, lambda r: limit_repeat(root, st.input_spec, st.batch_size))
 
     def segmentation_cases(self, case: Callable) -> None:
         """Image + mask batches: the DFC2020 baseline's way (GeoTIFFs) and ours (shards with lc)."""
         ds, st = self.ds, self.cfg.loader
         seg_root = ds.shards(SEG_CODEC, lc=True)
         tree_files = ds.files(ds.keys, ("s2", "s1", "lc"))
-        for label, n, cpu_of in _cores_configs():
+        for label, n, cpu_of in cores_configs():
             case(f"seg/orig/{label}", tree_files, cpu_of,
                  lambda r, w=n: seg_original_repeat(str(ds.tree), ds.keys, st, w, seed=r))
             case(f"seg/wds/{label}", shard_files(seg_root), cpu_of,
@@ -352,7 +323,7 @@ class Bench:
                 names = [k + ".tif" for k in ds.subset_keys]
                 surl, turl = shards_url(server), tree_url(server)
                 cases: list[tuple[str, Callable[[int], Repeat]]] = [("s3/read", lambda r: read_only_repeat(surl))]
-                for label, workers, _ in _cores_configs():
+                for label, workers, _ in cores_configs():
                     cases.append((f"s3/ours/{label}", lambda r, w=workers: webdataset_repeat(
                         surl, cfg.loader, w, seed=r, to_float=True)))
                     cases.append((f"s3/orig/{label}", lambda r, w=workers: original_repeat(

@@ -9,8 +9,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from bench.geotiff import GeoTiffDataset, original_loader
-from bench.loaders import LoaderSettings, webdataset_spec
+from bench.cases.loaders import LoaderSettings, webdataset_spec
+from bench.originals.geotiff import GeoTiffDataset, original_loader
 from sen12ms_common.vocab.bands import resolve_bands
 from train.data import make_loader
 from train.run.setup import make_setup

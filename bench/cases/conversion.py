@@ -9,8 +9,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from bench.dataset import BenchDataset, preread, shard_options
-from bench.measure import Repeat, pinned
+from bench.inputs.dataset import BenchDataset, preread, shard_options
+from bench.measure.timing import Repeat, pinned
 from convert.shards.conversion import convert_shards
 
 

@@ -1,4 +1,4 @@
-"""The DALI rows: a client of `bench.daliworker` (DALI in its own process, CPU-only here)."""
+"""The DALI rows: a client of `bench.cases.daliworker` (DALI in its own process, CPU-only here)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.loaders import LoaderSettings
-from bench.measure import Repeat
+from bench.cases.loaders import LoaderSettings
+from bench.measure.timing import Repeat
 from sen12ms_common.storage import files as storage
 from sen12ms_common.vocab.bands import resolve_bands
 
@@ -20,7 +20,7 @@ from sen12ms_common.vocab.igbp import LabelRule
 from sen12ms_common.vocab.inputs import channel_transform
 from train.data import LoaderSpec, make_loader
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class DaliUnavailable(RuntimeError, Sen12msError):
@@ -28,13 +28,13 @@ class DaliUnavailable(RuntimeError, Sen12msError):
 
 
 class DaliWorker:
-    """One `python -m bench.daliworker` process; `repeat(...)` runs one epoch in it."""
+    """One `python -m bench.cases.daliworker` process; `repeat(...)` runs one epoch in it."""
 
     def __init__(self, log: Path) -> None:
         self.log_path = log
         log.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.daliworker"], cwd=REPO, stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.cases.daliworker"], cwd=REPO, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._log, text=True)
         hello = self._read()
         if not hello.get("ready"):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bench.results import Results
-from bench.rows import stall
+from bench.measure.results import Results
+from bench.report.rows import stall
 from sen12ms_common.cpus import usable_cpus
 
 CODEC_SHORT = {"zstd": "zstd", "lz4": "lz4", "none": "uncompressed"}
@@ -34,7 +34,7 @@ def _loader_lines(res: Results, codecs: tuple[str, ...], n: int) -> list[str]:
                        f"{st.median:.1f}x per core" + (f"; reading threads instead of worker processes (the default "
                                                        f"on {n} cores): {pr.median:.2f}x" if pr.values and n > 1
                                                        else "") + ".")
-    from bench.peercases import peer_headline  # start-up time: the peers' modules only when they are measured
+    from bench.cases.peercases import peer_headline  # start-up time: the peers' modules only when they are measured
 
     return out + peer_headline(res, codecs, CODEC_SHORT)
 

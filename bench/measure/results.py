@@ -7,7 +7,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from bench.measure import Stat
+from bench.measure.timing import Stat
 
 
 @dataclass

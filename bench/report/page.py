@@ -7,9 +7,9 @@ import os
 import platform
 from pathlib import Path
 
-from bench.headline import headline
-from bench.results import Results, Row, fmt, table
-from bench.rows import STEADY, build_rows
+from bench.measure.results import Results, Row, fmt, table
+from bench.report.headline import headline
+from bench.report.rows import STEADY, build_rows
 from sen12ms_common.cpus import usable_cpus
 
 __all__ = ["build_rows", "headline", "markdown", "plot"]

@@ -1,4 +1,4 @@
-"""`python -m bench.gpucheck` (`make gpu-check`): the GPU path in one command, under five minutes.
+"""`python -m bench.gpu.check` (`make gpu-check`): the GPU path in one command, under five minutes.
 
 On a CUDA machine: sample shards in the three codecs (zstd, lz4, none), the DALI GPU pipeline's
 batches checked against the webdataset loader's, then ResNet50 trained with AMP and channels-last
@@ -20,7 +20,7 @@ import click
 from sen12ms_common.cpus import usable_cpus
 from sen12ms_common.errors import report_errors
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "gpu.md"
 CODECS = ("zstd", "lz4", "none")
 LOADERS = ("webdataset", "dali")
@@ -29,8 +29,8 @@ LOADERS = ("webdataset", "dali")
 @dataclass
 class CheckResult:
     device: str
-    comparisons: list = field(default_factory=list)   # bench.gpuloop.Comparison
-    rates: list = field(default_factory=list)         # bench.gpuloop.TrainRate
+    comparisons: list = field(default_factory=list)   # bench.gpu.loop.Comparison
+    rates: list = field(default_factory=list)         # bench.gpu.loop.TrainRate
     notes: list[str] = field(default_factory=list)    # what could not run, and why
     seconds: float = 0.0
 
@@ -79,8 +79,8 @@ def _run(*args: str) -> None:
 
 def run_check(sets: dict[str, Path], device: str, *, steps: int, batch_size: int, workers: int,
               echo=click.echo) -> CheckResult:
-    """Compare and train on CUDA device 0 (the measuring parts are bench.gpuloop's)."""
-    from bench.gpuloop import compare, train_rate  # start-up time: imports torch
+    """Compare and train on CUDA device 0 (the measuring parts are bench.gpu.loop's)."""
+    from bench.gpu.loop import compare, train_rate  # start-up time: imports torch
 
     result = CheckResult(device)
     t0 = time.perf_counter()
@@ -116,7 +116,7 @@ def render(result: CheckResult, *, steps: int, batch_size: int, workers: int, sa
         pass
     lines = [
         "# GPU check (`make gpu-check`)", "",
-        "Written by `python -m bench.gpucheck` on " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        "Written by `python -m bench.gpu.check` on " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         + f": {result.device}, torch {torch.__version__} (CUDA {torch.version.cuda}), DALI {dali}, "
           f"{usable_cpus()} usable CPU cores, Python {platform.python_version()}; {result.seconds:.0f} s.", "",
         f"Data: the sample dataset (`convert synth`) converted to each codec: {samples.get('train', 0)} training, "
@@ -185,4 +185,4 @@ def main(scratch: Path, doc: Path, steps: int, batch_size: int, workers: int, sc
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    main(prog_name="python -m bench.gpucheck")
+    main(prog_name="python -m bench.gpu.check")

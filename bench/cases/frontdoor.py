@@ -3,8 +3,8 @@ batches, against the native loader reading in this process on the same core."""
 
 from __future__ import annotations
 
-from bench.measure import Repeat, steady_rate, warm_up
-from bench.results import Results, Row, fmt_ratio
+from bench.measure.results import Results, Row, fmt_ratio
+from bench.measure.timing import Repeat, steady_rate, warm_up
 
 WORKERS = (0, 1)
 
@@ -34,7 +34,7 @@ def dataset_repeat(root: str, settings, num_workers: int, seed: int) -> Repeat:
 
 
 def front_door_rows(res: Results, codec: str, codec_name: str, make_row) -> list[Row]:
-    """`make_row(group, what, cores, key, unit, per_core=, compared=)` as bench.rows builds rows."""
+    """`make_row(group, what, cores, key, unit, per_core=, compared=)` as bench.report.rows builds rows."""
     native = f"wds/{codec}/uint16/1"
     return [make_row("Loader (train split, shuffled)",
                      f"ShardDataset via DataLoader, {w} worker{'s' if w != 1 else ''}, {codec_name}, uint16 batches",

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.measure import Repeat, steady_rate, warm_up
+from bench.measure.timing import Repeat, steady_rate, warm_up
 from sen12ms_common.format.manifest import load_manifest
 from sen12ms_common.vocab.bands import resolve_bands
 from sen12ms_common.vocab.igbp import LabelRule
@@ -28,7 +28,7 @@ class LoaderSettings:
 def original_repeat(tree: str, names: list[str], labels: dict, settings: LoaderSettings, workers: int,
                     seed: int) -> Repeat:
     """One shuffled epoch of the original's way over `names` (S2 file names)."""
-    from bench.geotiff import GeoTiffDataset, original_loader  # start-up time: torch only when used
+    from bench.originals.geotiff import GeoTiffDataset, original_loader  # start-up time: torch only when used
 
     ds = GeoTiffDataset(tree, names, labels, input_spec=settings.input_spec, label_type=settings.label_type)
     loader = original_loader(ds, batch_size=settings.batch_size, workers=workers, shuffle=True, seed=seed)
@@ -69,8 +69,8 @@ def webdataset_repeat(root: str, settings: LoaderSettings, workers: int | str, s
 
 def seg_original_repeat(tree: str, keys: list[str], settings: LoaderSettings, workers: int, seed: int) -> Repeat:
     """One shuffled epoch of the baseline's way: image + mask per sample from GeoTIFFs."""
-    from bench.geotiff import original_loader  # start-up time: torch only when used
-    from bench.seggeotiff import SegGeoTiffDataset  # start-up time: torch only when used
+    from bench.originals.geotiff import original_loader  # start-up time: torch only when used
+    from bench.originals.seggeotiff import SegGeoTiffDataset  # start-up time: torch only when used
 
     ds = SegGeoTiffDataset(tree, keys, input_spec=settings.input_spec)
     loader = original_loader(ds, batch_size=settings.batch_size, workers=workers, shuffle=True, seed=seed)  # type: ignore[arg-type]
@@ -101,7 +101,7 @@ def first_batch_check(tree: str, names: list[str], labels: dict, shard_root: str
     check of the bench itself, run once on a few samples."""
     import torch  # start-up time: torch only when used
 
-    from bench.geotiff import GeoTiffDataset  # start-up time: torch only when used
+    from bench.originals.geotiff import GeoTiffDataset  # start-up time: torch only when used
     from train.run.device import InputTransform  # start-up time: torch only when used
 
     spec = dataclasses.replace(webdataset_spec(shard_root, settings, 0, 0, batch_size=4), train=False)

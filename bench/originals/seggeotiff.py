@@ -9,7 +9,7 @@ patch as stored (a DFC2020 patch), 0-based, 255 = ignore, savanna folded away wi
 baseline's way" with it, beside the shard loader's image + mask batches.
 
     ds = SegGeoTiffDataset("/sen12ms", keys, input_spec="s2hr+s2mr+s1", no_savanna=True)
-    loader = original_loader(ds, batch_size=32, workers=4)   # bench.geotiff
+    loader = original_loader(ds, batch_size=32, workers=4)   # bench.originals.geotiff
     for batch in loader: batch["image"], batch["mask"], batch["id"]
 """
 
@@ -26,7 +26,7 @@ from sen12ms_common.vocab.bands import BandRef, resolve_bands
 from sen12ms_common.vocab.dfc import dfc_to_train, igbp_to_dfc
 from sen12ms_common.vocab.patches import PatchNameError, is_dfc2020, parse_any_patch
 
-from bench.geotiff import GeoTiffDataError, _open_raster, read_s1, read_s2
+from bench.originals.geotiff import GeoTiffDataError, _open_raster, read_s1, read_s2
 
 
 class SegGeoTiffDataset(Dataset):

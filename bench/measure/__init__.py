@@ -1,0 +1,2 @@
+"""Measuring: timing primitives (a repeat, its statistics, CPU pinning) and `Results`, what one
+run measured, round by round."""
