@@ -6,9 +6,6 @@ disagree with its tar is refused with verification on."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -18,33 +15,17 @@ pytest.importorskip("nvidia.dali", reason="the dali extra is not installed")
 
 from sen12ms_common.format.manifest import index_name, load_manifest  # noqa: E402
 from sen12ms_common.format.sample import LABEL_EXT  # noqa: E402
+from shardcuts import cut_while_reading, plant_labels  # noqa: E402
 from test_dali import dali, make_spec  # noqa: E402
 from train.data.dali import ShardError  # noqa: E402
 
 pytestmark = pytest.mark.slow  # compiles DALI pipelines, child processes
 
-REPO = Path(__file__).resolve().parents[1]
-
-_CUT = """
-import os, sys
-sys.path.insert(0, "tests")
+# DALI reads only the members its index lists: the tail cut goes into the members of the last samples.
+_BUILD = """
 from test_dali import dali, make_spec
 from train.data.dali import ShardError
-root, mode, verify = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-loader = dali(make_spec(root, "train", batch_size=2, verify=verify))
-it = loader.epoch(0)
-n = len(next(it)["key"])
-for name in sorted(os.listdir(root)):
-    if name.startswith("train-") and name.endswith(".tar"):
-        p = os.path.join(root, name)
-        # "tail": into the members of its last samples (DALI reads only the members its index lists)
-        os.truncate(p, 0 if mode == "zero" else os.path.getsize(p) * 3 // 5)
-try:
-    for b in it:
-        n += len(b["key"])
-    print("READ", n)
-except ShardError as exc:
-    print("ERROR", exc)
+loader = dali(make_spec(root, split, batch_size=2, verify=verify))
 """
 
 
@@ -53,16 +34,10 @@ except ShardError as exc:
 def test_a_shard_cut_short_while_dali_reads_it_is_one_line_naming_it(sample_shards, tmp_path, mode, verify):
     root = tmp_path / "s"
     shutil.copytree(sample_shards, root)
-    proc = subprocess.run([sys.executable, "-c", _CUT, str(root), mode, "1" if verify else "0"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = cut_while_reading(_BUILD, "size * 3 // 5", root, "train", mode, verify, timeout=300)
     assert proc.returncode == 0, f"rc {proc.returncode}: {proc.stderr[-2000:]}"
     out = proc.stdout.strip()
     assert len(out.splitlines()) == 1 and out.startswith("ERROR ") and str(root) in out, out + proc.stderr[-2000:]
-
-
-def _label_offsets(shard: Path) -> list[tuple[int, int]]:
-    with tarfile.open(shard) as tar:
-        return [(m.offset_data, m.size) for m in tar.getmembers() if m.name.endswith("." + LABEL_EXT)]
 
 
 def test_a_shard_rewritten_in_place_after_its_check_gives_no_sample_its_new_bytes(sample_shards, tmp_path):
@@ -76,13 +51,8 @@ def test_a_shard_rewritten_in_place_after_its_check_gives_no_sample_its_new_byte
     got = {}
     first = next(it)
     got.update(zip(first["key"], first["prob"].numpy()))
-    planted = np.zeros(17, np.float32)
-    planted[3] = 1.0
     for e in load_manifest(str(root)).shards("train"):
-        with open(root / e.name, "r+b") as f:
-            for offset, size in _label_offsets(root / e.name):
-                f.seek(offset)
-                f.write(planted.tobytes()[:size])
+        plant_labels(root / e.name)
     try:
         for b in it:
             got.update(zip(b["key"], b["prob"].numpy()))

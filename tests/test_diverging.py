@@ -29,16 +29,18 @@ def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
-@pytest.fixture(scope="module")
-def good(sample_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("diverge-base") / "run"
+def test_diverging_runs_and_bad_checkpoints_are_one_line(sample_shards: Path, tmp_path: Path) -> None:
+    # The good run whose checkpoint is spoilt below trains beside the two diverging ones.
+    procs = {
+        "1e20": start("train", "--shards", str(sample_shards), *TRAIN, "--epochs", "2", "--lr", "1e20",
+                      "--run-dir", str(tmp_path / "r20")),
+        "1e38": start("train", "--shards", str(sample_shards), *TRAIN, "--epochs", "2", "--lr", "1e38",
+                      "--run-dir", str(tmp_path / "r38")),
+    }
     code, out, err = finish(start("train", "--shards", str(sample_shards), *TRAIN, "--epochs", "1",
-                                  "--run-dir", str(run)))
+                                  "--run-dir", str(tmp_path / "good")))
     assert code == 0, err
-    return next((run / "checkpoints").glob("*_model_best.pth"))
-
-
-def test_diverging_runs_and_bad_checkpoints_are_one_line(good: Path, sample_shards: Path, tmp_path: Path) -> None:
+    good = next((tmp_path / "good" / "checkpoints").glob("*_model_best.pth"))
     nan = torch.load(good, weights_only=True)
     first = next(iter(nan["model_state_dict"]))
     nan["model_state_dict"][first] = nan["model_state_dict"][first] * float("nan")
@@ -46,16 +48,12 @@ def test_diverging_runs_and_bad_checkpoints_are_one_line(good: Path, sample_shar
     huge = torch.load(good, weights_only=True)
     huge["input_transform"]["scale"] = [1e30] * len(huge["input_transform"]["scale"])
     torch.save(huge, tmp_path / "scale.pth")
-    procs = {
-        "1e20": start("train", "--shards", str(sample_shards), *TRAIN, "--epochs", "2", "--lr", "1e20",
-                      "--run-dir", str(tmp_path / "r20")),
-        "1e38": start("train", "--shards", str(sample_shards), *TRAIN, "--epochs", "2", "--lr", "1e38",
-                      "--run-dir", str(tmp_path / "r38")),
+    procs.update({
         "nan": start("train.evaluate", "--shards", str(sample_shards), "--checkpoint", str(tmp_path / "nan.pth"),
                      "--out", str(tmp_path / "e1"), "--device", "cpu"),
         "scale": start("train.evaluate", "--shards", str(sample_shards), "--checkpoint", str(tmp_path / "scale.pth"),
                        "--out", str(tmp_path / "e2"), "--device", "cpu"),
-    }
+    })
     expected = {
         "1e20": "Error: training diverged in epoch 0 by step 4 (train loss nan, weights or outputs no longer "
                 "finite; --lr 1e+20 is likely too large); no checkpoint was written",

@@ -36,12 +36,17 @@ def wait_for_lock(proc: subprocess.Popen, run: Path) -> None:
 
 
 def test_a_second_training_on_a_busy_run_dir_is_refused(sample_shards: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
+    run, run2 = tmp_path / "run", tmp_path / "run2"
     # Far more epochs than the test waits for: the first is still running whatever the machine's load
-    # when the second starts (SIGTERM ends it below, with a checkpoint).
-    first = start(sample_shards, run, epochs=10_000)
+    # when the second starts (SIGTERM ends it below, with a checkpoint). The run that is killed -9
+    # (in another folder) starts beside it, and the one after it beside the second: their start-ups
+    # (torch's import) overlap.
+    first, killed = start(sample_shards, run, epochs=10_000), start(sample_shards, run2, epochs=50)
     wait_for_lock(first, run)
-    second = start(sample_shards, run, epochs=1)
+    wait_for_lock(killed, run2)
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate(timeout=60)
+    second, after = start(sample_shards, run, epochs=1), start(sample_shards, run2, epochs=1)
     out, err = second.communicate(timeout=300)
     assert second.returncode == 1, err
     assert err.splitlines() == [f"Error: {run}: another training is already running in this folder; wait for it "
@@ -55,11 +60,5 @@ def test_a_second_training_on_a_busy_run_dir_is_refused(sample_shards: Path, tmp
     if metrics.exists():  # one run's epochs only (one timestamp), counted from 1
         rows = [row.split(",")[:2] for row in metrics.read_text().splitlines()[1:]]
         assert len({ts for ts, _ in rows}) <= 1 and [e for _, e in rows] == [str(i) for i in range(1, len(rows) + 1)]
-
-    killed = start(sample_shards, tmp_path / "run2", epochs=50)
-    wait_for_lock(killed, tmp_path / "run2")
-    killed.send_signal(signal.SIGKILL)
-    killed.communicate(timeout=60)
-    after = start(sample_shards, tmp_path / "run2", epochs=1)
     out, err = after.communicate(timeout=600)
     assert after.returncode == 0, err  # the lock died with its process

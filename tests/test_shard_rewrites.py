@@ -5,22 +5,16 @@ written after the check."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sen12ms_common.format.manifest import load_manifest
-from sen12ms_common.format.sample import LABEL_EXT
+from shardcuts import cut_while_reading, plant_labels
 from test_loader import spec, write_shards
 from train.data import make_loader
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -36,37 +30,13 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def label_offsets(shard: Path) -> list[tuple[int, int]]:
-    """(data offset, size) of every label member of `shard`, in order."""
-    with tarfile.open(shard) as tar:
-        return [(m.offset_data, m.size) for m in tar.getmembers() if m.name.endswith("." + LABEL_EXT)]
-
-
-# The child reads a batch of the first shard, cuts every shard of the split in place (to 0 bytes,
-# or by its last 3,000 bytes: inside the last member or the tar's end), and reads on.
-_CUT = """
-import os, sys
-sys.path.insert(0, "tests")
+# The tail cut: by the last 3,000 bytes, inside the last member or the tar's end.
+_BUILD = """
 from test_loader import spec
 from train.data import make_loader
 from train.data.webdataset import ShardError
-root, mode, verify, workers = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
-loader = make_loader("webdataset", spec(root, "val", batch_size=2, workers=workers, threads=1, streams=1,
+loader = make_loader("webdataset", spec(root, split, batch_size=2, workers=int(args[0]), threads=1, streams=1,
                                         verify=verify))
-it = loader.epoch(0)
-n = len(next(it)["key"])
-for name in sorted(os.listdir(root)):
-    if name.startswith("val-"):
-        p = os.path.join(root, name)
-        os.truncate(p, 0 if mode == "zero" else os.path.getsize(p) - 3000)
-try:
-    for b in it:
-        n += len(b["key"])
-    print("READ", n)
-except ShardError as exc:
-    print("ERROR", exc)
-finally:
-    loader.close()
 """
 
 
@@ -77,8 +47,7 @@ finally:
 def test_a_shard_cut_short_while_an_epoch_reads_it_is_one_line_naming_it(long_shards, tmp_path, mode, verify,
                                                                           workers):
     root = _copy(long_shards, tmp_path / "s")
-    proc = subprocess.run([sys.executable, "-c", _CUT, str(root), mode, "1" if verify else "0", str(workers)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = cut_while_reading(_BUILD, "size - 3000", root, "val", mode, verify, str(workers), timeout=120)
     assert proc.returncode == 0, f"rc {proc.returncode}: {proc.stderr[-2000:]}"
     out = proc.stdout.strip()
     assert "Traceback" not in proc.stderr and len(out.splitlines()) == 1, out + proc.stderr
@@ -94,8 +63,7 @@ def test_a_shard_cut_short_while_an_epoch_reads_it_is_one_line_naming_it(long_sh
 def test_the_second_shard_cut_short_before_it_is_read_is_named(long_shards, tmp_path):
     """The first shard is read whole (verified) into private memory, so only the second can fail."""
     root = _copy(long_shards, tmp_path / "s")
-    proc = subprocess.run([sys.executable, "-c", _CUT, str(root), "tail", "1", "0"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = cut_while_reading(_BUILD, "size - 3000", root, "val", "tail", True, "0", timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("ERROR "), proc.stdout + proc.stderr[-2000:]
     assert f"{root / 'val-000001.tar'}" in proc.stdout
 
@@ -114,12 +82,7 @@ def test_a_shard_rewritten_in_place_after_its_checksum_matched_gives_only_the_ch
     first = next(it)
     got.update(zip(first["key"], first["prob"].numpy()))
     shard = root / load_manifest(str(root)).shards("val")[0].name
-    planted = np.zeros(17, np.float32)
-    planted[3] = 1.0
-    with open(shard, "r+b") as f:
-        for offset, size in label_offsets(shard):
-            f.seek(offset)
-            f.write(planted.tobytes()[:size])
+    plant_labels(shard)
     for b in it:
         got.update(zip(b["key"], b["prob"].numpy()))
     loader.close()

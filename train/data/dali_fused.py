@@ -9,10 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from sen12ms_common.format.memberchecks import content_size_fn
-from sen12ms_common.format.nativecodecs import zstd_context_fns
-
-from .dali_ops import Kernel, band_writer, context_maker, do_not_convert
+from .dali_ops import Kernel, band_writer, do_not_convert, frame_decoder
 
 
 @lru_cache(maxsize=1)
@@ -37,6 +34,22 @@ def _chunk_starts() -> Callable:
     return starts_of
 
 
+def _channels_setup(channels: int, h: int, w: int) -> Callable:
+    """The setup of a fused kernel: output 0 is (channels, h, w), output 1 a status (1,).
+
+    The channel count is compiled in: DALI 2.4's setup function sees only as many inputs as
+    the kernel has outputs, so it cannot read the parameter input's shape."""
+
+    def setup_fn(outs, ins):
+        for i in range(len(outs[0])):
+            outs[0][i][0] = channels
+            outs[0][i][1] = h
+            outs[0][i][2] = w
+            outs[1][i][0] = 1
+
+    return setup_fn
+
+
 @lru_cache(maxsize=16)
 @do_not_convert
 def zstd_channels_kernel(n_bands: tuple[int, ...], chunk_shape: tuple[int, int], channels: int, normalised: bool,
@@ -50,13 +63,11 @@ def zstd_channels_kernel(n_bands: tuple[int, ...], chunk_shape: tuple[int, int],
     frames' own checksums are not checked (their shard's has been)."""
     from numba import njit  # start-up time: numba only when used
 
-    decompress, is_error, _, free = zstd_context_fns()
-    new_context = context_maker(frame_checksums)
-    frame_size = content_size_fn()
     h, w = chunk_shape
     plane = h * w
     nbytes = 2 * plane
     na, nb = n_bands[0], n_bands[-1]
+    new_context, decode, free = frame_decoder(nbytes, frame_checksums)
     starts_of = _chunk_starts()
     unshuffle = band_writer(plane, normalised, byte_shuffle)
 
@@ -72,17 +83,9 @@ def zstd_channels_kernel(n_bands: tuple[int, ...], chunk_shape: tuple[int, int],
         buf = np.empty(nbytes, dtype=np.uint8)
         dctx = new_context()
         for ch in range(params.shape[1]):
-            first = params[0, ch] == 0
-            src, st = (a, sa) if first else (b, sb)
+            src, st = (a, sa) if params[0, ch] == 0 else (b, sb)
             band = int(params[1, ch])
-            # The webdataset loader's rule (`memberchecks`): a frame declaring the band's size.
-            if frame_size(src[st[band]:st[band + 1]]) != nbytes:
-                status[0] = 1
-                flat_out[:] = 0
-                break
-            # At most `nbytes` are written, whatever the frame declares.
-            got = decompress(dctx, buf.ctypes.data, nbytes, src.ctypes.data + st[band], st[band + 1] - st[band])
-            if is_error(got) != 0 or got != nbytes:
+            if not decode(dctx, buf, src, st[band], st[band + 1]):
                 status[0] = 1
                 flat_out[:] = 0
                 break
@@ -96,14 +99,7 @@ def zstd_channels_kernel(n_bands: tuple[int, ...], chunk_shape: tuple[int, int],
         def run_fn(out, status, a, asz, b, bsz, params):
             fill(out, status, a, asz, b, bsz, params)
 
-    def setup_fn(outs, ins):
-        for i in range(len(outs[0])):
-            outs[0][i][0] = channels
-            outs[0][i][1] = h
-            outs[0][i][2] = w
-            outs[1][i][0] = 1
-
-    return Kernel(run_fn, setup_fn, ("UINT8", "INT32") * len(n_bands) + ("FLOAT",),
+    return Kernel(run_fn, _channels_setup(channels, h, w), ("UINT8", "INT32") * len(n_bands) + ("FLOAT",),
                   ("FLOAT" if normalised else "UINT16", "INT32"), (1, 1) * len(n_bands) + (2,), (3, 1))
 
 
@@ -177,16 +173,7 @@ def channels_kernel(ins_ndim: tuple[int, ...], chunk_shape: tuple[int, int], cha
         def run_fn(out, status, a, b, params):
             fill(out, status, a, b, params)
 
-    # The channel count is compiled in: DALI 2.4's setup function sees only as many inputs as
-    # the kernel has outputs, so it cannot read the parameter input's shape.
-    def setup_fn(outs, ins):
-        for i in range(len(outs[0])):
-            outs[0][i][0] = channels
-            outs[0][i][1] = h
-            outs[0][i][2] = w
-            outs[1][i][0] = 1
-
-    return Kernel(run_fn, setup_fn, ("UINT16",) * len(ins_ndim) + ("FLOAT",),
+    return Kernel(run_fn, _channels_setup(channels, h, w), ("UINT16",) * len(ins_ndim) + ("FLOAT",),
                   ("FLOAT" if normalised else "UINT16", "INT32"), tuple(ins_ndim) + (2,), (3, 1))
 
 

@@ -130,18 +130,40 @@ def context_maker(frame_checksums: bool) -> Callable:
     return new
 
 
+@lru_cache(maxsize=4)
+@do_not_convert
+def frame_decoder(nbytes: int, frame_checksums: bool) -> tuple[Callable, Callable, Callable]:
+    """njit `new()`, `decode(dctx, buf, src, start, stop)` and `free(dctx)`: the zstd setup of
+    every CPU kernel. `decode` writes the frame `src[start:stop]` (one band of `nbytes` bytes)
+    into `buf` with the context `dctx` from `new` (`context_maker`), and says whether it held
+    exactly that band."""
+    from numba import njit  # start-up time: numba only when used
+
+    decompress, is_error, _, free = zstd_context_fns()
+    frame_size = content_size_fn()
+
+    @njit
+    def decode(dctx, buf, src, start, stop):
+        # The webdataset loader's rule (`memberchecks`): a frame declaring the band's size.
+        if frame_size(src[start:stop]) != nbytes:
+            return False
+        # At most `nbytes` are written, whatever the frame declares.
+        got = decompress(dctx, buf.ctypes.data, nbytes, src.ctypes.data + start, stop - start)
+        return is_error(got) == 0 and got == nbytes
+
+    return context_maker(frame_checksums), decode, free
+
+
 @lru_cache(maxsize=16)  # one Kernel per configuration: DALI compiles each once per process
 @do_not_convert
 def zstd_kernel(chunk_shape: tuple[int, int], byte_shuffle: bool, frame_checksums: bool = True) -> Kernel:
     """(member, int32 offsets (k,), int32 sizes (k,)) -> the zstd frames there (one uint16 band
     each, byte-shuffled when `byte_shuffle`) decoded as (k, H, W), and a status. Without
     `frame_checksums` the frames' own checksums are not checked (their shard's has been)."""
-    decompress, is_error, _, free = zstd_context_fns()
-    new_context = context_maker(frame_checksums)
-    frame_size = content_size_fn()
     h, w = chunk_shape
     plane = h * w
     nbytes = 2 * plane
+    new_context, decode, free = frame_decoder(nbytes, frame_checksums)
     write = band_writer(plane, False, byte_shuffle)
 
     def run_fn(out, status, src, offsets, sizes):
@@ -150,18 +172,8 @@ def zstd_kernel(chunk_shape: tuple[int, int], byte_shuffle: bool, frame_checksum
         flat = out.reshape(out.size)
         dctx = new_context()
         for j in range(offsets.shape[0]):
-            if offsets[j] < 0 or sizes[j] <= 0 or offsets[j] + sizes[j] > src.shape[0]:
-                status[0] = 1
-                out[:] = 0
-                break
-            # The webdataset loader's rule (`memberchecks`): a frame declaring the band's size.
-            if frame_size(src[offsets[j]:offsets[j] + sizes[j]]) != nbytes:
-                status[0] = 1
-                out[:] = 0
-                break
-            # At most `nbytes` are written, whatever the frame declares.
-            got = decompress(dctx, buf.ctypes.data, nbytes, src.ctypes.data + offsets[j], sizes[j])
-            if is_error(got) != 0 or got != nbytes:
+            start, stop = offsets[j], offsets[j] + sizes[j]
+            if start < 0 or stop <= start or stop > src.shape[0] or not decode(dctx, buf, src, start, stop):
                 status[0] = 1
                 out[:] = 0
                 break

@@ -22,9 +22,8 @@ from sen12ms_common.storage.outputs import writing
 from ..config.trainconfig import TrainConfig
 from ..data import DataError, Loader
 from ..tasks.registry import task_options
-from .checkpoint import load_checkpoint, load_model_weights, made_at
-from .distributed import (Dist, agree_max, broadcast_object, broadcast_state, gather_objects, rank_seed,
-                          sum_over_ranks, wrap_model)
+from .distributed import (Dist, agree_max, broadcast_state, gather_objects, rank_seed, sum_over_ranks,
+                          wrap_model)
 from .divergence import diverged, finite_state
 from .init_weights import start_weights
 from .keylog import key_events
@@ -40,6 +39,7 @@ from .setup import Setup, check_modalities, has_split, make_setup, run_loader, s
 from .signals import Interrupted, StopFlag
 from .steps import RunState, train_steps
 from .tblog_images import ValImages, step_validation
+from .testsplit import score_test
 
 Echo = Callable[[str], None]
 
@@ -291,43 +291,9 @@ class TrainingRun:
         if self.dist.is_main and not storage.exists(best):
             best = self.files.checkpoint
         try:
-            return self.score_test(best)
+            return score_test(self, best)
         except Interrupted as exc:  # training is complete: resuming its checkpoint runs the test
             raise Interrupted(exc.signum, self.stop_message("during the test evaluation")) from None
-
-    def score_test(self, best: str) -> dict[str, Any] | None:
-        s, d = self.setup, self.dist
-        # Rank 0 reads the checkpoint and sends the weights: other nodes need not see the run directory.
-        if not broadcast_object(d, storage.exists(best) if d.is_main else None):
-            self.log("no checkpoint was written (no training step): no test scores")
-            return None
-        epoch, made = None, ""
-        if d.is_main:
-            ckpt = load_checkpoint(best)
-            load_model_weights(s.model, ckpt, strict=True, source=best)
-            epoch, made = ckpt.get("epoch"), made_at(ckpt)
-        broadcast_state(d, s.model)
-        split = self.cfg.test_split
-        loader = run_loader(self.cfg, s, d, split)
-        result = predict_all(s, loader, d, desc=split, stop=self.stop, on_keys=key_events(self.dist.rank, split, "-"),
-                             labels=label_check(loader, self.cfg.shards, split, self.cfg.skip_bad_shards),
-                             progress=self.progress)
-        metrics = s.task.score(result)
-        self.test_loss = result.loss
-        skipped = self.skipped(loader)
-        if not d.is_main:
-            return metrics
-        # The run's layout keeps its name whichever split tests it (test_scores.json, ...).
-        written = s.task.write(self.files.run.root, "test", metrics, result)
-        if self.files.events is not None:
-            w = self.files.events.writer("test")
-            for tag, value in s.task.scalars(metrics).items():
-                w.add_scalar(tag, value, int(epoch or 0))
-        self.log(f"{split} ({result.samples} samples, {storage.basename(best)} {made}): "
-                 f"{s.task.test_summary(metrics)} -> {', '.join(written)}")
-        if skipped:
-            self.log(f"{split}: skipped {len(skipped)} bad shard(s)/sample(s): " + "; ".join(skipped[:5]))
-        return metrics
 
     # --- helpers ---------------------------------------------------------------------------
 
