@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from bench.dataset import add_real_patches
+from bench.inputs.dataset import add_real_patches
 from segdata import run_convert
 from shardtools import run_shards
 from test_loader import write_shards
