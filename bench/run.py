@@ -12,17 +12,18 @@ from typing import Callable
 import torch
 
 from bench.conversion import conversion_repeat
-from bench.dali import DaliUnavailable, DaliWorker
+from bench.dali import DaliWorker
 from bench.dataset import DatasetParams, ensure_shards, geotiff_bytes, prepare, preread, real_patch_bytes, \
     reference_root, shard_files
 from bench.loaders import (LoaderSettings, first_batch_check, original_repeat, seg_original_repeat,
                            seg_webdataset_repeat, webdataset_repeat)
 from bench.measure import Repeat, one_cpu, pinned
 from bench.results import Results
-from bench.s3rows import S3Unavailable, local_server, read_only_repeat, shards_url, tree_url, upload_bench_data
+from bench.s3rows import local_server, read_only_repeat, shards_url, tree_url, upload_bench_data
 from bench.training import StepBench, TrainingSettings, cuda_model_rate
 from sen12ms_common.cpus import usable_cpus
 from sen12ms_common.datafiles.read import load_labels
+from sen12ms_common.errors import UnavailableError
 from sen12ms_common.format.codecs import CODECS  # every codec of the shard format
 from sen12ms_common.format.manifest import load_manifest
 from sen12ms_common.vocab.bands import resolve_bands
@@ -248,7 +249,7 @@ class Bench:
         try:
             self.dali = DaliWorker(self.cfg.scratch / "dali-worker.log")
             self.res.extra["dali_version"] = self.dali.version
-        except DaliUnavailable as exc:
+        except UnavailableError as exc:
             self.res.fail("dali", f"not available: {exc}")
 
     def measure_loaders(self) -> None:
@@ -366,7 +367,7 @@ class Bench:
                             continue
                         res.put(key, r, rep.rate)
                         self.say(f"round {r + 1}/{cfg.repeats} {key:16} {rep.rate:8.1f} samples/s")
-        except S3Unavailable as exc:
+        except UnavailableError as exc:
             res.fail("s3", f"not available: {exc}")
         except Exception as exc:
             res.fail("s3", f"failed: {_one_line(exc)}")

@@ -15,10 +15,6 @@ from sen12ms_common.vocab.igbp import LabelRule
 from sen12ms_common.vocab.inputs import ChannelTransform
 
 
-class LoaderUnavailable(DataError):
-    """A loader whose optional dependency is not installed."""
-
-
 @dataclass(frozen=True)
 class LoaderSpec:
     root: str                      # shard set: local folder or URL (s3://bucket/prefix)
