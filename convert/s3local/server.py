@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from convert.s3local.security import UMASK, make_private, weed_environment, write_private, write_security
-from sen12ms_common.errors import Sen12msError, UnavailableError
+from sen12ms_common.errors import UnavailableError
 
 BUCKET = "sen12ms"
 REGION = "us-east-1"
@@ -34,7 +34,7 @@ _PORT_FLAGS = (
 )
 
 
-class _NotReady(RuntimeError, Sen12msError):
+class _NotReady(UnavailableError):
     """The server did not answer in time (or exited); `reason` is one line, the log tail follows."""
 
     def __init__(self, reason: str, log_tail: str) -> None:
