@@ -11,15 +11,12 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Iterable, Iterator
 
-from sen12ms_common.errors import Sen12msError
+from sen12ms_common.errors import ConvertError
 
 
-class WorkerDied(RuntimeError, Sen12msError):
-    """A worker process ended while it still had work (killed by the system, out of memory?)."""
-
-
-class WorkerError(RuntimeError):
-    """`fn` raised in a worker; the message holds the worker's traceback."""
+class _WorkerDied(ConvertError):
+    """A worker process ended while it still had work (killed by the system, out of memory?); the
+    conversion names it in its own words."""
 
 
 def die_with_parent(parent: int | None = None) -> None:
@@ -118,15 +115,15 @@ class WorkerPool:
         try:
             self._conns[i].send(item)
         except OSError as exc:  # BrokenPipeError: the worker is gone
-            raise WorkerDied(self._died(i)) from exc
+            raise _WorkerDied(self._died(i)) from exc
 
     def _receive(self, i: int) -> Any:
         try:
             ok, value = self._conns[i].recv()
         except (EOFError, OSError) as exc:  # OSError: "got end of file during message"
-            raise WorkerDied(self._died(i)) from exc
+            raise _WorkerDied(self._died(i)) from exc
         if not ok:
-            raise WorkerError(f"in worker process {self._procs[i].pid}: {value}")
+            raise RuntimeError(f"in worker process {self._procs[i].pid}: {value}")
         return value
 
     def _died(self, i: int) -> str:

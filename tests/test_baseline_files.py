@@ -17,8 +17,7 @@ import pytest
 import torch
 
 from sen12ms_common.datafiles.namespacepickle import loads_namespace
-from sen12ms_common.datafiles.safepickle import UnsafePickleError
-from train.config.argsfile import ArgumentsFileError
+from sen12ms_common.errors import InputError, UnsafePickleError
 from train.config.baseline_files import baseline_prediction_name, read_baseline_args
 from weightsdata import seg_sample  # noqa: F401  (fixture)
 
@@ -81,7 +80,7 @@ def test_baseline_args_that_do_not_map_are_one_line(tmp_path: Path) -> None:
     for changes, message in (({"model": "fcn"}, "model 'fcn' is not the baseline's deeplab or unet"),
                              ({"use_s2hr": False, "use_s2mr": False, "use_s1": False}, "no input"),
                              ({"no_savanna": "yes"}, "no_savanna is 'yes', not True or False")):
-        with pytest.raises(ArgumentsFileError, match=message):
+        with pytest.raises(InputError, match=message):
             read_baseline_args(pickle.dumps(baseline_args(tmp_path, **changes)), "args.pkl")
 
 

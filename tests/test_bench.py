@@ -15,7 +15,8 @@ from click.testing import CliRunner
 
 from bench.__main__ import main
 from bench.inputs.dataset import REAL_TRIPLETS, add_real_patches
-from bench.originals.geotiff import GeoTiffDataError, GeoTiffDataset, original_loader
+from bench.originals.geotiff import GeoTiffDataset, original_loader
+from sen12ms_common.errors import InputError
 from sen12ms_common.vocab.bands import OFFICIAL_MEAN, OFFICIAL_STD, INPUT_SETS
 from sen12ms_common.vocab.igbp import probability_from_igbp, to_simple
 from sen12ms_common.vocab.patches import parse_patch
@@ -193,7 +194,7 @@ def test_geotiff_dataset_is_the_originals_preprocessing(real_tree, input_spec, n
 def test_geotiff_dataset_labels_and_loader(real_tree):
     tree, labels = real_tree
     names = sorted(labels) + ["ROIs1868_summer_s2_146_p202.tif"]  # the known broken triplet is dropped
-    with pytest.raises(GeoTiffDataError, match="ROIs1868_summer_s2_146_p203.tif: no label"):
+    with pytest.raises(InputError, match="ROIs1868_summer_s2_146_p203.tif: no label"):
         GeoTiffDataset(str(tree), names[:1] + ["ROIs1868_summer_s2_146_p203.tif"], labels)
     multi = GeoTiffDataset(str(tree), names, labels, label_type="multi_label", threshold=0.1)
     single = GeoTiffDataset(str(tree), names, labels, label_type="single_label", igbp="full")

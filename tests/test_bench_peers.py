@@ -16,12 +16,13 @@ import rasterio
 
 from bench.cases.loaders import LoaderSettings, webdataset_spec
 from bench.cases.peercases import PEER_ROWS, peer_rows, prepare_peers
-from bench.cases.peers import (PeerUnavailable, litdata_repeat, mds_repeat, peer_version, torchgeo_bands,
+from bench.cases.peers import (litdata_repeat, mds_repeat, peer_version, torchgeo_bands,
                                torchgeo_repeat, torchgeo_root, write_litdata, write_mds)
 from bench.inputs.dataset import DatasetParams, ensure_shards, prepare
 from bench.measure.results import Results
 from bench.report.rows import _row
 from bench.report.rows import CODEC_NAMES
+from sen12ms_common.errors import UnavailableError
 from sen12ms_common.vocab.bands import resolve_bands
 from sen12ms_common.vocab.patches import parse_patch
 
@@ -69,7 +70,7 @@ def test_a_peer_set_holds_our_arrays_and_its_epoch_has_a_rate(tiny, tmp_path: Pa
     write, repeat = (write_litdata, litdata_repeat) if peer == "litdata" else (write_mds, mds_repeat)
     out = ds.root / "peers" / f"{peer}-{codec}"
     if not INSTALLED[peer]:
-        with pytest.raises(PeerUnavailable, match="^not installed: .*pip install -e '.\\[bench\\]'"):
+        with pytest.raises(UnavailableError, match="^not installed: .*pip install -e '.\\[bench\\]'"):
             write(source, out, codec, "s1s2", len(ds.keys))
         return
     root = write(source, out, codec, "s1s2", len(ds.keys))
@@ -115,7 +116,7 @@ def test_a_peer_that_does_not_import_says_not_installed(tiny, monkeypatch: pytes
     ds, _ = tiny
     for module in ("litdata", "streaming", "torchgeo.datasets"):
         monkeypatch.setitem(sys.modules, module, None)  # `import litdata` now raises ImportError
-    with pytest.raises(PeerUnavailable, match="not installed: litdata"):
+    with pytest.raises(UnavailableError, match="not installed: litdata"):
         peer_version("litdata")
     res = Results(1)
     assert prepare_peers(ds, "s1s2", 8_000_000, 1, res, lambda s: None) == {}

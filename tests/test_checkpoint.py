@@ -12,11 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from train.config.argsfile import (ORIGINAL_KEYS, ArgumentsFileError, options_to_original, original_to_options,
-                                   read_arguments_file, write_arguments_file)
+from train.config.argsfile import (ORIGINAL_KEYS, options_to_original, original_to_options, read_arguments_file,
+                                   write_arguments_file)
+from sen12ms_common.errors import CheckpointError, InputError
 from train.models.registry import build_model
-from train.run.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, load_model_weights,
-                                  restore_rng_state, save_checkpoint, unwrap_model)
+from train.run.checkpoint import (capture_rng_state, load_checkpoint, load_model_weights, restore_rng_state,
+                                  save_checkpoint, unwrap_model)
 
 
 def _trained_one_step(name: str, n_in: int, classes: int):
@@ -306,7 +307,7 @@ def test_options_round_trip_through_the_original_keys_alone(tmp_path, input_set)
 def test_garbled_arguments_files_name_file_and_line(tmp_path, content, where, words):
     path = tmp_path / "args.txt"
     path.write_text(content)
-    with pytest.raises(ArgumentsFileError) as err:
+    with pytest.raises(InputError) as err:
         read_arguments_file(path, known_keys=ORIGINAL_KEYS)
     msg = str(err.value)
     assert msg.startswith(f"{path}{where}") and words in msg and "\n" not in msg
@@ -327,7 +328,7 @@ def test_bad_values_in_an_original_file_name_file_and_line(tmp_path, change, whe
         del args["model"]
     path = tmp_path / "args.txt"
     _write_like_the_original(path, args)
-    with pytest.raises(ArgumentsFileError) as err:
+    with pytest.raises(InputError) as err:
         original_to_options(read_arguments_file(path))
     msg = str(err.value)
     assert msg.startswith(f"{path}{where}") and words in msg and "\n" not in msg
@@ -338,13 +339,13 @@ def test_unknown_keys_of_ours_and_unreadable_files(tmp_path):
     write_arguments_file(path, {**ORIGINAL_DEFAULTS, "use_s2": True, "stats": "official", "colour": "red"})
     d = read_arguments_file(path)
     assert original_to_options(d, known_extra={"stats", "colour"})["colour"] == "red"
-    with pytest.raises(ArgumentsFileError, match=r"a\.txt:18: unknown key 'colour'"):
+    with pytest.raises(InputError, match=r"a\.txt:18: unknown key 'colour'"):
         original_to_options(d, known_extra={"stats"})
     binary = tmp_path / "model_best.pth"
     torch.save({"epoch": 1}, binary)
-    with pytest.raises(ArgumentsFileError, match="not a text arguments file"):
+    with pytest.raises(InputError, match="not a text arguments file"):
         read_arguments_file(binary)
-    with pytest.raises(ArgumentsFileError, match="no such arguments file"):
+    with pytest.raises(InputError, match="no such arguments file"):
         read_arguments_file(tmp_path / "missing.txt")
     with pytest.raises(ValueError, match="line break"):
         write_arguments_file(path, {"exp_name": "a\nb"})

@@ -19,14 +19,14 @@ import torch
 
 pytest.importorskip("nvidia.dali", reason="the dali extra is not installed")
 
+from sen12ms_common.errors import DataError, ShardError  # noqa: E402
 from sen12ms_common.format.manifest import index_name, load_manifest  # noqa: E402
 from sen12ms_common.format.sample import LABEL_EXT  # noqa: E402
 from sen12ms_common.vocab.bands import resolve_bands  # noqa: E402
 from sen12ms_common.vocab.igbp import LabelRule  # noqa: E402
 from sen12ms_common.vocab.inputs import channel_transform  # noqa: E402
-from train.data import DataError, LoaderSpec, make_loader  # noqa: E402
-from train.data.dali import (DaliLoader, ShardError, channel_plan, define_pipeline, keys_of,  # noqa: E402
-                             shard_range)
+from train.data import LoaderSpec, make_loader  # noqa: E402
+from train.data.dali import DaliLoader, channel_plan, define_pipeline, keys_of, shard_range  # noqa: E402
 from train.run.device import InputTransform  # noqa: E402
 
 pytestmark = pytest.mark.slow  # converts shard sets and compiles DALI pipelines

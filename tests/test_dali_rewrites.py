@@ -13,11 +13,11 @@ import pytest
 
 pytest.importorskip("nvidia.dali", reason="the dali extra is not installed")
 
+from sen12ms_common.errors import ShardError  # noqa: E402
 from sen12ms_common.format.manifest import index_name, load_manifest  # noqa: E402
 from sen12ms_common.format.sample import LABEL_EXT  # noqa: E402
 from shardcuts import cut_while_reading, plant_labels  # noqa: E402
 from test_dali import dali, make_spec  # noqa: E402
-from train.data.dali import ShardError  # noqa: E402
 
 pytestmark = pytest.mark.slow  # compiles DALI pipelines, child processes
 

@@ -14,8 +14,9 @@ from click.testing import CliRunner
 
 from convert.cli import cli
 from convert.shards.scan import scan_tree
+from sen12ms_common.errors import InputError
 from sen12ms_common.vocab.dfc import DfcScheme, dfc_to_train, igbp_to_dfc
-from sen12ms_common.vocab.patches import PatchId, PatchNameError, parse_dfc2020_patch, parse_patch
+from sen12ms_common.vocab.patches import PatchId, parse_dfc2020_patch, parse_patch
 from train.tasks.segmetrics import ConfusionMatrix
 
 # The folders of the contest data as the baseline's README lists them.
@@ -55,11 +56,11 @@ def test_names_and_paths_as_the_baseline_finds_them():
         assert sid.relpath("lc") == s2.replace("s2_", "lc_")
     assert pid.with_modality("dfc").filename() == "ROIs0000_validation_dfc_0_p123.tif"
     # SEN12MS names are unchanged: no dfc member, and parse_patch does not take DFC2020 names.
-    with pytest.raises(PatchNameError, match="unknown modality 'dfc'"):
+    with pytest.raises(InputError, match="unknown modality 'dfc'"):
         parse_patch("ROIs1158_spring_s2_1_p30").with_modality("dfc")
-    with pytest.raises(PatchNameError, match="not a SEN12MS patch name"):
+    with pytest.raises(InputError, match="not a SEN12MS patch name"):
         parse_patch("ROIs0000_test_s2_0_p1.tif")
-    with pytest.raises(PatchNameError, match="not a DFC2020 patch name"):
+    with pytest.raises(InputError, match="not a DFC2020 patch name"):
         parse_dfc2020_patch("ROIs0000_train_s2_0_p1.tif")
 
 

@@ -391,13 +391,14 @@ def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step(sample_shards: Pa
 
 
 def test_torchrun_environment_is_read_and_checked():
-    from train.run.distributed import Dist, DistributedError, init_from_env, rank_seed, ranks_from_env
+    from train.run.distributed import Dist, init_from_env, rank_seed, ranks_from_env
+    from sen12ms_common.errors import UnavailableError
 
     assert ranks_from_env({}) == (0, 1, 0)
     assert ranks_from_env({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}) == (5, 8, 1)
-    with pytest.raises(DistributedError, match="RANK=8, WORLD_SIZE=8, LOCAL_RANK=0"):
+    with pytest.raises(UnavailableError, match="RANK=8, WORLD_SIZE=8, LOCAL_RANK=0"):
         ranks_from_env({"RANK": "8", "WORLD_SIZE": "8", "LOCAL_RANK": "0"})
-    with pytest.raises(DistributedError, match="must be integers"):
+    with pytest.raises(UnavailableError, match="must be integers"):
         ranks_from_env({"RANK": "x", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
     # One process (also torchrun --nproc_per_node 1): no process group, the device as asked.
     assert init_from_env("cpu", {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}) == (Dist(), torch.device("cpu"))

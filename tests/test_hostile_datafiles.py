@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from convert.datafiles.labels import LABEL_JSON, compat_pickle, label_file_contents
 from sen12ms_common.datafiles import safepickle
 from sen12ms_common.datafiles.limits import MAX_FILE_BYTES, MAX_PICKLE_DATA_BYTES, MAX_PICKLE_OBJECTS, MAX_TREE_VALUES
-from sen12ms_common.datafiles.read import (LabelFileError, SplitFileError, load_labels, parse_labels, parse_split_list,
-                                           read_excluded, read_split_list)
+from sen12ms_common.datafiles.read import load_labels, parse_labels, parse_split_list, read_excluded, read_split_list
+from sen12ms_common.errors import InputError
 from sen12ms_common.vocab.patches import parse_patch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -233,7 +233,7 @@ def test_an_object_dtype_split_pickle_is_refused_instead_of_crashing(tree, tmp_p
 def test_numpy_patterns_other_than_numerics_are_refused(tmp_path, ops, reason):
     path = tmp_path / "labels.pkl"
     path.write_bytes(label_pickle(ops))
-    with pytest.raises(LabelFileError) as err:
+    with pytest.raises(InputError) as err:
         load_labels(str(path))
     assert str(err.value) == f"{path}: refused to load: {reason}"
 
@@ -346,11 +346,11 @@ def test_the_excluded_list_of_a_split_folder_is_read_within_limits(tmp_path):
     path.write_text(f"{NAME}: known broken triplet\nnot a line of the format\n")
     assert read_excluded(str(path)) == {NAME: "known broken triplet"}
     path.write_bytes(b"\xff\xfe: x\n")
-    with pytest.raises(SplitFileError) as err:
+    with pytest.raises(InputError) as err:
         read_excluded(str(path))
     assert str(err.value) == f"{path}: not a text file (expected '<S2 file name>: <reason>' per line)"
     path.write_bytes(b"x" * 5000 + b": y\n")
-    with pytest.raises(SplitFileError) as err:
+    with pytest.raises(InputError) as err:
         read_excluded(str(path))
     assert str(err.value) == f"{path}:1: a line of 5003 characters (expected '<S2 file name>: <reason>' per line)"
 
@@ -465,7 +465,7 @@ FUZZ = settings(max_examples=300, deadline=timedelta(seconds=2), suppress_health
 def test_fuzz_label_reader(data, name):
     try:
         labels = parse_labels(data, name)
-    except LabelFileError as exc:
+    except InputError as exc:
         _one_line(exc)
         return
     for key, vec in labels.items():
@@ -480,7 +480,7 @@ def test_fuzz_label_reader(data, name):
 def test_fuzz_split_reader(data, name):
     try:
         names = parse_split_list(data, name)
-    except SplitFileError as exc:
+    except InputError as exc:
         _one_line(exc)
         return
     assert len(set(names)) == len(names) and all(parse_patch(n).modality == "s2" for n in names)

@@ -136,7 +136,7 @@ def test_a_member_named_like_a_path_is_refused_by_every_reader_and_nothing_is_wr
     from sen12ms_common.vocab.igbp import LabelRule
     from sen12ms_common.vocab.inputs import channel_transform
     from train.data import LoaderSpec, make_loader
-    from train.data.webdataset import ShardError
+    from sen12ms_common.errors import ShardError
 
     target = tmp_path / "abs_evil.txt"
     name = str(target) if hostile == "ABSOLUTE" else hostile
@@ -162,7 +162,7 @@ def test_a_member_named_like_a_path_is_refused_by_every_reader_and_nothing_is_wr
     with pytest.raises(ShardError) as err:
         for _ in make_loader("webdataset", spec).epoch(0):
             pass
-    assert str(err.value) == f"{out / shard}: unreadable after 0 samples (ShardFormatError: {problem})"
+    assert str(err.value) == f"{out / shard}: unreadable after 0 samples (ShardError: {problem})"
     no_evil_file(tmp_path, target, tmp_path / "evil.txt")
 
     # The overview from shards: the shard is listed as a problem, the other shards are counted.
@@ -178,7 +178,7 @@ def test_a_member_named_like_a_path_is_refused_by_every_reader_and_nothing_is_wr
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd"])
 def test_a_manifest_naming_a_path_as_shard_is_refused_by_every_reader(clean_set, tmp_path, name):
-    from sen12ms_common.format.manifest import ManifestError
+    from sen12ms_common.errors import InputError
 
     out = tmp_path / "set"
     shutil.copytree(clean_set, out)
@@ -187,7 +187,7 @@ def test_a_manifest_naming_a_path_as_shard_is_refused_by_every_reader(clean_set,
     manifest["splits"][split]["shards"][0]["name"] = name
     (out / "manifest.json").write_text(json.dumps(manifest))
     message = f"{out / 'manifest.json'}: shard name {name!r} is a path; a manifest names shards in its own folder"
-    with pytest.raises(ManifestError) as err:  # what the loaders and `python -m train` read it with
+    with pytest.raises(InputError) as err:  # what the loaders and `python -m train` read it with
         load_manifest(str(out))
     assert str(err.value) == message
     r = run_cli("verify", str(out), "--no-progress")

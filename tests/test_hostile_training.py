@@ -23,7 +23,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from sen12ms_common.format.manifest import ManifestError, checksums_of, load_manifest
+from sen12ms_common.errors import InputError
+from sen12ms_common.format.manifest import checksums_of, load_manifest
 from sen12ms_common.format.sample import LABEL_EXT, SampleLayout
 
 pytestmark = pytest.mark.slow  # training and evaluation runs in subprocesses
@@ -137,7 +138,8 @@ def test_streams_are_bounded_on_the_command_line():
 
 
 def test_options_check_is_one_function():
-    from train.cli.options import OptionError, check_options, cli_name
+    from train.cli.options import check_options, cli_name
+    from sen12ms_common.errors import InputError
 
     check_options({"streams": 1024, "lr": 1e-3, "threshold": 0.0, "max_steps": None, "input": "B8,B4"}, cli_name)
     for values, message in (({"streams": 1025}, "--streams: 1025 is not an integer in 1..1024"),
@@ -145,7 +147,7 @@ def test_options_check_is_one_function():
                             ({"amp": "yes"}, "--amp: 'yes' is not True or False"),
                             ({"verify": 1}, "--no-verify: 1 is not True or False"),
                             ({"input": "B2,B99"}, "--input: unknown band 'B99'")):
-        with pytest.raises(OptionError) as err:
+        with pytest.raises(InputError) as err:
             check_options(values, cli_name)
         assert str(err.value).startswith(message), str(err.value)
 
@@ -208,7 +210,7 @@ def test_manifests_are_checked_when_loaded(sample_shards: Path, tmp_path: Path):
         folder = tmp_path / case
         folder.mkdir()
         (folder / "manifest.json").write_text(json.dumps(doc))
-        with pytest.raises(ManifestError) as err:
+        with pytest.raises(InputError) as err:
             load_manifest(str(folder))
         assert str(err.value) == f"{folder / 'manifest.json'}: {manifest_message(clean, case)}", case
 
@@ -239,7 +241,7 @@ def test_every_reader_refuses_a_bad_manifest_in_one_line(case: str, sample_shard
 
 def test_bad_labels_of_a_batch():
     from train.run.labelcheck import bad_labels, checked_batch
-    from train.data import DataError
+    from sen12ms_common.errors import DataError
 
     good = np.zeros(17, np.float32)
     good[3] = 1.0
@@ -418,7 +420,8 @@ def test_credentials_in_urls_are_refused_and_never_printed(base: Path, sample_sh
 
 
 def test_redact_removes_user_info_from_every_url():
-    from sen12ms_common.storage.files import StorageError, redact
+    from sen12ms_common.storage.files import redact
+    from sen12ms_common.errors import StorageError
 
     assert redact("s3://K:S@b/x and http://u@h/p, s3://b/key@2x.png, /data/a@b") == \
         "s3://***@b/x and http://***@h/p, s3://b/key@2x.png, /data/a@b"

@@ -19,7 +19,8 @@ from convert.datafiles.labels import derive_labels, write_label_files
 from convert.sample.sen12ms import synthesize, write_geotiff
 from convert.shards.scan import Triplet, scan_tree
 from sen12ms_common.datafiles import safepickle
-from sen12ms_common.datafiles.read import LABEL_JSON, LabelFileError, load_labels
+from sen12ms_common.datafiles.read import LABEL_JSON, load_labels
+from sen12ms_common.errors import InputError
 from sen12ms_common.vocab.patches import PatchId
 
 LABEL_FILES = [
@@ -187,7 +188,7 @@ class _Evil:
 def test_malformed_label_files_give_one_line_errors(tmp_path: Path, content: bytes, message: str):
     path = tmp_path / ("labels.json" if content.startswith(b"{") else "labels.pkl")
     path.write_bytes(content)
-    with pytest.raises(LabelFileError) as err:
+    with pytest.raises(InputError) as err:
         load_labels(str(path))
     text = str(err.value)
     assert text.startswith(str(path)) and message in text and "\n" not in text
@@ -198,11 +199,11 @@ def test_malicious_label_pickle_is_refused_and_never_runs(tmp_path: Path):
     marker = tmp_path / "pwned"
     path = tmp_path / "IGBP_probability_labels.pkl"
     path.write_bytes(pickle.dumps({"x": _Evil(marker)}))
-    with pytest.raises(LabelFileError) as err:
+    with pytest.raises(InputError) as err:
         load_labels(str(path))
     assert str(err.value).startswith(f"{path}: refused to load") and "posix.system" in str(err.value)
     assert not marker.exists()
-    with pytest.raises(LabelFileError, match="no such label file"):
+    with pytest.raises(InputError, match="no such label file"):
         load_labels(str(tmp_path / "missing.pkl"))
 
 

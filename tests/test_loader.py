@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import torch
 
+from sen12ms_common.errors import DataError, ShardError
 from sen12ms_common.format import sample as sf
 from sen12ms_common.format.manifest import Manifest, ShardEntry, load_manifest, official_stats, shard_name
 from sen12ms_common.vocab.bands import OFFICIAL_MEAN, OFFICIAL_STD, resolve_bands
 from sen12ms_common.vocab.igbp import LabelRule
 from sen12ms_common.vocab.inputs import channel_transform
-from train.data import DataError, LoaderSpec, get_factory, loader_names, make_loader
+from train.data import LoaderSpec, get_factory, loader_names, make_loader
 from train.data.plan import epoch_plan
-from train.data.webdataset import ShardError
 from train.run.device import InputTransform
 
 REPO = Path(__file__).resolve().parents[1]

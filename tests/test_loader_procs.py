@@ -13,7 +13,8 @@ import pytest
 
 from test_loader import keys_of, spec, write_shards
 from test_loader_threads import check_against_truth
-from train.data import DataError, make_loader
+from train.data import make_loader
+from sen12ms_common.errors import DataError
 
 
 @pytest.fixture(scope="module")

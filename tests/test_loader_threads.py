@@ -19,13 +19,13 @@ import torch
 import xxhash
 from click.testing import CliRunner
 
+from sen12ms_common.errors import InputError, ShardError
 from sen12ms_common.format import sample as sf
 from sen12ms_common.format.buffers import BufferPool
-from sen12ms_common.format.manifest import ManifestError, checksums_of, load_manifest
+from sen12ms_common.format.manifest import checksums_of, load_manifest
 from test_loader import keys_of, spec, write_shards
 from train.data import make_loader
 from train.data.leases import lent_tensor
-from train.data.webdataset import ShardError
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ def test_version_1_shards_are_refused_with_one_line_saying_to_convert_again(shar
     (root / "manifest.json").write_text(json.dumps(manifest))
     line = ("these shards are of format version 1, which stored each zstd array as one frame; this toolbox reads "
             "version 2 (a frame per band): re-convert them with `python -m convert shards`")
-    with pytest.raises(ManifestError) as err:
+    with pytest.raises(InputError) as err:
         load_manifest(str(root))
     assert str(err.value) == f"{root / 'manifest.json'}: {line}"
     r = CliRunner().invoke(cli, ["verify", str(root), "--no-progress"])

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import zstandard
 
+from sen12ms_common.errors import ShardError
 from sen12ms_common.format import sample as sf
 from sen12ms_common.format.codecs import shuffle_bytes
 from sen12ms_common.format.manifest import Manifest, ShardEntry, index_name, shard_name
 from test_loader import SIZE, spec
 from train.data import make_loader
-from train.data.webdataset import ShardError
 
 BAD_KEY = "ROIs1158_spring_s2_1_p3"
 

@@ -7,8 +7,9 @@ import dataclasses
 
 import pytest
 
+from sen12ms_common.errors import InputError
 from sen12ms_common.vocab.bands import resolve_bands
-from train.cli.options import OptionError, read_options, stored_options
+from train.cli.options import read_options, stored_options
 from train.cli.schema import EVALUATE, PREDICT, TRAIN, read_input
 from train.config.trainconfig import TrainConfig
 
@@ -60,9 +61,9 @@ def test_stored_options_follow_the_declarations():
     saved = {"run_dir": "/elsewhere", "resume": "x.pth", "batch_size": 3, "input": "rgb", "unknown": 1}
     out = stored_options(saved, "ckpt.pth")
     assert set(out) == {"batch_size", "input"} and out["input"].bands == resolve_bands("rgb")
-    with pytest.raises(OptionError, match=r"^ckpt.pth: stored option 'input': unknown band 'B99'"):
+    with pytest.raises(InputError, match=r"^ckpt.pth: stored option 'input': unknown band 'B99'"):
         stored_options({"input": "B2,B99"}, "ckpt.pth")
-    with pytest.raises(OptionError, match=r"^--output-stride: 4 is not 8 or 16$"):
+    with pytest.raises(InputError, match=r"^--output-stride: 4 is not 8 or 16$"):
         read_options({"output_stride": 4}, lambda k: TRAIN[k].flag)
 
 

@@ -23,10 +23,10 @@ from s3server import (FaultProxy, WeedServer, apply_env, clear_s3_caches, fault_
 from webdataset_s3 import ShardOpener, gopen_s3, register_gopen
 
 from bench.cases.s3rows import read_throughput
+from sen12ms_common.errors import ShardError, StorageAccessError, StorageNotFoundError, StorageUnavailableError
 from sen12ms_common.format.manifest import load_manifest
 from sen12ms_common.storage import files as storage
-from sen12ms_common.storage.files import (RetryPolicy, ShardSizeError, StorageAccessError, StorageNotFoundError,
-                                          StorageUnavailableError)
+from sen12ms_common.storage.files import RetryPolicy
 
 pytestmark = pytest.mark.slow  # a real S3 server, conversions and training through it
 
@@ -181,12 +181,12 @@ def test_missing_object_and_truncated_object(s3_prefix: str, s3_env: WeedServer,
     storage.write_bytes(url, payload(4000))
     with storage.open_read(url, expected_size=4000) as f:
         assert len(f.read()) == 4000
-    with pytest.raises(ShardSizeError) as err:
+    with pytest.raises(ShardError) as err:
         storage.open_read(url, expected_size=4096)
     assert str(err.value) == (f"{url}: object is 4000 bytes, expected 4096 (truncated; rewritten or damaged?)")
     local = tmp_path / "train-000000.tar"
     local.write_bytes(payload(4000))
-    with pytest.raises(ShardSizeError, match=r"train-000000.tar: file is 4000 bytes, expected 4096 \(truncated"):
+    with pytest.raises(ShardError, match=r"train-000000.tar: file is 4000 bytes, expected 4096 \(truncated"):
         storage.open_read(str(local), expected_size=4096)
 
 
@@ -284,7 +284,7 @@ def test_shard_opener_feeds_webdataset(s3_prefix: str, s3_env: WeedServer) -> No
     assert [s["__key__"] for s in samples] == ["k00", "k01", "k02", "k10", "k11", "k12"]
     # A truncated shard stops the pipeline with the URL (no silently shorter epoch).
     wrong = {**sizes, urls[1]: sizes[urls[1]] + 512}
-    with pytest.raises(ShardSizeError, match=f"^{urls[1]}: object is"):
+    with pytest.raises(ShardError, match=f"^{urls[1]}: object is"):
         list(group_by_keys(tar_file_expander(ShardOpener(wrong)({"url": u} for u in urls))))
     assert read_throughput(urls)[0] == sum(sizes.values())
 

@@ -10,8 +10,9 @@ import time
 import pytest
 from s3server import FaultProxy, WeedServer, fault_proxy  # noqa: F401  (fixture)
 
+from sen12ms_common.errors import StorageUnavailableError
 from sen12ms_common.storage import files as storage
-from sen12ms_common.storage.files import RetryPolicy, StorageUnavailableError
+from sen12ms_common.storage.files import RetryPolicy
 
 pytestmark = pytest.mark.slow  # a real S3 server behind a fault-injecting proxy
 

@@ -19,15 +19,15 @@ from bench.inputs.dataset import add_real_patches
 from bench.originals.geotiff import original_loader
 from bench.originals.seggeotiff import SegGeoTiffDataset
 from segdata import band1, convert_both, make_trees, read_all, run_convert
+from sen12ms_common.errors import DataError, ShardError
 from sen12ms_common.format.manifest import checksums_of, load_manifest
 from sen12ms_common.vocab.bands import resolve_bands
 from sen12ms_common.vocab.dfc import DfcScheme, dfc_to_train, igbp_to_dfc
 from sen12ms_common.vocab.igbp import LabelRule
 from sen12ms_common.vocab.inputs import channel_transform
 from sen12ms_common.vocab.patches import parse_any_patch
-from train.data import DataError, LoaderSpec, make_loader
+from train.data import LoaderSpec, make_loader
 from train.data.symmetry import apply_symmetries, symmetric_view
-from train.data.webdataset import ShardError
 from train.run.device import InputTransform
 
 pytestmark = pytest.mark.slow  # conversions of generated trees

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from train.models.registry import build_model, model_names
-from train.models.segmentation import BackboneWeightsError, DeepLabV3Plus, UNet, imagenet_weights_file
+from train.models.segmentation import DeepLabV3Plus, UNet, imagenet_weights_file
+from sen12ms_common.errors import CheckpointError
 
 Layout = dict[str, tuple[int, ...]]
 # get_ninputs: S2 high 4, medium 6, low 3 bands, S1 2; classes 10, or 9 without savanna.
@@ -205,7 +206,7 @@ def test_backbone_weights_from_a_local_file(resnet101_file, tmp_path, monkeypatc
     assert got["conv1.weight"].shape == (64, 12, 7, 7)  # the stem keeps its own initialisation
     # "imagenet": torch's hub cache only, never a download.
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(BackboneWeightsError, match="nothing is downloaded") as err:
+    with pytest.raises(CheckpointError, match="nothing is downloaded") as err:
         DeepLabV3Plus(4, 10, backbone_weights="imagenet")
     assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
@@ -218,10 +219,10 @@ def test_backbone_weights_from_a_local_file(resnet101_file, tmp_path, monkeypatc
 @pytest.mark.slow
 def test_backbone_weights_that_do_not_fit(tmp_path):
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "small.pth")
-    with pytest.raises(BackboneWeightsError, match="small.pth: not a ResNet-101 state dict"):
+    with pytest.raises(CheckpointError, match="small.pth: not a ResNet-101 state dict"):
         DeepLabV3Plus(4, 10, backbone_weights=tmp_path / "small.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(BackboneWeightsError, match="junk.pth: cannot read"):
+    with pytest.raises(CheckpointError, match="junk.pth: cannot read"):
         DeepLabV3Plus(4, 10, backbone_weights=tmp_path / "junk.pth")
 
 

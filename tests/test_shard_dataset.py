@@ -18,7 +18,7 @@ from sen12ms_common.vocab.igbp import LabelRule
 from sen12ms_common.vocab.inputs import channel_transform, select_channels
 from shardtools import decode_all, run_shards
 from test_loader import write_shards
-from train.data import ShardDataset, ShardDatasetError
+from train.data import ShardDataset
 
 COUNTS = {"train": [5, 7, 3, 6], "val": [4, 1, 6], "test": [6, 5]}
 
@@ -199,7 +199,7 @@ def test_input_the_shards_lack(sample_tree, tmp_path):
 def test_more_dataloader_workers_than_shards_is_one_line_at_epoch_start(small):
     root, _ = small
     ds = ShardDataset(root, "test", batch_size=2)  # 2 shards
-    with pytest.raises(ShardDatasetError) as e:
+    with pytest.raises(DataError) as e:
         next(iter(DataLoader(ds, batch_size=None, num_workers=3)))
     assert one_line(e.value) == (f"{root}: 3 DataLoader workers for the 2 shard(s) of the test split: "
                                  "use num_workers=2 or fewer (in DataLoader worker process 0)")

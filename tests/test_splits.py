@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 from convert.cli import cli
-from convert.datafiles.splits import (BROKEN_REASON, HOLDOUT_NAME, OFFICIAL_HOLDOUT, SplitFileError, Splits,
-                                      choose_val_scenes, find_holdout, load_holdout, make_splits, scene_order_key,
-                                      write_splits)
+from convert.datafiles.splits import (BROKEN_REASON, HOLDOUT_NAME, OFFICIAL_HOLDOUT, Splits, choose_val_scenes,
+                                      find_holdout, load_holdout, make_splits, scene_order_key, write_splits)
 from sen12ms_common.datafiles import safepickle
 from sen12ms_common.datafiles.read import load_splits
+from sen12ms_common.errors import InputError
 from sen12ms_common.vocab.patches import SEASONS, PatchId, SceneId, parse_patch
 
 OFFICIAL_SEASON_COUNTS = {"ROIs1158_spring": 4242, "ROIs1868_summer": 4529,
@@ -175,7 +175,7 @@ class _Evil:
 def test_malformed_split_lists_give_one_line_errors(tmp_path: Path, name: str, content: bytes, message: str):
     (tmp_path / name).write_bytes(content)
     (tmp_path / "test_list.txt").write_text("ROIs1158_spring_s2_63_p1.tif\n")
-    with pytest.raises(SplitFileError) as err:
+    with pytest.raises(InputError) as err:
         load_splits(str(tmp_path))
     text = str(err.value)
     assert text.startswith(str(tmp_path / name)) and message in text and "\n" not in text
@@ -185,15 +185,15 @@ def test_split_list_problems_across_files(tmp_path: Path):
     marker = tmp_path / "pwned"
     (tmp_path / "test_list.txt").write_text("ROIs1158_spring_s2_63_p1.tif\n")
     (tmp_path / "train_list.pkl").write_bytes(pickle.dumps([_Evil(marker)]))
-    with pytest.raises(SplitFileError) as err:
+    with pytest.raises(InputError) as err:
         load_splits(str(tmp_path))
     assert str(err.value).startswith(f"{tmp_path / 'train_list.pkl'}: refused to load")
     assert not marker.exists()
     (tmp_path / "train_list.pkl").unlink()
-    with pytest.raises(SplitFileError, match=r": no train_list.txt or train_list.pkl$"):
+    with pytest.raises(InputError, match=r": no train_list.txt or train_list.pkl$"):
         load_splits(str(tmp_path))
     (tmp_path / "train_list.txt").write_text("ROIs1158_spring_s2_63_p1.tif\n")
-    with pytest.raises(SplitFileError, match="ROIs1158_spring_s2_63_p1.tif is in both the train and the test list"):
+    with pytest.raises(InputError, match="ROIs1158_spring_s2_63_p1.tif is in both the train and the test list"):
         load_splits(str(tmp_path))
 
 
@@ -207,10 +207,10 @@ def test_holdout_lookup_order_and_errors(tmp_path: Path):
     mine.write_text("ROIs1158_spring/s2_1\nROIs1158_spring_1\n\nROIs2017_winter/s1_9\n")
     assert find_holdout(str(tree), str(mine)) == str(mine)
     assert load_holdout(str(mine)) == [SceneId("ROIs1158_spring", 1), SceneId("ROIs2017_winter", 9)]
-    with pytest.raises(SplitFileError, match=f"^{tmp_path / 'nope.txt'}: no such hold-out list$"):
+    with pytest.raises(InputError, match=f"^{tmp_path / 'nope.txt'}: no such hold-out list$"):
         find_holdout(str(tree), str(tmp_path / "nope.txt"))
     mine.write_text("ROIs1158_spring/s1_1\nspring 7\n")
-    with pytest.raises(SplitFileError, match=f"^{mine}:2: 'spring 7' is not a SEN12MS scene"):
+    with pytest.raises(InputError, match=f"^{mine}:2: 'spring 7' is not a SEN12MS scene"):
         load_holdout(str(mine))
 
 

@@ -14,8 +14,8 @@ import torch
 
 from train.config.presets import PRESETS, apply_preset, savanna_default
 from train.models.registry import build_model
-from train.models.segmentation import BackboneWeightsError
-from train.run.checkpoint import CheckpointError, save_checkpoint
+from sen12ms_common.errors import CheckpointError
+from train.run.checkpoint import save_checkpoint
 from train.run.init_weights import _our_key, init_from, pretrained_backbone, start_weights
 from weightsdata import seg_sample  # noqa: F401  (fixture)
 
@@ -94,7 +94,7 @@ def _torchvision_file(torch_home: Path, arch: str, name: str) -> torch.nn.Module
 def test_imagenet_backbone_from_the_torch_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     model = _net("ResNet18", 12, 10, seed=0)
-    with pytest.raises(BackboneWeightsError) as err:
+    with pytest.raises(CheckpointError) as err:
         pretrained_backbone("ResNet18", model, "imagenet")
     assert str(err.value) == (f"no ImageNet weights of ResNet18 in {tmp_path / 'torch' / 'hub' / 'checkpoints'} "
                               "(looked for resnet18-f37072fd.pth, from https://download.pytorch.org/models/"
@@ -107,9 +107,9 @@ def test_imagenet_backbone_from_the_torch_cache(tmp_path: Path, monkeypatch: pyt
     assert torch.equal(model.encoder[7][1].bn2.running_var, tv.layer4[1].bn2.running_var)
     assert torch.equal(model.encoder[1].weight, tv.bn1.weight)
     assert torch.equal(model.conv1.weight, stem) and torch.equal(model.FC.weight, head)  # 12 channels, own head
-    with pytest.raises(BackboneWeightsError, match="SmallCNN has no ImageNet backbone"):
+    with pytest.raises(CheckpointError, match="SmallCNN has no ImageNet backbone"):
         pretrained_backbone("SmallCNN", _net("SmallCNN", 3, 10, 0), "imagenet")
-    with pytest.raises(BackboneWeightsError, match="not torchvision's resnet50 weights"):
+    with pytest.raises(CheckpointError, match="not torchvision's resnet50 weights"):
         pretrained_backbone("ResNet50", _net("ResNet50", 3, 10, 0),
                             tmp_path / "torch/hub/checkpoints/resnet18-f37072fd.pth")
 

@@ -1,7 +1,7 @@
 """The converter's worker pool (convert/workers.py): results in input order for any number of
 workers, a worker's exception named in the parent, and a worker that dies - also half-way
 through sending a large result, where ProcessPoolExecutor waits forever - ends the map with
-`WorkerDied` at once, leaving no process behind."""
+`ConvertError` at once, leaving no process behind."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from convert.workers import WorkerDied, WorkerError, WorkerPool
+from convert.workers import WorkerPool
+from sen12ms_common.errors import ConvertError
 
 
 def _square_and_pid(i: int) -> tuple[int, int]:
@@ -59,7 +60,7 @@ def test_results_come_in_input_order_from_every_worker(workers: int, window: int
 
 
 def test_an_exception_in_a_worker_is_raised_in_the_parent_with_its_traceback():
-    with pytest.raises(WorkerError, match=r"in worker process \d+: ValueError: bad item 3\n") as err:
+    with pytest.raises(RuntimeError, match=r"in worker process \d+: ValueError: bad item 3\n") as err:
         with WorkerPool(_fails_on_three, 2) as pool:
             pids = pool.pids
             got = []
@@ -73,7 +74,7 @@ def test_an_exception_in_a_worker_is_raised_in_the_parent_with_its_traceback():
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads process states from /proc")
 def test_a_worker_killed_while_sending_a_large_result_ends_the_map_at_once():
     start = time.monotonic()
-    with pytest.raises(WorkerDied, match=r"worker process \d+ died \(killed by signal 9\)"):
+    with pytest.raises(ConvertError, match=r"worker process \d+ died \(killed by signal 9\)"):
         with WorkerPool(_slow_first_then_killed_while_sending, 2) as pool:
             pids = pool.pids
             for _ in pool.map(range(2)):

@@ -11,20 +11,16 @@ from pathlib import Path
 
 from bench.cases.loaders import LoaderSettings
 from bench.measure.timing import Repeat
+from sen12ms_common.errors import UnavailableError
 from sen12ms_common.storage import files as storage
 from sen12ms_common.vocab.bands import resolve_bands
 
-from sen12ms_common.errors import Sen12msError
 from sen12ms_common.format.manifest import load_manifest
 from sen12ms_common.vocab.igbp import LabelRule
 from sen12ms_common.vocab.inputs import channel_transform
 from train.data import LoaderSpec, make_loader
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-class DaliUnavailable(RuntimeError, Sen12msError):
-    """DALI cannot run here; the message says why (for the table's "not available" rows)."""
 
 
 class DaliWorker:
@@ -39,7 +35,7 @@ class DaliWorker:
         hello = self._read()
         if not hello.get("ready"):
             self.close()
-            raise DaliUnavailable(hello.get("error", "the DALI worker did not start"))
+            raise UnavailableError(hello.get("error", "the DALI worker did not start"))
         self.version = str(hello.get("version", "?"))
 
     def _read(self) -> dict:
@@ -48,8 +44,8 @@ class DaliWorker:
         if not line:
             self.proc.wait(timeout=30)
             tail = self.log_path.read_text(errors="replace").strip().splitlines()[-1:] if self.log_path.exists() else []
-            raise DaliUnavailable(f"the DALI worker exited (status {self.proc.returncode})"
-                                  + (f": {tail[0][:200]}" if tail else ""))
+            raise UnavailableError(f"the DALI worker exited (status {self.proc.returncode})"
+                                   + (f": {tail[0][:200]}" if tail else ""))
         return json.loads(line)
 
     def repeat(self, root: str, settings: LoaderSettings, threads: int, seed: int, cpu: int | None,

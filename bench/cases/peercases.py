@@ -7,11 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from bench.cases.peers import (PeerUnavailable, litdata_repeat, mds_repeat, peer_files, peer_version,
+from bench.cases.peers import (litdata_repeat, mds_repeat, peer_files, peer_version,
                                torchgeo_repeat, torchgeo_root, write_litdata, write_mds)
 from bench.inputs.dataset import BenchDataset, ensure_shards
 from bench.measure.results import Results, Row, fmt_ratio
 from bench.measure.timing import Repeat, one_cpu
+from sen12ms_common.errors import UnavailableError
 
 # (row key, peer, codec of its set): litdata and MDS write zstd or nothing (neither writes lz4);
 # TorchGeo reads the uncompressed GeoTIFFs.
@@ -47,7 +48,7 @@ def prepare_peers(ds: BenchDataset, input_spec: str, shard_size: int, workers: i
             say(f"peers: {peer} set ({codec}) in {ds.root / 'peers'}")
             write = write_litdata if peer == "litdata" else write_mds
             roots[key] = write(source, ds.root / "peers" / f"{peer}-{codec}", codec, input_spec, len(ds.keys))
-        except PeerUnavailable as exc:
+        except UnavailableError as exc:
             res.fail(f"{key}/1", str(exc))
         except Exception as exc:
             res.fail(f"{key}/1", f"failed: {_one_line(exc)}")

@@ -6,6 +6,8 @@ the bench's GeoTIFF tree. The peers are the optional `.[bench]` extra: without o
 
 from __future__ import annotations
 
+from sen12ms_common.errors import UnavailableError
+
 import importlib
 import importlib.metadata as md
 import json
@@ -31,19 +33,15 @@ STAMP = "bench-peer.json"
 SEASONS = ("ROIs1158_spring", "ROIs1868_summer", "ROIs1970_fall", "ROIs2017_winter")
 
 
-class PeerUnavailable(RuntimeError):
-    """A peer library is not installed (or does not import) here."""
-
-
 def peer_version(peer: str) -> str:
-    """The installed version of a peer, after importing it; PeerUnavailable with the row's text."""
+    """The installed version of a peer, after importing it; UnavailableError with the row's text."""
     package, module = PEERS[peer]
     try:
         importlib.import_module(module)
         return md.version(package)
     except (ImportError, md.PackageNotFoundError) as exc:
-        raise PeerUnavailable(f"not installed: {package} ({exc.__class__.__name__}: {exc}); "
-                              "pip install -e '.[bench]'") from None
+        raise UnavailableError(f"not installed: {package} ({exc.__class__.__name__}: {exc}); "
+                               "pip install -e '.[bench]'") from None
 
 
 # --- the arrays the peers are given -------------------------------------------------------------

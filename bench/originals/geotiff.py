@@ -9,19 +9,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from sen12ms_common.datafiles.read import load_labels, read_split_list
-from sen12ms_common.errors import Sen12msError
+from sen12ms_common.errors import InputError
 from sen12ms_common.format.sample import S1_MAX_DB, S1_MIN_DB
 from sen12ms_common.storage import files as storage
 from sen12ms_common.vocab.bands import OFFICIAL_MEAN, OFFICIAL_STD, BandRef, resolve_bands
 from sen12ms_common.vocab.igbp import LabelRule
-from sen12ms_common.vocab.patches import KNOWN_BROKEN, PatchNameError, parse_patch
+from sen12ms_common.vocab.patches import KNOWN_BROKEN, parse_patch
 
 S2_MAX = 10000.0
-
-
-class GeoTiffDataError(ValueError, Sen12msError):
-    """A patch that cannot be used or has no label; the message names it. (Label files and split
-    lists that cannot be read raise `LabelFileError` / `SplitFileError` of `sen12ms_common.datafiles.read`.)"""
 
 
 # --- one sample, the original's way ----------------------------------------------------------------
@@ -80,12 +75,12 @@ class GeoTiffDataset(Dataset):
         for name in names:
             try:
                 pid = parse_patch(name)
-            except PatchNameError as exc:
-                raise GeoTiffDataError(str(exc)) from exc
+            except InputError as exc:
+                raise InputError(str(exc)) from exc
             if pid.key in KNOWN_BROKEN:
                 continue
             if pid.filename("s2") not in self.labels:
-                raise GeoTiffDataError(f"{pid.filename('s2')}: no label in the label file")
+                raise InputError(f"{pid.filename('s2')}: no label in the label file")
             ids.append(pid.with_modality("s2"))
         self.ids = sorted(set(ids), key=lambda p: p.filename())
         s2 = [b for b in self.bands if b.modality == "s2"]
@@ -113,7 +108,7 @@ class GeoTiffDataset(Dataset):
             if len(self.pick) > len(self.s2_indexes):
                 parts.append(read_s1(storage.join(self.root, pid.relpath("s1")), self.normalise))
         except Exception as exc:  # rasterio, GDAL and storage raise many types; name the patch
-            raise GeoTiffDataError(f"{pid.filename()}: cannot read its GeoTIFFs ({exc})") from exc
+            raise InputError(f"{pid.filename()}: cannot read its GeoTIFFs ({exc})") from exc
         img = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
         if self.pick != list(range(len(self.pick))):
             img = img[self.pick]

@@ -21,12 +21,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from sen12ms_common.errors import InputError
 from sen12ms_common.storage import files as storage
 from sen12ms_common.vocab.bands import BandRef, resolve_bands
 from sen12ms_common.vocab.dfc import dfc_to_train, igbp_to_dfc
-from sen12ms_common.vocab.patches import PatchNameError, is_dfc2020, parse_any_patch
+from sen12ms_common.vocab.patches import is_dfc2020, parse_any_patch
 
-from bench.originals.geotiff import GeoTiffDataError, _open_raster, read_s1, read_s2
+from bench.originals.geotiff import _open_raster, read_s1, read_s2
 
 
 class SegGeoTiffDataset(Dataset):
@@ -40,16 +41,16 @@ class SegGeoTiffDataset(Dataset):
         self.savanna = not no_savanna
         try:
             ids = {parse_any_patch(n).with_modality("s2") for n in names}
-        except PatchNameError as exc:
-            raise GeoTiffDataError(str(exc)) from exc
+        except InputError as exc:
+            raise InputError(str(exc)) from exc
         self.ids = sorted(ids, key=lambda p: p.filename())
         s2 = [b for b in self.bands if b.modality == "s2"]
         self.s2_indexes = tuple(b.index + 1 for b in s2)
         self.s1 = any(b.modality == "s1" for b in self.bands)
         if [b.modality for b in self.bands] != ["s2"] * len(s2) + ["s1"] * (len(self.bands) - len(s2)) \
                 or list(self.s2_indexes) != sorted(self.s2_indexes) or (self.s1 and len(self.bands) - len(s2) != 2):
-            raise GeoTiffDataError(f"input {input_spec!r}: the baseline reads S2 bands in file order, then both "
-                                   "S1 bands (e.g. s2hr+s2mr+s1)")
+            raise InputError(f"input {input_spec!r}: the baseline reads S2 bands in file order, then both "
+                             "S1 bands (e.g. s2hr+s2mr+s1)")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -66,7 +67,7 @@ class SegGeoTiffDataset(Dataset):
             with _open_raster(storage.join(self.root, pid.relpath(mask_modality))) as ds:
                 band = ds.read(1)
         except Exception as exc:  # rasterio, GDAL and storage raise many types; name the patch
-            raise GeoTiffDataError(f"{pid.filename()}: cannot read its GeoTIFFs ({exc})") from exc
+            raise InputError(f"{pid.filename()}: cannot read its GeoTIFFs ({exc})") from exc
         img = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
         mask = (dfc_to_train if mask_modality == "dfc" else igbp_to_dfc)(band, self.savanna)
         return {"image": torch.from_numpy(img), "mask": torch.from_numpy(mask.astype(np.int64)),

@@ -12,10 +12,10 @@ from typing import Callable
 import torch
 
 from bench.cases.conversion import conversion_repeat
-from bench.cases.dali import DaliUnavailable, DaliWorker
+from bench.cases.dali import DaliWorker
 from bench.cases.loaders import (first_batch_check, original_repeat, seg_original_repeat, seg_webdataset_repeat,
                                  webdataset_repeat)
-from bench.cases.s3rows import S3Unavailable, local_server, read_only_repeat, shards_url, tree_url, upload_bench_data
+from bench.cases.s3rows import local_server, read_only_repeat, shards_url, tree_url, upload_bench_data
 from bench.cases.training import StepBench, cuda_model_rate
 from bench.inputs.dataset import (ensure_shards, geotiff_bytes, prepare, preread, real_patch_bytes, reference_root,
                                   shard_files)
@@ -24,6 +24,7 @@ from bench.measure.timing import Repeat, one_cpu, pinned
 from bench.run.config import OUTPUTS, SEG_CODEC, BenchConfig, cores_configs
 from sen12ms_common.cpus import usable_cpus
 from sen12ms_common.datafiles.read import load_labels
+from sen12ms_common.errors import UnavailableError
 from sen12ms_common.format.manifest import load_manifest
 from sen12ms_common.vocab.bands import resolve_bands
 
@@ -219,7 +220,7 @@ class Bench:
         try:
             self.dali = DaliWorker(self.cfg.scratch / "dali-worker.log")
             self.res.extra["dali_version"] = self.dali.version
-        except DaliUnavailable as exc:
+        except UnavailableError as exc:
             self.res.fail("dali", f"not available: {exc}")
 
     def measure_loaders(self) -> None:
@@ -337,7 +338,7 @@ class Bench:
                             continue
                         res.put(key, r, rep.rate)
                         self.say(f"round {r + 1}/{cfg.repeats} {key:16} {rep.rate:8.1f} samples/s")
-        except S3Unavailable as exc:
+        except UnavailableError as exc:
             res.fail("s3", f"not available: {exc}")
         except Exception as exc:
             res.fail("s3", f"failed: {_one_line(exc)}")

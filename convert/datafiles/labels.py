@@ -12,18 +12,17 @@ from typing import Any, Callable, Iterable, Sequence
 import click
 import numpy as np
 
-from convert.shards.geotiff import PatchReadError, read_patch
+from convert.shards.geotiff import read_patch
 from convert.shards.scan import Problem, Triplet, scan_tree
 from convert.workers import WorkerPool
 from sen12ms_common.cpus import usable_cpus
-from sen12ms_common.datafiles.read import JSON_FORMAT, JSON_VERSION, LABEL_JSON, LABEL_PKL, LabelFileError
-from sen12ms_common.errors import report_errors
+from sen12ms_common.datafiles.read import JSON_FORMAT, JSON_VERSION, LABEL_JSON, LABEL_PKL
+from sen12ms_common.errors import InputError, StorageError, report_errors
 from sen12ms_common.progress import Counter, ProgressOptions, as_options, progress_options
 from sen12ms_common.storage import files as storage
-from sen12ms_common.storage.files import StorageError
 from sen12ms_common.storage.outputs import output_folder, writing
-from sen12ms_common.vocab.igbp import (IGBP_NAMES, N_FULL, N_SIMPLE, SIMPLE_NAMES, LabelError, one_hot,
-                                       probability_from_igbp, single_label, to_simple)
+from sen12ms_common.vocab.igbp import (IGBP_NAMES, N_FULL, N_SIMPLE, SIMPLE_NAMES, one_hot, probability_from_igbp,
+                                       single_label, to_simple)
 
 # The original's pickles are protocol 3 (Python 3.0+), which its Python 3.7 code reads.
 PICKLE_PROTOCOL = 3
@@ -59,7 +58,7 @@ def label_of(triplet: Triplet) -> tuple[str, np.ndarray | None, Problem | None, 
     try:
         patch = read_patch(lc, "lc")
         prob = probability_from_igbp(patch.data[0])
-    except (PatchReadError, LabelError) as exc:
+    except InputError as exc:
         return name, None, Problem(lc, _reason(exc, lc), triplet.key), None
     except Exception as exc:  # a batch job reports every bad input instead of dying on one
         return name, None, Problem(lc, f"cannot read: {exc.__class__.__name__}: {_reason(exc, lc)}", triplet.key), None
@@ -155,7 +154,7 @@ def label_file_contents(labels: dict[str, np.ndarray]) -> dict[str, bytes]:
     for i, n in enumerate(names):
         vec = np.asarray(labels[n], dtype=np.float64).reshape(-1)
         if vec.size != N_FULL:
-            raise LabelFileError(f"label of {n!r} has {vec.size} values, a probability label has {N_FULL}")
+            raise InputError(f"label of {n!r} has {vec.size} values, a probability label has {N_FULL}")
         matrix[i] = vec
     files: dict[str, bytes] = {
         LABEL_JSON: _json_text(names, matrix).encode("utf-8"),

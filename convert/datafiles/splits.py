@@ -13,14 +13,13 @@ import click
 from convert.datafiles.labels import expected_sibling, report_problems
 from convert.shards.scan import Problem, scan_tree
 from sen12ms_common.datafiles.limits import excerpt
-from sen12ms_common.datafiles.read import SplitFileError, read_source, text_lines
-from sen12ms_common.errors import report_errors
+from sen12ms_common.datafiles.read import read_source, text_lines
+from sen12ms_common.errors import InputError, StorageError, report_errors
 from sen12ms_common.progress import no_progress_option
 from sen12ms_common.storage import files as storage
-from sen12ms_common.storage.files import StorageError
 from sen12ms_common.storage.outputs import output_folder, writing
 from sen12ms_common.vocab.official import HOLDOUT_NAME, OFFICIAL_HOLDOUT
-from sen12ms_common.vocab.patches import MODALITIES, SEASONS, PatchId, PatchNameError, SceneId, parse_patch, parse_scene
+from sen12ms_common.vocab.patches import MODALITIES, SEASONS, PatchId, SceneId, parse_patch, parse_scene
 
 EXCLUDED_NAME = "excluded.txt"
 BROKEN_REASON = "known broken triplet (S1 holds NaN): left out of train as in the original"
@@ -33,20 +32,20 @@ PICKLE_PROTOCOL = 3
 def load_holdout(path: str) -> list[SceneId]:
     """Scenes of a hold-out list (`ROIs1158_spring/s1_63` per line), in file order, no repeats."""
     source = str(path)
-    data = read_source(source, "hold-out list", SplitFileError)
+    data = read_source(source, "hold-out list", InputError)
     scenes: list[SceneId] = []
     seen: set[SceneId] = set()
-    for number, line in text_lines(data, source, SplitFileError, "one scene per line, e.g. ROIs1158_spring/s1_63"):
+    for number, line in text_lines(data, source, InputError, "one scene per line, e.g. ROIs1158_spring/s1_63"):
         try:
             scene = parse_scene(line)
-        except PatchNameError:
-            raise SplitFileError(f"{source}:{number}: {excerpt(line)} is not a SEN12MS scene "
-                                 "(expected e.g. ROIs1158_spring/s1_63)") from None
+        except InputError:
+            raise InputError(f"{source}:{number}: {excerpt(line)} is not a SEN12MS scene "
+                             "(expected e.g. ROIs1158_spring/s1_63)") from None
         if scene not in seen:
             seen.add(scene)
             scenes.append(scene)
     if not scenes:
-        raise SplitFileError(f"{source}: the hold-out list names no scene")
+        raise InputError(f"{source}: the hold-out list names no scene")
     return scenes
 
 
@@ -54,7 +53,7 @@ def find_holdout(data_root: str, holdout: str | None) -> str:
     """The hold-out list to use: `holdout`, else the one in the tree's root, else the official one."""
     if holdout:
         if not storage.exists(str(holdout)):
-            raise SplitFileError(f"{holdout}: no such hold-out list")
+            raise InputError(f"{holdout}: no such hold-out list")
         return str(holdout)
     in_tree = storage.join(str(data_root), HOLDOUT_NAME)
     if storage.exists(in_tree):
@@ -238,6 +237,6 @@ def splits_command(data: str, holdout: str | None, val_fraction: float, seed: in
 
 
 __all__ = [
-    "OFFICIAL_HOLDOUT", "HOLDOUT_NAME", "Splits", "SplitFileError", "load_holdout", "find_holdout",
+    "OFFICIAL_HOLDOUT", "HOLDOUT_NAME", "Splits", "load_holdout", "find_holdout",
     "make_splits", "choose_val_scenes", "scene_order_key", "write_splits", "splits_command",
 ]

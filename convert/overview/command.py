@@ -9,20 +9,20 @@ import tarfile
 import click
 import numpy as np
 
-from convert.shards.geotiff import PatchReadError, read_patch
+from convert.shards.geotiff import read_patch
 from sen12ms_common.cpus import usable_cpus
-from sen12ms_common.errors import report_errors
+from sen12ms_common.errors import InputError, ShardError, report_errors
 from sen12ms_common.format import tarstream
 from sen12ms_common.format.manifest import load_manifest
-from sen12ms_common.format.sample import (LABEL_EXT, META_EXT, SampleLayout, ShardFormatError, check_member_name,
-                                          decode_array, decode_label)
+from sen12ms_common.format.sample import (LABEL_EXT, META_EXT, SampleLayout, check_member_name, decode_array,
+                                          decode_label)
 from sen12ms_common.progress import Counter, ProgressOptions, as_options, progress_options
 from sen12ms_common.storage import files as storage
-from sen12ms_common.vocab.igbp import LabelError, check_probability, igbp_counts
-from sen12ms_common.vocab.patches import PatchId, PatchNameError, SceneId, parse_patch
+from sen12ms_common.vocab.igbp import check_probability, igbp_counts
+from sen12ms_common.vocab.patches import PatchId, SceneId, parse_patch
 from sen12ms_common.vocab.synthetic import is_synthetic
 
-from convert.datafiles.splits import OFFICIAL_HOLDOUT, SplitFileError, find_holdout, load_holdout
+from convert.datafiles.splits import OFFICIAL_HOLDOUT, find_holdout, load_holdout
 from convert.overview.data import FROM_LC, Collection, PatchInfo, Problem, from_label
 from convert.overview.report import write_report
 from convert.shards.scan import scan_tree
@@ -66,7 +66,7 @@ def holdout_scenes(data: str | None, holdout: str | None) -> tuple[str, set[Scen
     """(path, scenes) of the hold-out list: `holdout`, else the tree's own, else the official one."""
     path = find_holdout(data, holdout) if data is not None else str(holdout or OFFICIAL_HOLDOUT)
     if holdout and data is None and not storage.exists(path):
-        raise SplitFileError(f"{path}: no such hold-out list")
+        raise InputError(f"{path}: no such hold-out list")
     return path, set(load_holdout(path))
 
 
@@ -76,10 +76,11 @@ def _read_lc(path: str) -> tuple[np.ndarray, str, tuple[float, float]] | str:
     """Counts, CRS and centre of one lc patch, or the reason it cannot be used (worker side)."""
     try:
         patch = read_patch(path, "lc")
-        counts = igbp_counts(patch.data[0])
-    except PatchReadError as exc:
+    except InputError as exc:  # it names the file
         return str(exc)
-    except LabelError as exc:
+    try:
+        counts = igbp_counts(patch.data[0])
+    except InputError as exc:
         return f"{path}: {exc}"
     if counts.sum() == 0:
         return f"{path}: no valid IGBP pixel (all 0 = no data)"
@@ -120,14 +121,13 @@ def _shard_samples(url: str, wanted: tuple[str, ...]) -> list[tuple[str, dict[st
     with storage.open_read(url) as f:
         try:
             # A path-like member makes the shard bad (check_member_name); nothing is extracted.
-            for key, members in tarstream.iter_samples(f, frozenset(wanted), check_name=check_member_name):
+            for key, members in tarstream.iter_samples(f, frozenset(wanted), until_cut=True,
+                                                       check_name=check_member_name):
                 out.append((key, {ext: bytes(data) for ext, data in members.items()}))
-        except tarstream.EndWithoutMarker:
-            pass
-        except ShardFormatError:
+        except ShardError:
             raise
         except ValueError as exc:  # a member twice in a sample
-            raise ShardFormatError(str(exc)) from None
+            raise ShardError(str(exc)) from None
     return out
 
 
@@ -135,17 +135,17 @@ def _sample_info(key: str, members: dict[str, bytes], layout: SampleLayout,
                  use_lc: bool) -> PatchInfo:
     pid = parse_patch(key).with_modality("s2")
     if LABEL_EXT not in members:
-        raise ShardFormatError(f"member .{LABEL_EXT} is missing")
+        raise ShardError(f"member .{LABEL_EXT} is missing")
     prob = check_probability(decode_label(members[LABEL_EXT]))
     if META_EXT not in members:
-        raise ShardFormatError(f"member .{META_EXT} is missing")
+        raise ShardError(f"member .{META_EXT} is missing")
     try:
         meta = json.loads(members[META_EXT])
         crs, transform = str(meta["crs"]), meta["transform"]
         if len(transform) < 6:
             raise ValueError(f"transform has {len(transform)} values")
     except (ValueError, KeyError, TypeError) as exc:
-        raise ShardFormatError(f"member .{META_EXT} lacks a usable crs/transform ({exc})") from exc
+        raise ShardError(f"member .{META_EXT} lacks a usable crs/transform ({exc})") from exc
     pixels = layout.size * layout.size
     if use_lc:
         counts = igbp_counts(decode_array(members, "lc", layout)[0]).astype(np.int64)
@@ -188,7 +188,7 @@ def _collect_shard(root: str, entry, wanted: tuple[str, ...], layout: SampleLayo
     except (tarfile.TarError, OSError) as exc:
         problems.append(Problem(url, f"not a readable tar ({exc})"))
         return
-    except ShardFormatError as exc:
+    except ShardError as exc:
         problems.append(Problem(url, str(exc)))
         return
     for key, members in samples:
@@ -199,7 +199,7 @@ def _collect_shard(root: str, entry, wanted: tuple[str, ...], layout: SampleLayo
         seen[key] = url
         try:
             patches.append(_sample_info(key, members, layout, use_lc))
-        except (PatchNameError, ShardFormatError, LabelError) as exc:
+        except (InputError, ShardError) as exc:
             problems.append(Problem(where, str(exc)))
 
 

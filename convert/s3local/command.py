@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import click
 
-from convert.s3local.server import BUCKET, INSTALL_HINT, NotReady, WeedServer, saved_keys, start_server, weed_binary
+from convert.s3local.server import BUCKET, INSTALL_HINT, _NotReady, WeedServer, saved_keys, start_server, weed_binary
 from sen12ms_common.errors import report_errors
 from sen12ms_common.progress import no_progress_option
 
@@ -31,7 +31,7 @@ _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _GLOG = re.compile(r"^([FE])\d{4} ")  # weed's log lines of severity fatal / error
 
 
-class Stopped(BaseException):
+class _Stopped(BaseException):
     """SIGTERM or SIGHUP: stop like Ctrl-C (BaseException, so no `except Exception` swallows it)."""
 
 
@@ -49,7 +49,7 @@ def _handling(signals: tuple[int, ...], handler: Any) -> Iterator[None]:
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
     def stop(signum, frame):
-        raise Stopped(signum)
+        raise _Stopped(signum)
 
     with _handling((signal.SIGTERM, signal.SIGHUP), stop):
         yield
@@ -127,7 +127,7 @@ def s3_local(folder: Path | None, bucket: str, port: int) -> None:
             serve(root, bucket, port, kept=folder is not None)
     except OSError as exc:  # a folder that cannot be created or written
         raise click.ClickException(f"{exc.filename or root}: {exc.strerror or exc}") from None
-    except (KeyboardInterrupt, Stopped):
+    except (KeyboardInterrupt, _Stopped):
         pass  # the normal way to stop it: status 0
     finally:
         if folder is None:
@@ -140,7 +140,7 @@ def start(root: Path, bucket: str, port: int) -> WeedServer:
         keys = saved_keys(root)
         options = {"access_key": keys[0], "secret_key": keys[1]} if keys else {}
         return start_server(root, own_folders=False, bucket=bucket, s3_port=port, **options)
-    except NotReady as exc:
+    except _NotReady as exc:
         raise click.ClickException(f"SeaweedFS did not start ({exc.reason}); its log says: "
                                    f"{log_summary(exc.log_tail)}") from None
 

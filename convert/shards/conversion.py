@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 
-from convert.errors import ConvertError
 from convert.shards.assembly import PlanOptions, Planned, make_plan, options_difference
 from convert.shards.dfcplan import dfc2020_layout
 from convert.shards.encode import Encoded, Failed, encode_entry
@@ -23,7 +22,8 @@ from convert.shards.plan import UNASSIGNED, Part, PlanEntry
 from convert.shards.stats import BandMoments, finish, merge
 from convert.shards.summary import verdict
 from convert.shards.writer import SplitWriter
-from convert.workers import WorkerDied, WorkerPool
+from convert.workers import WorkerPool, _WorkerDied
+from sen12ms_common.errors import ConvertError
 from sen12ms_common.format.manifest import (DFC2020_SPLITS, MANIFEST_NAME, REPORT_NAME, Manifest, Rejection, ShardEntry,
                                             report_dict)
 from sen12ms_common.format.sample import SampleLayout
@@ -179,7 +179,7 @@ def _convert_splits(opts: ShardsOptions, planned: Planned, resume: Resume, lock:
                 bar.note(f"{split}: writing its last shard")
                 with deferred_interrupt():
                     end = writer.finish()
-            except (WorkerDied, OSError) as exc:
+            except (_WorkerDied, OSError) as exc:
                 lock.keep = not writer.abort(exc)
                 raise _failure(exc, writer) from exc
             except BaseException as exc:
@@ -190,7 +190,7 @@ def _convert_splits(opts: ShardsOptions, planned: Planned, resume: Resume, lock:
 
 
 def _failure(exc: BaseException, writer: SplitWriter) -> BaseException:
-    if isinstance(exc, WorkerDied):
+    if isinstance(exc, _WorkerDied):
         return ConvertError("a worker process died (killed by the system, out of memory?); the finished shards are "
                             "kept: run again with --resume (and fewer --workers)")
     assert isinstance(exc, OSError)

@@ -8,9 +8,10 @@ from typing import Iterable
 
 from convert.shards.plan import PlanEntry, shuffle_order
 from convert.shards.scan import Problem, Triplet
+from sen12ms_common.errors import InputError
 from sen12ms_common.format.manifest import DFC2020_SPLIT_OF, Rejection
 from sen12ms_common.format.sample import SampleLayout
-from sen12ms_common.vocab.patches import PatchNameError, is_dfc2020, parse_any_patch
+from sen12ms_common.vocab.patches import is_dfc2020, parse_any_patch
 
 
 def dfc2020_layout(layout: SampleLayout) -> SampleLayout:
@@ -23,7 +24,7 @@ def dfc2020_layout(layout: SampleLayout) -> SampleLayout:
 def is_dfc2020_key(key: str) -> bool:
     try:
         return is_dfc2020(parse_any_patch(key))
-    except PatchNameError:
+    except InputError:
         return False
 
 

@@ -7,9 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from convert.shards.geotiff import PatchReadError, read_patch
+from convert.shards.geotiff import read_patch
 from convert.shards.plan import PlanEntry
 from convert.shards.stats import BandMoments, band_moments
+from sen12ms_common.errors import InputError
 from sen12ms_common.format.sample import SampleLayout, clean_s1, encode_sample
 from sen12ms_common.vocab.bands import MODALITY_BANDS
 from sen12ms_common.vocab.dfc import N_DFC
@@ -51,7 +52,7 @@ def encode_entry(entry: PlanEntry, layout: SampleLayout, with_stats: bool) -> En
         path = entry.paths[m]
         try:
             patch = read_patch(path, m)
-        except PatchReadError as exc:
+        except InputError as exc:
             return Failed(entry.key, str(exc), path)
         if georef is None:
             georef = (patch.crs, patch.transform)

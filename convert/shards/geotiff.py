@@ -6,13 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sen12ms_common.errors import Sen12msError
+from sen12ms_common.errors import InputError
 from sen12ms_common.storage import files as storage
 from sen12ms_common.vocab.bands import MODALITY_BANDS, MODALITY_DTYPES, PATCH_SIZE
-
-
-class PatchReadError(ValueError, Sen12msError):
-    """A patch file that cannot be used; the message names the file and the problem."""
 
 
 @dataclass
@@ -43,14 +39,14 @@ def check_header(url: str, ds, modality: str) -> None:
     """The format, band count, dtype and size a file declares, checked before a pixel is read:
     a few-KB sparse file may declare 100,000 x 100,000 pixels, which reading would allocate."""
     if ds.driver != "GTiff":
-        raise PatchReadError(f"{url}: a {ds.driver} file, not a GeoTIFF")
+        raise InputError(f"{url}: a {ds.driver} file, not a GeoTIFF")
     want_bands, want_dtype = len(MODALITY_BANDS[modality]), MODALITY_DTYPES[modality]
     if ds.count != want_bands:
-        raise PatchReadError(f"{url}: {ds.count} bands, a SEN12MS {modality} patch has {want_bands}")
+        raise InputError(f"{url}: {ds.count} bands, a SEN12MS {modality} patch has {want_bands}")
     if set(ds.dtypes) != {np.dtype(want_dtype).name}:
-        raise PatchReadError(f"{url}: dtype {ds.dtypes[0]}, a SEN12MS {modality} patch is {want_dtype}")
+        raise InputError(f"{url}: dtype {ds.dtypes[0]}, a SEN12MS {modality} patch is {want_dtype}")
     if (ds.height, ds.width) != (PATCH_SIZE, PATCH_SIZE):
-        raise PatchReadError(f"{url}: size {ds.width} x {ds.height}, expected {PATCH_SIZE} x {PATCH_SIZE}")
+        raise InputError(f"{url}: size {ds.width} x {ds.height}, expected {PATCH_SIZE} x {PATCH_SIZE}")
 
 
 def _read_checked(ds, url: str, modality: str):
@@ -71,14 +67,14 @@ def read_patch(url: str, modality: str) -> Patch:
         else:
             with rasterio.open(url) as ds:
                 data, crs, transform = _read_checked(ds, url, modality)
-    except PatchReadError:
+    except InputError:
         raise
     except PermissionError as exc:
-        raise PatchReadError(f"{url}: cannot read: permission denied") from exc
+        raise InputError(f"{url}: cannot read: permission denied") from exc
     except FileNotFoundError as exc:
-        raise PatchReadError(f"{url}: file not found") from exc
+        raise InputError(f"{url}: file not found") from exc
     except (RasterioError, OSError, ValueError, MemoryError) as exc:
-        raise PatchReadError(f"{url}: {_describe(exc, url)}") from exc
+        raise InputError(f"{url}: {_describe(exc, url)}") from exc
     if crs is None:
         crs_text = ""
     else:

@@ -14,9 +14,9 @@ from convert.shards.outfolder import (PART_DIR, PART_FILE_RE, TEMP_RE, part_coun
 from convert.shards.plan import UNASSIGNED, Part
 from convert.shards.stats import BandMoments, finish, merge
 from convert.shards.summary import report_table
-from sen12ms_common.errors import Sen12msError, report_errors
-from sen12ms_common.format.manifest import (MANIFEST_NAME, REPORT_NAME, SPLITS, Manifest, ManifestError, Rejection,
-                                            ShardEntry, report_dict)
+from sen12ms_common.errors import ConvertError, InputError, report_errors
+from sen12ms_common.format.manifest import (MANIFEST_NAME, REPORT_NAME, SPLITS, Manifest, Rejection, ShardEntry,
+                                            report_dict)
 from sen12ms_common.progress import no_progress_option
 from sen12ms_common.storage import files as storage
 from sen12ms_common.vocab.bands import MODALITY_BANDS
@@ -35,10 +35,6 @@ _OPTIONS: dict[str, str] = {
     "tree": "another tree (other scenes or patches under --data)",
     "layout": "another sample layout (another version of the converter?)",
 }
-
-
-class MergeError(Sen12msError):
-    """Why the parts cannot be joined; one line for the user."""
 
 
 @dataclass
@@ -77,16 +73,16 @@ def part_count(out: str, expect: int | None = None) -> int:
             counts.setdefault(part_count_of(str(tag)), name)
     if len(counts) > 1:
         found = "; ".join(f"{n} parts (e.g. {example})" for n, example in sorted(counts.items()))
-        raise MergeError(f"{out}: holds parts of more than one conversion: {found}; remove the other conversion's "
-                         "files, or convert into separate folders")
+        raise ConvertError(f"{out}: holds parts of more than one conversion: {found}; remove the other conversion's "
+                           "files, or convert into separate folders")
     if expect is not None:
         if counts and expect not in counts:
             n, example = next(iter(counts.items()))
-            raise MergeError(f"{out}: the parts were made with --part I/{n} (e.g. {example}), not I/{expect}")
+            raise ConvertError(f"{out}: the parts were made with --part I/{n} (e.g. {example}), not I/{expect}")
         return expect
     if not counts:
-        raise MergeError(f"{out}: no parts of a conversion with --part I/N (no {PART_DIR}/manifest-*.json); "
-                         "run `convert shards --part I/N` into it first")
+        raise ConvertError(f"{out}: no parts of a conversion with --part I/N (no {PART_DIR}/manifest-*.json); "
+                           "run `convert shards --part I/N` into it first")
     return next(iter(counts))
 
 
@@ -94,9 +90,9 @@ def _read_json(url: str, what: str, part: Part) -> Any:
     try:
         return json.loads(storage.read_text(url))
     except FileNotFoundError:
-        raise MergeError(f"{url}: missing (the {what} of part {part}); run that part again with --resume") from None
+        raise ConvertError(f"{url}: missing (the {what} of part {part}); run that part again with --resume") from None
     except ValueError as exc:
-        raise MergeError(f"{url}: damaged {what} of part {part} ({exc}); run that part again with --resume") from None
+        raise ConvertError(f"{url}: damaged {what} of part {part} ({exc}); run that part again with --resume") from None
 
 
 def load_parts(out: str, count: int) -> list[PartDoc]:
@@ -106,7 +102,7 @@ def load_parts(out: str, count: int) -> list[PartDoc]:
     parts = [Part(i, count) for i in range(1, count + 1)]
     missing = [p for p in parts if part_manifest_name(p) not in present]
     if missing:
-        raise MergeError(
+        raise ConvertError(
             f"{out}: {len(missing)} of {count} parts missing or unfinished (no {PART_DIR}/"
             f"{part_manifest_name(missing[0])}{', ...' if len(missing) > 1 else ''}): part(s) "
             f"{_listed([str(p) for p in missing])}; run `convert shards ... --part I/{count}` for them "
@@ -122,10 +118,10 @@ def load_parts(out: str, count: int) -> list[PartDoc]:
             for key in ("scenes", "inputs", "options", "moments", "report"):
                 meta[key]  # noqa: B018 - present, or KeyError below
             manifest = Manifest.from_dict(doc)
-        except (KeyError, TypeError, ValueError, ManifestError) as exc:
+        except (KeyError, TypeError, ValueError, InputError) as exc:
             text = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
-            raise MergeError(f"{url}: not a part manifest of part {part} ({text}); run that part again with "
-                             "--resume") from None
+            raise ConvertError(f"{url}: not a part manifest of part {part} ({text}); run that part again with "
+                               "--resume") from None
         report = _read_json(storage.join(folder, meta["report"]), "part report", part)
         docs.append(PartDoc(part, url, manifest, meta, report))
     return docs
@@ -139,13 +135,13 @@ def check_parts(out: str, docs: list[PartDoc]) -> None:
         for key, text in _OPTIONS.items():
             if options.get(key) != first.get(key):
                 what = text.format(value=options.get(key), first=first.get(key))
-                raise MergeError(f"{d.url}: part {d.part} was made with {what}; run every part with the same "
-                                 "options on the same tree")
+                raise ConvertError(f"{d.url}: part {d.part} was made with {what}; run every part with the same "
+                                   "options on the same tree")
     owner: dict[str, Part] = {}
     for d in docs:
         for scene in d.meta["scenes"]:
             if scene in owner:
-                raise MergeError(f"{d.url}: scene {scene} is also in part {owner[scene]}; run the parts again")
+                raise ConvertError(f"{d.url}: scene {scene} is also in part {owner[scene]}; run the parts again")
             owner[scene] = d.part
     sizes = storage.sizes(out)  # one listing, also of a bucket with thousands of shards
     bad: list[str] = []
@@ -153,7 +149,7 @@ def check_parts(out: str, docs: list[PartDoc]) -> None:
         for split in SPLITS:
             for i, e in enumerate(d.manifest.splits.get(split, [])):
                 if e.name != part_shard_name(split, i, d.part):
-                    raise MergeError(f"{d.url}: names shard {e.name!r}, expected {part_shard_name(split, i, d.part)}")
+                    raise ConvertError(f"{d.url}: names shard {e.name!r}, expected {part_shard_name(split, i, d.part)}")
                 if sizes.get(e.name) != e.bytes:
                     got = ("missing" if e.name not in sizes
                            else f"{sizes[e.name]} bytes, its part manifest says {e.bytes}")
@@ -161,8 +157,8 @@ def check_parts(out: str, docs: list[PartDoc]) -> None:
                 elif e.index not in sizes:
                     bad.append(f"{e.index} (missing)")
     if bad:
-        raise MergeError(f"{out}: {len(bad)} shard or index file(s) of the parts missing or changed: {_listed(bad)}; "
-                         "run the parts that wrote them again with --resume")
+        raise ConvertError(f"{out}: {len(bad)} shard or index file(s) of the parts missing or changed: {_listed(bad)}; "
+                           "run the parts that wrote them again with --resume")
 
 
 def merged(docs: list[PartDoc]) -> tuple[Manifest, dict[str, Any]]:
@@ -182,12 +178,12 @@ def merged(docs: list[PartDoc]) -> tuple[Manifest, dict[str, Any]]:
     report = report_dict(inputs, converted, rejected, warnings)
     for split in names:
         if inputs[split] != converted[split] + report["rejected_count"][split]:
-            raise MergeError(f"bookkeeping error in {split}: {inputs[split]} inputs, {converted[split]} converted, "
-                             f"{report['rejected_count'][split]} rejected")
+            raise ConvertError(f"bookkeeping error in {split}: {inputs[split]} inputs, {converted[split]} converted, "
+                               f"{report['rejected_count'][split]} rejected")
     for split in SPLITS:
         if sum(e.samples for e in splits[split]) != converted[split]:
-            raise MergeError(f"bookkeeping error in {split}: the part manifests hold "
-                             f"{sum(e.samples for e in splits[split])} samples, the part reports {converted[split]}")
+            raise ConvertError(f"bookkeeping error in {split}: the part manifests hold "
+                               f"{sum(e.samples for e in splits[split])} samples, the part reports {converted[split]}")
     source = dict(docs[0].manifest.source, inputs=sum(inputs.values()), converted=sum(converted.values()),
                   rejected=len(rejected), parts=len(docs))
     return Manifest(layout, splits, finish(totals, band_order), source), report
@@ -221,7 +217,7 @@ def _running(pid: int) -> bool:
 
 
 def merge_parts(out: str, expect: int | None = None, force: bool = False) -> MergeOutcome:
-    """Join the parts in OUT into OUT/manifest.json and OUT/report.json; raises MergeError."""
+    """Join the parts in OUT into OUT/manifest.json and OUT/report.json; raises ConvertError."""
     remove_dead_temporaries(out)
     count = part_count(out, expect)
     docs = load_parts(out, count)
@@ -236,8 +232,8 @@ def merge_parts(out: str, expect: int | None = None, force: bool = False) -> Mer
         if same:
             return MergeOutcome(manifest, report, count, unchanged=True)
         if not force:
-            raise MergeError(f"{manifest_url}: a complete shard set with another manifest is already there; "
-                             "pass --force to replace its manifest and report")
+            raise ConvertError(f"{manifest_url}: a complete shard set with another manifest is already there; "
+                               "pass --force to replace its manifest and report")
     storage.write_text(report_url, report_text)
     storage.write_text(manifest_url, manifest_text)  # last: marks the set complete
     return MergeOutcome(manifest, report, count, unchanged=False)

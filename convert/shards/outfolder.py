@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from convert.errors import ConvertError
 from convert.shards.plan import Part
+from sen12ms_common.errors import ConvertError
 from sen12ms_common.format.manifest import MANIFEST_NAME, REPORT_NAME, index_name, shard_name
 from sen12ms_common.storage import files as storage
 from sen12ms_common.vocab.names import ALL_SPLITS, PART_TAG, SHARD_FILE_RE, SPLITS

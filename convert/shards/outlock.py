@@ -13,9 +13,9 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from convert.errors import ConvertError
 from convert.shards.outfolder import LOCK_RE, Entry, OutState, lock_name, part_count_of
 from convert.shards.plan import Part
+from sen12ms_common.errors import ConvertError
 from sen12ms_common.storage import files as storage
 
 STALE_AFTER = 600.0  # seconds without a refresh before --break-lock may take a lock of another machine

@@ -18,11 +18,12 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 from convert.shards.scan import Problem, Triplet
+from sen12ms_common.errors import InputError
 from sen12ms_common.format.manifest import ALL_SPLITS, SPLITS, Rejection
 from sen12ms_common.format.sample import SampleLayout
-from sen12ms_common.vocab.igbp import LabelError, check_probability
+from sen12ms_common.vocab.igbp import check_probability
 from sen12ms_common.vocab.names import part_tag
-from sen12ms_common.vocab.patches import MODALITIES, PatchNameError, SceneId, parse_patch
+from sen12ms_common.vocab.patches import MODALITIES, SceneId, parse_patch
 
 # Inputs that belong to no split (not in any split list) are counted under this name.
 UNASSIGNED = "unassigned"
@@ -157,7 +158,7 @@ class _SplitLists:
             for name in split_lists.get(split, []):
                 try:
                     pid = parse_patch(name)
-                except PatchNameError:
+                except InputError:
                     if warnings is not None:
                         warnings.append(Rejection(str(name), "split list entry is not a SEN12MS patch name",
                                                   split=split))
@@ -212,7 +213,7 @@ def _label_reasons(t: Triplet, missing: list[str], prob: np.ndarray | None, labe
         return [f"no label: {lp.path}: {lp.reason}" if lp.path else f"no label: {lp.reason}"], lp.path or path, ()
     try:
         return [], path, tuple(float(v) for v in check_probability(prob))
-    except LabelError as exc:
+    except InputError as exc:
         return [f"label in {labels_source}: {exc}"], path, ()
 
 
@@ -234,7 +235,7 @@ def _listed_not_found(split_lists: Mapping[str, Iterable[str]], lists: _SplitLis
         for name in split_lists.get(split, []):
             try:
                 key = parse_patch(name).key
-            except PatchNameError:
+            except InputError:
                 continue
             if key not in tree_keys and lists.split_of.get(key) == split:
                 out.append(Rejection(key, f"listed in the {split} split but not found in the tree", split=split))

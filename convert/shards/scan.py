@@ -7,8 +7,9 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from sen12ms_common.errors import InputError
 from sen12ms_common.storage import files as storage
-from sen12ms_common.vocab.patches import DFC2020_SEASONS, PatchId, PatchNameError, parse_any_patch, parse_patch
+from sen12ms_common.vocab.patches import DFC2020_SEASONS, PatchId, parse_any_patch, parse_patch
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def scan_tree(root: str, dfc2020: bool | None = False) -> ScanResult:
         path = storage.join(root, rel)
         try:
             pid = _parse_name(parts[-1], dfc2020)
-        except PatchNameError as exc:
+        except InputError as exc:
             problems.append(Problem(path, str(exc)))
             continue
         expected = pid.relpath()

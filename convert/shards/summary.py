@@ -7,7 +7,8 @@ import re
 from collections import Counter
 from typing import Any
 
-from sen12ms_common.vocab.patches import PatchNameError, parse_patch
+from sen12ms_common.errors import InputError
+from sen12ms_common.vocab.patches import parse_patch
 
 # A path or name that mentions a patch: what differs between the reasons of two inputs.
 _PATCH_WORD = re.compile(r"[^\s()'\"]*ROIs\d{4}_[a-z]+[^\s()'\";,]*")
@@ -25,7 +26,7 @@ def counted_rejections(report: dict[str, Any]) -> list[dict[str, str]]:
     for r in report["rejected"]:
         try:
             broken = parse_patch(r["id"]).is_known_broken
-        except PatchNameError:
+        except InputError:
             broken = False
         if not broken:
             out.append(r)

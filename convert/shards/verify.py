@@ -5,19 +5,19 @@ from __future__ import annotations
 import tarfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import click
 
-from sen12ms_common.errors import ShardError, report_errors
+from sen12ms_common.errors import InputError, ShardError, report_errors
 from sen12ms_common.format import tarstream
 from sen12ms_common.format.checksums import Digests
 from sen12ms_common.format.manifest import ALL_SPLITS, Manifest, ShardEntry, is_shard_name, load_manifest
-from sen12ms_common.format.sample import SampleLayout, ShardFormatError, check_member_name, dali_index, decode_sample
+from sen12ms_common.format.sample import SampleLayout, check_member_name, dali_index, decode_sample
 from sen12ms_common.progress import Counter, ProgressOptions, as_options, progress_options
 from sen12ms_common.storage import files as storage
-from sen12ms_common.vocab.igbp import LabelError, check_probability
-from sen12ms_common.vocab.patches import PatchNameError, parse_any_patch
+from sen12ms_common.vocab.igbp import check_probability
+from sen12ms_common.vocab.patches import parse_any_patch
 
 
 class _AllExts:
@@ -30,26 +30,26 @@ _ALL = _AllExts()  # verify reads every member
 def _check_sample(key: str, members: dict[str, bytes], layout: SampleLayout, expected: tuple[str, ...]) -> None:
     try:
         pid = parse_any_patch(key)
-    except PatchNameError:
-        raise ShardFormatError("key is not a SEN12MS (or DFC2020) patch id") from None
+    except InputError:
+        raise ShardError("key is not a SEN12MS (or DFC2020) patch id") from None
     if pid.modality != "s2":
-        raise ShardFormatError("key is not an S2 patch id")
+        raise ShardError("key is not an S2 patch id")
     missing = [e for e in expected if e not in members]
     extra = sorted(e for e in members if e not in expected)
     if missing:
-        raise ShardFormatError("member(s) " + ", ".join("." + e for e in missing) + " missing")
+        raise ShardError("member(s) " + ", ".join("." + e for e in missing) + " missing")
     if extra:
-        raise ShardFormatError("unexpected member(s) " + ", ".join("." + e for e in extra))
+        raise ShardError("unexpected member(s) " + ", ".join("." + e for e in extra))
     out = decode_sample(members, layout)
     try:
         if layout.labels:
             check_probability(out["label"])
-    except LabelError as exc:
-        raise ShardFormatError(f"label: {exc}") from None
+    except InputError as exc:
+        raise ShardError(f"label: {exc}") from None
     meta = out.get("meta")
     if not isinstance(meta, dict) or (meta.get("season"), meta.get("scene"), meta.get("patch")) != (
             pid.season, pid.scene, pid.patch):
-        raise ShardFormatError("member .json does not name this patch")
+        raise ShardError("member .json does not name this patch")
 
 
 @dataclass
@@ -79,23 +79,30 @@ def _walk_shard(url: str, entry: ShardEntry, layout: SampleLayout, seen: dict[st
         offsets[name] = (at, size)
         reading = tarstream.split_name(name)[0]
 
+    def damaged(exc: Exception) -> ShardError:
+        where = f"sample {reading}" if reading else "first sample"
+        return ShardError(f"{entry.name}: {where}: damaged or truncated tar ({exc})")
+
+    def samples(raw) -> Iterator[tuple[str, dict]]:
+        # The tar's own problems, named here; a sample's (from _count_sample) leave the loop as they are.
+        try:
+            # Cut between two samples: the sample count names where.
+            yield from tarstream.iter_samples(raw, _ALL, until_cut=True, check_name=check_member_name,
+                                              on_bytes=seen_bytes, drain=True, strict=True,
+                                              max_size=layout.member_limit(), on_member=seen_member)
+        except ValueError as exc:  # a member name that is a path, a member twice
+            after = f" (after sample {reading})" if reading else ""
+            raise ShardError(f"{entry.name}: {exc}{after}") from None
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise damaged(exc) from None
+
     try:
         with storage.open_read(url) as raw:
-            for key, members in tarstream.iter_samples(raw, _ALL, check_name=check_member_name, on_bytes=seen_bytes,
-                                                       drain=True, strict=True, max_size=layout.member_limit(),
-                                                       on_member=seen_member):
+            for key, members in samples(raw):
                 _count_sample(entry, key, members, layout, expected, seen, walk)
                 walk.index.append([(ext, *offsets.pop(f"{key}.{ext}"), f"{key}.{ext}") for ext in members])
-    except ShardError:
-        raise
-    except tarstream.EndWithoutMarker:
-        pass  # cut between two samples: the sample count names where
-    except ValueError as exc:  # a member name that is a path, a member twice
-        after = f" (after sample {reading})" if reading else ""
-        raise ShardError(f"{entry.name}: {exc}{after}") from None
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        where = f"sample {reading}" if reading else "first sample"
-        raise ShardError(f"{entry.name}: {where}: damaged or truncated tar ({exc})") from None
+    except (tarfile.TarError, EOFError, OSError) as exc:  # opening or closing it
+        raise damaged(exc) from None
     return walk
 
 
@@ -103,7 +110,7 @@ def _count_sample(entry: ShardEntry, key: str, members: dict[str, bytes], layout
                   expected: tuple[str, ...], seen: dict[str, str], walk: _Walk) -> None:
     try:
         _check_sample(key, members, layout, expected)
-    except ShardFormatError as exc:
+    except ShardError as exc:
         raise ShardError(f"{entry.name}: sample {key}: {exc}") from None
     if key in seen:
         raise ShardError(f"{entry.name}: sample {key}: also in {seen[key]}")

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import Sen12msError
+from ..errors import InputError
 from .limits import MAX_ENTRIES, MAX_HEADER_ITEMS, MAX_NAME_CHARS, MAX_NUMBER_DIGITS, MAX_STRING_CHARS, excerpt
 
 _D = MAX_NUMBER_DIGITS
@@ -28,10 +28,6 @@ _ESCAPE = re.compile(rb'\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})')
 # What cannot follow a number: it would be longer than the pattern allows, or not a number.
 _AFTER_NUMBER = frozenset(b"0123456789.eE+-"[i:i + 1] for i in range(15))
 _LITERALS = {b"true": True, b"false": False, b"null": None}
-
-
-class LabelJSONError(ValueError, Sen12msError):
-    """A JSON label file that cannot be used (one line naming the file)."""
 
 
 @dataclass
@@ -54,11 +50,11 @@ class _Parser:
         self.entries = 0
 
     # --- errors ---------------------------------------------------------------------------------------
-    def error(self, pos: int, problem: str) -> LabelJSONError:
+    def error(self, pos: int, problem: str) -> InputError:
         line = self.data.count(b"\n", 0, pos) + 1
-        return LabelJSONError(f"{self.source}: line {line}: {problem}")
+        return InputError(f"{self.source}: line {line}: {problem}")
 
-    def syntax(self, pos: int, expected: str) -> LabelJSONError:
+    def syntax(self, pos: int, expected: str) -> InputError:
         found = self.data[pos:pos + 40]
         where = f"found {excerpt(found.decode('utf-8', 'replace'), 30)}" if found else "found the end of the file"
         return self.error(pos, f"not valid JSON: expected {expected}, {where}")
@@ -125,7 +121,7 @@ class _Parser:
             raise self.error(pos, f"label of {excerpt(name)} holds a number that is not finite")
         return values, m.end()
 
-    def _vector_error(self, pos: int, name: str) -> LabelJSONError:
+    def _vector_error(self, pos: int, name: str) -> InputError:
         # Only after the fast pattern failed: find out why, for the message.
         label = f"label of {excerpt(name)}"
         if self.data[pos:pos + 1] != b"[":
@@ -235,8 +231,8 @@ class _Parser:
 
 
 def parse_label_json(data: bytes, source: str, n_values: int) -> LabelDocument:
-    """The header and labels of a JSON label file; `LabelJSONError` (one line) if it is not one."""
+    """The header and labels of a JSON label file; `InputError` (one line) if it is not one."""
     return _Parser(data, source, n_values).document()
 
 
-__all__ = ["LabelJSONError", "LabelDocument", "parse_label_json"]
+__all__ = ["LabelDocument", "parse_label_json"]

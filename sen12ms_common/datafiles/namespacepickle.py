@@ -12,7 +12,7 @@ from typing import Any
 
 from . import picklenumpy as pn
 from .limits import MAX_FILE_BYTES
-from .picklemachine import Machine, PickleProblem, _broken
+from .picklemachine import Machine, _PickleProblem, _broken
 from .pickleops import _OPS, _build
 from .safepickle import _CALLS, _check_tree, refusals
 
@@ -26,15 +26,15 @@ class _Namespace(dict):
 
 
 def _no_reduce(args: tuple) -> Any:
-    raise PickleProblem("argparse.Namespace is called with REDUCE; only NEWOBJ with no arguments is read")
+    raise _PickleProblem("argparse.Namespace is called with REDUCE; only NEWOBJ with no arguments is read")
 
 
 def _newobj(m: Machine) -> None:
     args, cls = m.pop(), m.pop()
     if cls != NAMESPACE:
-        raise PickleProblem(f"NEWOBJ builds {cls}; only argparse.Namespace is read")
+        raise _PickleProblem(f"NEWOBJ builds {cls}; only argparse.Namespace is read")
     if args != ():
-        raise PickleProblem("argparse.Namespace is built with arguments")
+        raise _PickleProblem("argparse.Namespace is built with arguments")
     m.push(_Namespace())
 
 
@@ -46,7 +46,7 @@ def _build_namespace(m: Machine) -> None:
     if type(state) is not dict or target.built:
         raise _broken("BUILD of argparse.Namespace without one dict of attributes")
     if not all(isinstance(k, str) for k in state):
-        raise PickleProblem("an argparse.Namespace attribute name that is not a string")
+        raise _PickleProblem("an argparse.Namespace attribute name that is not a string")
     target.update(state)
     target.built = True
 
@@ -60,10 +60,10 @@ def loads_namespace(data: bytes, source: str = "<bytes>") -> dict[str, Any]:
     naming `source`) for any other content, a broken pickle or one over the limits."""
     with refusals(source):
         if len(data) > MAX_FILE_BYTES:
-            raise PickleProblem(f"the file is larger than {MAX_FILE_BYTES} bytes")
+            raise _PickleProblem(f"the file is larger than {MAX_FILE_BYTES} bytes")
         result = Machine(data, _NS_CALLS, _NS_OPS).run()
         if not isinstance(result, _Namespace) or not result.built:
-            raise PickleProblem(f"it holds a {type(result).__name__}, not an argparse.Namespace")
+            raise _PickleProblem(f"it holds a {type(result).__name__}, not an argparse.Namespace")
         _check_tree(dict(result))
         return dict(result)
 

@@ -22,7 +22,7 @@ KEY_TYPES = (str, bytes, int, float, bool, type(None))
 Calls = dict[pn.Global, Callable[[tuple], Any]]
 
 
-class PickleProblem(Sen12msError):
+class _PickleProblem(Sen12msError):
     """Why a pickle is not loaded: refused (asks for more than data, over a limit) or broken."""
 
     def __init__(self, reason: str, broken: bool = False) -> None:
@@ -30,8 +30,8 @@ class PickleProblem(Sen12msError):
         self.reason, self.broken = reason, broken
 
 
-def _broken(reason: str) -> PickleProblem:
-    return PickleProblem(reason, broken=True)
+def _broken(reason: str) -> _PickleProblem:
+    return _PickleProblem(reason, broken=True)
 
 
 class _ArgTuple(tuple):
@@ -83,13 +83,13 @@ class Machine:
                 op = self.ops.get(code)
                 if op is None:
                     if code in _OBJECT_OPS:
-                        raise PickleProblem(f"the pickle uses the opcode {_OBJECT_OPS[code]}, "
-                                            "which builds objects, not data")
+                        raise _PickleProblem(f"the pickle uses the opcode {_OBJECT_OPS[code]}, "
+                                             "which builds objects, not data")
                     raise _broken(f"unknown opcode 0x{code:02x}")
                 if op(self) is STOPPED:
                     return self.result
             raise _broken("no STOP opcode: the file is cut short")
-        except PickleProblem as exc:
+        except _PickleProblem as exc:
             if exc.broken:
                 exc.reason += f" at byte {start}"
             raise
@@ -114,7 +114,7 @@ class Machine:
         end = self.data.find(b"\n", self.pos, self.pos + MAX_PICKLE_LINE + 1)
         if end < 0:
             if len(self.data) - self.pos > MAX_PICKLE_LINE:
-                raise PickleProblem(f"a text argument longer than {MAX_PICKLE_LINE} bytes")
+                raise _PickleProblem(f"a text argument longer than {MAX_PICKLE_LINE} bytes")
             raise _broken("the file ends inside an opcode")
         text = self.data[self.pos:end]
         self.pos = end + 1
@@ -122,14 +122,14 @@ class Machine:
 
     def sized(self, n: int) -> bytes:
         if n > MAX_STRING_CHARS:
-            raise PickleProblem(f"a string of {n} bytes, more than {MAX_STRING_CHARS}")
+            raise _PickleProblem(f"a string of {n} bytes, more than {MAX_STRING_CHARS}")
         self.spend(1, n)
         return self.take(n)
 
     def number_text(self) -> str:
         text = self.line().strip()
         if len(text) > MAX_NUMBER_DIGITS + 2:
-            raise PickleProblem(f"a number of more than {MAX_NUMBER_DIGITS} digits")
+            raise _PickleProblem(f"a number of more than {MAX_NUMBER_DIGITS} digits")
         return text.decode("ascii", "replace")
 
     # --- the stack and the limits ------------------------------------------------------------------------
@@ -137,9 +137,9 @@ class Machine:
         self.objects += objects
         self.data_bytes += nbytes
         if self.objects > MAX_PICKLE_OBJECTS:
-            raise PickleProblem(f"the pickle creates more than {MAX_PICKLE_OBJECTS} objects")
+            raise _PickleProblem(f"the pickle creates more than {MAX_PICKLE_OBJECTS} objects")
         if self.data_bytes > MAX_PICKLE_DATA_BYTES:
-            raise PickleProblem(f"the pickle creates more than {MAX_PICKLE_DATA_BYTES} bytes of strings and arrays")
+            raise _PickleProblem(f"the pickle creates more than {MAX_PICKLE_DATA_BYTES} bytes of strings and arrays")
 
     def push(self, value: Any, new: bool = True) -> None:
         if new:
@@ -147,7 +147,7 @@ class Machine:
             if self.objects > MAX_PICKLE_OBJECTS:
                 self.spend(0)
         if len(self.stack) >= MAX_PICKLE_STACK:
-            raise PickleProblem(f"more than {MAX_PICKLE_STACK} values on the pickle stack")
+            raise _PickleProblem(f"more than {MAX_PICKLE_STACK} values on the pickle stack")
         self.stack.append(value)
 
     def pop(self) -> Any:
@@ -162,7 +162,7 @@ class Machine:
 
     def mark(self) -> None:
         if len(self.marks) >= MAX_PICKLE_STACK:
-            raise PickleProblem(f"more than {MAX_PICKLE_STACK} open marks")
+            raise _PickleProblem(f"more than {MAX_PICKLE_STACK} open marks")
         self.fence = len(self.stack)
         self.marks.append(self.fence)
 
@@ -181,7 +181,7 @@ class Machine:
             return value.array
         if type(value) is tuple or (isinstance(value, _DATA) and not isinstance(value, tuple)):
             return value
-        raise PickleProblem(f"the pickle uses {_what(value)} as data")
+        raise _PickleProblem(f"the pickle uses {_what(value)} as data")
 
     def make_tuple(self, items: list[Any]) -> tuple:
         self.spend(1 + len(items))
@@ -198,7 +198,7 @@ class Machine:
         self.spend(len(items) // 2)
         for key, value in zip(items[::2], items[1::2]):
             if not isinstance(key, KEY_TYPES):
-                raise PickleProblem(f"a dict key is {_what(key)}, not a string or number")
+                raise _PickleProblem(f"a dict key is {_what(key)}, not a string or number")
             target[key] = self.data_value(value)
 
     def extend(self, target: Any, items: list[Any]) -> None:
@@ -210,7 +210,7 @@ class Machine:
     def load_global(self, module: str, name: str) -> None:
         found = pn.Global(module, name)
         if found not in self.calls:
-            raise PickleProblem(f"the pickle asks for {found}, {REFUSED_GLOBAL}")
+            raise _PickleProblem(f"the pickle asks for {found}, {REFUSED_GLOBAL}")
         self.push(found)
 
     def memo_get(self, index: int) -> None:

@@ -16,7 +16,7 @@ _BYTE_ORDERS = ("<", ">", "|", "=")
 _MAX_DIMS = 32
 
 
-class ArrayPatternError(ValueError, Sen12msError):
+class _ArrayPatternError(ValueError, Sen12msError):
     """Something in an array's or dtype's pickle is not what numpy writes for a numeric array."""
 
 
@@ -65,18 +65,18 @@ def _equals(value: Any, expected: Any) -> bool:
 def _shape(value: Any) -> tuple[int, ...]:
     if not (isinstance(value, tuple) and len(value) <= _MAX_DIMS
             and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)):
-        raise ArrayPatternError(f"array shape {describe(value)} is not a tuple of sizes")
+        raise _ArrayPatternError(f"array shape {describe(value)} is not a tuple of sizes")
     count = 1
     for d in value:
         count *= d
         if count > MAX_ARRAY_VALUES:
-            raise ArrayPatternError(f"array of shape {value} holds more than {MAX_ARRAY_VALUES} values")
+            raise _ArrayPatternError(f"array of shape {value} holds more than {MAX_ARRAY_VALUES} values")
     return value
 
 
 def _built_dtype(value: Any) -> np.dtype:
     if not isinstance(value, PendingDtype) or value.dtype is None:
-        raise ArrayPatternError(f"array dtype is {describe(value)}, not a numeric numpy dtype")
+        raise _ArrayPatternError(f"array dtype is {describe(value)}, not a numeric numpy dtype")
     return value.dtype
 
 
@@ -86,15 +86,15 @@ def from_raw(raw: Any, dtype: np.dtype, shape: tuple[int, ...], fortran: bool) -
         try:
             raw = raw.encode("latin-1")
         except UnicodeEncodeError:
-            raise ArrayPatternError("array data is a string with characters beyond latin-1") from None
+            raise _ArrayPatternError("array data is a string with characters beyond latin-1") from None
     if not isinstance(raw, (bytes, bytearray)):
-        raise ArrayPatternError(f"array data is {describe(raw)}, not bytes")
+        raise _ArrayPatternError(f"array data is {describe(raw)}, not bytes")
     count = 1
     for d in shape:
         count *= d
     if len(raw) != count * dtype.itemsize:
-        raise ArrayPatternError(f"array data holds {len(raw)} bytes, shape {shape} of {dtype.str} "
-                                f"needs {count * dtype.itemsize}")
+        raise _ArrayPatternError(f"array data holds {len(raw)} bytes, shape {shape} of {dtype.str} "
+                                 f"needs {count * dtype.itemsize}")
     flat = np.frombuffer(raw, dtype=dtype, count=count)
     # A copy in native byte order, as numpy's own unpickling gives.
     return flat.reshape(shape, order="F" if fortran else "C").astype(dtype.newbyteorder("="), order="K")
@@ -103,25 +103,25 @@ def from_raw(raw: Any, dtype: np.dtype, shape: tuple[int, ...], fortran: bool) -
 def new_dtype(args: tuple) -> PendingDtype:
     """`numpy.dtype(code, align, copy)`: only the numeric codes."""
     if not (len(args) == 3 and isinstance(args[0], str) and _is_flag(args[1]) and _is_flag(args[2])):
-        raise ArrayPatternError("numpy.dtype is called with other arguments than (code, align, copy)")
+        raise _ArrayPatternError("numpy.dtype is called with other arguments than (code, align, copy)")
     if args[0] not in NUMERIC_CODES:
-        raise ArrayPatternError(f"numpy dtype {excerpt(args[0])} is not a numeric type "
-                                "(float16/32/64 or an integer type)")
+        raise _ArrayPatternError(f"numpy dtype {excerpt(args[0])} is not a numeric type "
+                                 "(float16/32/64 or an integer type)")
     return PendingDtype(args[0])
 
 
 def build_dtype(pending: PendingDtype, state: Any) -> None:
     """BUILD of a dtype: (3, byte order, None, None, None, -1, -1, 0), as numpy writes for numbers."""
     if pending.dtype is not None:
-        raise ArrayPatternError("a numpy dtype is given its state twice")
+        raise _ArrayPatternError("a numpy dtype is given its state twice")
     if not (isinstance(state, tuple) and len(state) == 8 and _equals(state[0], 3)
             and any(_equals(state[1], order) for order in _BYTE_ORDERS)
             and _equals(state[2:], (None, None, None, -1, -1, 0))):
-        raise ArrayPatternError(f"the state of numpy dtype {excerpt(pending.code)} is not that of a numeric type")
+        raise _ArrayPatternError(f"the state of numpy dtype {excerpt(pending.code)} is not that of a numeric type")
     order = state[1]
     dtype = np.dtype(pending.code if order in ("|", "=") else order + pending.code)
     if (order == "|") != (dtype.itemsize == 1):
-        raise ArrayPatternError(f"byte order {order!r} does not fit numpy dtype {excerpt(pending.code)}")
+        raise _ArrayPatternError(f"byte order {order!r} does not fit numpy dtype {excerpt(pending.code)}")
     pending.dtype = dtype
 
 
@@ -129,14 +129,14 @@ def reconstruct(args: tuple) -> PendingArray:
     """`_reconstruct(ndarray, (0,), b'b')`, numpy's array pickle before protocol 5."""
     if not (len(args) == 3 and _equals(args[0], NDARRAY) and _equals(args[1], (0,))
             and (_equals(args[2], b"b") or _equals(args[2], "b"))):
-        raise ArrayPatternError("numpy's _reconstruct is called with other arguments than (ndarray, (0,), b'b')")
+        raise _ArrayPatternError("numpy's _reconstruct is called with other arguments than (ndarray, (0,), b'b')")
     return PendingArray()
 
 
 def new_ndarray(args: tuple) -> PendingArray:
     """`ndarray(shape, dtype)`, as `convert labels` writes its compatibility pickles."""
     if not (len(args) == 2 and isinstance(args[1], PendingDtype)):
-        raise ArrayPatternError("numpy.ndarray is called with other arguments than (shape, dtype)")
+        raise _ArrayPatternError("numpy.ndarray is called with other arguments than (shape, dtype)")
     _shape(args[0])
     _built_dtype(args[1])
     return PendingArray()
@@ -145,26 +145,26 @@ def new_ndarray(args: tuple) -> PendingArray:
 def build_array(pending: PendingArray, state: Any) -> None:
     """BUILD of an array: (1, shape, dtype, fortran flag, raw bytes)."""
     if pending.array is not None:
-        raise ArrayPatternError("a numpy array is given its data twice")
+        raise _ArrayPatternError("a numpy array is given its data twice")
     if not (isinstance(state, tuple) and len(state) == 5 and _equals(state[0], 1) and _is_flag(state[3])):
-        raise ArrayPatternError("the state of a numpy array is not (1, shape, dtype, fortran, data)")
+        raise _ArrayPatternError("the state of a numpy array is not (1, shape, dtype, fortran, data)")
     pending.array = from_raw(state[4], _built_dtype(state[2]), _shape(state[1]), bool(state[3]))
 
 
 def frombuffer(args: tuple) -> np.ndarray:
     """`_frombuffer(buffer, dtype, shape, order)`, numpy's array pickle at protocol 5."""
     if not (len(args) == 4 and (_equals(args[3], "C") or _equals(args[3], "F"))):
-        raise ArrayPatternError("numpy's _frombuffer is called with other arguments than (data, dtype, shape, order)")
+        raise _ArrayPatternError("numpy's _frombuffer is called with other arguments than (data, dtype, shape, order)")
     return from_raw(args[0], _built_dtype(args[1]), _shape(args[2]), args[3] == "F")
 
 
 def scalar(args: tuple) -> np.generic:
     """`scalar(dtype, raw bytes)`: a numpy number."""
     if len(args) != 2:
-        raise ArrayPatternError("numpy's scalar is called with other arguments than (dtype, data)")
+        raise _ArrayPatternError("numpy's scalar is called with other arguments than (dtype, data)")
     return from_raw(args[1], _built_dtype(args[0]), (), False)[()]
 
 
-__all__ = ["NUMERIC_CODES", "ArrayPatternError", "Global", "NDARRAY", "PendingDtype", "PendingArray",
+__all__ = ["NUMERIC_CODES", "_ArrayPatternError", "Global", "NDARRAY", "PendingDtype", "PendingArray",
            "from_raw", "new_dtype", "build_dtype", "reconstruct", "new_ndarray", "build_array",
            "frombuffer", "scalar"]

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from . import picklenumpy as pn
 from .limits import MAX_NUMBER_DIGITS, MAX_STRING_CHARS, excerpt
-from .picklemachine import STOPPED, Calls, Machine, PickleProblem, _broken, _what
+from .picklemachine import STOPPED, Calls, Machine, _PickleProblem, _broken, _what
 
 _MAX_INT_BYTES = MAX_NUMBER_DIGITS // 2
 
@@ -24,7 +24,7 @@ def _text_string(m: Machine) -> str:
     except ValueError:
         raise _broken("STRING argument has a broken escape") from None
     if len(raw) > MAX_STRING_CHARS:
-        raise PickleProblem(f"a string of {len(raw)} bytes, more than {MAX_STRING_CHARS}")
+        raise _PickleProblem(f"a string of {len(raw)} bytes, more than {MAX_STRING_CHARS}")
     m.spend(0, len(raw))
     return raw.decode("latin-1")
 
@@ -35,7 +35,7 @@ def _text_unicode(m: Machine) -> str:
     except UnicodeDecodeError:
         raise _broken("UNICODE argument has a broken escape") from None
     if len(text) > MAX_STRING_CHARS:
-        raise PickleProblem(f"a string of {len(text)} characters, more than {MAX_STRING_CHARS}")
+        raise _PickleProblem(f"a string of {len(text)} characters, more than {MAX_STRING_CHARS}")
     m.spend(0, len(text))
     return text
 
@@ -74,7 +74,7 @@ def _float_text(m: Machine) -> float:
 
 def _long(m: Machine, n: int) -> int:
     if n > _MAX_INT_BYTES:
-        raise PickleProblem(f"an integer of {n} bytes, more than {_MAX_INT_BYTES}")
+        raise _PickleProblem(f"an integer of {n} bytes, more than {_MAX_INT_BYTES}")
     return int.from_bytes(m.take(n), "little", signed=True)
 
 
@@ -107,7 +107,7 @@ def _build(m: Machine) -> None:
         pn.build_array(target, state)
         m.spend(0, target.array.nbytes)
     else:
-        raise PickleProblem(f"BUILD sets the state of {_what(target)}; only numpy arrays and dtypes have one")
+        raise _PickleProblem(f"BUILD sets the state of {_what(target)}; only numpy arrays and dtypes have one")
 
 
 def _proto(m: Machine) -> None:
@@ -227,5 +227,5 @@ _OPS: dict[int, Callable[[Machine], Any]] = {ord(op): fn for op, fn in (
 
 
 def run(data: bytes, calls: Calls) -> Any:
-    """The value a pickle builds; `PickleProblem` if it is refused or broken."""
+    """The value a pickle builds; `_PickleProblem` if it is refused or broken."""
     return Machine(data, calls, _OPS).run()

@@ -6,20 +6,15 @@ allocating for it. The accepted opcodes and globals are listed in docs/datafiles
 
 from __future__ import annotations
 
-import pickle
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 from . import picklenumpy as pn
-from ..errors import Sen12msError
+from ..errors import UnsafePickleError
 from .limits import MAX_DEPTH, MAX_FILE_BYTES, MAX_TREE_VALUES
-from .picklemachine import KEY_TYPES, REFUSED_GLOBAL, Calls, PickleProblem
+from .picklemachine import KEY_TYPES, REFUSED_GLOBAL, Calls, _PickleProblem
 from .pickleops import run
-
-
-class UnsafePickleError(pickle.UnpicklingError, Sen12msError):
-    """A pickle that cannot be loaded: it asks for more than data, is over a limit or is broken."""
 
 
 # --- the globals a pickle may name, and what a call of each gives -----------------------------------
@@ -27,17 +22,17 @@ class UnsafePickleError(pickle.UnpicklingError, Sen12msError):
 def _latin1(args: tuple) -> bytes:
     # Python 3 pickles bytes as _codecs.encode(text, 'latin1') at protocols 0-2.
     if not (len(args) == 2 and type(args[0]) is str and type(args[1]) is str and args[1] in ("latin1", "latin-1")):
-        raise PickleProblem("_codecs.encode is called with other arguments than (text, 'latin1')")
+        raise _PickleProblem("_codecs.encode is called with other arguments than (text, 'latin1')")
     try:
         return args[0].encode("latin-1")
     except UnicodeEncodeError:
-        raise PickleProblem("_codecs.encode is given characters beyond latin-1") from None
+        raise _PickleProblem("_codecs.encode is given characters beyond latin-1") from None
 
 
 def _empty_bytes(args: tuple) -> bytes:
     # ... and the empty bytes as bytes().
     if args:
-        raise PickleProblem("bytes is called with arguments (only bytes() is read)")
+        raise _PickleProblem("bytes is called with arguments (only bytes() is read)")
     return b""
 
 
@@ -47,7 +42,7 @@ def _ordered_dict(args: tuple) -> dict:
         return {}
     pairs = args[0] if len(args) == 1 and type(args[0]) is list else None
     if pairs is None or not all(type(p) is list and len(p) == 2 and isinstance(p[0], KEY_TYPES) for p in pairs):
-        raise PickleProblem("collections.OrderedDict is called with other arguments than its items")
+        raise _PickleProblem("collections.OrderedDict is called with other arguments than its items")
     return {k: v for k, v in pairs}
 
 
@@ -80,9 +75,9 @@ def _check_tree(value: Any) -> None:
         else:
             continue
         if depth > MAX_DEPTH:
-            raise PickleProblem(f"containers nested deeper than {MAX_DEPTH} levels")
+            raise _PickleProblem(f"containers nested deeper than {MAX_DEPTH} levels")
         if count + len(todo) + len(children) > MAX_TREE_VALUES:
-            raise PickleProblem(f"the data holds more than {MAX_TREE_VALUES} values (a shared value counts each time)")
+            raise _PickleProblem(f"the data holds more than {MAX_TREE_VALUES} values (a shared value counts each time)")
         todo.extend((child, depth + 1) for child in children)
 
 
@@ -91,11 +86,11 @@ def refusals(source: str) -> Iterator[None]:
     """A refused or broken pickle as one `UnsafePickleError` line naming `source`."""
     try:
         yield
-    except PickleProblem as exc:
+    except _PickleProblem as exc:
         if exc.broken:
             raise UnsafePickleError(f"{source}: not a readable pickle ({exc.reason})") from None
         raise UnsafePickleError(f"{source}: refused to load: {exc.reason}") from None
-    except pn.ArrayPatternError as exc:
+    except pn._ArrayPatternError as exc:
         raise UnsafePickleError(f"{source}: refused to load: {exc}") from None
 
 
@@ -107,7 +102,7 @@ def loads(data: bytes, source: str = "<bytes>") -> Any:
     """
     with refusals(source):
         if len(data) > MAX_FILE_BYTES:
-            raise PickleProblem(f"the file is larger than {MAX_FILE_BYTES} bytes")
+            raise _PickleProblem(f"the file is larger than {MAX_FILE_BYTES} bytes")
         result = run(data, _CALLS)
         _check_tree(result)
         return result
@@ -121,4 +116,4 @@ def load(path: str | Path) -> Any:
     return loads(data, str(p))
 
 
-__all__ = ["UnsafePickleError", "REFUSED_GLOBAL", "loads", "load"]
+__all__ = ["REFUSED_GLOBAL", "loads", "load"]

@@ -14,16 +14,12 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import Sen12msError
+from ..errors import ShardError, UnavailableError
 from .memberchecks import content_size_fn
-from .nativecodecs import CodecLibraryError, lz4_decompress_fn, zstd_context_fns, zstd_ignore_checksums
+from .nativecodecs import lz4_decompress_fn, zstd_context_fns, zstd_ignore_checksums
 
 CODECS: tuple[str, ...] = ("zstd", "lz4", "none")
 CHUNKED: frozenset[str] = frozenset({"zstd", "lz4"})  # one chunk per band, sizes in a member
-
-
-class CodecError(ValueError, Sen12msError):
-    """A chunk that does not decode to exactly one band."""
 
 
 @lru_cache(maxsize=8)
@@ -98,17 +94,17 @@ def encode_band(band: np.ndarray, codec: str, level: int, shuffle: bool = True) 
 
         return lz4.block.compress(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes(),
                                   mode="default", store_size=False)
-    raise CodecError(f"unknown codec {codec!r} (expected one of {CODECS})")
+    raise ShardError(f"unknown codec {codec!r} (expected one of {CODECS})")
 
 
 def chunk_offsets(sizes_raw: bytes | memoryview, n_bands: int, total: int) -> list[int]:
     """Start offsets (n_bands + 1) of the chunks that a sizes member describes."""
     if len(sizes_raw) != 4 * n_bands:
-        raise CodecError(f"its chunk sizes member holds {len(sizes_raw)} bytes, expected {4 * n_bands}")
+        raise ShardError(f"its chunk sizes member holds {len(sizes_raw)} bytes, expected {4 * n_bands}")
     # Plain ints: a dozen numbers, where numpy calls would cost more than the work (under the GIL).
     sizes = struct.unpack(f"<{n_bands}i", sizes_raw)
     if min(sizes, default=1) <= 0 or sum(sizes) != total:
-        raise CodecError("its chunk sizes do not match its length")
+        raise ShardError("its chunk sizes do not match its length")
     return [0, *itertools.accumulate(sizes)]
 
 
@@ -128,11 +124,11 @@ class BandDecoder:
             self._zstd, self._zstd_error, create, self._free = zstd_context_fns()
             self._dctx = create()  # a decompression context of this decoder's own, reused
             self.frame_checksums = frame_checksums or not zstd_ignore_checksums(self._dctx)
-        except CodecLibraryError:
+        except UnavailableError:
             self._zstd, self.frame_checksums = None, True
         try:
             self._lz4 = lz4_decompress_fn()
-        except CodecLibraryError:
+        except UnavailableError:
             self._lz4 = None
         self._scratch = np.empty(0, dtype=np.uint8)
 
@@ -175,7 +171,7 @@ class BandDecoder:
                 got = native(src_at + a, at, e - a, nbytes)
                 ok = got == nbytes
             if not ok:
-                raise CodecError(f"does not decompress ({codec} reports a damaged chunk of band {b})")
+                raise ShardError(f"does not decompress ({codec} reports a damaged chunk of band {b})")
             if shuffled and streaming is not None:
                 streaming.stream_unshuffle(out[i].reshape(-1).view(np.uint8), target)
             elif shuffled:
@@ -188,10 +184,10 @@ class BandDecoder:
         # The rule the DALI loader's kernels apply too (`memberchecks`): both accept the same frames.
         declared = self._frame_size(np.frombuffer(chunk, dtype=np.uint8))
         if declared == -2:
-            raise CodecError("does not decompress (no zstd frame header)")
+            raise ShardError("does not decompress (no zstd frame header)")
         if declared != nbytes:
             what = f"{declared} bytes" if declared >= 0 else "no content size"
-            raise CodecError(f"declares {what} for a band of {nbytes}")
+            raise ShardError(f"declares {what} for a band of {nbytes}")
 
     def decode_into(self, chunk: bytes | memoryview, codec: str, dst: np.ndarray, stored: np.dtype,
                     shuffle: bool = True) -> None:
@@ -200,7 +196,7 @@ class BandDecoder:
         nbytes = dst.size * stored.itemsize
         if codec == "none":
             if len(chunk) != nbytes:
-                raise CodecError(f"holds {len(chunk)} bytes for a band of {nbytes}")
+                raise ShardError(f"holds {len(chunk)} bytes for a band of {nbytes}")
             dst[...] = np.frombuffer(chunk, dtype=stored.newbyteorder("<")).reshape(dst.shape)
             return
         out = self._scratch_of(nbytes)
@@ -233,7 +229,7 @@ class BandDecoder:
 
                 raw = lz4.block.decompress(chunk, uncompressed_size=nbytes)
         except Exception as exc:  # zstandard / lz4 raise their own error types on damaged input
-            raise CodecError(f"does not decompress ({exc})") from exc
+            raise ShardError(f"does not decompress ({exc})") from exc
         if len(raw) != nbytes:
-            raise CodecError(f"decompresses to {len(raw)} bytes, expected {nbytes}")
+            raise ShardError(f"decompresses to {len(raw)} bytes, expected {nbytes}")
         return raw

@@ -12,14 +12,14 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
-from ..errors import Sen12msError
+from ..errors import InputError, ShardError
 from ..storage import files as storage
 from ..vocab.bands import OFFICIAL_MEAN, OFFICIAL_STD, PATCH_SIZE
 from ..vocab.igbp import IGBP_NAMES, SIMPLE_NAMES, SIMPLE_OF_FULL
 from ..vocab.names import (ALL_SPLITS, DFC2020_SPLIT_OF, DFC2020_SPLITS, SPLIT_NAME, SPLITS, index_name, is_shard_name,
                            shard_name)  # noqa: F401 (re-exported)
 from .checksums import FAST, digests_of
-from .sample import FORMAT_VERSION, SampleLayout, ShardFormatError, check_version
+from .sample import FORMAT_VERSION, SampleLayout, check_version
 
 MANIFEST_NAME = "manifest.json"
 REPORT_NAME = "report.json"
@@ -31,10 +31,6 @@ MAX_PATCH_SIZE = PATCH_SIZE
 # (no member is empty).
 MIN_MEMBER_BYTES = 1024
 MAX_MANIFEST_BYTES = 64 << 20
-
-
-class ManifestError(ValueError, Sen12msError):
-    """A manifest that is missing, unreadable or does not match its shards."""
 
 
 @dataclass
@@ -65,7 +61,7 @@ class Manifest:
 
     def shards(self, split: str) -> list[ShardEntry]:
         if split not in self.splits:
-            raise ManifestError(f"no {split!r} split in this shard set (it has: {', '.join(self.splits)})")
+            raise InputError(f"no {split!r} split in this shard set (it has: {', '.join(self.splits)})")
         return self.splits[split]
 
     def samples(self, split: str) -> int:
@@ -95,21 +91,21 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Manifest":
-        """Parse and check a manifest (`check_manifest`); raises ManifestError (one line)."""
+        """Parse and check a manifest (`check_manifest`); raises InputError (one line)."""
         try:
             version = int(d["format_version"])
             try:
                 check_version(version)
-            except ShardFormatError as exc:
-                raise ManifestError(str(exc)) from None
+            except ShardError as exc:
+                raise InputError(str(exc)) from None
             splits = {split: [_entry(split, s) for s in v["shards"]] for split, v in d["splits"].items()}
             own = {split: SampleLayout.from_dict(v["layout"]) for split, v in d["splits"].items() if "layout" in v}
             manifest = cls(SampleLayout.from_dict(d["layout"]), splits, d.get("stats", {}), d.get("source", {}),
                            version, own)
-        except ManifestError:
+        except InputError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ManifestError(f"malformed manifest ({exc.__class__.__name__}: {exc})") from exc
+            raise InputError(f"malformed manifest ({exc.__class__.__name__}: {exc})") from exc
         check_manifest(manifest, declared={k: v.get("samples") for k, v in d["splits"].items()})
         return manifest
 
@@ -118,15 +114,15 @@ def _entry(split: str, s: dict[str, Any]) -> ShardEntry:
     name = s["name"]
     # Readers join the name to the manifest's folder: a path would lead them elsewhere.
     if not isinstance(name, str):
-        raise ManifestError(f"shard name {name!r} is not a string")
+        raise InputError(f"shard name {name!r} is not a string")
     if "/" in name or "\\" in name or name in ("", ".", ".."):
-        raise ManifestError(f"shard name {name!r} is a path; a manifest names shards in its own folder")
+        raise InputError(f"shard name {name!r} is a path; a manifest names shards in its own folder")
     for key in ("samples", "bytes"):
         if not isinstance(s[key], int) or isinstance(s[key], bool):
-            raise ManifestError(f"{split} shard {name}: {key} is {_short(s[key])}, not an integer")
+            raise InputError(f"{split} shard {name}: {key} is {_short(s[key])}, not an integer")
     for key, digits in (("sha256", 64), (FAST, 32)):
         if not isinstance(s[key], str) or not re.fullmatch(f"[0-9a-f]{{{digits}}}", s[key]):
-            raise ManifestError(f"{split} shard {name}: {key} is {_short(s[key])}, not {digits} hex digits")
+            raise InputError(f"{split} shard {name}: {key} is {_short(s[key])}, not {digits} hex digits")
     return ShardEntry(name, s["samples"], s["bytes"], s["sha256"], s[FAST])
 
 
@@ -143,50 +139,50 @@ def check_manifest(m: Manifest, declared: dict[str, Any] | None = None) -> None:
     MAX_SAMPLES in all; a split's declared sample count equal to its shards' sum."""
     for layout in (m.layout, *m.split_layouts.values()):
         if not 1 <= layout.size <= MAX_PATCH_SIZE:
-            raise ManifestError(f"layout size {layout.size} is not a patch size (1..{MAX_PATCH_SIZE} pixels)")
+            raise InputError(f"layout size {layout.size} is not a patch size (1..{MAX_PATCH_SIZE} pixels)")
     seen: dict[str, str] = {}
     total = 0
     for split, entries in m.splits.items():
         if not isinstance(split, str) or not SPLIT_NAME.match(split):
-            raise ManifestError(f"split name {_short(split)} is not a lower-case word such as train or dfc2020_val")
+            raise InputError(f"split name {_short(split)} is not a lower-case word such as train or dfc2020_val")
         per_sample = MIN_MEMBER_BYTES * len(m.layout_of(split).member_exts())
         for e in entries:
             where = f"{split} shard {e.name}"
             if not is_shard_name(e.name, split):
-                raise ManifestError(f"{where}: not named {split}-NNNNNN.tar (a shard of another split, or not ours)")
+                raise InputError(f"{where}: not named {split}-NNNNNN.tar (a shard of another split, or not ours)")
             if e.name in seen:
-                raise ManifestError(f"{where}: named twice (also under {seen[e.name]})")
+                raise InputError(f"{where}: named twice (also under {seen[e.name]})")
             seen[e.name] = split
             if e.samples < 1:
-                raise ManifestError(f"{where}: {e.samples} samples (a shard holds at least one)")
+                raise InputError(f"{where}: {e.samples} samples (a shard holds at least one)")
             if e.samples * per_sample > e.bytes:
-                raise ManifestError(f"{where}: {e.samples} samples cannot fit in {e.bytes} bytes "
-                                    f"(at least {per_sample} bytes a sample)")
+                raise InputError(f"{where}: {e.samples} samples cannot fit in {e.bytes} bytes "
+                                 f"(at least {per_sample} bytes a sample)")
             total += e.samples
             if total > MAX_SAMPLES:
-                raise ManifestError(f"{where}: more than {MAX_SAMPLES} samples in the manifest (SEN12MS has 180,662)")
+                raise InputError(f"{where}: more than {MAX_SAMPLES} samples in the manifest (SEN12MS has 180,662)")
         stated = (declared or {}).get(split)
         if stated is not None and stated != sum(e.samples for e in entries):
-            raise ManifestError(f"split {split}: says {_short(stated)} samples, its shards hold "
-                                f"{sum(e.samples for e in entries)}")
+            raise InputError(f"split {split}: says {_short(stated)} samples, its shards hold "
+                             f"{sum(e.samples for e in entries)}")
 
 
 def load_manifest(root: str) -> Manifest:
-    """Read and check `root/manifest.json` (local folder or URL); ManifestError (one line) if bad."""
+    """Read and check `root/manifest.json` (local folder or URL); InputError (one line) if bad."""
     url = storage.join(root, MANIFEST_NAME)
     try:
         with storage.open_read(url) as f:
             data = f.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError as exc:
-        raise ManifestError(f"{url}: no manifest (is this the output folder of `convert shards`?)") from exc
+        raise InputError(f"{url}: no manifest (is this the output folder of `convert shards`?)") from exc
     if len(data) > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"{url}: larger than {MAX_MANIFEST_BYTES >> 20} MiB: not a manifest of ours")
+        raise InputError(f"{url}: larger than {MAX_MANIFEST_BYTES >> 20} MiB: not a manifest of ours")
     try:
         return Manifest.from_dict(json.loads(data.decode("utf-8")))
     except RecursionError:
-        raise ManifestError(f"{url}: malformed manifest (nested too deeply)") from None
+        raise InputError(f"{url}: malformed manifest (nested too deeply)") from None
     except ValueError as exc:
-        raise ManifestError(f"{url}: {exc}") from exc
+        raise InputError(f"{url}: {exc}") from exc
 
 
 def label_schemes() -> dict[str, Any]:

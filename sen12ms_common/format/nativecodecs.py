@@ -12,15 +12,11 @@ import os
 import threading
 from functools import lru_cache, wraps
 
-from ..errors import Sen12msError
+from ..errors import UnavailableError
 
 # Decoding threads create their decoders at once; finding a module while another thread imports it
 # sees a half-initialised module (`__spec__ is None`), so the libraries are looked up one at a time.
 _LOOKUP = threading.RLock()
-
-
-class CodecLibraryError(ImportError, Sen12msError):
-    """A compression library that cannot be found."""
 
 
 def _load(candidates: list[str], symbol: str, what: str) -> ctypes.CDLL:
@@ -35,7 +31,7 @@ def _load(candidates: list[str], symbol: str, what: str) -> ctypes.CDLL:
             continue
         if hasattr(lib, symbol):
             return lib
-    raise CodecLibraryError(f"no {what} library with {symbol} found (tried: {', '.join(tried) or 'nothing'})")
+    raise UnavailableError(f"no {what} library with {symbol} found (tried: {', '.join(tried) or 'nothing'})")
 
 
 def _once(fn):

@@ -16,10 +16,10 @@ from typing import Any, BinaryIO, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import Sen12msError
+from ..errors import ShardError
 from ..vocab.bands import MODALITY_BANDS, PATCH_SIZE
 from .checksums import HashingWriter
-from .codecs import CHUNKED, CODECS, BandDecoder, CodecError, chunk_offsets, encode_band
+from .codecs import CHUNKED, CODECS, BandDecoder, chunk_offsets, encode_band
 
 FORMAT_VERSION = 2
 CODEC_SUFFIX: dict[str, str] = {"zstd": "zst", "lz4": "lz4", "none": "raw"}
@@ -36,10 +36,6 @@ S1_STEP = (S1_MAX_DB - S1_MIN_DB) / S1_LEVELS  # dB per quantisation step
 LABEL_EXT = "label.f32"
 META_EXT = "json"
 N_LABEL = 17
-
-
-class ShardFormatError(ValueError, Sen12msError):
-    """A sample or member that does not decode as this format says it must."""
 
 
 @lru_cache(maxsize=None)
@@ -61,10 +57,10 @@ class SampleLayout:
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
-            raise ShardFormatError(f"unknown codec {self.codec!r} (expected one of {CODECS})")
+            raise ShardError(f"unknown codec {self.codec!r} (expected one of {CODECS})")
         unknown = [m for m in self.modalities if m not in ARRAY_MODALITIES]
         if unknown or not self.modalities:
-            raise ShardFormatError(f"modalities must be a non-empty subset of {ARRAY_MODALITIES}, not {self.modalities}")
+            raise ShardError(f"modalities must be a non-empty subset of {ARRAY_MODALITIES}, not {self.modalities}")
         # A canonical order keeps member order and manifests identical however the user lists them.
         object.__setattr__(self, "modalities", tuple(m for m in ARRAY_MODALITIES if m in self.modalities))
         if self.codec != "zstd":
@@ -147,11 +143,11 @@ class SampleLayout:
 
 def check_version(version: int) -> None:
     if version == 1:
-        raise ShardFormatError("these shards are of format version 1, which stored each zstd array as one frame; "
-                               f"this toolbox reads version {FORMAT_VERSION} (a frame per band): re-convert them "
-                               "with `python -m convert shards`")
+        raise ShardError("these shards are of format version 1, which stored each zstd array as one frame; "
+                         f"this toolbox reads version {FORMAT_VERSION} (a frame per band): re-convert them "
+                         "with `python -m convert shards`")
     if version != FORMAT_VERSION:
-        raise ShardFormatError(f"shard format version {version} is not supported (this toolbox reads {FORMAT_VERSION})")
+        raise ShardError(f"shard format version {version} is not supported (this toolbox reads {FORMAT_VERSION})")
 
 
 # --- S1 quantisation -------------------------------------------------------------------------
@@ -183,7 +179,7 @@ def encode_array(arr: np.ndarray, modality: str, layout: SampleLayout) -> dict[s
     shape, dtype = layout.shape(modality), layout.dtype(modality)
     a = np.ascontiguousarray(arr, dtype=dtype)
     if a.shape != shape:
-        raise ShardFormatError(f"{modality} array has shape {a.shape}, expected {shape}")
+        raise ShardError(f"{modality} array has shape {a.shape}, expected {shape}")
     if not layout.chunked:
         return {layout.ext(modality): a.tobytes()}
     chunks = [encode_band(band, layout.codec, layout.level, layout.byte_shuffle) for band in a]
@@ -198,22 +194,22 @@ def decode_bands_into(members: Mapping[str, bytes | memoryview], modality: str, 
     ext = layout.ext(modality)
     data = members.get(ext)
     if data is None:
-        raise ShardFormatError(f"member .{ext} is missing")
+        raise ShardError(f"member .{ext} is missing")
     n_bands, stored = layout.shape(modality)[0], layout.dtype(modality)
     band_bytes = layout.nbytes(modality) // n_bands
     try:
         if layout.chunked:
             sizes = members.get(layout.sizes_ext(modality))
             if sizes is None:
-                raise CodecError(f"its chunk sizes member .{layout.sizes_ext(modality)} is missing")
+                raise ShardError(f"its chunk sizes member .{layout.sizes_ext(modality)} is missing")
             starts = chunk_offsets(sizes, n_bands, len(data))
         elif len(data) != n_bands * band_bytes:
-            raise CodecError(f"holds {len(data)} bytes, expected {n_bands * band_bytes}")
+            raise ShardError(f"holds {len(data)} bytes, expected {n_bands * band_bytes}")
         else:
             starts = [b * band_bytes for b in range(n_bands + 1)]
         decoder.decode_run(data, starts, layout.codec, bands, out, stored, layout.byte_shuffle)
-    except CodecError as exc:
-        raise ShardFormatError(f"member .{ext} {exc}") from None
+    except ShardError as exc:
+        raise ShardError(f"member .{ext} {exc}") from None
 
 
 _decoders = threading.local()  # a zstd context is not thread-safe: one per thread
@@ -237,13 +233,13 @@ def decode_array(members: Mapping[str, bytes | memoryview], modality: str, layou
 def encode_label(prob: np.ndarray) -> bytes:
     p = np.asarray(prob, dtype="<f4").reshape(-1)
     if p.size != N_LABEL:
-        raise ShardFormatError(f"label has {p.size} values, expected {N_LABEL}")
+        raise ShardError(f"label has {p.size} values, expected {N_LABEL}")
     return p.tobytes()
 
 
 def decode_label(data: bytes) -> np.ndarray:
     if len(data) != 4 * N_LABEL:
-        raise ShardFormatError(f"member .{LABEL_EXT} holds {len(data)} bytes, expected {4 * N_LABEL}")
+        raise ShardError(f"member .{LABEL_EXT} holds {len(data)} bytes, expected {4 * N_LABEL}")
     return np.frombuffer(data, dtype="<f4").astype(np.float32)
 
 
@@ -258,12 +254,12 @@ def encode_sample(arrays: Mapping[str, np.ndarray], prob: np.ndarray | None, met
     members: dict[str, bytes] = {}
     for m in layout.modalities:
         if m not in arrays:
-            raise ShardFormatError(f"sample lacks its {m} array")
+            raise ShardError(f"sample lacks its {m} array")
         arr = quantize_s1(arrays[m]) if m == "s1" else arrays[m]
         members.update(encode_array(arr, m, layout))
     if layout.labels:
         if prob is None:
-            raise ShardFormatError("sample lacks its label")
+            raise ShardError("sample lacks its label")
         members[LABEL_EXT] = encode_label(prob)
     members[META_EXT] = encode_meta(meta)
     return members
@@ -279,17 +275,17 @@ def decode_sample(members: Mapping[str, bytes], layout: SampleLayout,
     out: dict[str, Any] = {}
     for m in (layout.modalities if modalities is None else modalities):
         if m not in layout.modalities:
-            raise ShardFormatError(f"these shards hold no {m} (they hold {', '.join(layout.modalities)})")
+            raise ShardError(f"these shards hold no {m} (they hold {', '.join(layout.modalities)})")
         out[m] = decode_array(members, m, layout)
     if layout.labels:
         if LABEL_EXT not in members:
-            raise ShardFormatError(f"member .{LABEL_EXT} is missing")
+            raise ShardError(f"member .{LABEL_EXT} is missing")
         out["label"] = decode_label(members[LABEL_EXT])
     if META_EXT in members:
         try:
             out["meta"] = json.loads(bytes(members[META_EXT]))
         except (ValueError, RecursionError) as exc:  # RecursionError: deeply nested brackets
-            raise ShardFormatError(f"member .{META_EXT} is not JSON ({exc})") from exc
+            raise ShardError(f"member .{META_EXT} is not JSON ({exc})") from exc
     return out
 
 
@@ -299,7 +295,7 @@ def check_member_name(name: str) -> None:
     """Refuse a tar member name that is a path: shards hold flat `<key>.<ext>` members, and a
     reader must never follow `../../etc/passwd` or `/abs/path` anywhere (nothing is extracted)."""
     if "/" in name or "\\" in name or name in (".", ".."):
-        raise ShardFormatError(f"member name {name!r} is a path (shards hold flat <key>.<ext> members)")
+        raise ShardError(f"member name {name!r} is a path (shards hold flat <key>.<ext> members)")
 
 
 @dataclass
@@ -325,7 +321,7 @@ class TarShardWriter:
 
     def add_sample(self, key: str, members: Mapping[str, bytes]) -> None:
         if "." in key or "/" in key:
-            raise ShardFormatError(f"sample key {key!r} must hold no '.' or '/'")
+            raise ShardError(f"sample key {key!r} must hold no '.' or '/'")
         entries = []
         for ext in sorted(members):
             data = members[ext]

@@ -18,8 +18,9 @@ _CHKSUM = slice(148, 156)
 READ_STEP = 1 << 18
 
 
-class EndWithoutMarker(tarfile.ReadError, Sen12msError):
-    """The stream ended between two members, without the end-of-archive blocks (a cut tar)."""
+class _EndWithoutMarker(tarfile.ReadError, Sen12msError):
+    """The stream ended between two members, without the end-of-archive blocks (a cut tar);
+    `iter_samples` ends there with `until_cut`."""
 
 
 def _ustar_file(header: bytes) -> tuple[str, int] | None:
@@ -172,7 +173,7 @@ def iter_members(f: BinaryIO | memoryview, wanted: Callable[[str], bool], *,
         at = blocks.offset
         raw = blocks.header()
         if raw is None:
-            raise EndWithoutMarker(f"unexpected end of data at byte {at} (no end-of-archive marker)")
+            raise _EndWithoutMarker(f"unexpected end of data at byte {at} (no end-of-archive marker)")
         plain = _ustar_file(raw) if long_name is None else None
         if plain is not None:
             name, size = plain
@@ -252,12 +253,13 @@ def split_name(name: str) -> tuple[str, str]:
     return name[:dot], name[dot + 1:].lower()
 
 
-def iter_samples(f: BinaryIO | memoryview, wanted_exts: frozenset[str] | set[str], **kw
-                 ) -> Iterator[tuple[str, dict[str, memoryview]]]:
+def iter_samples(f: BinaryIO | memoryview, wanted_exts: frozenset[str] | set[str], until_cut: bool = False,
+                 **kw) -> Iterator[tuple[str, dict[str, memoryview]]]:
     """(key, {ext: data}) per sample, consecutive members of one key grouped; only wanted
     extensions are read into memory. A sample with none of them still counts (with an empty
     dict), so positions in the shard are exact. A key repeated with the same extension is an
-    error."""
+    error. A stream cut between two members (no end-of-archive blocks) is a `tarfile.ReadError`
+    after the samples before the cut, or with `until_cut` just their end."""
     key: str | None = None
     members: dict[str, memoryview] = {}
     seen: set[str] = set()
@@ -273,9 +275,11 @@ def iter_samples(f: BinaryIO | memoryview, wanted_exts: frozenset[str] | set[str
             seen.add(ext)
             if data is not None:
                 members[ext] = data
-    except EndWithoutMarker:
+    except _EndWithoutMarker:
         if key is not None:  # the last sample read before the cut, then the cut
             yield key, members
+        if until_cut:
+            return
         raise
     if key is not None:
         yield key, members

@@ -10,10 +10,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Mapping, TypeVar
 
-# The errors are named storage.<Error> wherever storage is used; they live in their own module.
+# The storage errors are named storage.<Error> wherever storage is used; they live in sen12ms_common.errors.
+from ..errors import (ShardError, StorageAccessError, StorageError, StorageNotFoundError,  # noqa: F401
+                      StorageUnavailableError)
 from . import s3
-from .errors import (ShardSizeError, StorageAccessError, StorageError, StorageNotFoundError, StorageUnavailableError,
-                     redact, refuse_credentials)
+from .errors import redact, refuse_credentials  # noqa: F401 (redact: storage's name)
 from .s3 import RetryPolicy, S3ReadStream  # noqa: F401 (RetryPolicy: storage's name)
 
 T = TypeVar("T")
@@ -110,7 +111,7 @@ def open_read(url: str, expected_size: int | None = None, retry: RetryPolicy | N
     """Open for reading (buffered, seekable).
 
     With `expected_size` (a shard's bytes from the manifest) a file or object of another size
-    raises `ShardSizeError` before a byte is read, so a truncated shard can never pass for a
+    raises `ShardError` before a byte is read, so a truncated shard can never pass for a
     shorter one. On S3 the stream resumes broken transfers (`sen12ms_common.storage.s3.S3ReadStream`).
     """
     if not is_remote(url):
@@ -120,8 +121,8 @@ def open_read(url: str, expected_size: int | None = None, retry: RetryPolicy | N
             if got != expected_size:
                 f.close()
                 what = "truncated" if got < expected_size else "larger than expected"
-                raise ShardSizeError(f"{url}: file is {got} bytes, expected {expected_size} ({what}; "
-                                     f"rewritten or damaged?)", str(url))
+                raise ShardError(redact(f"{url}: file is {got} bytes, expected {expected_size} ({what}; "
+                                        "rewritten or damaged?)"))
         return f
     if is_s3(url):
         fs, path = filesystem(url)
@@ -129,7 +130,7 @@ def open_read(url: str, expected_size: int | None = None, retry: RetryPolicy | N
     f = _remote(url, lambda fs, path: fs.open(path, "rb"), retry)
     if expected_size is not None and f.size != expected_size:
         f.close()
-        raise ShardSizeError(f"{url}: object is {f.size} bytes, expected {expected_size}", str(url))
+        raise ShardError(redact(f"{url}: object is {f.size} bytes, expected {expected_size}"))
     return f
 
 

@@ -8,11 +8,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-from ..errors import Sen12msError
-
-
-class FolderBusyError(Sen12msError):
-    """Another process holds the folder's lock."""
+from ..errors import UnavailableError
 
 
 class FolderLock:
@@ -24,8 +20,8 @@ class FolderLock:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.release()
-            raise FolderBusyError(f"{folder}: {what} is already running in this folder; wait for it to end or "
-                                  "choose another folder") from None
+            raise UnavailableError(f"{folder}: {what} is already running in this folder; wait for it to end or "
+                                   "choose another folder") from None
 
     def release(self) -> None:
         if self.fd is not None:

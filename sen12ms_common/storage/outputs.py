@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from . import files as storage
-from .files import StorageError
+from ..errors import StorageError
 
 
 def output_folder(url: str, option: str) -> str:

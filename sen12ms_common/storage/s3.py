@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, TypeVar
 
-from .errors import ShardSizeError, StorageError, StorageUnavailableError
-from .s3errors import EndedEarly, Failure, classify, error_code, is_storage_failure  # noqa: F401 (storage's names)
+from ..errors import ShardError, StorageError, StorageUnavailableError
+from .redaction import redact
+from .s3errors import _EndedEarly, Failure, classify, error_code, is_storage_failure  # noqa: F401 (storage's names)
 
 T = TypeVar("T")
 
@@ -105,8 +106,8 @@ class S3ReadStream(io.RawIOBase):
         if expected_size is not None and self.size != expected_size:
             self.close()
             what = "truncated" if self.size < expected_size else "larger than expected"
-            raise ShardSizeError(f"{url}: object is {self.size} bytes, expected {expected_size} ({what}; "
-                                 f"rewritten or damaged?)", url)
+            raise ShardError(redact(f"{url}: object is {self.size} bytes, expected {expected_size} ({what}; "
+                                    "rewritten or damaged?)"))
 
     def _sync(self, coro_fn: Callable, *args: Any, **kwargs: Any) -> Any:
         from fsspec.asyn import sync  # sen12ms_common imports only numpy when imported
@@ -192,7 +193,7 @@ class S3ReadStream(io.RawIOBase):
                 return n
             if error is not None:
                 raise error
-            raise EndedEarly(f"the transfer ended after {self._pos} of {self.size} bytes")
+            raise _EndedEarly(f"the transfer ended after {self._pos} of {self.size} bytes")
         except Exception:
             self._drop_body()
             raise

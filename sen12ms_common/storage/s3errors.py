@@ -7,8 +7,7 @@ import socket
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ..errors import exception_chain
-from .errors import StorageAccessError, StorageError, StorageNotFoundError, StorageUnavailableError
+from ..errors import StorageAccessError, StorageError, StorageNotFoundError, StorageUnavailableError, exception_chain
 
 # Error codes of S3 (and of its look-alikes) that a later attempt may not see again.
 _TRANSIENT_CODES = frozenset({
@@ -19,7 +18,7 @@ _TRANSIENT_CODES = frozenset({
 _CREDENTIALS = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
 
 
-class EndedEarly(Exception):
+class _EndedEarly(Exception):
     """A response body that stopped before the bytes it announced (transient)."""
 
 
@@ -80,7 +79,7 @@ def _network_reason(exc: BaseException) -> str | None:
     """A short reason when exc is a network failure (transient), else None."""
     kinds = _network_errors()
     for e in exception_chain(exc):
-        if isinstance(e, EndedEarly):
+        if isinstance(e, _EndedEarly):
             return str(e)
         if isinstance(e, kinds["connect"]):
             endpoint = getattr(e, "kwargs", {}).get("endpoint_url", "the endpoint")

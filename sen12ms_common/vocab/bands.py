@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import combinations
 
-from ..errors import Sen12msError
+from ..errors import InputError
 
 S1_BANDS: tuple[str, ...] = ("VV", "VH")
 S2_BANDS: tuple[str, ...] = (
@@ -72,10 +72,6 @@ OFFICIAL_STD: dict[str, float] = dict(zip(_S2_10 + S1_BANDS, (
 )))
 
 
-class BandError(ValueError, Sen12msError):
-    """An input set or band name that does not exist."""
-
-
 @dataclass(frozen=True)
 class BandRef:
     """One input channel: a band of a modality and its index in that modality's file."""
@@ -91,7 +87,7 @@ def band_ref(name: str) -> BandRef:
         if name in bands:
             return BandRef(modality, name, bands.index(name))
     known = ", ".join(S2_BANDS + S1_BANDS)
-    raise BandError(f"unknown band {name!r} (known: {known})")
+    raise InputError(f"unknown band {name!r} (known: {known})")
 
 
 def resolve_bands(spec: str | tuple[str, ...] | list[str]) -> tuple[BandRef, ...]:
@@ -108,15 +104,15 @@ def resolve_bands(spec: str | tuple[str, ...] | list[str]) -> tuple[BandRef, ...
         names = [s.strip().upper() for s in spec.split(",") if s.strip()]
         if len(names) == 1 and names[0] not in S2_BANDS + S1_BANDS:
             sets = ", ".join(k for k in INPUT_SETS if "+" not in k)
-            raise BandError(f"unknown input set {spec!r} (sets: {sets}, or the baseline's groups joined "
-                            f"by + like s2hr+s2mr+s1; or band names like B8,B4,VV)")
+            raise InputError(f"unknown input set {spec!r} (sets: {sets}, or the baseline's groups joined "
+                             f"by + like s2hr+s2mr+s1; or band names like B8,B4,VV)")
     else:
         names = [str(n).strip().upper() for n in spec]
     if not names:
-        raise BandError("no band selected")
+        raise InputError("no band selected")
     refs = tuple(band_ref(n) for n in names)
     if len(set(refs)) != len(refs):
-        raise BandError(f"band listed twice in {spec!r}")
+        raise InputError(f"band listed twice in {spec!r}")
     return refs
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import Sen12msError
+from ..errors import InputError
 from .igbp import DFC2020_COLOURS, DFC2020_NAMES, DFC2020_OF_IGBP
 
 IGNORE_INDEX = 255
@@ -18,10 +18,6 @@ N_DFC = len(DFC2020_NAMES)  # DFC2020 classes 1..10
 SAVANNA = 3  # the DFC2020 class that `--no-savanna` masks out
 # The baseline draws ignored pixels in white (the last entry of its colour map).
 IGNORE_COLOUR = "#ffffff"
-
-
-class DfcError(ValueError, Sen12msError):
-    """A mask that cannot be read in the DFC2020 scheme."""
 
 
 def _rgb(hex_colour: str) -> tuple[int, int, int]:
@@ -83,7 +79,7 @@ def _lookup(band: np.ndarray, lut: np.ndarray, what: str) -> np.ndarray:
     arr = np.asarray(band)
     if arr.dtype != np.uint8:
         if arr.size and (not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0 or arr.max() > 255):
-            raise DfcError(f"{what} must hold integers 0..255, got dtype {arr.dtype}")
+            raise InputError(f"{what} must hold integers 0..255, got dtype {arr.dtype}")
         arr = arr.astype(np.uint8)
     return lut[arr]
 

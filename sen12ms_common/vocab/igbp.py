@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import Sen12msError
+from ..errors import InputError
 
 IGBP_NAMES: tuple[str, ...] = (
     "Evergreen Needleleaf Forests", "Evergreen Broadleaf Forests", "Deciduous Needleleaf Forests",
@@ -52,21 +52,17 @@ SCHEMES = ("simple", "full")
 LABEL_TYPES = ("single_label", "multi_label")
 
 
-class LabelError(ValueError, Sen12msError):
-    """A land-cover patch or probability vector that cannot give a label."""
-
-
 def igbp_counts(igbp: np.ndarray) -> np.ndarray:
     """Pixel counts of IGBP classes 1..17 in an lc IGBP band (index 0 = class 1).
 
-    Value 0 (no data) is not counted; any value above 17 raises `LabelError`.
+    Value 0 (no data) is not counted; any value above 17 raises `InputError`.
     """
     arr = np.asarray(igbp)
     counts = np.bincount(arr.ravel().astype(np.int64), minlength=256)
     bad = np.nonzero(counts[N_FULL + 1:])[0]
     if bad.size:
         values = ", ".join(str(v + N_FULL + 1) for v in bad[:5])
-        raise LabelError(f"IGBP values outside 0..17: {values}")
+        raise InputError(f"IGBP values outside 0..17: {values}")
     return counts[1:N_FULL + 1]
 
 
@@ -75,7 +71,7 @@ def probability_from_igbp(igbp: np.ndarray) -> np.ndarray:
     counts = igbp_counts(igbp)
     total = counts.sum()
     if total == 0:
-        raise LabelError("no valid IGBP pixel (all 0 = no data)")
+        raise InputError("no valid IGBP pixel (all 0 = no data)")
     return counts / total
 
 
@@ -83,11 +79,11 @@ def check_probability(prob: np.ndarray, tol: float = 1e-3) -> np.ndarray:
     """Validate a 17-value probability vector; return it as float64."""
     p = np.asarray(prob, dtype=np.float64).reshape(-1)
     if p.size != N_FULL:
-        raise LabelError(f"probability vector has {p.size} values, expected {N_FULL}")
+        raise InputError(f"probability vector has {p.size} values, expected {N_FULL}")
     if not np.all(np.isfinite(p)) or np.any(p < 0):
-        raise LabelError("probability vector holds negative or non-finite values")
+        raise InputError("probability vector holds negative or non-finite values")
     if abs(p.sum() - 1.0) > tol:
-        raise LabelError(f"probability vector sums to {p.sum():.4f}, not 1")
+        raise InputError(f"probability vector sums to {p.sum():.4f}, not 1")
     return p
 
 
@@ -122,9 +118,9 @@ class LabelRule:
 
     def __post_init__(self) -> None:
         if self.label_type not in LABEL_TYPES:
-            raise LabelError(f"label type must be one of {LABEL_TYPES}, not {self.label_type!r}")
+            raise InputError(f"label type must be one of {LABEL_TYPES}, not {self.label_type!r}")
         if self.scheme not in SCHEMES:
-            raise LabelError(f"IGBP scheme must be one of {SCHEMES}, not {self.scheme!r}")
+            raise InputError(f"IGBP scheme must be one of {SCHEMES}, not {self.scheme!r}")
 
     @property
     def num_classes(self) -> int:

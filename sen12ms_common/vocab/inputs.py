@@ -12,15 +12,11 @@ from typing import Mapping
 
 import numpy as np
 
-from ..errors import Sen12msError
+from ..errors import InputError
 from ..format.sample import S1_MIN_DB, S1_STEP
 from .bands import OFFICIAL_MEAN, OFFICIAL_STD, BandRef
 
 STATS_CHOICES: tuple[str, ...] = ("official", "manifest", "none", "dfc2020")
-
-
-class StatsError(ValueError, Sen12msError):
-    """Normalisation statistics that are missing for a band."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +45,7 @@ def channel_transform(bands: tuple[BandRef, ...], stats: str = "official",
     bounds need no clip: S2 is stored unsigned and S1 codes are clipped to -25..0 dB on conversion.
     """
     if stats not in STATS_CHOICES:
-        raise StatsError(f"--stats must be one of {STATS_CHOICES}, not {stats!r}")
+        raise InputError(f"--stats must be one of {STATS_CHOICES}, not {stats!r}")
     scale, offset, clip = [], [], []
     for b in bands:
         # Stored value -> physical value: s2 as is; s1 code -> dB.
@@ -62,15 +58,15 @@ def channel_transform(bands: tuple[BandRef, ...], stats: str = "official",
                 mean, std = -25.0, 25.0  # dB / 25 + 1
         elif stats == "official":
             if b.name not in OFFICIAL_MEAN:
-                raise StatsError(f"the original has no statistics for band {b.name}; "
+                raise InputError(f"the original has no statistics for band {b.name}; "
                                  "use --stats manifest, none or dfc2020")
             mean, std = OFFICIAL_MEAN[b.name], OFFICIAL_STD[b.name]
         else:
             if not manifest_stats or b.name not in manifest_stats:
-                raise StatsError(f"the manifest has no statistics for band {b.name}")
+                raise InputError(f"the manifest has no statistics for band {b.name}")
             mean, std = manifest_stats[b.name]["mean"], manifest_stats[b.name]["std"]
         if std <= 0:
-            raise StatsError(f"standard deviation of band {b.name} is {std}")
+            raise InputError(f"standard deviation of band {b.name} is {std}")
         scale.append(a / std)
         offset.append((c - mean) / std)
         clip.append(hi)

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
-from ..errors import Sen12msError
+from ..errors import InputError
 
 SEASONS: tuple[str, ...] = ("ROIs1158_spring", "ROIs1868_summer", "ROIs1970_fall", "ROIs2017_winter")
 MODALITIES: tuple[str, ...] = ("s1", "s2", "lc")
@@ -23,10 +23,6 @@ _PATCH_RE = re.compile(rf"^(?P<season>{_SEASON_RE})_(?P<mod>s1|s2|lc)_(?P<scene>
 _DFC2020_RE = re.compile(r"^(?P<season>ROIs0000_validation|ROIs0000_test)_(?P<mod>s1|s2|lc|dfc)_(?P<scene>\d+)"
                          r"_p(?P<patch>\d+)(?:\.tiff?)?$")
 _SCENE_RE = re.compile(rf"^(?P<season>{_SEASON_RE})[/_](?:(?:s1|s2|lc)_)?(?P<scene>\d+)/?$")
-
-
-class PatchNameError(ValueError, Sen12msError):
-    """A name that is not a SEN12MS patch or scene name."""
 
 
 @dataclass(frozen=True, order=True)
@@ -66,7 +62,7 @@ class PatchId:
     def with_modality(self, modality: str) -> "PatchId":
         known = DFC2020_MODALITIES if self.season in DFC2020_SEASONS else MODALITIES
         if modality not in known:
-            raise PatchNameError(f"unknown modality {modality!r} (expected one of {known})")
+            raise InputError(f"unknown modality {modality!r} (expected one of {known})")
         return replace(self, modality=modality)
 
     def stem(self, modality: str | None = None) -> str:
@@ -106,7 +102,7 @@ def parse_patch(name: str) -> PatchId:
     base = PurePosixPath(str(name).replace("\\", "/")).name
     m = _PATCH_RE.match(base)
     if not m:
-        raise PatchNameError(
+        raise InputError(
             f"not a SEN12MS patch name: {name!r} (expected e.g. ROIs1158_spring_s2_1_p30.tif)"
         )
     return PatchId(m["season"], int(m["scene"]), int(m["patch"]), m["mod"])
@@ -117,7 +113,7 @@ def parse_dfc2020_patch(name: str) -> PatchId:
     base = PurePosixPath(str(name).replace("\\", "/")).name
     m = _DFC2020_RE.match(base)
     if not m:
-        raise PatchNameError(
+        raise InputError(
             f"not a DFC2020 patch name: {name!r} (expected e.g. ROIs0000_validation_s2_0_p123.tif)"
         )
     return PatchId(m["season"], int(m["scene"]), int(m["patch"]), m["mod"])
@@ -127,13 +123,13 @@ def parse_any_patch(name: str) -> PatchId:
     """Parse a SEN12MS or a DFC2020 patch name (sample keys of a shard set may be either)."""
     try:
         return parse_patch(name)
-    except PatchNameError:
+    except InputError:
         pass
     try:
         return parse_dfc2020_patch(name)
-    except PatchNameError:
-        raise PatchNameError(f"not a SEN12MS or DFC2020 patch name: {name!r} (expected e.g. "
-                             "ROIs1158_spring_s2_1_p30.tif or ROIs0000_test_s2_0_p30.tif)") from None
+    except InputError:
+        raise InputError(f"not a SEN12MS or DFC2020 patch name: {name!r} (expected e.g. "
+                         "ROIs1158_spring_s2_1_p30.tif or ROIs0000_test_s2_0_p30.tif)") from None
 
 
 def is_dfc2020(pid: PatchId) -> bool:
@@ -144,7 +140,7 @@ def parse_scene(name: str) -> SceneId:
     """Parse a scene name as the hold-out list writes it (`ROIs1158_spring/s1_63`) or a key."""
     m = _SCENE_RE.match(str(name).strip())
     if not m:
-        raise PatchNameError(
+        raise InputError(
             f"not a SEN12MS scene name: {name!r} (expected e.g. ROIs1158_spring/s1_63)"
         )
     return SceneId(m["season"], int(m["scene"]))

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import click
 
-from sen12ms_common.errors import report_errors
+from sen12ms_common.errors import DataError, report_errors
 from sen12ms_common.storage.redaction import log_warnings_to_stderr, redacting
 from sen12ms_common.vocab.inputs import ChannelTransform
 
@@ -94,7 +94,6 @@ def _setup(ckpt: Mapping[str, Any], checkpoint: str, opts: EvalOptions, shards: 
     from sen12ms_common.format.manifest import load_manifest  # start-up time: the command's work imports torch
 
     from ..run.checkpoint import load_model_weights  # start-up time: the command's work imports torch
-    from ..data import DataError  # start-up time: the command's work imports torch
     from ..run.inputfit import check_input  # start-up time: the command's work imports torch
     from ..run.setup import check_modalities, has_split, make_setup  # start-up time: the command's work imports torch
 

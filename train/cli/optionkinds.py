@@ -14,11 +14,6 @@ from typing import Any, Callable, Sequence
 
 import click
 
-from sen12ms_common.errors import Sen12msError
-
-
-class OptionError(ValueError, Sen12msError):
-    """An option of the wrong type or out of its range (one line naming its source)."""
 
 
 def shown(value: Any) -> str:
@@ -26,14 +21,14 @@ def shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-class Bad(ValueError):
+class _Bad(ValueError):
     """A value's whole problem, one line (`'x' is not one of a, b`); the caller says where it came from."""
 
 
 class Kind:
     """A kind of value. `problem(v)` is None for a good value, else the whole one-line problem;
     `read(v)` is the value an option keeps (the value itself unless the kind reads something from
-    it: `--input`'s bands) or raises `Bad`; `click_type()` is the command line's type."""
+    it: `--input`'s bands) or raises `_Bad`; `click_type()` is the command line's type."""
 
     wanted = "a value"
 
@@ -46,7 +41,7 @@ class Kind:
     def read(self, v: Any) -> Any:
         problem = self.problem(v)
         if problem is not None:
-            raise Bad(problem)
+            raise _Bad(problem)
         return v
 
     def click_type(self) -> Any:
@@ -161,7 +156,7 @@ class Optional(Kind):
 @dataclass(frozen=True)
 class Custom(Kind):
     """A kind whose check needs more than a range: `check(v)` gives the whole problem or None, or
-    `reader(v)` gives the value kept (raising `Bad`); `clicked` the command line's type (None:
+    `reader(v)` gives the value kept (raising `_Bad`); `clicked` the command line's type (None:
     text). A check may import what it needs when it runs (the model registry, say), so that
     `--help` does not."""
 
@@ -174,7 +169,7 @@ class Custom(Kind):
             return self.check(v) if self.check is not None else None
         try:
             self.reader(v)
-        except Bad as exc:
+        except _Bad as exc:
             return str(exc)
         return None
 
@@ -253,5 +248,5 @@ def click_options(options: Sequence[Option]) -> Callable[[Callable], Callable]:
     return apply
 
 
-__all__ = ["OptionError", "Bad", "Kind", "Int", "Real", "Choice", "IntChoice", "Flag", "Text", "Optional", "Custom",
+__all__ = ["Kind", "Int", "Real", "Choice", "IntChoice", "Flag", "Text", "Optional", "Custom",
            "Option", "click_options", "shown"]

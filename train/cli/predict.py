@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import click
 import numpy as np
 
-from sen12ms_common.errors import report_errors
+from sen12ms_common.errors import DataError, InputError, report_errors
 from sen12ms_common.progress import Counter, ProgressOptions, progress_options
 from sen12ms_common.storage import files as storage
 from sen12ms_common.storage.redaction import log_warnings_to_stderr, redacting
@@ -70,7 +70,6 @@ def shard_items(root: str, split: str, bands, savanna: bool, verify: bool) -> tu
     from sen12ms_common.format.manifest import load_manifest  # start-up time: the command's work imports torch
     from sen12ms_common.format.sample import decode_sample  # start-up time: the command's work imports torch
 
-    from ..data import DataError  # start-up time: the command's work imports torch
     from ..data.shardread import check_shards  # start-up time: the command's work imports torch
     from ..data.allmembers import AllMembers, read_split  # start-up time: the command's work imports torch
 
@@ -198,7 +197,6 @@ def predict(*, checkpoint: str, out: str, shards: str | None = None, split: str 
     `names`: "baseline" names the maps as its predict.py (`_dfc_`, `_lc_`, `_pred_`)."""
     from sen12ms_common.storage.outputs import output_folder, writing  # start-up time: the command's work imports torch
 
-    from ..config.argsfile import ArgumentsFileError  # start-up time: the command's work imports torch
     from ..config.baseline_files import attach_config, baseline_prediction_name  # start-up time: the command's work imports torch
     from ..run.checkpoint import load_checkpoint  # start-up time: the command's work imports torch
     from ..run.device import resolve_device  # start-up time: the command's work imports torch
@@ -208,8 +206,8 @@ def predict(*, checkpoint: str, out: str, shards: str | None = None, split: str 
     dev = resolve_device(device)
     ckpt, text_config = attach_config(load_checkpoint(checkpoint), checkpoint, config, echo)
     if text_config:
-        raise ArgumentsFileError(f"{text_config}: not the DFC2020 baseline's args.pkl (a pickle); our checkpoints "
-                                 "need no --config")
+        raise InputError(f"{text_config}: not the DFC2020 baseline's args.pkl (a pickle); our checkpoints "
+                         "need no --config")
     spec, net = load_segmentation_model(ckpt, checkpoint, dev, stats)
     name = prediction_name if names == "ours" else partial(baseline_prediction_name, split=None if data else split)
     if data is not None:

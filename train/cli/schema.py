@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from sen12ms_common.vocab.bands import INPUT_SETS, BandError, BandRef, resolve_bands
+from sen12ms_common.errors import InputError
+from sen12ms_common.vocab.bands import INPUT_SETS, BandRef, resolve_bands
 from sen12ms_common.vocab.igbp import LABEL_TYPES, SCHEMES
 from sen12ms_common.vocab.inputs import STATS_CHOICES
 from sen12ms_common.vocab.names import ALL_SPLITS
@@ -22,7 +23,7 @@ from ..config.presets import PRESET_HELP, PRESET_NAMES
 from ..data import RENAMED, loader_names
 from ..run.optimizers import OPTIMIZERS
 from ..tasks.registry import task_names
-from .optionkinds import Bad, Choice, Custom, Flag, Int, IntChoice, Option, Optional, Real, Text, shown
+from .optionkinds import _Bad, Choice, Custom, Flag, Int, IntChoice, Option, Optional, Real, Text, shown
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")  # auto: CUDA when available, else the CPU
 
@@ -48,7 +49,7 @@ class InputBands:
 
 
 def read_input(spec: Any) -> InputBands:
-    """The one reading of an input set or band list (BandError when it names none)."""
+    """The one reading of an input set or band list (InputError when it names none)."""
     if isinstance(spec, InputBands):
         return spec
     key = str(spec).strip().lower()
@@ -58,11 +59,11 @@ def read_input(spec: Any) -> InputBands:
 
 def _read_checked_input(v: Any) -> InputBands:
     if not isinstance(v, (str, InputBands)):
-        raise Bad(f"{shown(v)} is not an input set or band names")
+        raise _Bad(f"{shown(v)} is not an input set or band names")
     try:
         return read_input(v)
-    except (BandError, ValueError) as exc:
-        raise Bad(str(exc).splitlines()[0] if str(exc) else "not an input set or band names") from None
+    except (InputError, ValueError) as exc:
+        raise _Bad(str(exc).splitlines()[0] if str(exc) else "not an input set or band names") from None
 
 
 def _model_problem(v: Any) -> str | None:

@@ -9,7 +9,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from sen12ms_common.errors import report_errors
+from sen12ms_common.errors import InputError, Interrupted, report_errors
 from sen12ms_common.storage.redaction import log_warnings_to_stderr, redact, redacting
 
 from ..run.progress import ProgressOptions, progress_options
@@ -38,7 +38,6 @@ def main(ctx: click.Context, **params: Any) -> None:
     # Here, not at the top: they import torch, which --help does not need (1 s against 10 s).
     from ..run.distributed import Dist, init_from_env, shutdown
     from ..run.loop import fit  # start-up time: the command's work imports torch
-    from ..run.signals import Interrupted  # start-up time: the command's work imports torch
 
     log_warnings_to_stderr()
     d = Dist()
@@ -102,7 +101,7 @@ def _apply_checkpoint(checkpoint: dict, resume: str, given: dict, explicit: set[
     """Our checkpoint's stored options, each checked, fill what the command line left at its
     defaults; never where the run writes: that is --run-dir, else the run our checkpoint lies in,
     else runs/<model>."""
-    from .options import OptionError, stored_options  # start-up time: the command's work imports torch
+    from .options import stored_options  # start-up time: the command's work imports torch
     from ..run.outputs import run_dir_of  # start-up time: the command's work imports torch
 
     saved = checkpoint.get("config")
@@ -110,7 +109,7 @@ def _apply_checkpoint(checkpoint: dict, resume: str, given: dict, explicit: set[
         unset = {k: v for k, v in saved.items() if k not in explicit}
         given.update(stored_options(unset, resume))
     elif saved is not None:
-        raise OptionError(f"{resume}: stored config is not a dict of options")
+        raise InputError(f"{resume}: stored config is not a dict of options")
     elif "model" not in explicit and checkpoint.get("arch"):
         given["model"] = str(checkpoint["arch"])[:100]
     if "run_dir" not in explicit and isinstance(saved, dict):  # the original's runs are left alone

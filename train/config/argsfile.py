@@ -6,10 +6,10 @@ import re
 from typing import Any, Iterable, Mapping
 
 from sen12ms_common.datafiles.read import read_source
-from sen12ms_common.errors import Sen12msError
+from sen12ms_common.errors import InputError
 from sen12ms_common.storage import files as storage
 from sen12ms_common.storage.redaction import redact
-from sen12ms_common.vocab.bands import INPUT_SETS, BandError, resolve_bands
+from sen12ms_common.vocab.bands import INPUT_SETS, resolve_bands
 from sen12ms_common.vocab.igbp import LABEL_TYPES, SCHEMES
 
 # Every option of the original main_train.py, in its order.
@@ -24,12 +24,8 @@ _DROPPED = ("exp_name", "data_dir", "label_split_dir", "num_workers", "resume")
 
 _LINE = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_.-]*):(?:\s+(?P<value>.*))?$")
 
-__all__ = ["ORIGINAL_KEYS", "ArgumentsFileError", "ArgumentsFile", "write_arguments_file",
+__all__ = ["ORIGINAL_KEYS", "ArgumentsFile", "write_arguments_file",
            "read_arguments_file", "original_to_options", "options_to_original"]
-
-
-class ArgumentsFileError(ValueError, Sen12msError):
-    """An arguments file that cannot be read or mapped (one line naming the file and line)."""
 
 
 class ArgumentsFile(dict):
@@ -64,13 +60,13 @@ def read_arguments_file(path: str, known_keys: Iterable[str] | None = None) -> A
     """Read a `key: value` file (the original's or ours) into a dict of strings.
 
     Blank lines are skipped. A line that is not `key: value`, a repeated key, or (when
-    `known_keys` is given) a key outside it raises `ArgumentsFileError` naming file and line.
+    `known_keys` is given) a key outside it raises `InputError` naming file and line.
     """
     path = str(path)
     try:
-        text = read_source(path, "arguments file", ArgumentsFileError).decode("utf-8")
+        text = read_source(path, "arguments file", InputError).decode("utf-8")
     except UnicodeDecodeError:
-        raise ArgumentsFileError(f"{path}: not a text arguments file (not UTF-8)") from None
+        raise InputError(f"{path}: not a text arguments file (not UTF-8)") from None
     known = set(known_keys) if known_keys is not None else None
     values: dict[str, str] = {}
     lines: dict[str, int] = {}
@@ -81,16 +77,16 @@ def read_arguments_file(path: str, known_keys: Iterable[str] | None = None) -> A
         m = _LINE.match(line)
         if m is None:
             shown = line if len(line) <= 60 else line[:57] + "..."
-            raise ArgumentsFileError(f"{path}:{lineno}: not a 'key: value' line: {shown!r}")
+            raise InputError(f"{path}:{lineno}: not a 'key: value' line: {shown!r}")
         key, value = m["key"], (m["value"] or "").strip()
         if key in values:
-            raise ArgumentsFileError(f"{path}:{lineno}: {key!r} given twice (first on line {lines[key]})")
+            raise InputError(f"{path}:{lineno}: {key!r} given twice (first on line {lines[key]})")
         if known is not None and key not in known:
-            raise ArgumentsFileError(f"{path}:{lineno}: unknown key {key!r}")
+            raise InputError(f"{path}:{lineno}: unknown key {key!r}")
         values[key] = value
         lines[key] = lineno
     if not values:
-        raise ArgumentsFileError(f"{path}: empty arguments file")
+        raise InputError(f"{path}: empty arguments file")
     return ArgumentsFile(values, path, lines)
 
 
@@ -102,7 +98,7 @@ def _bool(d: Mapping[str, str], key: str) -> bool:
     v = d[key].strip()
     if v.lower() in ("true", "false"):
         return v.lower() == "true"
-    raise ArgumentsFileError(f"{_where(d, key)}: {key} must be True or False, not {v!r}")
+    raise InputError(f"{_where(d, key)}: {key} must be True or False, not {v!r}")
 
 
 def _number(d: Mapping[str, str], key: str, kind: type) -> Any:
@@ -110,10 +106,10 @@ def _number(d: Mapping[str, str], key: str, kind: type) -> Any:
     try:
         x = kind(v)
     except ValueError:
-        raise ArgumentsFileError(f"{_where(d, key)}: {key} must be {'an integer' if kind is int else 'a number'}, "
-                                 f"not {v!r}") from None
+        raise InputError(f"{_where(d, key)}: {key} must be {'an integer' if kind is int else 'a number'}, "
+                         f"not {v!r}") from None
     if kind is float and x != x:
-        raise ArgumentsFileError(f"{_where(d, key)}: {key} is NaN")
+        raise InputError(f"{_where(d, key)}: {key} is NaN")
     return x
 
 
@@ -135,19 +131,19 @@ def original_to_options(d: Mapping[str, str], known_extra: Iterable[str] | None 
     (`stats`, `loader`, ...) is passed through as a string; the original's keys without a
     counterpart here (`exp_name`, `data_dir`, `label_split_dir`, `num_workers`, `resume`) are
     dropped. With `known_extra`, a key that is neither the original's, one of those above nor
-    in `known_extra` raises `ArgumentsFileError`.
+    in `known_extra` raises `InputError`.
     """
     mapped = set(ORIGINAL_KEYS) | {"input", "igbp"}
     _check_keys(d, mapped, known_extra)
     out: dict[str, Any] = {"model": d["model"].strip(), "label_type": d["label_type"].strip()}
     if out["label_type"] not in LABEL_TYPES:
-        raise ArgumentsFileError(f"{_where(d, 'label_type')}: label_type must be one of "
-                                 f"{', '.join(LABEL_TYPES)}, not {out['label_type']!r}")
+        raise InputError(f"{_where(d, 'label_type')}: label_type must be one of "
+                         f"{', '.join(LABEL_TYPES)}, not {out['label_type']!r}")
     if "igbp" in d:
         out["igbp"] = d["igbp"].strip()
         if out["igbp"] not in SCHEMES:
-            raise ArgumentsFileError(f"{_where(d, 'igbp')}: igbp must be {' or '.join(SCHEMES)}, "
-                                     f"not {out['igbp']!r}")
+            raise InputError(f"{_where(d, 'igbp')}: igbp must be {' or '.join(SCHEMES)}, "
+                             f"not {out['igbp']!r}")
     else:
         out["igbp"] = "simple" if _bool(d, "IGBP_simple") else "full"
     out["input"] = _input_of(d)
@@ -162,12 +158,12 @@ def original_to_options(d: Mapping[str, str], known_extra: Iterable[str] | None 
 
 
 def _check_keys(d: Mapping[str, str], mapped: set[str], known_extra: Iterable[str] | None) -> None:
-    """Unknown keys (with `known_extra`) and missing ones raise `ArgumentsFileError`."""
+    """Unknown keys (with `known_extra`) and missing ones raise `InputError`."""
     if known_extra is not None:
         allowed = mapped | set(known_extra)
         for key in d:
             if key not in allowed:
-                raise ArgumentsFileError(f"{_where(d, key)}: unknown key {key!r}")
+                raise InputError(f"{_where(d, key)}: unknown key {key!r}")
     missing = [k for k in ("model", "label_type") if k not in d]
     if "input" not in d and not any(k in d for k in ("use_s1", "use_s2", "use_RGB")):
         missing.append("input (or use_s1 / use_s2 / use_RGB)")
@@ -175,7 +171,7 @@ def _check_keys(d: Mapping[str, str], mapped: set[str], known_extra: Iterable[st
         missing.append("igbp (or IGBP_simple)")
     if missing:
         source = d.source if isinstance(d, ArgumentsFile) else "arguments"
-        raise ArgumentsFileError(f"{source}: missing {', '.join(missing)}")
+        raise InputError(f"{source}: missing {', '.join(missing)}")
 
 
 def _input_of(d: Mapping[str, str]) -> str:
@@ -184,14 +180,14 @@ def _input_of(d: Mapping[str, str]) -> str:
         spec = d["input"].strip()
         try:
             resolve_bands(spec)
-        except BandError as exc:
-            raise ArgumentsFileError(f"{_where(d, 'input')}: {exc}") from None
+        except InputError as exc:
+            raise InputError(f"{_where(d, 'input')}: {exc}") from None
         return spec.lower() if spec.lower() in INPUT_SETS else spec
     flags = {k: _bool(d, k) if k in d else False for k in ("use_s1", "use_s2", "use_RGB")}
     name = _input_set(flags["use_s1"], flags["use_s2"], flags["use_RGB"])
     if name is None:
         source = d.source if isinstance(d, ArgumentsFile) else "arguments"
-        raise ArgumentsFileError(f"{source}: no input: use_s1, use_s2 and use_RGB are all False")
+        raise InputError(f"{source}: no input: use_s1, use_s2 and use_RGB are all False")
     return name
 
 

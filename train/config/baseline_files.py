@@ -11,10 +11,9 @@ from typing import Any, Callable, Mapping
 
 from sen12ms_common.datafiles.namespacepickle import loads_namespace
 from sen12ms_common.datafiles.read import read_source
-from sen12ms_common.datafiles.safepickle import UnsafePickleError
+from sen12ms_common.errors import InputError, UnsafePickleError
 from sen12ms_common.storage import files as storage
 
-from .argsfile import ArgumentsFileError
 
 ARGS_FILE = "args.pkl"  # the name the baseline gives it, beside its checkpoints
 MODELS = {"deeplab": "DeepLabV3Plus", "unet": "UNet"}
@@ -27,7 +26,7 @@ Echo = Callable[[str], None]
 def _flag(args: Mapping[str, Any], key: str, source: str, default: bool = False) -> bool:
     value = args.get(key, default)
     if not isinstance(value, bool):
-        raise ArgumentsFileError(f"{source}: {key} is {str(value)[:40]!r}, not True or False")
+        raise InputError(f"{source}: {key} is {str(value)[:40]!r}, not True or False")
     return value
 
 
@@ -36,13 +35,13 @@ def baseline_options(args: Mapping[str, Any], source: str) -> dict[str, Any]:
     stride, its scaling (`--stats dfc2020`) and, where present, its optimiser settings."""
     model = args.get("model")
     if model not in MODELS:
-        raise ArgumentsFileError(f"{source}: model {str(model)[:40]!r} is not the baseline's deeplab or unet")
+        raise InputError(f"{source}: model {str(model)[:40]!r} is not the baseline's deeplab or unet")
     groups = [g for g in GROUPS if _flag(args, f"use_{g}", source)]
     if not groups:
-        raise ArgumentsFileError(f"{source}: no input: use_s2hr, use_s2mr, use_s2lr and use_s1 are all False")
+        raise InputError(f"{source}: no input: use_s2hr, use_s2mr, use_s2lr and use_s1 are all False")
     stride = args.get("out_stride", 16)
     if stride not in (8, 16) or isinstance(stride, bool):
-        raise ArgumentsFileError(f"{source}: out_stride {str(stride)[:20]!r} is not 8 or 16")
+        raise InputError(f"{source}: out_stride {str(stride)[:20]!r} is not 8 or 16")
     out: dict[str, Any] = {"task": "segmentation", "model": MODELS[model], "input": "+".join(groups),
                            "no_savanna": _flag(args, "no_savanna", source), "output_stride": stride,
                            "stats": "dfc2020", "optimizer": "sgd" if model == "deeplab" else "rmsprop"}
@@ -55,11 +54,11 @@ def baseline_options(args: Mapping[str, Any], source: str) -> dict[str, Any]:
 
 
 def read_baseline_args(data: bytes, source: str) -> dict[str, Any]:
-    """Our options of an `args.pkl`'s bytes; one-line ArgumentsFileError otherwise."""
+    """Our options of an `args.pkl`'s bytes; one-line InputError otherwise."""
     try:
         args = loads_namespace(data, source)
     except UnsafePickleError as exc:
-        raise ArgumentsFileError(str(exc)) from None
+        raise InputError(str(exc)) from None
     return baseline_options(args, source)
 
 
@@ -70,7 +69,7 @@ def attach_config(ckpt: Mapping[str, Any], checkpoint: str, config: str | None,
     checkpoint and what is left of `config` (a text arguments file, read by the caller)."""
     out = dict(ckpt)
     if config:
-        data = read_source(config, "arguments file", ArgumentsFileError)
+        data = read_source(config, "arguments file", InputError)
         if not data.startswith(PICKLE_START):
             return out, config
         out["config"] = read_baseline_args(data, config)
@@ -79,7 +78,7 @@ def attach_config(ckpt: Mapping[str, Any], checkpoint: str, config: str | None,
         return out, None
     beside = _beside(checkpoint)
     if storage.exists(beside):
-        out["config"] = read_baseline_args(read_source(beside, "arguments file", ArgumentsFileError), beside)
+        out["config"] = read_baseline_args(read_source(beside, "arguments file", InputError), beside)
         echo(f"{checkpoint}: the DFC2020 baseline's options from {beside}")
     return out, None
 

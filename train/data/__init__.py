@@ -38,19 +38,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from .registry import LOADERS, RENAMED, canonical_loader, get_factory, loader_names, make_loader
-from .spec import (AUTO, TARGETS, DataError, Loader, LoaderSpec, LoaderUnavailable, check_modalities, mask_source,
-                   resolve_workers)
+from sen12ms_common.errors import DataError
 
-__all__ = ["AUTO", "TARGETS", "DataError", "Loader", "LoaderSpec", "LoaderUnavailable", "LOADERS", "RENAMED",
+from .registry import LOADERS, RENAMED, canonical_loader, get_factory, loader_names, make_loader
+from .spec import AUTO, TARGETS, Loader, LoaderSpec, check_modalities, mask_source, resolve_workers
+
+__all__ = ["AUTO", "TARGETS", "DataError", "Loader", "LoaderSpec", "LOADERS", "RENAMED",
            "canonical_loader", "check_modalities", "get_factory", "loader_names", "make_loader", "mask_source",
-           "resolve_workers", "ShardDataset", "ShardDatasetError", "ShardDataModule"]
+           "resolve_workers", "ShardDataset", "ShardDataModule"]
 
 
 def __getattr__(name: str) -> Any:
     # The front door (docs/api.md), imported when first used: `import train.data` needs neither
     # the readers nor Lightning.
-    if name in ("ShardDataset", "ShardDatasetError"):
+    if name == "ShardDataset":
         from . import dataset  # start-up time: torch only when the front door is used
 
         return getattr(dataset, name)

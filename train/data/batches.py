@@ -12,14 +12,15 @@ import numpy as np
 import torch
 
 from sen12ms_common.format.buffers import BufferPool
+from sen12ms_common.errors import ShardError
 from sen12ms_common.format.codecs import BandDecoder
-from sen12ms_common.format.sample import LABEL_EXT, N_LABEL, ShardFormatError, decode_bands_into, decode_label
+from sen12ms_common.format.sample import LABEL_EXT, N_LABEL, decode_bands_into, decode_label
 from sen12ms_common.storage import files as storage
 from sen12ms_common.vocab.bands import modality_runs
 from sen12ms_common.vocab.dfc import DfcScheme
 
 from .leases import lent_tensor
-from .shardread import RawSample, ShardError, ShardSource
+from .shardread import RawSample, ShardSource
 from .spec import BatchBuffers
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class BatchDecoder:
             decoder = self._band_decoder()
             for modality, bands, first in self.runs:
                 if modality not in layout.modalities:
-                    raise ShardFormatError(f"these shards hold no {modality}")
+                    raise ShardError(f"these shards hold no {modality}")
                 decode_bands_into(members, modality, layout, bands, out[first:first + len(bands)], decoder)
             if mask is not None:
                 assert self.lut is not None and self.src.mask is not None
@@ -97,9 +98,9 @@ class BatchDecoder:
             else:
                 assert prob is not None
                 if LABEL_EXT not in members:
-                    raise ShardFormatError(f"member .{LABEL_EXT} is missing")
+                    raise ShardError(f"member .{LABEL_EXT} is missing")
                 prob[...] = decode_label(members[LABEL_EXT])
-        except ShardFormatError as exc:
+        except ShardError as exc:
             return f"{storage.join(self.src.root, shard)}: sample {key}: {exc}"
         return None
 

@@ -13,16 +13,17 @@ import torch
 from nvidia.dali import fn  # noqa: F401  (first: without DALI the ImportError names nvidia.dali)
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
+from sen12ms_common.errors import DataError, ShardError, UnavailableError
 from sen12ms_common.format.manifest import ShardEntry, index_name
 from sen12ms_common.storage import files as storage
 
 from .dali_graph import (READER, ChannelPlan, GraphSpec, build_graph, channel_plan, define_pipeline,  # noqa: F401
                          make_pipeline)
-from .dali_ops import CodecLibraryError, lz4_decompress_fn, status_text, zstd_decompress_fn
+from .dali_ops import lz4_decompress_fn, status_text, zstd_decompress_fn
 from .daligate import ShardGate, reading_order
 from .plan import shard_order
-from .shardread import ShardError, check_shards
-from .spec import DataError, LoaderSpec, LoaderUnavailable, check_modalities, mask_source
+from .shardread import check_shards
+from .spec import LoaderSpec, check_modalities, mask_source
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,8 @@ class DaliLoader:
                 zstd_decompress_fn()
             elif layout.codec == "lz4" and self.device_id is None:
                 lz4_decompress_fn()
-        except CodecLibraryError as exc:
-            raise LoaderUnavailable(f"the dali loader cannot decode {layout.codec} shards here: {exc}") from exc
+        except UnavailableError as exc:
+            raise UnavailableError(f"the dali loader cannot decode {layout.codec} shards here: {exc}") from exc
         self.skipped: list[str] = []
         self.entries = self._usable_shards(tuple(manifest.shards(spec.split)))
         total = sum(e.samples for e in self.entries)

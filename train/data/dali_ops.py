@@ -9,9 +9,8 @@ from typing import Callable
 import numpy as np
 
 from sen12ms_common.format.memberchecks import content_size_fn
-from sen12ms_common.format.nativecodecs import (ZSTD_D_FORCE_IGNORE_CHECKSUM, CodecLibraryError,  # noqa: F401
-                                                lz4_decompress_fn, zstd_checksum_switch, zstd_context_fns,
-                                                zstd_decompress_fn)
+from sen12ms_common.format.nativecodecs import (ZSTD_D_FORCE_IGNORE_CHECKSUM, lz4_decompress_fn,  # noqa: F401
+                                                zstd_checksum_switch, zstd_context_fns, zstd_decompress_fn)
 
 try:  # DALI's AutoGraph must not rewrite the kernels these factories create (numba compiles them)
     from nvidia.dali.pipeline import do_not_convert

@@ -36,14 +36,14 @@ from .symmetry import apply_symmetries
 TASK_TARGETS = {"classification": "labels", "segmentation": "mask"}
 
 
-class ShardDatasetError(DataError):
+class _ShardDatasetError(DataError):
     """A DataError of a ShardDataset. Raised in a DataLoader worker, torch raises it again in the
     main process with the worker's traceback as its message; this keeps the one line that says
     what is wrong (and which worker)."""
 
     def __init__(self, message: str = "") -> None:
         if message.startswith("Caught ") and "\nOriginal Traceback" in message:
-            where = message.split("\n", 1)[0].removeprefix("Caught ShardDatasetError ").rstrip(".")
+            where = message.split("\n", 1)[0].removeprefix("Caught _ShardDatasetError ").rstrip(".")
             last = message.rstrip().splitlines()[-1]
             message = f"{last.partition(': ')[2]} ({where})"
         super().__init__(message)
@@ -112,7 +112,7 @@ class ShardDataset(IterableDataset):
         except DataError:
             raise
         except Sen12msError as exc:  # a manifest, band, label or statistics error: one DataError
-            raise ShardDatasetError(str(exc).splitlines()[0]) from None
+            raise _ShardDatasetError(str(exc).splitlines()[0]) from None
         self.normalize = normalize or None
         self.rank, self.world_size = rank, world_size
         self.shards = len(self.manifest.shards(split))
@@ -235,8 +235,8 @@ class ShardDataset(IterableDataset):
         info = get_worker_info()
         part, parts = (info.id, info.num_workers) if info is not None else (0, 1)
         if parts > self.shards:
-            raise ShardDatasetError(f"{self.root}: {parts} DataLoader workers for the {self.shards} shard(s) of "
-                                    f"the {self.spec.split} split: use num_workers={self.shards} or fewer")
+            raise _ShardDatasetError(f"{self.root}: {parts} DataLoader workers for the {self.shards} shard(s) of "
+                                     f"the {self.spec.split} split: use num_workers={self.shards} or fewer")
         epoch, start = self._epoch, self._resume
         self._resume, self._batch = 0, start
         if start:
@@ -253,7 +253,7 @@ class ShardDataset(IterableDataset):
         except Sen12msError as exc:
             if info is None:
                 raise
-            raise ShardDatasetError(str(exc).splitlines()[0]) from None
+            raise _ShardDatasetError(str(exc).splitlines()[0]) from None
 
     def _view(self, batch: dict[str, Any]) -> dict[str, Any]:
         """A native batch in TorchGeo's keys, augmented and (with `normalize`) model input; in a
@@ -287,4 +287,4 @@ class ShardDataset(IterableDataset):
         return {**self.__dict__, "_loaders": {}, "_handover": None, "_floats": BufferPool(np.float32, keep=4)}
 
 
-__all__ = ["ShardDataset", "ShardDatasetError"]
+__all__ = ["ShardDataset"]

@@ -19,9 +19,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from sen12ms_common.errors import DataError
 from .items import Decoded, Done, Item, WorkerFailed
 from .leases import tensor_over
-from .spec import DataError
 
 SLOTS = 3  # per worker: the batch its consumer still holds, the one handed out, one being filled
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -87,7 +87,7 @@ class SlotRing:
 
 # --- in the worker ----------------------------------------------------------------------------
 
-class EpochStopped(Exception):
+class _EpochStopped(Exception):
     """The loader left the epoch early: the worker drops the rest of it."""
 
 
@@ -103,7 +103,7 @@ class WorkerSlots:
         while self.control.poll() or not self.free:
             msg = self.control.recv()  # EOFError: the loader is gone
             if not isinstance(msg, int):
-                raise EpochStopped
+                raise _EpochStopped
             self.free.append(msg)
         i = self.free.popleft()
         return (i, *self.ring.views(self.w, i))
@@ -147,7 +147,7 @@ def _worker(run: Run, ring: SlotRing, w: int, control: Connection, out: Connecti
             try:
                 for item in run(w, k, epoch, start, slots):
                     out.send(to_message(item))
-            except EpochStopped:
+            except _EpochStopped:
                 pass
             out.send(Done(token))
     except (EOFError, BrokenPipeError):

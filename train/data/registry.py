@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .spec import DataError, Loader, LoaderSpec, LoaderUnavailable
+from sen12ms_common.errors import DataError, UnavailableError
+
+from .spec import Loader, LoaderSpec
 
 
 def _shards(spec: LoaderSpec) -> Loader:
@@ -19,8 +21,8 @@ def _dali(spec: LoaderSpec) -> Loader:
     try:  # here, not at the top: DALI is an optional extra (and takes a second to import)
         from .dali import make_loader as dali_loader  # optional extra: DALI
     except ImportError as exc:
-        raise LoaderUnavailable(f"the dali loader is not available ({exc}); install it: "
-                                "pip install '.[dali]' (nvidia-dali-cuda130 for torch 2.14.1+cu130)") from exc
+        raise UnavailableError(f"the dali loader is not available ({exc}); install it: "
+                               "pip install '.[dali]' (nvidia-dali-cuda130 for torch 2.14.1+cu130)") from exc
     return dali_loader(spec)
 
 

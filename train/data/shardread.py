@@ -100,7 +100,7 @@ def read_slice(src: ShardSource, sl: ShardSlice, alloc: Callable[[int], memoryvi
         except storage.StorageError as exc:
             raise ShardError(f"{exc} (after {pos} samples)") from exc
         except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
-            raise ShardError(f"{url}: unreadable after {pos} samples ({exc.__class__.__name__}: {exc})") from exc
+            raise ShardError(f"{url}: unreadable after {pos} samples ({type(exc).__name__.lstrip('_')}: {exc})") from exc
     if pos < sl.stop:
         raise ShardError(f"{url}: ends after {pos} samples; the manifest says {entry.samples}")
     if digests is not None:

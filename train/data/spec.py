@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Iterator, Protocol
 
 from sen12ms_common.cpus import usable_cpus
 from sen12ms_common.errors import DataError
@@ -13,10 +13,6 @@ from sen12ms_common.format.manifest import Manifest
 from sen12ms_common.vocab.bands import BandRef, modalities_of
 from sen12ms_common.vocab.igbp import LabelRule
 from sen12ms_common.vocab.inputs import ChannelTransform
-
-
-class LoaderUnavailable(DataError):
-    """A loader whose optional dependency is not installed."""
 
 
 class BatchBuffers(Protocol):

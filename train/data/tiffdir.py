@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sen12ms_common.errors import Sen12msError
+from sen12ms_common.errors import InputError
 from sen12ms_common.format.sample import quantize_s1
 from sen12ms_common.vocab.bands import MODALITY_BANDS, BandRef, modalities_of
 from sen12ms_common.vocab.dfc import dfc_to_train, igbp_to_dfc
@@ -24,10 +24,6 @@ _SUFFIXES = (".tif", ".tiff")
 # The sides of a GeoTIFF predict reads: a model's downsampling needs 32 pixels (an 8-pixel
 # patch leaves nothing after its pooling); a model's activations at 2048 x 2048 take several GB.
 MIN_SIDE, MAX_SIDE = 32, 2048
-
-
-class TiffDirError(ValueError, Sen12msError):
-    """A folder or file that cannot be predicted from; the message names it."""
 
 
 @dataclass
@@ -54,7 +50,7 @@ def find_patches(root: str | Path) -> list[TiffPatch]:
     """The patches under `root`, sorted by key; files without one modality token are ignored."""
     root = Path(root)
     if not root.is_dir():
-        raise TiffDirError(f"{root}: not a folder")
+        raise InputError(f"{root}: not a folder")
     groups: dict[str, TiffPatch] = {}
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in _SUFFIXES and p.is_file()):
         modality, key = _modality_and_key(path.relative_to(root))
@@ -62,7 +58,7 @@ def find_patches(root: str | Path) -> list[TiffPatch]:
             continue
         patch = groups.setdefault(key, TiffPatch(key=""))
         if modality in patch.files:
-            raise TiffDirError(f"{path}: a second {modality} file for the patch of {patch.files[modality]}")
+            raise InputError(f"{path}: a second {modality} file for the patch of {patch.files[modality]}")
         patch.files[modality] = path
     for key, patch in groups.items():
         first = patch.files.get("s2") or patch.files.get("s1") or next(iter(patch.files.values()))
@@ -76,13 +72,13 @@ def check_inputs(patches: list[TiffPatch], bands: tuple[BandRef, ...], root: str
     need = modalities_of(bands)
     usable = [p for p in patches if any(m in p.files for m in ("s1", "s2"))]
     if not usable:
-        raise TiffDirError(f"{root}: no S1/S2 GeoTIFFs (file or folder names with _s1_ / _s2_ tokens)")
+        raise InputError(f"{root}: no S1/S2 GeoTIFFs (file or folder names with _s1_ / _s2_ tokens)")
     for p in usable:
         missing = [m for m in need if m not in p.files]
         if missing:
             have = next(iter(p.files.values()))
-            raise TiffDirError(f"{have}: no {' and '.join(missing)} file beside it (the model's input "
-                               f"needs {', '.join(need)})")
+            raise InputError(f"{have}: no {' and '.join(missing)} file beside it (the model's input "
+                             f"needs {', '.join(need)})")
     for p in usable:
         for m in ("s2", "s1"):
             if m in p.files:
@@ -101,16 +97,16 @@ def check_header(path: Path, ds, modality: str) -> None:
     """What a file declares (format, bands, size), checked before a pixel is read: reading
     allocates what the header says, and a few-KB sparse file may declare 100,000 pixels a side."""
     if ds.driver != "GTiff":
-        raise TiffDirError(f"{path}: a {ds.driver} file, not a GeoTIFF")
+        raise InputError(f"{path}: a {ds.driver} file, not a GeoTIFF")
     want = len(MODALITY_BANDS[modality]) if modality in ("s1", "s2") else None  # lc has 4 bands, dfc 1
     if want is not None and ds.count != want:
-        raise TiffDirError(f"{path}: {ds.count} bands, a {modality} patch has {want}")
+        raise InputError(f"{path}: {ds.count} bands, a {modality} patch has {want}")
     if min(ds.width, ds.height) < MIN_SIDE:
-        raise TiffDirError(f"{path}: {ds.width} x {ds.height} pixels, fewer than the models take (at least "
-                           f"{MIN_SIDE} pixels a side)")
+        raise InputError(f"{path}: {ds.width} x {ds.height} pixels, fewer than the models take (at least "
+                         f"{MIN_SIDE} pixels a side)")
     if max(ds.width, ds.height) > MAX_SIDE:
-        raise TiffDirError(f"{path}: {ds.width} x {ds.height} pixels, more than train.predict reads (at most "
-                           f"{MAX_SIDE} pixels a side)")
+        raise InputError(f"{path}: {ds.width} x {ds.height} pixels, more than train.predict reads (at most "
+                         f"{MAX_SIDE} pixels a side)")
 
 
 def _open_checked(path: Path, modality: str, use):
@@ -124,13 +120,13 @@ def _open_checked(path: Path, modality: str, use):
             return use(ds)
     except (RasterioError, OSError) as exc:
         text = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise TiffDirError(f"{path}: not a readable GeoTIFF ({text})") from None
+        raise InputError(f"{path}: not a readable GeoTIFF ({text})") from None
 
 
 def _read(path: Path, modality: str) -> tuple[np.ndarray, Georef]:
     data, crs, transform = _open_checked(path, modality, lambda ds: (ds.read(), ds.crs, ds.transform))
     if modality == "s2" and not np.issubdtype(data.dtype, np.integer):
-        raise TiffDirError(f"{path}: dtype {data.dtype}, S2 reflectance x 10000 must be integers")
+        raise InputError(f"{path}: dtype {data.dtype}, S2 reflectance x 10000 must be integers")
     crs_text = ""
     if crs is not None:
         epsg = crs.to_epsg()
@@ -151,8 +147,8 @@ def read_sample(patch: TiffPatch, bands: tuple[BandRef, ...], savanna: bool) -> 
             continue
         data, ref = _read(patch.files[m], m)
         if shape is not None and data.shape[1:] != shape:
-            raise TiffDirError(f"{patch.files[m]}: {data.shape[2]} x {data.shape[1]} pixels, its S2 file has "
-                               f"{shape[1]} x {shape[0]}")
+            raise InputError(f"{patch.files[m]}: {data.shape[2]} x {data.shape[1]} pixels, its S2 file has "
+                             f"{shape[1]} x {shape[0]}")
         shape, georef = data.shape[1:], georef or ref
         if m == "s2":
             stored[m] = np.clip(data, 0, 65535).astype(np.uint16)

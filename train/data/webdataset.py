@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from sen12ms_common.cpus import usable_cpus
+from sen12ms_common.errors import DataError, ShardError
 from sen12ms_common.format.buffers import BufferPool
 from sen12ms_common.storage import files as storage
 
@@ -21,8 +22,8 @@ from .feeds import merged, prefetched, threaded_workers
 from .items import Decoded, Ended, Failed, Item, Skipped
 from .plan import EpochPlan, StreamPlan, buffer_shuffle, epoch_plan
 from .procs import SlotRing, SlotShape, WorkerFeeds
-from .shardread import RawSample, ShardError, ShardSource, check_shards, read_slice
-from .spec import BatchBuffers, DataError, LoaderSpec, check_modalities, mask_source
+from .shardread import RawSample, ShardSource, check_shards, read_slice
+from .spec import BatchBuffers, LoaderSpec, check_modalities, mask_source
 from .symmetry import SYMMETRIES
 
 log = logging.getLogger(__name__)

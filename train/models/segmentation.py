@@ -18,18 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models as tvm
 
-from sen12ms_common.errors import Sen12msError
+from sen12ms_common.errors import CheckpointError
 
-__all__ = ["UNet", "DeepLabV3Plus", "SEGMENTATION_MODELS", "BackboneWeightsError", "imagenet_weights_file"]
+__all__ = ["UNet", "DeepLabV3Plus", "SEGMENTATION_MODELS", "imagenet_weights_file"]
 
 # torchvision's file names of the ImageNet ResNet-101 weights the baseline starts from (the older
 # name first), looked for in torch's hub cache by `backbone_weights="imagenet"`.
 IMAGENET_FILES = ("resnet101-5d3b4d8f.pth", "resnet101-63fe2227.pth")
 SMALL_UNET_WIDTH = 8  # SmallUNet: the UNet at 1/8 of the width, 1/64 of the work
-
-
-class BackboneWeightsError(ValueError, Sen12msError):
-    """Backbone weights that are missing or do not fit ResNet-101."""
 
 
 # --- UNet ------------------------------------------------------------------------------------
@@ -252,13 +248,13 @@ class DeepLabV3Plus(nn.Module):
 
 
 def imagenet_weights_file() -> Path:
-    """The ImageNet ResNet-101 file in torch's hub cache; `BackboneWeightsError` when absent."""
+    """The ImageNet ResNet-101 file in torch's hub cache; `CheckpointError` when absent."""
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     for name in IMAGENET_FILES:
         if (folder / name).is_file():
             return folder / name
-    raise BackboneWeightsError(f"no ImageNet ResNet-101 weights in {folder} (looked for {', '.join(IMAGENET_FILES)}); "
-                               "nothing is downloaded: copy the file there or give its path")
+    raise CheckpointError(f"no ImageNet ResNet-101 weights in {folder} (looked for {', '.join(IMAGENET_FILES)}); "
+                          "nothing is downloaded: copy the file there or give its path")
 
 
 def load_backbone_weights(backbone: ResNet101Backbone, source: str | os.PathLike) -> None:
@@ -267,7 +263,7 @@ def load_backbone_weights(backbone: ResNet101Backbone, source: str | os.PathLike
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
-        raise BackboneWeightsError(f"{path}: cannot read backbone weights ({exc})") from None
+        raise CheckpointError(f"{path}: cannot read backbone weights ({exc})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     own = backbone.state_dict()
@@ -276,7 +272,7 @@ def load_backbone_weights(backbone: ResNet101Backbone, source: str | os.PathLike
     bad = sorted(k for k in wanted & set(state) if tuple(state[k].shape) != tuple(own[k].shape))
     if missing or bad:
         what = f"{len(missing)} missing, e.g. {missing[0]}" if missing else f"wrong shape of {bad[0]}"
-        raise BackboneWeightsError(f"{path}: not a ResNet-101 state dict ({what})")
+        raise CheckpointError(f"{path}: not a ResNet-101 state dict ({what})")
     backbone.load_state_dict({**own, **{k: state[k] for k in wanted}})
 
 

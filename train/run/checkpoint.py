@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sen12ms_common.errors import Sen12msError, exception_chain
+from sen12ms_common.errors import CheckpointError, exception_chain
 from sen12ms_common.storage import files as storage
 from sen12ms_common.vocab.bands import BandRef
 from sen12ms_common.vocab.inputs import ChannelTransform
@@ -23,13 +23,9 @@ TIMESTAMP = re.compile(r"^\d{8}_\d{6}$")
 # Wrapper prefixes in state-dict keys: DataParallel / DistributedDataParallel, torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
-__all__ = ["ORIGINAL_KEYS", "TIMESTAMP", "CheckpointError", "save_checkpoint", "load_checkpoint",
+__all__ = ["ORIGINAL_KEYS", "TIMESTAMP", "save_checkpoint", "load_checkpoint",
            "load_model_weights", "unwrap_model", "capture_rng_state", "restore_rng_state", "check_resume_state",
            "stored_input_transform"]
-
-
-class CheckpointError(ValueError, Sen12msError):
-    """A checkpoint that cannot be read, is unsafe, or does not fit the model (one line)."""
 
 
 # ----------------------------------------------------------------------------- loading

@@ -12,7 +12,7 @@ from typing import Any, ContextManager
 import torch
 from torch import nn
 
-from sen12ms_common.errors import Sen12msError
+from sen12ms_common.errors import UnavailableError
 from sen12ms_common.vocab.inputs import ChannelTransform
 
 from ..data.symmetry import apply_symmetries, check_symmetries, move_sample
@@ -21,17 +21,13 @@ log = logging.getLogger(__name__)
 
 
 
-class DeviceError(RuntimeError, Sen12msError):
-    """A device or device feature that is not available here."""
-
-
 def resolve_device(name: str = "auto") -> torch.device:
     """`auto` = the first CUDA device if there is one, else the CPU; `cuda[:N]` must exist."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False)")
+        raise UnavailableError("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False)")
     return dev
 
 
@@ -185,7 +181,7 @@ def prepare_model(model: nn.Module, device: torch.device, *, channels_last: bool
         if device.type == "cpu":
             ok, why = compile_available()
             if not ok:
-                raise DeviceError(f"--compile: {why}")
+                raise UnavailableError(f"--compile: {why}")
         forward = torch.compile(model)
     return model, forward
 

@@ -16,15 +16,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from sen12ms_common.errors import Sen12msError
+from sen12ms_common.errors import UnavailableError
 
-from .device import DeviceError, resolve_device
+from .device import resolve_device
 
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-
-
-class DistributedError(RuntimeError, Sen12msError):
-    """A torchrun environment that cannot work (one line)."""
 
 
 @dataclass(frozen=True)
@@ -61,10 +57,10 @@ def ranks_from_env(environ: Mapping[str, str] | None = None) -> tuple[int, int, 
     try:
         rank, world, local = (int(env.get(k, "0")) for k in ENV_KEYS)
     except ValueError:
-        raise DistributedError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (as torchrun sets them): "
+        raise UnavailableError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (as torchrun sets them): "
                                + ", ".join(f"{k}={env.get(k)!r}" for k in ENV_KEYS)) from None
     if world < 1 or not 0 <= rank < world or local < 0:
-        raise DistributedError(f"inconsistent torchrun environment: RANK={rank}, WORLD_SIZE={world}, "
+        raise UnavailableError(f"inconsistent torchrun environment: RANK={rank}, WORLD_SIZE={world}, "
                                f"LOCAL_RANK={local}")
     return rank, world, local
 
@@ -79,8 +75,8 @@ def device_for(name: str, local_rank: int, world_size: int) -> torch.device:
         return torch.device("cuda", local_rank)
     if count == 1:  # the scheduler shows each process its own single GPU
         return torch.device("cuda", 0)
-    raise DeviceError(f"LOCAL_RANK {local_rank} but only {count} CUDA device(s) visible: start at most {count} "
-                      "processes per node (torchrun --nproc_per_node)")
+    raise UnavailableError(f"LOCAL_RANK {local_rank} but only {count} CUDA device(s) visible: start at most {count} "
+                           "processes per node (torchrun --nproc_per_node)")
 
 
 def init_from_env(device: str = "auto", environ: Mapping[str, str] | None = None) -> tuple[Dist, torch.device]:
@@ -90,7 +86,7 @@ def init_from_env(device: str = "auto", environ: Mapping[str, str] | None = None
     if world == 1:
         return Dist(), dev
     if not dist.is_available():
-        raise DistributedError("this PyTorch build has no torch.distributed")
+        raise UnavailableError("this PyTorch build has no torch.distributed")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
         backend = "nccl"
@@ -202,6 +198,6 @@ def rank_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, rank, 0x44445]).generate_state(1, np.uint64)[0] >> 1)
 
 
-__all__ = ["Dist", "DistributedError", "ranks_from_env", "device_for", "init_from_env", "use_fork_server",
+__all__ = ["Dist", "ranks_from_env", "device_for", "init_from_env", "use_fork_server",
            "shutdown", "wrap_model",
            "agree_max", "sum_over_ranks", "gather_objects", "broadcast_object", "broadcast_state", "rank_seed"]

@@ -8,12 +8,8 @@ import math
 
 import torch
 
-from sen12ms_common.errors import Sen12msError
+from sen12ms_common.errors import TrainingDiverged
 from sen12ms_common.storage.files import exists
-
-
-class TrainingDiverged(Sen12msError):
-    """The weights or the loss are no longer finite."""
 
 
 def finite_state(model: torch.nn.Module, loss: float) -> bool:

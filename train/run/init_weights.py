@@ -14,8 +14,10 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from ..models.segmentation import BackboneWeightsError, imagenet_weights_file, load_backbone_weights
-from .checkpoint import CheckpointError, _strip_wrapper_prefixes, load_checkpoint, load_model_weights, unwrap_model
+from sen12ms_common.errors import CheckpointError
+
+from ..models.segmentation import imagenet_weights_file, load_backbone_weights
+from .checkpoint import _strip_wrapper_prefixes, load_checkpoint, load_model_weights, unwrap_model
 
 Echo = Callable[[str], None]
 
@@ -64,7 +66,7 @@ def init_from(model: nn.Module, source: str, partial: bool = False, echo: Echo =
 
 def imagenet_file(model_name: str) -> Path:
     """torchvision's ImageNet weights file of `model_name`'s backbone in torch's hub cache
-    (`$TORCH_HOME/hub/checkpoints`); BackboneWeightsError naming the folder and files when absent."""
+    (`$TORCH_HOME/hub/checkpoints`); CheckpointError naming the folder and files when absent."""
     if model_name == "DeepLabV3Plus":
         return imagenet_weights_file()
     from torchvision import models as tvm  # start-up time: torch only when used
@@ -74,8 +76,8 @@ def imagenet_file(model_name: str) -> Path:
     name = weights.url.rsplit("/", 1)[1]
     if (folder / name).is_file():
         return folder / name
-    raise BackboneWeightsError(f"no ImageNet weights of {model_name} in {folder} (looked for {name}, from "
-                               f"{weights.url}); nothing is downloaded: copy the file there or give its path")
+    raise CheckpointError(f"no ImageNet weights of {model_name} in {folder} (looked for {name}, from "
+                          f"{weights.url}); nothing is downloaded: copy the file there or give its path")
 
 
 def _our_key(model_name: str, key: str) -> str | None:
@@ -98,22 +100,22 @@ def _read_state(path: Path) -> Mapping[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BackboneWeightsError(f"{path}: cannot read backbone weights ({first})") from None
+        raise CheckpointError(f"{path}: cannot read backbone weights ({first})") from None
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):
-        raise BackboneWeightsError(f"{path}: not a state dict")
+        raise CheckpointError(f"{path}: not a state dict")
     return state
 
 
 def pretrained_backbone(model_name: str, model: nn.Module, source: str | os.PathLike, echo: Echo = print) -> int:
     """Load torchvision ImageNet weights ("imagenet": from torch's hub cache; else a file path)
     into the backbone of `model`, all but the input stem (other channels) and the head; the
-    number of tensors loaded. BackboneWeightsError for a model without one or a file that does
+    number of tensors loaded. CheckpointError for a model without one or a file that does
     not fit."""
     if model_name not in BACKBONE_MODELS:
-        raise BackboneWeightsError(f"--pretrained-backbone: {model_name} has no ImageNet backbone (models with one: "
-                                   f"{', '.join(BACKBONE_MODELS)})")
+        raise CheckpointError(f"--pretrained-backbone: {model_name} has no ImageNet backbone (models with one: "
+                              f"{', '.join(BACKBONE_MODELS)})")
     path = imagenet_file(model_name) if str(source) == "imagenet" else Path(source)
     target = unwrap_model(model)
     if model_name == "DeepLabV3Plus":
@@ -127,7 +129,7 @@ def pretrained_backbone(model_name: str, model: nn.Module, source: str | os.Path
         bad = [k for k in wanted if k in mapped and tuple(mapped[k].shape) != tuple(own[k].shape)]
         if missing or bad:
             what = f"{len(missing)} tensors missing, e.g. {missing[0]}" if missing else f"wrong shape of {bad[0]}"
-            raise BackboneWeightsError(f"{path}: not torchvision's {_TORCHVISION[model_name]} weights ({what})")
+            raise CheckpointError(f"{path}: not torchvision's {_TORCHVISION[model_name]} weights ({what})")
         target.load_state_dict({**own, **{k: mapped[k].to(own[k].dtype) for k in wanted}})
         n = len(wanted)
     echo(f"ImageNet backbone of {model_name}: {n} tensors from {path} (the input stem and the head keep their "

@@ -8,10 +8,11 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from sen12ms_common.vocab.bands import BandError, BandRef, resolve_bands
+from sen12ms_common.errors import CheckpointError, InputError
+from sen12ms_common.vocab.bands import BandRef, resolve_bands
 
 from ..config.trainconfig import canonical_input
-from .checkpoint import CheckpointError, unwrap_model
+from .checkpoint import unwrap_model
 
 
 def _first_conv_channels(tensors: Mapping[str, Any]) -> int | None:
@@ -30,7 +31,7 @@ def trained_input(ckpt: Mapping[str, Any]) -> str | None:
         return None
     try:
         return canonical_input(value)
-    except (BandError, ValueError):
+    except (InputError, ValueError):
         return None
 
 

@@ -12,9 +12,9 @@ from typing import Any, Sequence
 
 import torch
 
+from sen12ms_common.errors import DataError
 from sen12ms_common.format.sample import N_LABEL
 
-from ..data import DataError
 
 log = logging.getLogger(__name__)
 

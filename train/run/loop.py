@@ -15,12 +15,13 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from sen12ms_common.errors import DataError, Interrupted
 from sen12ms_common.format.manifest import load_manifest
 from sen12ms_common.storage import files as storage
 from sen12ms_common.storage.outputs import writing
 
 from ..config.trainconfig import TrainConfig
-from ..data import DataError, Loader
+from ..data import Loader
 from ..tasks.registry import task_options
 from .distributed import (Dist, agree_max, broadcast_state, gather_objects, rank_seed, sum_over_ranks,
                           wrap_model)
@@ -36,7 +37,7 @@ from .resume import restore
 from .save import save_run_checkpoint
 from .scoring import predict_all
 from .setup import Setup, check_modalities, has_split, make_setup, run_loader, seed_everything
-from .signals import Interrupted, StopFlag
+from .signals import StopFlag
 from .steps import RunState, train_steps
 from .tblog_images import ValImages, step_validation
 from .testsplit import score_test

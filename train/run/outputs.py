@@ -13,15 +13,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from sen12ms_common.errors import CheckpointError, StorageError
 from sen12ms_common.storage import files as storage
-from sen12ms_common.storage.files import StorageError
 from sen12ms_common.storage.folderlock import FolderLock
 from sen12ms_common.storage.outputs import output_folder, writing
 from sen12ms_common.storage.redaction import redact
 
 from ..config.argsfile import write_arguments_file
 from ..config.trainconfig import TrainConfig, arguments
-from .checkpoint import CheckpointError
 from .distributed import Dist, broadcast_object
 
 

@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from sen12ms_common.errors import StorageError
 from sen12ms_common.storage import files as storage
-from sen12ms_common.storage.files import StorageError
 
 from ..tasks.plots import curves_png
 

@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
+from sen12ms_common.errors import CheckpointError
 from sen12ms_common.storage import files as storage
 
 from ..config.trainconfig import DATA_ORDER_KEYS, TrainConfig
-from .checkpoint import TIMESTAMP, CheckpointError, check_resume_state, load_model_weights, restore_rng_state
+from .checkpoint import TIMESTAMP, check_resume_state, load_model_weights, restore_rng_state
 from .distributed import Dist, rank_seed
 from .inputfit import check_input
 

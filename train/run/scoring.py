@@ -8,13 +8,15 @@ from typing import Any, Callable
 
 import torch
 
-from ..data import DataError, Loader
+from sen12ms_common.errors import DataError, Interrupted
+
+from ..data import Loader
 from ..tasks.registry import Result
 from .distributed import Dist, gather_objects
 from .labelcheck import LabelCheck
 from .progress import NO_PROGRESS, Plan, ProgressMeter, ProgressOptions
 from .setup import Setup
-from .signals import Interrupted, StopFlag
+from .signals import StopFlag
 
 OnKeys = Callable[[list[str]], None]
 

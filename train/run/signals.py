@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
+from sen12ms_common.errors import Interrupted
+
 import signal
 import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
-
-
-class Interrupted(Exception):
-    """The run stopped on a signal after writing a checkpoint."""
-
-    def __init__(self, signum: int, message: str) -> None:
-        super().__init__(message)
-        self.signum = signum
 
 
 class StopFlag:
@@ -60,4 +54,4 @@ class StopFlag:
                     signal.signal(sig, old)
 
 
-__all__ = ["Interrupted", "StopFlag"]
+__all__ = ["StopFlag"]

@@ -8,7 +8,9 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ..data import DataError, Loader
+from sen12ms_common.errors import DataError
+
+from ..data import Loader
 from .distributed import Dist, agree_max, gather_objects
 from .labelcheck import LabelCheck
 from .progress import ProgressMeter

@@ -9,11 +9,12 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from sen12ms_common.errors import CheckpointError
 from sen12ms_common.vocab.bands import BandRef
 from sen12ms_common.vocab.dfc import DfcScheme
 from sen12ms_common.vocab.inputs import ChannelTransform, channel_transform
 
-from ..run.checkpoint import CheckpointError, load_model_weights, stored_input_transform
+from ..run.checkpoint import load_model_weights, stored_input_transform
 
 OUTPUT_STRIDES = (8, 16)
 
