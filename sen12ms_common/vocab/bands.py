@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import combinations
+from typing import Any
 
 from ..errors import InputError
 
@@ -139,3 +140,22 @@ def modality_runs(bands: tuple[BandRef, ...] | list[BandRef]) -> list[tuple[str,
         else:
             runs.append((band.modality, [band.index], channel))
     return runs
+
+
+@dataclass(frozen=True)
+class InputBands:
+    """`--input` read: the text an arguments file keeps (a set name in lower case, or band names
+    joined by commas, no spaces: the original's reader splits its lines on whitespace) and the
+    bands it names, in channel order."""
+
+    text: str
+    bands: tuple[BandRef, ...]
+
+
+def read_input(spec: Any) -> InputBands:
+    """The one reading of an input set or band list (InputError when it names none)."""
+    if isinstance(spec, InputBands):
+        return spec
+    key = str(spec).strip().lower()
+    bands = resolve_bands(spec)
+    return InputBands(key if key in INPUT_SETS else ",".join(b.name for b in bands), bands)

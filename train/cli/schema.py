@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from sen12ms_common.errors import InputError
-from sen12ms_common.vocab.bands import INPUT_SETS, BandRef, resolve_bands
+from sen12ms_common.vocab.bands import InputBands, read_input
 from sen12ms_common.vocab.igbp import LABEL_TYPES, SCHEMES
 from sen12ms_common.vocab.inputs import STATS_CHOICES
 from sen12ms_common.vocab.names import ALL_SPLITS
@@ -38,25 +38,6 @@ MAX_TB_IMAGES = 64            # validation patches shown in TensorBoard
 
 # --- the kinds that need more than a range ---------------------------------------------------------
 
-@dataclass(frozen=True)
-class InputBands:
-    """`--input` read: the text an arguments file keeps (a set name in lower case, or band names
-    joined by commas, no spaces: the original's reader splits its lines on whitespace) and the
-    bands it names, in channel order."""
-
-    text: str
-    bands: tuple[BandRef, ...]
-
-
-def read_input(spec: Any) -> InputBands:
-    """The one reading of an input set or band list (InputError when it names none)."""
-    if isinstance(spec, InputBands):
-        return spec
-    key = str(spec).strip().lower()
-    bands = resolve_bands(spec)
-    return InputBands(key if key in INPUT_SETS else ",".join(b.name for b in bands), bands)
-
-
 def _read_checked_input(v: Any) -> InputBands:
     if not isinstance(v, (str, InputBands)):
         raise _Bad(f"{shown(v)} is not an input set or band names")
@@ -67,9 +48,9 @@ def _read_checked_input(v: Any) -> InputBands:
 
 
 def _model_problem(v: Any) -> str | None:
-    from ..models.registry import TASKS, model_names  # the registry imports torch: only when a value is checked
+    from ..models.registry import MODELS_OF, model_names  # the registry imports torch: only when a value is checked
 
-    known = [m for t in TASKS for m in model_names(t)]
+    known = [m for t in MODELS_OF for m in model_names(t)]
     return None if isinstance(v, str) and v in known else f"unknown model {shown(v)}; choose one of: {', '.join(known)}"
 
 

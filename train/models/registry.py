@@ -13,7 +13,7 @@ from torchvision import models as tvm
 
 from .segmentation import SEGMENTATION_MODELS
 
-__all__ = ["MODELS", "SEGMENTATION_MODELS", "TASKS", "build_model", "model_names", "ResNetClassifier",
+__all__ = ["MODELS", "SEGMENTATION_MODELS", "MODELS_OF", "build_model", "model_names", "ResNetClassifier",
            "DenseNetClassifier", "VGGClassifier", "SmallCNN"]
 
 
@@ -140,13 +140,15 @@ MODELS: dict[str, Callable[[int, int], nn.Module]] = {
 }
 
 
-TASKS: tuple[str, ...] = ("classification", "segmentation")
+# The models of each task (train.tasks.registry names the tasks).
+MODELS_OF: dict[str, dict[str, Callable[..., nn.Module]]] = {"classification": MODELS,
+                                                               "segmentation": SEGMENTATION_MODELS}
 
 
 def _registry(task: str) -> dict[str, Callable[..., nn.Module]]:
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choices: {', '.join(TASKS)}")
-    return MODELS if task == "classification" else SEGMENTATION_MODELS
+    if task not in MODELS_OF:
+        raise ValueError(f"unknown task {task!r}; choices: {', '.join(MODELS_OF)}")
+    return MODELS_OF[task]
 
 
 def model_names(task: str = "classification") -> list[str]:
@@ -163,7 +165,7 @@ def build_model(name: str, in_channels: int, num_classes: int, task: str = "clas
     registry = _registry(task)
     builder = registry.get(name)
     if builder is None:
-        other = next((t for t in TASKS if t != task and name in _registry(t)), None)
+        other = next((t for t in MODELS_OF if t != task and name in _registry(t)), None)
         hint = difflib.get_close_matches(name, registry, n=1, cutoff=0.6)
         hint_text = (f" ({name} is a {other} model)" if other else f" (did you mean {hint[0]}?)" if hint else "")
         raise ValueError(f"unknown model {name!r}{hint_text}; choices: {', '.join(registry)}")

@@ -1,12 +1,11 @@
-"""The learning task of a run: what differs between classification and, later, segmentation.
+"""The learning task of a run: what differs between classification and segmentation.
 
 The run (`train.run.loop`) and the scoring loop (`train.run.scoring`) call only what `Task` declares; a
-new task is a class with these members, registered in `TASKS`.
+new task is a class with these members, registered in `TASKS` by a factory.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 
 from sen12ms_common.vocab.igbp import LabelRule
@@ -15,9 +14,6 @@ if TYPE_CHECKING:  # annotations only: the task names are read by --help, which 
     import torch
     from torch import nn
 
-# name -> "module:class"; the default first.
-TASKS: dict[str, str] = {"classification": "train.tasks.classification:ClassificationTask",
-                         "segmentation": "train.tasks.segmentation:SegmentationTask"}
 
 
 class Collector(Protocol):
@@ -74,6 +70,22 @@ class Task(Protocol):
         the paths written."""
 
 
+def _classification(rule: LabelRule, **options: Any) -> Task:
+    from .classification import ClassificationTask  # start-up time: --help reads the names, not torch
+
+    return ClassificationTask(rule, **options)
+
+
+def _segmentation(rule: LabelRule, **options: Any) -> Task:
+    from .segmentation import SegmentationTask  # start-up time: --help reads the names, not torch
+
+    return SegmentationTask(rule, **options)
+
+
+# name -> factory; the default first.
+TASKS: dict[str, Any] = {"classification": _classification, "segmentation": _segmentation}
+
+
 def task_names() -> list[str]:
     return list(TASKS)
 
@@ -89,8 +101,7 @@ def task_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
 def make_task(name: str, rule: LabelRule, **options: Any) -> Task:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
-    module, cls = TASKS[name].split(":")
-    return getattr(importlib.import_module(module), cls)(rule, **options)
+    return TASKS[name](rule, **options)
 
 
 __all__ = ["TASKS", "Task", "Collector", "Result", "task_names", "task_options", "make_task"]

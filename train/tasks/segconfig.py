@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from sen12ms_common.errors import CheckpointError
-from sen12ms_common.vocab.bands import BandRef
+from sen12ms_common.vocab.bands import BandRef, read_input
 from sen12ms_common.vocab.dfc import DfcScheme
 from sen12ms_common.vocab.inputs import ChannelTransform, channel_transform
 
@@ -50,7 +50,6 @@ def spec_from_checkpoint(ckpt: Mapping[str, Any], source: str, stats: str | None
     """Read our checkpoint's `config` (task, model, input, no_savanna, output_stride, stats) and
     `input_transform`; `stats` replaces the stored transform. One-line `CheckpointError`s."""
     from ..models.registry import model_names  # start-up time: torchvision only when used
-    from ..cli.schema import read_input  # start-up time: the option schema only when a checkpoint is read
 
     cfg = ckpt.get("config")
     if not isinstance(cfg, Mapping):
