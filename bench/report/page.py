@@ -86,11 +86,19 @@ def method_lines(res: Results) -> list[str]:
         "(a bench epoch is 1,012 samples; a real one 160,000).",
         "- Stock webdataset: `wds.WebDataset(urls, shardshuffle=...)`, `.shuffle(1000)`, each sample decoded as "
         "docs/FORMAT.md shows (all bands of a modality, then the input's bands), `.batched(32)`, in one process; "
-        "no checksums. Floor and limit: the shards mapped (as our loader maps local shards), members found "
+        "no checksums. Floor and limit: the shards mapped (our loader reads them into reused buffers), members found "
         "through the DALI index (no tar walk), the input's bands copied (floor, uncompressed) or decoded (limit) "
         "into a batch.",
         f"- Cores to feed one GPU: the model alone on the GPU ({res.extra.get('gpu', 'no figure')}), "
         "samples/s divided by our loader's samples/s on one core.",
+    ] + _setup_lines(res)
+
+
+def _setup_lines(res: Results) -> list[str]:
+    """The method lines on float batches, cores, peers, conversion, training and S3."""
+    c = res.extra.get("config", {})
+    d = res.extra.get("dataset", {})
+    return [
         "- Float batches: our uint16 batches through `train.run.device.InputTransform` on the CPU, in the main "
         "process, into one reused float buffer as the training loop converts (on a GPU the CPU never touches a "
         "float pixel); "
