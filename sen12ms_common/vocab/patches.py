@@ -97,26 +97,22 @@ def _folder_name(season: str, modality: str, scene: int) -> str:
     return f"{modality}_{scene}"
 
 
+def _parse(name: str, pattern: re.Pattern[str], what: str, example: str) -> PatchId:
+    base = PurePosixPath(str(name).replace("\\", "/")).name
+    m = pattern.match(base)
+    if not m:
+        raise InputError(f"not a {what} patch name: {name!r} (expected e.g. {example})")
+    return PatchId(m["season"], int(m["scene"]), int(m["patch"]), m["mod"])
+
+
 def parse_patch(name: str) -> PatchId:
     """Parse a patch name or path (`ROIs1158_spring_s2_1_p30`, with or without `.tif`)."""
-    base = PurePosixPath(str(name).replace("\\", "/")).name
-    m = _PATCH_RE.match(base)
-    if not m:
-        raise InputError(
-            f"not a SEN12MS patch name: {name!r} (expected e.g. ROIs1158_spring_s2_1_p30.tif)"
-        )
-    return PatchId(m["season"], int(m["scene"]), int(m["patch"]), m["mod"])
+    return _parse(name, _PATCH_RE, "SEN12MS", "ROIs1158_spring_s2_1_p30.tif")
 
 
 def parse_dfc2020_patch(name: str) -> PatchId:
     """Parse a DFC2020 patch name or path (`ROIs0000_test_dfc_0_p123`, with or without `.tif`)."""
-    base = PurePosixPath(str(name).replace("\\", "/")).name
-    m = _DFC2020_RE.match(base)
-    if not m:
-        raise InputError(
-            f"not a DFC2020 patch name: {name!r} (expected e.g. ROIs0000_validation_s2_0_p123.tif)"
-        )
-    return PatchId(m["season"], int(m["scene"]), int(m["patch"]), m["mod"])
+    return _parse(name, _DFC2020_RE, "DFC2020", "ROIs0000_validation_s2_0_p123.tif")
 
 
 def parse_any_patch(name: str) -> PatchId:
