@@ -7,8 +7,10 @@ import contextlib
 import logging
 import shutil
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, ContextManager
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -55,6 +57,8 @@ class InputTransform:
         # Without a finite bound (every mode except S2 with --stats none) the clip is skipped.
         self.clip = (torch.as_tensor(transform.clip, dtype=torch.float32, device=device).reshape(shape)
                      if bool(finite.any()) else None)
+        self._planes = tuple(np.ascontiguousarray(v, dtype=np.float32)  # clip, scale, offset per channel
+                             for v in (transform.clip, transform.scale, transform.offset))
 
     def __call__(self, image: torch.Tensor, symmetry: torch.Tensor | None = None,
                  out: torch.Tensor | None = None) -> torch.Tensor:
@@ -79,20 +83,28 @@ class InputTransform:
 
     def _cpu_normalised(self, x: torch.Tensor, symmetry: torch.Tensor | None,
                         out: torch.Tensor | None = None) -> torch.Tensor:
-        # A few samples at a time, so that the float passes stay in cache: about 2x the rate of
-        # whole-batch passes, which go to memory three times (docs/performance.md). A sample's
-        # symmetry is a strided view (or a flipped copy) read by the conversion's copy itself.
+        # One pass per sample, the float batch streamed past the caches (stream_affine); a
+        # sample's symmetry is a strided view (or a flipped copy) made contiguous first.
         codes = None if symmetry is None else check_symmetries(x, symmetry).tolist()
         out = self._cpu_out(x.shape) if out is None else out
-        for i in range(0, x.shape[0], CPU_CHUNK):
-            part = out[i:i + CPU_CHUNK]
-            if codes is None:
-                part.copy_(x[i:i + CPU_CHUNK])  # exact: every uint16 is a float32
-            else:
-                for j in range(part.shape[0]):
-                    part[j].copy_(move_sample(x[i + j], int(codes[i + j])))
-            self._affine(part)
+        if codes is None:
+            self._cpu_affine(x, out)
+        else:
+            bits = x.view(torch.int16) if x.dtype == torch.uint16 else x  # torch moves int16 faster
+            for j in range(x.shape[0]):
+                moved = move_sample(bits[j], int(codes[j])).contiguous()
+                self._cpu_affine(moved.view(x.dtype).unsqueeze(0), out[j:j + 1])
         return out
+
+    def _cpu_affine(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        stream_affine = _stream_affine()
+        if stream_affine is None or x.dtype != torch.uint16 or out.dtype != torch.float32 or not out.is_contiguous():
+            out.copy_(x)  # exact: every uint16 is a float32
+            self._affine(out)
+            return
+        src = x.contiguous().view(torch.int16).numpy().view(np.uint16)
+        stream_affine(src.reshape(x.shape[0], x.shape[1], -1), out.numpy().reshape(x.shape[0], x.shape[1], -1),
+                      *self._planes)
 
     def _cpu_out(self, shape: torch.Size) -> torch.Tensor:
         """The float batch to write: the kept buffer (its first rows for a short last batch)."""
@@ -112,7 +124,15 @@ class InputTransform:
         x.mul_(self.scale).add_(self.offset)
 
 
-CPU_CHUNK = 2  # samples per pass of the CPU conversion (12 x 256 x 256 float32: 6 MB, in cache)
+
+@lru_cache(maxsize=1)
+def _stream_affine():
+    """`sen12ms_common.kernels.streamaffine.stream_affine`, or None without numba."""
+    try:
+        from sen12ms_common.kernels.streamaffine import stream_affine  # start-up time: numba only when used
+    except ImportError:  # numba is missing: torch's passes
+        return None
+    return stream_affine
 
 
 def uint16_to_float32(x: torch.Tensor) -> torch.Tensor:
