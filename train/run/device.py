@@ -124,7 +124,6 @@ class InputTransform:
         x.mul_(self.scale).add_(self.offset)
 
 
-
 @lru_cache(maxsize=1)
 def _stream_affine():
     """`sen12ms_common.kernels.streamaffine.stream_affine`, or None without numba."""
