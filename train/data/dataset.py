@@ -26,9 +26,10 @@ from sen12ms_common.vocab.igbp import LabelRule
 from sen12ms_common.vocab.inputs import channel_transform
 
 from ..run.device import InputTransform
-from .handover import Handover, new_flags
+from .handover import Handover
 from .leases import lent_tensor
 from .plan import epoch_plan
+from .receiver import Receiver
 from .registry import make_loader
 from .spec import Loader, LoaderSpec, check_modalities, mask_source, resolve_workers
 from .symmetry import apply_symmetries
@@ -121,7 +122,7 @@ class ShardDataset(IterableDataset):
         self._loaders: dict[tuple[Any, ...], Loader] = {}
         self._skipped: list[str] = []
         self._input = None
-        self._flags = new_flags()  # which batch slots of DataLoader workers the main process holds
+        self._receiver = Receiver()  # the batch slots of DataLoader workers, on this process's side
         self._handover: Handover | None = None
         self._floats = BufferPool(np.float32, keep=4)  # model input batches, back once freed
         if self.normalize:
@@ -164,6 +165,7 @@ class ShardDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         """The epoch the next pass reads (its shuffle and augmentation), from its first batch."""
         self._epoch, self._batch, self._resume = int(epoch), 0, 0
+        self._receiver.purge()  # the slots of last epoch's workers, if they ended
 
     def state_dict(self) -> dict[str, int]:
         """Where this pass stands: its epoch and the batches this process has handed out of it."""
@@ -244,7 +246,7 @@ class ShardDataset(IterableDataset):
         if info is not None:
             if self._handover is None:
                 # Batches written into shared slots the DataLoader sends as they are (`handover`).
-                self._handover = Handover(self._flags, info.id, self.spec.batch_size)
+                self._handover = Handover(self._receiver, info.id, self.spec.batch_size)
             self._handover.drop_unhanded()  # what a pass left early had decoded ahead
         try:
             for batch in self.loader(part, parts, info is not None).epoch(epoch, start):

@@ -2,11 +2,13 @@
 
 A DataLoader moves every tensor a worker yields into shared memory of its own (a fresh
 allocation per batch, about 50 MB for 32 s1s2 samples: the cost that held DataLoader workers to
-half the native loader's rate, docs/api.md). A `ShardDataset` in a worker writes its batches into
-shared slots instead, which cross as they are. A slot is reused only once the main process has
+half the native loader's rate, docs/api.md), and sends each as a file descriptor. A
+`ShardDataset` in a worker writes its batches into shared slots instead, each sent to the main
+process once (`train.data.receiver` keeps them mapped there); a batch then crosses as a small
+message: its slots, its small tensors by value. A slot is reused only once the main process has
 freed every tensor over it: the main process says so in a small shared table of flags the
 dataset made before its workers started (a worker sets its slot's flag to a token when it hands
-the slot over; a finalizer in the main process clears it, `leases.give_when_freed`).
+the slot over; a finalizer in the main process clears it).
 """
 
 from __future__ import annotations
@@ -16,47 +18,38 @@ import os
 import threading
 from typing import Any
 
+import numpy as np
 import torch
 
-from .leases import give_when_freed
+from .receiver import MAX_WORKERS, SLOTS, Lease, Parcel, Receiver, forget_inherited, random_id, received
 
-MAX_WORKERS = 64   # DataLoader workers with slots of their own (more: fresh shared memory)
-SLOTS = 12         # per worker: its reading threads' queues, the DataLoader's prefetched batches, the loop's
-
-
-def new_flags() -> torch.Tensor:
-    """The flag table, made in the main process before any worker starts (inherited by forked
-    workers, sent as a file descriptor to spawned ones)."""
-    return torch.zeros((MAX_WORKERS, SLOTS), dtype=torch.int64).share_memory_()
-
-
-def _clear(flags: torch.Tensor, w: int, i: int, token: int) -> None:
-    # Only the holder of the token clears it: the worker sets a flag only while it is 0.
-    if int(flags[w, i]) == token:
-        flags[w, i] = 0
-
-
-def _received(data: dict[str, Any], flags: torch.Tensor, leases: tuple[tuple[str, int, int, int], ...]) -> dict[str, Any]:
-    """In the main process: each slot goes back once its tensor here is freed."""
-    for name, w, i, token in leases:
-        give_when_freed(data[name], _clear, flags, w, i, token)
-    return data
+BY_VALUE = 1 << 16  # bytes: a smaller tensor outside the slots crosses inside the message itself
 
 
 class HandedBatch(dict):
     """A batch dict and the slots its tensors lie in. A copy keeps them (torch's default_convert
-    copies the dict in the worker); unpickled in the main process it becomes a plain dict whose
-    slots go back once freed there."""
+    copies the dict in the worker); pickled, it becomes a `Parcel`, unpickled in the main process
+    a plain dict whose slots go back once freed there."""
 
-    def __init__(self, data: dict[str, Any], flags: torch.Tensor, leases: tuple[tuple[str, int, int, int], ...]) -> None:
+    def __init__(self, data: dict[str, Any], handover: Handover, leases: dict[str, tuple[int, int]]) -> None:
         super().__init__(data)
-        self.flags, self.leases = flags, leases
+        self.handover, self.leases = handover, leases
 
     def __copy__(self) -> HandedBatch:
-        return HandedBatch(self, self.flags, self.leases)
+        return HandedBatch(self, self.handover, self.leases)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _received, (dict(self), self.flags, self.leases)
+        return received, (self.handover.parcel(dict(self), self.leases),)
+
+
+def _small_array(value: Any) -> np.ndarray | None:
+    """A small CPU tensor as an array over its memory (pickled by value), or None."""
+    if not isinstance(value, torch.Tensor) or value.device.type != "cpu" or value.nbytes > BY_VALUE:
+        return None
+    try:
+        return value.detach().numpy()
+    except TypeError:  # a dtype numpy lacks (bfloat16): it crosses as torch sends it
+        return None
 
 
 class Handover:
@@ -66,8 +59,11 @@ class Handover:
     `drop(tensor)` gives a slot taken for a tensor that will not be handed back at once;
     `drop_unhanded()` every slot taken and not handed (an epoch left early)."""
 
-    def __init__(self, flags: torch.Tensor, worker: int, rows: int) -> None:
-        self.flags, self.w, self.rows = flags, worker, rows
+    def __init__(self, receiver: Receiver, worker: int, rows: int) -> None:
+        self.receiver, self.w, self.rows = receiver.key, worker, rows
+        self.flags, self.mapped = receiver.flags, receiver.mapped
+        self.nonce, self.pid = random_id(), os.getpid()
+        forget_inherited()
         self.slots: list[torch.Tensor] = []
         self._taken: dict[int, tuple[int, int]] = {}  # storage address -> (slot, token), not handed yet
         self._tokens = itertools.count(((os.getpid() & 0x7FFFFF) << 32) + 1)
@@ -114,13 +110,29 @@ class Handover:
         self._taken.clear()
 
     def hand(self, batch: dict[str, Any]) -> HandedBatch:
-        leases = []
+        leases = {}
         for name, value in batch.items():
             if isinstance(value, torch.Tensor):
                 taken = self._taken.pop(value.untyped_storage().data_ptr(), None)
                 if taken is not None:
-                    leases.append((name, self.w, *taken))
-        return HandedBatch(batch, self.flags, tuple(leases))
+                    leases[name] = taken
+        return HandedBatch(batch, self, leases)
+
+    def parcel(self, batch: dict[str, Any], leases: dict[str, tuple[int, int]]) -> Parcel:
+        """What crosses for `batch` (when it is pickled, in the DataLoader's sending thread)."""
+        plain, values, sent = {}, [], []
+        for name, value in batch.items():
+            if name in leases:
+                i, token = leases[name]
+                # The slot's storage goes along until the main process has said it has it mapped.
+                storage = None if int(self.mapped[self.w, i]) == self.nonce else self.slots[i].untyped_storage()
+                sent.append(Lease(name, i, token, value.dtype, tuple(value.shape), value.stride(),
+                                  value.storage_offset(), storage))
+            elif (array := _small_array(value)) is not None:
+                values.append((name, array))
+            else:
+                plain[name] = value
+        return Parcel(self.receiver, self.w, self.nonce, self.pid, tuple(batch), plain, tuple(sent), tuple(values))
 
 
-__all__ = ["HandedBatch", "Handover", "new_flags"]
+__all__ = ["HandedBatch", "Handover", "MAX_WORKERS", "SLOTS"]
