@@ -17,7 +17,7 @@ S3_DIR ?=
 
 GPU_CHECK_DIR ?= gpucheck
 
-.PHONY: install test test-fast demo demo-seg shards s3-local bench gpu-check clean help
+.PHONY: install test test-fast demo demo-seg shards s3-local bench mds-env gpu-check clean help
 
 help:
 	@echo "make install        create .venv with every pinned dependency"
@@ -28,6 +28,7 @@ help:
 	@echo "make shards DATA=/sen12ms [OUT=out/]   convert a SEN12MS tree (train, val, test shards)"
 	@echo "make s3-local [S3_DIR=store/]   a local S3 store (SeaweedFS), prints the AWS variables; Ctrl-C stops it"
 	@echo "make bench          loader / codec / training figures into docs/benchmarks.md"
+	@echo "make mds-env        the environment of MosaicML streaming's bench rows (bench/data/mds-env; make bench makes it)"
 	@echo "make gpu-check      on a CUDA machine: DALI GPU pipeline, AMP + channels-last ResNet50 -> docs/gpu.md (under 5 min)"
 	@echo "make clean          remove what the Makefile made (demo/, demo-seg/, bench/data, bench/out, gpucheck/); never out/ or runs/"
 
@@ -94,7 +95,18 @@ $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt -e ".[$(EXTRAS),bench]"
 	touch $(BENCH_STAMP)
 
+# MosaicML streaming caps numpy below 2.2 (the stack pins 2.4.6): its rows run in an environment of its
+# own over .venv's packages (bench/cases/mds.py). Without it (no registry) those rows say "not installed".
+MDS_STAMP := bench/data/mds-env/.installed
+
+mds-env: $(MDS_STAMP)
+
+$(MDS_STAMP): requirements/mds-side.txt $(BENCH_STAMP)
+	$(PY) -m bench.cases.mds
+	touch $(MDS_STAMP)
+
 bench: $(BENCH_STAMP)
+	$(MAKE) mds-env || echo "make bench: no MosaicML streaming environment; its rows will say 'not installed'"
 	$(PY) -m bench
 
 gpu-check: install

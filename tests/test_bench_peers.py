@@ -1,7 +1,8 @@
 """The peer libraries' bench rows on a tiny bench dataset: each installed peer's set holds exactly
 the arrays our loader delivers, its epoch through a DataLoader yields every sample once at a
 positive rate; TorchGeo's SEN12MS reads the bench's GeoTIFF tree in our band order; a peer that
-does not import gets a "not installed" row."""
+does not import gets a "not installed" row. MosaicML streaming runs in an environment of its own
+(numpy < 2.2): made here from requirements/mds-side.txt unless `make mds-env` made it."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import numpy as np
 import pytest
 import rasterio
 
+from bench.cases import mds
 from bench.cases.loaders import LoaderSettings, webdataset_spec
 from bench.cases.peercases import PEER_ROWS, peer_rows, prepare_peers
-from bench.cases.peers import (litdata_repeat, mds_repeat, peer_version, torchgeo_bands,
-                               torchgeo_repeat, torchgeo_root, write_litdata, write_mds)
+from bench.cases.peers import (litdata_repeat, peer_version, torchgeo_bands, torchgeo_repeat, torchgeo_root,
+                               write_litdata, write_mds)
 from bench.inputs.dataset import DatasetParams, ensure_shards, prepare
 from bench.measure.results import Results
 from bench.report.rows import _row
@@ -29,8 +31,19 @@ from sen12ms_common.vocab.patches import parse_patch
 pytestmark = pytest.mark.slow  # writes peer sets (litdata's writer runs in a process of its own)
 
 INSTALLED = {"litdata": importlib.util.find_spec("litdata") is not None,
-             "mds": importlib.util.find_spec("streaming") is not None,
              "torchgeo": importlib.util.find_spec("torchgeo") is not None}
+
+
+@pytest.fixture(scope="module")
+def mds_env(tmp_path_factory: pytest.TempPathFactory):
+    """MDS's environment: `make mds-env`'s, else one made here (as `make bench` makes it)."""
+    if (mds.env_dir() / "bin" / "python").is_file():
+        yield mds.env_dir()
+        return
+    where = mds.make_env(tmp_path_factory.mktemp("mds") / "env")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(mds.ENV_VAR, str(where))
+        yield where
 
 
 @pytest.fixture(scope="module")
@@ -63,30 +76,34 @@ def peer_epoch(dataset) -> list[str]:
     return sorted(_digest(img) for b in batches for img in b["image"].numpy())
 
 
-@pytest.mark.parametrize("peer", ["litdata", "mds"])
 @pytest.mark.parametrize("codec", ["zstd", "none"])
-def test_a_peer_set_holds_our_arrays_and_its_epoch_has_a_rate(tiny, tmp_path: Path, peer: str, codec: str):
+def test_a_litdata_set_holds_our_arrays_and_its_epoch_has_a_rate(tiny, tmp_path: Path, codec: str):
     ds, source = tiny
-    write, repeat = (write_litdata, litdata_repeat) if peer == "litdata" else (write_mds, mds_repeat)
-    out = ds.root / "peers" / f"{peer}-{codec}"
-    if not INSTALLED[peer]:
+    out = ds.root / "peers" / f"litdata-{codec}"
+    if not INSTALLED["litdata"]:
         with pytest.raises(UnavailableError, match="^not installed: .*pip install -e '.\\[bench\\]'"):
-            write(source, out, codec, "s1s2", len(ds.keys))
+            write_litdata(source, out, codec, "s1s2", len(ds.keys))
         return
-    root = write(source, out, codec, "s1s2", len(ds.keys))
-    assert write(source, out, codec, "s1s2", len(ds.keys)) == root  # the stamp: reused, not written again
-    if peer == "litdata":
-        import litdata
+    import litdata
 
-        dataset = litdata.StreamingDataset(str(root), cache_dir=str(tmp_path / "cache"))
-    else:
-        from streaming import StreamingDataset
-
-        dataset = StreamingDataset(remote=str(root), local=str(tmp_path / "cache"), batch_size=4) if codec == "zstd" \
-            else StreamingDataset(local=str(root), batch_size=4)
-    assert peer_epoch(dataset) == our_epoch(source)
-    rep = repeat(root, 4, 1, 0, tmp_path / "cache2")
+    root = write_litdata(source, out, codec, "s1s2", len(ds.keys))
+    assert write_litdata(source, out, codec, "s1s2", len(ds.keys)) == root  # the stamp: reused, not written again
+    assert peer_epoch(litdata.StreamingDataset(str(root), cache_dir=str(tmp_path / "cache"))) == our_epoch(source)
+    rep = litdata_repeat(root, 4, 1, 0, tmp_path / "cache2")
     assert rep.items == len(ds.keys) - 4 and rep.rate > 0  # the first batch is the start-up, not timed
+
+
+@pytest.mark.parametrize("codec", ["zstd", "none"])
+def test_an_mds_set_holds_our_arrays_and_its_epoch_has_a_rate(tiny, mds_env, tmp_path: Path, codec: str):
+    ds, source = tiny
+    out = ds.root / "peers" / f"mds-{codec}"
+    assert peer_version("mds") == "0.13.0"  # the pinned release, numpy < 2.2 beside our 2.4.6
+    root = write_mds(source, out, codec, "s1s2", len(ds.keys))
+    assert write_mds(source, out, codec, "s1s2", len(ds.keys)) == root  # the stamp: reused, not written again
+    assert any(root.glob("*.zstd")) == (codec == "zstd")
+    assert mds.run_side("digests", root, tmp_path / "cache")["digests"] == our_epoch(source)
+    rep = mds.mds_repeat(root, 4, 1, 0, tmp_path / "cache2")
+    assert rep.items == len(ds.keys) - 4 and rep.rate > 0
 
 
 @pytest.mark.skipif(not INSTALLED["torchgeo"], reason="torchgeo is not installed (the .[bench] extra)")
@@ -112,10 +129,13 @@ def test_torchgeo_reads_the_bench_tree_in_our_band_order(tiny, tmp_path: Path):
     torchgeo_root(ds.tree, tmp_path / "tg", ds.keys)  # made again over itself: the links are replaced
 
 
-def test_a_peer_that_does_not_import_says_not_installed(tiny, monkeypatch: pytest.MonkeyPatch):
+def test_a_peer_that_does_not_import_says_not_installed(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     ds, _ = tiny
-    for module in ("litdata", "streaming", "torchgeo.datasets"):
+    for module in ("litdata", "torchgeo.datasets"):
         monkeypatch.setitem(sys.modules, module, None)  # `import litdata` now raises ImportError
+    monkeypatch.setenv(mds.ENV_VAR, str(tmp_path / "no-env"))
+    with pytest.raises(UnavailableError, match="not installed: mosaicml-streaming .*make mds-env"):
+        peer_version("mds")
     with pytest.raises(UnavailableError, match="not installed: litdata"):
         peer_version("litdata")
     res = Results(1)

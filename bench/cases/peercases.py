@@ -7,8 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from bench.cases.peers import (litdata_repeat, mds_repeat, peer_files, peer_version,
-                               torchgeo_repeat, torchgeo_root, write_litdata, write_mds)
+from bench.cases.mds import mds_repeat
+from bench.cases.peers import (litdata_repeat, peer_files, peer_version, torchgeo_repeat, torchgeo_root,
+                               write_litdata, write_mds)
 from bench.inputs.dataset import BenchDataset, ensure_shards
 from bench.measure.results import Results, Row, fmt_ratio
 from bench.measure.timing import Repeat, one_cpu

