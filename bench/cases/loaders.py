@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,10 +49,11 @@ def webdataset_spec(root: str, settings: LoaderSettings, workers: int | str, see
 
 
 def webdataset_repeat(root: str, settings: LoaderSettings, workers: int | str, seed: int, to_float: bool,
-                      verify: bool = True, threads: int = 0, augment: bool = False) -> Repeat:
+                      verify: bool = True, threads: int = 0, augment: bool = False, epochs: int = 1) -> Repeat:
     """The second epoch of our loader over the train split (the first warms its reused buffers,
     as the first thousand samples of a real epoch do); `to_float`: normalised float32 batches;
-    `verify`: checksums checked while streaming (the training default); `augment`: --augment."""
+    `verify`: checksums checked while streaming (the training default); `augment`: --augment;
+    `epochs`: timed epochs (the second, third, ...)."""
     import torch  # start-up time: torch only when used
 
     from train.run.device import InputTransform  # start-up time: torch only when used
@@ -62,7 +64,8 @@ def webdataset_repeat(root: str, settings: LoaderSettings, workers: int | str, s
     consume = (lambda b: to_input(b["image"], b.get("symmetry"))) if to_float else (lambda b: None)
     try:
         warm_up(loader.epoch(seed))
-        return steady_rate(loader.epoch(seed + 1), lambda b: len(b["key"]), consume)
+        timed = itertools.chain.from_iterable(loader.epoch(seed + 1 + i) for i in range(epochs))
+        return steady_rate(timed, lambda b: len(b["key"]), consume)
     finally:
         loader.close()
 

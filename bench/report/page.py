@@ -86,7 +86,9 @@ def method_lines(res: Results) -> list[str]:
         "- Loader rate = steady state: samples after the first batch / time from the first batch to the last "
         "(worker start, pipeline build, JIT compilation not counted; one epoch per round). Our loader: its second "
         "epoch, since the first 1,000 samples of an epoch (the shuffle buffers) fill its reused read buffers "
-        "(a bench epoch is 1,012 samples; a real one 160,000).",
+        "(a bench epoch is 1,012 samples; a real one 160,000). `ShardDataset via DataLoader` rows: two epochs "
+        "a round after a warm-up one, each against the native loader (one worker process) timed over two "
+        "epochs right before it in the same round, on the same core.",
         "- Stock webdataset: `wds.WebDataset(urls, shardshuffle=...)`, `.shuffle(1000)`, each sample decoded as "
         "docs/FORMAT.md shows (all bands of a modality, then the input's bands), `.batched(32)`, in one process; "
         "no checksums. Floor and limit: the shards mapped (our loader reads them into reused buffers), members found "

@@ -174,14 +174,18 @@ class Bench:
     def one_core_cases(self, codec: str, case: Callable) -> None:
         """The rows on one core beside ours on `codec`: the front door, a stock webdataset pipeline,
         rgb and augmented batches (zstd), the memory-copy floor (none) and the codec's limit."""
+        from bench.cases.frontdoor import EPOCHS as door_epochs  # start-up time: torch only when used
         from bench.cases.frontdoor import WORKERS as door_workers  # start-up time: torch only when used
-        from bench.cases.frontdoor import dataset_repeat  # start-up time: torch only when used
+        from bench.cases.frontdoor import dataset_repeat, native_key  # start-up time: torch only when used
         from bench.cases.frontdoor import key as door_key  # start-up time: torch only when used
         from bench.cases.stock import floor_repeat, limit_repeat, stock_repeat  # start-up time: numba only when used
 
         st = self.cfg.loader
         root = str(self.ds.shards(codec))
         files = shard_files(self.ds.shards(codec))
+        # The native loader's reference for the front door, measured right before it (one worker process).
+        case(native_key(codec), files, one_cpu, lambda r: webdataset_repeat(root, st, 1, seed=r, to_float=False,
+                                                                            epochs=door_epochs))
         for w in door_workers:
             case(door_key(codec, w), files, one_cpu, lambda r, w=w: dataset_repeat(root, st, w, seed=r))
         case(f"stock/{codec}/1", files, one_cpu, lambda r: stock_repeat(root, st.input_spec, st.batch_size, r))

@@ -104,7 +104,7 @@ class Receiver:
         """Drop the mappings of workers that have ended (their slots' memory goes with them)."""
         with self._lock:
             for nonce in [n for n, (pid, _) in self._slots.items() if not _alive(pid)]:
-                del self._slots[nonce]
+                self._slots.pop(nonce, None)  # a finalizer run meanwhile may have dropped it
 
     def receive(self, parcel: Parcel) -> dict[str, Any]:
         out = dict(parcel.plain)
@@ -141,7 +141,7 @@ class Receiver:
             # The last batch of an epoch is often freed after its (not persistent) worker ended.
             known = self._slots.get(nonce)
             if known is not None and not _alive(known[0]):
-                del self._slots[nonce]
+                self._slots.pop(nonce, None)
 
 
 def received(parcel: Parcel) -> dict[str, Any]:
