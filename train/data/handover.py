@@ -13,6 +13,7 @@ the slot over; a finalizer in the main process clears it).
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import threading
@@ -64,6 +65,10 @@ class Handover:
         self.flags, self.mapped = receiver.flags, receiver.mapped
         self.nonce, self.pid = random_id(), os.getpid()
         forget_inherited()
+        # What a forked worker inherited stays out of its garbage collections: traversing the main
+        # process's heap (a training script's, a bench's) would cost each full collection that much
+        # and copy every page it touches.
+        gc.freeze()
         self.slots: list[torch.Tensor] = []
         self._taken: dict[int, tuple[int, int]] = {}  # storage address -> (slot, token), not handed yet
         self._tokens = itertools.count(((os.getpid() & 0x7FFFFF) << 32) + 1)
