@@ -26,9 +26,9 @@ COLUMNS = {"image": "ndarray:uint16", "label": "ndarray:float32"}
 
 def write(source: Path, out: Path, codec: str, input_spec: str) -> dict[str, Any]:
     """`MDSWriter` over the arrays of our uncompressed shards, zstd or uncompressed."""
-    from streaming import MDSWriter
+    from streaming import MDSWriter  # start-up time: MDS only for the command that uses it
 
-    from bench.cases.peers import _shard_inputs, shard_samples
+    from bench.cases.peers import _shard_inputs, shard_samples  # start-up time: only to write
 
     n = 0
     with MDSWriter(out=str(out), columns=COLUMNS, compression="zstd" if codec == "zstd" else None) as writer:
@@ -43,7 +43,7 @@ def _dataset(root: Path, cache: Path, batch_size: int, seed: int | None):
     """MDS's StreamingDataset. Compressed shards are its remote: it decompresses each whole shard
     into its local cache (emptied first, so that every round pays for it); uncompressed ones are
     read in place."""
-    from streaming import StreamingDataset
+    from streaming import StreamingDataset  # start-up time: MDS only for the command that uses it
 
     if any(root.glob("*.zstd")):
         if cache.exists():
@@ -57,9 +57,9 @@ def _dataset(root: Path, cache: Path, batch_size: int, seed: int | None):
 
 def repeat(root: Path, batch_size: int, workers: int, seed: int, cache: Path) -> dict[str, Any]:
     """One shuffled epoch through a torch DataLoader, timed as every loader row is."""
-    import torch
+    import torch  # start-up time: torch only to read
 
-    from bench.measure.timing import steady_rate
+    from bench.measure.timing import steady_rate  # start-up time: only to time
 
     torch.set_num_threads(1)  # the row is pinned to one core (the affinity is inherited)
     loader = torch.utils.data.DataLoader(_dataset(root, cache, batch_size, seed), batch_size=batch_size,
@@ -70,7 +70,7 @@ def repeat(root: Path, batch_size: int, workers: int, seed: int, cache: Path) ->
 
 def digests(root: Path, cache: Path) -> dict[str, Any]:
     """The sha1 of every image of an epoch (sorted): what the test compares with ours."""
-    import torch
+    import torch  # start-up time: torch only to read
 
     loader = torch.utils.data.DataLoader(_dataset(root, cache, 4, None), batch_size=4, num_workers=0)
     return {"digests": sorted(hashlib.sha1(np.ascontiguousarray(img, dtype=np.uint16).tobytes()).hexdigest()
