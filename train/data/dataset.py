@@ -10,6 +10,7 @@ its own process.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 from typing import Any, Iterator
 
@@ -29,7 +30,7 @@ from ..run.device import InputTransform
 from .handover import Handover
 from .leases import lent_tensor
 from .plan import epoch_plan
-from .receiver import Receiver
+from .receiver import Receiver, forget_inherited
 from .registry import make_loader
 from .spec import Loader, LoaderSpec, check_modalities, mask_source, resolve_workers
 from .symmetry import apply_symmetries
@@ -245,6 +246,11 @@ class ShardDataset(IterableDataset):
             part, start = resumed_part([self._plan(p, parts).batches for p in range(parts)], start, part)
         if info is not None:
             if self._handover is None:
+                # A new worker. The mappings it inherited by a fork would keep ended workers' slots
+                # alive; what it inherited stays out of its garbage collections (traversing the main
+                # process's heap, a training script's, would cost each full collection that much).
+                forget_inherited()
+                gc.freeze()
                 # Batches written into shared slots the DataLoader sends as they are (`handover`).
                 self._handover = Handover(self._receiver, info.id, self.spec.batch_size)
             self._handover.drop_unhanded()  # what a pass left early had decoded ahead

@@ -13,7 +13,6 @@ the slot over; a finalizer in the main process clears it).
 
 from __future__ import annotations
 
-import gc
 import itertools
 import os
 import threading
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .receiver import MAX_WORKERS, SLOTS, Lease, Parcel, Receiver, forget_inherited, random_id, received
+from .receiver import MAX_WORKERS, SLOTS, Lease, Parcel, Receiver, random_id, received
 
 BY_VALUE = 1 << 16  # bytes: a smaller tensor outside the slots crosses inside the message itself
 
@@ -61,14 +60,9 @@ class Handover:
     `drop_unhanded()` every slot taken and not handed (an epoch left early)."""
 
     def __init__(self, receiver: Receiver, worker: int, rows: int) -> None:
-        self.receiver, self.w, self.rows = receiver.key, worker, rows
+        self.receiver_key, self.w, self.rows = receiver.key, worker, rows
         self.flags, self.mapped = receiver.flags, receiver.mapped
         self.nonce, self.pid = random_id(), os.getpid()
-        forget_inherited()
-        # What a forked worker inherited stays out of its garbage collections: traversing the main
-        # process's heap (a training script's, a bench's) would cost each full collection that much
-        # and copy every page it touches.
-        gc.freeze()
         self.slots: list[torch.Tensor] = []
         self._taken: dict[int, tuple[int, int]] = {}  # storage address -> (slot, token), not handed yet
         self._tokens = itertools.count(((os.getpid() & 0x7FFFFF) << 32) + 1)
@@ -137,7 +131,7 @@ class Handover:
                 values.append((name, array))
             else:
                 plain[name] = value
-        return Parcel(self.receiver, self.w, self.nonce, self.pid, tuple(batch), plain, tuple(sent), tuple(values))
+        return Parcel(self.receiver_key, self.w, self.nonce, self.pid, tuple(batch), plain, tuple(sent), tuple(values))
 
 
 __all__ = ["HandedBatch", "Handover", "MAX_WORKERS", "SLOTS"]
