@@ -28,7 +28,7 @@ help:
 	@echo "make shards DATA=/sen12ms [OUT=out/]   convert a SEN12MS tree (train, val, test shards)"
 	@echo "make s3-local [S3_DIR=store/]   a local S3 store (SeaweedFS), prints the AWS variables; Ctrl-C stops it"
 	@echo "make bench          loader / codec / training figures into docs/benchmarks.md"
-	@echo "make mds-env        the environment of MosaicML streaming's bench rows (.venv-mds; make bench makes it)"
+	@echo "make mds-env        the environment of MosaicML streaming's bench rows (.venv/mds; make bench makes it)"
 	@echo "make gpu-check      on a CUDA machine: DALI GPU pipeline, AMP + channels-last ResNet50 -> docs/gpu.md (under 5 min)"
 	@echo "make clean          remove what the Makefile made (demo/, demo-seg/, bench/data, bench/out, gpucheck/); never out/ or runs/"
 
@@ -97,7 +97,7 @@ $(BENCH_STAMP): $(STAMP)
 
 # MosaicML streaming caps numpy below 2.2 (the stack pins 2.4.6): its rows run in an environment of its
 # own over .venv's packages (bench/cases/mds.py). Without it (no registry) those rows say "not installed".
-MDS_STAMP := .venv-mds/.installed
+MDS_STAMP := $(VENV)/mds/.installed
 
 mds-env: $(MDS_STAMP)
 

@@ -28,7 +28,7 @@ ENV_VAR = "BENCH_MDS_ENV"  # another place for the environment (the tests point 
 
 
 def env_dir() -> Path:
-    return Path(os.environ.get(ENV_VAR) or REPO / ".venv-mds")
+    return Path(os.environ.get(ENV_VAR) or REPO / ".venv" / "mds")
 
 
 def side_python() -> Path:

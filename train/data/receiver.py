@@ -103,8 +103,14 @@ class Receiver:
     def purge(self) -> None:
         """Drop the mappings of workers that have ended (their slots' memory goes with them)."""
         with self._lock:
-            for nonce in [n for n, (pid, _) in self._slots.items() if not _alive(pid)]:
-                self._slots.pop(nonce, None)  # a finalizer run meanwhile may have dropped it
+            for nonce in list(self._slots):
+                self._drop_if_ended(nonce)
+
+    def _drop_if_ended(self, nonce: int) -> None:
+        with self._lock:
+            known = self._slots.get(nonce)  # a finalizer run meanwhile may have dropped it
+            if known is not None and not _alive(known[0]):
+                del self._slots[nonce]
 
     def receive(self, parcel: Parcel) -> dict[str, Any]:
         out = dict(parcel.plain)
@@ -137,11 +143,8 @@ class Receiver:
         # Only the holder of the token clears it: the worker sets a flag only while it is 0.
         if int(self.flags[w, i]) == token:
             self.flags[w, i] = 0
-        with self._lock:
-            # The last batch of an epoch is often freed after its (not persistent) worker ended.
-            known = self._slots.get(nonce)
-            if known is not None and not _alive(known[0]):
-                self._slots.pop(nonce, None)
+        # The last batch of an epoch is often freed after its (not persistent) worker ended.
+        self._drop_if_ended(nonce)
 
 
 def received(parcel: Parcel) -> dict[str, Any]:
