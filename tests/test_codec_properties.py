@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from sen12ms_common.format import codecs
+from sen12ms_common.kernels import compiled as compiled_kernels
 from sen12ms_common.format import sample as sf
 
 # Modest example counts (CI time); a deadline per example catches a decoder that hangs.
@@ -79,7 +80,7 @@ def test_shuffle_and_compression_primitives_round_trip_any_shape(arr, level):
 @given(arr=hnp.arrays(np.uint16, st.tuples(st.integers(1, 4), st.integers(1, 40), st.integers(1, 40))),
        strided=st.booleans())
 def test_a_run_of_shuffled_bands_unshuffles_alike_compiled_and_in_numpy(arr, strided):
-    assert codecs._compiled_unshuffle() is not None  # numba is a dependency: the loader's fast path
+    assert compiled_kernels("unshuffle") is not None  # numba is a dependency: the loader's fast path
     raw = np.frombuffer(b"".join(codecs.shuffle_bytes(band) for band in arr), dtype=np.uint8)
     for compiled in (True, False):
         # A batch slot's channels, or every other column of a wider array (not contiguous:

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ShardError, UnavailableError
+from ..kernels import compiled as compiled_kernels
 from .memberchecks import content_size_fn
 from .nativecodecs import lz4_decompress_fn, zstd_context_fns, zstd_ignore_checksums
 
@@ -47,30 +48,12 @@ def _content_size():
     return content_size_fn()
 
 
-@lru_cache(maxsize=1)
-def _compiled_unshuffle():
-    try:
-        from ..kernels.unshuffle import unshuffle_planes  # start-up time: numba only when used
-    except ImportError:  # numba is missing: numpy's two passes
-        return None
-    return unshuffle_planes
-
-
-@lru_cache(maxsize=1)
-def _streaming():
-    """`sen12ms_common.kernels.streamcopy` (the batch writers that bypass the caches), or None without numba."""
-    try:
-        from ..kernels import streamcopy  # start-up time: numba only when used
-    except ImportError:  # numba is missing: numpy's copies
-        return None
-    return streamcopy
-
-
 def unshuffle_run(raw: np.ndarray, out: np.ndarray, compiled: bool = True) -> None:
     """k byte-shuffled bands back to back in `raw` (uint8) -> `out` (k, H, W) uint16, in one
     compiled pass where numba is there (`compiled`), else in numpy's two."""
     k = out.shape[0]
-    fn = _compiled_unshuffle() if compiled else None
+    kernels = compiled_kernels("unshuffle") if compiled else None
+    fn = kernels.unshuffle_planes if kernels is not None else None
     if fn is not None and out.flags.c_contiguous and raw.flags.c_contiguous:
         fn(raw.reshape(k, -1), out.reshape(k, -1))
         return
@@ -145,7 +128,7 @@ class BandDecoder:
         nbytes = plane * stored.itemsize
         src = np.frombuffer(data, dtype=np.uint8)
         # The streaming writers take a contiguous batch slot (as the loaders hand over).
-        streaming = _streaming() if out.flags.c_contiguous else None
+        streaming = compiled_kernels("streamcopy") if out.flags.c_contiguous else None
         if codec == "none":
             if streaming is not None and out.dtype == stored.newbyteorder("<"):
                 streaming.take_planes(src, bands, out)

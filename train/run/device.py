@@ -7,7 +7,6 @@ import contextlib
 import logging
 import shutil
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, ContextManager
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from sen12ms_common.errors import UnavailableError
+from sen12ms_common.kernels import compiled
 from sen12ms_common.vocab.inputs import ChannelTransform
 
 from ..data.symmetry import apply_symmetries, check_symmetries, move_sample
@@ -97,7 +97,8 @@ class InputTransform:
         return out
 
     def _cpu_affine(self, x: torch.Tensor, out: torch.Tensor) -> None:
-        stream_affine = _stream_affine()
+        kernels = compiled("streamaffine")
+        stream_affine = kernels.stream_affine if kernels is not None else None
         if stream_affine is None or x.dtype != torch.uint16 or out.dtype != torch.float32 or not out.is_contiguous():
             out.copy_(x)  # exact: every uint16 is a float32
             self._affine(out)
@@ -122,16 +123,6 @@ class InputTransform:
         if self.clip is not None:
             torch.minimum(x, self.clip, out=x)
         x.mul_(self.scale).add_(self.offset)
-
-
-@lru_cache(maxsize=1)
-def _stream_affine():
-    """`sen12ms_common.kernels.streamaffine.stream_affine`, or None without numba."""
-    try:
-        from sen12ms_common.kernels.streamaffine import stream_affine  # start-up time: numba only when used
-    except ImportError:  # numba is missing: torch's passes
-        return None
-    return stream_affine
 
 
 def uint16_to_float32(x: torch.Tensor) -> torch.Tensor:
