@@ -28,11 +28,11 @@ def write(source: Path, out: Path, codec: str, input_spec: str) -> dict[str, Any
     """`MDSWriter` over the arrays of our uncompressed shards, zstd or uncompressed."""
     from streaming import MDSWriter  # start-up time: MDS only for the command that uses it
 
-    from bench.cases.peers import _shard_inputs, shard_samples  # start-up time: only to write
+    from bench.cases.peers import shard_inputs, shard_samples  # start-up time: only to write
 
     n = 0
     with MDSWriter(out=str(out), columns=COLUMNS, compression="zstd" if codec == "zstd" else None) as writer:
-        for item in _shard_inputs(source, input_spec):
+        for item in shard_inputs(source, input_spec):
             for sample in shard_samples(*item):
                 writer.write(sample)
                 n += 1

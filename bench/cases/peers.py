@@ -63,7 +63,7 @@ def shard_samples(shard: str, index: str, input_spec: str) -> Iterator[dict[str,
         yield {"image": np.ascontiguousarray(image), "label": label.copy()}
 
 
-def _shard_inputs(source: Path, input_spec: str) -> list[tuple[str, str, str]]:
+def shard_inputs(source: Path, input_spec: str) -> list[tuple[str, str, str]]:
     """(shard, its index, input) per train shard of the uncompressed set, in the manifest's order."""
     manifest = load_manifest(str(source))
     if manifest.layout.codec != "none":
@@ -102,7 +102,7 @@ def write_litdata(source: Path, out: Path, codec: str, input_spec: str, samples:
     def write() -> None:
         import litdata  # optional extra: the bench's peers
 
-        litdata.optimize(fn=_litdata_fn, inputs=_shard_inputs(source, input_spec), output_dir=str(out),
+        litdata.optimize(fn=_litdata_fn, inputs=shard_inputs(source, input_spec), output_dir=str(out),
                          num_workers=1, compression="zstd" if codec == "zstd" else None, chunk_bytes="64MB",
                          verbose=False, mode="overwrite")
 
